@@ -1,0 +1,151 @@
+"""Command line: `python -m pipeline run|validate|plan|verify|report`.
+
+Exit codes (scheduled jobs rely on them): 0 success; 1 invalid job, input, signer or a failed
+verification; 2 the run stopped early (error budget) or left candidates pending.
+Heavy libraries load only inside the commands that need them, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2
+
+
+def _job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", help="job spec (jobs/*.toml)")
+    p.add_argument("--manifest", help="manifest URI (overrides [job].manifest)")
+    p.add_argument("--styles", help="styles table URI (overrides [job].styles)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pipeline", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="generate, filter, sign and write; resumes an interrupted run")
+    _job_args(run)
+    run.add_argument("--output", help="output folder (overrides [job].output)")
+    run.add_argument("--address", help="Ray cluster address (overrides [cluster].address); 'auto' to join")
+    run.add_argument("--fresh", action="store_true", help="discard earlier results in the output folder")
+    run.add_argument("--in-process", action="store_true", help="run the stages without Ray (debugging)")
+    val = sub.add_parser("validate", help="check the job, manifest and styles; never generates")
+    _job_args(val)
+    plan = sub.add_parser("plan", help="write the plan (one row per candidate) without generating")
+    _job_args(plan)
+    plan.add_argument("--out", help="write the plan as Parquet here (default: print a summary)")
+    ver = sub.add_parser("verify", help="re-read every written image: C2PA manifest and sha256")
+    ver.add_argument("output", help="output folder of a run")
+    ver.add_argument("--trust-anchors", help="PEM file of trusted CAs (default: the demo CA if present)")
+    rep = sub.add_parser("report", help="print the funnel and reasons of a run's results")
+    rep.add_argument("output", help="output folder of a run")
+    return ap
+
+
+def _load(args: argparse.Namespace):
+    from pipeline.config import load_job
+
+    overrides = {("job", "manifest"): args.manifest, ("job", "styles"): args.styles}
+    if getattr(args, "output", None) and args.command == "run":
+        overrides[("job", "output")] = args.output
+    if getattr(args, "address", None):
+        overrides[("cluster", "address")] = args.address
+    return load_job(args.job, overrides)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.manifest import load_inputs
+    from pipeline.plan import build_plan
+
+    cfg = _load(args)
+    inputs = load_inputs(cfg)
+    plan = build_plan(inputs, cfg)
+    print(f"OK: {len(inputs.manifest)} rows, {plan.num_rows} candidates, "
+          f"{len(inputs.styles)} styles; passthrough columns: {', '.join(inputs.passthrough) or 'none'}")
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from pipeline.manifest import load_inputs
+    from pipeline.plan import build_plan
+
+    cfg = _load(args)
+    plan = build_plan(load_inputs(cfg), cfg)
+    if args.out:
+        import pyarrow.parquet as pq
+
+        pq.write_table(plan, args.out)
+        print(f"wrote {plan.num_rows} candidates to {args.out}")
+    else:
+        modes = Counter(plan["mode"].to_pylist())
+        print(f"{plan.num_rows} candidates; modes: " + ", ".join(f"{k} {v}" for k, v in modes.items()))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.job import describe, run_job
+
+    cfg = _load(args)
+    report = run_job(cfg, fresh=args.fresh, backend="in-process" if args.in_process else "ray")
+    print(describe(report))
+    return report.exit_code
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.verify import verify_output
+
+    problems, checked = verify_output(Path(args.output), args.trust_anchors)
+    for p in problems[:100]:
+        print(p, file=sys.stderr)
+    if len(problems) > 100:
+        print(f"... and {len(problems) - 100} more", file=sys.stderr)
+    print(f"verified {checked} image(s): {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return EXIT_OK if not problems else EXIT_INVALID
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipeline.results import RESULTS, summarize
+
+    path = Path(args.output) / RESULTS
+    if not path.is_file():
+        print(f"{path}: no results table (has the run finished?)", file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(summarize(pq.read_table(path)), indent=2))
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "verify": cmd_verify,
+            "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from pipeline.config import ConfigError
+    from pipeline.job import JobError
+    from pipeline.manifest import ManifestError
+
+    expected: tuple[type[BaseException], ...] = (ConfigError, ManifestError, JobError)
+    try:
+        from pipeline.provenance import SignerError
+
+        expected += (SignerError,)
+    except ImportError:
+        pass
+    try:
+        return COMMANDS[args.command](args)
+    except expected as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

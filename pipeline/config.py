@@ -1,0 +1,282 @@
+"""The job spec: `jobs/*.toml` → frozen dataclasses, validated before any work starts.
+
+Relative paths in a job file resolve against the job file's own folder, so a job runs the
+same from any working directory. Every error names the key (`[section].key`) that is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+class ConfigError(ValueError):
+    """A job spec that cannot run; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class JobSection:
+    name: str = "job"
+    seed: int = 0
+    manifest: str = ""
+    styles: str = ""
+    output: str = "out"
+    num_candidates: int = 1
+    keep: int = 1
+    max_failed_fraction: float = 0.1
+    max_prompt_chars: int = 2000
+    # Where relative product/mask/reference URIs may point; empty = anywhere readable.
+    allowed_input_roots: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelsSection:
+    # Diffusers pipeline: "embedded:tiny-sd", a local folder, or a hub id (offline cache).
+    diffusion: str = "embedded:tiny-sd"
+    diffusion_revision: str | None = None
+    scheduler: str | None = None
+    # open_clip: an architecture name plus a weights file (or an embedded name).
+    clip: str = "embedded:tiny-clip"
+    clip_pretrained: str | None = None
+    # transformers image classifier for image moderation.
+    moderation: str = "embedded:tiny-nsfw"
+    unsafe_labels: tuple[str, ...] = ("nsfw",)
+    # Optional transformers text classifier for prompt moderation.
+    prompt_classifier: str | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+
+
+@dataclass(frozen=True)
+class GenerateSection:
+    steps: int = 4
+    guidance_scale: float = 5.0
+    width: int = 64
+    height: int = 64
+    strength: float = 0.75
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class FilterSection:
+    clip_threshold: float = 0.0
+    image_unsafe_threshold: float = 0.5
+    prompt_unsafe_threshold: float = 0.5
+    blocked_terms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutputSection:
+    format: str = "png"  # png | jpeg | webp
+    png_compress_level: int = 1
+    jpeg_quality: int = 92
+    webp_quality: int = 90
+    write_rejected: bool = False
+    shard_rows: int = 256
+
+
+@dataclass(frozen=True)
+class SignerSection:
+    # demo: a throwaway CA + signer made in the output folder. files: real keys.
+    mode: str = "demo"
+    cert_chain: str | None = None  # PEM file: end-entity first, then intermediates
+    private_key: str | None = None  # PEM file
+    cert_chain_env: str | None = None  # or: environment variables holding the PEM text
+    private_key_env: str | None = None
+    trust_anchors: str | None = None  # PEM file of CAs to trust when verifying
+    tsa_url: str | None = None
+    thumbnail: bool = False
+    algorithm: str = "es256"
+
+
+@dataclass(frozen=True)
+class ClusterSection:
+    address: str | None = None  # None: start a local Ray instance
+    generate_actors: int = 0  # 0: one per GPU, or 1 on a CPU-only cluster
+    gpus_per_actor: float = 1.0
+    cpus_per_actor: float = 0.5
+    write_actors: int = 0  # 0: sized from the cluster's CPUs
+    cpus_per_writer: float = 0.5
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    job: JobSection = field(default_factory=JobSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
+    generate: GenerateSection = field(default_factory=GenerateSection)
+    filter: FilterSection = field(default_factory=FilterSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    signer: SignerSection = field(default_factory=SignerSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
+    source: str = ""  # the job file this came from
+
+    def replace(self, section: str, **changes: Any) -> JobConfig:
+        """A copy with some keys of one section changed (CLI overrides)."""
+        new = dataclasses.replace(getattr(self, section), **changes)
+        return dataclasses.replace(self, **{section: new})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name: f.type for f in fields(JobConfig) if f.name != "source"}
+_SECTION_TYPES = {
+    "job": JobSection,
+    "models": ModelsSection,
+    "generate": GenerateSection,
+    "filter": FilterSection,
+    "output": OutputSection,
+    "signer": SignerSection,
+    "cluster": ClusterSection,
+}
+# Keys holding paths that resolve against the job file's folder.
+_PATH_KEYS = {
+    ("job", "manifest"),
+    ("job", "styles"),
+    ("job", "output"),
+    ("signer", "cert_chain"),
+    ("signer", "private_key"),
+    ("signer", "trust_anchors"),
+}
+
+
+def _is_local_path(value: str) -> bool:
+    return "://" not in value and not value.startswith(EMBEDDED_PREFIX)
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """A relative local path resolved against `base`; URIs and absolute paths unchanged."""
+    if not value or not _is_local_path(value):
+        return value
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _coerce(where: str, value: Any, annotation: str) -> Any:
+    """Check one TOML value against the dataclass annotation (as a string)."""
+    optional = "None" in annotation
+    if value is None and optional:
+        return None
+    base = annotation.replace(" | None", "")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if base == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if base.startswith("tuple[str"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise AssertionError(f"unhandled annotation {annotation}")
+
+
+def _build_section(name: str, raw: Any, base: Path, source: str) -> Any:
+    cls = _SECTION_TYPES[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) in [{name}]: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    values = {}
+    for key, value in raw.items():
+        where = f"{source}: [{name}].{key}"
+        value = _coerce(where, value, str(known[key].type))
+        if (name, key) in _PATH_KEYS and isinstance(value, str):
+            value = resolve_path(value, base)
+        values[key] = value
+    return cls(**values)
+
+
+def _check_ranges(cfg: JobConfig) -> None:
+    src = cfg.source
+    checks = [
+        (cfg.job.num_candidates >= 1, "[job].num_candidates must be >= 1"),
+        (1 <= cfg.job.keep <= cfg.job.num_candidates, "[job].keep must be 1..num_candidates"),
+        (0.0 <= cfg.job.max_failed_fraction <= 1.0, "[job].max_failed_fraction must be 0..1"),
+        (0 <= cfg.job.seed < 2**63, "[job].seed must be 0..2^63-1"),
+        (1 <= cfg.generate.steps <= 1000, "[generate].steps must be 1..1000"),
+        (cfg.generate.guidance_scale >= 0, "[generate].guidance_scale must be >= 0"),
+        (0 < cfg.generate.strength <= 1, "[generate].strength must be in (0, 1]"),
+        (cfg.generate.batch_size >= 1, "[generate].batch_size must be >= 1"),
+        (cfg.output.format in ("png", "jpeg", "webp"), "[output].format: png, jpeg or webp"),
+        (0 <= cfg.output.png_compress_level <= 9, "[output].png_compress_level must be 0..9"),
+        (1 <= cfg.output.jpeg_quality <= 100, "[output].jpeg_quality must be 1..100"),
+        (1 <= cfg.output.webp_quality <= 100, "[output].webp_quality must be 1..100"),
+        (cfg.output.shard_rows >= 1, "[output].shard_rows must be >= 1"),
+        (cfg.signer.mode in ("demo", "files"), "[signer].mode: demo or files"),
+        (cfg.models.dtype in ("auto", "float32", "float16", "bfloat16"),
+         "[models].dtype: auto, float32, float16 or bfloat16"),
+        (cfg.cluster.gpus_per_actor >= 0 and cfg.cluster.cpus_per_actor > 0,
+         "[cluster] actor resources must be positive"),
+    ]
+    for w, h in ((cfg.generate.width, "width"), (cfg.generate.height, "height")):
+        checks.append((w % 8 == 0 and 8 <= w <= 4096, f"[generate].{h} must be a multiple of 8 in 8..4096"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{src}: {message}")
+    if not cfg.job.manifest:
+        raise ConfigError(f"{src}: [job].manifest is required (or pass --manifest)")
+    if cfg.signer.mode == "files":
+        for what in ("cert_chain", "private_key"):
+            path = getattr(cfg.signer, what)
+            env = getattr(cfg.signer, f"{what}_env")
+            if not path and not env:
+                raise ConfigError(f"{src}: [signer].{what} or [signer].{what}_env is required "
+                                  "when mode = 'files'")
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{src}: [signer].{what}: file not found: {path}")
+            if not path and env and env not in os.environ:
+                raise ConfigError(f"{src}: [signer].{what}_env: environment variable {env} is not set")
+
+
+def parse_job(data: dict[str, Any], *, base: Path, source: str) -> JobConfig:
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section(s): {', '.join(unknown)} (known: {', '.join(_SECTIONS)})"
+        )
+    sections = {name: _build_section(name, raw, base, source) for name, raw in data.items()}
+    return JobConfig(**sections, source=source)
+
+
+def load_job(path: str | os.PathLike, overrides: dict[tuple[str, str], Any] | None = None) -> JobConfig:
+    """Read and validate a job file; `overrides` map (section, key) → value (CLI flags)."""
+    path = Path(path)
+    source = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: job file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    cfg = parse_job(data, base=path.resolve().parent, source=source)
+    cwd = Path.cwd()
+    for (section, key), value in (overrides or {}).items():
+        if value is not None:
+            if (section, key) in _PATH_KEYS:
+                value = resolve_path(value, cwd)
+            cfg = cfg.replace(section, **{key: value})
+    _check_ranges(cfg)
+    return cfg

@@ -1,0 +1,179 @@
+"""The generation stage: batch candidates by shape and settings, one CPU generator each.
+
+A candidate's starting noise comes from its own `torch.Generator("cpu").manual_seed(seed)`,
+so its image does not depend on the batch, the actor or the GPU it ran on. A batch that
+fails with out-of-memory is split in half and retried; a candidate that still fails becomes
+an error with its message, and the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength")
+
+
+@dataclass
+class Generated:
+    """What generation made of one candidate: pixels or an error, and its timing."""
+
+    image: np.ndarray | None = None  # HxWx3 uint8
+    error: str | None = None
+    ms: float = 0.0
+    batch_size: int = 0
+    batch_position: int = 0
+    attempt: int = 1
+    truncated: bool = False
+
+
+def is_oom(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(error).lower()
+
+
+def load_image(uri: str):
+    """An input image from a local path or any fsspec URI, fully decoded."""
+    import fsspec
+    from PIL import Image
+
+    with fsspec.open(uri, "rb") as f, Image.open(f) as im:
+        im.load()
+        return im.copy()
+
+
+def prepare_inputs(init_uri: str, mask_uri: str | None, width: int, height: int):
+    """Init image, mask (white = repaint) and keep-mask, fitted into the target size.
+
+    The product is letterboxed (aspect kept, never cropped); the padding is background to
+    repaint. A mask of "alpha" comes from the product's transparency.
+    """
+    from PIL import Image, ImageOps
+
+    src = load_image(init_uri)
+    rgba = src.convert("RGBA")
+    fitted = ImageOps.pad(rgba, (width, height), color=(0, 0, 0, 0), method=Image.Resampling.LANCZOS)
+    if mask_uri is None:
+        background = Image.new("RGB", (width, height), (127, 127, 127))
+        background.paste(fitted, mask=fitted.getchannel("A"))
+        return background, None
+    if mask_uri == "alpha":
+        keep = fitted.getchannel("A")
+    else:
+        user_mask = load_image(mask_uri).convert("L")
+        # Fit the mask exactly like the product; padding is repaint (white).
+        user_mask = ImageOps.pad(user_mask, (width, height), color=255, method=Image.Resampling.NEAREST)
+        keep = ImageOps.invert(user_mask)
+    background = Image.new("RGB", (width, height), (127, 127, 127))
+    background.paste(fitted.convert("RGB"), mask=fitted.getchannel("A"))
+    return background, keep
+
+
+class Generator:
+    """Runs the diffusion pipelines over candidate records (dicts with plan columns)."""
+
+    def __init__(self, pipelines, batch_size: int):
+        self.pipes = pipelines
+        self.batch_size = batch_size
+
+    def __call__(self, candidates: list[dict]) -> list[Generated]:
+        # 1. group by everything that must be equal within one pipeline call
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, c in enumerate(candidates):
+            groups[tuple(c[k] for k in GROUP_KEYS)].append(i)
+        out: list[Generated | None] = [None] * len(candidates)
+        # 2. run each group in chunks of the batch size, splitting on OOM
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                self._run([candidates[i] for i in chunk], chunk, out, attempt=1)
+        return out  # type: ignore[return-value]
+
+    def _run(self, cands: list[dict], slots: list[int], out: list, attempt: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            images = self._generate(cands)
+        except Exception as e:  # noqa: BLE001 — failures are rows, not crashes
+            if len(cands) > 1:
+                half = (len(cands) + 1) // 2
+                if is_oom(e):
+                    _free_memory()
+                self._run(cands[:half], slots[:half], out, attempt + 1)
+                self._run(cands[half:], slots[half:], out, attempt + 1)
+                return
+            out[slots[0]] = Generated(error=f"generate: {type(e).__name__}: {e}", attempt=attempt)
+            return
+        ms = (time.perf_counter() - t0) * 1000 / len(cands)
+        truncated = self._truncated([c["prompt"] for c in cands])
+        for pos, (slot, image) in enumerate(zip(slots, images, strict=True)):
+            out[slot] = Generated(image=image, ms=ms, batch_size=len(cands), batch_position=pos,
+                                  attempt=attempt, truncated=truncated[pos])
+
+    def _truncated(self, prompts: list[str]) -> list[bool]:
+        tok = getattr(self.pipes.t2i, "tokenizer", None)
+        if tok is None:
+            return [False] * len(prompts)
+        ids = tok(prompts, truncation=False)["input_ids"]
+        return [len(x) > tok.model_max_length for x in ids]
+
+    def _generate(self, cands: list[dict]) -> list[np.ndarray]:
+        import torch
+
+        first = cands[0]
+        mode = first["mode"]
+        pipe = {"t2i": self.pipes.t2i, "img2img": self.pipes.img2img, "inpaint": self.pipes.inpaint}[mode]
+        params = inspect.signature(pipe.__call__).parameters
+        kwargs = {
+            "prompt": [c["prompt"] for c in cands],
+            "num_inference_steps": int(first["steps"]),
+            "guidance_scale": float(first["guidance_scale"]),
+            "generator": [torch.Generator("cpu").manual_seed(int(c["seed"])) for c in cands],
+            "output_type": "np",
+        }
+        if "negative_prompt" in params and any(c["negative_prompt"] for c in cands):
+            kwargs["negative_prompt"] = [c["negative_prompt"] or "" for c in cands]
+        keeps = None
+        if mode == "t2i":
+            kwargs.update(width=int(first["width"]), height=int(first["height"]))
+        else:
+            prepared = [prepare_inputs(c["init_image"], c["mask"], int(c["width"]), int(c["height"]))
+                        for c in cands]
+            kwargs.update(image=[p[0] for p in prepared], strength=float(first["strength"]))
+            if mode == "inpaint":
+                keeps = [p[1] for p in prepared]
+                kwargs.update(mask_image=[_invert(k) for k in keeps],
+                              width=int(first["width"]), height=int(first["height"]))
+        with torch.inference_mode():
+            result = pipe(**kwargs).images
+        images = [np.clip(np.rint(np.asarray(img) * 255), 0, 255).astype(np.uint8) for img in result]
+        if keeps is not None:
+            images = [_composite(img, p[0], keep) for img, p, keep in zip(images, prepared, keeps, strict=True)]
+        return images
+
+
+def _invert(mask):
+    from PIL import ImageOps
+
+    return ImageOps.invert(mask)
+
+
+def _composite(generated: np.ndarray, product, keep) -> np.ndarray:
+    """Paste the original product back over the staged image: product pixels stay exact."""
+    a = np.asarray(keep, dtype=np.float32)[..., None] / 255.0
+    p = np.asarray(product.convert("RGB"), dtype=np.float32)
+    return np.clip(np.rint(p * a + generated.astype(np.float32) * (1 - a)), 0, 255).astype(np.uint8)
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

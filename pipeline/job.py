@@ -1,0 +1,223 @@
+"""One run of a job, start to finish: lock, plan, resume, stream, commit, compact, summarise.
+
+Ray-free (the runner owns Ray), so the whole flow also runs in-process. The order matters:
+everything that can reject the job (spec, manifest, signer, output folder) happens before
+any model is loaded, and every outcome is committed in whole-row shards as it arrives.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import platform
+import shutil
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import results, schema
+from pipeline.config import JobConfig
+from pipeline.manifest import load_inputs
+from pipeline.plan import build_plan
+from pipeline.stages import WORK_SCHEMA
+
+EXIT_OK, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2
+
+
+class JobError(RuntimeError):
+    """The job cannot start or must stop (output folder, signer, error budget)."""
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    output_dir: Path
+    summary: dict
+    exit_code: int
+    stopped: str | None = None  # why the run stopped early
+    removed_strays: list[str] = field(default_factory=list)
+
+
+def _log(msg: str) -> None:
+    print(f"[pipeline] {msg}", file=sys.stderr, flush=True)
+
+
+def _lock(output_dir: Path):
+    """One run per output folder at a time; released when the process dies."""
+    f = open(output_dir / ".lock", "w")  # noqa: SIM115 — held for the run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise JobError(f"{output_dir}: another run is using this output folder") from None
+    return f
+
+
+def prepare_output(output_dir: Path, fresh: bool) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".tmp-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise JobError(f"{output_dir}: output folder is not writable ({e.strerror})") from None
+    if fresh:
+        for name in (results.SHARDS, "images", results.RESULTS, results.SUMMARY):
+            p = output_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def work_blocks(pending: pa.Table, prior_selected: dict[str, int], batch_size: int) -> list[pa.Table]:
+    """Split pending candidates into blocks of whole manifest rows, about `batch_size` each."""
+    pending = pending.select([f.name for f in schema.PLAN_FIELDS])
+    prior = pa.array([prior_selected.get(i, 0) for i in pending["id"].to_pylist()], pa.int64())
+    pending = pending.append_column("prior_selected", prior).cast(WORK_SCHEMA)
+    rows = pending["row"].to_numpy()
+    blocks, start = [], 0
+    for end in range(1, len(rows) + 1):
+        row_ends = end == len(rows) or rows[end] != rows[end - 1]
+        if row_ends and end - start >= batch_size:
+            blocks.append(pending.slice(start, end - start))
+            start = end
+    if start < len(rows):
+        blocks.append(pending.slice(start))
+    return blocks
+
+
+def snapshot(cfg: JobConfig, run_id: str, output_dir: Path, plan_rows: int) -> None:
+    """Resolved config and library versions, so any result can be traced to its run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("asset-pipeline", "torch", "diffusers", "transformers", "open_clip_torch",
+                "c2pa-python", "ray", "pyarrow", "polars"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    runs = output_dir / "_runs"
+    runs.mkdir(exist_ok=True)
+    results.write_json({
+        "run_id": run_id, "started_at": datetime.now(timezone.utc).isoformat(),
+        "host": platform.node(), "python": platform.python_version(), "versions": versions,
+        "planned_candidates": plan_rows, "config": cfg.to_dict(),
+    }, runs / f"{run_id}.json")
+
+
+class _Committer:
+    """Buffers outcomes until their rows are whole, then commits shards atomically."""
+
+    def __init__(self, store: results.ShardStore, pending_per_row: Counter, run_id: str, shard_rows: int):
+        self.store, self.left, self.run_id, self.shard_rows = store, pending_per_row, run_id, shard_rows
+        self.partial: dict[str, list[pa.Table]] = {}
+        self.ready: list[pa.Table] = []
+        self.ready_rows = 0
+        self.counts: Counter = Counter()
+
+    def add(self, batch: pa.Table) -> None:
+        batch = batch.set_column(batch.schema.get_field_index("run_id"), "run_id",
+                                 pa.array([self.run_id] * batch.num_rows, pa.string()))
+        self.counts.update(batch["status"].to_pylist())
+        for row_id in pc.unique(batch["id"]).to_pylist():
+            part = batch.filter(pc.equal(batch["id"], row_id))
+            self.partial.setdefault(row_id, []).append(part)
+            self.left[row_id] -= part.num_rows
+            if self.left[row_id] <= 0:
+                whole = pa.concat_tables(self.partial.pop(row_id))
+                self.ready.append(whole)
+                self.ready_rows += whole.num_rows
+        if self.ready_rows >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.ready:
+            self.store.write(pa.concat_tables(self.ready).drop_columns(["prior_selected"]))
+            self.ready, self.ready_rows = [], 0
+
+
+def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray") -> RunReport:
+    """Run (or resume) the job; returns the report. Raises before any GPU work if it cannot run."""
+    from pipeline.provenance import Signer
+    from pipeline.runner import connect, execute, execute_in_process, size_pools
+
+    out = Path(cfg.job.output).resolve()
+    cfg = cfg.replace("job", output=str(out))
+    # 1. everything that can reject the job, before any model loads
+    prepare_output(out, fresh)
+    lock = _lock(out)
+    inputs = load_inputs(cfg)
+    plan = build_plan(inputs, cfg)
+    Signer.from_section(cfg.signer, out).self_test()
+    run_id = uuid.uuid4().hex[:12]
+    snapshot(cfg, run_id, out, plan.num_rows)
+    # 2. resume: skip what earlier attempts committed
+    store = results.ShardStore(out)
+    done = store.done(plan)
+    pending = plan.filter(pc.invert(pc.is_in(plan["item_id"], pa.array(list(done.item_ids), pa.string()))))
+    _log(f"run {run_id}: {plan.num_rows} candidates planned from {len(inputs.manifest)} rows, "
+         f"{len(done.item_ids)} already done, {pending.num_rows} to go → {out}")
+    budget = int(cfg.job.max_failed_fraction * plan.num_rows)
+    stopped = None
+    if pending.num_rows:
+        blocks = work_blocks(pending, done.selected_per_row, cfg.generate.batch_size)
+        committer = _Committer(store, Counter(pending["id"].to_pylist()), run_id, cfg.output.shard_rows)
+        if backend == "ray":
+            resources = connect(cfg.cluster.address)
+            pools = size_pools(cfg, resources)
+            _log(f"cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; "
+                 f"{pools.generate_actors} generate actor(s), {pools.write_actors} writer(s)")
+            stream = execute(blocks, cfg, str(out), pools)
+        else:
+            stream = execute_in_process(blocks, cfg, str(out))
+        t0, last = time.monotonic(), 0.0
+        for batch in stream:
+            committer.add(batch)
+            c = committer.counts
+            finished = sum(c.values())
+            now = time.monotonic()
+            if now - last > 5 or finished == pending.num_rows:
+                last = now
+                rate = finished / max(now - t0, 1e-9)
+                eta = (pending.num_rows - finished) / rate if rate else float("inf")
+                _log(f"{finished}/{pending.num_rows} candidates · written {c[schema.WRITTEN]} · "
+                     f"rejected {c[schema.REJECTED]} · error {c[schema.ERROR]} · "
+                     f"{rate:.2f} cand/s · eta {eta:.0f}s")
+            if c[schema.ERROR] > budget:
+                stopped = (f"error budget exceeded: {c[schema.ERROR]} errors > "
+                           f"{cfg.job.max_failed_fraction:.0%} of {plan.num_rows} candidates")
+                break
+        committer.flush()
+    # 3. compact, clean up, summarise
+    table = results.compact(plan, out)
+    results.write_results(table, out)
+    removed = results.remove_strays(table, out) if not stopped else []
+    summary = results.summarize(table)
+    summary.update(run_id=run_id, job=cfg.job.name, stopped=stopped)
+    results.write_json(summary, out / results.SUMMARY)
+    lock.close()
+    code = EXIT_INCOMPLETE if stopped or summary["pending"] else EXIT_OK
+    return RunReport(run_id, out, summary, code, stopped, removed)
+
+
+def describe(report: RunReport) -> str:
+    s = report.summary
+    lines = [
+        f"run {report.run_id} → {report.output_dir}",
+        f"  planned {s['planned']} → generated {s['generated']} → passed filters {s['passed_filters']} "
+        f"→ selected {s['selected']} → written {s['written']}",
+        f"  rejected {s['rejected']}, error {s['error']}, pending {s['pending']}",
+    ]
+    if s["reasons"]:
+        lines.append("  reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())))
+    if report.stopped:
+        lines.append(f"  STOPPED: {report.stopped}")
+    lines.append(f"  results: {report.output_dir / results.RESULTS}")
+    return "\n".join(lines)

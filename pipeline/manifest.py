@@ -1,0 +1,306 @@
+"""Read and validate manifests and styles tables; every problem names file, row, id and column.
+
+Checks are vectorised (polars), so a million-row manifest validates in seconds, and all
+problems are reported at once (capped), not one per run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from pipeline import schema
+from pipeline.config import JobConfig
+
+MAX_REPORTED = 50
+MAX_ID_CHARS = 200
+MAX_CANDIDATES = 64
+SIZE_MIN, SIZE_MAX = 64, 4096
+SEED_MAX = 2**63 - 1
+_BAD_ID = re.compile(r"[/\\\x00-\x1f]|^\.{1,2}$|\.\.")
+
+
+class ManifestError(ValueError):
+    """The input cannot run. Holds every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem], total: int | None = None):
+        self.problems = problems
+        self.total = total if total is not None else len(problems)
+        lines = [str(p) for p in problems[:MAX_REPORTED]]
+        if self.total > len(lines):
+            lines.append(f"... and {self.total - len(lines)} more problem(s)")
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    message: str
+    row: int | None = None  # 0-based row number
+    id: str | None = None
+    column: str | None = None
+
+    def __str__(self) -> str:
+        where = [self.file]
+        if self.row is not None:
+            where.append(f"row {self.row}" + (f" (id {self.id!r})" if self.id is not None else ""))
+        if self.column:
+            where.append(f"column {self.column!r}")
+        return ": ".join([", ".join(where), self.message])
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A validated manifest and styles table, ready to plan."""
+
+    manifest: pl.DataFrame  # typed columns + `__row`
+    styles: pl.DataFrame
+    manifest_uri: str
+    base_dir: str  # the manifest's folder: relative URIs resolve against it
+    passthrough: tuple[str, ...]
+
+
+def read_parquet(uri: str, what: str) -> pa.Table:
+    """Read a whole Parquet table from a path or any pyarrow/fsspec URI, with a clear error."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(uri)
+    except FileNotFoundError:
+        raise ManifestError([Problem(uri, f"{what} not found")]) from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ManifestError([Problem(uri, f"{what} is not a readable Parquet file ({e})")]) from None
+
+
+def _is_integral_float(s: pl.Series) -> bool:
+    vals = s.drop_nulls()
+    return bool((vals == vals.round(0)).all()) if len(vals) else True
+
+
+def _typed(df: pl.DataFrame, spec: dict[str, pa.DataType], uri: str, required: dict) -> tuple[
+        pl.DataFrame, list[Problem]]:
+    """Check required columns and cast known columns to their schema types."""
+    problems = [Problem(uri, "required column is missing", column=c) for c in required if c not in df.columns]
+    casts = []
+    for name, arrow_type in spec.items():
+        if name not in df.columns:
+            continue
+        s = df[name]
+        want = pl.from_arrow(pa.array([], type=arrow_type)).dtype
+        ok = True
+        if want == pl.String:
+            ok = s.dtype in (pl.String, pl.Null)
+        elif want == pl.Int64:
+            ok = s.dtype.is_integer() or s.dtype == pl.Null or (s.dtype.is_float() and _is_integral_float(s))
+        elif want == pl.Float64:
+            ok = s.dtype.is_numeric() or s.dtype == pl.Null
+        elif isinstance(want, pl.List):
+            ok = s.dtype == pl.Null or (isinstance(s.dtype, pl.List) and (
+                s.dtype.inner.is_integer() or s.dtype.inner == pl.Null))
+        if not ok:
+            problems.append(Problem(uri, f"wrong type {s.dtype}, expected {want}", column=name))
+        else:
+            casts.append(pl.col(name).cast(want, strict=False))
+    if casts:
+        before = {name: df[name].null_count() for name in df.columns}
+        df = df.with_columns(casts)
+        for name in before:
+            if df[name].null_count() > before[name]:
+                problems.append(Problem(uri, "values out of range for the column's type", column=name))
+    return df, problems
+
+
+def _row_problems(df: pl.DataFrame, mask: pl.Expr, uri: str, column: str, message: str,
+                  id_col: str = "id") -> tuple[list[Problem], int]:
+    """Problems for the rows where `mask` holds; returns (first few, total count)."""
+    hit = df.filter(mask)
+    ids = hit[id_col] if id_col in hit.columns else pl.Series([None] * len(hit))
+    first = [Problem(uri, message, row=int(r), id=i, column=column)
+             for r, i in zip(hit["__row"][:MAX_REPORTED], ids[:MAX_REPORTED], strict=True)]
+    return first, len(hit)
+
+
+def _size_expr(col: str) -> pl.Expr:
+    c = pl.col(col)
+    return c.is_not_null() & ((c % 8 != 0) | (c < SIZE_MIN) | (c > SIZE_MAX))
+
+
+def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
+    """The styles table, typed and checked; an empty table when the job has none."""
+    if table is None:
+        return pl.DataFrame(schema=pl.from_arrow(pa.schema(list(schema.STYLES_COLUMNS.items())).empty_table()).schema)
+    df, problems = _typed(pl.from_arrow(table), schema.STYLES_COLUMNS, uri, schema.STYLES_REQUIRED)
+    if problems:
+        raise ManifestError(problems)
+    df = df.with_row_index("__row")
+    for name, arrow_type in schema.STYLES_COLUMNS.items():
+        if name not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=pl.from_arrow(pa.array([], type=arrow_type)).dtype).alias(name))
+    c = pl.col
+    checks = [
+        (c("style").is_null() | (c("style").str.strip_chars() == ""), "style", "empty style name"),
+        (c("style").is_duplicated() & c("style").is_not_null(), "style", "duplicate style name"),
+        (c("prompt_template").is_not_null() & ~c("prompt_template").str.contains("{prompt}", literal=True),
+         "prompt_template", "template must contain {prompt}"),
+        (c("steps").is_not_null() & ((c("steps") < 1) | (c("steps") > 1000)), "steps", "must be 1..1000"),
+        (c("guidance_scale").is_not_null() & (c("guidance_scale") < 0), "guidance_scale", "must be >= 0"),
+        (c("strength").is_not_null() & ((c("strength") <= 0) | (c("strength") > 1)), "strength",
+         "must be in (0, 1]"),
+        (_size_expr("width"), "width", f"must be a multiple of 8 in {SIZE_MIN}..{SIZE_MAX}"),
+        (_size_expr("height"), "height", f"must be a multiple of 8 in {SIZE_MIN}..{SIZE_MAX}"),
+        (c("seeds").is_not_null() & c("seeds").list.eval(
+            (pl.element() < 0) | pl.element().is_null()).list.any(), "seeds", f"seeds must be 0..{SEED_MAX}"),
+        (c("num_candidates").is_not_null() & ((c("num_candidates") < 1) | (c("num_candidates") > MAX_CANDIDATES)),
+         "num_candidates", f"must be 1..{MAX_CANDIDATES}"),
+        (c("keep").is_not_null() & (c("keep") < 1), "keep", "must be >= 1"),
+        (c("model").is_not_null(), "model", "per-style models are not supported yet: run one job per model"),
+        (c("lora").is_not_null(), "lora", "LoRA styles are not supported yet"),
+    ]
+    found: list[Problem] = []
+    total = 0
+    for mask, column, message in checks:
+        first, n = _row_problems(df, mask, uri, column, message, id_col="style")
+        found += first
+        total += n
+    if total:
+        raise ManifestError(found, total)
+    return df
+
+
+def _resolve_uri(value: str, base_dir: str) -> str:
+    if "://" in value or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(base_dir, value))
+
+
+def _outside_roots(path: str, roots: tuple[str, ...]) -> bool:
+    if not roots or "://" in path:
+        return False
+    real = os.path.realpath(path)
+    return not any(real == os.path.realpath(r) or real.startswith(os.path.realpath(r) + os.sep)
+                   for r in roots)
+
+
+def _image_problem(uri: str) -> str | None:
+    """Why an input image cannot be used, or None. Reads the header only."""
+    from PIL import Image, UnidentifiedImageError
+
+    if "://" not in uri and not os.path.isfile(uri):
+        return f"file not found: {uri}"
+    try:
+        import fsspec
+
+        with fsspec.open(uri, "rb") as f, Image.open(f) as im:
+            im.verify()
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        return f"not a readable image: {uri} ({type(e).__name__})"
+    except ImportError:
+        return f"cannot read {uri}: fsspec is not installed"
+    return None
+
+
+def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri: str,
+                      *, check_files: bool = True) -> Inputs:
+    """Type and check every row; raise ManifestError listing all problems (capped)."""
+    base_dir = os.path.dirname(os.path.abspath(uri)) if "://" not in uri else uri.rsplit("/", 1)[0]
+    df, problems = _typed(pl.from_arrow(table), schema.MANIFEST_COLUMNS, uri, schema.MANIFEST_REQUIRED)
+    passthrough = tuple(c for c in df.columns if c not in schema.CONSUMED_MANIFEST_COLUMNS)
+    for name in passthrough:
+        if name in schema.RESERVED_NAMES or name.startswith("__"):
+            problems.append(Problem(uri, "name is reserved by the results table; rename the column",
+                                    column=name))
+    if problems:
+        raise ManifestError(problems)
+    if len(df) == 0:
+        raise ManifestError([Problem(uri, "the manifest has no rows")])
+    df = df.with_row_index("__row")
+    for name, arrow_type in schema.MANIFEST_OPTIONAL.items():
+        if name not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=pl.from_arrow(pa.array([], type=arrow_type)).dtype).alias(name))
+
+    c = pl.col
+    known_styles = styles["style"].drop_nulls().to_list()
+    checks = [
+        (c("id").is_null() | (c("id").str.strip_chars() == ""), "id", "empty id"),
+        (c("id").is_duplicated() & c("id").is_not_null(), "id", "duplicate id"),
+        (c("id").str.contains(_BAD_ID.pattern) | (c("id").str.len_chars() > MAX_ID_CHARS), "id",
+         f"ids may not contain path separators, '..' or control characters, nor exceed {MAX_ID_CHARS} chars"),
+        (c("prompt").is_null() | (c("prompt").str.strip_chars() == ""), "prompt", "empty prompt"),
+        (c("prompt").str.len_chars() > cfg.job.max_prompt_chars, "prompt",
+         f"prompt longer than {cfg.job.max_prompt_chars} characters ([job].max_prompt_chars)"),
+        (c("style").is_not_null() & ~c("style").is_in(known_styles), "style",
+         "unknown style" + ("" if known_styles else " (the job has no styles table)")),
+        (c("seed").is_not_null() & (c("seed") < 0), "seed", f"seed must be 0..{SEED_MAX}"),
+        (c("num_candidates").is_not_null() & ((c("num_candidates") < 1) | (c("num_candidates") > MAX_CANDIDATES)),
+         "num_candidates", f"must be 1..{MAX_CANDIDATES}"),
+        (c("keep").is_not_null() & (c("keep") < 1), "keep", "must be >= 1"),
+        (_size_expr("width"), "width", f"must be a multiple of 8 in {SIZE_MIN}..{SIZE_MAX}"),
+        (_size_expr("height"), "height", f"must be a multiple of 8 in {SIZE_MIN}..{SIZE_MAX}"),
+        (c("strength").is_not_null() & ((c("strength") <= 0) | (c("strength") > 1)), "strength",
+         "must be in (0, 1]"),
+        (c("mask").is_not_null() & c("product_image").is_null(), "mask", "a mask needs a product_image"),
+    ]
+    found: list[Problem] = []
+    total = 0
+    for mask, column, message in checks:
+        first, n = _row_problems(df, mask, uri, column, message)
+        found += first
+        total += n
+
+    # keep <= num_candidates after the row → style → job fallbacks.
+    joined = df.join(styles.select("style", c("num_candidates").alias("s_n"), c("keep").alias("s_k")),
+                     on="style", how="left")
+    joined = joined.with_columns(
+        c("num_candidates").fill_null(c("s_n")).fill_null(cfg.job.num_candidates).alias("__n"),
+        c("keep").fill_null(c("s_k")).fill_null(cfg.job.keep).alias("__k"))
+    first, n = _row_problems(joined, c("__k") > c("__n"), uri, "keep", "keep exceeds num_candidates")
+    found += first
+    total += n
+
+    if check_files:
+        for column in ("product_image", "mask"):
+            rows = df.filter(c(column).is_not_null()).select("__row", "id", column)
+            for r, i, value in rows.iter_rows():
+                path = _resolve_uri(value, base_dir)
+                why = ("outside [job].allowed_input_roots"
+                       if _outside_roots(path, cfg.job.allowed_input_roots) else _image_problem(path))
+                if why:
+                    total += 1
+                    if len(found) < MAX_REPORTED:
+                        found.append(Problem(uri, why, row=r, id=i, column=column))
+    if total:
+        found.sort(key=lambda p: (p.row if p.row is not None else -1))
+        raise ManifestError(found, total)
+    return Inputs(df, styles, uri, base_dir, passthrough)
+
+
+def load_inputs(cfg: JobConfig, *, check_files: bool = True) -> Inputs:
+    """Read and validate the job's manifest and styles; raises ManifestError."""
+    styles_table = read_parquet(cfg.job.styles, "styles table") if cfg.job.styles else None
+    styles = validate_styles(styles_table, cfg.job.styles)
+    if check_files:
+        styles_base = os.path.dirname(os.path.abspath(cfg.job.styles)) if cfg.job.styles else ""
+        problems = []
+        for r, name, ref in styles.filter(pl.col("reference_image").is_not_null()).select(
+                "__row", "style", "reference_image").iter_rows():
+            why = _image_problem(_resolve_uri(ref, styles_base))
+            if why:
+                problems.append(Problem(cfg.job.styles, why, row=r, id=name, column="reference_image"))
+        if problems:
+            raise ManifestError(problems)
+    table = read_parquet(cfg.job.manifest, "manifest")
+    return validate_manifest(table, styles, cfg, cfg.job.manifest, check_files=check_files)
+
+
+def resolve_input_uri(value: str | None, base_dir: str) -> str | None:
+    """A manifest URI resolved against the manifest's own folder (absolute URIs unchanged)."""
+    return None if value is None else _resolve_uri(value, base_dir)
+
+
+def styles_base_dir(cfg: JobConfig) -> str:
+    return os.path.dirname(os.path.abspath(cfg.job.styles)) if cfg.job.styles else str(Path.cwd())

@@ -1,0 +1,153 @@
+"""Results: atomic shards while running, resume from them, one compacted table at the end.
+
+A shard is a Parquet file committed by rename, holding whole manifest rows only, so a crash
+never leaves half a row or half a file. On rerun, the item ids in committed shards are done;
+the final table joins the current plan with the latest outcome of each of its item ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import schema
+
+SHARDS = "_shards"
+RESULTS = "results.parquet"
+SUMMARY = "summary.json"
+
+
+def _atomic_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class DoneState:
+    """What earlier attempts finished (errors excluded): item ids, selected count per row."""
+
+    item_ids: frozenset[str]
+    selected_per_row: dict[str, int]
+
+
+class ShardStore:
+    """The `_shards` folder of an output directory."""
+
+    def __init__(self, output_dir: Path):
+        self.dir = Path(output_dir) / SHARDS
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def paths(self) -> list[Path]:
+        return sorted(p for p in self.dir.glob("part-*.parquet"))
+
+    def read(self) -> pa.Table | None:
+        tables = [pq.read_table(p) for p in self.paths()]
+        tables = [t for t in tables if t.num_rows]
+        return pa.concat_tables(tables, promote_options="default") if tables else None
+
+    def write(self, table: pa.Table) -> Path:
+        n = len(self.paths())
+        path = self.dir / f"part-{n:06d}-{uuid.uuid4().hex[:8]}.parquet"
+        _atomic_parquet(table, path)
+        return path
+
+    def done(self, plan: pa.Table) -> DoneState:
+        """Outcomes already committed for item ids of the current plan."""
+        shards = self.read()
+        if shards is None:
+            return DoneState(frozenset(), {})
+        # Errors are not done: a rerun retries them.
+        shards = shards.filter(pc.and_(pc.is_in(shards["item_id"], plan["item_id"]),
+                                       pc.not_equal(shards["status"], schema.ERROR)))
+        ids = frozenset(shards["item_id"].to_pylist())
+        selected = Counter(i for i, s in zip(shards["id"].to_pylist(), shards["selected"].to_pylist(),
+                                             strict=True) if s)
+        return DoneState(ids, dict(selected))
+
+
+def compact(plan: pa.Table, output_dir: Path) -> pa.Table:
+    """The results table: every plan row with its latest committed outcome, plan order."""
+    shards = ShardStore(output_dir).read()
+    outcome_names = [f.name for f in schema.OUTCOME_FIELDS]
+    if shards is None:
+        shards = pa.Table.from_pylist([], schema=pa.schema([pa.field("item_id", pa.string()),
+                                                            pa.field("path", pa.string()),
+                                                            pa.field("truncated", pa.bool_())]
+                                                           + schema.OUTCOME_FIELDS))
+    # Latest outcome per item id: later shards win (a rerun after --fresh or a retry).
+    shards = shards.append_column("__order", pa.array(range(shards.num_rows), pa.int64()))
+    latest = shards.group_by("item_id").aggregate([("__order", "max")])
+    shards = shards.take(latest["__order_max"])
+    outcome = shards.select(["item_id", "path", "truncated", *outcome_names]).rename_columns(
+        ["item_id", "__path", "__truncated", *outcome_names])
+    table = plan.append_column("__pos", pa.array(range(plan.num_rows), pa.int64()))
+    table = table.join(outcome, "item_id", join_type="left outer").sort_by("__pos")
+    # The written path (null when nothing was written) replaces the planned one.
+    table = table.set_column(table.schema.get_field_index("path"), "path", table["__path"])
+    table = table.set_column(table.schema.get_field_index("truncated"), "truncated", table["__truncated"])
+    table = table.drop_columns(["__pos", "__path", "__truncated"])
+    ordered = [f.name for f in schema.RESULTS_SCHEMA] + [c for c in plan.column_names
+                                                         if c not in schema.RESERVED_NAMES]
+    return table.select(ordered)
+
+
+def write_results(table: pa.Table, output_dir: Path) -> Path:
+    path = Path(output_dir) / RESULTS
+    _atomic_parquet(table, path)
+    return path
+
+
+def remove_strays(results: pa.Table, output_dir: Path) -> list[str]:
+    """Delete image files not listed in the results, and temp files of killed writes."""
+    listed = {p for p in results["path"].to_pylist() if p}
+    removed = []
+    images = Path(output_dir) / "images"
+    for p in images.rglob("*") if images.exists() else []:
+        rel = p.relative_to(output_dir).as_posix()
+        if p.is_file() and rel not in listed:
+            p.unlink()
+            removed.append(rel)
+    for p in Path(output_dir).rglob(".tmp-*"):
+        p.unlink(missing_ok=True)
+    return removed
+
+
+def summarize(results: pa.Table) -> dict:
+    """The funnel: planned → generated → passed filters → selected → written, and reasons."""
+    status = results["status"].to_pylist()
+    reasons = [r.split(":")[0] if r else r for r in results["reason"].to_pylist()]
+    ms = results["ms_generate"].to_pylist()
+    counts = Counter(status)
+    return {
+        "planned": results.num_rows,
+        "finished": sum(1 for s in status if s is not None),
+        "generated": sum(1 for m in ms if m is not None),
+        "passed_filters": sum(1 for s, r in zip(status, reasons, strict=True)
+                              if s == schema.WRITTEN or r == schema.NOT_SELECTED),
+        "selected": sum(1 for s in results["selected"].to_pylist() if s),
+        "written": counts.get(schema.WRITTEN, 0),
+        "rejected": counts.get(schema.REJECTED, 0),
+        "error": counts.get(schema.ERROR, 0),
+        "pending": counts.get(None, 0),
+        "reasons": dict(Counter(r for r in reasons if r)),
+    }
+
+
+def write_json(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,82 @@
+"""Ray Data wiring: the only module that imports Ray.
+
+Work blocks (whole manifest rows) → `CandidateStage` on GPU actors (or fractional-CPU actors
+on a CPU machine) → `WriteStage` on CPU actors → streamed back to the driver, which commits
+results shards as outcomes arrive. Pool sizes come from the cluster's resources, never a
+fixed count: on 2 cores an actor that asked for a whole CPU would starve everything else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from pipeline.config import JobConfig
+
+
+@dataclass(frozen=True)
+class Pools:
+    generate_actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+    write_actors: int
+    cpus_per_writer: float
+
+
+def size_pools(cfg: JobConfig, resources: dict[str, float]) -> Pools:
+    """Actor counts from the job's [cluster] section and what the cluster has."""
+    c = cfg.cluster
+    gpus = resources.get("GPU", 0.0)
+    cpus = resources.get("CPU", 1.0)
+    on_gpu = gpus > 0 and cfg.models.device != "cpu"
+    gpus_per_actor = c.gpus_per_actor if on_gpu else 0.0
+    generate = c.generate_actors or (max(1, int(gpus // gpus_per_actor)) if on_gpu else 1)
+    spare = cpus - generate * c.cpus_per_actor
+    write = c.write_actors or max(1, min(32, int(spare)))
+    return Pools(generate, gpus_per_actor, c.cpus_per_actor, write, c.cpus_per_writer)
+
+
+def connect(address: str | None) -> dict[str, float]:
+    """Join a cluster (or start a local one) and return its resources."""
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
+                 log_to_driver=True, configure_logging=False)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.verbose_progress = False
+    return dict(ray.cluster_resources())
+
+
+def execute(blocks: list[pa.Table], cfg: JobConfig, output_dir: str, pools: Pools) -> Iterator[pa.Table]:
+    """Stream outcome tables (one per work block) back to the driver."""
+    import ray.data
+
+    from pipeline.stages import CandidateStage, WriteStage
+
+    retry = {"max_restarts": -1, "max_task_retries": -1}
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(
+        CandidateStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=None, batch_format="pyarrow",
+        concurrency=pools.generate_actors, num_gpus=pools.gpus_per_actor, num_cpus=pools.cpus_per_actor,
+        **retry)
+    ds = ds.map_batches(
+        WriteStage, fn_constructor_kwargs={"cfg": cfg, "output_dir": output_dir}, batch_size=None,
+        batch_format="pyarrow", concurrency=pools.write_actors, num_cpus=pools.cpus_per_writer, **retry)
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def execute_in_process(blocks: list[pa.Table], cfg: JobConfig, output_dir: str) -> Iterator[pa.Table]:
+    """The same stages without Ray: for debugging and fast tests."""
+    from pipeline.stages import CandidateStage, WriteStage
+
+    generate, write = CandidateStage(cfg), WriteStage(cfg, output_dir)
+    for block in blocks:
+        yield write(generate(block))

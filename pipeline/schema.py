@@ -1,0 +1,132 @@
+"""Arrow schemas of the manifest, styles, plan and results, and the status vocabulary.
+
+The single place column names live: other modules import these names, never spell them.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# ── manifest ────────────────────────────────────────────────────────────────
+MANIFEST_REQUIRED = {"id": pa.string(), "prompt": pa.string()}
+MANIFEST_OPTIONAL = {
+    "style": pa.string(),
+    "negative_prompt": pa.string(),
+    "seed": pa.int64(),
+    "num_candidates": pa.int64(),
+    "keep": pa.int64(),
+    "width": pa.int64(),
+    "height": pa.int64(),
+    "strength": pa.float64(),
+    "product_image": pa.string(),
+    "mask": pa.string(),
+}
+MANIFEST_COLUMNS = {**MANIFEST_REQUIRED, **MANIFEST_OPTIONAL}
+
+# ── styles ──────────────────────────────────────────────────────────────────
+STYLES_REQUIRED = {"style": pa.string()}
+STYLES_OPTIONAL = {
+    "prompt_template": pa.string(),
+    "negative_prompt": pa.string(),
+    "steps": pa.int64(),
+    "guidance_scale": pa.float64(),
+    "seeds": pa.list_(pa.int64()),
+    "width": pa.int64(),
+    "height": pa.int64(),
+    "strength": pa.float64(),
+    "num_candidates": pa.int64(),
+    "keep": pa.int64(),
+    "model": pa.string(),
+    "lora": pa.string(),
+    "lora_scale": pa.float64(),
+    "reference_image": pa.string(),
+    "clip_threshold": pa.float64(),
+}
+STYLES_COLUMNS = {**STYLES_REQUIRED, **STYLES_OPTIONAL}
+
+# ── plan: one row per candidate ─────────────────────────────────────────────
+PLAN_FIELDS = [
+    pa.field("id", pa.string()),
+    pa.field("row", pa.int64()),  # 0-based row number in the manifest
+    pa.field("candidate", pa.int64()),
+    pa.field("item_id", pa.string()),
+    pa.field("source_prompt", pa.string()),  # the row's prompt, before the template
+    pa.field("prompt", pa.string()),  # resolved through the style's template
+    pa.field("negative_prompt", pa.string()),
+    pa.field("style", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("seed_source", pa.string()),  # row | style | derived
+    pa.field("model", pa.string()),
+    pa.field("model_revision", pa.string()),
+    pa.field("scheduler", pa.string()),
+    pa.field("mode", pa.string()),  # t2i | img2img | inpaint
+    pa.field("steps", pa.int64()),
+    pa.field("guidance_scale", pa.float64()),
+    pa.field("strength", pa.float64()),
+    pa.field("width", pa.int64()),
+    pa.field("height", pa.int64()),
+    pa.field("num_candidates", pa.int64()),
+    pa.field("keep", pa.int64()),
+    pa.field("clip_threshold", pa.float64()),
+    pa.field("init_image", pa.string()),  # resolved product or reference image URI
+    pa.field("mask", pa.string()),  # resolved mask URI, "alpha" (from the product), or null
+    pa.field("lora", pa.string()),
+    pa.field("lora_scale", pa.float64()),
+    pa.field("format", pa.string()),
+    pa.field("path", pa.string()),  # planned output path, relative to the output folder
+    pa.field("truncated", pa.bool_()),  # prompt longer than the text encoder's window
+]
+PLAN_SCHEMA = pa.schema(PLAN_FIELDS)
+
+# ── results: the plan plus what happened ────────────────────────────────────
+OUTCOME_FIELDS = [
+    pa.field("run_id", pa.string()),
+    pa.field("job", pa.string()),
+    pa.field("clip_score", pa.float64()),
+    pa.field("clip_model", pa.string()),
+    pa.field("prompt_unsafe_score", pa.float64()),
+    pa.field("image_unsafe_score", pa.float64()),
+    pa.field("moderation", pa.string()),  # pass | block
+    pa.field("status", pa.string()),
+    pa.field("reason", pa.string()),
+    pa.field("selected", pa.bool_()),
+    pa.field("rank", pa.int64()),  # 1 = best passing candidate of the row
+    pa.field("sha256", pa.string()),
+    pa.field("bytes", pa.int64()),
+    pa.field("c2pa_label", pa.string()),
+    pa.field("c2pa_state", pa.string()),
+    pa.field("ms_generate", pa.float64()),
+    pa.field("ms_score", pa.float64()),
+    pa.field("ms_moderate", pa.float64()),
+    pa.field("ms_encode", pa.float64()),
+    pa.field("ms_sign", pa.float64()),
+    pa.field("ms_write", pa.float64()),
+    pa.field("ms_verify", pa.float64()),
+    pa.field("worker", pa.string()),  # host:pid of the generating actor
+    pa.field("batch_size", pa.int64()),
+    pa.field("batch_position", pa.int64()),
+    pa.field("attempt", pa.int64()),
+    pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
+]
+OUTCOME_SCHEMA = pa.schema(OUTCOME_FIELDS)
+RESULTS_SCHEMA = pa.schema(PLAN_FIELDS + OUTCOME_FIELDS)  # + passthrough columns
+TIMING_COLUMNS = [f.name for f in OUTCOME_FIELDS if f.name.startswith("ms_")]
+
+# Columns of the manifest the pipeline consumes; every other column passes through.
+CONSUMED_MANIFEST_COLUMNS = set(MANIFEST_COLUMNS)
+RESERVED_NAMES = {f.name for f in PLAN_FIELDS + OUTCOME_FIELDS}
+
+# ── status vocabulary ───────────────────────────────────────────────────────
+WRITTEN = "written"  # selected, signed, written, read back and verified
+REJECTED = "rejected"  # filtered or not among the best k; `reason` says which
+ERROR = "error"  # something failed; `reason` holds the message
+STATUSES = (WRITTEN, REJECTED, ERROR)
+
+# Reasons for REJECTED (ERROR reasons are free-form messages prefixed by the stage).
+PROMPT_BLOCKED = "prompt_blocked"
+IMAGE_UNSAFE = "image_unsafe"
+BELOW_CLIP_THRESHOLD = "below_clip_threshold"
+NOT_SELECTED = "not_selected"
+REJECT_REASONS = (PROMPT_BLOCKED, IMAGE_UNSAFE, BELOW_CLIP_THRESHOLD, NOT_SELECTED)
+
+MODES = ("t2i", "img2img", "inpaint")

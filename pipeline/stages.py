@@ -1,0 +1,221 @@
+"""The two callables Ray runs, free of Ray so they run in-process in tests too.
+
+`CandidateStage` (a GPU actor): prompt check → generate → CLIP score → image moderation →
+best-k selection, fused so pixels never cross the object store until an image is kept.
+It receives whole manifest rows (all their pending candidates) so it can select.
+
+`WriteStage` (CPU actors, in parallel): encode → sign (C2PA, the last write) → atomic write →
+read back and verify → sha256. Only kept images reach it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import os
+import socket
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import schema
+from pipeline.config import JobConfig
+from pipeline.select import select_best
+
+WORK_FIELDS = schema.PLAN_FIELDS + [pa.field("prior_selected", pa.int64())]
+WORK_SCHEMA = pa.schema(WORK_FIELDS)
+PIXELS = "pixels"
+STAGE_OUT_SCHEMA = pa.schema(WORK_FIELDS + schema.OUTCOME_FIELDS + [pa.field(PIXELS, pa.large_binary())])
+WRITTEN_SCHEMA = pa.schema(WORK_FIELDS + schema.OUTCOME_FIELDS)
+SOFTWARE = "asset-pipeline"
+
+
+def software_agent() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{SOFTWARE} {version(SOFTWARE)}"
+    except PackageNotFoundError:
+        return f"{SOFTWARE} dev"
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _ms_each(t0: float, n: int) -> float:
+    return (time.perf_counter() - t0) * 1000 / max(n, 1)
+
+
+class CandidateStage:
+    """Everything that needs the models, on the actor that holds them."""
+
+    def __init__(self, cfg: JobConfig):
+        from pipeline import models
+        from pipeline.generate import Generator
+        from pipeline.moderate import ImageModerator, PromptModerator
+        from pipeline.score import ClipScorer
+
+        m = cfg.models
+        device = models.resolve_device(m.device)
+        dtype = models.resolve_dtype(m.dtype, device)
+        self.cfg = cfg
+        self.generator = Generator(
+            models.load_diffusion(m.diffusion, revision=m.diffusion_revision, scheduler=m.scheduler,
+                                  device=device, dtype=dtype),
+            batch_size=cfg.generate.batch_size)
+        self.scorer = ClipScorer(models.load_clip(m.clip, m.clip_pretrained, device=device))
+        self.image_moderator = ImageModerator(models.load_image_classifier(m.moderation, device=device),
+                                              m.unsafe_labels)
+        text_clf = models.load_text_classifier(m.prompt_classifier, device=device) if m.prompt_classifier else None
+        self.prompt_moderator = PromptModerator(cfg.filter.blocked_terms, text_clf, m.unsafe_labels)
+        self.worker = worker_name()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        # 1. check inputs: the runner sends every row whole, so selection sees all candidates
+        records = batch.to_pylist()
+        for r in records:
+            for f in schema.OUTCOME_FIELDS:
+                r.setdefault(f.name, None)
+            r.update(run_id=None, job=self.cfg.job.name, worker=self.worker, selected=None)
+        # 2. prompt moderation: blocked prompts are never generated
+        self._moderate_prompts(records)
+        todo = [r for r in records if r["status"] is None]
+        # 3. generate
+        images: dict[str, np.ndarray] = {}
+        for r, g in zip(todo, self.generator(todo), strict=True):
+            r.update(ms_generate=g.ms, batch_size=g.batch_size, batch_position=g.batch_position,
+                     attempt=g.attempt, truncated=g.truncated)
+            if g.error:
+                r.update(status=schema.ERROR, reason=g.error)
+            else:
+                images[r["item_id"]] = g.image
+        made = [r for r in todo if r["item_id"] in images]
+        # 4. score and moderate images, then select the best k per row
+        self._score_and_moderate(made, images)
+        select_best(records)
+        # 5. collect: pixels only for images that will be written
+        write_rejected = self.cfg.output.write_rejected
+        for r in records:
+            keep_pixels = r["item_id"] in images and (r["selected"] or write_rejected)
+            img = images.get(r["item_id"]) if keep_pixels else None
+            r[PIXELS] = img.tobytes() if img is not None else None
+            if r["selected"]:
+                r["status"], r["reason"] = None, None  # pending the write
+        return pa.Table.from_pylist(records, schema=STAGE_OUT_SCHEMA)
+
+    def _moderate_prompts(self, records: list[dict]) -> None:
+        t0 = time.perf_counter()
+        verdicts = self.prompt_moderator([r["source_prompt"] for r in records])
+        ms = _ms_each(t0, len(records))
+        threshold = self.cfg.filter.prompt_unsafe_threshold
+        for r, v in zip(records, verdicts, strict=True):
+            r["prompt_unsafe_score"] = v.score
+            r["ms_moderate"] = ms
+            if v.blocked:
+                r.update(status=schema.REJECTED, reason=f"{schema.PROMPT_BLOCKED}: term {v.term!r}")
+            elif v.score is not None and v.score >= threshold:
+                r.update(status=schema.REJECTED, reason=f"{schema.PROMPT_BLOCKED}: classifier score "
+                                                        f"{v.score:.3f} >= {threshold}")
+            r["moderation"] = "block" if r["status"] else "pass"
+
+    def _score_and_moderate(self, made: list[dict], images: dict[str, np.ndarray]) -> None:
+        if not made:
+            return
+        pixels = [images[r["item_id"]] for r in made]
+        t0 = time.perf_counter()
+        scores = self.scorer(pixels, [r["source_prompt"] for r in made])
+        ms_score = _ms_each(t0, len(made))
+        t0 = time.perf_counter()
+        unsafe = self.image_moderator(pixels)
+        ms_mod = _ms_each(t0, len(made))
+        threshold = self.cfg.filter.image_unsafe_threshold
+        for r, s, u in zip(made, scores, unsafe, strict=True):
+            r.update(clip_score=float(s), clip_model=self.scorer.model_id, image_unsafe_score=float(u),
+                     ms_score=ms_score, ms_moderate=(r["ms_moderate"] or 0) + ms_mod)
+            if u >= threshold:
+                r.update(status=schema.REJECTED, reason=f"{schema.IMAGE_UNSAFE}: score {u:.3f} >= {threshold}",
+                         moderation="block")
+            elif s < r["clip_threshold"]:
+                r.update(status=schema.REJECTED,
+                         reason=f"{schema.BELOW_CLIP_THRESHOLD}: {s:.2f} < {r['clip_threshold']}")
+
+
+class WriteStage:
+    """Encode, sign, write atomically, read back and verify: the last touch of each image."""
+
+    def __init__(self, cfg: JobConfig, output_dir: str):
+        from pipeline.provenance import Signer
+
+        self.cfg = cfg
+        self.out = Path(output_dir)
+        self.signer = Signer.from_section(cfg.signer, self.out, quiet=True)
+        self.agent = software_agent()
+        self._parents: dict[str, tuple[bytes, str]] = {}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        records = batch.to_pylist()
+        for r in records:
+            pixels = r.pop(PIXELS)
+            written = False
+            if pixels is not None:
+                try:
+                    written = self._write(r, pixels)
+                except Exception as e:  # noqa: BLE001 — failures are rows
+                    r.update(status=schema.ERROR, reason=f"write: {type(e).__name__}: {e}")
+            if r["status"] is None:  # selected, and the write went through
+                r["status"] = schema.WRITTEN
+            if not written:
+                r["path"] = None
+            r["finished_at"] = datetime.now(timezone.utc)
+        return pa.Table.from_pylist(records, schema=WRITTEN_SCHEMA)
+
+    def _parent(self, uri: str | None) -> tuple[bytes | None, str | None]:
+        if uri is None:
+            return None, None
+        if uri not in self._parents:
+            import fsspec
+
+            with fsspec.open(uri, "rb") as f:
+                self._parents[uri] = (f.read(), mimetypes.guess_type(uri)[0] or "image/png")
+            if len(self._parents) > 64:
+                self._parents.pop(next(iter(self._parents)))
+        return self._parents[uri]
+
+    def _write(self, r: dict, pixels: bytes) -> bool:
+        """True when the signed file is in place and verifies; else the row says why."""
+        from pipeline.provenance import Claim, verify_bytes
+        from pipeline.write import atomic_write, encode_image, safe_join, sha256_hex
+
+        o = self.cfg.output
+        t0 = time.perf_counter()
+        img = np.frombuffer(pixels, dtype=np.uint8).reshape(int(r["height"]), int(r["width"]), 3)
+        data, mime = encode_image(img, o.format, png_compress_level=o.png_compress_level,
+                                  jpeg_quality=o.jpeg_quality, webp_quality=o.webp_quality)
+        t1 = time.perf_counter()
+        parent, parent_mime = self._parent(r["init_image"]) if r["mode"] != "t2i" else (None, None)
+        claim = Claim(
+            title=os.path.basename(r["path"]), model=r["model"], model_revision=r["model_revision"],
+            seed=int(r["seed"]), steps=int(r["steps"]), guidance_scale=float(r["guidance_scale"]),
+            prompt_sha256=hashlib.sha256(r["prompt"].encode("utf-8")).hexdigest(), mode=r["mode"],
+            item_id=r["item_id"], software_agent=self.agent, parent=parent, parent_mime=parent_mime,
+            parent_title=os.path.basename(r["init_image"]) if parent else None)
+        signed = self.signer.sign(data, mime, claim)
+        t2 = time.perf_counter()
+        target = safe_join(self.out, r["path"])
+        atomic_write(target, signed)
+        t3 = time.perf_counter()
+        on_disk = target.read_bytes()
+        check = verify_bytes(on_disk, mime, self.signer.trust_anchors_pem)
+        t4 = time.perf_counter()
+        r.update(ms_encode=(t1 - t0) * 1000, ms_sign=(t2 - t1) * 1000, ms_write=(t3 - t2) * 1000,
+                 ms_verify=(t4 - t3) * 1000, c2pa_label=check.label, c2pa_state=check.state,
+                 bytes=len(on_disk), sha256=sha256_hex(on_disk))
+        if not check.ok:
+            target.unlink(missing_ok=True)
+            r.update(status=schema.ERROR, reason=f"verify: C2PA {check.state}: {', '.join(check.errors)}",
+                     sha256=None, bytes=None)
+        return check.ok

@@ -1,0 +1,59 @@
+"""`pipeline verify DIR`: every written image re-read, its sha256 and C2PA manifest checked
+against the results table; files the table does not list, and listed files that are gone,
+are problems too.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipeline import schema
+from pipeline.results import RESULTS
+
+DEMO_CA = Path("_demo_signer") / "ca.pem"
+
+
+def verify_output(output_dir: Path, trust_anchors: str | None = None) -> tuple[list[str], int]:
+    """(problems, images checked). No problems means every promise of the table holds."""
+    from pipeline.provenance import verify_bytes
+    from pipeline.write import safe_join, sha256_hex
+
+    path = output_dir / RESULTS
+    if not path.is_file():
+        return [f"{path}: no results table"], 0
+    anchors_path = Path(trust_anchors) if trust_anchors else output_dir / DEMO_CA
+    anchors = anchors_path.read_bytes() if anchors_path.is_file() else None
+    table = pq.read_table(path, columns=["item_id", "status", "path", "sha256", "c2pa_label"])
+    problems: list[str] = []
+    checked = 0
+    listed = set()
+    for item, status, rel, digest, label in zip(*(table[c].to_pylist() for c in table.column_names),
+                                                strict=True):
+        if status == schema.WRITTEN and not rel:
+            problems.append(f"{item}: status written but no path")
+        if not rel:
+            continue
+        listed.add(rel)
+        try:
+            file = safe_join(output_dir, rel)
+            data = file.read_bytes()
+        except (OSError, ValueError) as e:
+            problems.append(f"{rel}: cannot read ({e})")
+            continue
+        checked += 1
+        if sha256_hex(data) != digest:
+            problems.append(f"{rel}: sha256 differs from the results table")
+        check = verify_bytes(data, mimetypes.guess_type(rel)[0] or "image/png", anchors)
+        if not check.ok:
+            problems.append(f"{rel}: C2PA {check.state} {', '.join(check.errors)}".rstrip())
+        elif label and check.label != label:
+            problems.append(f"{rel}: C2PA manifest {check.label} is not the recorded {label}")
+    images = output_dir / "images"
+    for f in sorted(images.rglob("*")) if images.exists() else []:
+        rel = f.relative_to(output_dir).as_posix()
+        if f.is_file() and rel not in listed:
+            problems.append(f"{rel}: file not listed in the results table")
+    return problems, checked

@@ -1,0 +1,43 @@
+"""Builders for jobs, manifests and styles tables written to a temporary folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import JobConfig, load_job
+
+STYLES = {
+    "style": ["studio", "brand"],
+    "prompt_template": ["{prompt}, studio photo", "{prompt}, brand look"],
+    "negative_prompt": ["blurry", None],
+    "steps": pa.array([2, 3], pa.int64()),
+    "guidance_scale": [4.0, 5.0],
+    "seeds": pa.array([None, [11, 22]], pa.list_(pa.int64())),
+}
+
+
+def write_job(folder: Path, rows: dict | pa.Table, styles: dict | pa.Table | None = STYLES,
+              extra: str = "", **job_keys) -> Path:
+    """A job file + manifest (+ styles) in `folder`; returns the job path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = rows if isinstance(rows, pa.Table) else pa.table(rows)
+    pq.write_table(table, folder / "manifest.parquet")
+    lines = ["[job]", 'name = "t"', 'manifest = "manifest.parquet"', 'output = "out"']
+    if styles is not None:
+        pq.write_table(styles if isinstance(styles, pa.Table) else pa.table(styles), folder / "styles.parquet")
+        lines.append('styles = "styles.parquet"')
+    for k, v in job_keys.items():
+        lines.append(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"')
+    text = "\n".join(lines) + "\n" + extra
+    if "[generate]" not in extra:
+        text += "\n[generate]\nsteps = 2\nwidth = 64\nheight = 64\nbatch_size = 4\n"
+    path = folder / "job.toml"
+    path.write_text(text)
+    return path
+
+
+def job(folder: Path, rows: dict | pa.Table, **kw) -> JobConfig:
+    return load_job(write_job(folder, rows, **kw))

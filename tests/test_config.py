@@ -1,0 +1,61 @@
+"""The job spec: relative paths, overrides, and errors that name the key."""
+
+import pytest
+
+from pipeline.config import ConfigError, load_job
+
+
+def write(tmp_path, text):
+    p = tmp_path / "job.toml"
+    p.write_text(text)
+    return p
+
+
+def test_relative_paths_resolve_against_the_job_file(tmp_path, monkeypatch):
+    (tmp_path / "jobs").mkdir()
+    p = write(tmp_path / "jobs", '[job]\nmanifest = "../m.parquet"\noutput = "out"\n')
+    monkeypatch.chdir("/")
+    cfg = load_job(p)
+    assert cfg.job.manifest == str(tmp_path / "m.parquet")
+    assert cfg.job.output == str(tmp_path / "jobs" / "out")
+
+
+def test_cli_overrides_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    p = write(tmp_path, '[job]\nmanifest = "m.parquet"\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = load_job(p, {("job", "output"): "elsewhere", ("job", "manifest"): None})
+    assert cfg.job.output == str(tmp_path / "elsewhere")
+    assert cfg.job.manifest == str(tmp_path / "m.parquet")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[job]\nmanifest = "m"\nbogus = 1\n', "unknown key(s) in [job]: bogus"),
+    ('[jobs]\nmanifest = "m"\n', "unknown section(s): jobs"),
+    ('[job]\nmanifest = "m"\nseed = "x"\n', "[job].seed: expected an integer"),
+    ('[job]\nmanifest = "m"\n[output]\nwrite_rejected = 1\n', "[output].write_rejected: expected true/false"),
+    ('[job]\nmanifest = "m"\nkeep = 3\nnum_candidates = 2\n', "[job].keep must be 1..num_candidates"),
+    ('[job]\nmanifest = "m"\n[generate]\nwidth = 100\n', "[generate].width must be a multiple of 8"),
+    ('[job]\nmanifest = "m"\n[output]\nformat = "gif"\n', "[output].format"),
+    ('[job]\nname = "x"\n', "[job].manifest is required"),
+    ('[job\n', "not valid TOML"),
+    ('[job]\nmanifest = "m"\n[signer]\nmode = "files"\ncert_chain = "nope.pem"\nprivate_key = "k.pem"\n',
+     "[signer].cert_chain: file not found"),
+    ('[job]\nmanifest = "m"\n[signer]\nmode = "files"\ncert_chain_env = "NO_SUCH_VAR_X"\n'
+     'private_key_env = "NO_SUCH_VAR_Y"\n', "environment variable NO_SUCH_VAR_X is not set"),
+])
+def test_bad_specs_name_the_key(tmp_path, text, needle):
+    with pytest.raises(ConfigError) as e:
+        load_job(write(tmp_path, text))
+    assert needle in str(e.value)
+    assert str(tmp_path / "job.toml") in str(e.value)
+
+
+def test_missing_job_file(tmp_path):
+    with pytest.raises(ConfigError, match="job file not found"):
+        load_job(tmp_path / "nope.toml")
+
+
+def test_demo_job_loads():
+    cfg = load_job("jobs/demo.toml")
+    assert cfg.job.num_candidates >= cfg.job.keep
+    assert cfg.models.diffusion.startswith("embedded:")

@@ -1,0 +1,231 @@
+"""C2PA signing and read-back with the real c2pa library (pipeline/provenance.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import stat
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from PIL import Image
+
+from pipeline.config import SignerSection
+from pipeline.provenance import (
+    UNTRUSTED,
+    Claim,
+    Signer,
+    SignerError,
+    make_demo_credentials,
+    verify_bytes,
+)
+from pipeline.write import encode_image
+
+
+@pytest.fixture(scope="module")
+def creds(tmp_path_factory):
+    return make_demo_credentials(tmp_path_factory.mktemp("out") / "_demo_signer")
+
+
+@pytest.fixture(scope="module")
+def signer(creds):
+    return Signer(cert_chain_pem=creds.cert_chain.read_bytes(),
+                  private_key_pem=creds.private_key.read_bytes(),
+                  trust_anchors_pem=creds.ca_cert.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+
+
+def claim(**changes) -> Claim:
+    fields = dict(title="row-1_0.png", model="embedded:tiny-sd", model_revision="abc123",
+                  seed=2**62 + 7, steps=4, guidance_scale=5.0,
+                  prompt_sha256=hashlib.sha256(b"a red teapot").hexdigest(), mode="t2i",
+                  item_id="item-0001", software_agent="asset-pipeline 0.1.0")
+    return Claim(**{**fields, **changes})
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def other_key_pem() -> bytes:
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+
+
+def test_demo_credentials_are_made_once_and_reused(tmp_path):
+    first = make_demo_credentials(tmp_path / "_demo_signer")
+    key = first.private_key.read_bytes()
+    assert stat.S_IMODE(first.private_key.stat().st_mode) == 0o600
+    assert b"PRIVATE KEY" in key and first.cert_chain.read_bytes().count(b"CERTIFICATE-----") == 4
+    second = make_demo_credentials(tmp_path / "_demo_signer")
+    assert second == first and second.private_key.read_bytes() == key
+
+
+def test_sign_verify_png_round_trips(signer, pixels):
+    data, mime = encode_image(pixels, "png")
+    signed = signer.sign(data, mime, claim())
+    result = signer.verify(signed, mime)
+    assert result.state == "Trusted" and result.errors == () and result.ok
+    assert result.label and result.label.startswith("urn:c2pa:")
+    gen = result.generation
+    assert gen["seed"] == 2**62 + 7 and gen["model"] == "embedded:tiny-sd"
+    assert gen["prompt_sha256"] == claim().prompt_sha256 and gen["item_id"] == "item-0001"
+    assert gen["mode"] == "t2i" and gen["model_revision"] == "abc123"
+    assert b"a red teapot" not in signed
+    np.testing.assert_array_equal(decode(signed), pixels)
+
+
+def test_manifest_content(signer, pixels):
+    import c2pa
+
+    signed = signer.sign(encode_image(pixels, "png")[0], "image/png", claim())
+    manifest = c2pa.Reader("image/png", io.BytesIO(signed)).get_active_manifest()
+    assertions = {a["label"]: a["data"] for a in manifest["assertions"]}
+    (created,) = assertions["c2pa.actions.v2"]["actions"]
+    assert created["action"] == "c2pa.created"
+    assert created["digitalSourceType"].endswith("/trainedAlgorithmicMedia")
+    assert created["softwareAgent"] == {"name": "asset-pipeline", "version": "0.1.0"}
+    uses = assertions["cawg.training-mining"]["entries"]
+    assert {u["use"] for u in uses.values()} == {"notAllowed"} and len(uses) == 4
+    assert manifest["title"] == "row-1_0.png" and "thumbnail" not in manifest
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_sign_verify_jpeg_and_webp(signer, pixels, fmt):
+    data, mime = encode_image(pixels, fmt)
+    signed = signer.sign(data, mime, claim(title=f"x.{fmt}"))
+    result = signer.verify(signed, mime)
+    assert result.ok, result
+    np.testing.assert_array_equal(decode(signed), decode(data))
+
+
+def test_unsupported_mime_is_a_clear_error(signer):
+    with pytest.raises(SignerError, match="cannot embed a manifest in 'image/bmp'"):
+        signer.sign(b"BM", "image/bmp", claim())
+
+
+def test_one_flipped_byte_fails_verification(signer, pixels):
+    signed = bytearray(signer.sign(encode_image(pixels, "png")[0], "image/png", claim()))
+    signed[signed.index(b"IDAT") + 20] ^= 0x01
+    result = signer.verify(bytes(signed), "image/png")
+    assert not result.ok
+    assert result.state == "Invalid" and "assertion.dataHash.mismatch" in result.errors
+
+
+def test_unsigned_png_is_missing(signer, pixels):
+    result = verify_bytes(encode_image(pixels, "png")[0], "image/png", None)
+    assert result.state == "Missing" and not result.ok and result.label is None
+
+
+def test_inpaint_with_parent_ingredient(signer, pixels):
+    product, product_mime = encode_image(pixels[:16, :16], "jpeg")
+    c = claim(mode="inpaint", parent=product, parent_mime=product_mime,
+              parent_title="teapot.jpg")
+    signed = signer.sign(encode_image(pixels, "png")[0], "image/png", c)
+    result = signer.verify(signed, "image/png")
+    assert result.ok, result
+    assert result.generation["mode"] == "inpaint"
+    import c2pa
+
+    manifest = c2pa.Reader("image/png", io.BytesIO(signed)).get_active_manifest()
+    (ingredient,) = manifest["ingredients"]
+    assert ingredient["relationship"] == "parentOf" and ingredient["title"] == "teapot.jpg"
+    actions = manifest["assertions"][0]["data"]["actions"]
+    assert [a["action"] for a in actions] == ["c2pa.opened", "c2pa.edited"]
+    assert actions[1]["digitalSourceType"].endswith("/compositeWithTrainedAlgorithmicMedia")
+
+
+def test_claim_checks_parent_against_mode():
+    with pytest.raises(ValueError, match="parent"):
+        claim(mode="img2img")
+    with pytest.raises(ValueError, match="parent"):
+        claim(parent=b"x", parent_mime="image/png")
+    with pytest.raises(ValueError, match="mode"):
+        claim(mode="upscale")
+
+
+def test_without_trust_anchors_the_signer_is_untrusted(signer, pixels):
+    signed = signer.sign(encode_image(pixels, "png")[0], "image/png", claim())
+    result = verify_bytes(signed, "image/png", None)
+    # c2pa-rs still calls the manifest Valid (intact and signed) but lists the failure.
+    assert result.state == "Valid" and result.errors == (UNTRUSTED,) and not result.ok
+
+
+def test_self_test_passes(signer):
+    signer.self_test()
+
+
+def test_from_section_demo(tmp_path, capsys):
+    signer = Signer.from_section(SignerSection(mode="demo"), tmp_path)
+    signer.self_test()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "THROWAWAY" in err and str(tmp_path / "_demo_signer") in err
+    again = Signer.from_section(SignerSection(mode="demo"), tmp_path)
+    assert again._key == signer._key  # resumed runs keep one signer
+
+
+def test_from_section_files_via_env(creds, monkeypatch):
+    monkeypatch.setenv("TEST_C2PA_KEY", creds.private_key.read_text())
+    section = SignerSection(mode="files", cert_chain=str(creds.cert_chain),
+                            private_key_env="TEST_C2PA_KEY", trust_anchors=str(creds.ca_cert))
+    Signer.from_section(section, creds.ca_cert.parent).self_test()
+
+
+def test_from_section_missing_env_var_names_it(creds, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_C2PA_KEY", raising=False)
+    section = SignerSection(mode="files", cert_chain=str(creds.cert_chain),
+                            private_key_env="NO_SUCH_C2PA_KEY")
+    with pytest.raises(SignerError, match="NO_SUCH_C2PA_KEY"):
+        Signer.from_section(section, creds.ca_cert.parent)
+
+
+def test_unreadable_key_names_the_file_not_the_contents(creds, tmp_path):
+    bad = tmp_path / "bad.key"
+    bad.write_bytes(b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5IGF0IGFsbCwganVzdCB0ZXh0IGhlcmU=\n"
+                    b"-----END PRIVATE KEY-----\n")
+    section = SignerSection(mode="files", cert_chain=str(creds.cert_chain), private_key=str(bad))
+    with pytest.raises(SignerError, match="bad.key") as info:
+        Signer.from_section(section, tmp_path)
+    assert "PRIVATE KEY" not in str(info.value) and "bm90" not in str(info.value)
+
+
+def test_wrong_key_fails_self_test_and_verification(creds, pixels):
+    wrong = Signer(cert_chain_pem=creds.cert_chain.read_bytes(), private_key_pem=other_key_pem(),
+                   trust_anchors_pem=creds.ca_cert.read_bytes())
+    with pytest.raises(SignerError, match="does not match") as info:
+        wrong.self_test()
+    assert "PRIVATE KEY" not in str(info.value)
+    # c2pa itself catches it too: the signature does not verify against the certificate.
+    signed = wrong.sign(encode_image(pixels, "png")[0], "image/png", claim())
+    assert not wrong.verify(signed, "image/png").ok
+
+
+def test_untrusted_signer_fails_self_test(creds):
+    untrusted = Signer(cert_chain_pem=creds.cert_chain.read_bytes(),
+                       private_key_pem=creds.private_key.read_bytes())
+    with pytest.raises(SignerError, match="trust_anchors"):
+        untrusted.self_test()
+
+
+def test_key_material_never_in_repr_or_errors(signer, creds):
+    key = creds.private_key.read_bytes()
+    body = b"".join(key.splitlines()[1:-1]).decode()
+    for text in (repr(signer), str(signer)):
+        assert "PRIVATE KEY" not in text and body[:20] not in text
+    with pytest.raises(SignerError) as info:
+        Signer(cert_chain_pem=key, private_key_pem=key)  # key where the chain belongs
+    assert "PRIVATE KEY" not in str(info.value) and body[:20] not in str(info.value)
+
+
+def test_signer_pickles_without_native_handles(signer, pixels):
+    clone = pickle.loads(pickle.dumps(signer))
+    data = encode_image(pixels, "png")[0]
+    assert clone.verify(clone.sign(data, "image/png", claim()), "image/png").ok
