@@ -144,7 +144,7 @@ def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
     c = pl.col
     checks = [
         (c("style").is_null() | (c("style").str.strip_chars() == ""), "style", "empty style name"),
-        (c("style").is_duplicated() & c("style").is_not_null(), "style", "duplicate style name"),
+        (~c("style").is_first_distinct() & c("style").is_not_null(), "style", "duplicate style name"),
         (c("prompt_template").is_not_null() & ~c("prompt_template").str.contains("{prompt}", literal=True),
          "prompt_template", "template must contain {prompt}"),
         (c("steps").is_not_null() & ((c("steps") < 1) | (c("steps") > 1000)), "steps", "must be 1..1000"),
@@ -227,7 +227,7 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
     known_styles = styles["style"].drop_nulls().to_list()
     checks = [
         (c("id").is_null() | (c("id").str.strip_chars() == ""), "id", "empty id"),
-        (c("id").is_duplicated() & c("id").is_not_null(), "id", "duplicate id"),
+        (~c("id").is_first_distinct() & c("id").is_not_null(), "id", "duplicate id (an earlier row has it)"),
         (c("id").str.contains(_BAD_ID.pattern) | (c("id").str.len_chars() > MAX_ID_CHARS), "id",
          f"ids may not contain path separators, '..' or control characters, nor exceed {MAX_ID_CHARS} chars"),
         (c("prompt").is_null() | (c("prompt").str.strip_chars() == ""), "prompt", "empty prompt"),

@@ -1,0 +1,133 @@
+"""The catalogue of bad inputs: each names file, row, id and column; all problems at once."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from pipeline.manifest import ManifestError, load_inputs
+from tests.helpers import job
+
+GOOD = {"id": ["a", "b"], "prompt": ["a red mug", "a blue bottle"], "style": ["studio", "brand"]}
+
+
+def problems_of(tmp_path, rows, **kw):
+    cfg = job(tmp_path, rows, **kw)
+    with pytest.raises(ManifestError) as e:
+        load_inputs(cfg)
+    return e.value
+
+
+def test_good_manifest_passes_and_keeps_passthrough_columns(tmp_path):
+    rows = {**GOOD, "sku": ["S1", "S2"], "campaign": ["x", "y"], "price": [1.5, 2.0]}
+    inputs = load_inputs(job(tmp_path, rows))
+    assert inputs.passthrough == ("sku", "campaign", "price")
+    assert len(inputs.manifest) == 2
+
+
+@pytest.mark.parametrize("rows, row, column, needle", [
+    ({"id": ["a", "a"], "prompt": ["x", "y"]}, 1, "id", "duplicate id"),
+    ({"id": ["a", None], "prompt": ["x", "y"]}, 1, "id", "empty id"),
+    ({"id": ["a", "../../etc"], "prompt": ["x", "y"]}, 1, "id", "path separators"),
+    ({"id": ["a", "x/y"], "prompt": ["x", "y"]}, 1, "id", "path separators"),
+    ({"id": ["a", "b"], "prompt": ["x", "   "]}, 1, "prompt", "empty prompt"),
+    ({"id": ["a", "b"], "prompt": ["x", None]}, 1, "prompt", "empty prompt"),
+    ({"id": ["a", "b"], "prompt": ["x", "y" * 3000]}, 1, "prompt", "longer than 2000"),
+    ({"id": ["a", "b"], "prompt": ["x", "y"], "style": ["studio", "nope"]}, 1, "style", "unknown style"),
+    ({"id": ["a", "b"], "prompt": ["x", "y"], "width": [64, 100]}, 1, "width", "multiple of 8"),
+    ({"id": ["a", "b"], "prompt": ["x", "y"], "height": [64, 8192]}, 1, "height", "multiple of 8"),
+    ({"id": ["a", "b"], "prompt": ["x", "y"], "seed": [1, -5]}, 1, "seed", "seed must be"),
+    ({"id": ["a", "b"], "prompt": ["x", "y"], "num_candidates": [0, 2]}, 0, "num_candidates", "must be 1.."),
+    ({"id": ["a", "b"], "prompt": ["x", "y"], "num_candidates": [2, 2], "keep": [1, 3]}, 1, "keep",
+     "keep exceeds num_candidates"),
+    ({"id": ["a", "b"], "prompt": ["x", "y"], "mask": [None, "m.png"]}, 1, "mask", "needs a product_image"),
+    ({"id": ["a", "b"], "prompt": ["x", "y"], "product_image": [None, "missing.png"]}, 1, "product_image",
+     "file not found"),
+])
+def test_bad_rows_are_named(tmp_path, rows, row, column, needle):
+    err = problems_of(tmp_path, rows)
+    p = err.problems[0]
+    assert (p.row, p.column) == (row, column)
+    assert needle in p.message
+    text = str(err)
+    assert "manifest.parquet" in text and f"row {row}" in text and repr(column) in text
+    assert f"id {rows['id'][row]!r}" in text or rows["id"][row] is None
+
+
+@pytest.mark.parametrize("rows, column, needle", [
+    ({"prompt": ["x"]}, "id", "required column is missing"),
+    ({"id": ["a"]}, "prompt", "required column is missing"),
+    ({"id": [1], "prompt": ["x"]}, "id", "wrong type"),
+    ({"id": ["a"], "prompt": ["x"], "seed": ["12"]}, "seed", "wrong type"),
+    ({"id": ["a"], "prompt": ["x"], "width": [64.5]}, "width", "wrong type"),
+    ({"id": ["a"], "prompt": ["x"], "status": ["mine"]}, "status", "reserved"),
+    ({"id": ["a"], "prompt": ["x"], "seed": pa.array([2**64 - 1], pa.uint64())}, "seed", "out of range"),
+])
+def test_bad_columns_are_named(tmp_path, rows, column, needle):
+    p = problems_of(tmp_path, rows).problems[0]
+    assert p.column == column and needle in p.message
+
+
+def test_float_seed_column_with_nulls_is_accepted(tmp_path):
+    """pandas writes nullable integers as float with NaN: integral floats are fine."""
+    rows = {"id": ["a", "b"], "prompt": ["x", "y"], "seed": pa.array([3.0, None], pa.float64())}
+    inputs = load_inputs(job(tmp_path, rows))
+    assert inputs.manifest["seed"].to_list() == [3, None]
+
+
+def test_all_problems_reported_at_once_and_capped(tmp_path):
+    n = 500
+    rows = {"id": [f"r{i}" for i in range(n)], "prompt": [""] * n, "width": [65] * n}
+    err = problems_of(tmp_path, rows)
+    assert err.total == 2 * n
+    assert len(str(err).splitlines()) <= 51
+    assert f"and {2 * n - 50} more" in str(err)
+
+
+def test_not_parquet_and_missing_manifest(tmp_path):
+    cfg = job(tmp_path, GOOD)
+    (tmp_path / "manifest.parquet").write_text("id,prompt\na,b\n")
+    with pytest.raises(ManifestError, match="not a readable Parquet file"):
+        load_inputs(cfg)
+    (tmp_path / "manifest.parquet").unlink()
+    with pytest.raises(ManifestError, match="manifest not found"):
+        load_inputs(cfg)
+
+
+def test_empty_manifest(tmp_path):
+    rows = pa.table({"id": pa.array([], pa.string()), "prompt": pa.array([], pa.string())})
+    assert "no rows" in str(problems_of(tmp_path, rows))
+
+
+def test_unreadable_product_image_and_mask(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ok.png")
+    rows = {"id": ["a", "b"], "prompt": ["x", "y"], "product_image": ["ok.png", "broken.png"],
+            "mask": ["broken.png", None]}
+    err = problems_of(tmp_path, rows)
+    found = {(p.row, p.column) for p in err.problems}
+    assert found == {(1, "product_image"), (0, "mask")}
+    assert "not a readable image" in str(err)
+
+
+def test_input_roots_confine_product_images(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(outside / "p.png")
+    rows = {"id": ["a"], "prompt": ["x"], "product_image": [str(outside / "p.png")]}
+    err = problems_of(tmp_path / "job", rows, allowed_input_roots=[str(tmp_path / "job")])
+    assert "outside [job].allowed_input_roots" in str(err)
+
+
+@pytest.mark.parametrize("styles, column, needle", [
+    ({"style": ["a", "a"]}, "style", "duplicate style name"),
+    ({"style": ["a"], "prompt_template": ["no placeholder"]}, "prompt_template", "{prompt}"),
+    ({"style": ["a"], "steps": pa.array([0], pa.int64())}, "steps", "1..1000"),
+    ({"style": ["a"], "seeds": pa.array([[1, -1]], pa.list_(pa.int64()))}, "seeds", "seeds must be"),
+    ({"style": ["a"], "width": pa.array([30], pa.int64())}, "width", "multiple of 8"),
+    ({"style": ["a"], "steps": ["many"]}, "steps", "wrong type"),
+])
+def test_bad_styles_are_named(tmp_path, styles, column, needle):
+    err = problems_of(tmp_path, {"id": ["x"], "prompt": ["y"]}, styles=styles)
+    assert err.problems[0].column == column and needle in err.problems[0].message
+    assert "styles.parquet" in str(err)

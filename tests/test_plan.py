@@ -1,0 +1,79 @@
+"""The plan: seed rules, item ids (the idempotency key), paths, passthrough."""
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from pipeline.manifest import load_inputs
+from pipeline.plan import build_plan, candidate_seed, derive_seed
+from tests.helpers import job
+
+
+def plan_of(tmp_path, rows, **kw):
+    cfg = job(tmp_path, rows, **kw)
+    return build_plan(load_inputs(cfg), cfg).to_pylist()
+
+
+def test_seed_rules(tmp_path):
+    rows = {"id": ["with-seed", "styled", "plain"], "prompt": ["a", "b", "c"],
+            "style": ["studio", "brand", None], "seed": pa.array([5, None, None], pa.int64())}
+    plan = plan_of(tmp_path, rows, num_candidates=3, keep=1, seed=99)
+    seeds = {(r["id"], r["candidate"]): (r["seed"], r["seed_source"]) for r in plan}
+    assert seeds["with-seed", 0] == (5, "row")
+    assert seeds["with-seed", 1][0] == derive_seed("row", 5, 1)
+    assert seeds["styled", 0] == (11, "style") and seeds["styled", 1] == (22, "style")
+    assert seeds["styled", 2] == (derive_seed("style", 11, 2), "style")
+    assert seeds["plain", 1] == (derive_seed("job", 99, "plain", 1), "derived")
+    assert all(0 <= s < 2**63 for s, _ in seeds.values())
+    assert len({s for s, _ in seeds.values()}) == 9
+
+
+def test_derived_seeds_are_stable_values():
+    """Pinned values: a change here would silently change every derived image."""
+    assert candidate_seed(0, "row-1", 0, None, None) == (derive_seed("job", 0, "row-1", 0), "derived")
+    assert derive_seed("job", 0, "row-1", 0) == 6855778382083427954
+
+
+def test_style_seeds_shared_across_products(tmp_path):
+    rows = {"id": ["p1", "p2"], "prompt": ["mug", "shoe"], "style": ["brand", "brand"]}
+    plan = plan_of(tmp_path, rows, num_candidates=2, keep=1)
+    assert [r["seed"] for r in plan] == [11, 22, 11, 22]
+
+
+def test_templates_fallbacks_and_passthrough(tmp_path):
+    rows = {"id": ["a", "b"], "prompt": ["a {weird} mug", "b"], "style": ["studio", None],
+            "negative_prompt": [None, "dark"], "width": pa.array([128, None], pa.int64()),
+            "sku": ["S1", "S2"], "meta": pa.array([{"k": 1}, {"k": 2}])}
+    a, b = plan_of(tmp_path, rows)
+    assert a["prompt"] == "a {weird} mug, studio photo" and a["source_prompt"] == "a {weird} mug"
+    assert (a["negative_prompt"], b["negative_prompt"]) == ("blurry", "dark")
+    assert (a["steps"], b["steps"]) == (2, 2) and (a["width"], b["width"]) == (128, 64)
+    assert (a["sku"], b["meta"]) == ("S1", {"k": 2})
+    assert a["mode"] == "t2i" and a["path"] == f"images/{a['item_id'][:2]}/{a['item_id']}.png"
+
+
+def test_item_ids_stable_and_sensitive(tmp_path):
+    rows = {"id": ["a", "b"], "prompt": ["x", "y"]}
+    first = plan_of(tmp_path / "1", rows, num_candidates=2, keep=1)
+    again = plan_of(tmp_path / "2", rows, num_candidates=2, keep=1)
+    assert [r["item_id"] for r in first] == [r["item_id"] for r in again]
+    assert len({r["item_id"] for r in first}) == 4
+    changed = plan_of(tmp_path / "3", {"id": ["a", "b"], "prompt": ["x", "y!"]}, num_candidates=2, keep=1)
+    assert [r["item_id"] for r in changed][:2] == [r["item_id"] for r in first][:2]
+    assert [r["item_id"] for r in changed][2:] != [r["item_id"] for r in first][2:]
+    steps = plan_of(tmp_path / "4", rows, num_candidates=2, keep=1, extra="[generate]\nsteps = 3\n")
+    assert not {r["item_id"] for r in steps} & {r["item_id"] for r in first}
+
+
+def test_modes_from_product_images(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    Image.new("RGBA", (32, 32), (255, 0, 0, 128)).save(tmp_path / "cutout.png")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "photo.jpg")
+    Image.new("L", (32, 32), 255).save(tmp_path / "mask.png")
+    rows = {"id": ["cut", "photo", "masked"], "prompt": ["a", "b", "c"],
+            "product_image": ["cutout.png", "photo.jpg", "photo.jpg"], "mask": [None, None, "mask.png"]}
+    plan = {r["id"]: r for r in plan_of(tmp_path, rows)}
+    assert (plan["cut"]["mode"], plan["cut"]["mask"]) == ("inpaint", "alpha")
+    assert (plan["photo"]["mode"], plan["photo"]["mask"]) == ("img2img", None)
+    assert plan["masked"]["mode"] == "inpaint" and plan["masked"]["mask"] == str(tmp_path / "mask.png")
+    assert plan["photo"]["init_image"] == str(tmp_path / "photo.jpg")
