@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="output folder (overrides [job].output)")
     run.add_argument("--address", help="Ray cluster address (overrides [cluster].address); 'auto' to join")
     run.add_argument("--fresh", action="store_true", help="discard earlier results in the output folder")
+    run.add_argument("--rows", help="comma-separated manifest ids: regenerate only these rows")
     run.add_argument("--in-process", action="store_true", help="run the stages without Ray (debugging)")
     val = sub.add_parser("validate", help="check the job, manifest and styles; never generates")
     _job_args(val)
@@ -88,7 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.job import describe, run_job
 
     cfg = _load(args)
-    report = run_job(cfg, fresh=args.fresh, backend="in-process" if args.in_process else "ray")
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip()) if args.rows else ()
+    report = run_job(cfg, fresh=args.fresh, backend="in-process" if args.in_process else "ray", rows=rows)
     print(describe(report))
     return report.exit_code
 

@@ -7,6 +7,7 @@ any model is loaded, and every outcome is committed in whole-row shards as it ar
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import platform
 import shutil
@@ -23,7 +24,7 @@ import pyarrow.compute as pc
 
 from pipeline import results, schema
 from pipeline.config import JobConfig
-from pipeline.manifest import load_inputs
+from pipeline.manifest import Inputs, ManifestError, Problem, load_inputs
 from pipeline.plan import build_plan
 from pipeline.stages import WORK_SCHEMA
 
@@ -92,6 +93,18 @@ def work_blocks(pending: pa.Table, prior_selected: dict[str, int], batch_size: i
     return blocks
 
 
+def select_rows(inputs: Inputs, rows: tuple[str, ...]) -> Inputs:
+    """The inputs limited to some ids; an unknown id is an error, not an empty run."""
+    if not rows:
+        return inputs
+    import polars as pl
+
+    unknown = sorted(set(rows) - set(inputs.manifest["id"].to_list()))
+    if unknown:
+        raise ManifestError([Problem(inputs.manifest_uri, f"--rows: no such id(s): {', '.join(unknown)}")])
+    return dataclasses.replace(inputs, manifest=inputs.manifest.filter(pl.col("id").is_in(list(rows))))
+
+
 def snapshot(cfg: JobConfig, run_id: str, output_dir: Path, plan_rows: int) -> None:
     """Resolved config and library versions, so any result can be traced to its run."""
     from importlib.metadata import PackageNotFoundError, version
@@ -143,8 +156,13 @@ class _Committer:
             self.ready, self.ready_rows = [], 0
 
 
-def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray") -> RunReport:
-    """Run (or resume) the job; returns the report. Raises before any GPU work if it cannot run."""
+def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
+            rows: tuple[str, ...] = ()) -> RunReport:
+    """Run (or resume) the job; returns the report. Raises before any GPU work if it cannot run.
+
+    `rows` limits the run to these manifest ids: seeds and item ids do not depend on which
+    other rows are present, so a row regenerated alone comes out as in the full run.
+    """
     from pipeline.provenance import Signer
     from pipeline.runner import connect, execute, execute_in_process, size_pools
 
@@ -153,7 +171,13 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray") -> Run
     # 1. everything that can reject the job, before any model loads
     prepare_output(out, fresh)
     lock = _lock(out)
-    inputs = load_inputs(cfg)
+    if rows and (out / results.RESULTS).exists():
+        import pyarrow.parquet as pq
+
+        if set(pq.read_table(out / results.RESULTS, columns=["id"])["id"].to_pylist()) - set(rows):
+            raise JobError(f"{out}: holds results of other rows; --rows would replace them, "
+                           "so give it a separate --output")
+    inputs = select_rows(load_inputs(cfg), rows)
     plan = build_plan(inputs, cfg)
     Signer.from_section(cfg.signer, out).self_test()
     run_id = uuid.uuid4().hex[:12]
