@@ -127,6 +127,8 @@ class Generator:
         first = cands[0]
         mode = first["mode"]
         pipe = {"t2i": self.pipes.t2i, "img2img": self.pipes.img2img, "inpaint": self.pipes.inpaint}[mode]
+        if pipe is None:
+            raise ValueError(f"model {self.pipes.model_id!r} has no {mode} pipeline")
         params = inspect.signature(pipe.__call__).parameters
         kwargs = {
             "prompt": [c["prompt"] for c in cands],

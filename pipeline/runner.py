@@ -61,15 +61,16 @@ def execute(blocks: list[pa.Table], cfg: JobConfig, output_dir: str, pools: Pool
 
     from pipeline.stages import CandidateStage, WriteStage
 
-    retry = {"max_restarts": -1, "max_task_retries": -1}
+    # Ray Data restarts dead actors and retries their batches by default (max_restarts=-1).
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(
         CandidateStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=None, batch_format="pyarrow",
-        concurrency=pools.generate_actors, num_gpus=pools.gpus_per_actor, num_cpus=pools.cpus_per_actor,
-        **retry)
+        compute=ray.data.ActorPoolStrategy(size=pools.generate_actors), num_gpus=pools.gpus_per_actor,
+        num_cpus=pools.cpus_per_actor)
     ds = ds.map_batches(
         WriteStage, fn_constructor_kwargs={"cfg": cfg, "output_dir": output_dir}, batch_size=None,
-        batch_format="pyarrow", concurrency=pools.write_actors, num_cpus=pools.cpus_per_writer, **retry)
+        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pools.write_actors),
+        num_cpus=pools.cpus_per_writer)
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 

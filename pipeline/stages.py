@@ -59,6 +59,7 @@ class CandidateStage:
         from pipeline.moderate import ImageModerator, PromptModerator
         from pipeline.score import ClipScorer
 
+        models.quiet_libraries()
         m = cfg.models
         device = models.resolve_device(m.device)
         dtype = models.resolve_dtype(m.dtype, device)

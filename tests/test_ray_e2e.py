@@ -1,0 +1,87 @@
+"""End to end through the real CLI and real Ray: local instance, and a head + worker cluster."""
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tests.helpers import write_job
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = {
+    "id": ["shoe", "mug-jp", "bag", "lamp"],
+    "prompt": ["running shoes, dynamic angle", "朝の光の中のコーヒーカップ", "a leather bag", "a desk lamp"],
+    "style": ["studio", "brand", None, "studio"],
+    "campaign": ["spring", "jp", "autumn", "spring"],
+}
+EXTRA = "[output]\nwrite_rejected = true\n"
+
+
+def cli(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def pixels(out: Path, table) -> dict:
+    return {r["item_id"]: np.asarray(Image.open(out / r["path"])).astype(int)
+            for r in table.to_pylist() if r["path"]}
+
+
+def test_run_verify_and_regenerate_one_row_alone(tmp_path):
+    job = write_job(tmp_path, ROWS, extra=EXTRA, num_candidates=2, keep=1)
+    run = cli("run", str(job), "--output", str(tmp_path / "full"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "written 4" in run.stdout
+    ver = cli("verify", str(tmp_path / "full"))
+    assert ver.returncode == 0 and "verified 8 image(s): OK" in ver.stdout, ver.stdout + ver.stderr
+    full = pq.read_table(tmp_path / "full" / "results.parquet")
+    assert full.num_rows == 8 and full["campaign"].to_pylist()[::2] == ROWS["campaign"]
+    assert set(full["status"].to_pylist()) == {"written", "rejected"}
+
+    # One row alone, in its own output folder: the same item ids and the same pixels.
+    alone = cli("run", str(job), "--rows", "mug-jp", "--output", str(tmp_path / "alone"))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    one = pq.read_table(tmp_path / "alone" / "results.parquet")
+    a, b = pixels(tmp_path / "full", full), pixels(tmp_path / "alone", one)
+    assert len(b) == 2 and set(b) <= set(a)
+    for item, img in b.items():
+        assert np.abs(img - a[item]).max() <= 2, item
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_on_a_head_and_worker_cluster(tmp_path):
+    """A real two-node Ray cluster on loopback, joined with --address."""
+    ray = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    # Ray's token authentication, as a real cluster runs it: every process gets the token.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    head = subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                           "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert head.returncode == 0, head.stderr[-2000:]
+    try:
+        address = f"127.0.0.1:{port}"
+        worker = subprocess.run([ray, "start", f"--address={address}", "--node-ip-address=127.0.0.1",
+                                 "--num-cpus=1", "--disable-usage-stats"],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        job = write_job(tmp_path, ROWS, num_candidates=1, keep=1)
+        run = cli("run", str(job), "--address", address, "--output", str(tmp_path / "out"), env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "cluster: 2 CPU" in run.stderr
+        assert cli("verify", str(tmp_path / "out")).returncode == 0
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)

@@ -1,0 +1,120 @@
+"""The run contract, in-process (fast): one row per candidate, signed files, verify, resume."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline import schema
+from pipeline.config import load_job
+from pipeline.job import EXIT_OK, run_job
+from pipeline.results import SHARDS
+from pipeline.verify import verify_output
+from tests.helpers import write_job
+
+ROWS = {
+    "id": ["mug", "blocked", "staged", "plain"],
+    "prompt": ["a red mug on a table", "an nsfw poster", "a mug", "Ein Fahrrad im Schnee 🚲"],
+    "style": ["studio", None, None, "brand"],
+    "seed": pa.array([7, None, None, None], pa.int64()),
+    "product_image": [None, None, "cutout.png", None],
+    "sku": ["S-1", "S-2", "S-3", "S-4"],
+    "launch": pa.array([1, 2, 3, 4], pa.int32()),
+}
+EXTRA = """
+[filter]
+blocked_terms = ["nsfw"]
+[generate]
+steps = 2
+width = 64
+height = 64
+batch_size = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    im = Image.new("RGBA", (48, 32), (0, 0, 0, 0))
+    im.paste((20, 200, 20, 255), (10, 5, 30, 28))
+    im.save(folder / "cutout.png")
+    cfg = load_job(write_job(folder, ROWS, extra=EXTRA, num_candidates=2, keep=1))
+    report = run_job(cfg, backend="in-process")
+    return cfg, report, pq.read_table(report.output_dir / "results.parquet")
+
+
+def test_one_row_per_candidate_with_status(finished):
+    _, report, table = finished
+    assert report.exit_code == EXIT_OK
+    rows = table.to_pylist()
+    assert [(r["id"], r["candidate"]) for r in rows] == [(i, k) for i in ROWS["id"] for k in range(2)]
+    assert {r["status"] for r in rows} <= set(schema.STATUSES)
+    assert all(r["status"] for r in rows)
+    by_id = {}
+    for r in rows:
+        by_id.setdefault(r["id"], []).append(r)
+    for rid in ("mug", "staged", "plain"):
+        assert sum(r["selected"] for r in by_id[rid]) == 1
+        assert sorted(r["status"] for r in by_id[rid]) == ["rejected", "written"]
+    blocked = by_id["blocked"]
+    assert all(r["status"] == "rejected" and r["reason"].startswith("prompt_blocked") for r in blocked)
+    assert all(r["ms_generate"] is None and r["path"] is None for r in blocked)
+
+
+def test_results_columns_and_passthrough(finished):
+    cfg, _, table = finished
+    for name in ("id", "candidate", "item_id", "prompt", "style", "seed", "model", "steps",
+                 "guidance_scale", "width", "height", "clip_score", "image_unsafe_score", "status",
+                 "reason", "selected", "path", "sha256", "c2pa_state", "ms_generate", "ms_sign"):
+        assert name in table.column_names
+    assert table["sku"].to_pylist() == [s for s in ROWS["sku"] for _ in range(2)]
+    assert table.schema.field("launch").type == pa.int32()
+    written = table.filter(pa.compute.equal(table["status"], "written")).to_pylist()
+    assert written
+    for r in written:
+        assert r["path"] == f"images/{r['item_id'][:2]}/{r['item_id']}.png"
+        assert r["c2pa_state"] == "Trusted" and r["sha256"] and r["bytes"] > 0
+        assert 0 <= r["clip_score"] <= 100 and r["clip_model"]
+        assert r["model"] == cfg.models.diffusion
+    staged = [r for r in written if r["id"] == "staged"][0]
+    assert staged["mode"] == "inpaint"
+    # The product's own pixels are pasted back exactly (staging keeps the product).
+    out = np.asarray(Image.open(Path(cfg.job.output) / staged["path"]))
+    assert (out[33, 32] == [20, 200, 20]).all()
+
+
+def test_verify_passes_then_catches_tampering_and_strays(finished):
+    cfg, _, table = finished
+    out = Path(cfg.job.output)
+    assert verify_output(out) == ([], 3)
+    path = out / [p for p in table["path"].to_pylist() if p][0]
+    original = path.read_bytes()
+    try:
+        data = bytearray(original)
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        stray = out / "images" / "zz" / "stray.png"
+        stray.parent.mkdir(parents=True)
+        stray.write_bytes(original)
+        problems, _ = verify_output(out)
+        text = "\n".join(problems)
+        assert "sha256 differs" in text and "C2PA" in text and "stray.png: file not listed" in text
+    finally:
+        path.write_bytes(original)
+        stray.unlink()
+        stray.parent.rmdir()
+    assert verify_output(out)[0] == []
+
+
+def test_rerun_resumes_without_regenerating(finished):
+    cfg, first, table = finished
+    shards = sorted((Path(cfg.job.output) / SHARDS).iterdir())
+    again = run_job(cfg, backend="in-process")
+    assert again.exit_code == EXIT_OK
+    assert sorted((Path(cfg.job.output) / SHARDS).iterdir()) == shards  # nothing new committed
+    table2 = pq.read_table(again.output_dir / "results.parquet")
+    assert table2["sha256"].to_pylist() == table["sha256"].to_pylist()
+    assert table2["run_id"].to_pylist() == table["run_id"].to_pylist()
