@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline import faults
+
 GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength")
 
 
@@ -124,6 +126,8 @@ class Generator:
     def _generate(self, cands: list[dict]) -> list[np.ndarray]:
         import torch
 
+        _injected_faults(cands)
+
         first = cands[0]
         mode = first["mode"]
         pipe = {"t2i": self.pipes.t2i, "img2img": self.pipes.img2img, "inpaint": self.pipes.inpaint}[mode]
@@ -156,6 +160,17 @@ class Generator:
         if keeps is not None:
             images = [_composite(img, p[0], keep) for img, p, keep in zip(images, prepared, keeps, strict=True)]
         return images
+
+
+def _injected_faults(cands: list[dict]) -> None:
+    """Test-only failures (see pipeline/faults.py); nothing happens unless armed."""
+    import torch
+
+    bad_seed = faults.arg("candidate.error")
+    if bad_seed and any(str(c["seed"]) == bad_seed for c in cands):
+        raise RuntimeError(f"injected failure for seed {bad_seed}")
+    if faults.arg("candidate.oom") is not None and len(cands) > 1:
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
 
 def _invert(mask):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import results, schema
+from pipeline import faults, results, schema
 from pipeline.config import JobConfig
 from pipeline.manifest import Inputs, ManifestError, Problem, load_inputs
 from pipeline.plan import build_plan
@@ -134,6 +134,7 @@ class _Committer:
         self.ready: list[pa.Table] = []
         self.ready_rows = 0
         self.counts: Counter = Counter()
+        self.shards = 0
 
     def add(self, batch: pa.Table) -> None:
         batch = batch.set_column(batch.schema.get_field_index("run_id"), "run_id",
@@ -152,7 +153,11 @@ class _Committer:
 
     def flush(self) -> None:
         if self.ready:
-            self.store.write(pa.concat_tables(self.ready).drop_columns(["prior_selected"]))
+            self.shards += 1
+            faults.kill_if("driver.kill_before_shard", self.shards)
+            self.store.write(pa.concat_tables(self.ready).drop_columns(["prior_selected"]),
+                             kill_point=("driver.kill_mid_shard", self.shards))
+            faults.kill_if("driver.kill_after_shard", self.shards)
             self.ready, self.ready_rows = [], 0
 
 
@@ -220,6 +225,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
                 break
         committer.flush()
     # 3. compact, clean up, summarise
+    faults.kill_if("driver.kill_before_compact")
     table = results.compact(plan, out)
     results.write_results(table, out)
     removed = results.remove_strays(table, out) if not stopped else []

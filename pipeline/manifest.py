@@ -133,7 +133,7 @@ def _size_expr(col: str) -> pl.Expr:
 def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
     """The styles table, typed and checked; an empty table when the job has none."""
     if table is None:
-        return pl.DataFrame(schema=pl.from_arrow(pa.schema(list(schema.STYLES_COLUMNS.items())).empty_table()).schema)
+        table = pa.schema(list(schema.STYLES_COLUMNS.items())).empty_table()
     df, problems = _typed(pl.from_arrow(table), schema.STYLES_COLUMNS, uri, schema.STYLES_REQUIRED)
     if problems:
         raise ManifestError(problems)

@@ -18,19 +18,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import schema
+from pipeline import faults, schema
 
 SHARDS = "_shards"
 RESULTS = "results.parquet"
 SUMMARY = "summary.json"
 
 
-def _atomic_parquet(table: pa.Table, path: Path) -> None:
+def _atomic_parquet(table: pa.Table, path: Path, kill_point: tuple[str, int] | None = None) -> None:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
     try:
         pq.write_table(table, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if kill_point:
+            faults.kill_if(*kill_point)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -59,10 +61,10 @@ class ShardStore:
         tables = [t for t in tables if t.num_rows]
         return pa.concat_tables(tables, promote_options="default") if tables else None
 
-    def write(self, table: pa.Table) -> Path:
+    def write(self, table: pa.Table, kill_point: tuple[str, int] | None = None) -> Path:
         n = len(self.paths())
         path = self.dir / f"part-{n:06d}-{uuid.uuid4().hex[:8]}.parquet"
-        _atomic_parquet(table, path)
+        _atomic_parquet(table, path, kill_point)
         return path
 
     def done(self, plan: pa.Table) -> DoneState:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline import schema
+from pipeline import faults, schema
 from pipeline.config import JobConfig
 from pipeline.select import select_best
 
@@ -48,6 +48,14 @@ def worker_name() -> str:
 
 def _ms_each(t0: float, n: int) -> float:
     return (time.perf_counter() - t0) * 1000 / max(n, 1)
+
+
+def _die_once_if_armed() -> None:
+    """Test-only: the actor dies hard once (see pipeline/faults.py), so Ray must restart it."""
+    marker = faults.arg("actor.exit_once")
+    if marker and not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(1)
 
 
 class CandidateStage:
@@ -77,6 +85,7 @@ class CandidateStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         # 1. check inputs: the runner sends every row whole, so selection sees all candidates
+        _die_once_if_armed()
         records = batch.to_pylist()
         for r in records:
             for f in schema.OUTCOME_FIELDS:

@@ -25,7 +25,8 @@ def write_job(folder: Path, rows: dict | pa.Table, styles: dict | pa.Table | Non
     folder.mkdir(parents=True, exist_ok=True)
     table = rows if isinstance(rows, pa.Table) else pa.table(rows)
     pq.write_table(table, folder / "manifest.parquet")
-    lines = ["[job]", 'name = "t"', 'manifest = "manifest.parquet"', 'output = "out"']
+    lines = ["[job]", 'name = "t"', 'manifest = "manifest.parquet"']
+    job_keys.setdefault("output", "out")
     if styles is not None:
         pq.write_table(styles if isinstance(styles, pa.Table) else pa.table(styles), folder / "styles.parquet")
         lines.append('styles = "styles.parquet"')

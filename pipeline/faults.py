@@ -1,0 +1,35 @@
+"""Named fault points, for the reliability tests: `ASSET_PIPELINE_FAULTS="point=arg,..."`.
+
+Unset in production, where every check is one dict lookup. Points:
+  driver.kill_before_shard=N  SIGKILL the driver about to commit its N-th shard (images written)
+  driver.kill_mid_shard=N     SIGKILL the driver with shard N written to a temp file, not renamed
+  driver.kill_after_shard=N   SIGKILL the driver right after committing its N-th shard
+  driver.kill_before_compact  SIGKILL the driver with all shards committed, before results.parquet
+  candidate.error=SEED        generation raises for the candidate with this seed
+  candidate.oom               generation raises out-of-memory for any batch larger than one
+  actor.exit_once=PATH        the generate actor dies on its first batch unless PATH exists
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "ASSET_PIPELINE_FAULTS"
+
+
+def _points() -> dict[str, str]:
+    raw = os.environ.get(ENV, "")
+    return dict((p.split("=", 1) + [""])[:2] for p in raw.split(",") if p)
+
+
+def arg(point: str) -> str | None:
+    """The argument of an armed fault point ('' when it has none), or None when unarmed."""
+    return _points().get(point) if ENV in os.environ else None
+
+
+def kill_if(point: str, count: int | None = None) -> None:
+    """SIGKILL this process when `point` is armed (for the given count, if it takes one)."""
+    value = arg(point)
+    if value is not None and (value == "" or count is None or int(value) == count):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,124 @@
+"""Faults during a run (in-process, fast): failures are rows, OOM splits, budgets stop cleanly,
+bad signers fail before any work, keys never leak, nothing lands outside the output folder."""
+
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import load_job
+from pipeline.job import EXIT_INCOMPLETE, EXIT_OK, JobError, run_job
+from pipeline.plan import derive_seed
+from pipeline.provenance import SignerError, make_demo_credentials
+from tests.helpers import write_job
+
+ROWS = {"id": ["a", "b", "c"], "prompt": ["a mug", "a shoe", "a lamp"]}
+FAST = "[generate]\nsteps = 1\nwidth = 64\nheight = 64\nbatch_size = 4\n"
+
+
+def results(report):
+    return pq.read_table(report.output_dir / "results.parquet").to_pylist()
+
+
+def make_job(tmp_path, extra="", **kw):
+    return load_job(write_job(tmp_path, ROWS, styles=None, extra=FAST + extra, **kw))
+
+
+def test_a_failing_candidate_becomes_an_error_row_and_a_rerun_retries_it(tmp_path, monkeypatch):
+    cfg = make_job(tmp_path, num_candidates=2, keep=1, seed=5, max_failed_fraction=0.5)
+    bad = derive_seed("job", 5, "b", 0)
+    monkeypatch.setenv("ASSET_PIPELINE_FAULTS", f"candidate.error={bad}")
+    report = run_job(cfg, backend="in-process")
+    assert report.exit_code == EXIT_OK
+    rows = {(r["id"], r["candidate"]): r for r in results(report)}
+    assert rows["b", 0]["status"] == "error"
+    assert "injected failure" in rows["b", 0]["reason"] and rows["b", 0]["path"] is None
+    assert rows["b", 1]["status"] == "written"  # the rest of its row and batch went on
+    assert sum(r["status"] == "written" for r in rows.values()) == 3
+
+    monkeypatch.delenv("ASSET_PIPELINE_FAULTS")
+    again = run_job(cfg, backend="in-process")
+    rows2 = {(r["id"], r["candidate"]): r for r in results(again)}
+    assert len(rows2) == 6 and rows2["b", 0]["status"] in ("written", "rejected")
+    assert rows2["b", 1] == rows["b", 1]  # the finished candidate was not redone
+    assert sum(r["selected"] for r in rows2.values() if r["id"] == "b") == 1
+
+
+def test_out_of_memory_splits_the_batch_and_retries(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASSET_PIPELINE_FAULTS", "candidate.oom")
+    report = run_job(make_job(tmp_path, num_candidates=2, keep=1), backend="in-process")
+    rows = results(report)
+    assert report.exit_code == EXIT_OK and all(r["status"] in ("written", "rejected") for r in rows)
+    assert all(r["batch_size"] == 1 and r["attempt"] >= 2 for r in rows)
+
+
+def test_error_budget_stops_the_run_cleanly(tmp_path, monkeypatch):
+    cfg = make_job(tmp_path, max_failed_fraction=0.0, seed=1)
+    monkeypatch.setenv("ASSET_PIPELINE_FAULTS", f"candidate.error={derive_seed('job', 1, 'a', 0)}")
+    report = run_job(cfg, backend="in-process")
+    assert report.exit_code == EXIT_INCOMPLETE
+    assert "error budget exceeded" in report.stopped
+    assert report.summary["stopped"] == report.stopped and report.summary["error"] == 1
+    assert len(results(report)) == 3  # the table still lists every candidate
+
+
+def test_bad_signer_fails_before_any_generation(tmp_path):
+    good = make_demo_credentials(tmp_path / "creds")
+    other = make_demo_credentials(tmp_path / "other")
+    extra = (f'[signer]\nmode = "files"\ncert_chain = "{good.cert_chain}"\n'
+             f'private_key = "{other.private_key}"\ntrust_anchors = "{good.ca_cert}"\n')
+    cfg = make_job(tmp_path, extra=extra)
+    with pytest.raises(SignerError):
+        run_job(cfg, backend="in-process")
+    out = Path(cfg.job.output)
+    assert not (out / "images").exists() and not (out / "_shards").exists()
+
+
+def test_key_material_never_reaches_logs_results_or_metadata(tmp_path, capfd):
+    creds = make_demo_credentials(tmp_path / "creds")
+    os.environ["TEST_C2PA_KEY"] = creds.private_key.read_text()
+    try:
+        extra = (f'[signer]\nmode = "files"\ncert_chain = "{creds.cert_chain}"\n'
+                 f'private_key_env = "TEST_C2PA_KEY"\ntrust_anchors = "{creds.ca_cert}"\n')
+        report = run_job(make_job(tmp_path, extra=extra), backend="in-process")
+    finally:
+        key_text = os.environ.pop("TEST_C2PA_KEY")
+    assert report.exit_code == EXIT_OK
+    secret_lines = [ln for ln in key_text.splitlines() if ln and "-----" not in ln]
+    logs = "".join(capfd.readouterr())
+    haystacks = {"logs": logs}
+    for f in report.output_dir.rglob("*"):
+        if f.is_file() and not f.name.endswith(".png"):
+            haystacks[str(f)] = f.read_bytes().decode("latin-1")
+    for where, text in haystacks.items():
+        assert "PRIVATE KEY" not in text, where
+        assert not any(line in text for line in secret_lines), where
+
+
+def test_nothing_is_written_outside_the_output_folder(tmp_path):
+    cfg = make_job(tmp_path / "job")
+    before = {p for p in tmp_path.rglob("*")}
+    report = run_job(cfg, backend="in-process")
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert created and all(report.output_dir in p.parents or p == report.output_dir for p in created)
+
+
+def test_unwritable_output_is_refused_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(JobError, match="not writable"):
+        run_job(make_job(tmp_path, output=str(tmp_path / "afile" / "out")), backend="in-process")
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    from pipeline.job import _lock, prepare_output
+
+    cfg = make_job(tmp_path)
+    out = Path(cfg.job.output)
+    prepare_output(out, fresh=False)
+    held = _lock(out)
+    try:
+        with pytest.raises(JobError, match="another run is using"):
+            run_job(cfg, backend="in-process")
+    finally:
+        held.close()
