@@ -61,9 +61,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args)
     inputs = load_inputs(cfg)
     plan = build_plan(inputs, cfg)
+    _warn_long_prompts(plan, cfg.models.diffusion)
     print(f"OK: {len(inputs.manifest)} rows, {plan.num_rows} candidates, "
           f"{len(inputs.styles)} styles; passthrough columns: {', '.join(inputs.passthrough) or 'none'}")
     return EXIT_OK
+
+
+def _warn_long_prompts(plan, model: str) -> None:
+    """Prompts past the text encoder's window still run (truncated); say which, by row."""
+    from pipeline.tokens import over_limit
+
+    first = plan.filter(plan["candidate"].to_numpy() == 0)
+    found = over_limit(first["prompt"].to_pylist(), model)
+    if found is None:
+        return
+    counts, limit = found
+    long_rows = [(r, i, n) for r, i, n in zip(first["row"].to_pylist(), first["id"].to_pylist(), counts,
+                                              strict=True) if n > limit]
+    for r, i, n in long_rows[:20]:
+        print(f"warning: row {r} (id {i!r}), column 'prompt': {n} tokens after the style template; the "
+              f"text encoder reads {limit}, the rest is truncated", file=sys.stderr)
+    if len(long_rows) > 20:
+        print(f"warning: ... and {len(long_rows) - 20} more long prompts", file=sys.stderr)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

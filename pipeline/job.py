@@ -231,6 +231,11 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
     removed = results.remove_strays(table, out) if not stopped else []
     summary = results.summarize(table)
     summary.update(run_id=run_id, job=cfg.job.name, stopped=stopped)
+    truncated = sum(1 for t in table["truncated"].to_pylist() if t)
+    if truncated:
+        _log(f"warning: {truncated} candidate prompt(s) exceeded the text encoder's window and were "
+             "truncated (see the `truncated` column)")
+    summary["truncated_prompts"] = truncated
     results.write_json(summary, out / results.SUMMARY)
     lock.close()
     code = EXIT_INCOMPLETE if stopped or summary["pending"] else EXIT_OK

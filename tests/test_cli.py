@@ -1,0 +1,74 @@
+"""The CLI contract scheduled jobs rely on: exit codes, messages naming row and column, no
+tracebacks, nothing generated on invalid input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipeline.models import embedded
+from tests.helpers import write_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ))
+
+
+def test_help_needs_no_heavy_imports():
+    code = ("import sys; from pipeline.cli import main\n"
+            "try: main(['--help'])\nexcept SystemExit: pass\n"
+            "heavy = {'torch', 'diffusers', 'ray', 'c2pa', 'open_clip', 'transformers'} & set(sys.modules)\n"
+            "assert not heavy, heavy")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_validate_ok_and_plan(tmp_path):
+    job = write_job(tmp_path, {"id": ["a", "b"], "prompt": ["x", "y"], "sku": ["1", "2"]},
+                    num_candidates=3, keep=2)
+    r = cli("validate", str(job))
+    assert r.returncode == 0 and "OK: 2 rows, 6 candidates" in r.stdout and "sku" in r.stdout
+    r = cli("plan", str(job), "--out", str(tmp_path / "plan.parquet"))
+    assert r.returncode == 0 and pq.read_table(tmp_path / "plan.parquet").num_rows == 6
+
+
+def test_invalid_manifest_exits_1_naming_row_and_column_for_validate_and_run(tmp_path):
+    rows = {"id": ["a", "a", "c"], "prompt": ["x", "y", ""], "width": [64, 64, 99]}
+    job = write_job(tmp_path, rows)
+    for command in ("validate", "run"):
+        r = cli(command, str(job))
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr
+        assert "row 1 (id 'a'), column 'id': duplicate id" in r.stderr
+        assert "row 2 (id 'c'), column 'prompt': empty prompt" in r.stderr
+        assert "row 2 (id 'c'), column 'width'" in r.stderr
+    assert not (tmp_path / "out" / "images").exists()
+
+
+def test_bad_job_key_and_manifest_override(tmp_path):
+    job = write_job(tmp_path, {"id": ["a"], "prompt": ["x"]}, extra="[generate]\nstepz = 3\n")
+    r = cli("validate", str(job))
+    assert r.returncode == 1 and "unknown key(s) in [generate]: stepz" in r.stderr
+    assert "Traceback" not in r.stderr
+    good = write_job(tmp_path / "good", {"id": ["a"], "prompt": ["x"]})
+    other = write_job(tmp_path / "other", {"id": ["p", "q", "r"], "prompt": ["1", "2", "3"]})
+    r = cli("validate", str(good), "--manifest", str(other.parent / "manifest.parquet"))
+    assert r.returncode == 0 and "OK: 3 rows" in r.stdout
+
+
+def test_long_prompt_warning_names_the_row(tmp_path):
+    embedded.ensure("tiny-sd")  # the tokenizer travels with the model
+    job = write_job(tmp_path, {"id": ["short", "long"], "prompt": ["a mug", "word " * 100]}, styles=None)
+    r = cli("validate", str(job))
+    assert r.returncode == 0
+    assert "row 1 (id 'long'), column 'prompt': 102 tokens" in r.stderr and "short" not in r.stderr
+
+
+def test_verify_and_report_on_a_folder_without_results(tmp_path):
+    assert cli("verify", str(tmp_path)).returncode == 1
+    assert cli("report", str(tmp_path)).returncode == 1
