@@ -1,6 +1,7 @@
 """Expand manifest rows × candidates into the plan: resolved prompts, seeds, item ids, paths.
 
-Pure data (polars + hashlib), no torch: `plan` of a large manifest is fast and needs no GPU.
+Pure data (polars + hashlib), no torch, vectorised: only the blake2b hashes are computed per
+value, so a million-row manifest plans in seconds.
 
 Seeds (DESIGN.md "Seeds and reproducibility"):
 - the row's `seed` is candidate 0's seed; candidate k > 0 derives from it;
@@ -13,7 +14,6 @@ Seeds (DESIGN.md "Seeds and reproducibility"):
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import polars as pl
@@ -21,48 +21,26 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.config import JobConfig
-from pipeline.manifest import Inputs, resolve_input_uri, styles_base_dir
+from pipeline.manifest import Inputs, styles_base_dir
 
 SEED_MASK = 2**63 - 1
 _SEP = "\x1f"
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-
-
-def _blake(*parts: object, size: int = 8) -> bytes:
-    return hashlib.blake2b(_SEP.join(map(str, parts)).encode("utf-8"), digest_size=size).digest()
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, stable across processes and Python versions."""
-    return int.from_bytes(_blake(*parts), "big") & SEED_MASK
-
-
-def candidate_seed(job_seed: int, row_id: str, k: int, row_seed: int | None,
-                   style_seeds: list[int] | None) -> tuple[int, str]:
-    """The seed of candidate k of a row, and where it came from (row | style | derived)."""
-    if row_seed is not None:
-        return (row_seed, "row") if k == 0 else (derive_seed("row", row_seed, k), "row")
-    if style_seeds:
-        if k < len(style_seeds):
-            return style_seeds[k], "style"
-        return derive_seed("style", style_seeds[0], k), "style"
-    return derive_seed("job", job_seed, row_id, k), "derived"
-
-
 ITEM_KEY_COLUMNS = ("id", "candidate", "prompt", "negative_prompt", "style", "seed", "model",
                     "model_revision", "scheduler", "mode", "steps", "guidance_scale", "strength",
                     "width", "height", "init_image", "mask", "lora", "lora_scale", "format")
 
 
-def item_id(values: dict) -> str:
-    """The idempotency key of a candidate: same inputs → same id → a rerun skips it."""
-    return _blake(*(values[c] for c in ITEM_KEY_COLUMNS), size=16).hex()
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, stable across processes and Python versions."""
+    digest = hashlib.blake2b(_SEP.join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & SEED_MASK
 
 
-def _mode(init_image: str | None, mask: str | None) -> str:
-    if init_image is None:
-        return "t2i"
-    return "inpaint" if mask is not None else "img2img"
+def _digests(keys: pl.Series, size: int) -> list[bytes]:
+    """blake2b of each key string: the only per-value Python work of the plan."""
+    b2 = hashlib.blake2b
+    return [b2(k.encode("utf-8"), digest_size=size).digest() for k in keys.to_list()]
 
 
 def _has_alpha(uri: str) -> bool:
@@ -73,71 +51,103 @@ def _has_alpha(uri: str) -> bool:
         return im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
 
 
-def build_plan(inputs: Inputs, cfg: JobConfig) -> pa.Table:
-    """One row per candidate, in manifest order, with passthrough columns at the end."""
-    g, job, m = cfg.generate, cfg.job, cfg.models
-    c = pl.col
+def _resolve(column: str, base_dir: str) -> pl.Expr:
+    """URIs resolved against a folder (absolute paths and scheme URIs unchanged)."""
+    c = pl.col(column)
+    absolute = c.str.contains("://", literal=True) | c.str.starts_with("/")
+    joined = pl.lit(base_dir.rstrip("/") + "/") + c.str.strip_prefix("./")
+    return pl.when(c.is_null()).then(None).when(absolute).then(c).otherwise(joined)
+
+
+def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
+    """Per manifest row: values after the row → style → job fallbacks, resolved URIs, mode."""
+    g, job = cfg.generate, cfg.job
+    c, lit = pl.col, pl.lit
     styles = inputs.styles.drop("__row").rename(
         {k: f"s_{k}" for k in inputs.styles.columns if k not in ("style", "__row")})
-    df = inputs.manifest.join(styles, on="style", how="left", maintain_order="left")
-    df = df.with_columns(
-        c("s_prompt_template").fill_null("{prompt}").alias("__template"),
+    df = inputs.manifest.join(styles, on="style", how="left", maintain_order="left").with_columns(
+        c("s_prompt_template").fill_null("{prompt}").str.replace_all("{prompt}", c("prompt"), literal=True)
+        .alias("__prompt"),
         c("negative_prompt").fill_null(c("s_negative_prompt")).fill_null("").alias("__negative"),
         c("s_steps").fill_null(g.steps).alias("__steps"),
-        c("s_guidance_scale").fill_null(g.guidance_scale).alias("__guidance"),
-        c("strength").fill_null(c("s_strength")).fill_null(g.strength).alias("__strength"),
+        c("s_guidance_scale").fill_null(g.guidance_scale).cast(pl.Float64).alias("__guidance"),
+        c("strength").fill_null(c("s_strength")).fill_null(g.strength).cast(pl.Float64).alias("__strength"),
         c("width").fill_null(c("s_width")).fill_null(g.width).alias("__width"),
         c("height").fill_null(c("s_height")).fill_null(g.height).alias("__height"),
         c("num_candidates").fill_null(c("s_num_candidates")).fill_null(job.num_candidates).alias("__n"),
         c("keep").fill_null(c("s_keep")).fill_null(job.keep).alias("__keep"),
-        c("s_clip_threshold").fill_null(cfg.filter.clip_threshold).alias("__clip_threshold"),
+        c("s_clip_threshold").fill_null(cfg.filter.clip_threshold).cast(pl.Float64).alias("__clip"),
+        _resolve("product_image", inputs.base_dir).alias("__product"),
+        _resolve("mask", inputs.base_dir).alias("__mask"),
+        _resolve("s_reference_image", styles_base_dir(cfg)).alias("__reference"),
     )
-    style_base = styles_base_dir(cfg)
-    ext = EXTENSIONS[cfg.output.format]
-    out: dict[str, list] = {f.name: [] for f in schema.PLAN_FIELDS}
-    alpha_cache: dict[str, bool] = {}
+    # A product photo with transparency and no mask: stage it with its alpha as the mask.
+    opaque_or_cut = df.filter(c("__product").is_not_null() & c("__mask").is_null())["__product"].unique()
+    with_alpha = [p for p in opaque_or_cut.to_list() if _has_alpha(p)]
+    return df.with_columns(
+        c("__product").fill_null(c("__reference")).alias("init_image"),
+        pl.when(c("__mask").is_not_null()).then(c("__mask"))
+        .when(c("__product").is_in(with_alpha)).then(lit("alpha")).alias("mask"),
+    ).with_columns(
+        pl.when(c("init_image").is_null()).then(lit("t2i"))
+        .when(c("mask").is_not_null()).then(lit("inpaint")).otherwise(lit("img2img")).alias("mode"))
 
-    for r in df.iter_rows(named=True):
-        init = resolve_input_uri(r["product_image"], inputs.base_dir)
-        mask = resolve_input_uri(r["mask"], inputs.base_dir)
-        if init is None and r["s_reference_image"] is not None:
-            init = resolve_input_uri(r["s_reference_image"], style_base)
-        elif init is not None and mask is None and r["product_image"] is not None:
-            if init not in alpha_cache:
-                alpha_cache[init] = _has_alpha(init)
-            mask = "alpha" if alpha_cache[init] else None
-        mode = _mode(init, mask)
-        prompt = r["__template"].replace("{prompt}", r["prompt"])
-        for k in range(r["__n"]):
-            seed, seed_source = candidate_seed(job.seed, r["id"], k, r["seed"], r["s_seeds"])
-            row = {
-                "id": r["id"], "row": r["__row"], "candidate": k, "source_prompt": r["prompt"],
-                "prompt": prompt, "negative_prompt": r["__negative"], "style": r["style"],
-                "seed": seed, "seed_source": seed_source, "model": m.diffusion,
-                "model_revision": m.diffusion_revision, "scheduler": m.scheduler, "mode": mode,
-                "steps": r["__steps"], "guidance_scale": float(r["__guidance"]),
-                "strength": float(r["__strength"]) if mode != "t2i" else None,
-                "width": r["__width"], "height": r["__height"], "num_candidates": r["__n"],
-                "keep": r["__keep"], "clip_threshold": float(r["__clip_threshold"]),
-                "init_image": init, "mask": mask, "lora": None, "lora_scale": None,
-                "format": cfg.output.format, "truncated": None,
-            }
-            row["item_id"] = item_id(row)
-            row["path"] = image_path(row["item_id"], ext)
-            for name in out:
-                out[name].append(row[name])
 
-    table = pa.Table.from_pydict(out, schema=schema.PLAN_SCHEMA)
+def _key(*parts: pl.Expr) -> pl.Expr:
+    """The string derive_seed(*parts) hashes, as an expression."""
+    return pl.concat_str([p.cast(pl.String).fill_null("None") for p in parts], separator=_SEP)
+
+
+def _seeds(df: pl.DataFrame, job_seed: int) -> pl.DataFrame:
+    c, lit, k = pl.col, pl.lit, pl.col("candidate")
+    n_pinned = c("s_seeds").list.len().fill_null(0)
+    row_seeded = c("seed").is_not_null()
+    style_seeded = ~row_seeded & (n_pinned > 0)
+    df = df.with_columns(
+        pl.when(row_seeded & (k == 0)).then(c("seed"))
+        .when(style_seeded & (k < n_pinned)).then(c("s_seeds").list.get(k, null_on_oob=True)).alias("__seed"),
+        pl.when(row_seeded).then(_key(lit("row"), c("seed"), k))
+        .when(style_seeded).then(_key(lit("style"), c("s_seeds").list.first(), k))
+        .otherwise(_key(lit("job"), lit(job_seed), c("id"), k)).alias("__key"),
+        pl.when(row_seeded).then(lit("row")).when(style_seeded).then(lit("style"))
+        .otherwise(lit("derived")).alias("seed_source"),
+    )
+    # Hash only the candidates whose seed is derived (not given by the row or the style).
+    todo = df["__seed"].is_null()
+    derived = pl.Series([int.from_bytes(d, "big") & SEED_MASK for d in _digests(df["__key"].filter(todo), 8)],
+                        dtype=pl.Int64)
+    seeds = df["__seed"].scatter(todo.arg_true(), derived) if len(derived) else df["__seed"]
+    return df.with_columns(seeds.alias("__seed"))
+
+
+def build_plan(inputs: Inputs, cfg: JobConfig) -> pa.Table:
+    """One row per candidate, in manifest order, with passthrough columns at the end."""
+    c, lit, m = pl.col, pl.lit, cfg.models
+    rows = _rows(inputs, cfg)
+    df = rows.with_columns(pl.int_ranges(0, c("__n"), dtype=pl.Int64).alias("candidate")).explode("candidate")
+    df = _seeds(df, cfg.job.seed).select(
+        "id", c("__row").cast(pl.Int64).alias("row"), "candidate", c("prompt").alias("source_prompt"),
+        c("__prompt").alias("prompt"), c("__negative").alias("negative_prompt"), "style",
+        c("__seed").alias("seed"), "seed_source", lit(m.diffusion).alias("model"),
+        lit(m.diffusion_revision, dtype=pl.String).alias("model_revision"),
+        lit(m.scheduler, dtype=pl.String).alias("scheduler"), "mode", c("__steps").alias("steps"),
+        c("__guidance").alias("guidance_scale"),
+        pl.when(c("mode") == "t2i").then(None).otherwise(c("__strength")).alias("strength"),
+        c("__width").alias("width"), c("__height").alias("height"), c("__n").alias("num_candidates"),
+        c("__keep").alias("keep"), c("__clip").alias("clip_threshold"), "init_image", "mask",
+        lit(None, dtype=pl.String).alias("lora"), lit(None, dtype=pl.Float64).alias("lora_scale"),
+        lit(cfg.output.format).alias("format"))
+    keys = df.select(pl.concat_str([c(name).cast(pl.String).fill_null("None") for name in ITEM_KEY_COLUMNS],
+                                   separator=_SEP)).to_series()
+    df = df.with_columns(pl.Series("item_id", [d.hex() for d in _digests(keys, 16)]),
+                         lit(None, dtype=pl.Boolean).alias("truncated"))
+    df = df.with_columns(pl.concat_str([lit("images/"), c("item_id").str.slice(0, 2), lit("/"), c("item_id"),
+                                        lit(f".{EXTENSIONS[cfg.output.format]}")]).alias("path"))
+    plan = df.select([f.name for f in schema.PLAN_FIELDS]).to_arrow().cast(schema.PLAN_SCHEMA)
     if inputs.passthrough:
-        # Repeat each manifest row's passthrough values once per candidate, types kept.
-        counts = df["__n"].to_numpy()
-        pt = inputs.manifest.select(inputs.passthrough).to_arrow()
-        pt = pt.take(pa.array(np.repeat(np.arange(len(counts)), counts)))
+        # Each manifest row's passthrough values once per candidate, exact Arrow types kept.
+        take = np.repeat(np.arange(len(rows)), rows["__n"].to_numpy())
+        pt = inputs.manifest.select(inputs.passthrough).to_arrow().take(pa.array(take))
         for name in inputs.passthrough:
-            table = table.append_column(pt.schema.field(name), pt.column(name))
-    return table
-
-
-def image_path(item: str, ext: str) -> str:
-    """Output path of a candidate, relative to the output folder: from the item id only."""
-    return os.path.join("images", item[:2], f"{item}.{ext}")
+            plan = plan.append_column(pt.schema.field(name), pt.column(name))
+    return plan
