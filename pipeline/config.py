@@ -103,6 +103,9 @@ class ClusterSection:
     gpus_per_actor: float = 1.0
     cpus_per_actor: float = 0.5
     write_actors: int = 0  # 0: sized from the cluster's CPUs
+    # Torch threads of a generate actor on CPU; 0: every core of its node (Ray would give a
+    # fractional-CPU actor one thread, halving CPU generation on a small machine).
+    torch_threads: int = 0
     cpus_per_writer: float = 0.5
 
 

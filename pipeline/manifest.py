@@ -297,10 +297,5 @@ def load_inputs(cfg: JobConfig, *, check_files: bool = True) -> Inputs:
     return validate_manifest(table, styles, cfg, cfg.job.manifest, check_files=check_files)
 
 
-def resolve_input_uri(value: str | None, base_dir: str) -> str | None:
-    """A manifest URI resolved against the manifest's own folder (absolute URIs unchanged)."""
-    return None if value is None else _resolve_uri(value, base_dir)
-
-
 def styles_base_dir(cfg: JobConfig) -> str:
     return os.path.dirname(os.path.abspath(cfg.job.styles)) if cfg.job.styles else str(Path.cwd())

@@ -71,6 +71,7 @@ class CandidateStage:
         m = cfg.models
         device = models.resolve_device(m.device)
         dtype = models.resolve_dtype(m.dtype, device)
+        self.cpu_threads = (cfg.cluster.torch_threads or os.cpu_count() or 1) if device == "cpu" else 0
         self.cfg = cfg
         self.generator = Generator(
             models.load_diffusion(m.diffusion, revision=m.diffusion_revision, scheduler=m.scheduler,
@@ -86,6 +87,12 @@ class CandidateStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         # 1. check inputs: the runner sends every row whole, so selection sees all candidates
         _die_once_if_armed()
+        if self.cpu_threads:
+            # OpenMP's thread count is per calling thread, and Ray Data may call us from a
+            # thread other than the constructor's: set it here, where the work runs.
+            import torch
+
+            torch.set_num_threads(self.cpu_threads)
         records = batch.to_pylist()
         for r in records:
             for f in schema.OUTCOME_FIELDS:

@@ -1,0 +1,238 @@
+"""The pipeline against the bare model, side by side, in one process.
+
+    .venv/bin/python bench/pipeline_vs_bare.py --quick
+    .venv/bin/python bench/pipeline_vs_bare.py --model /models/sd15-random --width 512 --height 512 \
+        --steps 25 --batch-size 16 --images 512 --device cuda --dtype bfloat16
+
+(a) bare: a plain diffusers loop over the candidates (same model, settings, batch size and
+per-candidate CPU generators; no scoring, no signing; images kept in memory).
+(b) pipeline: the full job through Ray (generate → CLIP → moderation → select → encode → C2PA
+sign → write → verify → results shards).
+Throughput is steady state: the first batch (warm-up, actor start, model load) is excluded
+from both. Prints a table, then one JSON object as the last line (also written to a file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import emit, machine, peak_rss_mb, table  # noqa: E402
+
+PROMPTS = ["a ceramic mug on a wooden table", "running shoes, studio light", "a leather handbag, autumn",
+           "a desk lamp, minimalist", "a bottle of olive oil, kitchen", "a wristwatch on marble"]
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small run for 2 CPU cores (a few minutes)")
+    ap.add_argument("--model", default="embedded:tiny-sd")
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--height", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--images", type=int, default=96, help="candidates to generate (one per row)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
+    ap.add_argument("--png-level", type=int, default=1)
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's peak for the dtype (default: 989 on an H100 with 16-bit dtypes)")
+    ap.add_argument("--json", help="where to write the JSON (default: out/bench/…)")
+    args = ap.parse_args()
+    if args.quick:
+        args.images = min(args.images, 24)
+    return args
+
+
+def candidates(n: int, seed0: int = 1000) -> list[dict]:
+    return [{"id": f"bench-{i:05d}", "prompt": PROMPTS[i % len(PROMPTS)], "seed": seed0 + i} for i in range(n)]
+
+
+class GpuSampler:
+    """nvidia-smi utilisation every 0.5 s while running (absent on CPU machines)."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self.available = shutil.which("nvidia-smi") is not None
+
+    def __enter__(self):
+        if self.available:
+            threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True)
+            if out.returncode == 0 and out.stdout.strip():
+                self.samples.append(float(out.stdout.split()[0]))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.mean(self.samples) if self.samples else None
+
+
+def load(args):
+    from pipeline import models
+
+    models.quiet_libraries()
+    device = models.resolve_device(args.device)
+    dtype = models.resolve_dtype(args.dtype, device)
+    return models.load_diffusion(args.model, revision=None, scheduler=None, device=device, dtype=dtype), device
+
+
+def flops_per_image(pipes, args, device) -> float | None:
+    """UNet passes (×2 with guidance) × steps + one VAE decode, counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pipe = pipes.t2i
+    if not hasattr(pipe, "unet"):
+        return None
+    f = pipes.vae_scale_factor
+    lat = torch.zeros(1, pipe.unet.config.in_channels, args.height // f, args.width // f, device=device,
+                      dtype=pipe.unet.dtype)
+    text = torch.zeros(1, 77, pipe.unet.config.cross_attention_dim, device=device, dtype=pipe.unet.dtype)
+    extra = {}
+    if pipe.unet.config.get("addition_embed_type") == "text_time":  # SDXL
+        extra["added_cond_kwargs"] = {"text_embeds": torch.zeros(1, 1280, device=device, dtype=pipe.unet.dtype),
+                                      "time_ids": torch.zeros(1, 6, device=device, dtype=pipe.unet.dtype)}
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as unet_count:
+            pipe.unet(lat, torch.tensor([10], device=device), encoder_hidden_states=text, **extra)
+        with FlopCounterMode(display=False) as vae_count:
+            pipe.vae.decode(lat.to(pipe.vae.dtype))
+    passes = 2 if args.guidance > 1 else 1
+    return unet_count.get_total_flops() * passes * args.steps + vae_count.get_total_flops()
+
+
+def bare(args, pipes) -> dict:
+    """The yardstick: the model alone over the same candidates, same batch size."""
+    import numpy as np
+    import torch
+
+    cands = candidates(args.images)
+    batches = [cands[i:i + args.batch_size] for i in range(0, len(cands), args.batch_size)]
+    times = []
+    for batch in batches:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = pipes.t2i(prompt=[c["prompt"] for c in batch], num_inference_steps=args.steps,
+                            guidance_scale=args.guidance, width=args.width, height=args.height,
+                            generator=[torch.Generator("cpu").manual_seed(c["seed"]) for c in batch],
+                            output_type="np").images
+        [np.clip(np.rint(np.asarray(im) * 255), 0, 255).astype(np.uint8) for im in out]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    steady = sum(len(b) for b in batches[1:]) / sum(times[1:]) if len(batches) > 1 else len(cands) / times[0]
+    return {"images_per_s": steady, "first_batch_s": times[0], "total_s": sum(times)}
+
+
+def pipeline(args, folder: Path) -> dict:
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from pipeline.config import load_job
+    from pipeline.job import run_job
+
+    pl.DataFrame(candidates(args.images)).write_parquet(folder / "manifest.parquet")
+    (folder / "job.toml").write_text(f"""
+[job]
+name = "bench"
+manifest = "manifest.parquet"
+output = "out"
+max_failed_fraction = 0.0
+[models]
+diffusion = "{args.model}"
+device = "{args.device}"
+dtype = "{args.dtype}"
+[generate]
+steps = {args.steps}
+guidance_scale = {args.guidance}
+width = {args.width}
+height = {args.height}
+batch_size = {args.batch_size}
+[filter]
+image_unsafe_threshold = 1.01
+[output]
+format = "{args.format}"
+png_compress_level = {args.png_level}
+shard_rows = {max(64, args.batch_size * 4)}
+""")
+    cfg = load_job(folder / "job.toml")
+    t0 = time.time()
+    report = run_job(cfg, backend="ray")
+    wall = time.time() - t0
+    res = pq.read_table(report.output_dir / "results.parquet").to_pylist()
+    done = sorted(r["finished_at"].timestamp() for r in res if r["finished_at"])
+    b = min(args.batch_size, len(done) - 1)
+    steady = (len(done) - b) / (done[-1] - done[b - 1]) if len(done) > b else float("nan")
+    written = [r for r in res if r["status"] == "written"]
+
+    def mean(col):
+        vals = [r[col] for r in res if r[col] is not None]
+        return statistics.mean(vals) if vals else None
+
+    stages = {s: mean(f"ms_{s}") for s in ("generate", "score", "moderate", "encode", "sign", "write", "verify")}
+    cpu_ms = [sum(r[f"ms_{s}"] or 0 for s in ("encode", "sign", "write", "verify")) for r in written]
+    return {"images_per_s": steady, "startup_s": done[0] - t0 if done else None, "wall_s": wall,
+            "written": len(written), "stage_ms": stages,
+            "cpu_s_per_image": statistics.mean(cpu_ms) / 1000 if cpu_ms else None,
+            "exit_code": report.exit_code}
+
+
+def main() -> None:
+    args = parse()
+    pipes, device = load(args)
+    flops = flops_per_image(pipes, args, device)
+    with GpuSampler() as g_bare:
+        b = bare(args, pipes)
+    del pipes
+    folder = Path(tempfile.mkdtemp(prefix="bench-"))
+    with GpuSampler() as g_pipe:
+        p = pipeline(args, folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    m = machine()
+    peak = args.peak_tflops or (989.0 if m["gpu"] and "H100" in m["gpu"] and args.dtype != "float32" else None)
+    result = {
+        "bench": "pipeline_vs_bare", "model": args.model, "width": args.width, "height": args.height,
+        "steps": args.steps, "guidance_scale": args.guidance, "batch_size": args.batch_size, "images": args.images,
+        "format": args.format, "device": device,
+        "bare_images_per_s": b["images_per_s"], "pipeline_images_per_s": p["images_per_s"],
+        "ratio": p["images_per_s"] / b["images_per_s"], "startup_s": p["startup_s"],
+        "cpu_s_per_image": p["cpu_s_per_image"], "stage_ms": p["stage_ms"], "peak_rss_mb": peak_rss_mb(),
+        "gpu_util_bare": g_bare.mean, "gpu_util_pipeline": g_pipe.mean,
+        "tflop_per_image": flops / 1e12 if flops else None,
+        "achieved_tflops_pipeline": flops * p["images_per_s"] / 1e12 if flops else None,
+        "physical_limit_images_per_s": peak * 1e12 / flops if peak and flops else None,
+        "written": p["written"], "exit_code": p["exit_code"], "machine": m,
+    }
+    rows = [("device", f"{device} ({m['gpu'] or m['cpu']}, {m['cores']} cores)"),
+            ("bare images/s", b["images_per_s"]), ("pipeline images/s", p["images_per_s"]),
+            ("ratio pipeline/bare", result["ratio"]), ("pipeline start-up s", p["startup_s"] or 0.0),
+            ("CPU s/image (encode+sign+write+verify)", p["cpu_s_per_image"] or 0.0),
+            *[(f"stage ms: {k}", v) for k, v in p["stage_ms"].items() if v is not None],
+            ("TFLOP/image", result["tflop_per_image"] or 0.0), ("driver peak RSS MB", result["peak_rss_mb"])]
+    print(table(rows, f"pipeline vs bare: {args.model} {args.width}x{args.height}, {args.steps} steps, "
+                      f"batch {args.batch_size}, {args.images} images"))
+    emit(result, "pipeline_vs_bare", args.json)
+
+
+if __name__ == "__main__":
+    main()
