@@ -40,13 +40,13 @@ def is_oom(error: BaseException) -> bool:
 
 
 def load_image(uri: str):
-    """An input image from a local path or any fsspec URI, fully decoded."""
+    """An input image from a local path or any fsspec URI, decoded and upright (EXIF)."""
     import fsspec
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with fsspec.open(uri, "rb") as f, Image.open(f) as im:
         im.load()
-        return im.copy()
+        return ImageOps.exif_transpose(im)
 
 
 def prepare_inputs(init_uri: str, mask_uri: str | None, width: int, height: int):
@@ -67,8 +67,9 @@ def prepare_inputs(init_uri: str, mask_uri: str | None, width: int, height: int)
     if mask_uri == "alpha":
         keep = fitted.getchannel("A")
     else:
-        user_mask = load_image(mask_uri).convert("L")
-        # Fit the mask exactly like the product; padding is repaint (white).
+        # A mask is drawn over the product photo: bring it to the photo's size, then fit it
+        # exactly like the product; padding is repaint (white).
+        user_mask = load_image(mask_uri).convert("L").resize(src.size, Image.Resampling.NEAREST)
         user_mask = ImageOps.pad(user_mask, (width, height), color=255, method=Image.Resampling.NEAREST)
         keep = ImageOps.invert(user_mask)
     background = Image.new("RGB", (width, height), (127, 127, 127))

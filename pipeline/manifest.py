@@ -22,6 +22,7 @@ MAX_ID_CHARS = 200
 MAX_CANDIDATES = 64
 SIZE_MIN, SIZE_MAX = 64, 4096
 SEED_MAX = 2**63 - 1
+_PANDAS_INDEX = re.compile(r"__index_level_\d+__")
 _BAD_ID = re.compile(r"[/\\\x00-\x1f]|^\.{1,2}$|\.\.")
 
 
@@ -63,6 +64,7 @@ class Inputs:
     manifest_uri: str
     base_dir: str  # the manifest's folder: relative URIs resolve against it
     passthrough: tuple[str, ...]
+    raw: pa.Table  # the manifest as read: passthrough columns keep their exact Arrow types
 
 
 def read_parquet(uri: str, what: str) -> pa.Table:
@@ -70,11 +72,14 @@ def read_parquet(uri: str, what: str) -> pa.Table:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(uri)
+        table = pq.read_table(uri)
     except FileNotFoundError:
         raise ManifestError([Problem(uri, f"{what} not found")]) from None
     except (pa.ArrowInvalid, OSError) as e:
         raise ManifestError([Problem(uri, f"{what} is not a readable Parquet file ({e})")]) from None
+    # pandas writes its index as a column; it is not the user's data.
+    index_columns = [c for c in table.column_names if _PANDAS_INDEX.fullmatch(c)]
+    return table.drop_columns(index_columns) if index_columns else table
 
 
 def _is_integral_float(s: pl.Series) -> bool:
@@ -94,7 +99,7 @@ def _typed(df: pl.DataFrame, spec: dict[str, pa.DataType], uri: str, required: d
         want = pl.from_arrow(pa.array([], type=arrow_type)).dtype
         ok = True
         if want == pl.String:
-            ok = s.dtype in (pl.String, pl.Null)
+            ok = s.dtype in (pl.String, pl.Null, pl.Categorical) or isinstance(s.dtype, pl.Enum)
         elif want == pl.Int64:
             ok = s.dtype.is_integer() or s.dtype == pl.Null or (s.dtype.is_float() and _is_integral_float(s))
         elif want == pl.Float64:
@@ -276,7 +281,7 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
     if total:
         found.sort(key=lambda p: (p.row if p.row is not None else -1))
         raise ManifestError(found, total)
-    return Inputs(df, styles, uri, base_dir, passthrough)
+    return Inputs(df, styles, uri, base_dir, passthrough, table.select(list(passthrough)))
 
 
 def load_inputs(cfg: JobConfig, *, check_files: bool = True) -> Inputs:

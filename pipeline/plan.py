@@ -146,8 +146,8 @@ def build_plan(inputs: Inputs, cfg: JobConfig) -> pa.Table:
     plan = df.select([f.name for f in schema.PLAN_FIELDS]).to_arrow().cast(schema.PLAN_SCHEMA)
     if inputs.passthrough:
         # Each manifest row's passthrough values once per candidate, exact Arrow types kept.
-        take = np.repeat(np.arange(len(rows)), rows["__n"].to_numpy())
-        pt = inputs.manifest.select(inputs.passthrough).to_arrow().take(pa.array(take))
+        take = np.repeat(rows["__row"].to_numpy(), rows["__n"].to_numpy())
+        pt = inputs.raw.take(pa.array(take))
         for name in inputs.passthrough:
             plan = plan.append_column(pt.schema.field(name), pt.column(name))
     return plan

@@ -90,21 +90,24 @@ def compact(plan: pa.Table, output_dir: Path) -> pa.Table:
                                                             pa.field("path", pa.string()),
                                                             pa.field("truncated", pa.bool_())]
                                                            + schema.OUTCOME_FIELDS))
-    # Latest outcome per item id: later shards win (a rerun after --fresh or a retry).
-    shards = shards.append_column("__order", pa.array(range(shards.num_rows), pa.int64()))
-    latest = shards.group_by("item_id").aggregate([("__order", "max")])
-    shards = shards.take(latest["__order_max"])
-    outcome = shards.select(["item_id", "path", "truncated", *outcome_names]).rename_columns(
-        ["item_id", "__path", "__truncated", *outcome_names])
-    table = plan.append_column("__pos", pa.array(range(plan.num_rows), pa.int64()))
-    table = table.join(outcome, "item_id", join_type="left outer").sort_by("__pos")
-    # The written path (null when nothing was written) replaces the planned one.
-    table = table.set_column(table.schema.get_field_index("path"), "path", table["__path"])
-    table = table.set_column(table.schema.get_field_index("truncated"), "truncated", table["__truncated"])
-    table = table.drop_columns(["__pos", "__path", "__truncated"])
+    # Latest outcome per item id: later shards win (a retry of an error, a rerun after a change).
+    order = pa.array(range(shards.num_rows), pa.int64())
+    latest = pa.table({"item_id": shards["item_id"], "order": order}).group_by("item_id").aggregate(
+        [("order", "max")])
+    shards = shards.take(latest["order_max"])
+    # Look up each plan row's outcome by item id: a take, not a join, so any passthrough type
+    # (lists, structs, dictionaries) rides along untouched and plan order is kept.
+    where = pc.index_in(plan["item_id"], shards["item_id"])
+    outcome = shards.select(["path", "truncated", *outcome_names]).take(where)
+    table = plan
+    for name in ("path", "truncated"):  # the written path (null when none) replaces the planned one
+        table = table.set_column(table.schema.get_field_index(name), name, outcome[name])
+    for name in outcome_names:
+        table = table.append_column(name, outcome[name])
     ordered = [f.name for f in schema.RESULTS_SCHEMA] + [c for c in plan.column_names
                                                          if c not in schema.RESERVED_NAMES]
-    return table.select(ordered)
+    return table.select(ordered).cast(pa.schema([*schema.RESULTS_SCHEMA, *(plan.schema.field(c) for c in ordered
+                                                                            if c not in schema.RESERVED_NAMES)]))
 
 
 def write_results(table: pa.Table, output_dir: Path) -> Path:

@@ -131,3 +131,18 @@ def test_bad_styles_are_named(tmp_path, styles, column, needle):
     err = problems_of(tmp_path, {"id": ["x"], "prompt": ["y"]}, styles=styles)
     assert err.problems[0].column == column and needle in err.problems[0].message
     assert "styles.parquet" in str(err)
+
+
+def test_pandas_style_parquet_is_accepted(tmp_path):
+    """Categorical (dictionary) strings, float seeds with nulls and the index column pandas writes."""
+    rows = pa.table({
+        "id": pa.array(["a", "b"]).dictionary_encode(),
+        "prompt": ["x", "y"],
+        "style": pa.array(["studio", None]).dictionary_encode(),
+        "seed": pa.array([1.0, None]),
+        "region": pa.array(["eu", "us"]).dictionary_encode(),
+        "__index_level_0__": pa.array([10, 11]),
+    })
+    inputs = load_inputs(job(tmp_path, rows))
+    assert inputs.passthrough == ("region",)
+    assert inputs.manifest["id"].to_list() == ["a", "b"] and inputs.manifest["seed"].to_list() == [1, None]

@@ -23,6 +23,7 @@ ROWS = {
     "product_image": [None, None, "cutout.png", None],
     "sku": ["S-1", "S-2", "S-3", "S-4"],
     "launch": pa.array([1, 2, 3, 4], pa.int32()),
+    "tags": pa.array([["new"], [], None, ["eu", "sale"]], pa.list_(pa.string())),
 }
 EXTRA = """
 [filter]
@@ -72,6 +73,8 @@ def test_results_columns_and_passthrough(finished):
         assert name in table.column_names
     assert table["sku"].to_pylist() == [s for s in ROWS["sku"] for _ in range(2)]
     assert table.schema.field("launch").type == pa.int32()
+    assert table.schema.field("tags").type == pa.list_(pa.string())
+    assert table["tags"].to_pylist()[6:] == [["eu", "sale"]] * 2
     written = table.filter(pa.compute.equal(table["status"], "written")).to_pylist()
     assert written
     for r in written:

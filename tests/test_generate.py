@@ -1,0 +1,67 @@
+"""The generation stage on the tiny model: shapes, batching by settings, product inputs."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import models
+from pipeline.generate import Generator, prepare_inputs
+
+
+@pytest.fixture(scope="module")
+def generator():
+    pipes = models.load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
+                                  dtype=models.resolve_dtype("float32", "cpu"))
+    return Generator(pipes, batch_size=2)
+
+
+def cand(seed, width=64, height=64, prompt="a red mug", **kw):
+    return {"prompt": prompt, "negative_prompt": "", "seed": seed, "mode": "t2i", "width": width,
+            "height": height, "steps": 2, "guidance_scale": 3.0, "strength": None, "init_image": None,
+            "mask": None, **kw}
+
+
+def test_mixed_shapes_are_batched_apart_and_keep_their_order(generator):
+    cands = [cand(1), cand(2, width=128), cand(3), cand(4, height=128), cand(5)]
+    out = generator(cands)
+    assert [o.image.shape for o in out] == [(64, 64, 3), (64, 128, 3), (64, 64, 3), (128, 64, 3), (64, 64, 3)]
+    assert all(o.error is None and o.image.dtype == np.uint8 for o in out)
+    # batch_size 2: the three 64x64 candidates run as a batch of 2 and a batch of 1
+    assert [(o.batch_size, o.batch_position) for o in out] == [(2, 0), (1, 0), (2, 1), (1, 0), (1, 0)]
+
+
+def test_a_candidate_alone_matches_itself_in_a_batch(generator):
+    alone = generator([cand(42)])[0].image.astype(int)
+    batched = generator([cand(7), cand(42)])[1].image.astype(int)
+    assert np.abs(alone - batched).max() <= 2
+    assert not np.array_equal(generator([cand(43)])[0].image, alone)  # the seed matters
+
+
+def test_one_bad_candidate_does_not_sink_its_batch(generator, tmp_path):
+    broken = tmp_path / "gone.png"
+    out = generator([cand(1), cand(2, mode="img2img", init_image=str(broken), strength=0.5)])
+    assert out[0].error is None and out[0].image is not None
+    assert out[1].image is None and out[1].error.startswith("generate: FileNotFoundError")
+
+
+def test_mask_drawn_at_another_size_is_aligned_with_the_product(tmp_path):
+    Image.new("RGB", (200, 100), (10, 20, 30)).save(tmp_path / "p.png")
+    mask = Image.new("L", (50, 25), 255)  # a quarter-size mask: keep the left half
+    mask.paste(0, (0, 0, 25, 25))
+    mask.save(tmp_path / "m.png")
+    init, keep = prepare_inputs(str(tmp_path / "p.png"), str(tmp_path / "m.png"), 64, 64)
+    k = np.asarray(keep)
+    assert init.size == (64, 64) and k.shape == (64, 64)
+    assert k[32, 10] == 255 and k[32, 50] == 0  # left half kept, right half repainted
+    assert k[5, 32] == 0  # letterbox padding is repainted
+
+
+def test_exif_rotated_product_is_used_upright(tmp_path):
+    im = Image.new("RGB", (80, 40), (255, 0, 0))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90° on display
+    im.save(tmp_path / "phone.jpg", exif=exif)
+    init, keep = prepare_inputs(str(tmp_path / "phone.jpg"), "alpha", 64, 64)
+    k = np.asarray(keep)
+    # upright the photo is 40 wide × 80 high: kept band is vertical, padding left and right
+    assert k[32, 32] == 255 and k[32, 2] == 0 and k[2, 32] == 255
