@@ -26,9 +26,10 @@ from pipeline import faults, results, schema
 from pipeline.config import JobConfig
 from pipeline.manifest import Inputs, ManifestError, Problem, load_inputs
 from pipeline.plan import build_plan
-from pipeline.stages import WORK_SCHEMA
+from pipeline.work import rows_per_group, write_work
 
 EXIT_OK, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2
+WORK = "_work"
 
 
 class JobError(RuntimeError):
@@ -74,23 +75,6 @@ def prepare_output(output_dir: Path, fresh: bool) -> None:
                 shutil.rmtree(p)
             else:
                 p.unlink(missing_ok=True)
-
-
-def work_blocks(pending: pa.Table, prior_selected: dict[str, int], batch_size: int) -> list[pa.Table]:
-    """Split pending candidates into blocks of whole manifest rows, about `batch_size` each."""
-    pending = pending.select([f.name for f in schema.PLAN_FIELDS])
-    prior = pa.array([prior_selected.get(i, 0) for i in pending["id"].to_pylist()], pa.int64())
-    pending = pending.append_column("prior_selected", prior).cast(WORK_SCHEMA)
-    rows = pending["row"].to_numpy()
-    blocks, start = [], 0
-    for end in range(1, len(rows) + 1):
-        row_ends = end == len(rows) or rows[end] != rows[end - 1]
-        if row_ends and end - start >= batch_size:
-            blocks.append(pending.slice(start, end - start))
-            start = end
-    if start < len(rows):
-        blocks.append(pending.slice(start))
-    return blocks
 
 
 def select_rows(inputs: Inputs, rows: tuple[str, ...]) -> Inputs:
@@ -173,9 +157,11 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
 
     out = Path(cfg.job.output).resolve()
     cfg = cfg.replace("job", output=str(out))
+    started = time.monotonic()
     # 1. everything that can reject the job, before any model loads
     prepare_output(out, fresh)
     lock = _lock(out)
+    shutil.rmtree(out / WORK, ignore_errors=True)  # work files of a killed run
     if rows and (out / results.RESULTS).exists():
         import pyarrow.parquet as pq
 
@@ -194,18 +180,20 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
     _log(f"run {run_id}: {plan.num_rows} candidates planned from {len(inputs.manifest)} rows, "
          f"{len(done.item_ids)} already done, {pending.num_rows} to go → {out}")
     budget = int(cfg.job.max_failed_fraction * plan.num_rows)
-    stopped = None
+    stopped, committer = None, None
     if pending.num_rows:
-        blocks = work_blocks(pending, done.selected_per_row, cfg.generate.batch_size)
+        work_path = out / WORK / f"pending-{run_id}.parquet"
+        groups = write_work(pending, done.selected_per_row, work_path,
+                            rows_per_group(pending, cfg.generate.batch_size))
         committer = _Committer(store, Counter(pending["id"].to_pylist()), run_id, cfg.output.shard_rows)
         if backend == "ray":
             resources = connect(cfg.cluster.address)
             pools = size_pools(cfg, resources)
             _log(f"cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; "
                  f"{pools.generate_actors} generate actor(s), {pools.write_actors} writer(s)")
-            stream = execute(blocks, cfg, str(out), pools)
+            stream = execute(str(work_path), groups, cfg, str(out), pools)
         else:
-            stream = execute_in_process(blocks, cfg, str(out))
+            stream = execute_in_process(str(work_path), cfg, str(out))
         t0, last = time.monotonic(), 0.0
         for batch in stream:
             committer.add(batch)
@@ -224,13 +212,18 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
                            f"{cfg.job.max_failed_fraction:.0%} of {plan.num_rows} candidates")
                 break
         committer.flush()
+        shutil.rmtree(out / WORK, ignore_errors=True)
     # 3. compact, clean up, summarise
     faults.kill_if("driver.kill_before_compact")
     table = results.compact(plan, out)
     results.write_results(table, out)
     removed = results.remove_strays(table, out) if not stopped else []
     summary = results.summarize(table)
-    summary.update(run_id=run_id, job=cfg.job.name, stopped=stopped)
+    summary.update(run_id=run_id, job=cfg.job.name, stopped=stopped, elapsed_s=round(time.monotonic() - started, 3),
+                   this_run=dict(committer.counts) if committer else {})
+    if committer and summary["elapsed_s"]:
+        summary["candidates_per_s"] = round(sum(committer.counts.values()) / summary["elapsed_s"], 4)
+        summary["written_per_s"] = round(committer.counts[schema.WRITTEN] / summary["elapsed_s"], 4)
     truncated = sum(1 for t in table["truncated"].to_pylist() if t)
     if truncated:
         _log(f"warning: {truncated} candidate prompt(s) exceeded the text encoder's window and were "
@@ -250,6 +243,12 @@ def describe(report: RunReport) -> str:
         f"→ selected {s['selected']} → written {s['written']}",
         f"  rejected {s['rejected']}, error {s['error']}, pending {s['pending']}",
     ]
+    if s.get("candidates_per_s") is not None:
+        model, cpu = s.get("model_s_per_candidate"), s.get("cpu_s_per_written_image")
+        lines.append(f"  {s['elapsed_s']:.1f} s: {s['candidates_per_s']:.2f} candidates/s, "
+                     f"{s['written_per_s']:.2f} written images/s"
+                     + (f"; model {model:.3f} s/candidate" if model is not None else "")
+                     + (f", CPU {cpu:.3f} s/written image" if cpu is not None else ""))
     if s["reasons"]:
         lines.append("  reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())))
     if report.stopped:

@@ -149,7 +149,23 @@ def summarize(results: pa.Table) -> dict:
         "error": counts.get(schema.ERROR, 0),
         "pending": counts.get(None, 0),
         "reasons": dict(Counter(r for r in reasons if r)),
+        # Per generated candidate: generate + score + moderate on the model actor (GPU-seconds
+        # on a GPU); per written image: encode + sign + write + verify on the CPU writers.
+        "model_s_per_candidate": _mean_sum(results, ("ms_generate", "ms_score", "ms_moderate")),
+        "cpu_s_per_written_image": _mean_sum(results, ("ms_encode", "ms_sign", "ms_write", "ms_verify")),
     }
+
+
+def _mean_sum(results: pa.Table, columns: tuple[str, ...]) -> float | None:
+    """Mean over rows where the first column is set, of the columns' sum, in seconds."""
+    present = pc.is_valid(results[columns[0]])
+    if not pc.any(present).as_py():
+        return None
+    total = None
+    for c in columns:
+        col = pc.fill_null(results[c].filter(present), 0.0)
+        total = col if total is None else pc.add(total, col)
+    return round(pc.mean(total).as_py() / 1000, 6)
 
 
 def write_json(obj: dict, path: Path) -> None:

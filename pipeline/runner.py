@@ -55,14 +55,40 @@ def connect(address: str | None) -> dict[str, float]:
     return dict(ray.cluster_resources())
 
 
-def execute(blocks: list[pa.Table], cfg: JobConfig, output_dir: str, pools: Pools) -> Iterator[pa.Table]:
-    """Stream outcome tables (one per work block) back to the driver."""
+def _work_source(path: str):
+    """One Ray read task per row group of the work file: one block, one actor call."""
+    import pyarrow.parquet as pq
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    from pipeline.work import read_group
+
+    class WorkSource(Datasource):
+        def estimate_inmemory_data_size(self):
+            meta = pq.ParquetFile(path).metadata
+            return sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+
+        def get_read_tasks(self, parallelism: int, **_):
+            meta = pq.ParquetFile(path).metadata
+            return [ReadTask(lambda g=g: [read_group(path, g)],
+                             BlockMetadata(num_rows=meta.row_group(g).num_rows,
+                                           size_bytes=meta.row_group(g).total_byte_size,
+                                           input_files=[path], exec_stats=None))
+                    for g in range(meta.num_row_groups)]
+
+    return WorkSource()
+
+
+def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools: Pools) -> Iterator[pa.Table]:
+    """Stream outcome tables back to the driver, one per unit of work."""
     import ray.data
 
     from pipeline.stages import CandidateStage, WriteStage
 
-    # Ray Data restarts dead actors and retries their batches by default (max_restarts=-1).
-    ds = ray.data.from_arrow(blocks)
+    # As many blocks as read tasks, so Ray does not split them further (a split would still
+    # keep rows whole, see work.py, only make generation batches smaller). Ray Data restarts
+    # dead actors and retries their batches by default (max_restarts=-1).
+    ds = ray.data.read_datasource(_work_source(work_path), override_num_blocks=groups, num_cpus=0.1)
     ds = ds.map_batches(
         CandidateStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=None, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=pools.generate_actors), num_gpus=pools.gpus_per_actor,
@@ -74,10 +100,11 @@ def execute(blocks: list[pa.Table], cfg: JobConfig, output_dir: str, pools: Pool
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def execute_in_process(blocks: list[pa.Table], cfg: JobConfig, output_dir: str) -> Iterator[pa.Table]:
+def execute_in_process(work_path: str, cfg: JobConfig, output_dir: str) -> Iterator[pa.Table]:
     """The same stages without Ray: for debugging and fast tests."""
     from pipeline.stages import CandidateStage, WriteStage
+    from pipeline.work import read_groups
 
     generate, write = CandidateStage(cfg), WriteStage(cfg, output_dir)
-    for block in blocks:
-        yield write(generate(block))
+    for unit in read_groups(work_path):
+        yield write(generate(unit))

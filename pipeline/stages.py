@@ -24,12 +24,11 @@ import pyarrow as pa
 from pipeline import faults, schema
 from pipeline.config import JobConfig
 from pipeline.select import select_best
+from pipeline.work import CANDIDATE_FIELDS, unnest
 
-WORK_FIELDS = schema.PLAN_FIELDS + [pa.field("prior_selected", pa.int64())]
-WORK_SCHEMA = pa.schema(WORK_FIELDS)
 PIXELS = "pixels"
-STAGE_OUT_SCHEMA = pa.schema(WORK_FIELDS + schema.OUTCOME_FIELDS + [pa.field(PIXELS, pa.large_binary())])
-WRITTEN_SCHEMA = pa.schema(WORK_FIELDS + schema.OUTCOME_FIELDS)
+STAGE_OUT_SCHEMA = pa.schema(CANDIDATE_FIELDS + schema.OUTCOME_FIELDS + [pa.field(PIXELS, pa.large_binary())])
+WRITTEN_SCHEMA = pa.schema(CANDIDATE_FIELDS + schema.OUTCOME_FIELDS)
 SOFTWARE = "asset-pipeline"
 
 
@@ -85,7 +84,8 @@ class CandidateStage:
         self.worker = worker_name()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        # 1. check inputs: the runner sends every row whole, so selection sees all candidates
+        """Work records (manifest rows with nested candidates) → one outcome row per candidate."""
+        # 1. check inputs: work records are whole manifest rows, so selection sees every candidate
         _die_once_if_armed()
         if self.cpu_threads:
             # OpenMP's thread count is per calling thread, and Ray Data may call us from a
@@ -93,7 +93,7 @@ class CandidateStage:
             import torch
 
             torch.set_num_threads(self.cpu_threads)
-        records = batch.to_pylist()
+        records = unnest(batch).to_pylist()
         for r in records:
             for f in schema.OUTCOME_FIELDS:
                 r.setdefault(f.name, None)

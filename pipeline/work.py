@@ -1,0 +1,76 @@
+"""Pending work on disk: one record per manifest row, its candidates nested as a list.
+
+Selection (best k of N) needs all candidates of a row in one batch. Nesting them makes that
+true by construction: however Ray splits or merges blocks, a record is never split, and
+one row group is one unit of work (about a generation batch of candidates). The driver writes
+the file once per run; Ray reads one row group per read task, lazily, so neither the driver
+nor the object store holds the whole plan while a large run streams through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import schema
+
+CANDIDATE_FIELDS = schema.PLAN_FIELDS + [
+    pa.field("prior_selected", pa.int64()),  # selected in earlier runs (a resumed row)
+]
+CANDIDATE_SCHEMA = pa.schema(CANDIDATE_FIELDS)
+WORK_SCHEMA = pa.schema([pa.field("id", pa.string()),
+                         pa.field("candidates", pa.list_(pa.struct(CANDIDATE_FIELDS)))])
+MAX_GROUPS = 10_000
+
+
+def nest(pending: pa.Table, prior_selected: dict[str, int]) -> pa.Table:
+    """Flat candidates (ordered by row) → one record per manifest row."""
+    flat = pending.select([f.name for f in schema.PLAN_FIELDS])
+    ids = flat["id"].to_pylist()
+    prior = [prior_selected.get(i, 0) for i in ids] if prior_selected else [0] * len(ids)
+    flat = flat.append_column("prior_selected", pa.array(prior, pa.int64())).cast(CANDIDATE_SCHEMA)
+    rows = flat["row"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.array([], np.int64)
+    offsets = pa.array(np.r_[starts, len(rows)].astype(np.int32))
+    batches = flat.combine_chunks().to_batches()
+    structs = batches[0].to_struct_array() if batches else pa.array([], pa.struct(CANDIDATE_FIELDS))
+    return pa.table({"id": flat["id"].take(pa.array(starts)), "candidates": pa.ListArray.from_arrays(offsets, structs)},
+                    schema=WORK_SCHEMA)
+
+
+def unnest(batch: pa.Table) -> pa.Table:
+    """A batch of work records → the flat candidates of its rows."""
+    flat = pc.list_flatten(batch["candidates"])
+    return pa.Table.from_struct_array(flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat)
+
+
+def write_work(pending: pa.Table, prior_selected: dict[str, int], path: Path, rows_per_group: int) -> int:
+    """Write the work file, one row group per unit of work; returns the number of groups."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = nest(pending, prior_selected)
+    pq.write_table(table, path, row_group_size=rows_per_group)
+    return pq.ParquetFile(path).num_row_groups
+
+
+def rows_per_group(pending: pa.Table, batch_size: int, max_groups: int = MAX_GROUPS) -> int:
+    """Manifest rows per unit of work: about one generation batch of candidates, fewer units
+    than `max_groups` (each is a Ray read task) for very large runs."""
+    rows = len(pc.unique(pending["row"])) or 1
+    per_batch = max(1, round(batch_size * rows / max(pending.num_rows, 1)))
+    return max(per_batch, -(-rows // max_groups))
+
+
+def read_group(path: str | Path, group: int) -> pa.Table:
+    return pq.ParquetFile(path).read_row_group(group)
+
+
+def read_groups(path: str | Path) -> Iterator[pa.Table]:
+    """Every unit of work in order (the in-process path)."""
+    f = pq.ParquetFile(path)
+    for i in range(f.num_row_groups):
+        yield f.read_row_group(i)
