@@ -293,7 +293,9 @@ def load_inputs(cfg: JobConfig, *, check_files: bool = True) -> Inputs:
         problems = []
         for r, name, ref in styles.filter(pl.col("reference_image").is_not_null()).select(
                 "__row", "style", "reference_image").iter_rows():
-            why = _image_problem(_resolve_uri(ref, styles_base))
+            path = _resolve_uri(ref, styles_base)
+            why = ("outside [job].allowed_input_roots" if _outside_roots(path, cfg.job.allowed_input_roots)
+                   else _image_problem(path))
             if why:
                 problems.append(Problem(cfg.job.styles, why, row=r, id=name, column="reference_image"))
         if problems:

@@ -88,7 +88,10 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
     # As many blocks as read tasks, so Ray does not split them further (a split would still
     # keep rows whole, see work.py, only make generation batches smaller). Ray Data restarts
     # dead actors and retries their batches by default (max_restarts=-1).
-    ds = ray.data.read_datasource(_work_source(work_path), override_num_blocks=groups, num_cpus=0.1)
+    # One reader at a time: a read is milliseconds, while every extra concurrent read task is a
+    # new worker process whose start-up (about a CPU-second) competes with generation.
+    ds = ray.data.read_datasource(_work_source(work_path), override_num_blocks=groups, num_cpus=0.1,
+                                  concurrency=1)
     ds = ds.map_batches(
         CandidateStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=None, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=pools.generate_actors), num_gpus=pools.gpus_per_actor,

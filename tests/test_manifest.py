@@ -146,3 +146,16 @@ def test_pandas_style_parquet_is_accepted(tmp_path):
     inputs = load_inputs(job(tmp_path, rows))
     assert inputs.passthrough == ("region",)
     assert inputs.manifest["id"].to_list() == ["a", "b"] and inputs.manifest["seed"].to_list() == [1, None]
+
+
+def test_style_reference_images_are_checked_and_confined(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(outside / "ref.png")
+    styles = {"style": ["look", "broken"], "reference_image": [str(outside / "ref.png"), "nope.png"]}
+    err = problems_of(tmp_path / "job", {"id": ["a"], "prompt": ["x"]}, styles=styles,
+                      allowed_input_roots=[str(tmp_path / "job")])
+    found = {(p.id, p.column, p.message.split(":")[0]) for p in err.problems}
+    assert found == {("look", "reference_image", "outside [job].allowed_input_roots"),
+                     ("broken", "reference_image", "file not found")}
+    assert "styles.parquet" in str(err)

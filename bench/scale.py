@@ -1,0 +1,123 @@
+"""Scale: plan + validate of large manifests, and the pipeline's cost as the run grows.
+
+    .venv/bin/python bench/scale.py                 # 10k, 100k, 1M rows; runs of 50 and 400
+    .venv/bin/python bench/scale.py --rows 10000 --runs 50 200
+
+Each measurement runs in its own process, so its peak RSS is its own. Prints a table, then
+one JSON object as the last line (also written to a file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import ROOT, emit, machine, peak_rss_mb, table  # noqa: E402
+
+
+def write_inputs(folder: Path, rows: int, candidates: int, extra: str = "") -> Path:
+    import polars as pl
+
+    i = pl.int_range(rows, eager=True)
+    pl.DataFrame({"id": i.map_elements(lambda k: f"sku-{k:08d}", return_dtype=pl.String)}).with_columns(
+        (pl.lit("product photo of ") + pl.col("id") + pl.lit(", studio light")).alias("prompt"),
+        pl.when(i % 3 == 0).then(pl.lit("studio")).otherwise(None).alias("style"),
+        pl.when(i % 5 == 0).then(i).otherwise(None).cast(pl.Int64).alias("seed"),
+        pl.col("id").alias("sku"), (i % 7).alias("campaign"),
+    ).write_parquet(folder / "manifest.parquet")
+    pl.DataFrame({"style": ["studio"], "prompt_template": ["{prompt}, white background"],
+                  "seeds": [[11, 22]]}).write_parquet(folder / "styles.parquet")
+    job = folder / "job.toml"
+    job.write_text(f'[job]\nmanifest = "manifest.parquet"\nstyles = "styles.parquet"\noutput = "out"\n'
+                   f"num_candidates = {candidates}\nkeep = 1\n{extra}")
+    return job
+
+
+def child_plan(job: str) -> dict:
+    from pipeline.config import load_job
+    from pipeline.manifest import load_inputs
+    from pipeline.plan import build_plan
+
+    cfg = load_job(job)
+    t0 = time.perf_counter()
+    inputs = load_inputs(cfg)
+    t1 = time.perf_counter()
+    plan = build_plan(inputs, cfg)
+    t2 = time.perf_counter()
+    return {"validate_s": t1 - t0, "plan_s": t2 - t1, "candidates": plan.num_rows, "peak_rss_mb": peak_rss_mb()}
+
+
+def child_run(job: str) -> dict:
+    import pyarrow.parquet as pq
+
+    from pipeline.config import load_job
+    from pipeline.job import run_job
+
+    report = run_job(load_job(job), backend="ray")
+    res = pq.read_table(report.output_dir / "results.parquet", columns=["finished_at"])
+    done = sorted(t.timestamp() for t in res["finished_at"].to_pylist())
+    skip = min(16, len(done) // 4)  # the first unit of work: actor start and warm-up
+    return {"candidates": len(done), "steady_s_per_image": (done[-1] - done[skip]) / (len(done) - 1 - skip),
+            "wall_s": report.summary["elapsed_s"], "peak_rss_mb": peak_rss_mb(), "exit_code": report.exit_code}
+
+
+def in_child(kind: str, job: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, str(job)], cwd=ROOT, capture_output=True,
+                         text=True)
+    if out.returncode:
+        raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--candidates", type=int, default=2, help="candidates per row for plan/validate")
+    ap.add_argument("--runs", type=int, nargs="+", default=[50, 400], help="candidates per pipeline run")
+    ap.add_argument("--json")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, job = args.child
+        print(json.dumps(child_plan(job) if kind == "plan" else child_run(job)))
+        return
+    result: dict = {"bench": "scale", "plan": [], "runs": [], "machine": machine()}
+    rows_table = []
+    with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
+        for n in args.rows:
+            folder = Path(tmp) / f"plan-{n}"
+            folder.mkdir()
+            m = in_child("plan", write_inputs(folder, n, args.candidates)) | {"rows": n}
+            result["plan"].append(m)
+            rows_table.append((f"{n:>9,} rows → {m['candidates']:,} candidates",
+                               f"validate {m['validate_s']:.2f} s, plan {m['plan_s']:.2f} s, "
+                               f"peak RSS {m['peak_rss_mb']:.0f} MB"))
+        extra = ("[generate]\nsteps = 1\nwidth = 64\nheight = 64\nbatch_size = 8\n"
+                 "[output]\nshard_rows = 64\n[filter]\nimage_unsafe_threshold = 1.01\n")
+        for n in args.runs:
+            folder = Path(tmp) / f"run-{n}"
+            folder.mkdir()
+            m = in_child("run", write_inputs(folder, n, 1, extra))
+            result["runs"].append(m)
+            rows_table.append((f"pipeline, {n} candidates",
+                               f"{m['steady_s_per_image'] * 1000:.1f} ms/image steady, wall {m['wall_s']:.1f} s, "
+                               f"driver peak RSS {m['peak_rss_mb']:.0f} MB"))
+    if len(result["runs"]) >= 2:
+        first, last = result["runs"][0], result["runs"][-1]
+        result["per_image_growth"] = last["steady_s_per_image"] / first["steady_s_per_image"] - 1
+        result["driver_rss_growth_mb"] = last["peak_rss_mb"] - first["peak_rss_mb"]
+        rows_table.append(("per-image time, largest vs smallest run", f"{result['per_image_growth']:+.1%}"))
+        rows_table.append(("driver peak RSS, largest vs smallest run", f"{result['driver_rss_growth_mb']:+.0f} MB"))
+    print(table(rows_table, f"scale ({result['machine']['cpu']}, {result['machine']['cores']} cores)"))
+    emit(result, "scale", args.json)
+
+
+if __name__ == "__main__":
+    main()
