@@ -46,6 +46,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
     ap.add_argument("--png-level", type=int, default=1)
+    for flag in ("channels-last", "compile", "vae-slicing", "vae-tiling"):
+        ap.add_argument(f"--{flag}", action="store_true", help=f"[models].{flag.replace('-', '_')} on both sides")
     ap.add_argument("--backend", default="ray", choices=["ray", "in-process"],
                     help="in-process: the same stages without Ray, one after the other (isolates Ray's cost)")
     ap.add_argument("--thumbnail", action="store_true", help="embed C2PA thumbnails (off in batch runs)")
@@ -96,7 +98,13 @@ def load(args):
     models.quiet_libraries()
     device = models.resolve_device(args.device)
     dtype = models.resolve_dtype(args.dtype, device)
-    return models.load_diffusion(args.model, revision=None, scheduler=None, device=device, dtype=dtype), device
+    pipes = models.load_diffusion(args.model, revision=None, scheduler=None, device=device, dtype=dtype)
+    models.optimize(pipes, **optimizations(args))
+    return pipes, device
+
+
+def optimizations(args) -> dict:
+    return {k: getattr(args, k) for k in ("channels_last", "compile", "vae_slicing", "vae_tiling")}
 
 
 def flops_per_image(pipes, args, device) -> float | None:
@@ -165,6 +173,7 @@ max_failed_fraction = 0.0
 diffusion = "{args.model}"
 device = "{args.device}"
 dtype = "{args.dtype}"
+{chr(10).join(f"{k} = {str(v).lower()}" for k, v in optimizations(args).items())}
 [generate]
 steps = {args.steps}
 guidance_scale = {args.guidance}
@@ -219,6 +228,7 @@ def main() -> None:
         "bench": "pipeline_vs_bare", "model": args.model, "width": args.width, "height": args.height,
         "steps": args.steps, "guidance_scale": args.guidance, "batch_size": args.batch_size, "images": args.images,
         "format": args.format, "png_level": args.png_level, "thumbnail": args.thumbnail, "backend": args.backend,
+        **optimizations(args),
         "device": device,
         "bare_images_per_s": b["images_per_s"], "pipeline_images_per_s": p["images_per_s"],
         "ratio": p["images_per_s"] / b["images_per_s"],

@@ -52,6 +52,11 @@ class ModelsSection:
     prompt_classifier: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    # Throughput options, mostly for GPUs (see bench/RESULTS.md); off by default.
+    channels_last: bool = False
+    compile: bool = False  # torch.compile of the UNet/transformer: slow first batch of each shape
+    vae_slicing: bool = False  # decode a batch one image at a time: less memory for large batches
+    vae_tiling: bool = False  # decode in tiles: large images in less memory
 
 
 @dataclass(frozen=True)

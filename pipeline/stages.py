@@ -72,10 +72,11 @@ class CandidateStage:
         dtype = models.resolve_dtype(m.dtype, device)
         self.cpu_threads = (cfg.cluster.torch_threads or os.cpu_count() or 1) if device == "cpu" else 0
         self.cfg = cfg
-        self.generator = Generator(
-            models.load_diffusion(m.diffusion, revision=m.diffusion_revision, scheduler=m.scheduler,
-                                  device=device, dtype=dtype),
-            batch_size=cfg.generate.batch_size)
+        pipes = models.load_diffusion(m.diffusion, revision=m.diffusion_revision, scheduler=m.scheduler,
+                                      device=device, dtype=dtype)
+        models.optimize(pipes, channels_last=m.channels_last, compile=m.compile, vae_slicing=m.vae_slicing,
+                        vae_tiling=m.vae_tiling)
+        self.generator = Generator(pipes, batch_size=cfg.generate.batch_size)
         self.scorer = ClipScorer(models.load_clip(m.clip, m.clip_pretrained, device=device))
         self.image_moderator = ImageModerator(models.load_image_classifier(m.moderation, device=device),
                                               m.unsafe_labels)

@@ -65,3 +65,28 @@ def test_exif_rotated_product_is_used_upright(tmp_path):
     k = np.asarray(keep)
     # upright the photo is 40 wide × 80 high: kept band is vertical, padding left and right
     assert k[32, 32] == 255 and k[32, 2] == 0 and k[2, 32] == 255
+
+
+@pytest.mark.parametrize("options", [{"channels_last": True}, {"vae_slicing": True, "vae_tiling": True}])
+def test_throughput_options_keep_the_pixels(options):
+    """The options change memory layout and decoding, not the image (within 2/255)."""
+    def make(**kw):
+        pipes = models.load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
+                                      dtype=models.resolve_dtype("float32", "cpu"))
+        models.optimize(pipes, **kw)
+        return Generator(pipes, batch_size=2)([cand(3), cand(4)])
+
+    plain, tuned = make(), make(**options)
+    for a, b in zip(plain, tuned, strict=True):
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 2
+
+
+@pytest.mark.slow
+def test_compiled_unet_gives_the_same_images():
+    pipes = models.load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
+                                  dtype=models.resolve_dtype("float32", "cpu"))
+    eager = Generator(pipes, batch_size=1)([cand(9)])[0].image.astype(int)
+    models.optimize(pipes, compile=True)
+    assert pipes.img2img.unet is pipes.t2i.unet  # one compiled module serves every mode
+    compiled = Generator(pipes, batch_size=1)([cand(9)])[0].image.astype(int)
+    assert np.abs(eager - compiled).max() <= 2

@@ -122,6 +122,26 @@ def quiet_libraries() -> None:
     tlog.set_verbosity_error()
 
 
+def optimize(pipes: DiffusionPipelines, *, channels_last: bool = False, compile: bool = False,
+             vae_slicing: bool = False, vae_tiling: bool = False) -> None:
+    """Throughput options, applied once to the modules all three pipelines share."""
+    import torch
+
+    pipe = pipes.t2i
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if channels_last:
+        for module in (denoiser, getattr(pipe, "vae", None)):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+    if compile and denoiser is not None:
+        denoiser.compile()  # in place: img2img and inpaint share this module
+    vae = getattr(pipe, "vae", None)
+    if vae_slicing and vae is not None:
+        vae.enable_slicing()
+    if vae_tiling and vae is not None:
+        vae.enable_tiling()
+
+
 def load_diffusion(model: str, *, revision: str | None, scheduler: str | None, device: str,
                    dtype) -> DiffusionPipelines:
     """Text-to-image, image-to-image and inpainting pipelines over one set of weights."""
