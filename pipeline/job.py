@@ -60,7 +60,7 @@ def _lock(output_dir: Path):
     return f
 
 
-def prepare_output(output_dir: Path, fresh: bool) -> None:
+def prepare_output(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / f".tmp-probe-{uuid.uuid4().hex}"
@@ -68,13 +68,16 @@ def prepare_output(output_dir: Path, fresh: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise JobError(f"{output_dir}: output folder is not writable ({e.strerror})") from None
-    if fresh:
-        for name in (results.SHARDS, "images", results.RESULTS, results.SUMMARY):
-            p = output_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink(missing_ok=True)
+
+
+def clear_results(output_dir: Path) -> None:
+    """--fresh: forget earlier results and images (the demo signer and run records stay)."""
+    for name in (results.SHARDS, "images", results.RESULTS, results.SUMMARY):
+        p = output_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def select_rows(inputs: Inputs, rows: tuple[str, ...]) -> Inputs:
@@ -152,15 +155,24 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
     `rows` limits the run to these manifest ids: seeds and item ids do not depend on which
     other rows are present, so a row regenerated alone comes out as in the full run.
     """
+    out = Path(cfg.job.output).resolve()
+    cfg = cfg.replace("job", output=str(out))
+    prepare_output(out)
+    lock = _lock(out)
+    try:
+        if fresh:
+            clear_results(out)
+        return _run_locked(cfg, out, backend, rows)
+    finally:
+        lock.close()
+
+
+def _run_locked(cfg: JobConfig, out: Path, backend: str, rows: tuple[str, ...]) -> RunReport:
     from pipeline.provenance import Signer
     from pipeline.runner import connect, execute, execute_in_process, size_pools
 
-    out = Path(cfg.job.output).resolve()
-    cfg = cfg.replace("job", output=str(out))
     started = time.monotonic()
     # 1. everything that can reject the job, before any model loads
-    prepare_output(out, fresh)
-    lock = _lock(out)
     shutil.rmtree(out / WORK, ignore_errors=True)  # work files of a killed run
     if rows and (out / results.RESULTS).exists():
         import pyarrow.parquet as pq
@@ -230,7 +242,6 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
              "truncated (see the `truncated` column)")
     summary["truncated_prompts"] = truncated
     results.write_json(summary, out / results.SUMMARY)
-    lock.close()
     code = EXIT_INCOMPLETE if stopped or summary["pending"] else EXIT_OK
     return RunReport(run_id, out, summary, code, stopped, removed)
 

@@ -73,6 +73,8 @@ def test_bad_signer_fails_before_any_generation(tmp_path):
         run_job(cfg, backend="in-process")
     out = Path(cfg.job.output)
     assert not (out / "images").exists() and not (out / "_shards").exists()
+    with pytest.raises(SignerError):  # the failed run released the folder: a retry is not "in use"
+        run_job(cfg, backend="in-process")
 
 
 def test_key_material_never_reaches_logs_results_or_metadata(tmp_path, capfd):
@@ -115,7 +117,7 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
 
     cfg = make_job(tmp_path)
     out = Path(cfg.job.output)
-    prepare_output(out, fresh=False)
+    prepare_output(out)
     held = _lock(out)
     try:
         with pytest.raises(JobError, match="another run is using"):

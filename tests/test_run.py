@@ -121,3 +121,13 @@ def test_rerun_resumes_without_regenerating(finished):
     table2 = pq.read_table(again.output_dir / "results.parquet")
     assert table2["sha256"].to_pylist() == table["sha256"].to_pylist()
     assert table2["run_id"].to_pylist() == table["run_id"].to_pylist()
+
+
+def test_fresh_starts_over(finished):
+    cfg, _, table = finished
+    again = run_job(cfg, backend="in-process", fresh=True)
+    table2 = pq.read_table(again.output_dir / "results.parquet")
+    assert set(table2["run_id"].drop_null().to_pylist()) == {again.run_id}
+    assert table2["item_id"].to_pylist() == table["item_id"].to_pylist()
+    assert table2["status"].to_pylist() == table["status"].to_pylist()  # same inputs, same outcome
+    assert verify_output(again.output_dir)[0] == []
