@@ -7,6 +7,7 @@ Unset in production, where every check is one dict lookup. Points:
   driver.kill_before_compact  SIGKILL the driver with all shards committed, before results.parquet
   candidate.error=SEED        generation raises for the candidate with this seed
   candidate.oom               generation raises out-of-memory for any batch larger than one
+  score.error=SEED            CLIP scoring raises for the candidate with this seed
   actor.exit_once=PATH        the generate actor dies on its first batch unless PATH exists
 """
 

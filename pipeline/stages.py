@@ -127,7 +127,8 @@ class CandidateStage:
 
     def _moderate_prompts(self, records: list[dict]) -> None:
         t0 = time.perf_counter()
-        verdicts = self.prompt_moderator([r["source_prompt"] for r in records])
+        # The resolved prompt: the row's words and the style template around them.
+        verdicts = self.prompt_moderator([r["prompt"] for r in records])
         ms = _ms_each(t0, len(records))
         threshold = self.cfg.filter.prompt_unsafe_threshold
         for r, v in zip(records, verdicts, strict=True):
@@ -143,15 +144,17 @@ class CandidateStage:
     def _score_and_moderate(self, made: list[dict], images: dict[str, np.ndarray]) -> None:
         if not made:
             return
-        pixels = [images[r["item_id"]] for r in made]
-        t0 = time.perf_counter()
-        scores = self.scorer(pixels, [r["source_prompt"] for r in made])
-        ms_score = _ms_each(t0, len(made))
-        t0 = time.perf_counter()
-        unsafe = self.image_moderator(pixels)
-        ms_mod = _ms_each(t0, len(made))
+        try:
+            measured = self._measure(made, images)
+        except Exception:  # noqa: BLE001 — find the candidate that fails, keep the others
+            measured = []
+            for r in made:
+                try:
+                    measured += self._measure([r], images)
+                except Exception as e:  # noqa: BLE001
+                    r.update(status=schema.ERROR, reason=f"score: {type(e).__name__}: {e}")
         threshold = self.cfg.filter.image_unsafe_threshold
-        for r, s, u in zip(made, scores, unsafe, strict=True):
+        for r, s, u, ms_score, ms_mod in measured:
             r.update(clip_score=float(s), clip_model=self.scorer.model_id, image_unsafe_score=float(u),
                      ms_score=ms_score, ms_moderate=(r["ms_moderate"] or 0) + ms_mod)
             if u >= threshold:
@@ -160,6 +163,21 @@ class CandidateStage:
             elif s < r["clip_threshold"]:
                 r.update(status=schema.REJECTED,
                          reason=f"{schema.BELOW_CLIP_THRESHOLD}: {s:.2f} < {r['clip_threshold']}")
+
+
+    def _measure(self, made: list[dict], images: dict[str, np.ndarray]) -> list[tuple]:
+        """(record, CLIP score vs the row's prompt, unsafe score, ms each) for every candidate."""
+        bad_seed = faults.arg("score.error")
+        if bad_seed and any(str(r["seed"]) == bad_seed for r in made):
+            raise RuntimeError(f"injected scoring failure for seed {bad_seed}")
+        pixels = [images[r["item_id"]] for r in made]
+        t0 = time.perf_counter()
+        scores = self.scorer(pixels, [r["source_prompt"] for r in made])
+        ms_score = _ms_each(t0, len(made))
+        t0 = time.perf_counter()
+        unsafe = self.image_moderator(pixels)
+        ms_mod = _ms_each(t0, len(made))
+        return [(r, s, u, ms_score, ms_mod) for r, s, u in zip(made, scores, unsafe, strict=True)]
 
 
 class WriteStage:

@@ -124,3 +124,20 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
             run_job(cfg, backend="in-process")
     finally:
         held.close()
+
+
+def test_a_scoring_failure_costs_only_its_candidate(tmp_path, monkeypatch):
+    cfg = make_job(tmp_path, seed=3, max_failed_fraction=0.5)
+    monkeypatch.setenv("ASSET_PIPELINE_FAULTS", f"score.error={derive_seed('job', 3, 'b', 0)}")
+    rows = {r["id"]: r for r in results(run_job(cfg, backend="in-process"))}
+    assert rows["b"]["status"] == "error" and rows["b"]["reason"].startswith("score: RuntimeError")
+    assert rows["a"]["status"] == rows["c"]["status"] == "written"  # same batch, unaffected
+
+
+def test_blocked_terms_apply_to_the_style_template_too(tmp_path):
+    styles = {"style": ["edgy"], "prompt_template": ["{prompt}, gore aesthetic"]}
+    rows = {"id": ["a", "b"], "prompt": ["a mug", "a lamp"], "style": ["edgy", None]}
+    cfg = load_job(write_job(tmp_path, rows, styles=styles, extra=FAST + '[filter]\nblocked_terms = ["gore"]\n'))
+    out = {r["id"]: r for r in results(run_job(cfg, backend="in-process"))}
+    assert out["a"]["status"] == "rejected" and out["a"]["reason"] == "prompt_blocked: term 'gore'"
+    assert out["a"]["ms_generate"] is None and out["b"]["status"] == "written"
