@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline import faults
 
-GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength")
+GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale")
 
 
 @dataclass
@@ -83,6 +83,8 @@ class Generator:
     def __init__(self, pipelines, batch_size: int):
         self.pipes = pipelines
         self.batch_size = batch_size
+        self._adapters: dict[str, str] = {}  # LoRA file → adapter name, loaded once per actor
+        self._active: tuple[str, float] | None = None
 
     def __call__(self, candidates: list[dict]) -> list[Generated]:
         # 1. group by everything that must be equal within one pipeline call
@@ -124,6 +126,27 @@ class Generator:
         ids = tok(prompts, truncation=False)["input_ids"]
         return [len(x) > tok.model_max_length for x in ids]
 
+    def _use_lora(self, path: str | None, scale: float | None) -> None:
+        """The style's LoRA on (loaded on first use), or every LoRA off. The three pipelines
+        share their modules, so switching on the text-to-image one switches all."""
+        pipe = self.pipes.t2i
+        wanted = (path, float(scale)) if path else None
+        if wanted == self._active:
+            return
+        if wanted is None:
+            pipe.disable_lora()
+        else:
+            if path not in self._adapters:
+                import os
+
+                name = f"style_lora_{len(self._adapters)}"
+                pipe.load_lora_weights(os.path.dirname(path), weight_name=os.path.basename(path),
+                                       adapter_name=name, use_safetensors=True)
+                self._adapters[path] = name
+            pipe.enable_lora()
+            pipe.set_adapters([self._adapters[path]], [wanted[1]])
+        self._active = wanted
+
     def _generate(self, cands: list[dict]) -> list[np.ndarray]:
         import torch
 
@@ -134,6 +157,7 @@ class Generator:
         pipe = {"t2i": self.pipes.t2i, "img2img": self.pipes.img2img, "inpaint": self.pipes.inpaint}[mode]
         if pipe is None:
             raise ValueError(f"model {self.pipes.model_id!r} has no {mode} pipeline")
+        self._use_lora(first["lora"], first["lora_scale"])
         params = inspect.signature(pipe.__call__).parameters
         kwargs = {
             "prompt": [c["prompt"] for c in cands],

@@ -164,7 +164,10 @@ def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
          "num_candidates", f"must be 1..{MAX_CANDIDATES}"),
         (c("keep").is_not_null() & (c("keep") < 1), "keep", "must be >= 1"),
         (c("model").is_not_null(), "model", "per-style models are not supported yet: run one job per model"),
-        (c("lora").is_not_null(), "lora", "LoRA styles are not supported yet"),
+        (c("lora").is_not_null() & ~c("lora").str.ends_with(".safetensors"), "lora",
+         "a LoRA must be a .safetensors file (pickle weights are never loaded)"),
+        (c("lora_scale").is_not_null() & ((c("lora_scale") < 0) | (c("lora_scale") > 4)), "lora_scale",
+         "must be 0..4"),
     ]
     found: list[Problem] = []
     total = 0
@@ -189,6 +192,12 @@ def _outside_roots(path: str, roots: tuple[str, ...]) -> bool:
     real = os.path.realpath(path)
     return not any(real == os.path.realpath(r) or real.startswith(os.path.realpath(r) + os.sep)
                    for r in roots)
+
+
+def _file_problem(uri: str) -> str | None:
+    if "://" not in uri and not os.path.isfile(uri):
+        return f"file not found: {uri}"
+    return None
 
 
 def _image_problem(uri: str) -> str | None:
@@ -291,13 +300,14 @@ def load_inputs(cfg: JobConfig, *, check_files: bool = True) -> Inputs:
     if check_files:
         styles_base = os.path.dirname(os.path.abspath(cfg.job.styles)) if cfg.job.styles else ""
         problems = []
-        for r, name, ref in styles.filter(pl.col("reference_image").is_not_null()).select(
-                "__row", "style", "reference_image").iter_rows():
-            path = _resolve_uri(ref, styles_base)
-            why = ("outside [job].allowed_input_roots" if _outside_roots(path, cfg.job.allowed_input_roots)
-                   else _image_problem(path))
-            if why:
-                problems.append(Problem(cfg.job.styles, why, row=r, id=name, column="reference_image"))
+        for column, check in (("reference_image", _image_problem), ("lora", _file_problem)):
+            for r, name, value in styles.filter(pl.col(column).is_not_null()).select(
+                    "__row", "style", column).iter_rows():
+                path = _resolve_uri(value, styles_base)
+                why = ("outside [job].allowed_input_roots" if _outside_roots(path, cfg.job.allowed_input_roots)
+                       else check(path))
+                if why:
+                    problems.append(Problem(cfg.job.styles, why, row=r, id=name, column=column))
         if problems:
             raise ManifestError(problems)
     table = read_parquet(cfg.job.manifest, "manifest")

@@ -80,6 +80,7 @@ def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
         _resolve("product_image", inputs.base_dir).alias("__product"),
         _resolve("mask", inputs.base_dir).alias("__mask"),
         _resolve("s_reference_image", styles_base_dir(cfg)).alias("__reference"),
+        _resolve("s_lora", styles_base_dir(cfg)).alias("__lora"),
     )
     # A product photo with transparency and no mask: stage it with its alpha as the mask.
     opaque_or_cut = df.filter(c("__product").is_not_null() & c("__mask").is_null())["__product"].unique()
@@ -135,7 +136,8 @@ def build_plan(inputs: Inputs, cfg: JobConfig) -> pa.Table:
         pl.when(c("mode") == "t2i").then(None).otherwise(c("__strength")).alias("strength"),
         c("__width").alias("width"), c("__height").alias("height"), c("__n").alias("num_candidates"),
         c("__keep").alias("keep"), c("__clip").alias("clip_threshold"), "init_image", "mask",
-        lit(None, dtype=pl.String).alias("lora"), lit(None, dtype=pl.Float64).alias("lora_scale"),
+        c("__lora").alias("lora"),
+        pl.when(c("__lora").is_not_null()).then(c("s_lora_scale").fill_null(1.0).cast(pl.Float64)).alias("lora_scale"),
         lit(cfg.output.format).alias("format"))
     keys = df.select(pl.concat_str([c(name).cast(pl.String).fill_null("None") for name in ITEM_KEY_COLUMNS],
                                    separator=_SEP)).to_series()

@@ -18,7 +18,7 @@ def generator():
 def cand(seed, width=64, height=64, prompt="a red mug", **kw):
     return {"prompt": prompt, "negative_prompt": "", "seed": seed, "mode": "t2i", "width": width,
             "height": height, "steps": 2, "guidance_scale": 3.0, "strength": None, "init_image": None,
-            "mask": None, **kw}
+            "mask": None, "lora": None, "lora_scale": None, **kw}
 
 
 def test_mixed_shapes_are_batched_apart_and_keep_their_order(generator):
@@ -90,3 +90,18 @@ def test_compiled_unet_gives_the_same_images():
     assert pipes.img2img.unet is pipes.t2i.unet  # one compiled module serves every mode
     compiled = Generator(pipes, batch_size=1)([cand(9)])[0].image.astype(int)
     assert np.abs(eager - compiled).max() <= 2
+
+
+def test_style_lora_changes_only_its_candidates_and_switches_back(generator, tmp_path):
+    from tests.helpers import make_lora
+
+    lora = str(make_lora(tmp_path / "brand"))
+    base = generator([cand(5)])[0].image.astype(int)
+    mixed = generator([cand(5), cand(5, lora=lora, lora_scale=1.0), cand(5, lora=lora, lora_scale=0.5)])
+    plain, full, half = (o.image.astype(int) for o in mixed)
+    assert np.abs(plain - base).max() <= 2  # the LoRA of another group did not leak
+    assert np.abs(full - base).max() > 10 and np.abs(half - base).max() > 2
+    assert np.abs(full - half).max() > 2
+    again = generator([cand(5, lora=lora, lora_scale=1.0)])[0].image.astype(int)
+    assert np.abs(again - full).max() <= 2  # reproducible
+    assert np.abs(generator([cand(5)])[0].image.astype(int) - base).max() <= 2  # off again

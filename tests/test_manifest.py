@@ -159,3 +159,17 @@ def test_style_reference_images_are_checked_and_confined(tmp_path):
     assert found == {("look", "reference_image", "outside [job].allowed_input_roots"),
                      ("broken", "reference_image", "file not found")}
     assert "styles.parquet" in str(err)
+
+
+def test_style_loras_must_be_safetensors_files_that_exist(tmp_path):
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "old.bin").write_bytes(b"pickle")
+    styles = {"style": ["a", "b", "c"], "lora": ["old.bin", "missing.safetensors", None],
+              "lora_scale": [1.0, 1.0, 9.0]}
+    err = problems_of(tmp_path / "job", {"id": ["x"], "prompt": ["y"]}, styles=styles)
+    found = {(p.id, p.column) for p in err.problems}
+    assert found == {("a", "lora"), ("c", "lora_scale")}  # the file check runs once the table is valid
+    assert "pickle weights are never loaded" in str(err)
+    styles["lora"][0], styles["lora_scale"][2] = None, 1.0
+    err = problems_of(tmp_path / "job", {"id": ["x"], "prompt": ["y"]}, styles=styles)
+    assert [(p.id, p.column) for p in err.problems] == [("b", "lora")] and "file not found" in str(err)

@@ -76,3 +76,15 @@ def test_modes_from_product_images(tmp_path):
     assert (plan["photo"]["mode"], plan["photo"]["mask"]) == ("img2img", None)
     assert plan["masked"]["mode"] == "inpaint" and plan["masked"]["mask"] == str(tmp_path / "mask.png")
     assert plan["photo"]["init_image"] == str(tmp_path / "photo.jpg")
+
+
+def test_style_lora_resolves_against_the_styles_file(tmp_path):
+    from tests.helpers import make_lora
+
+    make_lora(tmp_path / "loras")
+    styles = {"style": ["brand", "soft"], "lora": ["loras/pytorch_lora_weights.safetensors"] * 2,
+              "lora_scale": [None, 0.5]}
+    rows = {"id": ["a", "b", "c"], "prompt": ["x", "x", "x"], "style": ["brand", "soft", None]}
+    a, b, c = plan_of(tmp_path, rows, styles=styles, seed=1)
+    assert a["lora"] == str(tmp_path / "loras" / "pytorch_lora_weights.safetensors")
+    assert (a["lora_scale"], b["lora_scale"], c["lora"], c["lora_scale"]) == (1.0, 0.5, None, None)
