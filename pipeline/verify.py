@@ -5,6 +5,7 @@ are problems too.
 
 from __future__ import annotations
 
+import json
 import mimetypes
 from pathlib import Path
 
@@ -16,6 +17,17 @@ from pipeline.results import RESULTS
 DEMO_CA = Path("_demo_signer") / "ca.pem"
 
 
+def default_anchors(output_dir: Path) -> Path | None:
+    """The demo CA of a demo run, else the trust anchors the latest run was configured with."""
+    if (output_dir / DEMO_CA).is_file():
+        return output_dir / DEMO_CA
+    runs = sorted((output_dir / "_runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    if runs:
+        configured = json.loads(runs[-1].read_text())["config"]["signer"].get("trust_anchors")
+        return Path(configured) if configured else None
+    return None
+
+
 def verify_output(output_dir: Path, trust_anchors: str | None = None) -> tuple[list[str], int]:
     """(problems, images checked). No problems means every promise of the table holds."""
     from pipeline.provenance import verify_bytes
@@ -24,8 +36,8 @@ def verify_output(output_dir: Path, trust_anchors: str | None = None) -> tuple[l
     path = output_dir / RESULTS
     if not path.is_file():
         return [f"{path}: no results table"], 0
-    anchors_path = Path(trust_anchors) if trust_anchors else output_dir / DEMO_CA
-    anchors = anchors_path.read_bytes() if anchors_path.is_file() else None
+    anchors_path = Path(trust_anchors) if trust_anchors else default_anchors(output_dir)
+    anchors = anchors_path.read_bytes() if anchors_path and anchors_path.is_file() else None
     table = pq.read_table(path, columns=["item_id", "status", "path", "sha256", "c2pa_label"])
     problems: list[str] = []
     checked = 0

@@ -11,6 +11,7 @@ from pipeline.config import load_job
 from pipeline.job import EXIT_INCOMPLETE, EXIT_OK, JobError, run_job
 from pipeline.plan import derive_seed
 from pipeline.provenance import SignerError, make_demo_credentials
+from pipeline.verify import verify_output
 from tests.helpers import write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a mug", "a shoe", "a lamp"]}
@@ -87,6 +88,7 @@ def test_key_material_never_reaches_logs_results_or_metadata(tmp_path, capfd):
     finally:
         key_text = os.environ.pop("TEST_C2PA_KEY")
     assert report.exit_code == EXIT_OK
+    assert verify_output(report.output_dir) == ([], 3)  # trusts the CA the run was configured with
     secret_lines = [ln for ln in key_text.splitlines() if ln and "-----" not in ln]
     logs = "".join(capfd.readouterr())
     haystacks = {"logs": logs}
