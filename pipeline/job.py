@@ -250,8 +250,8 @@ def describe(report: RunReport) -> str:
     s = report.summary
     lines = [
         f"run {report.run_id} → {report.output_dir}",
-        f"  planned {s['planned']} → generated {s['generated']} → passed filters {s['passed_filters']} "
-        f"→ selected {s['selected']} → written {s['written']}",
+        f"  planned {s['planned']} → generated {s['generated']} → passed moderation {s['passed_moderation']} "
+        f"→ passed CLIP {s['passed_filters']} → selected {s['selected']} → signed and written {s['written']}",
         f"  rejected {s['rejected']}, error {s['error']}, pending {s['pending']}",
     ]
     if s.get("candidates_per_s") is not None:

@@ -132,15 +132,22 @@ def remove_strays(results: pa.Table, output_dir: Path) -> list[str]:
 
 
 def summarize(results: pa.Table) -> dict:
-    """The funnel: planned → generated → passed filters → selected → written, and reasons."""
+    """The funnel: planned → generated → passed moderation → passed CLIP (`passed_filters`) →
+    selected → written, with counts per reason."""
     status = results["status"].to_pylist()
     reasons = [r.split(":")[0] if r else r for r in results["reason"].to_pylist()]
     ms = results["ms_generate"].to_pylist()
     counts = Counter(status)
+    reason_counts = Counter(r for r in reasons if r)
+    generated = sum(1 for m, s, r in zip(ms, status, reasons, strict=True)
+                    if m is not None and not (s == schema.ERROR and r == "generate"))
+    scoring_errors = reason_counts["score"]
     return {
         "planned": results.num_rows,
         "finished": sum(1 for s in status if s is not None),
-        "generated": sum(1 for m in ms if m is not None),
+        "generated": generated,
+        # Image moderation runs before the CLIP threshold: each step counts what passed it.
+        "passed_moderation": generated - reason_counts[schema.IMAGE_UNSAFE] - scoring_errors,
         "passed_filters": sum(1 for s, r in zip(status, reasons, strict=True)
                               if s == schema.WRITTEN or r == schema.NOT_SELECTED),
         "selected": sum(1 for s in results["selected"].to_pylist() if s),
@@ -148,7 +155,7 @@ def summarize(results: pa.Table) -> dict:
         "rejected": counts.get(schema.REJECTED, 0),
         "error": counts.get(schema.ERROR, 0),
         "pending": counts.get(None, 0),
-        "reasons": dict(Counter(r for r in reasons if r)),
+        "reasons": dict(reason_counts),
         # Per generated candidate: generate + score + moderate on the model actor (GPU-seconds
         # on a GPU); per written image: encode + sign + write + verify on the CPU writers.
         "model_s_per_candidate": _mean_sum(results, ("ms_generate", "ms_score", "ms_moderate")),

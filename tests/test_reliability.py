@@ -32,6 +32,7 @@ def test_a_failing_candidate_becomes_an_error_row_and_a_rerun_retries_it(tmp_pat
     monkeypatch.setenv("ASSET_PIPELINE_FAULTS", f"candidate.error={bad}")
     report = run_job(cfg, backend="in-process")
     assert report.exit_code == EXIT_OK
+    assert (report.summary["planned"], report.summary["generated"], report.summary["error"]) == (6, 5, 1)
     rows = {(r["id"], r["candidate"]): r for r in results(report)}
     assert rows["b", 0]["status"] == "error"
     assert "injected failure" in rows["b", 0]["reason"] and rows["b", 0]["path"] is None
@@ -131,8 +132,12 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
 def test_a_scoring_failure_costs_only_its_candidate(tmp_path, monkeypatch):
     cfg = make_job(tmp_path, seed=3, max_failed_fraction=0.5)
     monkeypatch.setenv("ASSET_PIPELINE_FAULTS", f"score.error={derive_seed('job', 3, 'b', 0)}")
-    rows = {r["id"]: r for r in results(run_job(cfg, backend="in-process"))}
+    report = run_job(cfg, backend="in-process")
+    rows = {r["id"]: r for r in results(report)}
     assert rows["b"]["status"] == "error" and rows["b"]["reason"].startswith("score: RuntimeError")
+    funnel = [report.summary[k] for k in ("planned", "generated", "passed_moderation", "passed_filters",
+                                          "selected", "written")]
+    assert funnel == [3, 3, 2, 2, 2, 2]
     assert rows["a"]["status"] == rows["c"]["status"] == "written"  # same batch, unaffected
 
 
