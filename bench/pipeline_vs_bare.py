@@ -42,6 +42,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--images", type=int, default=96, help="candidates to generate (one per row)")
+    ap.add_argument("--moderation", default="embedded:tiny-nsfw",
+                    help="image moderation model; embedded:tiny-clip-head shares the CLIP embedding")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
@@ -171,6 +173,7 @@ output = "out"
 max_failed_fraction = 0.0
 [models]
 diffusion = "{args.model}"
+moderation = "{args.moderation}"
 device = "{args.device}"
 dtype = "{args.dtype}"
 {chr(10).join(f"{k} = {str(v).lower()}" for k, v in optimizations(args).items())}
@@ -225,7 +228,8 @@ def main() -> None:
     m = machine()
     peak = args.peak_tflops or (989.0 if m["gpu"] and "H100" in m["gpu"] and args.dtype != "float32" else None)
     result = {
-        "bench": "pipeline_vs_bare", "model": args.model, "width": args.width, "height": args.height,
+        "bench": "pipeline_vs_bare", "model": args.model, "moderation": args.moderation,
+        "width": args.width, "height": args.height,
         "steps": args.steps, "guidance_scale": args.guidance, "batch_size": args.batch_size, "images": args.images,
         "format": args.format, "png_level": args.png_level, "thumbnail": args.thumbnail, "backend": args.backend,
         **optimizations(args),

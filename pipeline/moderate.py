@@ -58,6 +58,23 @@ class ImageModerator:
         return scores
 
 
+class EmbeddingModerator:
+    """Unsafe probability from a linear head over CLIP image embeddings (shared with the
+    CLIP score: no second vision model, no second pass over the pixels)."""
+
+    def __init__(self, bundle: ClassifierBundle, unsafe_labels: tuple[str, ...]):
+        self.head, self.model_id = bundle.model, bundle.model_id
+        self.indices = _unsafe_indices(bundle.id2label, tuple(unsafe_labels))
+        self.embed_dim = self.head.in_features
+
+    def __call__(self, image_emb) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.head(image_emb.to(self.head.weight.device, self.head.weight.dtype))
+            return logits.float().softmax(dim=-1)[:, self.indices].sum(dim=-1).double().cpu().numpy()
+
+
 @dataclass(frozen=True)
 class PromptVerdict:
     blocked: bool  # a blocked term matched

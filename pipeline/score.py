@@ -25,28 +25,39 @@ class ClipScorer:
 
     def __call__(self, images: list[np.ndarray], texts: list[str]) -> np.ndarray:
         """One float64 score per pair; images are HxWx3 uint8 RGB of any size."""
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts")
+        return self.score(self.embed_images(images), texts)
+
+    def embed_images(self, images: list[np.ndarray]):
+        """Normalised image embeddings [n, dim] (float32): one vision pass per image, which
+        an embedding-based moderation head can share."""
         import torch
         from PIL import Image
 
-        # 1. check inputs
-        if len(images) != len(texts):
-            raise ValueError(f"{len(images)} images but {len(texts)} texts")
         for i, image in enumerate(images):
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"image {i}: expected HxWx3 uint8, got {image.dtype} "
-                                 f"{image.shape}")
-        scores = np.zeros(len(images), dtype=np.float64)
-        # 2. run, batch by batch (the tokenizer truncates long texts to the context length)
+                raise ValueError(f"image {i}: expected HxWx3 uint8, got {image.dtype} {image.shape}")
+        out = []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                stop = start + self.batch_size
                 pixels = torch.stack([self.preprocess(Image.fromarray(im))
-                                      for im in images[start:stop]])
+                                      for im in images[start:start + self.batch_size]])
+                out.append(self.model.encode_image(pixels.to(self.device, self.dtype), normalize=True).float())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def score(self, image_emb, texts: list[str]) -> np.ndarray:
+        """`100 · max(cos, 0)` of each image embedding with its text (truncated to the context)."""
+        import torch
+
+        if len(image_emb) != len(texts):
+            raise ValueError(f"{len(image_emb)} images but {len(texts)} texts")
+        scores = np.zeros(len(texts), dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                stop = start + self.batch_size
                 tokens = self.tokenizer(list(texts[start:stop]))
-                image_emb = self.model.encode_image(
-                    pixels.to(self.device, self.dtype), normalize=True)
-                text_emb = self.model.encode_text(tokens.to(self.device), normalize=True)
-                cos = (image_emb.float() * text_emb.float()).sum(dim=-1)
-                # 3. collect
+                text_emb = self.model.encode_text(tokens.to(self.device), normalize=True).float()
+                cos = (image_emb[start:stop] * text_emb).sum(dim=-1)
                 scores[start:stop] = (100.0 * cos.clamp(min=0)).double().cpu().numpy()
         return scores

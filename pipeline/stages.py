@@ -63,7 +63,7 @@ class CandidateStage:
     def __init__(self, cfg: JobConfig):
         from pipeline import models
         from pipeline.generate import Generator
-        from pipeline.moderate import ImageModerator, PromptModerator
+        from pipeline.moderate import EmbeddingModerator, ImageModerator, PromptModerator
         from pipeline.score import ClipScorer
 
         models.quiet_libraries()
@@ -78,8 +78,17 @@ class CandidateStage:
                         vae_tiling=m.vae_tiling)
         self.generator = Generator(pipes, batch_size=cfg.generate.batch_size)
         self.scorer = ClipScorer(models.load_clip(m.clip, m.clip_pretrained, device=device))
-        self.image_moderator = ImageModerator(models.load_image_classifier(m.moderation, device=device),
-                                              m.unsafe_labels)
+        self.shared_embedding = models.is_embedding_head(m.moderation)
+        if self.shared_embedding:
+            self.image_moderator = EmbeddingModerator(models.load_embedding_head(m.moderation, device=device),
+                                                      m.unsafe_labels)
+            clip_dim = self.scorer.embed_images([np.zeros((8, 8, 3), np.uint8)]).shape[1]
+            if clip_dim != self.image_moderator.embed_dim:
+                raise ValueError(f"[models].moderation {m.moderation!r} reads {self.image_moderator.embed_dim}-d "
+                                 f"embeddings but [models].clip {m.clip!r} makes {clip_dim}-d ones")
+        else:
+            self.image_moderator = ImageModerator(models.load_image_classifier(m.moderation, device=device),
+                                                  m.unsafe_labels)
         text_clf = models.load_text_classifier(m.prompt_classifier, device=device) if m.prompt_classifier else None
         self.prompt_moderator = PromptModerator(cfg.filter.blocked_terms, text_clf, m.unsafe_labels)
         self.worker = worker_name()
@@ -171,11 +180,19 @@ class CandidateStage:
         if bad_seed and any(str(r["seed"]) == bad_seed for r in made):
             raise RuntimeError(f"injected scoring failure for seed {bad_seed}")
         pixels = [images[r["item_id"]] for r in made]
+        texts = [r["source_prompt"] for r in made]
         t0 = time.perf_counter()
-        scores = self.scorer(pixels, [r["source_prompt"] for r in made])
-        ms_score = _ms_each(t0, len(made))
-        t0 = time.perf_counter()
-        unsafe = self.image_moderator(pixels)
+        if self.shared_embedding:  # one vision pass feeds the score and the moderation head
+            embeddings = self.scorer.embed_images(pixels)
+            scores = self.scorer.score(embeddings, texts)
+            ms_score = _ms_each(t0, len(made))
+            t0 = time.perf_counter()
+            unsafe = self.image_moderator(embeddings)
+        else:
+            scores = self.scorer(pixels, texts)
+            ms_score = _ms_each(t0, len(made))
+            t0 = time.perf_counter()
+            unsafe = self.image_moderator(pixels)
         ms_mod = _ms_each(t0, len(made))
         return [(r, s, u, ms_score, ms_mod) for r, s, u in zip(made, scores, unsafe, strict=True)]
 

@@ -84,3 +84,31 @@ def test_prompt_classifier_scores(text_classifier):
     assert all(0.0 <= s <= 1.0 for s in scores) and len(set(scores)) == 3
     with pytest.raises(ValueError, match="unsafe"):
         PromptModerator((), text_classifier, unsafe_labels=("unsafe",))
+
+
+def test_embedding_head_scores_shared_clip_embeddings(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from pipeline.moderate import EmbeddingModerator
+    from pipeline.score import ClipScorer
+
+    scorer = ClipScorer(models.load_clip("embedded:tiny-clip", device="cpu"))
+    head = EmbeddingModerator(models.load_embedding_head("embedded:tiny-clip-head", device="cpu"), ("nsfw",))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(6)]
+    emb = scorer.embed_images(images)
+    unsafe = head(emb)
+    assert unsafe.shape == (6,) and ((unsafe >= 0) & (unsafe <= 1)).all()
+    assert unsafe.std() > 0 and (unsafe < 0.5).all()
+    # the scorer gives the same scores from a shared embedding as from pixels
+    texts = ["a mug"] * 6
+    assert np.allclose(scorer.score(emb, texts), scorer(images, texts))
+    with pytest.raises(ValueError, match="not among the model's labels"):
+        EmbeddingModerator(models.load_embedding_head("embedded:tiny-clip-head", device="cpu"), ("gore",))
+    save_file({"weight": torch.zeros(3, 32), "bias": torch.zeros(3)}, str(tmp_path / "bad.safetensors"),
+              metadata={"labels": '["normal", "nsfw"]'})
+    with pytest.raises(models.ModelLoadError, match="2 labels in the metadata for 3 outputs"):
+        models.load_embedding_head(f"clip-head:{tmp_path / 'bad.safetensors'}", device="cpu")
+    with pytest.raises(models.ModelLoadError, match="must be a .safetensors file"):
+        models.load_embedding_head(f"clip-head:{tmp_path / 'head.bin'}", device="cpu")

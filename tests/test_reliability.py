@@ -148,3 +148,34 @@ def test_blocked_terms_apply_to_the_style_template_too(tmp_path):
     out = {r["id"]: r for r in results(run_job(cfg, backend="in-process"))}
     assert out["a"]["status"] == "rejected" and out["a"]["reason"] == "prompt_blocked: term 'gore'"
     assert out["a"]["ms_generate"] is None and out["b"]["status"] == "written"
+
+
+def test_shared_embedding_encodes_each_image_once(tmp_path):
+    """With an embedding head, the CLIP vision tower runs once per image for score + moderation."""
+    from pipeline.stages import CandidateStage
+    from pipeline.work import nest
+
+    cfg = make_job(tmp_path, extra='[models]\nmoderation = "embedded:tiny-clip-head"\n', num_candidates=2, keep=1)
+    stage = CandidateStage(cfg)
+    encoded = []
+    stage.scorer.model.visual.register_forward_hook(lambda m, args, out: encoded.append(args[0].shape[0]))
+    from pipeline.manifest import load_inputs
+    from pipeline.plan import build_plan
+
+    out = stage(nest(build_plan(load_inputs(cfg), cfg), {})).to_pylist()
+    assert sum(encoded) == len(out) == 6
+    assert all(r["image_unsafe_score"] is not None and r["clip_score"] is not None for r in out)
+    assert sum(r["selected"] for r in out) == 3
+
+
+def test_a_head_for_another_clip_is_refused(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from pipeline.stages import CandidateStage
+
+    save_file({"weight": torch.zeros(2, 16), "bias": torch.zeros(2)}, str(tmp_path / "h.safetensors"),
+              metadata={"labels": '["normal", "nsfw"]'})
+    cfg = make_job(tmp_path, extra=f'[models]\nmoderation = "clip-head:{tmp_path / "h.safetensors"}"\n')
+    with pytest.raises(ValueError, match="reads 16-d embeddings but"):
+        CandidateStage(cfg)

@@ -241,6 +241,43 @@ def load_image_classifier(model: str, *, device: str) -> ClassifierBundle:
                             "image classifier", model, device)
 
 
+HEAD_PREFIX = "clip-head:"
+
+
+def is_embedding_head(model: str) -> bool:
+    """A moderation spec that reads CLIP image embeddings rather than pixels."""
+    return model.startswith(HEAD_PREFIX) or model == "embedded:tiny-clip-head"
+
+
+def load_embedding_head(model: str, *, device: str) -> ClassifierBundle:
+    """A linear head over normalised CLIP image embeddings: `clip-head:/path/head.safetensors`
+    holding `weight` [labels, dim] and `bias` [labels], its label names in the file's metadata
+    (`{"labels": "[\"normal\", \"nsfw\"]"}`). It shares the scorer's image embedding, so an
+    image is encoded once for both the CLIP score and moderation."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    if model.startswith(EMBEDDED_PREFIX):
+        path = embedded.ensure(model.removeprefix(EMBEDDED_PREFIX)) / embedded.HEAD_WEIGHTS
+    else:
+        path = Path(os.path.expanduser(model.removeprefix(HEAD_PREFIX)))
+    with _loading("moderation head", model):
+        if path.suffix != ".safetensors":
+            raise ValueError("a moderation head must be a .safetensors file")
+        with safe_open(str(path), framework="pt") as f:
+            labels = json.loads((f.metadata() or {}).get("labels", "[]"))
+            weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
+        if len(labels) != weight.shape[0]:
+            raise ValueError(f"{len(labels)} labels in the metadata for {weight.shape[0]} outputs")
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    return ClassifierBundle(head.to(device).eval(), None, dict(enumerate(labels)), model)
+
+
 def load_text_classifier(model: str, *, device: str) -> ClassifierBundle:
     """A text classifier (optional prompt moderation) and its tokenizer."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -22,7 +22,8 @@ from pathlib import Path
 
 SEED = 20240601
 # name → recipe version; bump a version whenever that build function changes.
-VERSIONS = {"tiny-sd": 1, "tiny-clip": 1, "tiny-nsfw": 1}
+VERSIONS = {"tiny-sd": 1, "tiny-clip": 1, "tiny-nsfw": 1, "tiny-clip-head": 1}
+HEAD_WEIGHTS = "head.safetensors"
 CLIP_ARCH = "asset-pipeline-tiny-clip"  # open_clip registry name of the tiny-clip config
 CLIP_CONFIG = {
     "embed_dim": 32,
@@ -151,8 +152,25 @@ def _build_tiny_nsfw(folder: Path) -> None:
                       image_std=[0.5] * 3).save_pretrained(folder)
 
 
+def _build_tiny_clip_head(folder: Path) -> None:
+    """A linear moderation head over tiny-clip's normalised image embedding: labels
+    {normal, nsfw}, the format `models.load_embedding_head` reads (a real one would be trained
+    on CLIP embeddings, as NeMo Curator's and LAION's safety heads are). Untrained: a seeded
+    direction with a bias of [+3, −3], so 'nsfw' scores are low yet vary by image."""
+    import torch
+    from safetensors.torch import save_file
+
+    dim = CLIP_CONFIG["embed_dim"]
+    gen = torch.Generator().manual_seed(SEED)
+    direction = torch.randn(dim, generator=gen) * 2.0
+    weight = torch.stack([-direction, direction]) / 2
+    bias = torch.tensor([3.0, -3.0])
+    save_file({"weight": weight.contiguous(), "bias": bias}, str(folder / HEAD_WEIGHTS),
+              metadata={"labels": json.dumps(["normal", "nsfw"])})
+
+
 _BUILDERS = {"tiny-sd": _build_tiny_sd, "tiny-clip": _build_tiny_clip,
-             "tiny-nsfw": _build_tiny_nsfw}
+             "tiny-nsfw": _build_tiny_nsfw, "tiny-clip-head": _build_tiny_clip_head}
 
 
 def build(name: str, folder: Path) -> None:
