@@ -262,6 +262,8 @@ def describe(report: RunReport) -> str:
                      + (f", CPU {cpu:.3f} s/written image" if cpu is not None else ""))
     if s["reasons"]:
         lines.append("  reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())))
+    if report.removed_strays:
+        lines.append(f"  removed {len(report.removed_strays)} file(s) no results row lists (a killed run's leftovers)")
     if report.stopped:
         lines.append(f"  STOPPED: {report.stopped}")
     lines.append(f"  results: {report.output_dir / results.RESULTS}")

@@ -108,9 +108,7 @@ OUTCOME_FIELDS = [
     pa.field("attempt", pa.int64()),
     pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
 ]
-OUTCOME_SCHEMA = pa.schema(OUTCOME_FIELDS)
 RESULTS_SCHEMA = pa.schema(PLAN_FIELDS + OUTCOME_FIELDS)  # + passthrough columns
-TIMING_COLUMNS = [f.name for f in OUTCOME_FIELDS if f.name.startswith("ms_")]
 
 # Columns of the manifest the pipeline consumes; every other column passes through.
 CONSUMED_MANIFEST_COLUMNS = set(MANIFEST_COLUMNS)

@@ -54,6 +54,7 @@ def test_one_row_per_candidate_with_status(finished):
     assert [(r["id"], r["candidate"]) for r in rows] == [(i, k) for i in ROWS["id"] for k in range(2)]
     assert {r["status"] for r in rows} <= set(schema.STATUSES)
     assert all(r["status"] for r in rows)
+    assert {r["reason"].split(":")[0] for r in rows if r["status"] == "rejected"} <= set(schema.REJECT_REASONS)
     by_id = {}
     for r in rows:
         by_id.setdefault(r["id"], []).append(r)
