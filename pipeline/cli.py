@@ -11,8 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2
-
 
 def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="job spec (jobs/*.toml)")
@@ -55,6 +53,7 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.job import EXIT_OK
     from pipeline.manifest import load_inputs
     from pipeline.plan import build_plan
 
@@ -88,6 +87,7 @@ def _warn_long_prompts(plan, model: str) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from collections import Counter
 
+    from pipeline.job import EXIT_OK
     from pipeline.manifest import load_inputs
     from pipeline.plan import build_plan
 
@@ -115,6 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.job import EXIT_INVALID, EXIT_OK
     from pipeline.verify import verify_output
 
     problems, checked = verify_output(Path(args.output), args.trust_anchors)
@@ -131,6 +132,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     import pyarrow.parquet as pq
 
+    from pipeline.job import EXIT_INVALID, EXIT_OK
     from pipeline.results import RESULTS, summarize
 
     path = Path(args.output) / RESULTS
@@ -148,7 +150,7 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "verify"
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from pipeline.config import ConfigError
-    from pipeline.job import JobError
+    from pipeline.job import EXIT_INVALID, JobError
     from pipeline.manifest import ManifestError
 
     expected: tuple[type[BaseException], ...] = (ConfigError, ManifestError, JobError)

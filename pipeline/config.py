@@ -134,7 +134,6 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {f.name: f.type for f in fields(JobConfig) if f.name != "source"}
 _SECTION_TYPES = {
     "job": JobSection,
     "models": ModelsSection,
@@ -144,6 +143,7 @@ _SECTION_TYPES = {
     "signer": SignerSection,
     "cluster": ClusterSection,
 }
+_SECTIONS = tuple(_SECTION_TYPES)
 # Keys holding paths that resolve against the job file's folder.
 _PATH_KEYS = {
     ("job", "manifest"),

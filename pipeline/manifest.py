@@ -82,6 +82,28 @@ def read_parquet(uri: str, what: str) -> pa.Table:
     return table.drop_columns(index_columns) if index_columns else table
 
 
+def _pl_type(arrow_type: pa.DataType) -> pl.DataType:
+    return pl.from_arrow(pa.array([], type=arrow_type)).dtype
+
+
+def _with_missing(df: pl.DataFrame, spec: dict[str, pa.DataType]) -> pl.DataFrame:
+    """Absent optional columns as typed nulls, so every check and the plan can name them."""
+    missing = [pl.lit(None, dtype=_pl_type(t)).alias(n) for n, t in spec.items() if n not in df.columns]
+    return df.with_columns(missing) if missing else df
+
+
+def _collect(df: pl.DataFrame, checks: list[tuple[pl.Expr, str, str]], uri: str,
+             id_col: str = "id") -> tuple[list[Problem], int]:
+    """Every (mask, column, message) check over the frame: (first problems, total count)."""
+    found: list[Problem] = []
+    total = 0
+    for mask, column, message in checks:
+        first, n = _row_problems(df, mask, uri, column, message, id_col)
+        found += first
+        total += n
+    return found, total
+
+
 def _is_integral_float(s: pl.Series) -> bool:
     vals = s.drop_nulls()
     return bool((vals == vals.round(0)).all()) if len(vals) else True
@@ -96,7 +118,7 @@ def _typed(df: pl.DataFrame, spec: dict[str, pa.DataType], uri: str, required: d
         if name not in df.columns:
             continue
         s = df[name]
-        want = pl.from_arrow(pa.array([], type=arrow_type)).dtype
+        want = _pl_type(arrow_type)
         ok = True
         if want == pl.String:
             ok = s.dtype in (pl.String, pl.Null, pl.Categorical) or isinstance(s.dtype, pl.Enum)
@@ -142,10 +164,7 @@ def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
     df, problems = _typed(pl.from_arrow(table), schema.STYLES_COLUMNS, uri, schema.STYLES_REQUIRED)
     if problems:
         raise ManifestError(problems)
-    df = df.with_row_index("__row")
-    for name, arrow_type in schema.STYLES_COLUMNS.items():
-        if name not in df.columns:
-            df = df.with_columns(pl.lit(None, dtype=pl.from_arrow(pa.array([], type=arrow_type)).dtype).alias(name))
+    df = _with_missing(df.with_row_index("__row"), schema.STYLES_COLUMNS)
     c = pl.col
     checks = [
         (c("style").is_null() | (c("style").str.strip_chars() == ""), "style", "empty style name"),
@@ -169,12 +188,7 @@ def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
         (c("lora_scale").is_not_null() & ((c("lora_scale") < 0) | (c("lora_scale") > 4)), "lora_scale",
          "must be 0..4"),
     ]
-    found: list[Problem] = []
-    total = 0
-    for mask, column, message in checks:
-        first, n = _row_problems(df, mask, uri, column, message, id_col="style")
-        found += first
-        total += n
+    found, total = _collect(df, checks, uri, id_col="style")
     if total:
         raise ManifestError(found, total)
     return df
@@ -204,8 +218,8 @@ def _image_problem(uri: str) -> str | None:
     """Why an input image cannot be used, or None. Reads the header only."""
     from PIL import Image, UnidentifiedImageError
 
-    if "://" not in uri and not os.path.isfile(uri):
-        return f"file not found: {uri}"
+    if missing := _file_problem(uri):
+        return missing
     try:
         import fsspec
 
@@ -218,8 +232,7 @@ def _image_problem(uri: str) -> str | None:
     return None
 
 
-def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri: str,
-                      *, check_files: bool = True) -> Inputs:
+def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri: str) -> Inputs:
     """Type and check every row; raise ManifestError listing all problems (capped)."""
     base_dir = os.path.dirname(os.path.abspath(uri)) if "://" not in uri else uri.rsplit("/", 1)[0]
     df, problems = _typed(pl.from_arrow(table), schema.MANIFEST_COLUMNS, uri, schema.MANIFEST_REQUIRED)
@@ -232,11 +245,7 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
         raise ManifestError(problems)
     if len(df) == 0:
         raise ManifestError([Problem(uri, "the manifest has no rows")])
-    df = df.with_row_index("__row")
-    for name, arrow_type in schema.MANIFEST_OPTIONAL.items():
-        if name not in df.columns:
-            df = df.with_columns(pl.lit(None, dtype=pl.from_arrow(pa.array([], type=arrow_type)).dtype).alias(name))
-
+    df = _with_missing(df.with_row_index("__row"), schema.MANIFEST_OPTIONAL)
     c = pl.col
     known_styles = styles["style"].drop_nulls().to_list()
     checks = [
@@ -259,13 +268,7 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
          "must be in (0, 1]"),
         (c("mask").is_not_null() & c("product_image").is_null(), "mask", "a mask needs a product_image"),
     ]
-    found: list[Problem] = []
-    total = 0
-    for mask, column, message in checks:
-        first, n = _row_problems(df, mask, uri, column, message)
-        found += first
-        total += n
-
+    found, total = _collect(df, checks, uri)
     # keep <= num_candidates after the row → style → job fallbacks.
     joined = df.join(styles.select("style", c("num_candidates").alias("s_n"), c("keep").alias("s_k")),
                      on="style", how="left")
@@ -275,44 +278,42 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
     first, n = _row_problems(joined, c("__k") > c("__n"), uri, "keep", "keep exceeds num_candidates")
     found += first
     total += n
-
-    if check_files:
-        for column in ("product_image", "mask"):
-            rows = df.filter(c(column).is_not_null()).select("__row", "id", column)
-            for r, i, value in rows.iter_rows():
-                path = _resolve_uri(value, base_dir)
-                why = ("outside [job].allowed_input_roots"
-                       if _outside_roots(path, cfg.job.allowed_input_roots) else _image_problem(path))
-                if why:
-                    total += 1
-                    if len(found) < MAX_REPORTED:
-                        found.append(Problem(uri, why, row=r, id=i, column=column))
+    for column in ("product_image", "mask"):
+        rows = df.filter(c(column).is_not_null()).select("__row", "id", column)
+        for r, i, value in rows.iter_rows():
+            why = _input_problem(_resolve_uri(value, base_dir), cfg, _image_problem)
+            if why:
+                total += 1
+                if len(found) < MAX_REPORTED:
+                    found.append(Problem(uri, why, row=r, id=i, column=column))
     if total:
         found.sort(key=lambda p: (p.row if p.row is not None else -1))
         raise ManifestError(found, total)
     return Inputs(df, styles, uri, base_dir, passthrough, table.select(list(passthrough)))
 
 
-def load_inputs(cfg: JobConfig, *, check_files: bool = True) -> Inputs:
+def _input_problem(path: str, cfg: JobConfig, check) -> str | None:
+    """Why an input file (image, mask, LoRA) cannot be used: outside the allowed roots, or `check`."""
+    return "outside [job].allowed_input_roots" if _outside_roots(path, cfg.job.allowed_input_roots) else check(path)
+
+
+def load_inputs(cfg: JobConfig) -> Inputs:
     """Read and validate the job's manifest and styles; raises ManifestError."""
     styles_table = read_parquet(cfg.job.styles, "styles table") if cfg.job.styles else None
     styles = validate_styles(styles_table, cfg.job.styles)
-    if check_files:
-        styles_base = os.path.dirname(os.path.abspath(cfg.job.styles)) if cfg.job.styles else ""
-        problems = []
-        for column, check in (("reference_image", _image_problem), ("lora", _file_problem)):
-            for r, name, value in styles.filter(pl.col(column).is_not_null()).select(
-                    "__row", "style", column).iter_rows():
-                path = _resolve_uri(value, styles_base)
-                why = ("outside [job].allowed_input_roots" if _outside_roots(path, cfg.job.allowed_input_roots)
-                       else check(path))
-                if why:
-                    problems.append(Problem(cfg.job.styles, why, row=r, id=name, column=column))
-        if problems:
-            raise ManifestError(problems)
+    problems = []
+    for column, check in (("reference_image", _image_problem), ("lora", _file_problem)):
+        for r, name, value in styles.filter(pl.col(column).is_not_null()).select(
+                "__row", "style", column).iter_rows():
+            why = _input_problem(_resolve_uri(value, styles_base_dir(cfg)), cfg, check)
+            if why:
+                problems.append(Problem(cfg.job.styles, why, row=r, id=name, column=column))
+    if problems:
+        raise ManifestError(problems)
     table = read_parquet(cfg.job.manifest, "manifest")
-    return validate_manifest(table, styles, cfg, cfg.job.manifest, check_files=check_files)
+    return validate_manifest(table, styles, cfg, cfg.job.manifest)
 
 
 def styles_base_dir(cfg: JobConfig) -> str:
+    """Relative style URIs (reference images, LoRAs) resolve against the styles file's folder."""
     return os.path.dirname(os.path.abspath(cfg.job.styles)) if cfg.job.styles else str(Path.cwd())

@@ -52,6 +52,7 @@ class ShardStore:
     def __init__(self, output_dir: Path):
         self.dir = Path(output_dir) / SHARDS
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._next = len(self.paths())  # names sort in commit order; the suffix keeps them unique
 
     def paths(self) -> list[Path]:
         return sorted(p for p in self.dir.glob("part-*.parquet"))
@@ -62,9 +63,9 @@ class ShardStore:
         return pa.concat_tables(tables, promote_options="default") if tables else None
 
     def write(self, table: pa.Table, kill_point: tuple[str, int] | None = None) -> Path:
-        n = len(self.paths())
-        path = self.dir / f"part-{n:06d}-{uuid.uuid4().hex[:8]}.parquet"
+        path = self.dir / f"part-{self._next:06d}-{uuid.uuid4().hex[:8]}.parquet"
         _atomic_parquet(table, path, kill_point)
+        self._next += 1
         return path
 
     def done(self, plan: pa.Table) -> DoneState:
@@ -139,8 +140,7 @@ def summarize(results: pa.Table) -> dict:
     ms = results["ms_generate"].to_pylist()
     counts = Counter(status)
     reason_counts = Counter(r for r in reasons if r)
-    generated = sum(1 for m, s, r in zip(ms, status, reasons, strict=True)
-                    if m is not None and not (s == schema.ERROR and r == "generate"))
+    generated = sum(1 for m in ms if m is not None)
     scoring_errors = reason_counts["score"]
     return {
         "planned": results.num_rows,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline import faults, schema
+from pipeline import __version__, faults, schema
 from pipeline.config import JobConfig
 from pipeline.select import select_best
 from pipeline.work import CANDIDATE_FIELDS, unnest
@@ -29,16 +29,7 @@ from pipeline.work import CANDIDATE_FIELDS, unnest
 PIXELS = "pixels"
 STAGE_OUT_SCHEMA = pa.schema(CANDIDATE_FIELDS + schema.OUTCOME_FIELDS + [pa.field(PIXELS, pa.large_binary())])
 WRITTEN_SCHEMA = pa.schema(CANDIDATE_FIELDS + schema.OUTCOME_FIELDS)
-SOFTWARE = "asset-pipeline"
-
-
-def software_agent() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"{SOFTWARE} {version(SOFTWARE)}"
-    except PackageNotFoundError:
-        return f"{SOFTWARE} dev"
+SOFTWARE_AGENT = f"asset-pipeline {__version__}"
 
 
 def worker_name() -> str:
@@ -114,8 +105,8 @@ class CandidateStage:
         # 3. generate
         images: dict[str, np.ndarray] = {}
         for r, g in zip(todo, self.generator(todo), strict=True):
-            r.update(ms_generate=g.ms, batch_size=g.batch_size, batch_position=g.batch_position,
-                     attempt=g.attempt, truncated=g.truncated)
+            r.update(ms_generate=None if g.error else g.ms, batch_size=g.batch_size,
+                     batch_position=g.batch_position, attempt=g.attempt, truncated=g.truncated)
             if g.error:
                 r.update(status=schema.ERROR, reason=g.error)
             else:
@@ -206,7 +197,6 @@ class WriteStage:
         self.cfg = cfg
         self.out = Path(output_dir)
         self.signer = Signer.from_section(cfg.signer, self.out, quiet=True)
-        self.agent = software_agent()
         self._parents: dict[str, tuple[bytes, str]] = {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -240,7 +230,7 @@ class WriteStage:
 
     def _write(self, r: dict, pixels: bytes) -> bool:
         """True when the signed file is in place and verifies; else the row says why."""
-        from pipeline.provenance import Claim, verify_bytes
+        from pipeline.provenance import Claim
         from pipeline.write import atomic_write, encode_image, safe_join, sha256_hex
 
         o = self.cfg.output
@@ -254,7 +244,7 @@ class WriteStage:
             title=os.path.basename(r["path"]), model=r["model"], model_revision=r["model_revision"],
             seed=int(r["seed"]), steps=int(r["steps"]), guidance_scale=float(r["guidance_scale"]),
             prompt_sha256=hashlib.sha256(r["prompt"].encode("utf-8")).hexdigest(), mode=r["mode"],
-            item_id=r["item_id"], software_agent=self.agent, parent=parent, parent_mime=parent_mime,
+            item_id=r["item_id"], software_agent=SOFTWARE_AGENT, parent=parent, parent_mime=parent_mime,
             parent_title=os.path.basename(r["init_image"]) if parent else None)
         signed = self.signer.sign(data, mime, claim)
         t2 = time.perf_counter()
@@ -262,7 +252,7 @@ class WriteStage:
         atomic_write(target, signed)
         t3 = time.perf_counter()
         on_disk = target.read_bytes()
-        check = verify_bytes(on_disk, mime, self.signer.trust_anchors_pem)
+        check = self.signer.verify(on_disk, mime)
         t4 = time.perf_counter()
         r.update(ms_encode=(t1 - t0) * 1000, ms_sign=(t2 - t1) * 1000, ms_write=(t3 - t2) * 1000,
                  ms_verify=(t4 - t3) * 1000, c2pa_label=check.label, c2pa_state=check.state,

@@ -31,8 +31,8 @@ MAX_GROUPS = 10_000
 def nest(pending: pa.Table, prior_selected: dict[str, int]) -> pa.Table:
     """Flat candidates (ordered by row) → one record per manifest row."""
     flat = pending.select([f.name for f in schema.PLAN_FIELDS])
-    ids = flat["id"].to_pylist()
-    prior = [prior_selected.get(i, 0) for i in ids] if prior_selected else [0] * len(ids)
+    prior = ([prior_selected.get(i, 0) for i in flat["id"].to_pylist()] if prior_selected
+             else [0] * flat.num_rows)
     flat = flat.append_column("prior_selected", pa.array(prior, pa.int64())).cast(CANDIDATE_SCHEMA)
     rows = flat["row"].to_numpy()
     starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.array([], np.int64)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import EMBEDDED_PREFIX
 from pipeline.models import embedded
 
-EMBEDDED_PREFIX = "embedded:"
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
