@@ -223,6 +223,7 @@ def _run_locked(cfg: JobConfig, out: Path, backend: str, rows: tuple[str, ...]) 
                 stopped = (f"error budget exceeded: {c[schema.ERROR]} errors > "
                            f"{cfg.job.max_failed_fraction:.0%} of {plan.num_rows} candidates")
                 break
+        stream.close()  # stops the actors now, not when the generator is collected
         committer.flush()
         shutil.rmtree(out / WORK, ignore_errors=True)
     # 3. compact, clean up, summarise

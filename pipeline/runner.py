@@ -1,14 +1,21 @@
-"""Ray Data wiring: the only module that imports Ray.
+"""Ray wiring: the only module that imports Ray.
 
-Work blocks (whole manifest rows) → `CandidateStage` on GPU actors (or fractional-CPU actors
-on a CPU machine) → `WriteStage` on CPU actors → streamed back to the driver, which commits
-results shards as outcomes arrive. Pool sizes come from the cluster's resources, never a
-fixed count: on 2 cores an actor that asked for a whole CPU would starve everything else.
+Units of work (whole manifest rows, read from the work file by the driver) → `CandidateStage`
+on GPU actors (fractional-CPU actors on a CPU machine) → `WriteStage` on CPU actors → the
+outcome tables stream back to the driver, which commits results shards as they arrive.
+
+Plain Ray actors, not Ray Data: the stage output goes from the generating actor straight to a
+writer as an object reference, and the driver sleeps in `ray.wait`. Ray Data's executor polls
+(a scheduling step every 0.1 s, the consumer every 10 ms) and runs helper actors; on a 2-core
+machine that control plane took about 13% of a core away from generation (bench/RESULTS.md).
+Pool sizes come from the cluster's resources, never a fixed count: on 2 cores an actor that
+asked for a whole CPU would starve everything else.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -47,60 +54,106 @@ def connect(address: str | None) -> dict[str, float]:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
                  log_to_driver=True, configure_logging=False)
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.verbose_progress = False
     return dict(ray.cluster_resources())
 
 
-def _work_source(path: str):
-    """One Ray read task per row group of the work file: one block, one actor call."""
-    import pyarrow.parquet as pq
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
+# Units queued per generate actor: one running and one waiting, so the GPU never idles
+# while the driver reads the next unit, and memory stays bounded however long the run.
+QUEUE_PER_ACTOR = 2
+# Ray restarts a dead actor and retries the units it held (running and queued) this many times.
+TASK_RETRIES = 3
 
-    from pipeline.work import read_group
 
-    class WorkSource(Datasource):
-        def estimate_inmemory_data_size(self):
-            meta = pq.ParquetFile(path).metadata
-            return sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+class _StageActor:
+    """A stage held by a Ray actor: built once (models load here), then called per unit."""
 
-        def get_read_tasks(self, parallelism: int, **_):
-            meta = pq.ParquetFile(path).metadata
-            return [ReadTask(lambda g=g: [read_group(path, g)],
-                             BlockMetadata(num_rows=meta.row_group(g).num_rows,
-                                           size_bytes=meta.row_group(g).total_byte_size,
-                                           input_files=[path], exec_stats=None))
-                    for g in range(meta.num_row_groups)]
+    def __init__(self, factory, *args):
+        self.stage = factory(*args)
 
-    return WorkSource()
+    def run(self, table: pa.Table) -> pa.Table:
+        return self.stage(table)
 
 
 def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools: Pools) -> Iterator[pa.Table]:
-    """Stream outcome tables back to the driver, one per unit of work."""
-    import ray.data
+    """Stream outcome tables back to the driver, one per unit of work, as they finish.
 
-    from pipeline.stages import CandidateStage, WriteStage
+    A unit that keeps killing its actor (a crash in native code, say) must not loop forever or
+    take the units queued behind it down with it. When a unit has used up Ray's retries, it is
+    a suspect: the driver lets the units in flight finish, then runs each suspect alone, once.
+    A suspect that dies alone becomes `error` rows (a rerun retries it); one that succeeds had
+    only been queued behind the culprit.
+    """
+    import ray
+    from ray.exceptions import RayActorError
 
-    # As many blocks as read tasks, so Ray does not split them further (a split would still
-    # keep rows whole, see work.py, only make generation batches smaller). Ray Data restarts
-    # dead actors and retries their batches by default (max_restarts=-1).
-    # One reader at a time: a read is milliseconds, while every extra concurrent read task is a
-    # new worker process whose start-up (about a CPU-second) competes with generation.
-    ds = ray.data.read_datasource(_work_source(work_path), override_num_blocks=groups, num_cpus=0.1,
-                                  concurrency=1)
-    ds = ds.map_batches(
-        CandidateStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=None, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=pools.generate_actors), num_gpus=pools.gpus_per_actor,
-        num_cpus=pools.cpus_per_actor)
-    ds = ds.map_batches(
-        WriteStage, fn_constructor_kwargs={"cfg": cfg, "output_dir": output_dir}, batch_size=None,
-        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pools.write_actors),
-        num_cpus=pools.cpus_per_writer)
-    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    from pipeline.stages import CandidateStage, WriteStage, failed_outcomes
+    from pipeline.work import read_group
+
+    actor = ray.remote(_StageActor)
+    restart = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}
+    gens = [actor.options(num_cpus=pools.cpus_per_actor, num_gpus=pools.gpus_per_actor, **restart)
+            .remote(CandidateStage, cfg) for _ in range(pools.generate_actors)]
+    writers = [actor.options(num_cpus=pools.cpus_per_writer, **restart).remote(WriteStage, cfg, output_dir)
+               for _ in range(pools.write_actors)]
+    gen_queue, write_queue = [0] * len(gens), [0] * len(writers)
+    generating: dict = {}  # CandidateStage result → generate actor index
+    writing: dict = {}  # WriteStage result → (writer index, unit, run alone)
+    limit = QUEUE_PER_ACTOR * (len(gens) + len(writers))  # units in flight, writers included
+    suspects: list[int] = []
+
+    def submit(group: int, alone: bool) -> None:
+        g, w = gen_queue.index(min(gen_queue)), write_queue.index(min(write_queue))
+        once = {"max_task_retries": 0} if alone else {}
+        staged = gens[g].run.options(**once).remote(read_group(work_path, group))
+        generating[staged] = g
+        writing[writers[w].run.options(**once).remote(staged)] = (w, group, alone)
+        gen_queue[g] += 1
+        write_queue[w] += 1
+
+    next_group = 0
+    try:
+        while next_group < groups or writing or suspects:
+            if suspects:
+                if not writing:  # drained: the suspect runs with nothing beside it
+                    submit(suspects.pop(0), alone=True)
+            else:
+                while next_group < groups and min(gen_queue) < QUEUE_PER_ACTOR and len(writing) < limit:
+                    submit(next_group, alone=False)
+                    next_group += 1
+            # fetch_local=False: a finished generation is only counted here; its pixels go
+            # from the generating actor to the writer, never through the driver.
+            ready, _ = ray.wait([*generating, *writing], num_returns=1, fetch_local=False)
+            for ref in ready:
+                if ref in generating:
+                    gen_queue[generating.pop(ref)] -= 1
+                    continue
+                w, group, alone = writing.pop(ref)
+                write_queue[w] -= 1
+                try:
+                    yield ray.get(ref)
+                except RayActorError as e:
+                    if e.actor_init_failed:  # models or signer failed to load: every unit would fail
+                        from pipeline.job import JobError
+
+                        raise JobError(f"a pipeline actor could not start: {_root_message(e)}") from e
+                    if not alone:
+                        suspects.append(group)
+                        continue
+                    yield failed_outcomes(read_group(work_path, group), cfg.job.name,
+                                          f"worker died on this unit {TASK_RETRIES + 2} times, the last time "
+                                          f"with no other unit beside it: {_root_message(e)}")
+    finally:
+        for a in gens + writers:
+            ray.kill(a)
+
+
+def _root_message(error: Exception) -> str:
+    """The original exception inside a Ray error: its text ends with the traceback's last
+    `SomeError: message` line, and the message may go on over more lines."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", line)]
+    text = " ".join(lines[starts[-1]:]) if starts else (lines[-1] if lines else type(error).__name__)
+    return text[:500]
 
 
 def execute_in_process(work_path: str, cfg: JobConfig, output_dir: str) -> Iterator[pa.Table]:

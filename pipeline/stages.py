@@ -40,11 +40,14 @@ def _ms_each(t0: float, n: int) -> float:
     return (time.perf_counter() - t0) * 1000 / max(n, 1)
 
 
-def _die_once_if_armed() -> None:
-    """Test-only: the actor dies hard once (see pipeline/faults.py), so Ray must restart it."""
+def _die_if_armed(records: list[dict]) -> None:
+    """Test-only: the actor dies hard (see pipeline/faults.py), so Ray must restart it."""
     marker = faults.arg("actor.exit_once")
     if marker and not os.path.exists(marker):
         Path(marker).touch()
+        os._exit(1)
+    poison = faults.arg("actor.exit_on_seed")
+    if poison and any(str(r["seed"]) == poison for r in records):
         os._exit(1)
 
 
@@ -87,14 +90,14 @@ class CandidateStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Work records (manifest rows with nested candidates) → one outcome row per candidate."""
         # 1. check inputs: work records are whole manifest rows, so selection sees every candidate
-        _die_once_if_armed()
         if self.cpu_threads:
-            # OpenMP's thread count is per calling thread, and Ray Data may call us from a
+            # OpenMP's thread count is per calling thread, and an executor may call us from a
             # thread other than the constructor's: set it here, where the work runs.
             import torch
 
             torch.set_num_threads(self.cpu_threads)
         records = unnest(batch).to_pylist()
+        _die_if_armed(records)
         for r in records:
             for f in schema.OUTCOME_FIELDS:
                 r.setdefault(f.name, None)
@@ -186,6 +189,18 @@ class CandidateStage:
             unsafe = self.image_moderator(pixels)
         ms_mod = _ms_each(t0, len(made))
         return [(r, s, u, ms_score, ms_mod) for r, s, u in zip(made, scores, unsafe, strict=True)]
+
+
+def failed_outcomes(batch: pa.Table, job: str, reason: str) -> pa.Table:
+    """Work records → one `error` outcome per candidate: a unit that could not be processed
+    (its worker died on every retry) is recorded, never dropped, and a rerun retries it."""
+    records = unnest(batch).to_pylist()
+    finished = datetime.now(timezone.utc)
+    for r in records:
+        for f in schema.OUTCOME_FIELDS:
+            r.setdefault(f.name, None)
+        r.update(job=job, status=schema.ERROR, reason=reason, selected=False, path=None, finished_at=finished)
+    return pa.Table.from_pylist(records, schema=WRITTEN_SCHEMA)
 
 
 class WriteStage:

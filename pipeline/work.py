@@ -1,10 +1,10 @@
 """Pending work on disk: one record per manifest row, its candidates nested as a list.
 
 Selection (best k of N) needs all candidates of a row in one batch. Nesting them makes that
-true by construction: however Ray splits or merges blocks, a record is never split, and
-one row group is one unit of work (about a generation batch of candidates). The driver writes
-the file once per run; Ray reads one row group per read task, lazily, so neither the driver
-nor the object store holds the whole plan while a large run streams through.
+true by construction, and one row group is one unit of work (about a generation batch of
+candidates). The driver writes the file once per run and reads one row group as it hands a
+unit to an actor, so neither the driver nor the object store holds the whole plan while a
+large run streams through.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def write_work(pending: pa.Table, prior_selected: dict[str, int], path: Path, ro
 
 def rows_per_group(pending: pa.Table, batch_size: int, max_groups: int = MAX_GROUPS) -> int:
     """Manifest rows per unit of work: about one generation batch of candidates, fewer units
-    than `max_groups` (each is a Ray read task) for very large runs."""
+    than `max_groups` for very large runs (each unit costs an actor call and a results commit)."""
     rows = len(pc.unique(pending["row"])) or 1
     per_batch = max(1, round(batch_size * rows / max(pending.num_rows, 1)))
     return max(per_batch, -(-rows // max_groups))

@@ -29,13 +29,15 @@ def run(job: Path, out: Path, faults: str | None = None) -> subprocess.Completed
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def assert_complete(out: Path, candidates: int) -> None:
+def assert_complete(out: Path, candidates: int, retried: tuple[str, ...] = ()) -> None:
+    """Every candidate once in the results; in the shards, once, or twice for `retried` errors."""
     table = pq.read_table(out / "results.parquet")
     assert table.num_rows == candidates
     assert len(set(table["item_id"].to_pylist())) == candidates
     assert all(s in ("written", "rejected") for s in table["status"].to_pylist())
     committed = pq.read_table(out / SHARDS)["item_id"].to_pylist()
-    assert len(committed) == len(set(committed)), "a candidate was committed twice"
+    twice = {i for i in committed if committed.count(i) > 1}
+    assert twice == set(retried) and len(committed) == candidates + len(retried), "a candidate was committed twice"
     verify = subprocess.run([sys.executable, "-m", "pipeline", "verify", str(out)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr  # no strays, no torn files
@@ -62,3 +64,21 @@ def test_killed_generate_actor_is_restarted_and_its_batch_retried(tmp_path):
     assert marker.exists(), "the fault never fired"
     assert result.returncode == 0, result.stderr[-3000:]
     assert_complete(tmp_path / "out", 6)
+
+
+def test_unit_that_kills_its_actor_every_time_becomes_error_rows_then_rerun_completes(tmp_path):
+    # A poison unit: Ray restarts the actor and retries it a few times, then its candidates are
+    # recorded as errors (not dropped, no crash loop) and every other row is written.
+    rows = {**ROWS, "seed": [100 + i for i in range(6)]}
+    job = write_job(tmp_path, rows, styles=None, extra=EXTRA, num_candidates=1, keep=1, max_failed_fraction=0.5)
+    out = tmp_path / "out"
+    first = run(job, out, "actor.exit_on_seed=103")
+    assert first.returncode == 0, first.stderr[-3000:]  # one error of 6 is within the job's error budget
+    table = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert table["r3"]["status"] == "error" and "worker died" in table["r3"]["reason"], table["r3"]
+    assert table["r3"]["path"] is None
+    assert all(table[f"r{i}"]["status"] == "written" for i in (0, 1, 2, 4, 5))
+    second = run(job, out)  # the fault is gone: the rerun retries only the error row
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "1 to go" in second.stdout + second.stderr
+    assert_complete(out, 6, retried=(table["r3"]["item_id"],))  # its error row, then its result

@@ -85,3 +85,17 @@ def test_run_on_a_head_and_worker_cluster(tmp_path):
         assert cli("verify", str(tmp_path / "out")).returncode == 0
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_a_model_that_cannot_load_on_the_actors_stops_the_run_with_its_message(tmp_path):
+    # The folder looks like a diffusers pipeline to validation but its weights are missing:
+    # the load fails inside the actors, and the run must say why and stop, not retry forever.
+    model = tmp_path / "broken-model"
+    model.mkdir()
+    (model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", '
+                                            '"unet": ["diffusers", "UNet2DConditionModel"]}')
+    job = write_job(tmp_path, {"id": ["a"], "prompt": ["a mug"]}, styles=None,
+                    extra=f'[models]\ndiffusion = "{model}"\n')
+    run = cli("run", str(job), "--output", str(tmp_path / "out"), timeout=300)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "a pipeline actor could not start" in run.stderr and "cannot load diffusion model" in run.stderr
