@@ -202,7 +202,8 @@ def _run_locked(cfg: JobConfig, out: Path, backend: str, rows: tuple[str, ...]) 
             resources = connect(cfg.cluster.address)
             pools = size_pools(cfg, resources)
             _log(f"cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; "
-                 f"{pools.generate_actors} generate actor(s), {pools.write_actors} writer(s)")
+                 f"{pools.generate_actors} generate actor(s), "
+                 + (f"{pools.write_actors} writer(s)" if pools.write_actors else "each writing its own images"))
             stream = execute(str(work_path), groups, cfg, str(out), pools)
         else:
             stream = execute_in_process(str(work_path), cfg, str(out))

@@ -29,7 +29,7 @@ class Pools:
     generate_actors: int
     gpus_per_actor: float
     cpus_per_actor: float
-    write_actors: int
+    write_actors: int  # 0: the generate actors write their own units
     cpus_per_writer: float
 
 
@@ -42,7 +42,11 @@ def size_pools(cfg: JobConfig, resources: dict[str, float]) -> Pools:
     gpus_per_actor = c.gpus_per_actor if on_gpu else 0.0
     generate = c.generate_actors or (max(1, int(gpus // gpus_per_actor)) if on_gpu else 1)
     spare = cpus - generate * c.cpus_per_actor
-    write = c.write_actors or max(1, min(32, int(spare)))
+    # A CPU generate actor that uses every core of its node leaves nothing for writers to run
+    # on: a writer beside it only preempts its threads mid-step. It writes its own units then,
+    # between batches (measured on 2 cores: bench/RESULTS.md).
+    all_cores = not on_gpu and c.torch_threads == 0
+    write = c.write_actors or (0 if all_cores else max(1, min(32, int(spare))))
     return Pools(generate, gpus_per_actor, c.cpus_per_actor, write, c.cpus_per_writer)
 
 
@@ -65,17 +69,24 @@ TASK_RETRIES = 3
 
 
 class _StageActor:
-    """A stage held by a Ray actor: built once (models load here), then called per unit."""
+    """Stages held by one Ray actor: built once (models load here), then applied in turn to
+    each unit of work."""
 
-    def __init__(self, factory, *args):
-        self.stage = factory(*args)
+    def __init__(self, stages: list[tuple]):
+        self.stages = [factory(*args) for factory, args in stages]
 
     def run(self, table: pa.Table) -> pa.Table:
-        return self.stage(table)
+        for stage in self.stages:
+            table = stage(table)
+        return table
 
 
 def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools: Pools) -> Iterator[pa.Table]:
     """Stream outcome tables back to the driver, one per unit of work, as they finish.
+
+    With writer actors, a unit is two calls: generate on a generate actor, then write on a
+    writer, chained by reference. Without them (`pools.write_actors == 0`, a CPU node), the
+    generate actor writes each unit itself after generating it.
 
     A unit that keeps killing its actor (a crash in native code, say) must not loop forever or
     take the units queued behind it down with it. When a unit has used up Ray's retries, it is
@@ -91,44 +102,54 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
 
     actor = ray.remote(_StageActor)
     restart = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}
+    write_stage = (WriteStage, (cfg, output_dir))
+    fused = pools.write_actors == 0
     gens = [actor.options(num_cpus=pools.cpus_per_actor, num_gpus=pools.gpus_per_actor, **restart)
-            .remote(CandidateStage, cfg) for _ in range(pools.generate_actors)]
-    writers = [actor.options(num_cpus=pools.cpus_per_writer, **restart).remote(WriteStage, cfg, output_dir)
+            .remote([(CandidateStage, (cfg,))] + ([write_stage] if fused else []))
+            for _ in range(pools.generate_actors)]
+    writers = [actor.options(num_cpus=pools.cpus_per_writer, **restart).remote([write_stage])
                for _ in range(pools.write_actors)]
     gen_queue, write_queue = [0] * len(gens), [0] * len(writers)
-    generating: dict = {}  # CandidateStage result → generate actor index
-    writing: dict = {}  # WriteStage result → (writer index, unit, run alone)
+    generating: dict = {}  # a generate call whose output goes on to a writer → generate actor
+    finishing: dict = {}  # the last call of a unit → (generate actor or None, writer or None, unit, alone)
     limit = QUEUE_PER_ACTOR * (len(gens) + len(writers))  # units in flight, writers included
     suspects: list[int] = []
 
     def submit(group: int, alone: bool) -> None:
-        g, w = gen_queue.index(min(gen_queue)), write_queue.index(min(write_queue))
+        g = gen_queue.index(min(gen_queue))
         once = {"max_task_retries": 0} if alone else {}
         staged = gens[g].run.options(**once).remote(read_group(work_path, group))
-        generating[staged] = g
-        writing[writers[w].run.options(**once).remote(staged)] = (w, group, alone)
         gen_queue[g] += 1
+        if fused:
+            finishing[staged] = (g, None, group, alone)
+            return
+        w = write_queue.index(min(write_queue))
+        generating[staged] = g
+        finishing[writers[w].run.options(**once).remote(staged)] = (None, w, group, alone)
         write_queue[w] += 1
 
     next_group = 0
     try:
-        while next_group < groups or writing or suspects:
+        while next_group < groups or finishing or suspects:
             if suspects:
-                if not writing:  # drained: the suspect runs with nothing beside it
+                if not finishing:  # drained: the suspect runs with nothing beside it
                     submit(suspects.pop(0), alone=True)
             else:
-                while next_group < groups and min(gen_queue) < QUEUE_PER_ACTOR and len(writing) < limit:
+                while next_group < groups and min(gen_queue) < QUEUE_PER_ACTOR and len(finishing) < limit:
                     submit(next_group, alone=False)
                     next_group += 1
             # fetch_local=False: a finished generation is only counted here; its pixels go
             # from the generating actor to the writer, never through the driver.
-            ready, _ = ray.wait([*generating, *writing], num_returns=1, fetch_local=False)
+            ready, _ = ray.wait([*generating, *finishing], num_returns=1, fetch_local=False)
             for ref in ready:
                 if ref in generating:
                     gen_queue[generating.pop(ref)] -= 1
                     continue
-                w, group, alone = writing.pop(ref)
-                write_queue[w] -= 1
+                g, w, group, alone = finishing.pop(ref)
+                if g is not None:
+                    gen_queue[g] -= 1
+                if w is not None:
+                    write_queue[w] -= 1
                 try:
                     yield ray.get(ref)
                 except RayActorError as e:

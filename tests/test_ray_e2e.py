@@ -40,6 +40,7 @@ def test_run_verify_and_regenerate_one_row_alone(tmp_path):
     run = cli("run", str(job), "--output", str(tmp_path / "full"))
     assert run.returncode == 0, run.stderr[-3000:]
     assert "written 4" in run.stdout
+    assert "1 generate actor(s), each writing its own images" in run.stderr  # CPU only: no writer actors
     ver = cli("verify", str(tmp_path / "full"))
     assert ver.returncode == 0 and "verified 8 image(s): OK" in ver.stdout, ver.stdout + ver.stderr
     full = pq.read_table(tmp_path / "full" / "results.parquet")
@@ -78,10 +79,12 @@ def test_run_on_a_head_and_worker_cluster(tmp_path):
                                  "--num-cpus=1", "--disable-usage-stats"],
                                 capture_output=True, text=True, env=env, timeout=120)
         assert worker.returncode == 0, worker.stderr[-2000:]
-        job = write_job(tmp_path, ROWS, num_candidates=1, keep=1)
+        # Separate writer actors (the GPU-cluster layout; a CPU-only run writes on its generate
+        # actor): generated pixels go to writers by reference, across the two nodes.
+        job = write_job(tmp_path, ROWS, num_candidates=1, keep=1, extra="[cluster]\nwrite_actors = 2\n")
         run = cli("run", str(job), "--address", address, "--output", str(tmp_path / "out"), env=env)
         assert run.returncode == 0, run.stderr[-3000:]
-        assert "cluster: 2 CPU" in run.stderr
+        assert "cluster: 2 CPU" in run.stderr and "1 generate actor(s), 2 writer(s)" in run.stderr
         assert cli("verify", str(tmp_path / "out")).returncode == 0
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
