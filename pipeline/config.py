@@ -107,7 +107,9 @@ class ClusterSection:
     generate_actors: int = 0  # 0: one per GPU, or 1 on a CPU-only cluster
     gpus_per_actor: float = 1.0
     cpus_per_actor: float = 0.5
-    write_actors: int = 0  # 0: sized from the cluster's CPUs
+    # 0: sized from the spare CPUs on GPU clusters; none on CPU-only runs using every core
+    # (the generate actor writes its own images there).
+    write_actors: int = 0
     # Torch threads of a generate actor on CPU; 0: every core of its node (Ray would give a
     # fractional-CPU actor one thread, halving CPU generation on a small machine).
     torch_threads: int = 0

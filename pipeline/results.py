@@ -91,6 +91,9 @@ def compact(plan: pa.Table, output_dir: Path) -> pa.Table:
                                                             pa.field("path", pa.string()),
                                                             pa.field("truncated", pa.bool_())]
                                                            + schema.OUTCOME_FIELDS))
+    for f in schema.OUTCOME_FIELDS:  # shards committed by a version before the column existed
+        if f.name not in shards.column_names:
+            shards = shards.append_column(f, pa.nulls(shards.num_rows, f.type))
     # Latest outcome per item id: later shards win (a retry of an error, a rerun after a change).
     order = pa.array(range(shards.num_rows), pa.int64())
     latest = pa.table({"item_id": shards["item_id"], "order": order}).group_by("item_id").aggregate(

@@ -103,6 +103,7 @@ OUTCOME_FIELDS = [
     pa.field("ms_write", pa.float64()),
     pa.field("ms_verify", pa.float64()),
     pa.field("worker", pa.string()),  # host:pid of the generating actor
+    pa.field("writer", pa.string()),  # host:pid of the actor that encoded, signed and wrote
     pa.field("batch_size", pa.int64()),
     pa.field("batch_position", pa.int64()),
     pa.field("attempt", pa.int64()),

@@ -46,6 +46,8 @@ def test_run_verify_and_regenerate_one_row_alone(tmp_path):
     full = pq.read_table(tmp_path / "full" / "results.parquet")
     assert full.num_rows == 8 and full["campaign"].to_pylist()[::2] == ROWS["campaign"]
     assert set(full["status"].to_pylist()) == {"written", "rejected"}
+    written = [r for r in full.to_pylist() if r["status"] == "written"]
+    assert all(r["writer"] == r["worker"] for r in written)  # one actor made and wrote each image
 
     # One row alone, in its own output folder: the same item ids and the same pixels.
     alone = cli("run", str(job), "--rows", "mug-jp", "--output", str(tmp_path / "alone"))
@@ -86,6 +88,9 @@ def test_run_on_a_head_and_worker_cluster(tmp_path):
         assert run.returncode == 0, run.stderr[-3000:]
         assert "cluster: 2 CPU" in run.stderr and "1 generate actor(s), 2 writer(s)" in run.stderr
         assert cli("verify", str(tmp_path / "out")).returncode == 0
+        # The results say which actor generated and which wrote each image (host:pid).
+        rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+        assert all(r["writer"] and r["worker"] and r["writer"] != r["worker"] for r in rows)
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
 

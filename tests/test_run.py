@@ -132,3 +132,19 @@ def test_fresh_starts_over(finished):
     assert table2["item_id"].to_pylist() == table["item_id"].to_pylist()
     assert table2["status"].to_pylist() == table["status"].to_pylist()  # same inputs, same outcome
     assert verify_output(again.output_dir)[0] == []
+
+
+def test_resume_over_shards_from_a_version_without_a_newer_column(finished):
+    # An output folder started by an older release: its shards lack `writer`. Rerunning with
+    # this one resumes (nothing regenerated) and fills the missing column with nulls.
+    cfg, _, _ = finished
+    shard_dir = Path(cfg.job.output) / SHARDS
+    table = pq.read_table(Path(cfg.job.output) / "results.parquet")
+    for path in shard_dir.iterdir():
+        pq.write_table(pq.read_table(path).drop_columns(["writer"]), path)
+    shards = sorted(shard_dir.iterdir())
+    again = run_job(cfg, backend="in-process")
+    assert again.exit_code == EXIT_OK and sorted(shard_dir.iterdir()) == shards
+    table2 = pq.read_table(again.output_dir / "results.parquet")
+    assert table2["writer"].null_count == table2.num_rows
+    assert table2["sha256"].to_pylist() == table["sha256"].to_pylist()
