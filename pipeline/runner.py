@@ -56,8 +56,11 @@ def connect(address: str | None) -> dict[str, float]:
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        # A local instance starts no idle worker processes ahead of time: the pipeline runs
+        # only actors, and an idle worker polls at about 1% of a core (bench/RESULTS.md).
+        local = {"_system_config": {"enable_worker_prestart": False, "prestart_worker_first_driver": False}}
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
-                 log_to_driver=True, configure_logging=False)
+                 log_to_driver=True, configure_logging=False, **({} if address else local))
     return dict(ray.cluster_resources())
 
 
