@@ -243,13 +243,13 @@ def main() -> None:
     args = parse()
     pipes, device = load(args)
     flops = flops_per_image(pipes, args, device)
-    del pipes
     # Rounds: bare, pipeline, bare, pipeline, …, bare. A shared VM's speed drifts by ±15% within
     # a minute, so each pipeline run is compared with the mean of the bare runs on either side
     # of it, and the figure is the median of those paired ratios.
-    bares, rounds = [], []
+    rounds = []
     with GpuSampler() as g_bare:
-        bares.append(bare_rate(args))
+        bares = [bare(args, pipes)["images_per_s"]]
+    del pipes
     g_pipe = GpuSampler()
     for i in range(args.rounds):
         folder = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -266,8 +266,7 @@ def main() -> None:
         print(f"round {i + 1}/{args.rounds}: bare {bares[-2]:.3f} → {bares[-1]:.3f} img/s, "
               f"pipeline {p['images_per_s']:.3f} img/s, ratio {p['ratio']:.3f}", file=sys.stderr, flush=True)
     p = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]  # the median round (upper, if even)
-    b = {"images_per_s": statistics.median(bares)}
-    drift = max(bares) / min(bares) - 1
+    spread = max(bares) / min(bares) - 1
     m = machine()
     peak = args.peak_tflops or (989.0 if m["gpu"] and "H100" in m["gpu"] and args.dtype != "float32" else None)
     result = {
@@ -278,7 +277,7 @@ def main() -> None:
         "write_actors": args.write_actors,
         **optimizations(args),
         "device": device,
-        "rounds": args.rounds, "bare_images_per_s": b["images_per_s"], "bare_runs": bares, "bare_spread": drift,
+        "rounds": args.rounds, "bare_images_per_s": statistics.median(bares), "bare_runs": bares, "bare_spread": spread,
         "pipeline_images_per_s": p["images_per_s"], "pipeline_runs": [r["images_per_s"] for r in rounds],
         "ratio": p["ratio"], "ratios": [r["ratio"] for r in rounds],
         "target_ratio": 0.95 if device.startswith("cuda") else 0.85,
@@ -292,8 +291,8 @@ def main() -> None:
     }
     result["meets_target"] = result["ratio"] >= result["target_ratio"]
     rows = [("device", f"{device} ({m['gpu'] or m['cpu']}, {m['cores']} cores)"),
-            ("bare images/s (median of runs)", b["images_per_s"]),
-            ("bare spread, fastest vs slowest run", drift), ("pipeline images/s (median round)", p["images_per_s"]),
+            ("bare images/s (median of runs)", result["bare_images_per_s"]),
+            ("bare spread, fastest vs slowest run", spread), ("pipeline images/s (median round)", p["images_per_s"]),
             ("ratio pipeline/bare (median of paired rounds)", result["ratio"]),
             ("ratios of the rounds", " ".join(f"{r['ratio']:.3f}" for r in rounds)),
             ("target / met", f"{result['target_ratio']} / {'yes' if result['meets_target'] else 'NO'}"),
