@@ -212,7 +212,7 @@ class WriteStage:
         self.cfg = cfg
         self.out = Path(output_dir)
         self.signer = Signer.from_section(cfg.signer, self.out, quiet=True)
-        self.worker = worker_name()
+        self.writer = worker_name()
         self._parents: dict[str, tuple[bytes, str]] = {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -221,7 +221,7 @@ class WriteStage:
             pixels = r.pop(PIXELS)
             written = False
             if pixels is not None:
-                r["writer"] = self.worker
+                r["writer"] = self.writer
                 try:
                     written = self._write(r, pixels)
                 except Exception as e:  # noqa: BLE001 — failures are rows

@@ -65,10 +65,6 @@ def rows_per_group(pending: pa.Table, batch_size: int, max_groups: int = MAX_GRO
     return max(per_batch, -(-rows // max_groups))
 
 
-def read_group(path: str | Path, group: int) -> pa.Table:
-    return pq.ParquetFile(path).read_row_group(group)
-
-
 def read_groups(path: str | Path) -> Iterator[pa.Table]:
     """Every unit of work in order (the in-process path)."""
     f = pq.ParquetFile(path)
