@@ -5,7 +5,10 @@ Unset in production, where every check is one dict lookup. Points:
   driver.kill_mid_shard=N     SIGKILL the driver with shard N written to a temp file, not renamed
   driver.kill_after_shard=N   SIGKILL the driver right after committing its N-th shard
   driver.kill_before_compact  SIGKILL the driver with all shards committed, before results.parquet
+  driver.interrupt_after_units=N  the driver is interrupted (KeyboardInterrupt) after receiving N units
   candidate.error=SEED        generation raises for the candidate with this seed
+  prompt.error=SEED           the prompt check raises for a unit holding this seed (a stage exception)
+  write.error=SEED            writing the image of the candidate with this seed raises
   candidate.oom               generation raises out-of-memory for any batch larger than one
   score.error=SEED            CLIP scoring raises for the candidate with this seed
   actor.exit_once=PATH        the generate actor dies on its first batch unless PATH exists

@@ -26,7 +26,7 @@ from pipeline import faults, results, schema
 from pipeline.config import JobConfig
 from pipeline.manifest import Inputs, ManifestError, Problem, load_inputs
 from pipeline.plan import build_plan
-from pipeline.work import rows_per_group, write_work
+from pipeline.work import PRIOR, candidates, rows_per_group, write_work
 
 EXIT_OK, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2
 WORK = "_work"
@@ -113,28 +113,22 @@ def snapshot(cfg: JobConfig, run_id: str, output_dir: Path, plan_rows: int) -> N
 
 
 class _Committer:
-    """Buffers outcomes until their rows are whole, then commits shards atomically."""
+    """Commits outcome tables in shards as they arrive. Each table is the outcome of whole units
+    of work, so every shard holds whole manifest rows."""
 
-    def __init__(self, store: results.ShardStore, pending_per_row: Counter, run_id: str, shard_rows: int):
-        self.store, self.left, self.run_id, self.shard_rows = store, pending_per_row, run_id, shard_rows
-        self.partial: dict[str, list[pa.Table]] = {}
+    def __init__(self, store: results.ShardStore, run_id: str, shard_rows: int):
+        self.store, self.run_id, self.shard_rows = store, run_id, shard_rows
         self.ready: list[pa.Table] = []
         self.ready_rows = 0
-        self.counts: Counter = Counter()
+        self.counts: Counter = Counter()  # outcomes of this run's new candidates, by status
         self.shards = 0
 
     def add(self, batch: pa.Table) -> None:
         batch = batch.set_column(batch.schema.get_field_index("run_id"), "run_id",
                                  pa.array([self.run_id] * batch.num_rows, pa.string()))
-        self.counts.update(batch["status"].to_pylist())
-        for row_id in pc.unique(batch["id"]).to_pylist():
-            part = batch.filter(pc.equal(batch["id"], row_id))
-            self.partial.setdefault(row_id, []).append(part)
-            self.left[row_id] -= part.num_rows
-            if self.left[row_id] <= 0:
-                whole = pa.concat_tables(self.partial.pop(row_id))
-                self.ready.append(whole)
-                self.ready_rows += whole.num_rows
+        self.counts.update(batch.filter(pc.invert(batch[PRIOR]))["status"].to_pylist())
+        self.ready.append(batch.drop_columns([PRIOR]))
+        self.ready_rows += batch.num_rows
         if self.ready_rows >= self.shard_rows:
             self.flush()
 
@@ -142,62 +136,79 @@ class _Committer:
         if self.ready:
             self.shards += 1
             faults.kill_if("driver.kill_before_shard", self.shards)
-            self.store.write(pa.concat_tables(self.ready).drop_columns(["prior_selected"]),
-                             kill_point=("driver.kill_mid_shard", self.shards))
+            self.store.write(pa.concat_tables(self.ready), kill_point=("driver.kill_mid_shard", self.shards))
             faults.kill_if("driver.kill_after_shard", self.shards)
             self.ready, self.ready_rows = [], 0
 
 
+def _priors(plan: pa.Table, committed: results.Committed, done: pa.Array, pending_rows: pa.Array) -> pa.Table:
+    """Candidates judged in earlier runs, of the rows that have pending ones: plan columns and
+    their committed outcome, so the row is judged across attempts."""
+    outcomes = committed.outcomes.filter(pc.and_(pc.is_in(committed.outcomes["item_id"], done),
+                                                 pc.is_in(committed.outcomes["id"], pending_rows)))
+    if not outcomes.num_rows:
+        return outcomes
+    table = plan.select([f.name for f in schema.PLAN_FIELDS]).take(pc.index_in(outcomes["item_id"], plan["item_id"]))
+    for name in ("path", "truncated", "scheduler"):
+        table = table.set_column(table.schema.get_field_index(name), name, outcomes[name])
+    for f in schema.OUTCOME_FIELDS:
+        table = table.append_column(f, outcomes[f.name])
+    return table
+
+
 def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             rows: tuple[str, ...] = ()) -> RunReport:
-    """Run (or resume) the job; returns the report. Raises before any GPU work if it cannot run.
+    """Run (or resume) the job; returns the report. Raises before any GPU work if it cannot run,
+    and before anything is deleted.
 
     `rows` limits the run to these manifest ids: seeds and item ids do not depend on which
     other rows are present, so a row regenerated alone comes out as in the full run.
     """
+    from pipeline.provenance import Signer
+
     out = Path(cfg.job.output).resolve()
     cfg = cfg.replace("job", output=str(out))
     prepare_output(out)
     lock = _lock(out)
     try:
+        # 1. everything that can reject the job, before any model loads and before --fresh
+        inputs = select_rows(load_inputs(cfg), rows)
+        plan = build_plan(inputs, cfg)
+        Signer.from_section(cfg.signer, out).self_test()
         if fresh:
             clear_results(out)
-        return _run_locked(cfg, out, backend, rows)
+        elif rows and (others := results.ShardStore(out).ids() - set(rows)):
+            raise JobError(f"{out}: holds results of other rows ({len(others)}, e.g. {sorted(others)[0]!r}); "
+                           "--rows would hide them, so give it a separate --output")
+        return _run_locked(cfg, out, backend, inputs, plan)
     finally:
         lock.close()
 
 
-def _run_locked(cfg: JobConfig, out: Path, backend: str, rows: tuple[str, ...]) -> RunReport:
-    from pipeline.provenance import Signer
+def _run_locked(cfg: JobConfig, out: Path, backend: str, inputs: Inputs, plan: pa.Table) -> RunReport:
     from pipeline.runner import connect, execute, execute_in_process, size_pools
 
     started = time.monotonic()
-    # 1. everything that can reject the job, before any model loads
     shutil.rmtree(out / WORK, ignore_errors=True)  # work files of a killed run
-    if rows and (out / results.RESULTS).exists():
-        import pyarrow.parquet as pq
-
-        if set(pq.read_table(out / results.RESULTS, columns=["id"])["id"].to_pylist()) - set(rows):
-            raise JobError(f"{out}: holds results of other rows; --rows would replace them, "
-                           "so give it a separate --output")
-    inputs = select_rows(load_inputs(cfg), rows)
-    plan = build_plan(inputs, cfg)
-    Signer.from_section(cfg.signer, out).self_test()
+    results.remove_temp(out)
     run_id = uuid.uuid4().hex[:12]
     snapshot(cfg, run_id, out, plan.num_rows)
-    # 2. resume: skip what earlier attempts committed
+    # 2. resume: skip what earlier attempts committed (and whose files are still there)
     store = results.ShardStore(out)
-    done = store.done(plan)
-    pending = plan.filter(pc.invert(pc.is_in(plan["item_id"], pa.array(list(done.item_ids), pa.string()))))
+    committed = store.committed()
+    done_ids = results.done_item_ids(committed)
+    pending = plan.filter(pc.invert(pc.is_in(plan["item_id"], done_ids)))
+    done_count = plan.num_rows - pending.num_rows
     _log(f"run {run_id}: {plan.num_rows} candidates planned from {len(inputs.manifest)} rows, "
-         f"{len(done.item_ids)} already done, {pending.num_rows} to go → {out}")
+         f"{done_count} already done, {pending.num_rows} to go → {out}")
     budget = int(cfg.job.max_failed_fraction * plan.num_rows)
     stopped, committer = None, None
     if pending.num_rows:
         work_path = out / WORK / f"pending-{run_id}.parquet"
-        groups = write_work(pending, done.selected_per_row, work_path,
+        priors = _priors(plan, committed, done_ids, pc.unique(pending["id"]))
+        groups = write_work(candidates(pending, priors), work_path,
                             rows_per_group(pending, cfg.generate.batch_size))
-        committer = _Committer(store, Counter(pending["id"].to_pylist()), run_id, cfg.output.shard_rows)
+        committer = _Committer(store, run_id, cfg.output.shard_rows)
         if backend == "ray":
             resources = connect(cfg.cluster.address)
             pools = size_pools(cfg, resources)
@@ -207,31 +218,19 @@ def _run_locked(cfg: JobConfig, out: Path, backend: str, rows: tuple[str, ...]) 
             stream = execute(str(work_path), groups, cfg, str(out), pools)
         else:
             stream = execute_in_process(str(work_path), cfg, str(out))
-        t0, last = time.monotonic(), 0.0
-        for batch in stream:
-            committer.add(batch)
-            c = committer.counts
-            finished = sum(c.values())
-            now = time.monotonic()
-            if now - last > 5 or finished == pending.num_rows:
-                last = now
-                rate = finished / max(now - t0, 1e-9)
-                eta = (pending.num_rows - finished) / rate if rate else float("inf")
-                _log(f"{finished}/{pending.num_rows} candidates · written {c[schema.WRITTEN]} · "
-                     f"rejected {c[schema.REJECTED]} · error {c[schema.ERROR]} · "
-                     f"{rate:.2f} cand/s · eta {eta:.0f}s")
-            if c[schema.ERROR] > budget:
-                stopped = (f"error budget exceeded: {c[schema.ERROR]} errors > "
-                           f"{cfg.job.max_failed_fraction:.0%} of {plan.num_rows} candidates")
-                break
-        stream.close()  # stops the actors now, not when the generator is collected
-        committer.flush()
+        try:
+            stopped = _consume(stream, committer, pending.num_rows, budget, cfg, plan.num_rows)
+        finally:
+            stream.close()  # stops the actors now, not when the generator is collected
+            committer.flush()  # what was ready is committed, whatever stopped the stream
         shutil.rmtree(out / WORK, ignore_errors=True)
     # 3. compact, clean up, summarise
     faults.kill_if("driver.kill_before_compact")
-    table = results.compact(plan, out)
+    committed = store.committed()
+    table = results.compact(plan, committed)
     results.write_results(table, out)
-    removed = results.remove_strays(table, out) if not stopped else []
+    removed = results.remove_strays(committed, out)
+    results.remove_temp(out)
     summary = results.summarize(table)
     summary.update(run_id=run_id, job=cfg.job.name, stopped=stopped, elapsed_s=round(time.monotonic() - started, 3),
                    this_run=dict(committer.counts) if committer else {})
@@ -246,6 +245,29 @@ def _run_locked(cfg: JobConfig, out: Path, backend: str, rows: tuple[str, ...]) 
     results.write_json(summary, out / results.SUMMARY)
     code = EXIT_INCOMPLETE if stopped or summary["pending"] else EXIT_OK
     return RunReport(run_id, out, summary, code, stopped, removed)
+
+
+def _consume(stream, committer: _Committer, to_go: int, budget: int, cfg: JobConfig, planned: int) -> str | None:
+    """Commit outcomes as they arrive, with progress; the reason the run stopped early, or None."""
+    t0, last = time.monotonic(), 0.0
+    for units, batch in enumerate(stream, start=1):
+        committer.add(batch)
+        if faults.arg("driver.interrupt_after_units") == str(units):
+            raise KeyboardInterrupt
+        c = committer.counts
+        finished = sum(c.values())
+        now = time.monotonic()
+        if now - last > 5 or finished == to_go:
+            last = now
+            rate = finished / max(now - t0, 1e-9)
+            eta = (to_go - finished) / rate if rate else float("inf")
+            _log(f"{finished}/{to_go} candidates · written {c[schema.WRITTEN]} · "
+                 f"rejected {c[schema.REJECTED]} · error {c[schema.ERROR]} · "
+                 f"{rate:.2f} cand/s · eta {eta:.0f}s")
+        if c[schema.ERROR] > budget:
+            return (f"error budget exceeded: {c[schema.ERROR]} errors > "
+                    f"{cfg.job.max_failed_fraction:.0%} of {planned} candidates")
+    return None
 
 
 def describe(report: RunReport) -> str:

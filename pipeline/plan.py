@@ -31,6 +31,11 @@ ITEM_KEY_COLUMNS = ("id", "candidate", "prompt", "negative_prompt", "style", "se
                     "width", "height", "init_image", "mask", "lora", "lora_scale", "format")
 
 
+def image_path(item_id: str, fmt: str) -> str:
+    """Where a candidate's image goes, relative to the output folder: from its item id only."""
+    return f"images/{item_id[:2]}/{item_id}.{EXTENSIONS[fmt]}"
+
+
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts, stable across processes and Python versions."""
     digest = hashlib.blake2b(_SEP.join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
@@ -141,10 +146,9 @@ def build_plan(inputs: Inputs, cfg: JobConfig) -> pa.Table:
         lit(cfg.output.format).alias("format"))
     keys = df.select(pl.concat_str([c(name).cast(pl.String).fill_null("None") for name in ITEM_KEY_COLUMNS],
                                    separator=_SEP)).to_series()
-    df = df.with_columns(pl.Series("item_id", [d.hex() for d in _digests(keys, 16)]),
-                         lit(None, dtype=pl.Boolean).alias("truncated"))
-    df = df.with_columns(pl.concat_str([lit("images/"), c("item_id").str.slice(0, 2), lit("/"), c("item_id"),
-                                        lit(f".{EXTENSIONS[cfg.output.format]}")]).alias("path"))
+    item_ids = [d.hex() for d in _digests(keys, 16)]
+    df = df.with_columns(pl.Series("item_id", item_ids), lit(None, dtype=pl.Boolean).alias("truncated"),
+                         pl.Series("path", [image_path(i, cfg.output.format) for i in item_ids]))
     plan = df.select([f.name for f in schema.PLAN_FIELDS]).to_arrow().cast(schema.PLAN_SCHEMA)
     if inputs.passthrough:
         # Each manifest row's passthrough values once per candidate, exact Arrow types kept.

@@ -1,14 +1,16 @@
 """Results: atomic shards while running, resume from them, one compacted table at the end.
 
 A shard is a Parquet file committed by rename, holding whole manifest rows only, so a crash
-never leaves half a row or half a file. On rerun, the item ids in committed shards are done;
-the final table joins the current plan with the latest outcome of each of its item ids.
+never leaves half a row or half a file. `ShardStore.committed` states the one rule for what a
+rerun trusts and what may be deleted; the final table joins the current plan with the latest
+outcome of each of its item ids.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import faults, schema
+from pipeline.write import TEMP_PREFIX
 
 SHARDS = "_shards"
 RESULTS = "results.parquet"
@@ -26,7 +29,7 @@ SUMMARY = "summary.json"
 
 
 def _atomic_parquet(table: pa.Table, path: Path, kill_point: tuple[str, int] | None = None) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
     try:
         pq.write_table(table, tmp)
         with open(tmp, "rb+") as f:
@@ -39,19 +42,27 @@ def _atomic_parquet(table: pa.Table, path: Path, kill_point: tuple[str, int] | N
 
 
 @dataclass(frozen=True)
-class DoneState:
-    """What earlier attempts finished (errors excluded): item ids, selected count per row."""
+class Committed:
+    """What the committed shards of an output folder say, under one rule used by resume,
+    compaction, stray removal and verify:
 
-    item_ids: frozenset[str]
-    selected_per_row: dict[str, int]
+    - the *latest* committed outcome of an item id is its outcome (a retry or a re-judging
+      commits a newer one);
+    - a file that a latest outcome lists is never deleted (`listed`);
+    - an outcome that lists a file which is gone is not an outcome at all: the item is pending
+      again and reruns (`outcomes` leaves it out).
+    """
+
+    outcomes: pa.Table  # one row per item id: its latest outcome, files present
+    listed: frozenset[str]  # every path a latest outcome lists (present or not)
 
 
 class ShardStore:
     """The `_shards` folder of an output directory."""
 
     def __init__(self, output_dir: Path):
-        self.dir = Path(output_dir) / SHARDS
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir = Path(output_dir)
+        self.dir = self.output_dir / SHARDS
         self._next = len(self.paths())  # names sort in commit order; the suffix keeps them unique
 
     def paths(self) -> list[Path]:
@@ -63,49 +74,68 @@ class ShardStore:
         return pa.concat_tables(tables, promote_options="default") if tables else None
 
     def write(self, table: pa.Table, kill_point: tuple[str, int] | None = None) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"part-{self._next:06d}-{uuid.uuid4().hex[:8]}.parquet"
         _atomic_parquet(table, path, kill_point)
         self._next += 1
         return path
 
-    def done(self, plan: pa.Table) -> DoneState:
-        """Outcomes already committed for item ids of the current plan."""
+    def ids(self) -> set[str]:
+        """Manifest ids that committed shards hold outcomes of."""
+        return {i for p in self.paths() for i in pq.read_table(p, columns=["id"])["id"].to_pylist()}
+
+    def committed(self) -> Committed:
+        """The latest outcome of every item id, checked against the files present (one listing)."""
         shards = self.read()
         if shards is None:
-            return DoneState(frozenset(), {})
-        # Errors are not done: a rerun retries them.
-        shards = shards.filter(pc.and_(pc.is_in(shards["item_id"], plan["item_id"]),
-                                       pc.not_equal(shards["status"], schema.ERROR)))
-        ids = frozenset(shards["item_id"].to_pylist())
-        selected = Counter(i for i, s in zip(shards["id"].to_pylist(), shards["selected"].to_pylist(),
-                                             strict=True) if s)
-        return DoneState(ids, dict(selected))
+            shards = OUTCOME_SCHEMA.empty_table()
+        for f in OUTCOME_SCHEMA:  # shards committed by a version before the column existed
+            if f.name not in shards.column_names:
+                shards = shards.append_column(f, pa.nulls(shards.num_rows, f.type))
+        order = pa.array(range(shards.num_rows), pa.int64())
+        latest = pa.table({"item_id": shards["item_id"], "order": order}).group_by("item_id").aggregate(
+            [("order", "max")])
+        latest = shards.take(latest["order_max"])
+        paths = latest["path"]
+        listed = frozenset(p for p in paths.to_pylist() if p)
+        present = pa.array(sorted(listed & image_files(self.output_dir)), pa.string())
+        intact = pc.or_(pc.is_null(paths), pc.is_in(paths, present))
+        return Committed(latest.filter(intact), listed)
 
 
-def compact(plan: pa.Table, output_dir: Path) -> pa.Table:
+# The columns of a committed outcome that the results table takes (the rest comes from the plan).
+OUTCOME_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("id", pa.string()),
+                            pa.field("path", pa.string()), pa.field("truncated", pa.bool_()),
+                            pa.field("scheduler", pa.string()), *schema.OUTCOME_FIELDS])
+
+
+def image_files(output_dir: Path) -> set[str]:
+    """Every file under `images/`, as paths relative to the output folder (temp files excluded)."""
+    images = Path(output_dir) / "images"
+    return {p.relative_to(output_dir).as_posix() for p in images.rglob("*")
+            if p.is_file() and not p.name.startswith(TEMP_PREFIX)} if images.is_dir() else set()
+
+
+def done_item_ids(committed: Committed) -> pa.Array:
+    """Item ids with a finished outcome: errors are not done (a rerun retries them)."""
+    o = committed.outcomes
+    return o.filter(pc.not_equal(o["status"], schema.ERROR))["item_id"].combine_chunks()
+
+
+def compact(plan: pa.Table, committed: Committed) -> pa.Table:
     """The results table: every plan row with its latest committed outcome, plan order."""
-    shards = ShardStore(output_dir).read()
+    shards = committed.outcomes
     outcome_names = [f.name for f in schema.OUTCOME_FIELDS]
-    if shards is None:
-        shards = pa.Table.from_pylist([], schema=pa.schema([pa.field("item_id", pa.string()),
-                                                            pa.field("path", pa.string()),
-                                                            pa.field("truncated", pa.bool_())]
-                                                           + schema.OUTCOME_FIELDS))
-    for f in schema.OUTCOME_FIELDS:  # shards committed by a version before the column existed
-        if f.name not in shards.column_names:
-            shards = shards.append_column(f, pa.nulls(shards.num_rows, f.type))
-    # Latest outcome per item id: later shards win (a retry of an error, a rerun after a change).
-    order = pa.array(range(shards.num_rows), pa.int64())
-    latest = pa.table({"item_id": shards["item_id"], "order": order}).group_by("item_id").aggregate(
-        [("order", "max")])
-    shards = shards.take(latest["order_max"])
     # Look up each plan row's outcome by item id: a take, not a join, so any passthrough type
     # (lists, structs, dictionaries) rides along untouched and plan order is kept.
     where = pc.index_in(plan["item_id"], shards["item_id"])
-    outcome = shards.select(["path", "truncated", *outcome_names]).take(where)
+    outcome = shards.select(["path", "truncated", "scheduler", *outcome_names]).take(where)
     table = plan
     for name in ("path", "truncated"):  # the written path (null when none) replaces the planned one
         table = table.set_column(table.schema.get_field_index(name), name, outcome[name])
+    # The scheduler class that ran; the configured name (or null) for what has not run yet.
+    ran = pc.coalesce(outcome["scheduler"], plan["scheduler"])
+    table = table.set_column(table.schema.get_field_index("scheduler"), "scheduler", ran)
     for name in outcome_names:
         table = table.append_column(name, outcome[name])
     ordered = [f.name for f in schema.RESULTS_SCHEMA] + [c for c in plan.column_names
@@ -120,19 +150,25 @@ def write_results(table: pa.Table, output_dir: Path) -> Path:
     return path
 
 
-def remove_strays(results: pa.Table, output_dir: Path) -> list[str]:
-    """Delete image files not listed in the results, and temp files of killed writes."""
-    listed = {p for p in results["path"].to_pylist() if p}
-    removed = []
-    images = Path(output_dir) / "images"
-    for p in images.rglob("*") if images.exists() else []:
-        rel = p.relative_to(output_dir).as_posix()
-        if p.is_file() and rel not in listed:
-            p.unlink()
-            removed.append(rel)
-    for p in Path(output_dir).rglob(".tmp-*"):
-        p.unlink(missing_ok=True)
+def remove_strays(committed: Committed, output_dir: Path) -> list[str]:
+    """Delete image files no latest committed outcome lists: a killed run's unlisted writes, an
+    image a re-judging replaced. A listed file is never deleted."""
+    removed = sorted(image_files(output_dir) - committed.listed)
+    for rel in removed:
+        (Path(output_dir) / rel).unlink(missing_ok=True)
     return removed
+
+
+def remove_temp(output_dir: Path) -> int:
+    """Delete the temp files and folders (`.tmp-*`) killed writes leave anywhere in the output
+    folder; a folder is removed whole, a symlink as a link (its target is never followed)."""
+    found = sorted(Path(output_dir).rglob(f"{TEMP_PREFIX}*"), key=lambda p: len(p.parts))
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return len(found)
 
 
 def summarize(results: pa.Table) -> dict:
@@ -179,6 +215,6 @@ def _mean_sum(results: pa.Table, columns: tuple[str, ...]) -> float | None:
 
 
 def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
+    tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)

@@ -157,7 +157,7 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
                 if w is not None:
                     write_queue[w] -= 1
                 try:
-                    yield ray.get(ref)
+                    outcome = ray.get(ref)
                 except RayActorError as e:
                     if e.actor_init_failed:  # models or signer failed to load: every unit would fail
                         from pipeline.job import JobError
@@ -166,9 +166,13 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
                     if not alone:
                         suspects.append(group)
                         continue
-                    yield failed_outcomes(work.read_row_group(group), cfg.job.name,
-                                          f"worker died on this unit {TASK_RETRIES + 2} times, the last time "
-                                          f"with no other unit beside it: {_root_message(e)}")
+                    outcome = failed_outcomes(work.read_row_group(group), cfg.job.name,
+                                              f"worker died on this unit {TASK_RETRIES + 2} times, the last time "
+                                              f"with no other unit beside it: {_root_message(e)}")
+                except Exception as e:  # noqa: BLE001 — a stage raised, an object was lost: this unit only
+                    outcome = failed_outcomes(work.read_row_group(group), cfg.job.name,
+                                              f"unit failed: {_root_message(e)}")
+                yield outcome
     finally:
         work.close()
         for a in gens + writers:
@@ -186,9 +190,13 @@ def _root_message(error: Exception) -> str:
 
 def execute_in_process(work_path: str, cfg: JobConfig, output_dir: str) -> Iterator[pa.Table]:
     """The same stages without Ray: for debugging and fast tests."""
-    from pipeline.stages import CandidateStage, WriteStage
+    from pipeline.stages import CandidateStage, WriteStage, failed_outcomes
     from pipeline.work import read_groups
 
     generate, write = CandidateStage(cfg), WriteStage(cfg, output_dir)
     for unit in read_groups(work_path):
-        yield write(generate(unit))
+        try:
+            outcome = write(generate(unit))
+        except Exception as e:  # noqa: BLE001 — as on Ray: a failing unit is error rows, the run goes on
+            outcome = failed_outcomes(unit, cfg.job.name, f"unit failed: {type(e).__name__}: {e}")
+        yield outcome

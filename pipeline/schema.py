@@ -87,6 +87,7 @@ OUTCOME_FIELDS = [
     pa.field("prompt_unsafe_score", pa.float64()),
     pa.field("image_unsafe_score", pa.float64()),
     pa.field("moderation", pa.string()),  # pass | block
+    pa.field("moderation_model", pa.string()),  # the image moderation model that ran
     pa.field("status", pa.string()),
     pa.field("reason", pa.string()),
     pa.field("selected", pa.bool_()),

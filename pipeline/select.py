@@ -1,36 +1,70 @@
-"""Best-k of N per row, by CLIP score, among the candidates that passed every filter.
+"""Best-k of N per row, by CLIP score, among every candidate of the row that passed the filters,
+whichever run measured it: judging a row across attempts gives the same selection as judging
+all its candidates at once.
 
-Pure: works on candidate records (dicts). A candidate that already has a status (error,
-blocked prompt, unsafe image, below threshold) is never selected; the others are ranked by
-score (ties → lower candidate index) and the top `keep` are selected; the rest are
-`rejected / not_selected`. A row resumed after a job change may have some candidates judged
-in an earlier run: `prior_selected` of them were selected, so only the remaining places
-are filled now, which gives the same selection as judging all candidates at once.
+Pure: works on candidate records (dicts). Two steps, because the second depends on writes:
+- `rank`: the passed candidates of each row, best score first (ties → lower candidate index);
+- `fill_places`: walk that order and keep the first `keep` that are (or can be) written; a
+  pick whose write fails is an error and the next one takes its place; the rest are
+  `rejected / not_selected`, an earlier pick outranked now included (its file goes).
+
+A record from an earlier run carries `prior = True` and its committed outcome: it is judged
+with the others but never measured again.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 
 from pipeline import schema
 
 
-def select_best(records: list[dict]) -> None:
-    """Set `selected`, `rank`, and for the losers `status`/`reason`, in place."""
-    by_row: dict[str, list[dict]] = defaultdict(list)
+def passed(r: dict) -> bool:
+    """Passed every filter: a new candidate nothing rejected, or an earlier one that was kept or
+    only outranked."""
+    status = r.get("status")
+    return status is None or (bool(r.get("prior")) and (
+        status == schema.WRITTEN or (status == schema.REJECTED and r.get("reason") == schema.NOT_SELECTED)))
+
+
+def by_row(records: Iterable[dict]) -> list[list[dict]]:
+    rows: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        by_row[r["id"]].append(r)
-    for cands in by_row.values():
-        passing = [r for r in cands if r.get("status") is None]
-        passing.sort(key=lambda r: (-(r["clip_score"] if r["clip_score"] is not None else -1.0),
-                                    r["candidate"]))
-        places = max(0, int(cands[0]["keep"]) - int(cands[0].get("prior_selected") or 0))
-        for rank, r in enumerate(passing, start=1):
-            r["rank"] = rank
-            r["selected"] = rank <= places
-            if not r["selected"]:
-                r["status"], r["reason"] = schema.REJECTED, schema.NOT_SELECTED
+        rows[r["id"]].append(r)
+    return list(rows.values())
+
+
+def rank(records: list[dict]) -> dict[str, int]:
+    """Item id → rank (1 = best) of the passed candidates of each row; the others have none."""
+    ranks = {}
+    for cands in by_row(records):
+        ok = sorted((r for r in cands if passed(r)),
+                    key=lambda r: (-(r["clip_score"] if r["clip_score"] is not None else -1.0), r["candidate"]))
+        ranks.update((r["item_id"], i) for i, r in enumerate(ok, start=1))
+    return ranks
+
+
+def fill_places(records: list[dict], write: Callable[[dict], bool], can_write: Callable[[dict], bool]) -> None:
+    """Rank each row, then keep its best `keep` in rank order. A kept earlier pick stays as it
+    is; a candidate `can_write` is written by `write` (True when it verifies, else the record
+    is an error and the next candidate takes the place); the rest are not selected."""
+    ranks = rank(records)
+    for r in records:
+        r["rank"] = ranks.get(r["item_id"])
+    for cands in by_row(records):
+        places = int(cands[0]["keep"])
+        for r in sorted((r for r in cands if r["rank"] is not None), key=lambda r: r["rank"]):
+            if places and r.get("prior") and r["status"] == schema.WRITTEN:
+                r["selected"] = True
+                places -= 1
+            elif places and can_write(r):
+                r["selected"] = True  # picked: written, or an error that says why not
+                if write(r):
+                    r["status"], r["reason"] = schema.WRITTEN, None
+                    places -= 1
+            else:
+                r.update(selected=False, status=schema.REJECTED, reason=schema.NOT_SELECTED)
         for r in cands:
-            r.setdefault("selected", False)
             if r.get("selected") is None:
                 r["selected"] = False

@@ -23,12 +23,12 @@ import pyarrow as pa
 
 from pipeline import __version__, faults, schema
 from pipeline.config import JobConfig
-from pipeline.select import select_best
-from pipeline.work import CANDIDATE_FIELDS, unnest
+from pipeline.select import fill_places, rank
+from pipeline.work import CANDIDATE_FIELDS, PRIOR, unnest
 
 PIXELS = "pixels"
-STAGE_OUT_SCHEMA = pa.schema(CANDIDATE_FIELDS + schema.OUTCOME_FIELDS + [pa.field(PIXELS, pa.large_binary())])
-WRITTEN_SCHEMA = pa.schema(CANDIDATE_FIELDS + schema.OUTCOME_FIELDS)
+STAGE_OUT_SCHEMA = pa.schema(CANDIDATE_FIELDS + [pa.field(PIXELS, pa.large_binary())])
+WRITTEN_SCHEMA = pa.schema(CANDIDATE_FIELDS)
 SOFTWARE_AGENT = f"asset-pipeline {__version__}"
 
 
@@ -71,6 +71,7 @@ class CandidateStage:
         models.optimize(pipes, channels_last=m.channels_last, compile=m.compile, vae_slicing=m.vae_slicing,
                         vae_tiling=m.vae_tiling)
         self.generator = Generator(pipes, batch_size=cfg.generate.batch_size)
+        self.scheduler = pipes.scheduler_name  # the class that runs, whatever was configured
         self.scorer = ClipScorer(models.load_clip(m.clip, m.clip_pretrained, device=device))
         self.shared_embedding = models.is_embedding_head(m.moderation)
         if self.shared_embedding:
@@ -83,12 +84,14 @@ class CandidateStage:
         else:
             self.image_moderator = ImageModerator(models.load_image_classifier(m.moderation, device=device),
                                                   m.unsafe_labels)
+        self.moderation_model = m.moderation
         text_clf = models.load_text_classifier(m.prompt_classifier, device=device) if m.prompt_classifier else None
         self.prompt_moderator = PromptModerator(cfg.filter.blocked_terms, text_clf, m.unsafe_labels)
         self.worker = worker_name()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """Work records (manifest rows with nested candidates) → one outcome row per candidate."""
+        """Work records (manifest rows with nested candidates) → one record per candidate, its
+        pixels attached when the writer may need them."""
         # 1. check inputs: work records are whole manifest rows, so selection sees every candidate
         if self.cpu_threads:
             # OpenMP's thread count is per calling thread, and an executor may call us from a
@@ -98,37 +101,47 @@ class CandidateStage:
             torch.set_num_threads(self.cpu_threads)
         records = unnest(batch).to_pylist()
         _die_if_armed(records)
-        for r in records:
-            for f in schema.OUTCOME_FIELDS:
-                r.setdefault(f.name, None)
-            r.update(run_id=None, job=self.cfg.job.name, worker=self.worker, selected=None)
+        new = [r for r in records if not r[PRIOR]]
+        for r in new:
+            r.update(job=self.cfg.job.name, worker=self.worker, scheduler=self.scheduler,
+                     clip_model=self.scorer.model_id, moderation_model=self.moderation_model)
         # 2. prompt moderation: blocked prompts are never generated
-        self._moderate_prompts(records)
-        todo = [r for r in records if r["status"] is None]
+        self._moderate_prompts(new)
         # 3. generate
+        images = self._generate([r for r in new if r["status"] is None])
+        # 4. score and moderate images, then rank every passed candidate of each row
+        self._score_and_moderate([r for r in new if r["item_id"] in images], images)
+        ranks = rank(records)  # the writer ranks again (the same numbers) and fills the places
+        # 5. an earlier candidate promoted into a place has no file yet: make it again (its
+        # seed gives the same pixels; its stored scores stand)
+        wanted = [r for r in records if r[PRIOR] and r["path"] is None
+                  and ranks.get(r["item_id"], 1 << 30) <= int(r["keep"])]
+        images.update(self._generate(wanted))
+        # 6. collect pixels for the picks and a reserve of as many runner-ups (a failed write
+        # hands its place on), every image when rejected ones are kept too
+        write_rejected = self.cfg.output.write_rejected
+        for r in records:
+            needed = ranks.get(r["item_id"], 1 << 30) <= 2 * int(r["keep"])
+            img = images.get(r["item_id"]) if needed or write_rejected else None
+            r[PIXELS] = img.tobytes() if img is not None else None
+        return pa.Table.from_pylist(records, schema=STAGE_OUT_SCHEMA)
+
+    def _generate(self, todo: list[dict]) -> dict[str, np.ndarray]:
+        """Generate `todo`; failures become error records. Item id → pixels of the others."""
         images: dict[str, np.ndarray] = {}
         for r, g in zip(todo, self.generator(todo), strict=True):
-            r.update(ms_generate=None if g.error else g.ms, batch_size=g.batch_size,
+            r.update(ms_generate=None if g.error else g.ms, batch_size=g.batch_size, worker=self.worker,
                      batch_position=g.batch_position, attempt=g.attempt, truncated=g.truncated)
             if g.error:
                 r.update(status=schema.ERROR, reason=g.error)
             else:
                 images[r["item_id"]] = g.image
-        made = [r for r in todo if r["item_id"] in images]
-        # 4. score and moderate images, then select the best k per row
-        self._score_and_moderate(made, images)
-        select_best(records)
-        # 5. collect: pixels only for images that will be written
-        write_rejected = self.cfg.output.write_rejected
-        for r in records:
-            keep_pixels = r["item_id"] in images and (r["selected"] or write_rejected)
-            img = images.get(r["item_id"]) if keep_pixels else None
-            r[PIXELS] = img.tobytes() if img is not None else None
-            if r["selected"]:
-                r["status"], r["reason"] = None, None  # pending the write
-        return pa.Table.from_pylist(records, schema=STAGE_OUT_SCHEMA)
+        return images
 
     def _moderate_prompts(self, records: list[dict]) -> None:
+        bad_seed = faults.arg("prompt.error")
+        if bad_seed and any(str(r["seed"]) == bad_seed for r in records):
+            raise RuntimeError(f"injected prompt-check failure for seed {bad_seed}")
         t0 = time.perf_counter()
         # The resolved prompt: the row's words and the style template around them.
         verdicts = self.prompt_moderator([r["prompt"] for r in records])
@@ -158,7 +171,7 @@ class CandidateStage:
                     r.update(status=schema.ERROR, reason=f"score: {type(e).__name__}: {e}")
         threshold = self.cfg.filter.image_unsafe_threshold
         for r, s, u, ms_score, ms_mod in measured:
-            r.update(clip_score=float(s), clip_model=self.scorer.model_id, image_unsafe_score=float(u),
+            r.update(clip_score=float(s), image_unsafe_score=float(u),
                      ms_score=ms_score, ms_moderate=(r["ms_moderate"] or 0) + ms_mod)
             if u >= threshold:
                 r.update(status=schema.REJECTED, reason=f"{schema.IMAGE_UNSAFE}: score {u:.3f} >= {threshold}",
@@ -192,15 +205,25 @@ class CandidateStage:
 
 
 def failed_outcomes(batch: pa.Table, job: str, reason: str) -> pa.Table:
-    """Work records → one `error` outcome per candidate: a unit that could not be processed
-    (its worker died on every retry) is recorded, never dropped, and a rerun retries it."""
-    records = unnest(batch).to_pylist()
+    """Work records → one `error` outcome per new candidate: a unit that could not be processed
+    (an exception in a stage, its worker died on every retry) is recorded, never dropped, and a
+    rerun retries it. Candidates judged in earlier runs keep their outcomes."""
+    records = [r for r in unnest(batch).to_pylist() if not r[PRIOR]]
     finished = datetime.now(timezone.utc)
     for r in records:
-        for f in schema.OUTCOME_FIELDS:
-            r.setdefault(f.name, None)
-        r.update(job=job, status=schema.ERROR, reason=reason, selected=False, path=None, finished_at=finished)
+        r.update(job=job, status=schema.ERROR, reason=reason, selected=False, rank=None, path=None,
+                 finished_at=finished)
     return pa.Table.from_pylist(records, schema=WRITTEN_SCHEMA)
+
+
+def _verdict(r: dict) -> tuple:
+    """What a (re-)judging may change about a candidate."""
+    return r["status"], r["reason"], r["selected"], r["rank"], r["path"]
+
+
+def _forget_file(r: dict) -> None:
+    """No file for this candidate: nothing of a file is recorded."""
+    r.update(path=None, sha256=None, bytes=None, c2pa_label=None, c2pa_state=None)
 
 
 class WriteStage:
@@ -216,22 +239,38 @@ class WriteStage:
         self._parents: dict[str, tuple[bytes, str]] = {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Candidate records with pixels → outcomes: the best of each row written in rank order
+        (a failed write hands its place on), the rest rejected. Earlier judged candidates come
+        back only when their outcome changed (a pick outranked, a runner-up promoted)."""
         records = batch.to_pylist()
+        before = {r["item_id"]: _verdict(r) for r in records if r[PRIOR]}
+        pixels = {r["item_id"]: r.pop(PIXELS) for r in records}
+        fill_places(records, lambda r: self._write_or_error(r, pixels[r["item_id"]]),
+                    can_write=lambda r: pixels[r["item_id"]] is not None)
+        write_rejected = self.cfg.output.write_rejected
         for r in records:
-            pixels = r.pop(PIXELS)
-            written = False
-            if pixels is not None:
-                r["writer"] = self.writer
-                try:
-                    written = self._write(r, pixels)
-                except Exception as e:  # noqa: BLE001 — failures are rows
-                    r.update(status=schema.ERROR, reason=f"write: {type(e).__name__}: {e}")
-            if r["status"] is None:  # selected, and the write went through
-                r["status"] = schema.WRITTEN
-            if not written:
-                r["path"] = None
-            r["finished_at"] = datetime.now(timezone.utc)
-        return pa.Table.from_pylist(records, schema=WRITTEN_SCHEMA)
+            kept = r["status"] == schema.WRITTEN
+            if not kept and write_rejected and r["status"] == schema.REJECTED and pixels[r["item_id"]] is not None:
+                kept = self._write_or_error(r, pixels[r["item_id"]])  # a rejected image kept for review
+            outranked_kept = r[PRIOR] and r["path"] and write_rejected and r["status"] == schema.REJECTED
+            if not kept and not outranked_kept:
+                _forget_file(r)
+        now = datetime.now(timezone.utc)
+        changed = [r for r in records if r["item_id"] not in before or _verdict(r) != before[r["item_id"]]]
+        for r in changed:
+            r["finished_at"] = now
+        return pa.Table.from_pylist(changed, schema=WRITTEN_SCHEMA)
+
+    def _write_or_error(self, r: dict, pixels: bytes) -> bool:
+        """Write one image; False (and the record says why) when it does not verify or fails."""
+        r["writer"] = self.writer
+        try:
+            if self._write(r, pixels):
+                return True
+        except Exception as e:  # noqa: BLE001 — failures are rows
+            r.update(status=schema.ERROR, reason=f"write: {type(e).__name__}: {e}")
+        _forget_file(r)
+        return False
 
     def _parent(self, uri: str | None) -> tuple[bytes | None, str | None]:
         if uri is None:
@@ -247,16 +286,20 @@ class WriteStage:
 
     def _write(self, r: dict, pixels: bytes) -> bool:
         """True when the signed file is in place and verifies; else the row says why."""
+        from pipeline.plan import image_path
         from pipeline.provenance import Claim
         from pipeline.write import atomic_write, encode_image, safe_join, sha256_hex
 
         o = self.cfg.output
+        if faults.arg("write.error") == str(r["seed"]):
+            raise OSError(f"injected write failure for seed {r['seed']}")
         t0 = time.perf_counter()
         img = np.frombuffer(pixels, dtype=np.uint8).reshape(int(r["height"]), int(r["width"]), 3)
         data, mime = encode_image(img, o.format, png_compress_level=o.png_compress_level,
                                   jpeg_quality=o.jpeg_quality, webp_quality=o.webp_quality)
         t1 = time.perf_counter()
         parent, parent_mime = self._parent(r["init_image"]) if r["mode"] != "t2i" else (None, None)
+        r["path"] = image_path(r["item_id"], r["format"])
         claim = Claim(
             title=os.path.basename(r["path"]), model=r["model"], model_revision=r["model_revision"],
             seed=int(r["seed"]), steps=int(r["steps"]), guidance_scale=float(r["guidance_scale"]),
@@ -276,6 +319,5 @@ class WriteStage:
                  bytes=len(on_disk), sha256=sha256_hex(on_disk))
         if not check.ok:
             target.unlink(missing_ok=True)
-            r.update(status=schema.ERROR, reason=f"verify: C2PA {check.state}: {', '.join(check.errors)}",
-                     sha256=None, bytes=None)
+            r.update(status=schema.ERROR, reason=f"verify: C2PA {check.state}: {', '.join(check.errors)}")
         return check.ok

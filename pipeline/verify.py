@@ -1,6 +1,6 @@
 """`pipeline verify DIR`: every written image re-read, its sha256 and C2PA manifest checked
-against the results table; files the table does not list, and listed files that are gone,
-are problems too.
+against the results table; files that neither the table nor a committed shard lists, and
+listed files that are gone, are problems too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline import schema
-from pipeline.results import RESULTS
+from pipeline.results import RESULTS, ShardStore, image_files
 
 DEMO_CA = Path("_demo_signer") / "ca.pem"
 
@@ -63,9 +63,7 @@ def verify_output(output_dir: Path, trust_anchors: str | None = None) -> tuple[l
             problems.append(f"{rel}: C2PA {check.state} {', '.join(check.errors)}".rstrip())
         elif label and check.label != label:
             problems.append(f"{rel}: C2PA manifest {check.label} is not the recorded {label}")
-    images = output_dir / "images"
-    for f in sorted(images.rglob("*")) if images.exists() else []:
-        rel = f.relative_to(output_dir).as_posix()
-        if f.is_file() and rel not in listed:
-            problems.append(f"{rel}: file not listed in the results table")
+    # A file of an earlier plan (a prompt since edited) stays listed by its committed shard.
+    for rel in sorted(image_files(output_dir) - listed - ShardStore(output_dir).committed().listed):
+        problems.append(f"{rel}: file not listed in the results table nor in any committed shard")
     return problems, checked

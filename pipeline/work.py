@@ -19,21 +19,33 @@ import pyarrow.parquet as pq
 
 from pipeline import schema
 
-CANDIDATE_FIELDS = schema.PLAN_FIELDS + [
-    pa.field("prior_selected", pa.int64()),  # selected in earlier runs (a resumed row)
-]
+# A candidate as the stages see it: its plan, its outcome so far (null for a new one), and
+# whether an earlier run judged it (then it is ranked with the others, never measured again).
+PRIOR = "prior"
+CANDIDATE_FIELDS = schema.PLAN_FIELDS + schema.OUTCOME_FIELDS + [pa.field(PRIOR, pa.bool_())]
 CANDIDATE_SCHEMA = pa.schema(CANDIDATE_FIELDS)
 WORK_SCHEMA = pa.schema([pa.field("id", pa.string()),
                          pa.field("candidates", pa.list_(pa.struct(CANDIDATE_FIELDS)))])
 MAX_GROUPS = 10_000
 
 
-def nest(pending: pa.Table, prior_selected: dict[str, int]) -> pa.Table:
-    """Flat candidates (ordered by row) → one record per manifest row."""
-    flat = pending.select([f.name for f in schema.PLAN_FIELDS])
-    prior = ([prior_selected.get(i, 0) for i in flat["id"].to_pylist()] if prior_selected
-             else [0] * flat.num_rows)
-    flat = flat.append_column("prior_selected", pa.array(prior, pa.int64())).cast(CANDIDATE_SCHEMA)
+def candidates(pending: pa.Table, priors: pa.Table | None = None) -> pa.Table:
+    """Pending plan rows (outcomes null) and earlier judged ones (plan + committed outcome),
+    as one table of CANDIDATE_SCHEMA ordered by manifest row, then candidate."""
+    new = pending.select([f.name for f in schema.PLAN_FIELDS])
+    for f in schema.OUTCOME_FIELDS:
+        new = new.append_column(f, pa.nulls(new.num_rows, f.type))
+    new = new.append_column(PRIOR, pa.array([False] * new.num_rows, pa.bool_())).cast(CANDIDATE_SCHEMA)
+    if priors is None or not priors.num_rows:
+        return new
+    old = priors.select([f.name for f in CANDIDATE_FIELDS if f.name != PRIOR])
+    old = old.append_column(PRIOR, pa.array([True] * old.num_rows, pa.bool_())).cast(CANDIDATE_SCHEMA)
+    both = pa.concat_tables([new, old])
+    return both.take(pc.sort_indices(both, [("row", "ascending"), ("candidate", "ascending")]))
+
+
+def nest(flat: pa.Table) -> pa.Table:
+    """Candidates (CANDIDATE_SCHEMA, ordered by row) → one record per manifest row."""
     rows = flat["row"].to_numpy()
     starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.array([], np.int64)
     offsets = pa.array(np.r_[starts, len(rows)].astype(np.int32))
@@ -49,10 +61,10 @@ def unnest(batch: pa.Table) -> pa.Table:
     return pa.Table.from_struct_array(flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat)
 
 
-def write_work(pending: pa.Table, prior_selected: dict[str, int], path: Path, rows_per_group: int) -> int:
+def write_work(flat: pa.Table, path: Path, rows_per_group: int) -> int:
     """Write the work file, one row group per unit of work; returns the number of groups."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = nest(pending, prior_selected)
+    table = nest(flat)
     pq.write_table(table, path, row_group_size=rows_per_group)
     return pq.ParquetFile(path).num_row_groups
 

@@ -43,8 +43,11 @@ def test_a_failing_candidate_becomes_an_error_row_and_a_rerun_retries_it(tmp_pat
     again = run_job(cfg, backend="in-process")
     rows2 = {(r["id"], r["candidate"]): r for r in results(again)}
     assert len(rows2) == 6 and rows2["b", 0]["status"] in ("written", "rejected")
-    assert rows2["b", 1] == rows["b", 1]  # the finished candidate was not redone
-    assert sum(r["selected"] for r in rows2.values() if r["id"] == "b") == 1
+    for key in ("ms_generate", "worker", "clip_score", "finished_at" if rows2["b", 1]["status"] == "written"
+                else "seed"):
+        assert rows2["b", 1][key] == rows["b", 1][key]  # the finished candidate was not redone
+    assert sum(r["status"] == "written" for r in rows2.values() if r["id"] == "b") == 1
+    assert sorted(r["rank"] for r in rows2.values() if r["id"] == "b") == [1, 2]
 
 
 def test_out_of_memory_splits_the_batch_and_retries(tmp_path, monkeypatch):
@@ -153,7 +156,7 @@ def test_blocked_terms_apply_to_the_style_template_too(tmp_path):
 def test_shared_embedding_encodes_each_image_once(tmp_path):
     """With an embedding head, the CLIP vision tower runs once per image for score + moderation."""
     from pipeline.stages import CandidateStage
-    from pipeline.work import nest
+    from pipeline.work import candidates, nest
 
     cfg = make_job(tmp_path, extra='[models]\nmoderation = "embedded:tiny-clip-head"\n', num_candidates=2, keep=1)
     stage = CandidateStage(cfg)
@@ -162,10 +165,10 @@ def test_shared_embedding_encodes_each_image_once(tmp_path):
     from pipeline.manifest import load_inputs
     from pipeline.plan import build_plan
 
-    out = stage(nest(build_plan(load_inputs(cfg), cfg), {})).to_pylist()
+    out = stage(nest(candidates(build_plan(load_inputs(cfg), cfg)))).to_pylist()
     assert sum(encoded) == len(out) == 6
     assert all(r["image_unsafe_score"] is not None and r["clip_score"] is not None for r in out)
-    assert sum(r["selected"] for r in out) == 3
+    assert all(r["pixels"] for r in out)  # keep 1 of 2: the pick and its reserve go to the writer
 
 
 def test_a_head_for_another_clip_is_refused(tmp_path):
@@ -179,3 +182,69 @@ def test_a_head_for_another_clip_is_refused(tmp_path):
     cfg = make_job(tmp_path, extra=f'[models]\nmoderation = "clip-head:{tmp_path / "h.safetensors"}"\n')
     with pytest.raises(ValueError, match="reads 16-d embeddings but"):
         CandidateStage(cfg)
+
+
+def _clean_scores(tmp_path, **kw) -> dict:
+    """Every candidate's CLIP score from a clean run of the same job in another folder."""
+    cfg = make_job(tmp_path / "clean", **kw)
+    return {(r["id"], r["candidate"]): r for r in results(run_job(cfg, backend="in-process"))}
+
+
+def test_a_retried_candidate_that_outscores_the_pick_takes_its_place(tmp_path, monkeypatch):
+    # Best-k across attempts equals judging every candidate at once: one rank 1, the better
+    # image kept, the earlier pick demoted and its file removed, nothing else regenerated.
+    kw = dict(num_candidates=3, keep=1, seed=9, max_failed_fraction=0.5)
+    clean = _clean_scores(tmp_path, **kw)
+    best = max((k for k in clean if k[0] == "b"), key=lambda k: clean[k]["clip_score"])
+    cfg = make_job(tmp_path / "run", **kw)
+    monkeypatch.setenv("ASSET_PIPELINE_FAULTS", f"candidate.error={clean[best]['seed']}")
+    first = {(r["id"], r["candidate"]): r for r in results(run_job(cfg, backend="in-process"))}
+    assert first[best]["status"] == "error"
+    runner_up = next(k for k in first if k[0] == "b" and first[k]["status"] == "written")
+    monkeypatch.delenv("ASSET_PIPELINE_FAULTS")
+    again = run_job(cfg, backend="in-process")
+    rows = {(r["id"], r["candidate"]): r for r in results(again)}
+    for key, r in rows.items():
+        assert (r["status"], r["selected"], r["rank"]) == (clean[key]["status"], clean[key]["selected"],
+                                                           clean[key]["rank"]), key
+    assert rows[runner_up]["path"] is None and not (again.output_dir / first[runner_up]["path"]).exists()
+    assert again.summary["this_run"]["written"] == 1  # only the retried candidate was generated
+    assert verify_output(again.output_dir) == ([], 3)
+
+
+def test_a_pick_whose_write_fails_hands_its_place_to_the_runner_up(tmp_path, monkeypatch):
+    kw = dict(num_candidates=3, keep=1, seed=4, max_failed_fraction=0.5)
+    clean = _clean_scores(tmp_path, **kw)
+    best = next(k for k in clean if k[0] == "a" and clean[k]["rank"] == 1)
+    second = next(k for k in clean if k[0] == "a" and clean[k]["rank"] == 2)
+    monkeypatch.setenv("ASSET_PIPELINE_FAULTS", f"write.error={clean[best]['seed']}")
+    report = run_job(make_job(tmp_path / "run", **kw), backend="in-process")
+    rows = {(r["id"], r["candidate"]): r for r in results(report)}
+    assert rows[best]["status"] == "error" and rows[best]["reason"].startswith("write: ")
+    assert rows[second]["status"] == "written" and rows[second]["selected"]
+    assert sum(r["status"] == "written" for r in rows.values()) == 3  # one per row, row a included
+    assert verify_output(report.output_dir) == ([], 3)
+
+
+def test_an_exception_in_a_stage_costs_only_its_unit(tmp_path, monkeypatch):
+    cfg = make_job(tmp_path, seed=2, max_failed_fraction=0.5).replace("generate", batch_size=1)
+    monkeypatch.setenv("ASSET_PIPELINE_FAULTS", f"prompt.error={derive_seed('job', 2, 'b', 0)}")
+    report = run_job(cfg, backend="in-process")
+    rows = {r["id"]: r for r in results(report)}
+    assert rows["b"]["status"] == "error" and "injected prompt-check failure" in rows["b"]["reason"]
+    assert rows["a"]["status"] == rows["c"]["status"] == "written"
+    assert report.exit_code == EXIT_OK
+
+
+def test_what_was_ready_is_committed_when_the_driver_is_interrupted(tmp_path, monkeypatch):
+    from pipeline.results import ShardStore
+
+    cfg = make_job(tmp_path).replace("generate", batch_size=1).replace("output", shard_rows=1000)
+    monkeypatch.setenv("ASSET_PIPELINE_FAULTS", "driver.interrupt_after_units=2")
+    with pytest.raises(KeyboardInterrupt):
+        run_job(cfg, backend="in-process")
+    committed = ShardStore(Path(cfg.job.output)).read()
+    assert committed is not None and sorted(committed["id"].to_pylist()) == ["a", "b"]
+    monkeypatch.delenv("ASSET_PIPELINE_FAULTS")
+    again = run_job(cfg, backend="in-process")
+    assert again.summary["this_run"] == {"written": 1} and verify_output(again.output_dir) == ([], 3)

@@ -1,31 +1,69 @@
-"""Best-k of N among passing candidates; failures are never selected; prior selections count."""
+"""Best-k of N among passed candidates, across attempts; a failed write hands its place on."""
 
 from pipeline import schema
-from pipeline.select import select_best
+from pipeline.select import fill_places
 
 
-def cand(k, score, status=None, keep=2, prior=0, row="r"):
-    return {"id": row, "candidate": k, "clip_score": score, "status": status, "reason": None,
-            "keep": keep, "prior_selected": prior}
+def cand(k, score, status=None, keep=2, row="r", prior=False, reason=None):
+    return {"id": row, "item_id": f"{row}{k}", "candidate": k, "clip_score": score, "status": status, "reason": reason,
+            "keep": keep, "prior": prior, "selected": None, "path": None}
+
+
+def judge(rs, fails=()):
+    def write(r):
+        if r["candidate"] in fails:
+            r.update(status=schema.ERROR, reason="write: boom")
+            return False
+        return True
+
+    fill_places(rs, write, can_write=lambda r: True)
 
 
 def test_best_k_by_score_ties_to_lower_index():
     rs = [cand(0, 20.0), cand(1, 30.0), cand(2, 20.0), cand(3, 10.0)]
-    select_best(rs)
+    judge(rs)
     assert [r["selected"] for r in rs] == [True, True, False, False]
     assert [r["rank"] for r in rs] == [2, 1, 3, 4]
-    assert rs[2]["status"] == schema.REJECTED and rs[2]["reason"] == schema.NOT_SELECTED
+    assert [r["status"] for r in rs] == ["written", "written", "rejected", "rejected"]
+    assert rs[2]["reason"] == schema.NOT_SELECTED
 
 
-def test_failed_candidates_are_never_selected():
-    rs = [cand(0, 99.0, status=schema.ERROR), cand(1, 5.0), cand(2, 1.0, status=schema.REJECTED)]
-    select_best(rs)
+def test_failed_candidates_are_never_ranked_or_selected():
+    rs = [cand(0, 99.0, status=schema.ERROR), cand(1, 5.0), cand(2, 1.0, status=schema.REJECTED,
+                                                                  reason="below_clip_threshold: 1 < 2")]
+    judge(rs)
     assert [r["selected"] for r in rs] == [False, True, False]
-    assert rs[0]["status"] == schema.ERROR and rs[2]["status"] == schema.REJECTED
+    assert [r["rank"] for r in rs] == [None, 1, None]
+    assert rs[0]["status"] == schema.ERROR and rs[2]["reason"].startswith("below_clip")
 
 
-def test_rows_are_independent_and_prior_selections_fill_places():
-    rs = [cand(0, 1.0, keep=1, row="a"), cand(1, 2.0, keep=1, row="a"),
-          cand(0, 1.0, keep=2, prior=1, row="b"), cand(1, 2.0, keep=2, prior=1, row="b")]
-    select_best(rs)
-    assert [r["selected"] for r in rs] == [False, True, False, True]
+def test_rows_are_independent():
+    rs = [cand(0, 1.0, keep=1, row="a"), cand(1, 2.0, keep=1, row="a"), cand(0, 1.0, row="b"), cand(1, 2.0, row="b")]
+    judge(rs)
+    assert [r["selected"] for r in rs] == [False, True, True, True]
+
+
+def test_judging_across_attempts_equals_judging_at_once():
+    # Candidate 1 was kept earlier; candidate 0, retried now, scores higher: it takes the place.
+    earlier = [cand(0, 30.0, keep=1), cand(1, 20.0, keep=1, status=schema.WRITTEN, prior=True),
+               cand(2, 10.0, keep=1, status=schema.REJECTED, reason=schema.NOT_SELECTED, prior=True)]
+    at_once = [cand(0, 30.0, keep=1), cand(1, 20.0, keep=1), cand(2, 10.0, keep=1)]
+    judge(earlier)
+    judge(at_once)
+    assert [(r["status"], r["selected"], r["rank"]) for r in earlier] == \
+           [(r["status"], r["selected"], r["rank"]) for r in at_once]
+    assert [r["rank"] for r in earlier] == [1, 2, 3]
+
+
+def test_a_failed_write_hands_its_place_to_the_next_best():
+    rs = [cand(0, 30.0, keep=1), cand(1, 20.0, keep=1), cand(2, 10.0, keep=1)]
+    judge(rs, fails={0})
+    assert [r["status"] for r in rs] == [schema.ERROR, schema.WRITTEN, schema.REJECTED]
+    assert [r["selected"] for r in rs] == [True, True, False]  # picked, picked, not
+
+
+def test_an_earlier_pick_stays_when_nothing_outranks_it():
+    rs = [cand(0, 5.0, keep=1), cand(1, 20.0, keep=1, status=schema.WRITTEN, prior=True)]
+    judge(rs)
+    assert rs[1]["status"] == schema.WRITTEN and rs[1]["selected"] and rs[1]["rank"] == 1
+    assert rs[0]["status"] == schema.REJECTED and rs[0]["rank"] == 2

@@ -3,7 +3,7 @@
 import pyarrow as pa
 
 from pipeline import schema
-from pipeline.work import nest, read_groups, rows_per_group, unnest, write_work
+from pipeline.work import PRIOR, candidates, nest, read_groups, rows_per_group, unnest, write_work
 
 
 def pending(counts: list[int]) -> pa.Table:
@@ -15,19 +15,25 @@ def pending(counts: list[int]) -> pa.Table:
     return pa.table(cols, schema=schema.PLAN_SCHEMA)
 
 
-def test_nest_unnest_round_trip_with_prior_selections():
+def test_nest_unnest_round_trip_with_earlier_candidates_in_their_rows():
     flat = pending([3, 1, 2])
-    work = nest(flat, {"id-2": 1})
+    new, old = flat.filter(pa.array([True, False, True, True, True, False])), flat.filter(
+        pa.array([False, True, False, False, False, True]))
+    old = old.append_column(schema.OUTCOME_FIELDS[0], pa.array(["run0", "run0"]))
+    for f in schema.OUTCOME_FIELDS[1:]:
+        old = old.append_column(f, pa.nulls(2, f.type))
+    work = nest(candidates(new, old))
     assert work.num_rows == 3 and work["id"].to_pylist() == ["id-0", "id-1", "id-2"]
     back = unnest(work)
-    assert back.select([f.name for f in schema.PLAN_FIELDS]).equals(flat)
-    assert back["prior_selected"].to_pylist() == [0, 0, 0, 0, 1, 1]
+    assert back.select([f.name for f in schema.PLAN_FIELDS]).equals(flat)  # row, then candidate order
+    assert back[PRIOR].to_pylist() == [False, True, False, False, False, True]
+    assert back["run_id"].to_pylist() == [None, "run0", None, None, None, "run0"]
 
 
 def test_units_of_work_hold_whole_rows(tmp_path):
     flat = pending([3, 1, 4, 2, 2, 5])
     for rows in (1, 2, 4, 100):
-        groups = write_work(flat, {}, tmp_path / f"w{rows}.parquet", rows)
+        groups = write_work(candidates(flat), tmp_path / f"w{rows}.parquet", rows)
         units = list(read_groups(tmp_path / f"w{rows}.parquet"))
         assert len(units) == groups == -(-6 // rows)
         seen = []
