@@ -32,8 +32,12 @@ class JobSection:
     keep: int = 1
     max_failed_fraction: float = 0.1
     max_prompt_chars: int = 2000
-    # Where relative product/mask/reference URIs may point; empty = anywhere readable.
+    # Where product/mask/reference/LoRA URIs may point (folders or bucket prefixes such as
+    # "s3://bucket/catalogue"); empty = anywhere readable with an allowed scheme.
     allowed_input_roots: tuple[str, ...] = ()
+    # URI schemes inputs may use ("file" = local paths); http(s) is off: a manifest row must not
+    # make every actor fetch an arbitrary address.
+    allowed_input_schemes: tuple[str, ...] = ("file", "s3", "gs", "gcs", "az", "abfs")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ problems are reported at once (capped), not one per run.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from pipeline import schema
+from pipeline import schema, uris
 from pipeline.config import JobConfig
 
 MAX_REPORTED = 50
@@ -62,9 +62,22 @@ class Inputs:
     manifest: pl.DataFrame  # typed columns + `__row`
     styles: pl.DataFrame
     manifest_uri: str
-    base_dir: str  # the manifest's folder: relative URIs resolve against it
     passthrough: tuple[str, ...]
     raw: pa.Table  # the manifest as read: passthrough columns keep their exact Arrow types
+    files: dict[str, InputFile]  # every input file, by resolved URI (`uri_column`), checked once
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """An input file as checked once: what its content is, and whether it has transparency."""
+
+    fingerprint: str
+    has_alpha: bool = False
+
+
+def uri_column(column: str) -> str:
+    """The column holding `column`'s values resolved (`pipeline.uris.resolve`)."""
+    return f"__uri_{column}"
 
 
 def read_parquet(uri: str, what: str) -> pa.Table:
@@ -194,47 +207,66 @@ def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
     return df
 
 
-def _resolve_uri(value: str, base_dir: str) -> str:
-    if "://" in value or os.path.isabs(value):
-        return value
-    return os.path.normpath(os.path.join(base_dir, value))
+def _inspect_image(uri: str) -> InputFile:
+    """Read an input image once: its content fingerprint, and a decode check."""
+    import io
+
+    from PIL import Image
+
+    if uris.split(uri)[0] == uris.LOCAL:
+        data = uris.read_bytes(uri)
+        fingerprint, source = uris.content_digest(data), io.BytesIO(data)
+    else:  # the store's own fingerprint; the header is read to check it is an image
+        fingerprint, source = uris.fingerprint(uri), uris.filesystem(uri)[0].open(uris.filesystem(uri)[1], "rb")
+    with source, Image.open(source) as im:
+        alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+        im.verify()
+    return InputFile(fingerprint, alpha)
 
 
-def _outside_roots(path: str, roots: tuple[str, ...]) -> bool:
-    if not roots or "://" in path:
-        return False
-    real = os.path.realpath(path)
-    return not any(real == os.path.realpath(r) or real.startswith(os.path.realpath(r) + os.sep)
-                   for r in roots)
+def _inspect_file(uri: str) -> InputFile:
+    return InputFile(uris.fingerprint(uri))
 
 
-def _file_problem(uri: str) -> str | None:
-    if "://" not in uri and not os.path.isfile(uri):
-        return f"file not found: {uri}"
-    return None
+def _check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, inspect, file: str,
+                  id_col: str, files: dict[str, InputFile]) -> tuple[pl.DataFrame, list[Problem], int]:
+    """Resolve `column`'s values into `uri_column(column)`, then check each distinct file once
+    (allowed scheme and roots, present, readable) and record it in `files`. Returns the frame,
+    the first problems (one per row using a bad file) and their count."""
+    from PIL import UnidentifiedImageError
 
-
-def _image_problem(uri: str) -> str | None:
-    """Why an input image cannot be used, or None. Reads the header only."""
-    from PIL import Image, UnidentifiedImageError
-
-    if missing := _file_problem(uri):
-        return missing
-    try:
-        import fsspec
-
-        with fsspec.open(uri, "rb") as f, Image.open(f) as im:
-            im.verify()
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        return f"not a readable image: {uri} ({type(e).__name__})"
-    except ImportError:
-        return f"cannot read {uri}: fsspec is not installed"
-    return None
+    why: dict[str, str] = {}
+    resolved: dict[str, str] = {}
+    for value in df[column].drop_nulls().unique().to_list():
+        try:
+            resolved[value] = uris.resolve(value, base)
+        except ValueError as e:
+            why[value] = str(e)
+    refused: dict[str, str] = {}  # resolved URI → why (two values may name one file)
+    for uri in set(resolved.values()) - set(files):
+        if (outside := uris.problem(uri, cfg.job.allowed_input_roots, cfg.job.allowed_input_schemes)):
+            refused[uri] = outside
+            continue
+        try:
+            files[uri] = inspect(uri)
+        except FileNotFoundError:
+            refused[uri] = f"file not found: {uri}"
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            kind = "image" if inspect is _inspect_image else "file"
+            refused[uri] = f"not a readable {kind}: {uri} ({type(e).__name__})"
+        except ImportError as e:
+            refused[uri] = f"cannot read {uri}: {e}"
+    why.update((value, refused[uri]) for value, uri in resolved.items() if uri in refused)
+    df = df.with_columns(pl.col(column).replace_strict(resolved, default=None, return_dtype=pl.String)
+                         .alias(uri_column(column)))
+    bad = df.filter(pl.col(column).is_in(list(why))).select("__row", id_col, column)
+    found = [Problem(file, why[v], row=int(r), id=i, column=column)
+             for r, i, v in bad.head(MAX_REPORTED).iter_rows()]
+    return df, found, len(bad)
 
 
 def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri: str) -> Inputs:
     """Type and check every row; raise ManifestError listing all problems (capped)."""
-    base_dir = os.path.dirname(os.path.abspath(uri)) if "://" not in uri else uri.rsplit("/", 1)[0]
     df, problems = _typed(pl.from_arrow(table), schema.MANIFEST_COLUMNS, uri, schema.MANIFEST_REQUIRED)
     passthrough = tuple(c for c in df.columns if c not in schema.CONSUMED_MANIFEST_COLUMNS)
     for name in passthrough:
@@ -278,42 +310,35 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
     first, n = _row_problems(joined, c("__k") > c("__n"), uri, "keep", "keep exceeds num_candidates")
     found += first
     total += n
-    for column in ("product_image", "mask"):
-        rows = df.filter(c(column).is_not_null()).select("__row", "id", column)
-        for r, i, value in rows.iter_rows():
-            why = _input_problem(_resolve_uri(value, base_dir), cfg, _image_problem)
-            if why:
-                total += 1
-                if len(found) < MAX_REPORTED:
-                    found.append(Problem(uri, why, row=r, id=i, column=column))
+    files: dict[str, InputFile] = {}
+    for column in ("product_image", "mask"):  # relative to the manifest's own folder or prefix
+        df, first, n = _check_inputs(df, column, uris.parent(uri), cfg, _inspect_image, uri, "id", files)
+        found += first[:max(0, MAX_REPORTED - len(found))]
+        total += n
     if total:
         found.sort(key=lambda p: (p.row if p.row is not None else -1))
         raise ManifestError(found, total)
-    return Inputs(df, styles, uri, base_dir, passthrough, table.select(list(passthrough)))
-
-
-def _input_problem(path: str, cfg: JobConfig, check) -> str | None:
-    """Why an input file (image, mask, LoRA) cannot be used: outside the allowed roots, or `check`."""
-    return "outside [job].allowed_input_roots" if _outside_roots(path, cfg.job.allowed_input_roots) else check(path)
+    return Inputs(df, styles, uri, passthrough, table.select(list(passthrough)), files)
 
 
 def load_inputs(cfg: JobConfig) -> Inputs:
     """Read and validate the job's manifest and styles; raises ManifestError."""
     styles_table = read_parquet(cfg.job.styles, "styles table") if cfg.job.styles else None
     styles = validate_styles(styles_table, cfg.job.styles)
-    problems = []
-    for column, check in (("reference_image", _image_problem), ("lora", _file_problem)):
-        for r, name, value in styles.filter(pl.col(column).is_not_null()).select(
-                "__row", "style", column).iter_rows():
-            why = _input_problem(_resolve_uri(value, styles_base_dir(cfg)), cfg, check)
-            if why:
-                problems.append(Problem(cfg.job.styles, why, row=r, id=name, column=column))
-    if problems:
-        raise ManifestError(problems)
+    files: dict[str, InputFile] = {}
+    problems, total = [], 0
+    for column, inspect in (("reference_image", _inspect_image), ("lora", _inspect_file)):
+        styles, first, n = _check_inputs(styles, column, styles_base_dir(cfg), cfg, inspect, cfg.job.styles,
+                                         "style", files)
+        problems += first
+        total += n
+    if total:
+        raise ManifestError(problems, total)
     table = read_parquet(cfg.job.manifest, "manifest")
-    return validate_manifest(table, styles, cfg, cfg.job.manifest)
+    inputs = validate_manifest(table, styles, cfg, cfg.job.manifest)
+    return dataclasses.replace(inputs, files={**files, **inputs.files})
 
 
 def styles_base_dir(cfg: JobConfig) -> str:
     """Relative style URIs (reference images, LoRAs) resolve against the styles file's folder."""
-    return os.path.dirname(os.path.abspath(cfg.job.styles)) if cfg.job.styles else str(Path.cwd())
+    return uris.parent(cfg.job.styles) if cfg.job.styles else str(Path.cwd())

@@ -8,7 +8,8 @@ Seeds (DESIGN.md "Seeds and reproducibility"):
 - else the style's pinned `seeds`, in order; candidates past the list derive from its first
   seed, so every product of a style starts from the same noise;
 - else blake2b(job seed, row id, candidate index).
-`item_id` hashes everything that shapes the image and its file: the idempotency key.
+`item_id` hashes everything that shapes the image and its file: the idempotency key. Input
+files and the model count by content (fingerprints), never by path.
 """
 
 from __future__ import annotations
@@ -21,14 +22,19 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.config import JobConfig
-from pipeline.manifest import Inputs, styles_base_dir
+from pipeline.manifest import Inputs, uri_column
+from pipeline.models.fingerprint import fingerprint as model_fingerprint
 
 SEED_MASK = 2**63 - 1
 _SEP = "\x1f"
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-ITEM_KEY_COLUMNS = ("id", "candidate", "prompt", "negative_prompt", "style", "seed", "model",
+# Bump when what an item id hashes changes, so folders of older releases rerun cleanly.
+ITEM_RECIPE = "item-v2"
+# What shapes an image and its file. Inputs count by content (fingerprints), never by path:
+# a replaced product photo regenerates, the same catalogue on another mount does not.
+ITEM_KEY_COLUMNS = ("id", "candidate", "prompt", "negative_prompt", "style", "seed", "__model_fp",
                     "model_revision", "scheduler", "mode", "steps", "guidance_scale", "strength",
-                    "width", "height", "init_image", "mask", "lora", "lora_scale", "format")
+                    "width", "height", "__init_fp", "__mask_fp", "__lora_fp", "lora_scale", "format")
 
 
 def image_path(item_id: str, fmt: str) -> str:
@@ -48,28 +54,12 @@ def _digests(keys: pl.Series, size: int) -> list[bytes]:
     return [b2(k.encode("utf-8"), digest_size=size).digest() for k in keys.to_list()]
 
 
-def _has_alpha(uri: str) -> bool:
-    import fsspec
-    from PIL import Image
-
-    with fsspec.open(uri, "rb") as f, Image.open(f) as im:
-        return im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-
-
-def _resolve(column: str, base_dir: str) -> pl.Expr:
-    """URIs resolved against a folder (absolute paths and scheme URIs unchanged)."""
-    c = pl.col(column)
-    absolute = c.str.contains("://", literal=True) | c.str.starts_with("/")
-    joined = pl.lit(base_dir.rstrip("/") + "/") + c.str.strip_prefix("./")
-    return pl.when(c.is_null()).then(None).when(absolute).then(c).otherwise(joined)
-
-
 def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
     """Per manifest row: values after the row → style → job fallbacks, resolved URIs, mode."""
     g, job = cfg.generate, cfg.job
     c, lit = pl.col, pl.lit
     styles = inputs.styles.drop("__row").rename(
-        {k: f"s_{k}" for k in inputs.styles.columns if k not in ("style", "__row")})
+        {k: f"s_{k}" for k in inputs.styles.columns if k != "style" and not k.startswith("__")})
     df = inputs.manifest.join(styles, on="style", how="left", maintain_order="left").with_columns(
         c("s_prompt_template").fill_null("{prompt}").str.replace_all("{prompt}", c("prompt"), literal=True)
         .alias("__prompt"),
@@ -82,14 +72,13 @@ def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
         c("num_candidates").fill_null(c("s_num_candidates")).fill_null(job.num_candidates).alias("__n"),
         c("keep").fill_null(c("s_keep")).fill_null(job.keep).alias("__keep"),
         c("s_clip_threshold").fill_null(cfg.filter.clip_threshold).cast(pl.Float64).alias("__clip"),
-        _resolve("product_image", inputs.base_dir).alias("__product"),
-        _resolve("mask", inputs.base_dir).alias("__mask"),
-        _resolve("s_reference_image", styles_base_dir(cfg)).alias("__reference"),
-        _resolve("s_lora", styles_base_dir(cfg)).alias("__lora"),
+        c(uri_column("product_image")).alias("__product"),
+        c(uri_column("mask")).alias("__mask"),
+        c(uri_column("reference_image")).alias("__reference"),
+        c(uri_column("lora")).alias("__lora"),
     )
     # A product photo with transparency and no mask: stage it with its alpha as the mask.
-    opaque_or_cut = df.filter(c("__product").is_not_null() & c("__mask").is_null())["__product"].unique()
-    with_alpha = [p for p in opaque_or_cut.to_list() if _has_alpha(p)]
+    with_alpha = [uri for uri, f in inputs.files.items() if f.has_alpha]
     return df.with_columns(
         c("__product").fill_null(c("__reference")).alias("init_image"),
         pl.when(c("__mask").is_not_null()).then(c("__mask"))
@@ -144,8 +133,14 @@ def build_plan(inputs: Inputs, cfg: JobConfig) -> pa.Table:
         c("__lora").alias("lora"),
         pl.when(c("__lora").is_not_null()).then(c("s_lora_scale").fill_null(1.0).cast(pl.Float64)).alias("lora_scale"),
         lit(cfg.output.format).alias("format"))
-    keys = df.select(pl.concat_str([c(name).cast(pl.String).fill_null("None") for name in ITEM_KEY_COLUMNS],
-                                   separator=_SEP)).to_series()
+    fingerprints = {uri: f.fingerprint for uri, f in inputs.files.items()}
+    fingerprints["alpha"] = "alpha"
+    fp = lambda col: c(col).replace_strict(fingerprints, default=None, return_dtype=pl.String)  # noqa: E731
+    keys = df.with_columns(lit(model_fingerprint(m.diffusion, m.diffusion_revision)).alias("__model_fp"),
+                           fp("init_image").alias("__init_fp"), fp("mask").alias("__mask_fp"),
+                           fp("lora").alias("__lora_fp")).select(
+        pl.concat_str([lit(ITEM_RECIPE), *(c(name).cast(pl.String).fill_null("None") for name in ITEM_KEY_COLUMNS)],
+                      separator=_SEP)).to_series()
     item_ids = [d.hex() for d in _digests(keys, 16)]
     df = df.with_columns(pl.Series("item_id", item_ids), lit(None, dtype=pl.Boolean).alias("truncated"),
                          pl.Series("path", [image_path(i, cfg.output.format) for i in item_ids]))

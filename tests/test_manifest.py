@@ -173,3 +173,40 @@ def test_style_loras_must_be_safetensors_files_that_exist(tmp_path):
     styles["lora"][0], styles["lora_scale"][2] = None, 1.0
     err = problems_of(tmp_path / "job", {"id": ["x"], "prompt": ["y"]}, styles=styles)
     assert [(p.id, p.column) for p in err.problems] == [("b", "lora")] and "file not found" in str(err)
+
+
+@pytest.mark.parametrize("uri", [
+    "file://{outside}/p.png",  # a scheme does not bypass the roots
+    "file://{job}/../outside/p.png",
+    "../outside/p.png",
+    "sub/link.png",  # a symlink inside the root to a file outside it
+])
+def test_input_roots_hold_after_normalisation_whatever_the_scheme(tmp_path, uri):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(outside / "p.png")
+    (tmp_path / "job" / "sub").mkdir(parents=True)
+    (tmp_path / "job" / "sub" / "link.png").symlink_to(outside / "p.png")
+    value = uri.format(outside=outside, job=tmp_path / "job")
+    rows = {"id": ["a"], "prompt": ["x"], "product_image": [value]}
+    err = problems_of(tmp_path / "job", rows, allowed_input_roots=[str(tmp_path / "job")])
+    assert [(p.row, p.column) for p in err.problems] == [(0, "product_image")]
+    assert "outside [job].allowed_input_roots" in str(err)
+
+
+def test_object_store_roots_confine_by_prefix_and_refuse_other_schemes(tmp_path):
+    rows = {"id": ["ok-but-missing", "escapes", "sibling", "http"], "prompt": ["x"] * 4,
+            "product_image": ["s3://bucket/catalogue/p.png", "s3://bucket/catalogue/../private/p.png",
+                              "s3://bucket/catalogue-old/p.png", "http://169.254.169.254/latest/meta-data"]}
+    err = problems_of(tmp_path, rows, allowed_input_roots=["s3://bucket/catalogue"])
+    by_id = {p.id: p.message for p in err.problems}
+    assert "outside [job].allowed_input_roots" in by_id["escapes"]
+    assert "outside [job].allowed_input_roots" in by_id["sibling"]
+    assert "scheme 'http' is not allowed" in by_id["http"]
+    assert "outside" not in by_id.get("ok-but-missing", "")
+
+
+def test_schemes_are_refused_unless_the_job_allows_them(tmp_path):
+    rows = {"id": ["a"], "prompt": ["x"], "product_image": ["http://example.invalid/p.png"]}
+    err = problems_of(tmp_path, rows)
+    assert "scheme 'http' is not allowed" in str(err) and "allowed_input_schemes" in str(err)

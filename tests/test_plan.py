@@ -88,3 +88,55 @@ def test_style_lora_resolves_against_the_styles_file(tmp_path):
     a, b, c = plan_of(tmp_path, rows, styles=styles, seed=1)
     assert a["lora"] == str(tmp_path / "loras" / "pytorch_lora_weights.safetensors")
     assert (a["lora_scale"], b["lora_scale"], c["lora"], c["lora_scale"]) == (1.0, 0.5, None, None)
+
+
+def _staging_folder(folder, product_colour=(255, 0, 0, 128)):
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGBA", (32, 32), product_colour).save(folder / "bottle.png")
+    Image.new("L", (32, 32), 255).save(folder / "mask.png")
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(folder / "ref.png")
+    return folder
+
+
+STAGED = {"id": ["cut", "masked", "plain"], "prompt": ["a", "b", "c"],
+          "product_image": ["bottle.png", "bottle.png", None], "mask": [None, "mask.png", None],
+          "style": [None, None, "look"]}
+LOOK = {"style": ["look"], "reference_image": ["ref.png"]}
+
+
+def test_item_ids_hash_input_content_not_paths(tmp_path):
+    first = plan_of(_staging_folder(tmp_path / "a"), STAGED, styles=LOOK)
+    moved = plan_of(_staging_folder(tmp_path / "elsewhere" / "b"), STAGED, styles=LOOK)
+    assert [r["item_id"] for r in moved] == [r["item_id"] for r in first]  # same data, another mount
+    replaced = plan_of(_staging_folder(tmp_path / "c", product_colour=(0, 0, 255, 128)), STAGED, styles=LOOK)
+    assert [r["item_id"] != s["item_id"] for r, s in zip(replaced, first, strict=True)] == [True, True, False]
+    folder = _staging_folder(tmp_path / "d")
+    Image.new("L", (32, 32), 0).save(folder / "mask.png")  # same path, other mask
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(folder / "ref.png")  # same path, other reference
+    changed = plan_of(folder, STAGED, styles=LOOK)
+    assert [r["item_id"] != s["item_id"] for r, s in zip(changed, first, strict=True)] == [False, True, True]
+
+
+def test_item_ids_hash_lora_content_and_model_identity_not_paths(tmp_path):
+    import shutil
+
+    from pipeline.models import embedded
+    from tests.helpers import make_lora
+
+    rows = {"id": ["a"], "prompt": ["x"], "style": ["soft"]}
+    styles = {"style": ["soft"], "lora": ["loras/pytorch_lora_weights.safetensors"]}
+    model = embedded.ensure("tiny-sd")
+    loras = [make_lora(tmp_path / f"lora{seed}", seed=seed) for seed in (0, 1)]
+    ids = {}
+    for name, lora in (("one", loras[0]), ("two", loras[0]), ("other-lora", loras[1]), ("other-model", loras[0])):
+        folder = tmp_path / name
+        (folder / "loras").mkdir(parents=True)
+        shutil.copy(lora, folder / "loras" / lora.name)
+        shutil.copytree(model, folder / "model")
+        if name == "other-model":  # same file names, one weight file of another size
+            weights = next((folder / "model" / "unet").glob("*.safetensors"))
+            weights.write_bytes(weights.read_bytes() + b"\0" * 8)
+        extra = f'[models]\ndiffusion = "{folder / "model"}"\n'
+        ids[name] = plan_of(folder, rows, styles=styles, extra=extra)[0]["item_id"]
+    assert ids["one"] == ids["two"]
+    assert ids["other-lora"] != ids["one"] and ids["other-model"] != ids["one"]

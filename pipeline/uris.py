@@ -1,0 +1,125 @@
+"""The one way to name input data: resolve against a base, normalise, confine, fingerprint.
+
+Every input URI (product photos, masks, reference images, LoRA files) goes through `resolve`
+once, so what validation checks is exactly what the actors read:
+- a relative value joins its base (a folder, or a bucket prefix such as `s3://b/manifests`);
+- a local path (plain or `file://`) becomes an absolute real path: symlinks and `..` are
+  followed, so confinement sees where the data really is;
+- an object-store URI keeps its scheme, its key normalised (`a/../b` → `b`).
+
+`problem` confines a resolved URI to the job's allowed schemes and roots (a root may be a
+bucket prefix). `fingerprint` names the content, not the place, for item ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+
+LOCAL = "file"
+CHUNK = 1 << 20
+
+
+def split(uri: str) -> tuple[str, str]:
+    """(scheme, path): `file` and the path for local paths, the key part for the others."""
+    if "://" not in uri:
+        return LOCAL, uri
+    scheme, rest = uri.split("://", 1)
+    scheme = scheme.lower()
+    if scheme == LOCAL and rest.startswith("localhost/"):
+        rest = rest[len("localhost"):]
+    return scheme, rest
+
+
+def resolve(value: str, base: str) -> str:
+    """A URI from a manifest or styles table, resolved against `base` and normalised."""
+    scheme, path = split(value)
+    if scheme == LOCAL:
+        path = os.path.expanduser(path)
+        if os.path.isabs(path):
+            return os.path.realpath(path)
+        base_scheme, base_path = split(base)
+        if base_scheme != LOCAL:
+            return resolve(f"{base_scheme}://{base_path.rstrip('/')}/{path}", "")
+        return os.path.realpath(os.path.join(base_path, path))
+    key = posixpath.normpath(path)
+    if key.startswith(("..", "/")) or key == ".":
+        raise ValueError(f"{value!r} climbs above its bucket")
+    return f"{scheme}://{key}"
+
+
+def parent(uri: str) -> str:
+    """The folder (or prefix) a URI's relative neighbours resolve against."""
+    scheme, path = split(uri)
+    if scheme == LOCAL:
+        return os.path.dirname(os.path.abspath(path))
+    return f"{scheme}://{path.rsplit('/', 1)[0]}"
+
+
+def inside(uri: str, root: str) -> bool:
+    """Whether resolved `uri` is `root` or below it (a root is resolved like any URI)."""
+    scheme, path = split(uri)
+    root_scheme, root_path = split(resolve(root, os.getcwd()))
+    if scheme != root_scheme:
+        return False
+    root_path = root_path.rstrip("/")
+    return path == root_path or path.startswith(root_path + "/")
+
+
+def problem(uri: str, roots: tuple[str, ...], schemes: tuple[str, ...]) -> str | None:
+    """Why a resolved input URI may not be read by this job, or None."""
+    scheme, _ = split(uri)
+    if scheme not in schemes:
+        return (f"scheme {scheme!r} is not allowed (allowed: {', '.join(schemes)}; "
+                "[job].allowed_input_schemes)")
+    if roots and not any(inside(uri, r) for r in roots):
+        return f"outside [job].allowed_input_roots: {uri} is under none of {', '.join(roots)}"
+    return None
+
+
+def filesystem(uri: str):
+    """The fsspec filesystem and path of a URI."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(uri)
+
+
+def read_bytes(uri: str) -> bytes:
+    scheme, path = split(uri)
+    if scheme == LOCAL:
+        with open(path, "rb") as f:
+            return f.read()
+    fs, path = filesystem(uri)
+    return fs.cat_file(path)
+
+
+def exists(uri: str) -> bool:
+    scheme, path = split(uri)
+    if scheme == LOCAL:
+        return os.path.isfile(path)
+    fs, path = filesystem(uri)
+    return fs.isfile(path)
+
+
+def content_digest(data: bytes) -> str:
+    return "b2:" + hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def fingerprint(uri: str) -> str:
+    """What the content is, not where it lives: a hash of a local file's bytes; for an object
+    store, the fingerprint it already keeps (ETag, MD5, version or generation) and the size,
+    so a million-object catalogue needs a listing, not a million downloads."""
+    scheme, path = split(uri)
+    if scheme == LOCAL:
+        h = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+        return "b2:" + h.hexdigest()
+    fs, path = filesystem(uri)
+    info = fs.info(path)
+    for key in ("ETag", "etag", "md5Hash", "content_md5", "VersionId", "generation"):
+        if info.get(key):
+            return f"{key.lower()}:{str(info[key]).strip(chr(34))}:{info.get('size')}"
+    return content_digest(read_bytes(uri))
