@@ -120,3 +120,67 @@ def test_style_lora_changes_only_its_candidates_and_switches_back(generator, tmp
     again = generator([cand(5, lora=lora, lora_scale=1.0)])[0].image.astype(int)
     assert np.abs(again - full).max() <= 2  # reproducible
     assert np.abs(generator([cand(5)])[0].image.astype(int) - base).max() <= 2  # off again
+
+
+class Spy:
+    """A pipeline stand-in that calls the real one and keeps its raw output (0..1 floats)."""
+
+    def __init__(self, pipe):
+        self.pipe, self.raw = pipe, []
+
+    def __call__(self, **kwargs):
+        result = self.pipe(**kwargs)
+        self.raw.extend(np.clip(np.rint(np.asarray(img) * 255), 0, 255) for img in result.images)
+        return result
+
+
+def soft_cutout(path, size=64):
+    """A product cut-out with anti-aliased edges: opaque disc, alpha ramping 255 → 0 around it."""
+    yy, xx = np.mgrid[:size, :size]
+    d = np.hypot(yy - size / 2 + 0.5, xx - size / 2 + 0.5)
+    alpha = np.rint(np.clip((size * 0.45 - d) / (size * 0.2), 0, 1) * 255).astype(np.uint8)
+    rgb = np.stack([200 + yy % 40, 30 + xx % 50, np.full_like(xx, 40)], axis=-1).astype(np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(path)
+    return rgb.astype(float), alpha.astype(float)[..., None] / 255
+
+
+def test_soft_cutout_is_composited_once(tmp_path):
+    """Staging layers the product over the generated image once: p·a + g·(1−a), fringe included."""
+    from pipeline.generate import _composite
+
+    rgb, a = soft_cutout(tmp_path / "cut.png")
+    assert a.min() == 0 and a.max() == 1 and len(np.unique(a)) > 20  # transparent, opaque, a real ramp
+    generated = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    product, keep = prepare_inputs(str(tmp_path / "cut.png"), "alpha", 64, 64)
+    out = _composite(generated, product, keep).astype(float)
+    expected = rgb * a + generated * (1 - a)
+    assert np.abs(out - expected).max() <= 1
+
+
+def test_user_mask_keeps_the_inverted_mask(tmp_path):
+    """A drawn mask (white = repaint, soft edge) composites like an alpha of 255 − mask."""
+    from pipeline.generate import _composite
+
+    photo = np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8)
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    ramp = np.tile(np.linspace(0, 255, 64).round().astype(np.uint8), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "m.png")
+    generated = np.random.default_rng(2).integers(0, 256, (64, 64, 3), np.uint8)
+    product, keep = prepare_inputs(str(tmp_path / "p.png"), str(tmp_path / "m.png"), 64, 64)
+    a = (255 - ramp.astype(float))[..., None] / 255
+    expected = photo * a + generated * (1 - a)
+    assert np.abs(_composite(generated, product, keep).astype(float) - expected).max() <= 1
+
+
+def test_staged_cutout_is_product_over_the_raw_generated_image(generator, tmp_path):
+    """End to end: interior product pixels exact, fringe pixels p·a + g·(1−a) within 1/255."""
+    import dataclasses
+
+    rgb, a = soft_cutout(tmp_path / "cut.png")
+    spy = Spy(generator.pipes.inpaint)
+    staged = Generator(dataclasses.replace(generator.pipes, inpaint=spy), batch_size=2)
+    out = staged([cand(3, mode="inpaint", init_image=str(tmp_path / "cut.png"), mask="alpha", strength=1.0)])
+    image, raw = out[0].image.astype(float), spy.raw[0]
+    interior, fringe = a[..., 0] == 1, (a[..., 0] > 0) & (a[..., 0] < 1)
+    assert (image[interior] == rgb[interior]).all()
+    assert np.abs(image - (rgb * a + raw * (1 - a)))[fringe].max() <= 1
