@@ -126,9 +126,10 @@ class Spy:
     """A pipeline stand-in that calls the real one and keeps its raw output (0..1 floats)."""
 
     def __init__(self, pipe):
-        self.pipe, self.raw = pipe, []
+        self.pipe, self.raw, self.calls = pipe, [], []
 
     def __call__(self, **kwargs):
+        self.calls.append(kwargs)
         result = self.pipe(**kwargs)
         self.raw.extend(np.clip(np.rint(np.asarray(img) * 255), 0, 255) for img in result.images)
         return result
@@ -184,3 +185,51 @@ def test_staged_cutout_is_product_over_the_raw_generated_image(generator, tmp_pa
     interior, fringe = a[..., 0] == 1, (a[..., 0] > 0) & (a[..., 0] < 1)
     assert (image[interior] == rgb[interior]).all()
     assert np.abs(image - (rgb * a + raw * (1 - a)))[fringe].max() <= 1
+
+
+class FillBackground:
+    """The inpaint pipeline, with the init image's repaint region painted one colour first."""
+
+    def __init__(self, pipe, colour):
+        self.pipe, self.colour = pipe, colour
+
+    def __call__(self, *, image, mask_image, **kwargs):
+        filled = [Image.composite(Image.new("RGB", im.size, self.colour), im.convert("RGB"), m)
+                  for im, m in zip(image, mask_image, strict=True)]
+        return self.pipe(image=filled, mask_image=mask_image, **kwargs)
+
+
+def test_staged_background_is_generated_not_the_placeholder(generator, tmp_path):
+    """At default settings staging generates the background from noise: what the init image
+    holds behind the product (the placeholder) does not show through."""
+    import dataclasses
+
+    from pipeline.manifest import load_inputs
+    from pipeline.plan import build_plan
+    from tests.helpers import job
+
+    _, a = soft_cutout(tmp_path / "cut.png")
+    cfg = job(tmp_path, {"id": ["staged"], "prompt": ["a red mug"], "product_image": ["cut.png"]}, styles=None)
+    [record] = build_plan(load_inputs(cfg), cfg).to_pylist()
+    assert record["mode"] == "inpaint"
+    backgrounds = []
+    for colour in ((0, 0, 0), (255, 255, 255)):
+        pipes = dataclasses.replace(generator.pipes, inpaint=FillBackground(generator.pipes.inpaint, colour))
+        backgrounds.append(Generator(pipes, batch_size=1)([record])[0].image[a[..., 0] == 0].astype(int))
+    assert np.abs(backgrounds[0] - backgrounds[1]).max() <= 2
+
+
+def test_inpaint_keeps_the_product_pixels_and_repaints_everything_else(generator, tmp_path):
+    """What the pipeline is asked to keep is the product's own pixels, not product blended with
+    the placeholder; every pixel the product does not cover fully, soft edges included, is repainted."""
+    import dataclasses
+
+    rgb, a = soft_cutout(tmp_path / "cut.png")
+    spy = Spy(generator.pipes.inpaint)
+    staged = Generator(dataclasses.replace(generator.pipes, inpaint=spy), batch_size=1)
+    staged([cand(3, mode="inpaint", init_image=str(tmp_path / "cut.png"), mask="alpha", strength=1.0)])
+    image = np.asarray(spy.calls[0]["image"][0].convert("RGB")).astype(float)
+    repaint = np.asarray(spy.calls[0]["mask_image"][0].convert("L"))
+    assert set(np.unique(repaint)) == {0, 255}  # no soft mask for the pipeline to binarise at 0.5
+    assert ((repaint == 0) == (a[..., 0] == 1)).all()
+    assert (image[repaint == 0] == rgb[repaint == 0]).all()
