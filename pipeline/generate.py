@@ -20,6 +20,13 @@ from pipeline import faults
 GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale")
 
 
+def group_key(candidate: dict) -> tuple:
+    """What must be equal within one pipeline call, so that no candidate's conditioning depends
+    on its batch mates. That includes whether a negative prompt is given: a call takes one for
+    all or none, and SDXL-class pipelines encode an absent one as zeros but "" as text."""
+    return (*(candidate[k] for k in GROUP_KEYS), bool(candidate["negative_prompt"]))
+
+
 @dataclass
 class Generated:
     """What generation made of one candidate: pixels or an error, and its timing."""
@@ -105,7 +112,7 @@ class Generator:
         # 1. group by everything that must be equal within one pipeline call
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, c in enumerate(candidates):
-            groups[tuple(c[k] for k in GROUP_KEYS)].append(i)
+            groups[group_key(c)].append(i)
         out: list[Generated | None] = [None] * len(candidates)
         # 2. run each group in chunks of the batch size, splitting on OOM
         for indices in groups.values():
@@ -181,8 +188,8 @@ class Generator:
             "generator": [torch.Generator("cpu").manual_seed(int(c["seed"])) for c in cands],
             "output_type": "np",
         }
-        if "negative_prompt" in params and any(c["negative_prompt"] for c in cands):
-            kwargs["negative_prompt"] = [c["negative_prompt"] or "" for c in cands]
+        if "negative_prompt" in params and first["negative_prompt"]:  # all or none (group_key)
+            kwargs["negative_prompt"] = [c["negative_prompt"] for c in cands]
         if mode == "t2i":
             kwargs.update(width=int(first["width"]), height=int(first["height"]))
         else:

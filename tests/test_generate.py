@@ -233,3 +233,37 @@ def test_inpaint_keeps_the_product_pixels_and_repaints_everything_else(generator
     assert set(np.unique(repaint)) == {0, 255}  # no soft mask for the pipeline to binarise at 0.5
     assert ((repaint == 0) == (a[..., 0] == 1)).all()
     assert (image[repaint == 0] == rgb[repaint == 0]).all()
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    pipes = models.load_diffusion("embedded:tiny-sdxl", revision=None, scheduler=None, device="cpu",
+                                  dtype=models.resolve_dtype("float32", "cpu"))
+    return Generator(pipes, batch_size=4)
+
+
+def test_sdxl_candidate_is_independent_of_its_batch_mates_negative_prompts(sdxl):
+    """SDXL zeroes the negative embedding only when no negative prompt is passed: a candidate
+    without one must get the same conditioning alone as beside candidates that have one."""
+    alone = sdxl([cand(5)])[0].image.astype(int)
+    with_negative = sdxl([cand(6, negative_prompt="blurry")])[0].image.astype(int)
+    mixed = sdxl([cand(6, negative_prompt="blurry"), cand(5), cand(7, negative_prompt="dark")])
+    assert all(o.error is None for o in mixed)
+    assert np.abs(mixed[1].image.astype(int) - alone).max() <= 2
+    assert np.abs(mixed[0].image.astype(int) - with_negative).max() <= 2
+
+
+def test_sdxl_runs_every_mode_and_a_missing_mode_is_an_error_row(sdxl, tmp_path):
+    """Image-to-image and staging run on SDXL's derived pipelines; a model without a mode's
+    pipeline fails only the candidates of that mode, with a message, not the batch or the run."""
+    import dataclasses
+
+    soft_cutout(tmp_path / "cut.png")
+    Image.new("RGB", (64, 64), (30, 90, 160)).save(tmp_path / "photo.png")
+    cands = [cand(1), cand(2, mode="img2img", init_image=str(tmp_path / "photo.png"), strength=0.6),
+             cand(3, mode="inpaint", init_image=str(tmp_path / "cut.png"), mask="alpha", strength=1.0)]
+    out = sdxl(cands)
+    assert all(o.error is None and o.image.shape == (64, 64, 3) for o in out)
+    no_inpaint = Generator(dataclasses.replace(sdxl.pipes, inpaint=None), batch_size=4)(cands)
+    assert [o.error is None for o in no_inpaint] == [True, True, False]
+    assert "has no inpaint pipeline" in no_inpaint[2].error
