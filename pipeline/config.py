@@ -69,7 +69,10 @@ class GenerateSection:
     guidance_scale: float = 5.0
     width: int = 64
     height: int = 64
-    strength: float = 0.75
+    strength: float = 0.75  # image-to-image: how far from the product photo to move
+    # Background staging (inpaint): 1.0 generates the background from noise; lower keeps some
+    # of the neutral placeholder behind the product. A row or style `strength` overrides both.
+    inpaint_strength: float = 1.0
     batch_size: int = 4
 
 
@@ -233,6 +236,7 @@ def _check_ranges(cfg: JobConfig) -> None:
         (1 <= cfg.generate.steps <= 1000, "[generate].steps must be 1..1000"),
         (cfg.generate.guidance_scale >= 0, "[generate].guidance_scale must be >= 0"),
         (0 < cfg.generate.strength <= 1, "[generate].strength must be in (0, 1]"),
+        (0 < cfg.generate.inpaint_strength <= 1, "[generate].inpaint_strength must be in (0, 1]"),
         (cfg.generate.batch_size >= 1, "[generate].batch_size must be >= 1"),
         (cfg.output.format in ("png", "jpeg", "webp"), "[output].format: png, jpeg or webp"),
         (0 <= cfg.output.png_compress_level <= 9, "[output].png_compress_level must be 0..9"),

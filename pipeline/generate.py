@@ -20,6 +20,13 @@ from pipeline import faults
 GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale")
 
 
+def group_key(candidate: dict) -> tuple:
+    """What must be equal within one pipeline call, so that no candidate's conditioning depends
+    on its batch mates. That includes whether a negative prompt is given: a call takes one for
+    all or none, and SDXL-class pipelines encode an absent one as zeros but "" as text."""
+    return (*(candidate[k] for k in GROUP_KEYS), bool(candidate["negative_prompt"]))
+
+
 @dataclass
 class Generated:
     """What generation made of one candidate: pixels or an error, and its timing."""
@@ -49,32 +56,47 @@ def load_image(uri: str):
         return ImageOps.exif_transpose(im)
 
 
+FILL = (127, 127, 127)  # neutral grey, 0 in the pipelines' [-1, 1] range: "nothing here yet"
+
+
 def prepare_inputs(init_uri: str, mask_uri: str | None, width: int, height: int):
-    """Init image, mask (white = repaint) and keep-mask, fitted into the target size.
+    """The product fitted into the target size (RGBA, straight colours) and its keep alpha.
 
     The product is letterboxed (aspect kept, never cropped); the padding is background to
-    repaint. A mask of "alpha" comes from the product's transparency.
+    repaint. A mask of "alpha" keeps the product's own transparency; a drawn mask (white =
+    repaint) keeps its inverse. Keep is None for image-to-image (nothing is pasted back).
     """
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageChops, ImageOps
 
     src = load_image(init_uri)
     rgba = src.convert("RGBA")
     fitted = ImageOps.pad(rgba, (width, height), color=(0, 0, 0, 0), method=Image.Resampling.LANCZOS)
     if mask_uri is None:
-        background = Image.new("RGB", (width, height), (127, 127, 127))
-        background.paste(fitted, mask=fitted.getchannel("A"))
-        return background, None
+        return fitted, None
     if mask_uri == "alpha":
-        keep = fitted.getchannel("A")
-    else:
-        # A mask is drawn over the product photo: bring it to the photo's size, then fit it
-        # exactly like the product; padding is repaint (white).
-        user_mask = load_image(mask_uri).convert("L").resize(src.size, Image.Resampling.NEAREST)
-        user_mask = ImageOps.pad(user_mask, (width, height), color=255, method=Image.Resampling.NEAREST)
-        keep = ImageOps.invert(user_mask)
-    background = Image.new("RGB", (width, height), (127, 127, 127))
-    background.paste(fitted.convert("RGB"), mask=fitted.getchannel("A"))
-    return background, keep
+        return fitted, fitted.getchannel("A")
+    # A mask is drawn over the product photo: bring it to the photo's size, then fit it
+    # exactly like the product; padding is repaint (white). Invisible pixels are never kept.
+    user_mask = load_image(mask_uri).convert("L").resize(src.size, Image.Resampling.NEAREST)
+    user_mask = ImageOps.pad(user_mask, (width, height), color=255, method=Image.Resampling.NEAREST)
+    return fitted, ImageChops.multiply(ImageOps.invert(user_mask), fitted.getchannel("A"))
+
+
+def pipeline_inputs(product, keep):
+    """What the diffusion pipeline starts from: init image and mask (white = repaint, or None).
+
+    Only fully kept pixels are kept as they are; everything else, soft edges included, is
+    background to generate, so that `_composite` can layer the product over it exactly once.
+    """
+    from PIL import Image, ImageOps
+
+    init = Image.new("RGB", product.size, FILL)
+    if keep is None:
+        init.paste(product, mask=product.getchannel("A"))
+        return init, None
+    solid = keep.point(lambda v: 255 if v == 255 else 0)
+    init.paste(product.convert("RGB"), mask=solid)
+    return init, ImageOps.invert(solid)
 
 
 class Generator:
@@ -90,7 +112,7 @@ class Generator:
         # 1. group by everything that must be equal within one pipeline call
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, c in enumerate(candidates):
-            groups[tuple(c[k] for k in GROUP_KEYS)].append(i)
+            groups[group_key(c)].append(i)
         out: list[Generated | None] = [None] * len(candidates)
         # 2. run each group in chunks of the batch size, splitting on OOM
         for indices in groups.values():
@@ -166,24 +188,23 @@ class Generator:
             "generator": [torch.Generator("cpu").manual_seed(int(c["seed"])) for c in cands],
             "output_type": "np",
         }
-        if "negative_prompt" in params and any(c["negative_prompt"] for c in cands):
-            kwargs["negative_prompt"] = [c["negative_prompt"] or "" for c in cands]
-        keeps = None
+        if "negative_prompt" in params and first["negative_prompt"]:  # all or none (group_key)
+            kwargs["negative_prompt"] = [c["negative_prompt"] for c in cands]
         if mode == "t2i":
             kwargs.update(width=int(first["width"]), height=int(first["height"]))
         else:
-            prepared = [prepare_inputs(c["init_image"], c["mask"], int(c["width"]), int(c["height"]))
-                        for c in cands]
-            kwargs.update(image=[p[0] for p in prepared], strength=float(first["strength"]))
+            layers = [prepare_inputs(c["init_image"], c["mask"], int(c["width"]), int(c["height"]))
+                      for c in cands]
+            inputs = [pipeline_inputs(product, keep) for product, keep in layers]
+            kwargs.update(image=[i[0] for i in inputs], strength=float(first["strength"]))
             if mode == "inpaint":
-                keeps = [p[1] for p in prepared]
-                kwargs.update(mask_image=[_invert(k) for k in keeps],
+                kwargs.update(mask_image=[i[1] for i in inputs],
                               width=int(first["width"]), height=int(first["height"]))
         with torch.inference_mode():
             result = pipe(**kwargs).images
         images = [np.clip(np.rint(np.asarray(img) * 255), 0, 255).astype(np.uint8) for img in result]
-        if keeps is not None:
-            images = [_composite(img, p[0], keep) for img, p, keep in zip(images, prepared, keeps, strict=True)]
+        if mode == "inpaint":
+            images = [_composite(img, *layer) for img, layer in zip(images, layers, strict=True)]
         return images
 
 
@@ -198,14 +219,12 @@ def _injected_faults(cands: list[dict]) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
 
-def _invert(mask):
-    from PIL import ImageOps
-
-    return ImageOps.invert(mask)
-
-
 def _composite(generated: np.ndarray, product, keep) -> np.ndarray:
-    """Paste the original product back over the staged image: product pixels stay exact."""
+    """Layer the fitted product over the generated image, once: product·a + generated·(1−a).
+
+    `product` holds straight (not premultiplied) colours, so opaque pixels come back exact and
+    soft edges blend with the new background, not with the placeholder behind the product.
+    """
     a = np.asarray(keep, dtype=np.float32)[..., None] / 255.0
     p = np.asarray(product.convert("RGB"), dtype=np.float32)
     return np.clip(np.rint(p * a + generated.astype(np.float32) * (1 - a)), 0, 255).astype(np.uint8)

@@ -66,7 +66,6 @@ def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
         c("negative_prompt").fill_null(c("s_negative_prompt")).fill_null("").alias("__negative"),
         c("s_steps").fill_null(g.steps).alias("__steps"),
         c("s_guidance_scale").fill_null(g.guidance_scale).cast(pl.Float64).alias("__guidance"),
-        c("strength").fill_null(c("s_strength")).fill_null(g.strength).cast(pl.Float64).alias("__strength"),
         c("width").fill_null(c("s_width")).fill_null(g.width).alias("__width"),
         c("height").fill_null(c("s_height")).fill_null(g.height).alias("__height"),
         c("num_candidates").fill_null(c("s_num_candidates")).fill_null(job.num_candidates).alias("__n"),
@@ -85,7 +84,12 @@ def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
         .when(c("__product").is_in(with_alpha)).then(lit("alpha")).alias("mask"),
     ).with_columns(
         pl.when(c("init_image").is_null()).then(lit("t2i"))
-        .when(c("mask").is_not_null()).then(lit("inpaint")).otherwise(lit("img2img")).alias("mode"))
+        .when(c("mask").is_not_null()).then(lit("inpaint")).otherwise(lit("img2img")).alias("mode")
+    ).with_columns(
+        # row → style → the mode's default: staging repaints the whole background.
+        c("strength").fill_null(c("s_strength"))
+        .fill_null(pl.when(c("mode") == "inpaint").then(lit(g.inpaint_strength)).otherwise(lit(g.strength)))
+        .cast(pl.Float64).alias("__strength"))
 
 
 def _key(*parts: pl.Expr) -> pl.Expr:

@@ -36,6 +36,7 @@ def test_cli_overrides_resolve_against_the_working_directory(tmp_path, monkeypat
     ('[job]\nmanifest = "m"\nkeep = 3\nnum_candidates = 2\n', "[job].keep must be 1..num_candidates"),
     ('[job]\nmanifest = "m"\n[generate]\nwidth = 100\n', "[generate].width must be a multiple of 8"),
     ('[job]\nmanifest = "m"\n[output]\nformat = "gif"\n', "[output].format"),
+    ('[job]\nmanifest = "m"\n[generate]\ninpaint_strength = 0\n', "[generate].inpaint_strength must be in (0, 1]"),
     ('[job]\nname = "x"\n', "[job].manifest is required"),
     ('[job\n', "not valid TOML"),
     ('[job]\nmanifest = "m"\n[signer]\nmode = "files"\ncert_chain = "nope.pem"\nprivate_key = "k.pem"\n',

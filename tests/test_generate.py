@@ -120,3 +120,150 @@ def test_style_lora_changes_only_its_candidates_and_switches_back(generator, tmp
     again = generator([cand(5, lora=lora, lora_scale=1.0)])[0].image.astype(int)
     assert np.abs(again - full).max() <= 2  # reproducible
     assert np.abs(generator([cand(5)])[0].image.astype(int) - base).max() <= 2  # off again
+
+
+class Spy:
+    """A pipeline stand-in that calls the real one and keeps its raw output (0..1 floats)."""
+
+    def __init__(self, pipe):
+        self.pipe, self.raw, self.calls = pipe, [], []
+
+    def __call__(self, **kwargs):
+        self.calls.append(kwargs)
+        result = self.pipe(**kwargs)
+        self.raw.extend(np.clip(np.rint(np.asarray(img) * 255), 0, 255) for img in result.images)
+        return result
+
+
+def soft_cutout(path, size=64):
+    """A product cut-out with anti-aliased edges: opaque disc, alpha ramping 255 → 0 around it."""
+    yy, xx = np.mgrid[:size, :size]
+    d = np.hypot(yy - size / 2 + 0.5, xx - size / 2 + 0.5)
+    alpha = np.rint(np.clip((size * 0.45 - d) / (size * 0.2), 0, 1) * 255).astype(np.uint8)
+    rgb = np.stack([200 + yy % 40, 30 + xx % 50, np.full_like(xx, 40)], axis=-1).astype(np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(path)
+    return rgb.astype(float), alpha.astype(float)[..., None] / 255
+
+
+def test_soft_cutout_is_composited_once(tmp_path):
+    """Staging layers the product over the generated image once: p·a + g·(1−a), fringe included."""
+    from pipeline.generate import _composite
+
+    rgb, a = soft_cutout(tmp_path / "cut.png")
+    assert a.min() == 0 and a.max() == 1 and len(np.unique(a)) > 20  # transparent, opaque, a real ramp
+    generated = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    product, keep = prepare_inputs(str(tmp_path / "cut.png"), "alpha", 64, 64)
+    out = _composite(generated, product, keep).astype(float)
+    expected = rgb * a + generated * (1 - a)
+    assert np.abs(out - expected).max() <= 1
+
+
+def test_user_mask_keeps_the_inverted_mask(tmp_path):
+    """A drawn mask (white = repaint, soft edge) composites like an alpha of 255 − mask."""
+    from pipeline.generate import _composite
+
+    photo = np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8)
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    ramp = np.tile(np.linspace(0, 255, 64).round().astype(np.uint8), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "m.png")
+    generated = np.random.default_rng(2).integers(0, 256, (64, 64, 3), np.uint8)
+    product, keep = prepare_inputs(str(tmp_path / "p.png"), str(tmp_path / "m.png"), 64, 64)
+    a = (255 - ramp.astype(float))[..., None] / 255
+    expected = photo * a + generated * (1 - a)
+    assert np.abs(_composite(generated, product, keep).astype(float) - expected).max() <= 1
+
+
+def test_staged_cutout_is_product_over_the_raw_generated_image(generator, tmp_path):
+    """End to end: interior product pixels exact, fringe pixels p·a + g·(1−a) within 1/255."""
+    import dataclasses
+
+    rgb, a = soft_cutout(tmp_path / "cut.png")
+    spy = Spy(generator.pipes.inpaint)
+    staged = Generator(dataclasses.replace(generator.pipes, inpaint=spy), batch_size=2)
+    out = staged([cand(3, mode="inpaint", init_image=str(tmp_path / "cut.png"), mask="alpha", strength=1.0)])
+    image, raw = out[0].image.astype(float), spy.raw[0]
+    interior, fringe = a[..., 0] == 1, (a[..., 0] > 0) & (a[..., 0] < 1)
+    assert (image[interior] == rgb[interior]).all()
+    assert np.abs(image - (rgb * a + raw * (1 - a)))[fringe].max() <= 1
+
+
+class FillBackground:
+    """The inpaint pipeline, with the init image's repaint region painted one colour first."""
+
+    def __init__(self, pipe, colour):
+        self.pipe, self.colour = pipe, colour
+
+    def __call__(self, *, image, mask_image, **kwargs):
+        filled = [Image.composite(Image.new("RGB", im.size, self.colour), im.convert("RGB"), m)
+                  for im, m in zip(image, mask_image, strict=True)]
+        return self.pipe(image=filled, mask_image=mask_image, **kwargs)
+
+
+def test_staged_background_is_generated_not_the_placeholder(generator, tmp_path):
+    """At default settings staging generates the background from noise: what the init image
+    holds behind the product (the placeholder) does not show through."""
+    import dataclasses
+
+    from pipeline.manifest import load_inputs
+    from pipeline.plan import build_plan
+    from tests.helpers import job
+
+    _, a = soft_cutout(tmp_path / "cut.png")
+    cfg = job(tmp_path, {"id": ["staged"], "prompt": ["a red mug"], "product_image": ["cut.png"]}, styles=None)
+    [record] = build_plan(load_inputs(cfg), cfg).to_pylist()
+    assert record["mode"] == "inpaint"
+    backgrounds = []
+    for colour in ((0, 0, 0), (255, 255, 255)):
+        pipes = dataclasses.replace(generator.pipes, inpaint=FillBackground(generator.pipes.inpaint, colour))
+        backgrounds.append(Generator(pipes, batch_size=1)([record])[0].image[a[..., 0] == 0].astype(int))
+    assert np.abs(backgrounds[0] - backgrounds[1]).max() <= 2
+
+
+def test_inpaint_keeps_the_product_pixels_and_repaints_everything_else(generator, tmp_path):
+    """What the pipeline is asked to keep is the product's own pixels, not product blended with
+    the placeholder; every pixel the product does not cover fully, soft edges included, is repainted."""
+    import dataclasses
+
+    rgb, a = soft_cutout(tmp_path / "cut.png")
+    spy = Spy(generator.pipes.inpaint)
+    staged = Generator(dataclasses.replace(generator.pipes, inpaint=spy), batch_size=1)
+    staged([cand(3, mode="inpaint", init_image=str(tmp_path / "cut.png"), mask="alpha", strength=1.0)])
+    image = np.asarray(spy.calls[0]["image"][0].convert("RGB")).astype(float)
+    repaint = np.asarray(spy.calls[0]["mask_image"][0].convert("L"))
+    assert set(np.unique(repaint)) == {0, 255}  # no soft mask for the pipeline to binarise at 0.5
+    assert ((repaint == 0) == (a[..., 0] == 1)).all()
+    assert (image[repaint == 0] == rgb[repaint == 0]).all()
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    pipes = models.load_diffusion("embedded:tiny-sdxl", revision=None, scheduler=None, device="cpu",
+                                  dtype=models.resolve_dtype("float32", "cpu"))
+    return Generator(pipes, batch_size=4)
+
+
+def test_sdxl_candidate_is_independent_of_its_batch_mates_negative_prompts(sdxl):
+    """SDXL zeroes the negative embedding only when no negative prompt is passed: a candidate
+    without one must get the same conditioning alone as beside candidates that have one."""
+    alone = sdxl([cand(5)])[0].image.astype(int)
+    with_negative = sdxl([cand(6, negative_prompt="blurry")])[0].image.astype(int)
+    mixed = sdxl([cand(6, negative_prompt="blurry"), cand(5), cand(7, negative_prompt="dark")])
+    assert all(o.error is None for o in mixed)
+    assert np.abs(mixed[1].image.astype(int) - alone).max() <= 2
+    assert np.abs(mixed[0].image.astype(int) - with_negative).max() <= 2
+
+
+def test_sdxl_runs_every_mode_and_a_missing_mode_is_an_error_row(sdxl, tmp_path):
+    """Image-to-image and staging run on SDXL's derived pipelines; a model without a mode's
+    pipeline fails only the candidates of that mode, with a message, not the batch or the run."""
+    import dataclasses
+
+    soft_cutout(tmp_path / "cut.png")
+    Image.new("RGB", (64, 64), (30, 90, 160)).save(tmp_path / "photo.png")
+    cands = [cand(1), cand(2, mode="img2img", init_image=str(tmp_path / "photo.png"), strength=0.6),
+             cand(3, mode="inpaint", init_image=str(tmp_path / "cut.png"), mask="alpha", strength=1.0)]
+    out = sdxl(cands)
+    assert all(o.error is None and o.image.shape == (64, 64, 3) for o in out)
+    no_inpaint = Generator(dataclasses.replace(sdxl.pipes, inpaint=None), batch_size=4)(cands)
+    assert [o.error is None for o in no_inpaint] == [True, True, False]
+    assert "has no inpaint pipeline" in no_inpaint[2].error

@@ -50,7 +50,7 @@ def test_tokenizer_matches_open_clip(tmp_path):
     assert len(long) == 77 and long[-1] == oc.eot_token_id
 
 
-@pytest.mark.parametrize("name", ["tiny-sd", "tiny-clip", "tiny-nsfw"])
+@pytest.mark.parametrize("name", ["tiny-sd", "tiny-sdxl", "tiny-clip", "tiny-nsfw"])
 def test_build_is_deterministic(tmp_path, name):
     embedded.build(name, tmp_path / "a")
     embedded.build(name, tmp_path / "b")
@@ -94,6 +94,19 @@ def test_diffusion_pipelines_share_weights(sd):
     assert sd.vae_scale_factor == 8 and sd.max_prompt_tokens == 77
     assert sd.scheduler_name == "EulerDiscreteScheduler"
     assert sd.img2img.unet is sd.t2i.unet and sd.inpaint.vae is sd.t2i.vae
+
+
+def test_tiny_sdxl_loads_as_sdxl_with_all_three_modes():
+    """The SDXL recipe loads through the same AutoPipeline calls as a real SDXL checkpoint,
+    and image-to-image and inpainting derive from it sharing its weights."""
+    xl = models.load_diffusion("embedded:tiny-sdxl", revision=None, scheduler=None, device="cpu",
+                               dtype=torch.float32)
+    assert type(xl.t2i).__name__ == "StableDiffusionXLPipeline"
+    assert type(xl.img2img).__name__ == "StableDiffusionXLImg2ImgPipeline"
+    assert type(xl.inpaint).__name__ == "StableDiffusionXLInpaintPipeline"
+    assert xl.t2i.config.force_zeros_for_empty_prompt and xl.t2i.unet.config.addition_embed_type == "text_time"
+    assert xl.inpaint.unet is xl.t2i.unet and xl.img2img.text_encoder_2 is xl.t2i.text_encoder_2
+    assert xl.revision == embedded.recipe_tag("tiny-sdxl") and xl.vae_scale_factor == 8
 
 
 def test_t2i_batch_matches_single(sd):

@@ -140,3 +140,20 @@ def test_item_ids_hash_lora_content_and_model_identity_not_paths(tmp_path):
         ids[name] = plan_of(folder, rows, styles=styles, extra=extra)[0]["item_id"]
     assert ids["one"] == ids["two"]
     assert ids["other-lora"] != ids["one"] and ids["other-model"] != ids["one"]
+
+
+def test_inpaint_repaints_fully_unless_told_otherwise(tmp_path):
+    """Staging generates the whole background (strength 1.0) by default; an explicit row or
+    style strength still wins, and image-to-image keeps [generate].strength."""
+    tmp_path.mkdir(exist_ok=True)
+    Image.new("RGBA", (32, 32), (255, 0, 0, 128)).save(tmp_path / "cutout.png")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "photo.jpg")
+    styles = {"style": ["soft"], "prompt_template": ["{prompt}"], "strength": [0.6]}
+    rows = {"id": ["cut", "cut-row", "cut-style", "photo"], "prompt": ["a", "b", "c", "d"],
+            "product_image": ["cutout.png", "cutout.png", "cutout.png", "photo.jpg"],
+            "strength": [None, 0.4, None, None], "style": [None, None, "soft", None]}
+    plan = {r["id"]: r for r in plan_of(tmp_path, rows, styles=styles)}
+    assert [plan[i]["mode"] for i in rows["id"]] == ["inpaint", "inpaint", "inpaint", "img2img"]
+    assert [plan[i]["strength"] for i in rows["id"]] == [1.0, 0.4, 0.6, 0.75]
+    tuned = plan_of(tmp_path, rows, styles=styles, extra="[generate]\nstrength = 0.5\ninpaint_strength = 0.9\n")
+    assert [r["strength"] for r in tuned] == [0.9, 0.4, 0.6, 0.5]

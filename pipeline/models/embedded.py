@@ -1,7 +1,8 @@
 """The embedded default models: tiny, untrained, but the real architectures and file layouts.
 
-`embedded:tiny-sd` is a Stable Diffusion pipeline folder, `embedded:tiny-clip` an open_clip
-config + safetensors file, `embedded:tiny-nsfw` a ViT image classifier folder. Each is built
+`embedded:tiny-sd` is a Stable Diffusion pipeline folder, `embedded:tiny-sdxl` an SDXL one (two
+text encoders, micro-conditioning; for tests of what SDXL does differently), `embedded:tiny-clip`
+an open_clip config + safetensors file, `embedded:tiny-nsfw` a ViT image classifier folder. Each is built
 from a config under a fixed seed, saved with safetensors, and loaded back through the same
 `from_pretrained` / `create_model` calls as SD-turbo, ViT-L-14 or an NSFW ViT classifier, so
 a job runs end to end offline and a real checkpoint is a one-line change of the job file.
@@ -9,7 +10,7 @@ a job runs end to end offline and a real checkpoint is a one-line change of the 
 Builds are cached under `$ASSET_PIPELINE_MODELS` (default `~/.cache/asset-pipeline/models`) in
 a folder named with the recipe's version tag: change a recipe, bump its version.
 
-    python -m pipeline.models.embedded          # build all three, print where
+    python -m pipeline.models.embedded          # build them all, print where
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 SEED = 20240601
 # name → recipe version; bump a version whenever that build function changes.
-VERSIONS = {"tiny-sd": 1, "tiny-clip": 1, "tiny-nsfw": 1, "tiny-clip-head": 1}
+VERSIONS = {"tiny-sd": 1, "tiny-sdxl": 1, "tiny-clip": 1, "tiny-nsfw": 1, "tiny-clip-head": 1}
 HEAD_WEIGHTS = "head.safetensors"
 CLIP_ARCH = "asset-pipeline-tiny-clip"  # open_clip registry name of the tiny-clip config
 CLIP_CONFIG = {
@@ -45,14 +46,20 @@ def recipe_tag(name: str) -> str:
     return f"v{VERSIONS[name]}"
 
 
+def _tiny_vae():
+    """Four blocks → three downsamples → VAE scale factor 8, as in real SD and SDXL."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=64, in_channels=3, out_channels=3, latent_channels=4,
+        block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+
+
 def _build_tiny_sd(folder: Path) -> None:
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from pipeline.models.tokenizer import build_clip_tokenizer
@@ -66,12 +73,7 @@ def _build_tiny_sd(folder: Path) -> None:
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32, attention_head_dim=8,
         )
-        # Four blocks → three downsamples → VAE scale factor 8, as in real SD.
-        vae = AutoencoderKL(
-            sample_size=64, in_channels=3, out_channels=3, latent_channels=4,
-            block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        )
+        vae = _tiny_vae()
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
@@ -88,6 +90,53 @@ def _build_tiny_sd(folder: Path) -> None:
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def _build_tiny_sdxl(folder: Path) -> None:
+    """A Stable Diffusion XL pipeline: a UNet with SDXL's `text_time` micro-conditioning, a
+    CLIPTextModel and a CLIPTextModelWithProjection whose penultimate states are concatenated
+    (32 + 32 = the UNet's cross-attention width) and whose pooled projection feeds the time
+    embedding, and `force_zeros_for_empty_prompt` as in SDXL base: an absent negative prompt
+    is a zero embedding, an empty one is an encoded "" (the two differ)."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from pipeline.models.tokenizer import build_clip_tokenizer
+
+    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
+                bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    time_dim = 8
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64), norm_num_groups=32,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=64,
+            transformer_layers_per_block=(1, 2), addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim,
+            # six size/crop numbers, each embedded to time_dim, plus the pooled text projection
+            projection_class_embeddings_input_dim=6 * time_dim + text["projection_dim"],
+        )
+        vae = _tiny_vae()
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text, hidden_act="gelu"))
+    tokenizer = build_clip_tokenizer(folder / "tokenizer", model_max_length=77)
+    tokenizer_2 = build_clip_tokenizer(folder / "tokenizer_2", model_max_length=77)
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", timestep_spacing="trailing", steps_offset=1,
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+        force_zeros_for_empty_prompt=True, add_watermarker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
 
@@ -169,7 +218,7 @@ def _build_tiny_clip_head(folder: Path) -> None:
               metadata={"labels": json.dumps(["normal", "nsfw"])})
 
 
-_BUILDERS = {"tiny-sd": _build_tiny_sd, "tiny-clip": _build_tiny_clip,
+_BUILDERS = {"tiny-sd": _build_tiny_sd, "tiny-sdxl": _build_tiny_sdxl, "tiny-clip": _build_tiny_clip,
              "tiny-nsfw": _build_tiny_nsfw, "tiny-clip-head": _build_tiny_clip_head}
 
 
