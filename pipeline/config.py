@@ -7,6 +7,7 @@ same from any working directory. Every error names the key (`[section].key`) tha
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -157,6 +158,16 @@ _PATH_KEYS = {
 }
 
 
+def suggest(name: str, known: list[str], show=repr, limit: int = 12) -> str:
+    """'did you mean X?' for the nearest known name, else the known names (at most `limit`), so
+    an error says what is allowed, not only what is wrong."""
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"did you mean {show(close[0])}?"
+    shown = ", ".join(show(k) for k in known[:limit])
+    return f"known: {shown}" + (f", ... ({len(known)} in all)" if len(known) > limit else "")
+
+
 def _is_local_path(value: str) -> bool:
     return "://" not in value and not value.startswith(EMBEDDED_PREFIX)
 
@@ -203,12 +214,10 @@ def _build_section(name: str, raw: Any, base: Path, source: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: [{name}] must be a table")
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
+    unknown = [k for k in raw if k not in known]
     if unknown:
-        raise ConfigError(
-            f"{source}: unknown key(s) in [{name}]: {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(known))})"
-        )
+        raise ConfigError("; ".join(f"{source}: unknown key {k!r} in [{name}] ({suggest(k, sorted(known))})"
+                                    for k in unknown))
     values = {}
     for key, value in raw.items():
         where = f"{source}: [{name}].{key}"
@@ -262,11 +271,10 @@ def _check_ranges(cfg: JobConfig) -> None:
 
 
 def parse_job(data: dict[str, Any], *, base: Path, source: str) -> JobConfig:
-    unknown = sorted(set(data) - set(_SECTIONS))
+    unknown = [s for s in data if s not in _SECTIONS]
     if unknown:
-        raise ConfigError(
-            f"{source}: unknown section(s): {', '.join(unknown)} (known: {', '.join(_SECTIONS)})"
-        )
+        raise ConfigError("; ".join(f"{source}: unknown section [{s}] ({suggest(s, list(_SECTIONS), '[{}]'.format)})"
+                                    for s in unknown))
     sections = {name: _build_section(name, raw, base, source) for name, raw in data.items()}
     return JobConfig(**sections, source=source)
 

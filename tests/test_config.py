@@ -29,8 +29,11 @@ def test_cli_overrides_resolve_against_the_working_directory(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("text, needle", [
-    ('[job]\nmanifest = "m"\nbogus = 1\n', "unknown key(s) in [job]: bogus"),
-    ('[jobs]\nmanifest = "m"\n', "unknown section(s): jobs"),
+    ('[job]\nmanifest = "m"\nbogus = 1\n', "unknown key 'bogus' in [job] (known: 'allowed_input_roots', 'keep',"),
+    ('[job]\nmanifest = "m"\nnum_candiates = 2\n',
+     "unknown key 'num_candiates' in [job] (did you mean 'num_candidates'?)"),
+    ('[jobs]\nmanifest = "m"\n', "unknown section [jobs] (did you mean [job]?)"),
+    ('[job]\nmanifest = "m"\n[paths]\n', "unknown section [paths] (known: [job], [models],"),
     ('[job]\nmanifest = "m"\nseed = "x"\n', "[job].seed: expected an integer"),
     ('[job]\nmanifest = "m"\n[output]\nwrite_rejected = 1\n', "[output].write_rejected: expected true/false"),
     ('[job]\nmanifest = "m"\nkeep = 3\nnum_candidates = 2\n', "[job].keep must be 1..num_candidates"),
