@@ -15,13 +15,10 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline import schema
-from pipeline.config import JobConfig
+from pipeline.config import LIMITS, JobConfig, Limit
 
 MAX_REPORTED = 50
 MAX_ID_CHARS = 200
-MAX_CANDIDATES = 64
-SIZE_MIN, SIZE_MAX = 64, 4096
-SEED_MAX = 2**63 - 1
 _PANDAS_INDEX = re.compile(r"__index_level_\d+__")
 _BAD_ID = re.compile(r"[/\\\x00-\x1f]|^\.{1,2}$|\.\.")
 
@@ -152,9 +149,17 @@ def _row_problems(df: pl.DataFrame, mask: pl.Expr, uri: str, column: str, messag
     return first, len(hit)
 
 
-def _size_expr(col: str) -> pl.Expr:
-    c = pl.col(col)
-    return c.is_not_null() & ((c % 8 != 0) | (c < SIZE_MIN) | (c > SIZE_MAX))
+def _breaks(value: pl.Expr, limit: Limit) -> pl.Expr:
+    """Where `value` is outside `limit` (the job spec's table: one rule for both)."""
+    bad = (value <= limit.lo) if limit.lo_open else (value < limit.lo)
+    if limit.hi is not None:
+        bad = bad | (value > limit.hi)
+    return bad | (value % limit.multiple != 0) if limit.multiple > 1 else bad
+
+
+def _outside(column: str, limit: str) -> pl.Expr:
+    """Rows whose `column` breaks LIMITS[limit]; a null falls back to the style or the job."""
+    return pl.col(column).is_not_null() & _breaks(pl.col(column), LIMITS[limit])
 
 
 def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
@@ -171,22 +176,20 @@ def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
         (~c("style").is_first_distinct() & c("style").is_not_null(), "style", "duplicate style name"),
         (c("prompt_template").is_not_null() & ~c("prompt_template").str.contains("{prompt}", literal=True),
          "prompt_template", "template must contain {prompt}"),
-        (c("steps").is_not_null() & ((c("steps") < 1) | (c("steps") > 1000)), "steps", "must be 1..1000"),
-        (c("guidance_scale").is_not_null() & (c("guidance_scale") < 0), "guidance_scale", "must be >= 0"),
-        (c("strength").is_not_null() & ((c("strength") <= 0) | (c("strength") > 1)), "strength",
-         "must be in (0, 1]"),
-        (_size_expr("width"), "width", f"must be a multiple of 8 in {SIZE_MIN}..{SIZE_MAX}"),
-        (_size_expr("height"), "height", f"must be a multiple of 8 in {SIZE_MIN}..{SIZE_MAX}"),
+        (_outside("steps", "steps"), "steps", f"must be {LIMITS['steps']}"),
+        (_outside("guidance_scale", "guidance_scale"), "guidance_scale", f"must be {LIMITS['guidance_scale']}"),
+        (_outside("strength", "strength"), "strength", f"must be {LIMITS['strength']}"),
+        (_outside("width", "size"), "width", f"must be {LIMITS['size']}"),
+        (_outside("height", "size"), "height", f"must be {LIMITS['size']}"),
         (c("seeds").is_not_null() & c("seeds").list.eval(
-            (pl.element() < 0) | pl.element().is_null()).list.any(), "seeds", f"seeds must be 0..{SEED_MAX}"),
-        (c("num_candidates").is_not_null() & ((c("num_candidates") < 1) | (c("num_candidates") > MAX_CANDIDATES)),
-         "num_candidates", f"must be 1..{MAX_CANDIDATES}"),
-        (c("keep").is_not_null() & (c("keep") < 1), "keep", "must be >= 1"),
+            _breaks(pl.element(), LIMITS["seed"]) | pl.element().is_null()).list.any(), "seeds",
+         f"seeds must be {LIMITS['seed']}"),
+        (_outside("num_candidates", "num_candidates"), "num_candidates", f"must be {LIMITS['num_candidates']}"),
+        (_outside("keep", "keep"), "keep", f"must be {LIMITS['keep']}"),
         (c("model").is_not_null(), "model", "per-style models are not supported yet: run one job per model"),
         (c("lora").is_not_null() & ~c("lora").str.ends_with(".safetensors"), "lora",
          "a LoRA must be a .safetensors file (pickle weights are never loaded)"),
-        (c("lora_scale").is_not_null() & ((c("lora_scale") < 0) | (c("lora_scale") > 4)), "lora_scale",
-         "must be 0..4"),
+        (_outside("lora_scale", "lora_scale"), "lora_scale", f"must be {LIMITS['lora_scale']}"),
     ]
     found, total = _collect(df, checks, uri, id_col="style")
     if total:
@@ -258,14 +261,12 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
          f"prompt longer than {cfg.job.max_prompt_chars} characters ([job].max_prompt_chars)"),
         (c("style").is_not_null() & ~c("style").is_in(known_styles), "style",
          "unknown style" + ("" if known_styles else " (the job has no styles table)")),
-        (c("seed").is_not_null() & (c("seed") < 0), "seed", f"seed must be 0..{SEED_MAX}"),
-        (c("num_candidates").is_not_null() & ((c("num_candidates") < 1) | (c("num_candidates") > MAX_CANDIDATES)),
-         "num_candidates", f"must be 1..{MAX_CANDIDATES}"),
-        (c("keep").is_not_null() & (c("keep") < 1), "keep", "must be >= 1"),
-        (_size_expr("width"), "width", f"must be a multiple of 8 in {SIZE_MIN}..{SIZE_MAX}"),
-        (_size_expr("height"), "height", f"must be a multiple of 8 in {SIZE_MIN}..{SIZE_MAX}"),
-        (c("strength").is_not_null() & ((c("strength") <= 0) | (c("strength") > 1)), "strength",
-         "must be in (0, 1]"),
+        (_outside("seed", "seed"), "seed", f"seed must be {LIMITS['seed']}"),
+        (_outside("num_candidates", "num_candidates"), "num_candidates", f"must be {LIMITS['num_candidates']}"),
+        (_outside("keep", "keep"), "keep", f"must be {LIMITS['keep']}"),
+        (_outside("width", "size"), "width", f"must be {LIMITS['size']}"),
+        (_outside("height", "size"), "height", f"must be {LIMITS['size']}"),
+        (_outside("strength", "strength"), "strength", f"must be {LIMITS['strength']}"),
         (c("mask").is_not_null() & c("product_image").is_null(), "mask", "a mask needs a product_image"),
     ]
     found, total = _collect(df, checks, uri)

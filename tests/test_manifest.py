@@ -173,3 +173,42 @@ def test_style_loras_must_be_safetensors_files_that_exist(tmp_path):
     styles["lora"][0], styles["lora_scale"][2] = None, 1.0
     err = problems_of(tmp_path / "job", {"id": ["x"], "prompt": ["y"]}, styles=styles)
     assert [(p.id, p.column) for p in err.problems] == [("b", "lora")] and "file not found" in str(err)
+
+
+@pytest.mark.parametrize("section, key, table, value, ok", [
+    ("generate", "width", "manifest", 16, False),
+    ("generate", "width", "manifest", 32, True),  # the smallest size: the tiny test models run at 32..64 px
+    ("generate", "height", "manifest", 4096, True),
+    ("generate", "height", "manifest", 4104, False),
+    ("generate", "width", "manifest", 36, False),
+    ("job", "num_candidates", "manifest", 64, True),
+    ("job", "num_candidates", "manifest", 65, False),
+    ("job", "seed", "manifest", -1, False),
+    ("generate", "steps", "styles", 1000, True),
+    ("generate", "steps", "styles", 1001, False),
+    ("generate", "guidance_scale", "styles", 100.0, True),
+    ("generate", "guidance_scale", "styles", 750.0, False),  # 7.5 mistyped
+    ("generate", "strength", "styles", 0.0, False),
+    ("generate", "strength", "styles", 1.0, True),
+])
+def test_job_spec_manifest_and_styles_share_one_table_of_limits(tmp_path, section, key, table, value, ok):
+    """A value the job spec admits, the manifest and styles admit too, and the reverse."""
+    rows = {"id": ["a"], "prompt": ["x"]}
+    as_job = {"extra": f"[generate]\n{key} = {value}\n"} if section == "generate" else {key: value}
+    verdicts = [_passes(lambda: job(tmp_path / "spec", rows, **as_job))]
+    if table == "manifest":
+        verdicts.append(_passes(lambda: load_inputs(job(tmp_path / "rows", {**rows, key: [value]}))))
+    else:
+        styles = {"style": ["s"], key: [value]}
+        verdicts.append(_passes(lambda: load_inputs(job(tmp_path / "styles", rows, styles=styles))))
+    assert verdicts == [ok, ok]
+
+
+def _passes(load) -> bool:
+    from pipeline.config import ConfigError
+
+    try:
+        load()
+    except (ConfigError, ManifestError):
+        return False
+    return True
