@@ -201,6 +201,13 @@ _PATH_KEYS = {
 }
 
 
+def show(value: Any, limit: int = 40) -> str:
+    """A value as an error message quotes it: its repr, shortened, so a message names the value
+    without pasting a whole prompt."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def suggest(name: str, known: list[str], show=repr, limit: int = 12) -> str:
     """'did you mean X?' for the nearest known name, else the known names (at most `limit`), so
     an error says what is allowed, not only what is wrong."""
@@ -231,23 +238,23 @@ def _coerce(where: str, value: Any, annotation: str) -> Any:
     base = annotation.replace(" | None", "")
     if base == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {show(value)}")
         return value
     if base == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {show(value)}")
         return value
     if base == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {show(value)}")
         return float(value)
     if base == "str":
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {show(value)}")
         return value
     if base.startswith("tuple[str"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+            raise ConfigError(f"{where}: expected a list of strings, got {show(value)}")
         return tuple(value)
     raise AssertionError(f"unhandled annotation {annotation}")
 
@@ -289,7 +296,7 @@ def _check_ranges(cfg: JobConfig) -> None:
     src = cfg.source
     for key, value, limit in _limited(cfg):
         if not limit.allows(value):
-            raise ConfigError(f"{src}: {key} must be {limit}, got {value!r}")
+            raise ConfigError(f"{src}: {key} must be {limit}, got {show(value)}")
     checks = [
         (1 <= cfg.job.keep <= cfg.job.num_candidates, "[job].keep must be 1..num_candidates"),
         (0.0 <= cfg.job.max_failed_fraction <= 1.0, "[job].max_failed_fraction must be 0..1"),
