@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,22 @@ LIMITS = {
     "strength": Limit(0, 1, lo_open=True),
     "guidance_scale": Limit(0, 100),  # CFG past ~30 only saturates; 100 catches 750 typed for 7.5
     "lora_scale": Limit(0, 4),
+    "clip_threshold": Limit(0, 100),  # a CLIP score is 100 * max(cos, 0) (score.py)
+    "unsafe_threshold": Limit(0, 1),  # unsafe scores are probabilities (moderate.py)
+    # the job spec's own keys
+    "fraction": Limit(0, 1),
+    "at_least_one": Limit(1),
+    "png_compress_level": Limit(0, 9),
+    "quality": Limit(1, 100),
+    "resources": Limit(0, lo_open=True),  # Ray GPUs / CPUs per actor: the runner divides by them
+    "count": Limit(0),  # actors and threads; 0 = sized from the cluster
 }
+CHOICES = {
+    "format": ("png", "jpeg", "webp"),
+    "mode": ("demo", "files"),
+    "dtype": ("auto", "float32", "float16", "bfloat16"),
+}
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class ConfigError(ValueError):
@@ -94,7 +111,7 @@ class ModelsSection:
     unsafe_labels: tuple[str, ...] = ("nsfw",)
     # Optional transformers text classifier for prompt moderation.
     prompt_classifier: str | None = None
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     # Throughput options, mostly for GPUs (see bench/RESULTS.md); off by default.
     channels_last: bool = False
@@ -279,42 +296,56 @@ def _build_section(name: str, raw: Any, base: Path, source: str) -> Any:
 
 
 def _limited(cfg: JobConfig) -> list[tuple[str, Any, Limit]]:
-    """(key, value, limit) of every job-spec key that the shared table of limits bounds."""
-    g = cfg.generate
+    """(key, value, limit) of every job-spec key that the table of limits bounds."""
+    j, g, f, o, c = cfg.job, cfg.generate, cfg.filter, cfg.output, cfg.cluster
     return [
-        ("[job].seed", cfg.job.seed, LIMITS["seed"]),
-        ("[job].num_candidates", cfg.job.num_candidates, LIMITS["num_candidates"]),
+        ("[job].seed", j.seed, LIMITS["seed"]),
+        ("[job].num_candidates", j.num_candidates, LIMITS["num_candidates"]),
+        ("[job].max_failed_fraction", j.max_failed_fraction, LIMITS["fraction"]),
+        ("[job].max_prompt_chars", j.max_prompt_chars, LIMITS["at_least_one"]),
         ("[generate].steps", g.steps, LIMITS["steps"]),
         ("[generate].guidance_scale", g.guidance_scale, LIMITS["guidance_scale"]),
         ("[generate].strength", g.strength, LIMITS["strength"]),
         ("[generate].width", g.width, LIMITS["size"]),
         ("[generate].height", g.height, LIMITS["size"]),
+        ("[generate].batch_size", g.batch_size, LIMITS["at_least_one"]),
+        ("[filter].clip_threshold", f.clip_threshold, LIMITS["clip_threshold"]),
+        ("[filter].image_unsafe_threshold", f.image_unsafe_threshold, LIMITS["unsafe_threshold"]),
+        ("[filter].prompt_unsafe_threshold", f.prompt_unsafe_threshold, LIMITS["unsafe_threshold"]),
+        ("[output].png_compress_level", o.png_compress_level, LIMITS["png_compress_level"]),
+        ("[output].jpeg_quality", o.jpeg_quality, LIMITS["quality"]),
+        ("[output].webp_quality", o.webp_quality, LIMITS["quality"]),
+        ("[output].shard_rows", o.shard_rows, LIMITS["at_least_one"]),
+        ("[cluster].gpus_per_actor", c.gpus_per_actor, LIMITS["resources"]),
+        ("[cluster].cpus_per_actor", c.cpus_per_actor, LIMITS["resources"]),
+        ("[cluster].cpus_per_writer", c.cpus_per_writer, LIMITS["resources"]),
+        ("[cluster].generate_actors", c.generate_actors, LIMITS["count"]),
+        ("[cluster].write_actors", c.write_actors, LIMITS["count"]),
+        ("[cluster].torch_threads", c.torch_threads, LIMITS["count"]),
     ]
+
+
+def _value_problems(cfg: JobConfig) -> Iterator[str]:
+    """What is wrong with the values, each naming the key, the value and what is allowed."""
+    for key, value, limit in _limited(cfg):
+        if not limit.allows(value):
+            yield f"{key} must be {limit}, got {show(value)}"
+    for key, value, allowed in (("[output].format", cfg.output.format, CHOICES["format"]),
+                                ("[signer].mode", cfg.signer.mode, CHOICES["mode"]),
+                                ("[models].dtype", cfg.models.dtype, CHOICES["dtype"])):
+        if value not in allowed:
+            yield f"{key} must be one of {', '.join(allowed)}, got {show(value)}"
+    if not DEVICE.fullmatch(cfg.models.device):
+        yield f"[models].device must be auto, cpu, mps, cuda or cuda:N, got {show(cfg.models.device)}"
+    if not 1 <= cfg.job.keep <= cfg.job.num_candidates:
+        yield f"[job].keep must be 1..num_candidates ({cfg.job.num_candidates}), got {cfg.job.keep}"
 
 
 def _check_ranges(cfg: JobConfig) -> None:
     src = cfg.source
-    for key, value, limit in _limited(cfg):
-        if not limit.allows(value):
-            raise ConfigError(f"{src}: {key} must be {limit}, got {show(value)}")
-    checks = [
-        (1 <= cfg.job.keep <= cfg.job.num_candidates, "[job].keep must be 1..num_candidates"),
-        (0.0 <= cfg.job.max_failed_fraction <= 1.0, "[job].max_failed_fraction must be 0..1"),
-        (cfg.generate.batch_size >= 1, "[generate].batch_size must be >= 1"),
-        (cfg.output.format in ("png", "jpeg", "webp"), "[output].format: png, jpeg or webp"),
-        (0 <= cfg.output.png_compress_level <= 9, "[output].png_compress_level must be 0..9"),
-        (1 <= cfg.output.jpeg_quality <= 100, "[output].jpeg_quality must be 1..100"),
-        (1 <= cfg.output.webp_quality <= 100, "[output].webp_quality must be 1..100"),
-        (cfg.output.shard_rows >= 1, "[output].shard_rows must be >= 1"),
-        (cfg.signer.mode in ("demo", "files"), "[signer].mode: demo or files"),
-        (cfg.models.dtype in ("auto", "float32", "float16", "bfloat16"),
-         "[models].dtype: auto, float32, float16 or bfloat16"),
-        (cfg.cluster.gpus_per_actor >= 0 and cfg.cluster.cpus_per_actor > 0,
-         "[cluster] actor resources must be positive"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"{src}: {message}")
+    problem = next(_value_problems(cfg), None)
+    if problem:
+        raise ConfigError(f"{src}: {problem}")
     if not cfg.job.manifest:
         raise ConfigError(f"{src}: [job].manifest is required (or pass --manifest)")
     if cfg.signer.mode == "files":

@@ -193,7 +193,7 @@ def _style_checks() -> list[Check]:
               "prompt_template", "template must contain {prompt}"),
         *_limit_checks(("steps", "steps"), ("guidance_scale", "guidance_scale"), ("strength", "strength"),
                        ("width", "size"), ("height", "size"), ("num_candidates", "num_candidates"),
-                       ("keep", "keep"), ("lora_scale", "lora_scale")),
+                       ("keep", "keep"), ("lora_scale", "lora_scale"), ("clip_threshold", "clip_threshold")),
         Check(c("seeds").is_not_null() & c("seeds").list.eval(
             _breaks(pl.element(), LIMITS["seed"]) | pl.element().is_null()).list.any(), "seeds",
             f"seeds must be {LIMITS['seed']}"),

@@ -1,6 +1,7 @@
 """The job spec: relative paths, overrides, and errors that name the key."""
 
 import pytest
+import tomllib
 
 from pipeline.config import ConfigError, load_job
 
@@ -51,6 +52,41 @@ def test_bad_specs_name_the_key(tmp_path, text, needle):
         load_job(write(tmp_path, text))
     assert needle in str(e.value)
     assert str(tmp_path / "job.toml") in str(e.value)
+
+
+@pytest.mark.parametrize("section, key, value, needle", [
+    ("cluster", "gpus_per_actor", "0", "[cluster].gpus_per_actor must be > 0, got 0.0"),  # runner divides by it
+    ("cluster", "cpus_per_actor", "0", "[cluster].cpus_per_actor must be > 0, got 0.0"),
+    ("cluster", "cpus_per_writer", "-0.5", "[cluster].cpus_per_writer must be > 0, got -0.5"),
+    ("cluster", "generate_actors", "-1", "[cluster].generate_actors must be >= 0, got -1"),
+    ("cluster", "write_actors", "-2", "[cluster].write_actors must be >= 0, got -2"),
+    ("cluster", "torch_threads", "-1", "[cluster].torch_threads must be >= 0, got -1"),
+    ("filter", "clip_threshold", "150", "[filter].clip_threshold must be 0..100, got 150.0"),
+    ("filter", "image_unsafe_threshold", "1.5", "[filter].image_unsafe_threshold must be 0..1, got 1.5"),
+    ("filter", "prompt_unsafe_threshold", "-0.1", "[filter].prompt_unsafe_threshold must be 0..1, got -0.1"),
+    ("models", "device", '"gpu"', "[models].device must be auto, cpu, mps, cuda or cuda:N, got 'gpu'"),
+    ("models", "device", '"cuda:x"', "got 'cuda:x'"),
+    ("models", "dtype", '"fp16"', "[models].dtype must be one of auto, float32, float16, bfloat16, got 'fp16'"),
+    ("output", "format", '"gif"', "[output].format must be one of png, jpeg, webp, got 'gif'"),
+    ("output", "jpeg_quality", "0", "[output].jpeg_quality must be 1..100, got 0"),
+    ("job", "max_failed_fraction", "1.5", "[job].max_failed_fraction must be 0..1, got 1.5"),
+    ("job", "keep", "3", "[job].keep must be 1..num_candidates (1), got 3"),
+])
+def test_out_of_range_values_are_named_with_what_is_allowed(tmp_path, section, key, value, needle):
+    text = '[job]\nmanifest = "m"\n' + (f"{key} = {value}\n" if section == "job" else f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError) as e:
+        load_job(write(tmp_path, text))
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("models", "device", '"cuda:1"'), ("models", "device", '"mps"'), ("models", "device", '"cpu"'),
+    ("filter", "image_unsafe_threshold", "1.0"), ("filter", "prompt_unsafe_threshold", "0"),
+    ("filter", "clip_threshold", "100"), ("cluster", "gpus_per_actor", "0.25"), ("cluster", "torch_threads", "0"),
+])
+def test_edge_values_are_accepted(tmp_path, section, key, value):
+    cfg = load_job(write(tmp_path, f'[job]\nmanifest = "m"\n[{section}]\n{key} = {value}\n'))
+    assert getattr(getattr(cfg, section), key) == tomllib.loads(f"v = {value}")["v"]
 
 
 def test_missing_job_file(tmp_path):

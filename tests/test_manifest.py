@@ -250,6 +250,7 @@ def test_row_problems_name_the_offending_value(tmp_path, rows, column, needle):
     ({"style": ["a"], "prompt_template": ["no placeholder"]}, "prompt_template", "got 'no placeholder'"),
     ({"style": ["a"], "lora": ["old.bin"]}, "lora", "got 'old.bin'"),
     ({"style": ["a", "a"]}, "style", "duplicate style name 'a'"),
+    ({"style": ["a"], "clip_threshold": [150.0]}, "clip_threshold", "must be 0..100, got 150.0"),
 ])
 def test_style_problems_name_the_offending_value(tmp_path, styles, column, needle):
     err = problems_of(tmp_path, {"id": ["x"], "prompt": ["y"]}, styles=styles)
