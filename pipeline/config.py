@@ -1,7 +1,9 @@
 """The job spec: `jobs/*.toml` → frozen dataclasses, validated before any work starts.
 
 Relative paths in a job file resolve against the job file's own folder, so a job runs the
-same from any working directory. Every error names the key (`[section].key`) that is wrong.
+same from any working directory. A model spec counts as a path when it starts with `./`, `../`
+or `~`, or names something beside the job file; hub ids, `embedded:` names and URIs pass
+unchanged. Every error names the key (`[section].key`), the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -212,10 +214,23 @@ _PATH_KEYS = {
     ("job", "manifest"),
     ("job", "styles"),
     ("job", "output"),
+    ("job", "allowed_input_roots"),
     ("signer", "cert_chain"),
     ("signer", "private_key"),
     ("signer", "trust_anchors"),
 }
+# Keys holding a model spec: a local path, or a name that is not one (embedded:, a hub id, a tag).
+_MODEL_KEYS = {
+    ("models", "diffusion"),
+    ("models", "clip"),
+    ("models", "clip_pretrained"),
+    ("models", "moderation"),
+    ("models", "prompt_classifier"),
+}
+# Model specs whose rest is always a local path (a moderation head file, an open_clip folder).
+_PATH_PREFIXES = ("clip-head:", "local-dir:")
+# 'name:' before anything else (s3://, embedded:, hf-hub:); two letters at least, so not C:\.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 
 
 def show(value: Any, limit: int = 40) -> str:
@@ -245,6 +260,33 @@ def resolve_path(value: str, base: Path) -> str:
         return value
     p = Path(os.path.expanduser(value))
     return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def resolve_model(value: str, base: Path) -> str:
+    """A model spec with its local path resolved against `base`; names pass unchanged.
+
+    'org/name' may be a hub id or a folder, so a relative spec is a path when it says so ('./',
+    '../', '~') or when it exists under `base`; anything else (a hub id, an open_clip tag or
+    architecture) is left for the loader, as are embedded: names and URIs.
+    """
+    prefix = next((p for p in _PATH_PREFIXES if value.startswith(p)), None)
+    if prefix:
+        return prefix + resolve_path(value.removeprefix(prefix), base)
+    if _SCHEME.match(value):
+        return value
+    says_path = value.startswith(("./", "../", "~")) or value in (".", "..")
+    return resolve_path(value, base) if says_path or (base / value).exists() else value
+
+
+def _resolve(section: str, key: str, value: Any, base: Path) -> Any:
+    """A key's value with its paths resolved against `base` (one string or a list of them)."""
+    if isinstance(value, tuple):
+        return tuple(_resolve(section, key, v, base) for v in value)
+    if not isinstance(value, str):
+        return value
+    if (section, key) in _PATH_KEYS:
+        return resolve_path(value, base)
+    return resolve_model(value, base) if (section, key) in _MODEL_KEYS else value
 
 
 def _coerce(where: str, value: Any, annotation: str) -> Any:
@@ -288,10 +330,7 @@ def _build_section(name: str, raw: Any, base: Path, source: str) -> Any:
     values = {}
     for key, value in raw.items():
         where = f"{source}: [{name}].{key}"
-        value = _coerce(where, value, str(known[key].type))
-        if (name, key) in _PATH_KEYS and isinstance(value, str):
-            value = resolve_path(value, base)
-        values[key] = value
+        values[key] = _resolve(name, key, _coerce(where, value, str(known[key].type)), base)
     return cls(**values)
 
 
@@ -384,8 +423,6 @@ def load_job(path: str | os.PathLike, overrides: dict[tuple[str, str], Any] | No
     cwd = Path.cwd()
     for (section, key), value in (overrides or {}).items():
         if value is not None:
-            if (section, key) in _PATH_KEYS:
-                value = resolve_path(value, cwd)
-            cfg = cfg.replace(section, **{key: value})
+            cfg = cfg.replace(section, **{key: _resolve(section, key, value, cwd)})
     _check_ranges(cfg)
     return cfg

@@ -21,6 +21,39 @@ def test_relative_paths_resolve_against_the_job_file(tmp_path, monkeypatch):
     assert cfg.job.output == str(tmp_path / "jobs" / "out")
 
 
+def test_input_roots_resolve_against_the_job_file(tmp_path, monkeypatch):
+    (tmp_path / "jobs").mkdir()
+    p = write(tmp_path / "jobs", '[job]\nmanifest = "m"\nallowed_input_roots = ["../data", "/abs", "s3://bucket/in"]\n')
+    monkeypatch.chdir("/")
+    assert load_job(p).job.allowed_input_roots == (str(tmp_path / "data"), "/abs", "s3://bucket/in")
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("diffusion", "./sd", "{job}/sd"),  # ./ and ../ mark a local path, existing or not
+    ("diffusion", "../sd", "{root}/sd"),
+    ("diffusion", "models/sd", "{job}/models/sd"),  # exists beside the job file
+    ("diffusion", "org/name", "org/name"),  # a hub id: no such folder beside the job file
+    ("diffusion", "embedded:tiny-sd", "embedded:tiny-sd"),
+    ("diffusion", "s3://bucket/sd", "s3://bucket/sd"),
+    ("diffusion", "/abs/sd", "/abs/sd"),
+    ("clip_pretrained", "models/clip.safetensors", "{job}/models/clip.safetensors"),
+    ("clip_pretrained", "openai", "openai"),  # an open_clip tag
+    ("moderation", "clip-head:heads/h.safetensors", "clip-head:{job}/heads/h.safetensors"),  # always a path
+    ("moderation", "embedded:tiny-clip-head", "embedded:tiny-clip-head"),
+    ("moderation", "Falconsai/nsfw_image_detection", "Falconsai/nsfw_image_detection"),
+    ("prompt_classifier", "./clf", "{job}/clf"),
+    ("clip", "local-dir:./clip", "local-dir:{job}/clip"),
+    ("clip", "ViT-L-14", "ViT-L-14"),
+])
+def test_model_paths_resolve_against_the_job_file_and_hub_ids_pass(tmp_path, monkeypatch, key, value, expected):
+    folder = tmp_path / "jobs"
+    (folder / "models" / "sd").mkdir(parents=True)
+    (folder / "models" / "clip.safetensors").write_bytes(b"")
+    p = write(folder, f'[job]\nmanifest = "m"\n[models]\n{key} = "{value}"\n')
+    monkeypatch.chdir("/")
+    assert getattr(load_job(p).models, key) == expected.format(job=folder, root=tmp_path)
+
+
 def test_cli_overrides_resolve_against_the_working_directory(tmp_path, monkeypatch):
     p = write(tmp_path, '[job]\nmanifest = "m.parquet"\n')
     monkeypatch.chdir(tmp_path)
