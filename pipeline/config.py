@@ -12,12 +12,11 @@ import dataclasses
 import difflib
 import os
 import re
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 EMBEDDED_PREFIX = "embedded:"
 SEED_MAX = 2**63 - 1

@@ -1,7 +1,8 @@
 """The job spec: relative paths, overrides, and errors that name the key."""
 
-import pytest
 import tomllib
+
+import pytest
 
 from pipeline.config import ConfigError, load_job
 
@@ -131,3 +132,13 @@ def test_demo_job_loads():
     cfg = load_job("jobs/demo.toml")
     assert cfg.job.num_candidates >= cfg.job.keep
     assert cfg.models.diffusion.startswith("embedded:")
+
+
+def test_declared_python_provides_tomllib():
+    """config.py reads TOML with the standard library's tomllib, new in 3.11: the package and ruff
+    must not promise 3.10 (the stack we test on, transformers 5 and diffusers 0.42, needs 3.11 too)."""
+    from pathlib import Path
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert meta["project"]["requires-python"] == ">=3.11"
+    assert meta["tool"]["ruff"]["target-version"] == "py311"
