@@ -94,7 +94,7 @@ def _with_missing(df: pl.DataFrame, spec: dict[str, pa.DataType]) -> pl.DataFram
 @dataclass(frozen=True)
 class Check:
     """One vectorised rule: the rows where `bad` holds break it. `message` says how: a rule
-    ('width must be 32..4096') to which ', got <value>' is added, or a callable over the value
+    ('steps must be 1..1000') to which ', got <value>' is added, or a callable over the value
     for wording of its own. `value` is what the message quotes (default: the column)."""
 
     bad: pl.Expr
