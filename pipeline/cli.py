@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--out", help="write the plan as Parquet here (default: print a summary)")
     ver = sub.add_parser("verify", help="re-read every written image: C2PA manifest and sha256")
     ver.add_argument("output", help="output folder of a run")
-    ver.add_argument("--trust-anchors", help="PEM file of trusted CAs (default: the demo CA if present)")
+    ver.add_argument("--trust-anchors", help="PEM file of trusted CAs (default: the run's demo CA or its "
+                     "[signer].trust_anchors); a missing file is an error")
     rep = sub.add_parser("report", help="print the funnel and reasons of a run's results")
     rep.add_argument("output", help="output folder of a run")
     return ap

@@ -1,20 +1,82 @@
 """The job spec: `jobs/*.toml` → frozen dataclasses, validated before any work starts.
 
 Relative paths in a job file resolve against the job file's own folder, so a job runs the
-same from any working directory. Every error names the key (`[section].key`) that is wrong.
+same from any working directory. A model spec counts as a path when it starts with `./`, `../`
+or `~`, or names something beside the job file; hub ids, `embedded:` names and URIs pass
+unchanged. Every error names the key (`[section].key`), the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
+import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 EMBEDDED_PREFIX = "embedded:"
+SEED_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Limit:
+    """An allowed range. The rule and its wording live together, so the job spec, the manifest and
+    the styles table accept the same values and say so in the same words."""
+
+    lo: float
+    hi: float | None = None  # None: no upper bound
+    lo_open: bool = False  # (lo, hi] rather than [lo, hi]
+    multiple: int = 1
+
+    def allows(self, x: float) -> bool:
+        above = x > self.lo if self.lo_open else x >= self.lo
+        return above and (self.hi is None or x <= self.hi) and (self.multiple == 1 or x % self.multiple == 0)
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            text = f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        else:
+            text = f"in ({_num(self.lo)}, {_num(self.hi)}]" if self.lo_open else f"{_num(self.lo)}..{_num(self.hi)}"
+        return f"a multiple of {self.multiple} in {text}" if self.multiple > 1 else text
+
+
+def _num(x: float) -> str:
+    return "2^63-1" if x == SEED_MAX else f"{x:g}" if isinstance(x, float) else str(x)
+
+
+# One table of limits for the job spec, the manifest and the styles table.
+# Sizes: a multiple of 8 (the VAE of SD-class models downsamples by 8); 32 px is the smallest, since
+# the tests and the design's tiny real models run at 32..64 px (the demo at 64); below that the latent
+# is 1..3 cells, which no real model denoises into anything. 4096 bounds memory.
+LIMITS = {
+    "size": Limit(32, 4096, multiple=8),
+    "steps": Limit(1, 1000),
+    "num_candidates": Limit(1, 64),
+    "keep": Limit(1, 64),
+    "seed": Limit(0, SEED_MAX),
+    "strength": Limit(0, 1, lo_open=True),
+    "guidance_scale": Limit(0, 100),  # CFG past ~30 only saturates; 100 catches 750 typed for 7.5
+    "lora_scale": Limit(0, 4),
+    "clip_threshold": Limit(0, 100),  # a CLIP score is 100 * max(cos, 0) (score.py)
+    "unsafe_threshold": Limit(0, 1),  # unsafe scores are probabilities (moderate.py)
+    # the job spec's own keys
+    "fraction": Limit(0, 1),
+    "at_least_one": Limit(1),
+    "png_compress_level": Limit(0, 9),
+    "quality": Limit(1, 100),
+    "resources": Limit(0, lo_open=True),  # Ray GPUs / CPUs per actor: the runner divides by them
+    "count": Limit(0),  # actors and threads; 0 = sized from the cluster
+}
+CHOICES = {
+    "format": ("png", "jpeg", "webp"),
+    "mode": ("demo", "files"),
+    "dtype": ("auto", "float32", "float16", "bfloat16"),
+}
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class ConfigError(ValueError):
@@ -54,7 +116,7 @@ class ModelsSection:
     unsafe_labels: tuple[str, ...] = ("nsfw",)
     # Optional transformers text classifier for prompt moderation.
     prompt_classifier: str | None = None
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     # Throughput options, mostly for GPUs (see bench/RESULTS.md); off by default.
     channels_last: bool = False
@@ -158,10 +220,40 @@ _PATH_KEYS = {
     ("job", "manifest"),
     ("job", "styles"),
     ("job", "output"),
+    ("job", "allowed_input_roots"),
     ("signer", "cert_chain"),
     ("signer", "private_key"),
     ("signer", "trust_anchors"),
 }
+# Keys holding a model spec: a local path, or a name that is not one (embedded:, a hub id, a tag).
+_MODEL_KEYS = {
+    ("models", "diffusion"),
+    ("models", "clip"),
+    ("models", "clip_pretrained"),
+    ("models", "moderation"),
+    ("models", "prompt_classifier"),
+}
+# Model specs whose rest is always a local path (a moderation head file, an open_clip folder).
+_PATH_PREFIXES = ("clip-head:", "local-dir:")
+# 'name:' before anything else (s3://, embedded:, hf-hub:); two letters at least, so not C:\.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def show(value: Any, limit: int = 40) -> str:
+    """A value as an error message quotes it: its repr, shortened, so a message names the value
+    without pasting a whole prompt."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def suggest(name: str, known: list[str], show=repr, limit: int = 12) -> str:
+    """'did you mean X?' for the nearest known name, else the known names (at most `limit`), so
+    an error says what is allowed, not only what is wrong."""
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"did you mean {show(close[0])}?"
+    shown = ", ".join(show(k) for k in known[:limit])
+    return f"known: {shown}" + (f", ... ({len(known)} in all)" if len(known) > limit else "")
 
 
 def _is_local_path(value: str) -> bool:
@@ -176,6 +268,33 @@ def resolve_path(value: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
+def resolve_model(value: str, base: Path) -> str:
+    """A model spec with its local path resolved against `base`; names pass unchanged.
+
+    'org/name' may be a hub id or a folder, so a relative spec is a path when it says so ('./',
+    '../', '~') or when it exists under `base`; anything else (a hub id, an open_clip tag or
+    architecture) is left for the loader, as are embedded: names and URIs.
+    """
+    prefix = next((p for p in _PATH_PREFIXES if value.startswith(p)), None)
+    if prefix:
+        return prefix + resolve_path(value.removeprefix(prefix), base)
+    if _SCHEME.match(value):
+        return value
+    says_path = value.startswith(("./", "../", "~")) or value in (".", "..")
+    return resolve_path(value, base) if says_path or (base / value).exists() else value
+
+
+def _resolve(section: str, key: str, value: Any, base: Path) -> Any:
+    """A key's value with its paths resolved against `base` (one string or a list of them)."""
+    if isinstance(value, tuple):
+        return tuple(_resolve(section, key, v, base) for v in value)
+    if not isinstance(value, str):
+        return value
+    if (section, key) in _PATH_KEYS:
+        return resolve_path(value, base)
+    return resolve_model(value, base) if (section, key) in _MODEL_KEYS else value
+
+
 def _coerce(where: str, value: Any, annotation: str) -> Any:
     """Check one TOML value against the dataclass annotation (as a string)."""
     optional = "None" in annotation
@@ -184,23 +303,23 @@ def _coerce(where: str, value: Any, annotation: str) -> Any:
     base = annotation.replace(" | None", "")
     if base == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {show(value)}")
         return value
     if base == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {show(value)}")
         return value
     if base == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {show(value)}")
         return float(value)
     if base == "str":
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {show(value)}")
         return value
     if base.startswith("tuple[str"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+            raise ConfigError(f"{where}: expected a list of strings, got {show(value)}")
         return tuple(value)
     raise AssertionError(f"unhandled annotation {annotation}")
 
@@ -210,50 +329,69 @@ def _build_section(name: str, raw: Any, base: Path, source: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: [{name}] must be a table")
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
+    unknown = [k for k in raw if k not in known]
     if unknown:
-        raise ConfigError(
-            f"{source}: unknown key(s) in [{name}]: {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(known))})"
-        )
+        raise ConfigError("; ".join(f"{source}: unknown key {k!r} in [{name}] ({suggest(k, sorted(known))})"
+                                    for k in unknown))
     values = {}
     for key, value in raw.items():
         where = f"{source}: [{name}].{key}"
-        value = _coerce(where, value, str(known[key].type))
-        if (name, key) in _PATH_KEYS and isinstance(value, str):
-            value = resolve_path(value, base)
-        values[key] = value
+        values[key] = _resolve(name, key, _coerce(where, value, str(known[key].type)), base)
     return cls(**values)
+
+
+def _limited(cfg: JobConfig) -> list[tuple[str, Any, Limit]]:
+    """(key, value, limit) of every job-spec key that the table of limits bounds."""
+    j, g, f, o, c = cfg.job, cfg.generate, cfg.filter, cfg.output, cfg.cluster
+    return [
+        ("[job].seed", j.seed, LIMITS["seed"]),
+        ("[job].num_candidates", j.num_candidates, LIMITS["num_candidates"]),
+        ("[job].max_failed_fraction", j.max_failed_fraction, LIMITS["fraction"]),
+        ("[job].max_prompt_chars", j.max_prompt_chars, LIMITS["at_least_one"]),
+        ("[generate].steps", g.steps, LIMITS["steps"]),
+        ("[generate].guidance_scale", g.guidance_scale, LIMITS["guidance_scale"]),
+        ("[generate].strength", g.strength, LIMITS["strength"]),
+        ("[generate].inpaint_strength", g.inpaint_strength, LIMITS["strength"]),
+        ("[generate].width", g.width, LIMITS["size"]),
+        ("[generate].height", g.height, LIMITS["size"]),
+        ("[generate].batch_size", g.batch_size, LIMITS["at_least_one"]),
+        ("[filter].clip_threshold", f.clip_threshold, LIMITS["clip_threshold"]),
+        ("[filter].image_unsafe_threshold", f.image_unsafe_threshold, LIMITS["unsafe_threshold"]),
+        ("[filter].prompt_unsafe_threshold", f.prompt_unsafe_threshold, LIMITS["unsafe_threshold"]),
+        ("[output].png_compress_level", o.png_compress_level, LIMITS["png_compress_level"]),
+        ("[output].jpeg_quality", o.jpeg_quality, LIMITS["quality"]),
+        ("[output].webp_quality", o.webp_quality, LIMITS["quality"]),
+        ("[output].shard_rows", o.shard_rows, LIMITS["at_least_one"]),
+        ("[cluster].gpus_per_actor", c.gpus_per_actor, LIMITS["resources"]),
+        ("[cluster].cpus_per_actor", c.cpus_per_actor, LIMITS["resources"]),
+        ("[cluster].cpus_per_writer", c.cpus_per_writer, LIMITS["resources"]),
+        ("[cluster].generate_actors", c.generate_actors, LIMITS["count"]),
+        ("[cluster].write_actors", c.write_actors, LIMITS["count"]),
+        ("[cluster].torch_threads", c.torch_threads, LIMITS["count"]),
+    ]
+
+
+def _value_problems(cfg: JobConfig) -> Iterator[str]:
+    """What is wrong with the values, each naming the key, the value and what is allowed."""
+    for key, value, limit in _limited(cfg):
+        if not limit.allows(value):
+            yield f"{key} must be {limit}, got {show(value)}"
+    for key, value, allowed in (("[output].format", cfg.output.format, CHOICES["format"]),
+                                ("[signer].mode", cfg.signer.mode, CHOICES["mode"]),
+                                ("[models].dtype", cfg.models.dtype, CHOICES["dtype"])):
+        if value not in allowed:
+            yield f"{key} must be one of {', '.join(allowed)}, got {show(value)}"
+    if not DEVICE.fullmatch(cfg.models.device):
+        yield f"[models].device must be auto, cpu, mps, cuda or cuda:N, got {show(cfg.models.device)}"
+    if not 1 <= cfg.job.keep <= cfg.job.num_candidates:
+        yield f"[job].keep must be 1..num_candidates ({cfg.job.num_candidates}), got {cfg.job.keep}"
 
 
 def _check_ranges(cfg: JobConfig) -> None:
     src = cfg.source
-    checks = [
-        (cfg.job.num_candidates >= 1, "[job].num_candidates must be >= 1"),
-        (1 <= cfg.job.keep <= cfg.job.num_candidates, "[job].keep must be 1..num_candidates"),
-        (0.0 <= cfg.job.max_failed_fraction <= 1.0, "[job].max_failed_fraction must be 0..1"),
-        (0 <= cfg.job.seed < 2**63, "[job].seed must be 0..2^63-1"),
-        (1 <= cfg.generate.steps <= 1000, "[generate].steps must be 1..1000"),
-        (cfg.generate.guidance_scale >= 0, "[generate].guidance_scale must be >= 0"),
-        (0 < cfg.generate.strength <= 1, "[generate].strength must be in (0, 1]"),
-        (0 < cfg.generate.inpaint_strength <= 1, "[generate].inpaint_strength must be in (0, 1]"),
-        (cfg.generate.batch_size >= 1, "[generate].batch_size must be >= 1"),
-        (cfg.output.format in ("png", "jpeg", "webp"), "[output].format: png, jpeg or webp"),
-        (0 <= cfg.output.png_compress_level <= 9, "[output].png_compress_level must be 0..9"),
-        (1 <= cfg.output.jpeg_quality <= 100, "[output].jpeg_quality must be 1..100"),
-        (1 <= cfg.output.webp_quality <= 100, "[output].webp_quality must be 1..100"),
-        (cfg.output.shard_rows >= 1, "[output].shard_rows must be >= 1"),
-        (cfg.signer.mode in ("demo", "files"), "[signer].mode: demo or files"),
-        (cfg.models.dtype in ("auto", "float32", "float16", "bfloat16"),
-         "[models].dtype: auto, float32, float16 or bfloat16"),
-        (cfg.cluster.gpus_per_actor >= 0 and cfg.cluster.cpus_per_actor > 0,
-         "[cluster] actor resources must be positive"),
-    ]
-    for w, h in ((cfg.generate.width, "width"), (cfg.generate.height, "height")):
-        checks.append((w % 8 == 0 and 8 <= w <= 4096, f"[generate].{h} must be a multiple of 8 in 8..4096"))
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"{src}: {message}")
+    problem = next(_value_problems(cfg), None)
+    if problem:
+        raise ConfigError(f"{src}: {problem}")
     if not cfg.job.manifest:
         raise ConfigError(f"{src}: [job].manifest is required (or pass --manifest)")
     if cfg.signer.mode == "files":
@@ -270,11 +408,10 @@ def _check_ranges(cfg: JobConfig) -> None:
 
 
 def parse_job(data: dict[str, Any], *, base: Path, source: str) -> JobConfig:
-    unknown = sorted(set(data) - set(_SECTIONS))
+    unknown = [s for s in data if s not in _SECTIONS]
     if unknown:
-        raise ConfigError(
-            f"{source}: unknown section(s): {', '.join(unknown)} (known: {', '.join(_SECTIONS)})"
-        )
+        raise ConfigError("; ".join(f"{source}: unknown section [{s}] ({suggest(s, list(_SECTIONS), '[{}]'.format)})"
+                                    for s in unknown))
     sections = {name: _build_section(name, raw, base, source) for name, raw in data.items()}
     return JobConfig(**sections, source=source)
 
@@ -293,8 +430,6 @@ def load_job(path: str | os.PathLike, overrides: dict[tuple[str, str], Any] | No
     cwd = Path.cwd()
     for (section, key), value in (overrides or {}).items():
         if value is not None:
-            if (section, key) in _PATH_KEYS:
-                value = resolve_path(value, cwd)
-            cfg = cfg.replace(section, **{key: value})
+            cfg = cfg.replace(section, **{key: _resolve(section, key, value, cwd)})
     _check_ranges(cfg)
     return cfg

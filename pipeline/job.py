@@ -174,7 +174,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
         # 1. everything that can reject the job, before any model loads and before --fresh
         inputs = select_rows(load_inputs(cfg), rows)
         plan = build_plan(inputs, cfg)
-        Signer.from_section(cfg.signer, out).self_test()
+        Signer.from_section(cfg.signer, out).self_test(cfg.output.format)
         if fresh:
             clear_results(out)
         elif rows and (others := results.ShardStore(out).ids() - set(rows)):

@@ -1,4 +1,4 @@
-"""Read and validate manifests and styles tables; every problem names file, row, id and column.
+"""Read and validate manifests and styles tables; every problem names file, row, id, column and value.
 
 Checks are vectorised (polars), so a million-row manifest validates in seconds, and all
 problems are reported at once (capped), not one per run.
@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
 from pipeline import schema, uris
-from pipeline.config import JobConfig
+from pipeline.config import LIMITS, JobConfig, Limit, show, suggest
 
 MAX_REPORTED = 50
 MAX_ID_CHARS = 200
-MAX_CANDIDATES = 64
-SIZE_MIN, SIZE_MAX = 64, 4096
-SEED_MAX = 2**63 - 1
 _PANDAS_INDEX = re.compile(r"__index_level_\d+__")
 _BAD_ID = re.compile(r"[/\\\x00-\x1f]|^\.{1,2}$|\.\.")
 
@@ -49,7 +48,7 @@ class Problem:
     def __str__(self) -> str:
         where = [self.file]
         if self.row is not None:
-            where.append(f"row {self.row}" + (f" (id {self.id!r})" if self.id is not None else ""))
+            where.append(f"row {self.row}" + (f" (id {show(self.id)})" if self.id is not None else ""))
         if self.column:
             where.append(f"column {self.column!r}")
         return ": ".join([", ".join(where), self.message])
@@ -105,13 +104,29 @@ def _with_missing(df: pl.DataFrame, spec: dict[str, pa.DataType]) -> pl.DataFram
     return df.with_columns(missing) if missing else df
 
 
-def _collect(df: pl.DataFrame, checks: list[tuple[pl.Expr, str, str]], uri: str,
-             id_col: str = "id") -> tuple[list[Problem], int]:
-    """Every (mask, column, message) check over the frame: (first problems, total count)."""
+@dataclass(frozen=True)
+class Check:
+    """One vectorised rule: the rows where `bad` holds break it. `message` says how: a rule
+    ('steps must be 1..1000') to which ', got <value>' is added, or a callable over the value
+    for wording of its own. `value` is what the message quotes (default: the column)."""
+
+    bad: pl.Expr
+    column: str
+    message: str | Callable[[Any], str]
+    value: pl.Expr | None = None
+
+    def explain(self, value: Any) -> str:
+        if callable(self.message):
+            return self.message(value)
+        return self.message if value is None else f"{self.message}, got {show(value)}"
+
+
+def _collect(df: pl.DataFrame, checks: list[Check], uri: str, id_col: str = "id") -> tuple[list[Problem], int]:
+    """Every check over the frame: (first problems, total count)."""
     found: list[Problem] = []
     total = 0
-    for mask, column, message in checks:
-        first, n = _row_problems(df, mask, uri, column, message, id_col)
+    for check in checks:
+        first, n = _row_problems(df, check, uri, id_col)
         found += first
         total += n
     return found, total
@@ -155,19 +170,51 @@ def _typed(df: pl.DataFrame, spec: dict[str, pa.DataType], uri: str, required: d
     return df, problems
 
 
-def _row_problems(df: pl.DataFrame, mask: pl.Expr, uri: str, column: str, message: str,
-                  id_col: str = "id") -> tuple[list[Problem], int]:
-    """Problems for the rows where `mask` holds; returns (first few, total count)."""
-    hit = df.filter(mask)
-    ids = hit[id_col] if id_col in hit.columns else pl.Series([None] * len(hit))
-    first = [Problem(uri, message, row=int(r), id=i, column=column)
-             for r, i in zip(hit["__row"][:MAX_REPORTED], ids[:MAX_REPORTED], strict=True)]
-    return first, len(hit)
+def _row_problems(df: pl.DataFrame, check: Check, uri: str, id_col: str = "id") -> tuple[list[Problem], int]:
+    """Problems for the rows that break `check`; returns (first few, total count). Only the
+    reported rows' values are read, so a million bad rows cost one filter."""
+    hit = df.filter(check.bad)
+    first = hit.head(MAX_REPORTED).select(
+        "__row",
+        (pl.col(id_col) if id_col in hit.columns else pl.lit(None)).alias("__id"),
+        (pl.col(check.column) if check.value is None else check.value).alias("__value"))
+    return [Problem(uri, check.explain(v), row=int(r), id=i, column=check.column)
+            for r, i, v in first.iter_rows()], len(hit)
 
 
-def _size_expr(col: str) -> pl.Expr:
-    c = pl.col(col)
-    return c.is_not_null() & ((c % 8 != 0) | (c < SIZE_MIN) | (c > SIZE_MAX))
+def _breaks(value: pl.Expr, limit: Limit) -> pl.Expr:
+    """Where `value` is outside `limit` (the job spec's table: one rule for both)."""
+    bad = (value <= limit.lo) if limit.lo_open else (value < limit.lo)
+    if limit.hi is not None:
+        bad = bad | (value > limit.hi)
+    return bad | (value % limit.multiple != 0) if limit.multiple > 1 else bad
+
+
+def _limit_checks(*pairs: tuple[str, str]) -> list[Check]:
+    """(column, LIMITS key) → a check each; a null falls back to the style or the job."""
+    return [Check(pl.col(column).is_not_null() & _breaks(pl.col(column), LIMITS[limit]), column,
+                  f"{column} must be {LIMITS[limit]}") for column, limit in pairs]
+
+
+def _style_checks() -> list[Check]:
+    c = pl.col
+    return [
+        Check(c("style").is_null() | (c("style").str.strip_chars() == ""), "style", "empty style name"),
+        Check(~c("style").is_first_distinct() & c("style").is_not_null(), "style",
+              lambda v: f"duplicate style name {show(v)}"),
+        Check(c("prompt_template").is_not_null() & ~c("prompt_template").str.contains("{prompt}", literal=True),
+              "prompt_template", "template must contain {prompt}"),
+        *_limit_checks(("steps", "steps"), ("guidance_scale", "guidance_scale"), ("strength", "strength"),
+                       ("width", "size"), ("height", "size"), ("num_candidates", "num_candidates"),
+                       ("keep", "keep"), ("lora_scale", "lora_scale"), ("clip_threshold", "clip_threshold")),
+        Check(c("seeds").is_not_null() & c("seeds").list.eval(
+            _breaks(pl.element(), LIMITS["seed"]) | pl.element().is_null()).list.any(), "seeds",
+            f"seeds must be {LIMITS['seed']}"),
+        Check(c("model").is_not_null(), "model",
+              lambda v: f"model {show(v)}: per-style models are not supported yet; run one job per model"),
+        Check(c("lora").is_not_null() & ~c("lora").str.ends_with(".safetensors"), "lora",
+              "a LoRA must be a .safetensors file (pickle weights are never loaded)"),
+    ]
 
 
 def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
@@ -178,33 +225,32 @@ def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
     if problems:
         raise ManifestError(problems)
     df = _with_missing(df.with_row_index("__row"), schema.STYLES_COLUMNS)
-    c = pl.col
-    checks = [
-        (c("style").is_null() | (c("style").str.strip_chars() == ""), "style", "empty style name"),
-        (~c("style").is_first_distinct() & c("style").is_not_null(), "style", "duplicate style name"),
-        (c("prompt_template").is_not_null() & ~c("prompt_template").str.contains("{prompt}", literal=True),
-         "prompt_template", "template must contain {prompt}"),
-        (c("steps").is_not_null() & ((c("steps") < 1) | (c("steps") > 1000)), "steps", "must be 1..1000"),
-        (c("guidance_scale").is_not_null() & (c("guidance_scale") < 0), "guidance_scale", "must be >= 0"),
-        (c("strength").is_not_null() & ((c("strength") <= 0) | (c("strength") > 1)), "strength",
-         "must be in (0, 1]"),
-        (_size_expr("width"), "width", f"must be a multiple of 8 in {SIZE_MIN}..{SIZE_MAX}"),
-        (_size_expr("height"), "height", f"must be a multiple of 8 in {SIZE_MIN}..{SIZE_MAX}"),
-        (c("seeds").is_not_null() & c("seeds").list.eval(
-            (pl.element() < 0) | pl.element().is_null()).list.any(), "seeds", f"seeds must be 0..{SEED_MAX}"),
-        (c("num_candidates").is_not_null() & ((c("num_candidates") < 1) | (c("num_candidates") > MAX_CANDIDATES)),
-         "num_candidates", f"must be 1..{MAX_CANDIDATES}"),
-        (c("keep").is_not_null() & (c("keep") < 1), "keep", "must be >= 1"),
-        (c("model").is_not_null(), "model", "per-style models are not supported yet: run one job per model"),
-        (c("lora").is_not_null() & ~c("lora").str.ends_with(".safetensors"), "lora",
-         "a LoRA must be a .safetensors file (pickle weights are never loaded)"),
-        (c("lora_scale").is_not_null() & ((c("lora_scale") < 0) | (c("lora_scale") > 4)), "lora_scale",
-         "must be 0..4"),
-    ]
-    found, total = _collect(df, checks, uri, id_col="style")
+    found, total = _collect(df, _style_checks(), uri, id_col="style")
     if total:
         raise ManifestError(found, total)
     return df
+
+
+def _manifest_checks(cfg: JobConfig, known_styles: list[str]) -> list[Check]:
+    c = pl.col
+    most = cfg.job.max_prompt_chars
+    return [
+        Check(c("id").is_null() | (c("id").str.strip_chars() == ""), "id", "empty id"),
+        Check(~c("id").is_first_distinct() & c("id").is_not_null(), "id",
+              lambda v: f"duplicate id {show(v)} (an earlier row has it)"),
+        Check(c("id").str.contains(_BAD_ID.pattern) | (c("id").str.len_chars() > MAX_ID_CHARS), "id",
+              f"ids may not contain path separators, '..' or control characters, nor exceed {MAX_ID_CHARS} chars"),
+        Check(c("prompt").is_null() | (c("prompt").str.strip_chars() == ""), "prompt", "empty prompt"),
+        Check(c("prompt").str.len_chars() > most, "prompt",
+              lambda n: f"prompt of {n} characters is longer than {most} ([job].max_prompt_chars)",
+              c("prompt").str.len_chars()),
+        Check(c("style").is_not_null() & ~c("style").is_in(known_styles), "style",
+              lambda v: f"unknown style {show(v)} "
+                        f"({suggest(v, known_styles) if known_styles else 'the job has no styles table'})"),
+        *_limit_checks(("seed", "seed"), ("num_candidates", "num_candidates"), ("keep", "keep"),
+                       ("width", "size"), ("height", "size"), ("strength", "strength")),
+        Check(c("mask").is_not_null() & c("product_image").is_null(), "mask", "a mask needs a product_image"),
+    ]
 
 
 def _inspect_image(uri: str) -> InputFile:
@@ -279,35 +325,15 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
         raise ManifestError([Problem(uri, "the manifest has no rows")])
     df = _with_missing(df.with_row_index("__row"), schema.MANIFEST_OPTIONAL)
     c = pl.col
-    known_styles = styles["style"].drop_nulls().to_list()
-    checks = [
-        (c("id").is_null() | (c("id").str.strip_chars() == ""), "id", "empty id"),
-        (~c("id").is_first_distinct() & c("id").is_not_null(), "id", "duplicate id (an earlier row has it)"),
-        (c("id").str.contains(_BAD_ID.pattern) | (c("id").str.len_chars() > MAX_ID_CHARS), "id",
-         f"ids may not contain path separators, '..' or control characters, nor exceed {MAX_ID_CHARS} chars"),
-        (c("prompt").is_null() | (c("prompt").str.strip_chars() == ""), "prompt", "empty prompt"),
-        (c("prompt").str.len_chars() > cfg.job.max_prompt_chars, "prompt",
-         f"prompt longer than {cfg.job.max_prompt_chars} characters ([job].max_prompt_chars)"),
-        (c("style").is_not_null() & ~c("style").is_in(known_styles), "style",
-         "unknown style" + ("" if known_styles else " (the job has no styles table)")),
-        (c("seed").is_not_null() & (c("seed") < 0), "seed", f"seed must be 0..{SEED_MAX}"),
-        (c("num_candidates").is_not_null() & ((c("num_candidates") < 1) | (c("num_candidates") > MAX_CANDIDATES)),
-         "num_candidates", f"must be 1..{MAX_CANDIDATES}"),
-        (c("keep").is_not_null() & (c("keep") < 1), "keep", "must be >= 1"),
-        (_size_expr("width"), "width", f"must be a multiple of 8 in {SIZE_MIN}..{SIZE_MAX}"),
-        (_size_expr("height"), "height", f"must be a multiple of 8 in {SIZE_MIN}..{SIZE_MAX}"),
-        (c("strength").is_not_null() & ((c("strength") <= 0) | (c("strength") > 1)), "strength",
-         "must be in (0, 1]"),
-        (c("mask").is_not_null() & c("product_image").is_null(), "mask", "a mask needs a product_image"),
-    ]
-    found, total = _collect(df, checks, uri)
+    found, total = _collect(df, _manifest_checks(cfg, styles["style"].drop_nulls().to_list()), uri)
     # keep <= num_candidates after the row → style → job fallbacks.
     joined = df.join(styles.select("style", c("num_candidates").alias("s_n"), c("keep").alias("s_k")),
                      on="style", how="left")
     joined = joined.with_columns(
         c("num_candidates").fill_null(c("s_n")).fill_null(cfg.job.num_candidates).alias("__n"),
         c("keep").fill_null(c("s_k")).fill_null(cfg.job.keep).alias("__k"))
-    first, n = _row_problems(joined, c("__k") > c("__n"), uri, "keep", "keep exceeds num_candidates")
+    first, n = _row_problems(joined, Check(c("__k") > c("__n"), "keep", lambda v: "keep exceeds num_candidates: "
+                                           f"{v['__k']} > {v['__n']}", pl.struct("__k", "__n")), uri)
     found += first
     total += n
     files: dict[str, InputFile] = {}

@@ -405,24 +405,29 @@ class Signer:
         """Read back `data` and validate it against this signer's trust anchors."""
         return _read(self._handles()[3], data, mime)
 
-    def self_test(self) -> None:
-        """Sign and verify a tiny PNG, so a bad key or chain stops the job before any GPU work."""
-        from PIL import Image
+    def self_test(self, fmt: str) -> None:
+        """Sign and verify a tiny image in the job's output format ([output].format), so a bad key
+        or chain, or a format c2pa cannot sign, stops the job before any GPU work."""
+        import numpy as np
+
+        from pipeline.write import encode_image
 
         cert = _load_chain(self._chain, "cert_chain")[0]
         key = _load_key(self._key, "private_key")
         if _public_der(cert.public_key()) != _public_der(key.public_key()):
             raise SignerError("signer self-test: the private key does not match the signing "
                               "certificate (the first certificate of the chain)")
-        buffer = io.BytesIO()
-        Image.new("RGB", (8, 8), (200, 120, 40)).save(buffer, "PNG")
-        claim = Claim(title="self-test.png", model="self-test", model_revision=None, seed=0,
+        data, mime = encode_image(np.full((8, 8, 3), (200, 120, 40), np.uint8), fmt)
+        claim = Claim(title=f"self-test.{fmt}", model="self-test", model_revision=None, seed=0,
                       steps=0, guidance_scale=0.0, prompt_sha256="0" * 64, mode="t2i",
                       item_id="self-test", software_agent="asset-pipeline self-test")
-        result = self.verify(self.sign(buffer.getvalue(), "image/png", claim), "image/png")
+        try:
+            result = self.verify(self.sign(data, mime, claim), mime)
+        except SignerError as e:
+            raise SignerError(f"signer self-test ([output].format = {fmt!r}): {e}") from None
         if result.ok:
             return
         hint = (" (set [signer].trust_anchors to the CA that issued the certificate)"
                 if UNTRUSTED in result.errors else "")
-        raise SignerError(f"signer self-test: a freshly signed PNG does not verify: state "
+        raise SignerError(f"signer self-test: a freshly signed {mime} image does not verify: state "
                           f"{result.state}, errors {', '.join(result.errors) or 'none'}{hint}")

@@ -17,15 +17,33 @@ from pipeline.results import RESULTS, ShardStore, image_files
 DEMO_CA = Path("_demo_signer") / "ca.pem"
 
 
-def default_anchors(output_dir: Path) -> Path | None:
-    """The demo CA of a demo run, else the trust anchors the latest run was configured with."""
+class MissingAnchors(ValueError):
+    """A trust-anchor file that was asked for is gone: verifying without it would check less than asked."""
+
+
+def default_anchors(output_dir: Path) -> tuple[Path | None, str]:
+    """(the CAs the latest run trusted, where that comes from): its demo CA in demo mode, else the
+    trust anchors it was configured with; (None, ...) when it was configured with none."""
     if (output_dir / DEMO_CA).is_file():
-        return output_dir / DEMO_CA
+        return output_dir / DEMO_CA, "the run's demo CA"
     runs = sorted((output_dir / "_runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
-    if runs:
-        configured = json.loads(runs[-1].read_text())["config"]["signer"].get("trust_anchors")
-        return Path(configured) if configured else None
-    return None
+    if not runs:
+        return None, "no run record"
+    signer = json.loads(runs[-1].read_text())["config"]["signer"]
+    if signer.get("mode") == "demo":
+        return output_dir / DEMO_CA, "the run's demo CA"
+    configured = signer.get("trust_anchors")
+    return (Path(configured) if configured else None), f"[signer].trust_anchors of {runs[-1].name}"
+
+
+def read_anchors(output_dir: Path, trust_anchors: str | None) -> bytes | None:
+    """The PEM of the CAs to trust: the file given, else the run's own (default_anchors)."""
+    path, origin = (Path(trust_anchors), "--trust-anchors") if trust_anchors else default_anchors(output_dir)
+    if path is None:
+        return None
+    if not path.is_file():
+        raise MissingAnchors(f"{path}: trust anchors not found ({origin})")
+    return path.read_bytes()
 
 
 def verify_output(output_dir: Path, trust_anchors: str | None = None) -> tuple[list[str], int]:
@@ -36,8 +54,10 @@ def verify_output(output_dir: Path, trust_anchors: str | None = None) -> tuple[l
     path = output_dir / RESULTS
     if not path.is_file():
         return [f"{path}: no results table"], 0
-    anchors_path = Path(trust_anchors) if trust_anchors else default_anchors(output_dir)
-    anchors = anchors_path.read_bytes() if anchors_path and anchors_path.is_file() else None
+    try:
+        anchors = read_anchors(output_dir, trust_anchors)
+    except MissingAnchors as e:
+        return [str(e)], 0
     table = pq.read_table(path, columns=["item_id", "status", "path", "sha256", "c2pa_label"])
     problems: list[str] = []
     checked = 0

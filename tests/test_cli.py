@@ -53,7 +53,7 @@ def test_invalid_manifest_exits_1_naming_row_and_column_for_validate_and_run(tmp
 def test_bad_job_key_and_manifest_override(tmp_path):
     job = write_job(tmp_path, {"id": ["a"], "prompt": ["x"]}, extra="[generate]\nstepz = 3\n")
     r = cli("validate", str(job))
-    assert r.returncode == 1 and "unknown key(s) in [generate]: stepz" in r.stderr
+    assert r.returncode == 1 and "unknown key 'stepz' in [generate] (did you mean 'steps'?)" in r.stderr
     assert "Traceback" not in r.stderr
     good = write_job(tmp_path / "good", {"id": ["a"], "prompt": ["x"]})
     other = write_job(tmp_path / "other", {"id": ["p", "q", "r"], "prompt": ["1", "2", "3"]})

@@ -1,5 +1,7 @@
 """The job spec: relative paths, overrides, and errors that name the key."""
 
+import tomllib
+
 import pytest
 
 from pipeline.config import ConfigError, load_job
@@ -20,6 +22,39 @@ def test_relative_paths_resolve_against_the_job_file(tmp_path, monkeypatch):
     assert cfg.job.output == str(tmp_path / "jobs" / "out")
 
 
+def test_input_roots_resolve_against_the_job_file(tmp_path, monkeypatch):
+    (tmp_path / "jobs").mkdir()
+    p = write(tmp_path / "jobs", '[job]\nmanifest = "m"\nallowed_input_roots = ["../data", "/abs", "s3://bucket/in"]\n')
+    monkeypatch.chdir("/")
+    assert load_job(p).job.allowed_input_roots == (str(tmp_path / "data"), "/abs", "s3://bucket/in")
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("diffusion", "./sd", "{job}/sd"),  # ./ and ../ mark a local path, existing or not
+    ("diffusion", "../sd", "{root}/sd"),
+    ("diffusion", "models/sd", "{job}/models/sd"),  # exists beside the job file
+    ("diffusion", "org/name", "org/name"),  # a hub id: no such folder beside the job file
+    ("diffusion", "embedded:tiny-sd", "embedded:tiny-sd"),
+    ("diffusion", "s3://bucket/sd", "s3://bucket/sd"),
+    ("diffusion", "/abs/sd", "/abs/sd"),
+    ("clip_pretrained", "models/clip.safetensors", "{job}/models/clip.safetensors"),
+    ("clip_pretrained", "openai", "openai"),  # an open_clip tag
+    ("moderation", "clip-head:heads/h.safetensors", "clip-head:{job}/heads/h.safetensors"),  # always a path
+    ("moderation", "embedded:tiny-clip-head", "embedded:tiny-clip-head"),
+    ("moderation", "Falconsai/nsfw_image_detection", "Falconsai/nsfw_image_detection"),
+    ("prompt_classifier", "./clf", "{job}/clf"),
+    ("clip", "local-dir:./clip", "local-dir:{job}/clip"),
+    ("clip", "ViT-L-14", "ViT-L-14"),
+])
+def test_model_paths_resolve_against_the_job_file_and_hub_ids_pass(tmp_path, monkeypatch, key, value, expected):
+    folder = tmp_path / "jobs"
+    (folder / "models" / "sd").mkdir(parents=True)
+    (folder / "models" / "clip.safetensors").write_bytes(b"")
+    p = write(folder, f'[job]\nmanifest = "m"\n[models]\n{key} = "{value}"\n')
+    monkeypatch.chdir("/")
+    assert getattr(load_job(p).models, key) == expected.format(job=folder, root=tmp_path)
+
+
 def test_cli_overrides_resolve_against_the_working_directory(tmp_path, monkeypatch):
     p = write(tmp_path, '[job]\nmanifest = "m.parquet"\n')
     monkeypatch.chdir(tmp_path)
@@ -29,8 +64,11 @@ def test_cli_overrides_resolve_against_the_working_directory(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("text, needle", [
-    ('[job]\nmanifest = "m"\nbogus = 1\n', "unknown key(s) in [job]: bogus"),
-    ('[jobs]\nmanifest = "m"\n', "unknown section(s): jobs"),
+    ('[job]\nmanifest = "m"\nbogus = 1\n', "unknown key 'bogus' in [job] (known: 'allowed_input_roots', 'allowed_input_schemes', 'keep',"),
+    ('[job]\nmanifest = "m"\nnum_candiates = 2\n',
+     "unknown key 'num_candiates' in [job] (did you mean 'num_candidates'?)"),
+    ('[jobs]\nmanifest = "m"\n', "unknown section [jobs] (did you mean [job]?)"),
+    ('[job]\nmanifest = "m"\n[paths]\n', "unknown section [paths] (known: [job], [models],"),
     ('[job]\nmanifest = "m"\nseed = "x"\n', "[job].seed: expected an integer"),
     ('[job]\nmanifest = "m"\n[output]\nwrite_rejected = 1\n', "[output].write_rejected: expected true/false"),
     ('[job]\nmanifest = "m"\nkeep = 3\nnum_candidates = 2\n', "[job].keep must be 1..num_candidates"),
@@ -51,6 +89,41 @@ def test_bad_specs_name_the_key(tmp_path, text, needle):
     assert str(tmp_path / "job.toml") in str(e.value)
 
 
+@pytest.mark.parametrize("section, key, value, needle", [
+    ("cluster", "gpus_per_actor", "0", "[cluster].gpus_per_actor must be > 0, got 0.0"),  # runner divides by it
+    ("cluster", "cpus_per_actor", "0", "[cluster].cpus_per_actor must be > 0, got 0.0"),
+    ("cluster", "cpus_per_writer", "-0.5", "[cluster].cpus_per_writer must be > 0, got -0.5"),
+    ("cluster", "generate_actors", "-1", "[cluster].generate_actors must be >= 0, got -1"),
+    ("cluster", "write_actors", "-2", "[cluster].write_actors must be >= 0, got -2"),
+    ("cluster", "torch_threads", "-1", "[cluster].torch_threads must be >= 0, got -1"),
+    ("filter", "clip_threshold", "150", "[filter].clip_threshold must be 0..100, got 150.0"),
+    ("filter", "image_unsafe_threshold", "1.5", "[filter].image_unsafe_threshold must be 0..1, got 1.5"),
+    ("filter", "prompt_unsafe_threshold", "-0.1", "[filter].prompt_unsafe_threshold must be 0..1, got -0.1"),
+    ("models", "device", '"gpu"', "[models].device must be auto, cpu, mps, cuda or cuda:N, got 'gpu'"),
+    ("models", "device", '"cuda:x"', "got 'cuda:x'"),
+    ("models", "dtype", '"fp16"', "[models].dtype must be one of auto, float32, float16, bfloat16, got 'fp16'"),
+    ("output", "format", '"gif"', "[output].format must be one of png, jpeg, webp, got 'gif'"),
+    ("output", "jpeg_quality", "0", "[output].jpeg_quality must be 1..100, got 0"),
+    ("job", "max_failed_fraction", "1.5", "[job].max_failed_fraction must be 0..1, got 1.5"),
+    ("job", "keep", "3", "[job].keep must be 1..num_candidates (1), got 3"),
+])
+def test_out_of_range_values_are_named_with_what_is_allowed(tmp_path, section, key, value, needle):
+    text = '[job]\nmanifest = "m"\n' + (f"{key} = {value}\n" if section == "job" else f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError) as e:
+        load_job(write(tmp_path, text))
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("models", "device", '"cuda:1"'), ("models", "device", '"mps"'), ("models", "device", '"cpu"'),
+    ("filter", "image_unsafe_threshold", "1.0"), ("filter", "prompt_unsafe_threshold", "0"),
+    ("filter", "clip_threshold", "100"), ("cluster", "gpus_per_actor", "0.25"), ("cluster", "torch_threads", "0"),
+])
+def test_edge_values_are_accepted(tmp_path, section, key, value):
+    cfg = load_job(write(tmp_path, f'[job]\nmanifest = "m"\n[{section}]\n{key} = {value}\n'))
+    assert getattr(getattr(cfg, section), key) == tomllib.loads(f"v = {value}")["v"]
+
+
 def test_missing_job_file(tmp_path):
     with pytest.raises(ConfigError, match="job file not found"):
         load_job(tmp_path / "nope.toml")
@@ -60,3 +133,13 @@ def test_demo_job_loads():
     cfg = load_job("jobs/demo.toml")
     assert cfg.job.num_candidates >= cfg.job.keep
     assert cfg.models.diffusion.startswith("embedded:")
+
+
+def test_declared_python_provides_tomllib():
+    """config.py reads TOML with the standard library's tomllib, new in 3.11: the package and ruff
+    must not promise 3.10 (the stack we test on, transformers 5 and diffusers 0.42, needs 3.11 too)."""
+    from pathlib import Path
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert meta["project"]["requires-python"] == ">=3.11"
+    assert meta["tool"]["ruff"]["target-version"] == "py311"

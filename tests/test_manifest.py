@@ -210,3 +210,92 @@ def test_schemes_are_refused_unless_the_job_allows_them(tmp_path):
     rows = {"id": ["a"], "prompt": ["x"], "product_image": ["http://example.invalid/p.png"]}
     err = problems_of(tmp_path, rows)
     assert "scheme 'http' is not allowed" in str(err) and "allowed_input_schemes" in str(err)
+
+
+@pytest.mark.parametrize("section, key, table, value, ok", [
+    ("generate", "width", "manifest", 16, False),
+    ("generate", "width", "manifest", 32, True),  # the smallest size: the tiny test models run at 32..64 px
+    ("generate", "height", "manifest", 4096, True),
+    ("generate", "height", "manifest", 4104, False),
+    ("generate", "width", "manifest", 36, False),
+    ("job", "num_candidates", "manifest", 64, True),
+    ("job", "num_candidates", "manifest", 65, False),
+    ("job", "seed", "manifest", -1, False),
+    ("generate", "steps", "styles", 1000, True),
+    ("generate", "steps", "styles", 1001, False),
+    ("generate", "guidance_scale", "styles", 100.0, True),
+    ("generate", "guidance_scale", "styles", 750.0, False),  # 7.5 mistyped
+    ("generate", "strength", "styles", 0.0, False),
+    ("generate", "strength", "styles", 1.0, True),
+])
+def test_job_spec_manifest_and_styles_share_one_table_of_limits(tmp_path, section, key, table, value, ok):
+    """A value the job spec admits, the manifest and styles admit too, and the reverse."""
+    rows = {"id": ["a"], "prompt": ["x"]}
+    as_job = {"extra": f"[generate]\n{key} = {value}\n"} if section == "generate" else {key: value}
+    verdicts = [_passes(lambda: job(tmp_path / "spec", rows, **as_job))]
+    if table == "manifest":
+        verdicts.append(_passes(lambda: load_inputs(job(tmp_path / "rows", {**rows, key: [value]}))))
+    else:
+        styles = {"style": ["s"], key: [value]}
+        verdicts.append(_passes(lambda: load_inputs(job(tmp_path / "styles", rows, styles=styles))))
+    assert verdicts == [ok, ok]
+
+
+def _passes(load) -> bool:
+    from pipeline.config import ConfigError
+
+    try:
+        load()
+    except (ConfigError, ManifestError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("rows, column, needle", [
+    ({"style": ["studio", "nope"]}, "style", "unknown style 'nope' (known: 'studio', 'brand')"),
+    ({"style": ["studio", "studoi"]}, "style", "unknown style 'studoi' (did you mean 'studio'?)"),
+    ({"style": ["studio", "x" * 500]}, "style", "unknown style 'xxxxxxxx"),
+    ({"width": [64, 100]}, "width", "must be a multiple of 8 in 32..4096, got 100"),
+    ({"height": [64, 8192]}, "height", "must be a multiple of 8 in 32..4096, got 8192"),
+    ({"seed": [1, -5]}, "seed", "seed must be 0..2^63-1, got -5"),
+    ({"num_candidates": [2, 0]}, "num_candidates", "must be 1..64, got 0"),
+    ({"keep": [1, 0]}, "keep", "must be 1..64, got 0"),
+    ({"num_candidates": [2, 2], "keep": [1, 3]}, "keep", "keep exceeds num_candidates: 3 > 2"),
+    ({"strength": [0.5, 1.5]}, "strength", "must be in (0, 1], got 1.5"),
+    ({"prompt": ["x", "y" * 3000]}, "prompt", "prompt of 3000 characters is longer than 2000"),
+    ({"id": ["a", "x/y"]}, "id", "got 'x/y'"),
+    ({"mask": [None, "m.png"]}, "mask", "a mask needs a product_image, got 'm.png'"),
+])
+def test_row_problems_name_the_offending_value(tmp_path, rows, column, needle):
+    """Each message says what the row holds and what is allowed, shortened: never the whole prompt."""
+    err = problems_of(tmp_path, {"id": ["a", "b"], "prompt": ["x", "y"], **rows})
+    p = next(p for p in err.problems if p.column == column)
+    assert needle in p.message and len(p.message) < 160
+    assert str(p).startswith(f"{tmp_path / 'manifest.parquet'}, row 1 (id {p.id!r}), column {column!r}: ")
+
+
+@pytest.mark.parametrize("styles, column, needle", [
+    ({"style": ["a"], "steps": pa.array([0], pa.int64())}, "steps", "must be 1..1000, got 0"),
+    ({"style": ["a"], "guidance_scale": [-1.0]}, "guidance_scale", "must be 0..100, got -1.0"),
+    ({"style": ["a"], "strength": [0.0]}, "strength", "must be in (0, 1], got 0.0"),
+    ({"style": ["a"], "width": pa.array([30], pa.int64())}, "width", "must be a multiple of 8 in 32..4096, got 30"),
+    ({"style": ["a"], "height": pa.array([5000], pa.int64())}, "height", "got 5000"),
+    ({"style": ["a"], "seeds": pa.array([[1, -1]], pa.list_(pa.int64()))}, "seeds", "got [1, -1]"),
+    ({"style": ["a"], "num_candidates": pa.array([65], pa.int64())}, "num_candidates", "must be 1..64, got 65"),
+    ({"style": ["a"], "keep": pa.array([0], pa.int64())}, "keep", "must be 1..64, got 0"),
+    ({"style": ["a"], "lora_scale": [9.0]}, "lora_scale", "must be 0..4, got 9.0"),
+    ({"style": ["a"], "prompt_template": ["no placeholder"]}, "prompt_template", "got 'no placeholder'"),
+    ({"style": ["a"], "lora": ["old.bin"]}, "lora", "got 'old.bin'"),
+    ({"style": ["a", "a"]}, "style", "duplicate style name 'a'"),
+    ({"style": ["a"], "clip_threshold": [150.0]}, "clip_threshold", "must be 0..100, got 150.0"),
+])
+def test_style_problems_name_the_offending_value(tmp_path, styles, column, needle):
+    err = problems_of(tmp_path, {"id": ["x"], "prompt": ["y"]}, styles=styles)
+    p = next(p for p in err.problems if p.column == column)
+    assert needle in p.message and len(p.message) < 160
+
+
+def test_a_long_id_is_shortened_where_the_problem_names_the_row(tmp_path):
+    err = problems_of(tmp_path, {"id": ["a", "x" * 5000], "prompt": ["x", "y"]})
+    line = str(err)
+    assert "row 1 (id 'xxxx" in line and "..." in line and len(line) < 300

@@ -160,12 +160,35 @@ def test_without_trust_anchors_the_signer_is_untrusted(signer, pixels):
 
 
 def test_self_test_passes(signer):
-    signer.self_test()
+    signer.self_test("png")
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_self_test_signs_in_the_jobs_output_format(signer, monkeypatch, fmt):
+    signed = []
+    sign = Signer.sign
+    monkeypatch.setattr(Signer, "sign", lambda self, data, mime, c: signed.append(mime) or sign(self, data, mime, c))
+    signer.self_test(fmt)
+    assert signed == [f"image/{fmt}"]
+
+
+def without_webp(monkeypatch):
+    import c2pa
+
+    supported = [m for m in c2pa.Builder.get_supported_mime_types() if m != "image/webp"]
+    monkeypatch.setattr(c2pa.Builder, "get_supported_mime_types", staticmethod(lambda: supported))
+
+
+def test_self_test_fails_for_a_format_c2pa_cannot_sign(signer, monkeypatch):
+    without_webp(monkeypatch)
+    signer.self_test("png")
+    with pytest.raises(SignerError, match="image/webp"):
+        signer.self_test("webp")
 
 
 def test_from_section_demo(tmp_path, capsys):
     signer = Signer.from_section(SignerSection(mode="demo"), tmp_path)
-    signer.self_test()
+    signer.self_test("png")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "THROWAWAY" in err and str(tmp_path / "_demo_signer") in err
     again = Signer.from_section(SignerSection(mode="demo"), tmp_path)
@@ -176,7 +199,7 @@ def test_from_section_files_via_env(creds, monkeypatch):
     monkeypatch.setenv("TEST_C2PA_KEY", creds.private_key.read_text())
     section = SignerSection(mode="files", cert_chain=str(creds.cert_chain),
                             private_key_env="TEST_C2PA_KEY", trust_anchors=str(creds.ca_cert))
-    Signer.from_section(section, creds.ca_cert.parent).self_test()
+    Signer.from_section(section, creds.ca_cert.parent).self_test("png")
 
 
 def test_from_section_missing_env_var_names_it(creds, monkeypatch):
@@ -201,7 +224,7 @@ def test_wrong_key_fails_self_test_and_verification(creds, pixels):
     wrong = Signer(cert_chain_pem=creds.cert_chain.read_bytes(), private_key_pem=other_key_pem(),
                    trust_anchors_pem=creds.ca_cert.read_bytes())
     with pytest.raises(SignerError, match="does not match") as info:
-        wrong.self_test()
+        wrong.self_test("png")
     assert "PRIVATE KEY" not in str(info.value)
     # c2pa itself catches it too: the signature does not verify against the certificate.
     signed = wrong.sign(encode_image(pixels, "png")[0], "image/png", claim())
@@ -212,7 +235,7 @@ def test_untrusted_signer_fails_self_test(creds):
     untrusted = Signer(cert_chain_pem=creds.cert_chain.read_bytes(),
                        private_key_pem=creds.private_key.read_bytes())
     with pytest.raises(SignerError, match="trust_anchors"):
-        untrusted.self_test()
+        untrusted.self_test("png")
 
 
 def test_key_material_never_in_repr_or_errors(signer, creds):

@@ -82,6 +82,17 @@ def test_bad_signer_fails_before_any_generation(tmp_path):
         run_job(cfg, backend="in-process")
 
 
+def test_an_output_format_c2pa_cannot_sign_fails_before_any_generation(tmp_path, monkeypatch):
+    from tests.test_provenance import without_webp
+
+    without_webp(monkeypatch)
+    cfg = make_job(tmp_path, extra='[output]\nformat = "webp"\n')
+    with pytest.raises(SignerError, match="image/webp"):
+        run_job(cfg, backend="in-process")
+    out = Path(cfg.job.output)
+    assert not (out / "images").exists() and not (out / "_shards").exists()
+
+
 def test_key_material_never_reaches_logs_results_or_metadata(tmp_path, capfd):
     creds = make_demo_credentials(tmp_path / "creds")
     os.environ["TEST_C2PA_KEY"] = creds.private_key.read_text()
