@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -106,7 +106,7 @@ def snapshot(cfg: JobConfig, run_id: str, output_dir: Path, plan_rows: int) -> N
     runs = output_dir / "_runs"
     runs.mkdir(exist_ok=True)
     results.write_json({
-        "run_id": run_id, "started_at": datetime.now(timezone.utc).isoformat(),
+        "run_id": run_id, "started_at": datetime.now(UTC).isoformat(),
         "host": platform.node(), "python": platform.python_version(), "versions": versions,
         "planned_candidates": plan_rows, "config": cfg.to_dict(),
     }, runs / f"{run_id}.json")

@@ -100,7 +100,7 @@ def _write_demo_files(folder: Path) -> None:
                              key_cert_sign=ca, crl_sign=ca, encipher_only=False,
                              decipher_only=False)
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ee_key = ec.generate_private_key(ec.SECP256R1())
 

@@ -15,7 +15,7 @@ import mimetypes
 import os
 import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -209,7 +209,7 @@ def failed_outcomes(batch: pa.Table, job: str, reason: str) -> pa.Table:
     (an exception in a stage, its worker died on every retry) is recorded, never dropped, and a
     rerun retries it. Candidates judged in earlier runs keep their outcomes."""
     records = [r for r in unnest(batch).to_pylist() if not r[PRIOR]]
-    finished = datetime.now(timezone.utc)
+    finished = datetime.now(UTC)
     for r in records:
         r.update(job=job, status=schema.ERROR, reason=reason, selected=False, rank=None, path=None,
                  finished_at=finished)
@@ -255,7 +255,7 @@ class WriteStage:
             outranked_kept = r[PRIOR] and r["path"] and write_rejected and r["status"] == schema.REJECTED
             if not kept and not outranked_kept:
                 _forget_file(r)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         changed = [r for r in records if r["item_id"] not in before or _verdict(r) != before[r["item_id"]]]
         for r in changed:
             r["finished_at"] = now

@@ -64,7 +64,8 @@ def test_cli_overrides_resolve_against_the_working_directory(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("text, needle", [
-    ('[job]\nmanifest = "m"\nbogus = 1\n', "unknown key 'bogus' in [job] (known: 'allowed_input_roots', 'allowed_input_schemes', 'keep',"),
+    ('[job]\nmanifest = "m"\nbogus = 1\n',
+     "unknown key 'bogus' in [job] (known: 'allowed_input_roots', 'allowed_input_schemes', 'keep',"),
     ('[job]\nmanifest = "m"\nnum_candiates = 2\n',
      "unknown key 'num_candiates' in [job] (did you mean 'num_candidates'?)"),
     ('[jobs]\nmanifest = "m"\n', "unknown section [jobs] (did you mean [job]?)"),
