@@ -12,6 +12,7 @@ Unset in production, where every check is one dict lookup. Points:
   candidate.oom               generation raises out-of-memory for any batch larger than one
   score.error=SEED            CLIP scoring raises for the candidate with this seed
   actor.exit_once=PATH        the generate actor dies on its first batch unless PATH exists
+  writer.exit_once=PATH       the writing stage dies on its first unit unless PATH exists
   actor.exit_on_seed=SEED     the generate actor dies on every unit holding this seed (a poison unit)
 """
 

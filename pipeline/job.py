@@ -93,8 +93,11 @@ def select_rows(inputs: Inputs, rows: tuple[str, ...]) -> Inputs:
 
 
 def snapshot(cfg: JobConfig, run_id: str, output_dir: Path, plan_rows: int) -> None:
-    """Resolved config and library versions, so any result can be traced to its run."""
+    """Resolved config, library versions, and the models with their fingerprints, so any result
+    can be traced to its run."""
     from importlib.metadata import PackageNotFoundError, version
+
+    from pipeline.models.fingerprint import fingerprint
 
     versions = {}
     for pkg in ("asset-pipeline", "torch", "diffusers", "transformers", "open_clip_torch",
@@ -103,12 +106,21 @@ def snapshot(cfg: JobConfig, run_id: str, output_dir: Path, plan_rows: int) -> N
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             versions[pkg] = None
+    m = cfg.models
+    models = {
+        "diffusion": {"spec": m.diffusion, "revision": m.diffusion_revision,
+                      "fingerprint": fingerprint(m.diffusion, m.diffusion_revision)},
+        "clip": {"spec": m.clip, "pretrained": m.clip_pretrained,
+                 "fingerprint": fingerprint(m.clip_pretrained or m.clip)},
+        "moderation": {"spec": m.moderation, "fingerprint": fingerprint(m.moderation)},
+        "prompt_classifier": {"spec": m.prompt_classifier, "fingerprint": fingerprint(m.prompt_classifier)},
+    }
     runs = output_dir / "_runs"
     runs.mkdir(exist_ok=True)
     results.write_json({
         "run_id": run_id, "started_at": datetime.now(UTC).isoformat(),
         "host": platform.node(), "python": platform.python_version(), "versions": versions,
-        "planned_candidates": plan_rows, "config": cfg.to_dict(),
+        "models": models, "planned_candidates": plan_rows, "config": cfg.to_dict(),
     }, runs / f"{run_id}.json")
 
 
@@ -275,7 +287,8 @@ def describe(report: RunReport) -> str:
     lines = [
         f"run {report.run_id} → {report.output_dir}",
         f"  planned {s['planned']} → generated {s['generated']} → passed moderation {s['passed_moderation']} "
-        f"→ passed CLIP {s['passed_filters']} → selected {s['selected']} → signed and written {s['written']}",
+        f"→ passed CLIP {s['passed_filters']} → selected {s['selected']} → signed {s['signed']} "
+        f"→ written {s['written']}",
         f"  rejected {s['rejected']}, error {s['error']}, pending {s['pending']}",
     ]
     if s.get("candidates_per_s") is not None:

@@ -171,30 +171,40 @@ def remove_temp(output_dir: Path) -> int:
     return len(found)
 
 
+def funnel(results: pa.Table) -> dict[str, pa.Array]:
+    """Each step of the funnel as a mask over the results, every one a subset of the one before:
+    generated (it has pixels) → passed moderation (its image was measured and judged safe) →
+    passed the CLIP threshold (it was ranked: ranks go to candidates that passed every filter) →
+    selected (picked for a place) → signed → written."""
+    def valid(name: str) -> pa.Array:
+        return pc.is_valid(results[name])
+
+    generated = valid("ms_generate")
+    moderated = pc.and_(pc.and_(generated, valid("image_unsafe_score")),
+                        pc.equal(pc.fill_null(results["moderation"], ""), "pass"))
+    ranked = pc.and_(moderated, valid("rank"))
+    selected = pc.and_(ranked, pc.fill_null(results["selected"], False))
+    signed = pc.and_(selected, valid("ms_sign"))
+    written = pc.and_(signed, pc.equal(pc.fill_null(results["status"], ""), schema.WRITTEN))
+    return {"generated": generated, "passed_moderation": moderated, "passed_filters": ranked,
+            "selected": selected, "signed": signed, "written": written}
+
+
 def summarize(results: pa.Table) -> dict:
     """The funnel: planned → generated → passed moderation → passed CLIP (`passed_filters`) →
-    selected → written, with counts per reason."""
+    selected → signed → written, with counts per status and reason."""
     status = results["status"].to_pylist()
     reasons = [r.split(":")[0] if r else r for r in results["reason"].to_pylist()]
-    ms = results["ms_generate"].to_pylist()
     counts = Counter(status)
-    reason_counts = Counter(r for r in reasons if r)
-    generated = sum(1 for m in ms if m is not None)
-    scoring_errors = reason_counts["score"]
+    steps = {name: pc.sum(pc.cast(mask, pa.int64())).as_py() or 0 for name, mask in funnel(results).items()}
     return {
         "planned": results.num_rows,
         "finished": sum(1 for s in status if s is not None),
-        "generated": generated,
-        # Image moderation runs before the CLIP threshold: each step counts what passed it.
-        "passed_moderation": generated - reason_counts[schema.IMAGE_UNSAFE] - scoring_errors,
-        "passed_filters": sum(1 for s, r in zip(status, reasons, strict=True)
-                              if s == schema.WRITTEN or r == schema.NOT_SELECTED),
-        "selected": sum(1 for s in results["selected"].to_pylist() if s),
-        "written": counts.get(schema.WRITTEN, 0),
+        **steps,
         "rejected": counts.get(schema.REJECTED, 0),
         "error": counts.get(schema.ERROR, 0),
         "pending": counts.get(None, 0),
-        "reasons": dict(reason_counts),
+        "reasons": dict(Counter(r for r in reasons if r)),
         # Per generated candidate: generate + score + moderate on the model actor (GPU-seconds
         # on a GPU); per written image: encode + sign + write + verify on the CPU writers.
         "model_s_per_candidate": _mean_sum(results, ("ms_generate", "ms_score", "ms_moderate")),

@@ -40,9 +40,9 @@ def _ms_each(t0: float, n: int) -> float:
     return (time.perf_counter() - t0) * 1000 / max(n, 1)
 
 
-def _die_if_armed(records: list[dict]) -> None:
+def _die_if_armed(records: list[dict], point: str = "actor.exit_once") -> None:
     """Test-only: the actor dies hard (see pipeline/faults.py), so Ray must restart it."""
-    marker = faults.arg("actor.exit_once")
+    marker = faults.arg(point)
     if marker and not os.path.exists(marker):
         Path(marker).touch()
         os._exit(1)
@@ -243,6 +243,7 @@ class WriteStage:
         (a failed write hands its place on), the rest rejected. Earlier judged candidates come
         back only when their outcome changed (a pick outranked, a runner-up promoted)."""
         records = batch.to_pylist()
+        _die_if_armed([], "writer.exit_once")
         before = {r["item_id"]: _verdict(r) for r in records if r[PRIOR]}
         pixels = {r["item_id"]: r.pop(PIXELS) for r in records}
         fill_places(records, lambda r: self._write_or_error(r, pixels[r["item_id"]]),

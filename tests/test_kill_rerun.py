@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ROWS = {"id": [f"r{i}" for i in range(6)], "prompt": [f"product photo {i}" for i in range(6)]}
 # One row per block and a shard every two rows: several shards, so kills land in between.
 EXTRA = "[generate]\nsteps = 1\nwidth = 64\nheight = 64\nbatch_size = 1\n[output]\nshard_rows = 2\n"
+# GPU nodes write on separate writer actors, fed by reference: the same contract must hold.
+WRITERS = EXTRA + "[cluster]\nwrite_actors = 1\n"
 
 
 def run(job: Path, out: Path, faults: str | None = None) -> subprocess.CompletedProcess:
@@ -44,10 +46,13 @@ def assert_complete(out: Path, candidates: int, retried: tuple[str, ...] = ()) -
     assert not list(out.rglob(".tmp-*"))
 
 
-@pytest.mark.parametrize("point", ["driver.kill_before_shard=1", "driver.kill_mid_shard=2",
-                                   "driver.kill_after_shard=2", "driver.kill_before_compact"])
-def test_driver_killed_then_rerun_completes(tmp_path, point):
-    job = write_job(tmp_path, ROWS, styles=None, extra=EXTRA, num_candidates=2, keep=1)
+@pytest.mark.parametrize("point, extra", [
+    ("driver.kill_before_shard=1", EXTRA), ("driver.kill_mid_shard=2", EXTRA), ("driver.kill_after_shard=2", EXTRA),
+    ("driver.kill_before_compact", EXTRA),
+    ("driver.kill_before_shard=1", WRITERS), ("driver.kill_after_shard=2", WRITERS),
+], ids=["before_shard", "mid_shard", "after_shard", "before_compact", "writers-before_shard", "writers-after_shard"])
+def test_driver_killed_then_rerun_completes(tmp_path, point, extra):
+    job = write_job(tmp_path, ROWS, styles=None, extra=extra, num_candidates=2, keep=1)
     out = tmp_path / "out"
     first = run(job, out, point)
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
@@ -57,10 +62,13 @@ def test_driver_killed_then_rerun_completes(tmp_path, point):
     assert_complete(out, 12)
 
 
-def test_killed_generate_actor_is_restarted_and_its_batch_retried(tmp_path):
-    job = write_job(tmp_path, ROWS, styles=None, extra=EXTRA, num_candidates=1, keep=1)
+@pytest.mark.parametrize("fault, extra", [("actor.exit_once", EXTRA), ("actor.exit_once", WRITERS),
+                                          ("writer.exit_once", WRITERS)],
+                         ids=["generate-actor", "generate-actor-with-writers", "writer"])
+def test_killed_actor_is_restarted_and_its_unit_retried(tmp_path, fault, extra):
+    job = write_job(tmp_path, ROWS, styles=None, extra=extra, num_candidates=1, keep=1)
     marker = tmp_path / "actor-died"
-    result = run(job, tmp_path / "out", f"actor.exit_once={marker}")
+    result = run(job, tmp_path / "out", f"{fault}={marker}")
     assert marker.exists(), "the fault never fired"
     assert result.returncode == 0, result.stderr[-3000:]
     assert_complete(tmp_path / "out", 6)
@@ -82,3 +90,19 @@ def test_unit_that_kills_its_actor_every_time_becomes_error_rows_then_rerun_comp
     assert second.returncode == 0, second.stderr[-3000:]
     assert "1 to go" in second.stdout + second.stderr
     assert_complete(out, 6, retried=(table["r3"]["item_id"],))  # its error row, then its result
+
+
+def test_an_exception_in_a_stage_on_an_actor_costs_only_its_unit(tmp_path):
+    # A Python exception raised inside an actor (not a death): the unit becomes error rows with
+    # the message, the other units are written, and a rerun retries only that unit.
+    rows = {**ROWS, "seed": [200 + i for i in range(6)]}
+    job = write_job(tmp_path, rows, styles=None, extra=EXTRA, num_candidates=1, keep=1, max_failed_fraction=0.5)
+    out = tmp_path / "out"
+    first = run(job, out, "prompt.error=202")
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert table["r2"]["status"] == "error" and "injected prompt-check failure" in table["r2"]["reason"]
+    assert all(table[f"r{i}"]["status"] == "written" for i in (0, 1, 3, 4, 5))
+    second = run(job, out)
+    assert second.returncode == 0 and "1 to go" in second.stdout + second.stderr
+    assert_complete(out, 6, retried=(table["r2"]["item_id"],))

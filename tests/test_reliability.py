@@ -115,12 +115,20 @@ def test_key_material_never_reaches_logs_results_or_metadata(tmp_path, capfd):
         assert not any(line in text for line in secret_lines), where
 
 
-def test_nothing_is_written_outside_the_output_folder(tmp_path):
+def test_nothing_is_written_outside_the_output_folder(tmp_path, monkeypatch):
+    # The working directory and the home folder are watched too: a stray relative path or a
+    # cache in the user's home would land there. (The temp folder may hold library caches.)
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    for folder in (cwd, home):
+        folder.mkdir()
     cfg = make_job(tmp_path / "job")
-    before = {p for p in tmp_path.rglob("*")}
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(home))
+    before = set(tmp_path.rglob("*"))
     report = run_job(cfg, backend="in-process")
-    created = {p for p in tmp_path.rglob("*")} - before
-    assert created and all(report.output_dir in p.parents or p == report.output_dir for p in created)
+    created = set(tmp_path.rglob("*")) - before
+    assert created and all(report.output_dir in p.parents or p == report.output_dir for p in created), \
+        sorted(str(p) for p in created if report.output_dir not in p.parents)
 
 
 def test_unwritable_output_is_refused_before_any_work(tmp_path):
@@ -259,3 +267,18 @@ def test_what_was_ready_is_committed_when_the_driver_is_interrupted(tmp_path, mo
     monkeypatch.delenv("ASSET_PIPELINE_FAULTS")
     again = run_job(cfg, backend="in-process")
     assert again.summary["this_run"] == {"written": 1} and verify_output(again.output_dir) == ([], 3)
+
+
+FUNNEL = ("planned", "generated", "passed_moderation", "passed_filters", "selected", "signed", "written")
+
+
+def test_the_funnel_is_monotonic_when_a_write_fails(tmp_path, monkeypatch):
+    kw = dict(num_candidates=3, keep=1, seed=4, max_failed_fraction=0.5)
+    clean = _clean_scores(tmp_path, **kw)
+    best = next(k for k in clean if k[0] == "a" and clean[k]["rank"] == 1)
+    monkeypatch.setenv("ASSET_PIPELINE_FAULTS", f"write.error={clean[best]['seed']}")
+    report = run_job(make_job(tmp_path / "run", **kw), backend="in-process")
+    counts = [report.summary[k] for k in FUNNEL]
+    assert counts == sorted(counts, reverse=True), dict(zip(FUNNEL, counts, strict=True))
+    # the failed pick was selected (it was picked) but never signed; its runner-up took its place
+    assert (report.summary["selected"], report.summary["signed"], report.summary["written"]) == (4, 3, 3)

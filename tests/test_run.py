@@ -148,3 +148,21 @@ def test_resume_over_shards_from_a_version_without_a_newer_column(finished):
     table2 = pq.read_table(again.output_dir / "results.parquet")
     assert table2["writer"].null_count == table2.num_rows
     assert table2["sha256"].to_pylist() == table["sha256"].to_pylist()
+
+
+def test_results_and_run_record_name_the_models_that_ran(finished):
+    import json
+
+    cfg, report, table = finished
+    generated = table.filter(pa.compute.is_valid(table["ms_generate"])).to_pylist()
+    assert cfg.models.scheduler is None  # not configured: the results still say which one ran
+    assert {r["scheduler"] for r in generated} == {"EulerDiscreteScheduler"}
+    assert {r["moderation_model"] for r in generated} == {cfg.models.moderation}
+    assert {r["clip_model"] for r in generated} == {cfg.models.clip}
+    run = json.loads((report.output_dir / "_runs" / f"{report.run_id}.json").read_text())
+    assert run["versions"]["torch"] and run["versions"]["diffusers"] and run["versions"]["c2pa-python"]
+    models = run["models"]
+    assert models["diffusion"] == {"spec": "embedded:tiny-sd", "revision": None,
+                                   "fingerprint": "embedded:tiny-sd@v1"}
+    assert models["clip"]["fingerprint"] == "embedded:tiny-clip@v1"
+    assert models["moderation"]["fingerprint"] == "embedded:tiny-nsfw@v1"

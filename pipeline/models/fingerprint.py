@@ -40,7 +40,7 @@ def _hub(repo: str, revision: str | None) -> str:
                 return f"hub:{repo}@{Path(cached).parent.name}"  # snapshots/<commit>/name
     except ImportError:
         pass
-    return f"hub:{repo}@{revision or 'main'}"
+    return f"id:{repo}@{revision or 'unpinned'}"  # not cached here: the name is all we know
 
 
 def fingerprint(spec: str | None, revision: str | None = None) -> str | None:
