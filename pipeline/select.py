@@ -46,8 +46,8 @@ def rank(records: list[dict]) -> dict[str, int]:
 
 
 def fill_places(records: list[dict], write: Callable[[dict], bool], can_write: Callable[[dict], bool]) -> None:
-    """Rank each row, then keep its best `keep` in rank order. A kept earlier pick stays as it
-    is; a candidate `can_write` is written by `write` (True when it verifies, else the record
+    """Rank each row, then keep its best `keep` in rank order. An earlier candidate with a file
+    keeps it; a candidate `can_write` is written by `write` (True when it verifies, else the record
     is an error and the next candidate takes the place); the rest are not selected."""
     ranks = rank(records)
     for r in records:
@@ -55,8 +55,10 @@ def fill_places(records: list[dict], write: Callable[[dict], bool], can_write: C
     for cands in by_row(records):
         places = int(cands[0]["keep"])
         for r in sorted((r for r in cands if r["rank"] is not None), key=lambda r: r["rank"]):
-            if places and r.get("prior") and r["status"] == schema.WRITTEN:
-                r["selected"] = True
+            if places and r.get("prior") and (r["status"] == schema.WRITTEN or r.get("path")):
+                # an earlier pick, or a runner-up whose signed image was kept for review: its
+                # file is already there, verified, and is the image
+                r.update(selected=True, status=schema.WRITTEN, reason=None)
                 places -= 1
             elif places and can_write(r):
                 r["selected"] = True  # picked: written, or an error that says why not

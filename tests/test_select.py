@@ -16,7 +16,8 @@ def judge(rs, fails=()):
             return False
         return True
 
-    fill_places(rs, write, can_write=lambda r: True)
+    # Earlier candidates come without pixels (the stage regenerates only those promoted with no file).
+    fill_places(rs, write, can_write=lambda r: not r["prior"])
 
 
 def test_best_k_by_score_ties_to_lower_index():
@@ -67,3 +68,12 @@ def test_an_earlier_pick_stays_when_nothing_outranks_it():
     judge(rs)
     assert rs[1]["status"] == schema.WRITTEN and rs[1]["selected"] and rs[1]["rank"] == 1
     assert rs[0]["status"] == schema.REJECTED and rs[0]["rank"] == 2
+
+
+def test_an_earlier_runner_up_whose_image_was_kept_is_promoted_without_a_new_write():
+    # write_rejected kept the runner-up's signed file; when the pick fails, that file is the pick.
+    rs = [cand(0, 30.0, keep=1), cand(1, 20.0, keep=1, status=schema.REJECTED, reason=schema.NOT_SELECTED,
+                                        prior=True)]
+    rs[1]["path"] = "images/r1.png"
+    judge(rs, fails={0})
+    assert rs[1]["status"] == schema.WRITTEN and rs[1]["selected"] and rs[1]["path"] == "images/r1.png"
