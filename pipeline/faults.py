@@ -6,7 +6,7 @@ Unset in production, where every check is one dict lookup. Points:
   driver.kill_after_shard=N   SIGKILL the driver right after committing its N-th shard
   driver.kill_before_compact  SIGKILL the driver with all shards committed, before results.parquet
   driver.interrupt_after_units=N  the driver is interrupted (KeyboardInterrupt) after receiving N units
-  candidate.error=SEED        generation raises for the candidate with this seed
+  candidate.error=SEED[|SEED]  generation raises for the candidates with these seeds
   prompt.error=SEED           the prompt check raises for a unit holding this seed (a stage exception)
   write.error=SEED            writing the image of the candidate with this seed raises
   candidate.oom               generation raises out-of-memory for any batch larger than one

@@ -212,9 +212,9 @@ def _injected_faults(cands: list[dict]) -> None:
     """Test-only failures (see pipeline/faults.py); nothing happens unless armed."""
     import torch
 
-    bad_seed = faults.arg("candidate.error")
-    if bad_seed and any(str(c["seed"]) == bad_seed for c in cands):
-        raise RuntimeError(f"injected failure for seed {bad_seed}")
+    bad_seeds = set((faults.arg("candidate.error") or "").split("|")) - {""}
+    if bad := sorted(bad_seeds & {str(c["seed"]) for c in cands}):
+        raise RuntimeError(f"injected failure for seed {bad[0]}")
     if faults.arg("candidate.oom") is not None and len(cands) > 1:
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 

@@ -156,8 +156,9 @@ class _Committer:
 def _priors(plan: pa.Table, committed: results.Committed, done: pa.Array, pending_rows: pa.Array) -> pa.Table:
     """Candidates judged in earlier runs, of the rows that have pending ones: plan columns and
     their committed outcome, so the row is judged across attempts."""
-    outcomes = committed.outcomes.filter(pc.and_(pc.is_in(committed.outcomes["item_id"], done),
-                                                 pc.is_in(committed.outcomes["id"], pending_rows)))
+    o = committed.outcomes  # of earlier plans too: only this plan's candidates are judged
+    outcomes = o.filter(pc.and_(pc.and_(pc.is_in(o["item_id"], done), pc.is_in(o["item_id"], plan["item_id"])),
+                                pc.is_in(o["id"], pending_rows)))
     if not outcomes.num_rows:
         return outcomes
     table = plan.select([f.name for f in schema.PLAN_FIELDS]).take(pc.index_in(outcomes["item_id"], plan["item_id"]))
@@ -189,7 +190,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
         Signer.from_section(cfg.signer, out).self_test(cfg.output.format)
         if fresh:
             clear_results(out)
-        elif rows and (others := results.ShardStore(out).ids() - set(rows)):
+        elif rows and (others := results.row_ids(out) - set(rows)):
             raise JobError(f"{out}: holds results of other rows ({len(others)}, e.g. {sorted(others)[0]!r}); "
                            "--rows would hide them, so give it a separate --output")
         return _run_locked(cfg, out, backend, inputs, plan)
@@ -233,8 +234,10 @@ def _run_locked(cfg: JobConfig, out: Path, backend: str, inputs: Inputs, plan: p
         try:
             stopped = _consume(stream, committer, pending.num_rows, budget, cfg, plan.num_rows)
         finally:
-            stream.close()  # stops the actors now, not when the generator is collected
-            committer.flush()  # what was ready is committed, whatever stopped the stream
+            try:
+                committer.flush()  # what was ready is committed, whatever stopped the stream
+            finally:
+                stream.close()  # stops the actors now, not when the generator is collected
         shutil.rmtree(out / WORK, ignore_errors=True)
     # 3. compact, clean up, summarise
     faults.kill_if("driver.kill_before_compact")
@@ -242,7 +245,6 @@ def _run_locked(cfg: JobConfig, out: Path, backend: str, inputs: Inputs, plan: p
     table = results.compact(plan, committed)
     results.write_results(table, out)
     removed = results.remove_strays(committed, out)
-    results.remove_temp(out)
     summary = results.summarize(table)
     summary.update(run_id=run_id, job=cfg.job.name, stopped=stopped, elapsed_s=round(time.monotonic() - started, 3),
                    this_run=dict(committer.counts) if committer else {})

@@ -139,7 +139,7 @@ def build_plan(inputs: Inputs, cfg: JobConfig) -> pa.Table:
         lit(cfg.output.format).alias("format"))
     fingerprints = {uri: f.fingerprint for uri, f in inputs.files.items()}
     fingerprints["alpha"] = "alpha"
-    fp = lambda col: c(col).replace_strict(fingerprints, default=None, return_dtype=pl.String)  # noqa: E731
+    fp = lambda col: c(col).replace_strict(fingerprints, return_dtype=pl.String)  # noqa: E731 — every URI was checked
     keys = df.with_columns(lit(model_fingerprint(m.diffusion, m.diffusion_revision)).alias("__model_fp"),
                            fp("init_image").alias("__init_fp"), fp("mask").alias("__mask_fp"),
                            fp("lora").alias("__lora_fp")).select(

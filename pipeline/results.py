@@ -55,6 +55,7 @@ class Committed:
 
     outcomes: pa.Table  # one row per item id: its latest outcome, files present
     listed: frozenset[str]  # every path a latest outcome lists (present or not)
+    files: frozenset[str]  # the image files present when it was read
 
 
 class ShardStore:
@@ -68,8 +69,10 @@ class ShardStore:
     def paths(self) -> list[Path]:
         return sorted(p for p in self.dir.glob("part-*.parquet"))
 
-    def read(self) -> pa.Table | None:
-        tables = [pq.read_table(p) for p in self.paths()]
+    def read(self, columns: list[str] | None = None) -> pa.Table | None:
+        """Every committed row; `columns` that a shard of an older release lacks are left out."""
+        tables = [pq.read_table(p, columns=[c for c in columns if c in pq.read_schema(p).names] if columns else None)
+                  for p in self.paths()]
         tables = [t for t in tables if t.num_rows]
         return pa.concat_tables(tables, promote_options="default") if tables else None
 
@@ -80,13 +83,9 @@ class ShardStore:
         self._next += 1
         return path
 
-    def ids(self) -> set[str]:
-        """Manifest ids that committed shards hold outcomes of."""
-        return {i for p in self.paths() for i in pq.read_table(p, columns=["id"])["id"].to_pylist()}
-
     def committed(self) -> Committed:
         """The latest outcome of every item id, checked against the files present (one listing)."""
-        shards = self.read()
+        shards = self.read(OUTCOME_SCHEMA.names)
         if shards is None:
             shards = OUTCOME_SCHEMA.empty_table()
         for f in OUTCOME_SCHEMA:  # shards committed by a version before the column existed
@@ -98,15 +97,24 @@ class ShardStore:
         latest = shards.take(latest["order_max"])
         paths = latest["path"]
         listed = frozenset(p for p in paths.to_pylist() if p)
-        present = pa.array(sorted(listed & image_files(self.output_dir)), pa.string())
-        intact = pc.or_(pc.is_null(paths), pc.is_in(paths, present))
-        return Committed(latest.filter(intact), listed)
+        files = image_files(self.output_dir)
+        intact = pc.or_(pc.is_null(paths), pc.is_in(paths, pa.array(sorted(listed & files), pa.string())))
+        return Committed(latest.filter(intact), listed, frozenset(files))
 
 
 # The columns of a committed outcome that the results table takes (the rest comes from the plan).
 OUTCOME_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("id", pa.string()),
                             pa.field("path", pa.string()), pa.field("truncated", pa.bool_()),
                             pa.field("scheduler", pa.string()), *schema.OUTCOME_FIELDS])
+
+
+def row_ids(output_dir: Path) -> set[str]:
+    """Manifest ids an output folder holds outcomes of: its committed shards and its results."""
+    committed = ShardStore(output_dir).read(["id"])
+    ids = set(committed["id"].to_pylist()) if committed is not None else set()
+    if (Path(output_dir) / RESULTS).is_file():
+        ids |= set(pq.read_table(Path(output_dir) / RESULTS, columns=["id"])["id"].to_pylist())
+    return ids
 
 
 def image_files(output_dir: Path) -> set[str]:
@@ -151,24 +159,30 @@ def write_results(table: pa.Table, output_dir: Path) -> Path:
 
 
 def remove_strays(committed: Committed, output_dir: Path) -> list[str]:
-    """Delete image files no latest committed outcome lists: a killed run's unlisted writes, an
-    image a re-judging replaced. A listed file is never deleted."""
-    removed = sorted(image_files(output_dir) - committed.listed)
+    """Delete image files no latest committed outcome lists (a killed run's unlisted writes, an
+    image a re-judging replaced) and the temp files killed writes leave. A listed file is never
+    deleted."""
+    removed = sorted(committed.files - committed.listed)
     for rel in removed:
         (Path(output_dir) / rel).unlink(missing_ok=True)
+    remove_temp(output_dir)
     return removed
 
 
-def remove_temp(output_dir: Path) -> int:
-    """Delete the temp files and folders (`.tmp-*`) killed writes leave anywhere in the output
-    folder; a folder is removed whole, a symlink as a link (its target is never followed)."""
-    found = sorted(Path(output_dir).rglob(f"{TEMP_PREFIX}*"), key=lambda p: len(p.parts))
-    for p in found:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-    return len(found)
+# Where writes put their temp files: the output folder itself (results, summary, the demo
+# signer's folder), the shard and run-record folders, and each image folder.
+TEMP_GLOBS = (TEMP_PREFIX + "*", f"{SHARDS}/{TEMP_PREFIX}*", f"_runs/{TEMP_PREFIX}*", f"images/*/{TEMP_PREFIX}*")
+
+
+def remove_temp(output_dir: Path) -> None:
+    """Delete the temp files and folders (`.tmp-*`) that killed writes leave in the places the
+    pipeline writes to; a folder goes whole, a symlink as a link (never its target)."""
+    for pattern in TEMP_GLOBS:
+        for p in Path(output_dir).glob(pattern):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def funnel(results: pa.Table) -> dict[str, pa.Array]:

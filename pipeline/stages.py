@@ -103,8 +103,7 @@ class CandidateStage:
         _die_if_armed(records)
         new = [r for r in records if not r[PRIOR]]
         for r in new:
-            r.update(job=self.cfg.job.name, worker=self.worker, scheduler=self.scheduler,
-                     clip_model=self.scorer.model_id, moderation_model=self.moderation_model)
+            r.update(job=self.cfg.job.name, worker=self.worker)
         # 2. prompt moderation: blocked prompts are never generated
         self._moderate_prompts(new)
         # 3. generate
@@ -113,10 +112,14 @@ class CandidateStage:
         self._score_and_moderate([r for r in new if r["item_id"] in images], images)
         ranks = rank(records)  # the writer ranks again (the same numbers) and fills the places
         # 5. an earlier candidate promoted into a place has no file yet: make it again (its
-        # seed gives the same pixels; its stored scores stand)
-        wanted = [r for r in records if r[PRIOR] and r["path"] is None
-                  and ranks.get(r["item_id"], 1 << 30) <= int(r["keep"])]
-        images.update(self._generate(wanted))
+        # seed gives the same pixels; its stored scores stand). One that fails drops out of the
+        # ranking and the next moves up, until the places are filled or no candidate is left.
+        tried: set[str] = set()
+        while wanted := [r for r in records if r[PRIOR] and r["path"] is None and r["item_id"] not in tried
+                         and ranks.get(r["item_id"], 1 << 30) <= int(r["keep"])]:
+            tried.update(r["item_id"] for r in wanted)
+            images.update(self._generate(wanted))
+            ranks = rank(records)
         # 6. collect pixels for the picks and a reserve of as many runner-ups (a failed write
         # hands its place on), every image when rejected ones are kept too
         write_rejected = self.cfg.output.write_rejected
@@ -135,6 +138,7 @@ class CandidateStage:
             if g.error:
                 r.update(status=schema.ERROR, reason=g.error)
             else:
+                r["scheduler"] = self.scheduler  # the class that ran, whatever was configured
                 images[r["item_id"]] = g.image
         return images
 
@@ -171,7 +175,8 @@ class CandidateStage:
                     r.update(status=schema.ERROR, reason=f"score: {type(e).__name__}: {e}")
         threshold = self.cfg.filter.image_unsafe_threshold
         for r, s, u, ms_score, ms_mod in measured:
-            r.update(clip_score=float(s), image_unsafe_score=float(u),
+            r.update(clip_score=float(s), clip_model=self.scorer.model_id, image_unsafe_score=float(u),
+                     moderation_model=self.moderation_model,
                      ms_score=ms_score, ms_moderate=(r["ms_moderate"] or 0) + ms_mod)
             if u >= threshold:
                 r.update(status=schema.REJECTED, reason=f"{schema.IMAGE_UNSAFE}: score {u:.3f} >= {threshold}",

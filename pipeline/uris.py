@@ -27,8 +27,11 @@ def split(uri: str) -> tuple[str, str]:
         return LOCAL, uri
     scheme, rest = uri.split("://", 1)
     scheme = scheme.lower()
-    if scheme == LOCAL and rest.startswith("localhost/"):
-        rest = rest[len("localhost"):]
+    if scheme == LOCAL and not rest.startswith("/"):
+        host, _, path = rest.partition("/")
+        if host != "localhost":
+            raise ValueError(f"{uri!r} names a file on another host ({host!r})")
+        rest = "/" + path
     return scheme, rest
 
 
@@ -43,10 +46,21 @@ def resolve(value: str, base: str) -> str:
         if base_scheme != LOCAL:
             return resolve(f"{base_scheme}://{base_path.rstrip('/')}/{path}", "")
         return os.path.realpath(os.path.join(base_path, path))
-    key = posixpath.normpath(path)
-    if key.startswith(("..", "/")) or key == ".":
-        raise ValueError(f"{value!r} climbs above its bucket")
-    return f"{scheme}://{key}"
+    bucket, _, key = path.partition("/")
+    key = posixpath.normpath("/" + key).lstrip("/") if key else ""
+    if not bucket or bucket in (".", "..") or _climbs(path):
+        raise ValueError(f"{value!r} climbs out of its bucket or names none")
+    return f"{scheme}://{bucket}/{key}" if key else f"{scheme}://{bucket}"
+
+
+def _climbs(path: str) -> bool:
+    """Whether a bucket/key path's `..` segments reach above the bucket."""
+    depth = 0
+    for part in path.split("/")[1:]:
+        depth += -1 if part == ".." else (part not in ("", "."))
+        if depth < 0:
+            return True
+    return False
 
 
 def parent(uri: str) -> str:
@@ -60,7 +74,10 @@ def parent(uri: str) -> str:
 def inside(uri: str, root: str) -> bool:
     """Whether resolved `uri` is `root` or below it (a root is resolved like any URI)."""
     scheme, path = split(uri)
-    root_scheme, root_path = split(resolve(root, os.getcwd()))
+    try:
+        root_scheme, root_path = split(resolve(root, os.getcwd()))
+    except ValueError:  # a root that names nothing confines to nothing
+        return False
     if scheme != root_scheme:
         return False
     root_path = root_path.rstrip("/")
@@ -70,7 +87,7 @@ def inside(uri: str, root: str) -> bool:
 def problem(uri: str, roots: tuple[str, ...], schemes: tuple[str, ...]) -> str | None:
     """Why a resolved input URI may not be read by this job, or None."""
     scheme, _ = split(uri)
-    if scheme not in schemes:
+    if scheme not in {s.lower() for s in schemes}:
         return (f"scheme {scheme!r} is not allowed (allowed: {', '.join(schemes)}; "
                 "[job].allowed_input_schemes)")
     if roots and not any(inside(uri, r) for r in roots):
@@ -92,14 +109,6 @@ def read_bytes(uri: str) -> bytes:
             return f.read()
     fs, path = filesystem(uri)
     return fs.cat_file(path)
-
-
-def exists(uri: str) -> bool:
-    scheme, path = split(uri)
-    if scheme == LOCAL:
-        return os.path.isfile(path)
-    fs, path = filesystem(uri)
-    return fs.isfile(path)
 
 
 def content_digest(data: bytes) -> str:

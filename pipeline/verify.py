@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline import schema
-from pipeline.results import RESULTS, ShardStore, image_files
+from pipeline.results import RESULTS, ShardStore
 
 DEMO_CA = Path("_demo_signer") / "ca.pem"
 
@@ -84,6 +84,7 @@ def verify_output(output_dir: Path, trust_anchors: str | None = None) -> tuple[l
         elif label and check.label != label:
             problems.append(f"{rel}: C2PA manifest {check.label} is not the recorded {label}")
     # A file of an earlier plan (a prompt since edited) stays listed by its committed shard.
-    for rel in sorted(image_files(output_dir) - listed - ShardStore(output_dir).committed().listed):
+    committed = ShardStore(output_dir).committed()
+    for rel in sorted(committed.files - listed - committed.listed):
         problems.append(f"{rel}: file not listed in the results table nor in any committed shard")
     return problems, checked

@@ -133,9 +133,11 @@ def test_item_ids_hash_lora_content_and_model_identity_not_paths(tmp_path):
         (folder / "loras").mkdir(parents=True)
         shutil.copy(lora, folder / "loras" / lora.name)
         shutil.copytree(model, folder / "model")
-        if name == "other-model":  # same file names, one weight file of another size
+        if name == "other-model":  # retrained: same file names and sizes, other weights
             weights = next((folder / "model" / "unet").glob("*.safetensors"))
-            weights.write_bytes(weights.read_bytes() + b"\0" * 8)
+            data = bytearray(weights.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            weights.write_bytes(bytes(data))
         extra = f'[models]\ndiffusion = "{folder / "model"}"\n'
         ids[name] = plan_of(folder, rows, styles=styles, extra=extra)[0]["item_id"]
     assert ids["one"] == ids["two"]
@@ -157,3 +159,15 @@ def test_inpaint_repaints_fully_unless_told_otherwise(tmp_path):
     assert [plan[i]["strength"] for i in rows["id"]] == [1.0, 0.4, 0.6, 0.75]
     tuned = plan_of(tmp_path, rows, styles=styles, extra="[generate]\nstrength = 0.5\ninpaint_strength = 0.9\n")
     assert [r["strength"] for r in tuned] == [0.9, 0.4, 0.6, 0.5]
+
+
+def test_model_fingerprints_never_fail_and_never_depend_on_the_cache(tmp_path):
+    from pipeline.models.embedded import ensure
+    from pipeline.models.fingerprint import fingerprint
+
+    folder = ensure("tiny-nsfw")
+    assert fingerprint(f"local-dir:{folder}") == fingerprint(str(folder)) != fingerprint(str(ensure("tiny-clip")))
+    for spec in ("hf-hub:org/name", "laion2b_s34b_b79k", "a/b/c", "org/model", "not a valid id!"):
+        assert fingerprint(spec)  # a name, never an exception
+    assert fingerprint("org/model", "abc123") == "id:org/model@abc123"  # a pinned revision is the identity
+    assert fingerprint("org/model") == "id:org/model@unpinned"

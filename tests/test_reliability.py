@@ -115,20 +115,26 @@ def test_key_material_never_reaches_logs_results_or_metadata(tmp_path, capfd):
         assert not any(line in text for line in secret_lines), where
 
 
-def test_nothing_is_written_outside_the_output_folder(tmp_path, monkeypatch):
-    # The working directory and the home folder are watched too: a stray relative path or a
-    # cache in the user's home would land there. (The temp folder may hold library caches.)
+def test_nothing_is_written_outside_the_output_folder(tmp_path):
+    # A fresh process whose working directory and home folder are watched too: a stray relative
+    # path, or a library cache in the user's home, would land there. (HOME is set before any
+    # library reads it; the temp folder may hold library caches.)
+    import subprocess
+    import sys
+
     cwd, home = tmp_path / "cwd", tmp_path / "home"
     for folder in (cwd, home):
         folder.mkdir()
-    cfg = make_job(tmp_path / "job")
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("HOME", str(home))
+    job = write_job(tmp_path / "job", ROWS, styles=None, extra=FAST)
     before = set(tmp_path.rglob("*"))
-    report = run_job(cfg, backend="in-process")
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", str(job), "--in-process"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "job" / "out"
     created = set(tmp_path.rglob("*")) - before
-    assert created and all(report.output_dir in p.parents or p == report.output_dir for p in created), \
-        sorted(str(p) for p in created if report.output_dir not in p.parents)
+    assert created and all(out in p.parents or p == out for p in created), \
+        sorted(str(p) for p in created if out not in p.parents and p != out)
 
 
 def test_unwritable_output_is_refused_before_any_work(tmp_path):
@@ -282,3 +288,21 @@ def test_the_funnel_is_monotonic_when_a_write_fails(tmp_path, monkeypatch):
     assert counts == sorted(counts, reverse=True), dict(zip(FUNNEL, counts, strict=True))
     # the failed pick was selected (it was picked) but never signed; its runner-up took its place
     assert (report.summary["selected"], report.summary["signed"], report.summary["written"]) == (4, 3, 3)
+
+
+def test_when_a_promoted_earlier_candidate_cannot_be_made_the_next_one_is(tmp_path, monkeypatch):
+    # keep 1 of 3: the pick's file is deleted and remaking it fails; so does making the runner-up
+    # (judged in the first run, never written); the third is made and written, so the row still
+    # has its image.
+    cfg = make_job(tmp_path, num_candidates=3, keep=1, seed=6, max_failed_fraction=0.5)
+    first = {(r["id"], r["candidate"]): r for r in results(run_job(cfg, backend="in-process"))}
+    pick = next(k for k in first if k[0] == "a" and first[k]["rank"] == 1)
+    second = next(k for k in first if k[0] == "a" and first[k]["rank"] == 2)
+    third = next(k for k in first if k[0] == "a" and first[k]["rank"] == 3)
+    (Path(cfg.job.output) / first[pick]["path"]).unlink()
+    monkeypatch.setenv("ASSET_PIPELINE_FAULTS", f"candidate.error={first[pick]['seed']}|{first[second]['seed']}")
+    report = run_job(cfg, backend="in-process")
+    rows = {(r["id"], r["candidate"]): r for r in results(report)}
+    assert rows[pick]["status"] == rows[second]["status"] == "error"
+    assert rows[third]["status"] == "written" and rows[third]["rank"] == 1
+    assert verify_output(report.output_dir) == ([], 3)

@@ -39,7 +39,9 @@ def test_edit_then_revert_a_prompt_keeps_every_listed_file(tmp_path):
     out = run_job(load_job(job), backend="in-process").output_dir
     first = results(out)
     edited = dict(ROWS, prompt=["a mug", "a red shoe", "a lamp"])
-    run_job(load_job(job_with(tmp_path, edited)), backend="in-process")
+    middle = run_job(load_job(job_with(tmp_path, edited)), backend="in-process")
+    assert middle.exit_code == EXIT_OK and middle.summary["this_run"] == {"written": 1}
+    assert results(out)["b", 0]["status"] == "written" and verify_output(out) == ([], 3)
     again = run_job(load_job(job_with(tmp_path, ROWS)), backend="in-process")  # reverted
     assert again.exit_code == EXIT_OK
     table = results(out)
@@ -116,3 +118,16 @@ def test_passthrough_table_unchanged_by_resume(tmp_path):
     first = pq.read_table(out / RESULTS)
     run_job(load_job(job), backend="in-process")
     assert pq.read_table(out / RESULTS).equals(first)
+
+
+def test_rows_into_a_folder_holding_only_other_rows_results_is_refused(tmp_path):
+    # No shards (removed by hand), but results.parquet and images of other rows: still refused.
+    import shutil
+
+    job = job_with(tmp_path, ROWS)
+    out = run_job(load_job(job), backend="in-process").output_dir
+    shutil.rmtree(out / "_shards")
+    before = images(out)
+    with pytest.raises(JobError, match="holds results of other rows"):
+        run_job(load_job(job), backend="in-process", rows=("a",))
+    assert images(out) == before

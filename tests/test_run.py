@@ -159,6 +159,8 @@ def test_results_and_run_record_name_the_models_that_ran(finished):
     assert {r["scheduler"] for r in generated} == {"EulerDiscreteScheduler"}
     assert {r["moderation_model"] for r in generated} == {cfg.models.moderation}
     assert {r["clip_model"] for r in generated} == {cfg.models.clip}
+    blocked = [r for r in table.to_pylist() if r["id"] == "blocked"]  # stopped at the prompt check
+    assert blocked and all(r["scheduler"] is r["clip_model"] is r["moderation_model"] is None for r in blocked)
     run = json.loads((report.output_dir / "_runs" / f"{report.run_id}.json").read_text())
     assert run["versions"]["torch"] and run["versions"]["diffusers"] and run["versions"]["c2pa-python"]
     models = run["models"]

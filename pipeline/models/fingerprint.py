@@ -2,9 +2,11 @@
 another disk keeps its images and a changed one regenerates them.
 
 Torch-free and fast (the plan runs it once): for a local folder, the contents of its small
-config files plus the names and sizes of its weight files; for a single weights file, its name
-and size; for an embedded model, its recipe tag; for a hub id, the revision asked for or the
-commit of the cached snapshot.
+config files plus, per weight file, its name, size and three sampled 64 KiB ranges (a retrained
+checkpoint keeps names and sizes, not bytes); for a single weights file, the same sample; for
+an embedded model, its recipe tag; for a hub id, the revision the job pins. Never what a cache
+happens to hold: the driver's cache may differ from the actors', and a first run that fills it
+must not change every item id of the second. Pin `[models].diffusion_revision` for hub models.
 """
 
 from __future__ import annotations
@@ -17,44 +19,57 @@ from pipeline.config import EMBEDDED_PREFIX
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".gguf", ".onnx")
 CONFIG_MAX_BYTES = 1 << 20
+SAMPLE = 1 << 16
+PATH_PREFIXES = ("clip-head:", "local-dir:")  # specs that name a local file or folder
 
 
-def _folder(path: Path) -> str:
+def _sample(f: Path, h) -> None:
+    """Size and three 64 KiB ranges (start, middle, end) of a weights file."""
+    size = f.stat().st_size
+    h.update(f"{size}\0".encode())
+    with open(f, "rb") as fh:
+        for offset in sorted({0, max(0, size // 2 - SAMPLE // 2), max(0, size - SAMPLE)}):
+            fh.seek(offset)
+            h.update(fh.read(SAMPLE))
+
+
+def _file(f: Path, h) -> None:
+    if f.name.endswith(WEIGHT_SUFFIXES) or f.stat().st_size > CONFIG_MAX_BYTES:
+        _sample(f, h)
+    else:
+        h.update(f.read_bytes())
+
+
+def _local(path: Path) -> str:
     h = hashlib.blake2b(digest_size=16)
+    if path.is_file():
+        _file(path, h)
+        return f"file:{path.name}:{h.hexdigest()}"
     for f in sorted(p for p in path.rglob("*") if p.is_file() and ".cache" not in p.parts):
-        rel = f.relative_to(path).as_posix()
-        size = f.stat().st_size
-        h.update(f"{rel}\0{size}\0".encode())
-        if not f.name.endswith(WEIGHT_SUFFIXES) and size <= CONFIG_MAX_BYTES:
-            h.update(f.read_bytes())
+        h.update(f"{f.relative_to(path).as_posix()}\0".encode())
+        _file(f, h)
     return "dir:" + h.hexdigest()
 
 
-def _hub(repo: str, revision: str | None) -> str:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        for name in ("model_index.json", "config.json", "open_clip_config.json"):
-            cached = try_to_load_from_cache(repo, name, revision=revision)
-            if isinstance(cached, str):
-                return f"hub:{repo}@{Path(cached).parent.name}"  # snapshots/<commit>/name
-    except ImportError:
-        pass
-    return f"id:{repo}@{revision or 'unpinned'}"  # not cached here: the name is all we know
-
-
 def fingerprint(spec: str | None, revision: str | None = None) -> str | None:
-    """A model spec (`embedded:NAME`, a folder, a weights file, `clip-head:FILE`, a hub id)."""
+    """A model spec: `embedded:NAME`, a folder, a weights file, `clip-head:FILE`,
+    `local-dir:FOLDER`, `hf-hub:ID` or a hub id / open_clip tag. Never raises: what cannot be
+    read is named by its spec and revision (loading it reports the real problem)."""
     if not spec:
         return None
     if spec.startswith(EMBEDDED_PREFIX):
-        from pipeline.models.embedded import recipe_tag
+        from pipeline.models.embedded import VERSIONS, recipe_tag
 
         name = spec.removeprefix(EMBEDDED_PREFIX)
-        return f"embedded:{name}@{recipe_tag(name)}"
-    path = Path(os.path.expanduser(spec.removeprefix("clip-head:")))
-    if path.is_dir():
-        return _folder(path)
-    if path.is_file():
-        return f"file:{path.name}:{path.stat().st_size}"
-    return _hub(spec, revision)
+        if name in VERSIONS:
+            return f"embedded:{name}@{recipe_tag(name)}"
+    local = spec
+    for prefix in PATH_PREFIXES:
+        local = local.removeprefix(prefix)
+    try:
+        path = Path(os.path.expanduser(local))
+        if path.exists():
+            return _local(path)
+    except OSError:
+        pass
+    return f"id:{spec.removeprefix('hf-hub:')}@{revision or 'unpinned'}"
