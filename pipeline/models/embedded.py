@@ -57,9 +57,26 @@ def _tiny_vae():
     )
 
 
+# The tiny text encoders' config (CLIP-L's vocabulary and special tokens, 32 wide).
+TINY_TEXT = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
+                 bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+
+
+def _tiny_scheduler():
+    """SD 1.x/2.x betas; "trailing" spacing suits the few-step regime (as SD-turbo does)."""
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", timestep_spacing="trailing", steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
 def _build_tiny_sd(folder: Path) -> None:
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from pipeline.models.tokenizer import build_clip_tokenizer
@@ -74,21 +91,11 @@ def _build_tiny_sd(folder: Path) -> None:
             cross_attention_dim=32, attention_head_dim=8,
         )
         vae = _tiny_vae()
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
-            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        ))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
     # vocab.json + merges.txt stay beside the tokenizer.json that save_pretrained adds.
     tokenizer = build_clip_tokenizer(folder / "tokenizer", model_max_length=77)
-    # SD 1.x/2.x betas; "trailing" spacing suits the few-step regime (as SD-turbo does).
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-        beta_schedule="scaled_linear", timestep_spacing="trailing", steps_offset=1,
-        prediction_type="epsilon",
-    )
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_tiny_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -101,14 +108,12 @@ def _build_tiny_sdxl(folder: Path) -> None:
     embedding, and `force_zeros_for_empty_prompt` as in SDXL base: an absent negative prompt
     is a zero embedding, an empty one is an encoded "" (the two differ)."""
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from pipeline.models.tokenizer import build_clip_tokenizer
 
-    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
-                bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    text = TINY_TEXT
     time_dim = 8
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
@@ -128,14 +133,9 @@ def _build_tiny_sdxl(folder: Path) -> None:
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text, hidden_act="gelu"))
     tokenizer = build_clip_tokenizer(folder / "tokenizer", model_max_length=77)
     tokenizer_2 = build_clip_tokenizer(folder / "tokenizer_2", model_max_length=77)
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-        beta_schedule="scaled_linear", timestep_spacing="trailing", steps_offset=1,
-        prediction_type="epsilon",
-    )
     pipe = StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=_tiny_scheduler(),
         force_zeros_for_empty_prompt=True, add_watermarker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
