@@ -195,7 +195,7 @@ width = {args.width}
 height = {args.height}
 batch_size = {args.batch_size}
 [filter]
-image_unsafe_threshold = 1.01
+image_unsafe_threshold = 1.0
 [output]
 format = "{args.format}"
 png_compress_level = {args.png_level}

@@ -100,7 +100,7 @@ def main() -> None:
                                f"validate {m['validate_s']:.2f} s, plan {m['plan_s']:.2f} s, "
                                f"peak RSS {m['peak_rss_mb']:.0f} MB"))
         extra = ("[generate]\nsteps = 1\nwidth = 64\nheight = 64\nbatch_size = 8\n"
-                 "[output]\nshard_rows = 64\n[filter]\nimage_unsafe_threshold = 1.01\n")
+                 "[output]\nshard_rows = 64\n[filter]\nimage_unsafe_threshold = 1.0\n")
         for n in args.runs:
             folder = Path(tmp) / f"run-{n}"
             folder.mkdir()

@@ -51,6 +51,15 @@ def test_templates_fallbacks_and_passthrough(tmp_path):
     assert a["mode"] == "t2i" and a["path"] == f"images/{a['item_id'][:2]}/{a['item_id']}.png"
 
 
+def test_planned_paths_are_the_writers_paths(tmp_path):
+    from pipeline.plan import image_path
+
+    for fmt in ("png", "jpeg", "webp"):
+        plan = plan_of(tmp_path / fmt, {"id": ["a", "b"], "prompt": ["x", "y"]}, num_candidates=2, keep=1,
+                       extra=f'[output]\nformat = "{fmt}"\n')
+        assert [r["path"] for r in plan] == [image_path(r["item_id"], fmt) for r in plan]
+
+
 def test_item_ids_stable_and_sensitive(tmp_path):
     rows = {"id": ["a", "b"], "prompt": ["x", "y"]}
     first = plan_of(tmp_path / "1", rows, num_candidates=2, keep=1)
