@@ -161,8 +161,11 @@ class Generator:
             if path not in self._adapters:
                 import os
 
+                from pipeline.uris import local_copy
+
+                local = local_copy(path)  # a LoRA on object storage is fetched once per node
                 name = f"style_lora_{len(self._adapters)}"
-                pipe.load_lora_weights(os.path.dirname(path), weight_name=os.path.basename(path),
+                pipe.load_lora_weights(os.path.dirname(local), weight_name=os.path.basename(local),
                                        adapter_name=name, use_safetensors=True)
                 self._adapters[path] = name
             pipe.enable_lora()

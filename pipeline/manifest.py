@@ -84,7 +84,10 @@ def read_parquet(uri: str, what: str) -> pa.Table:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(uri)
+        # Through fsspec, like every other input: one client, one configuration (pyarrow's own
+        # S3 client does not read every standard AWS variable).
+        fs, path = uris.filesystem(uri) if uris.split(uri)[0] != uris.LOCAL else (None, uri)
+        table = pq.read_table(path, filesystem=fs)
     except FileNotFoundError:
         raise ManifestError([Problem(uri, f"{what} not found")]) from None
     except (pa.ArrowInvalid, OSError) as e:
@@ -300,8 +303,8 @@ def _check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, insp
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             kind = "image" if inspect is _inspect_image else "file"
             refused[uri] = f"not a readable {kind}: {uri} ({type(e).__name__})"
-        except ImportError as e:
-            refused[uri] = f"cannot read {uri}: {e}"
+        except Exception as e:  # noqa: BLE001 — credentials, network, a missing fsspec backend: name it
+            refused[uri] = f"cannot read {uri}: {type(e).__name__}: {e}"
     why.update((value, refused[uri]) for value, uri in resolved.items() if uri in refused)
     df = df.with_columns(pl.col(column).replace_strict(resolved, default=None, return_dtype=pl.String)
                          .alias(uri_column(column)))

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.config import JobConfig
-from pipeline.manifest import Inputs, uri_column
+from pipeline.manifest import MAX_REPORTED, Inputs, ManifestError, Problem, uri_column
 from pipeline.models.fingerprint import fingerprint as model_fingerprint
 
 SEED_MASK = 2**63 - 1
@@ -125,10 +125,23 @@ def _seeds(df: pl.DataFrame, job_seed: int) -> pl.DataFrame:
     return df.with_columns(seeds.alias("__seed"))
 
 
+def _check_denoising(rows: pl.DataFrame, inputs: Inputs) -> None:
+    """Image-to-image and inpainting run int(steps × strength) denoising steps: a row with none
+    would fail every candidate at generation, so it is refused now, by row and value."""
+    c = pl.col
+    bad = rows.filter((c("mode") != "t2i") & ((c("__steps") * c("__strength")).floor() < 1))
+    if len(bad):
+        problems = [Problem(inputs.manifest_uri, f"strength {s:g} × steps {n} gives no denoising step "
+                            "(raise the strength or the steps)", row=int(r), id=i, column="strength")
+                    for r, i, s, n in bad.select("__row", "id", "__strength", "__steps").head(MAX_REPORTED).iter_rows()]
+        raise ManifestError(problems, len(bad))
+
+
 def build_plan(inputs: Inputs, cfg: JobConfig) -> pa.Table:
     """One row per candidate, in manifest order, with passthrough columns at the end."""
     c, lit, m = pl.col, pl.lit, cfg.models
     rows = _rows(inputs, cfg)
+    _check_denoising(rows, inputs)
     df = rows.with_columns(pl.int_ranges(0, c("__n"), dtype=pl.Int64).alias("candidate")).explode("candidate")
     df = _seeds(df, cfg.job.seed).select(
         "id", c("__row").cast(pl.Int64).alias("row"), "candidate", c("prompt").alias("source_prompt"),

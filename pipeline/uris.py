@@ -132,3 +132,27 @@ def fingerprint(uri: str) -> str:
         if info.get(key):
             return f"{key.lower()}:{str(info[key]).strip(chr(34))}:{info.get('size')}"
     return content_digest(read_bytes(uri))
+
+
+def cache_root() -> str:
+    """Where this node keeps local copies of remote inputs (`$ASSET_PIPELINE_CACHE`)."""
+    return os.environ.get("ASSET_PIPELINE_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "asset-pipeline", "inputs")
+
+
+def local_copy(uri: str) -> str:
+    """A local path holding `uri`'s bytes, for libraries that only open local files (LoRA
+    loading). Local paths are returned as they are; a remote object is fetched once per node
+    into a cache folder named by its fingerprint, so a changed object is fetched again."""
+    scheme, path = split(uri)
+    if scheme == LOCAL:
+        return path
+    key = hashlib.blake2b(fingerprint(uri).encode(), digest_size=16).hexdigest()
+    target = os.path.join(cache_root(), key, posixpath.basename(path))
+    if not os.path.isfile(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        temp = f"{target}.part-{os.getpid()}"
+        fs, remote = filesystem(uri)
+        fs.get_file(remote, temp)
+        os.replace(temp, target)  # whole or absent: a racing fetch on the same node is harmless
+    return target

@@ -194,7 +194,7 @@ def test_input_roots_hold_after_normalisation_whatever_the_scheme(tmp_path, uri)
     assert "outside [job].allowed_input_roots" in str(err)
 
 
-def test_object_store_roots_confine_by_prefix_and_refuse_other_schemes(tmp_path):
+def test_object_store_roots_confine_by_prefix_and_refuse_other_schemes(tmp_path, s3):
     rows = {"id": ["ok-but-missing", "escapes", "sibling", "http"], "prompt": ["x"] * 4,
             "product_image": ["s3://bucket/catalogue/p.png", "s3://bucket/catalogue/../private/p.png",
                               "s3://bucket/catalogue-old/p.png", "http://169.254.169.254/latest/meta-data"]}
@@ -204,6 +204,7 @@ def test_object_store_roots_confine_by_prefix_and_refuse_other_schemes(tmp_path)
     assert "outside [job].allowed_input_roots" in by_id["sibling"]
     assert "scheme 'http' is not allowed" in by_id["http"]
     assert "outside" not in by_id.get("ok-but-missing", "")
+    assert "file not found" in by_id["ok-but-missing"]  # allowed, so looked up on the (loopback) store
 
 
 def test_schemes_are_refused_unless_the_job_allows_them(tmp_path):
@@ -299,3 +300,18 @@ def test_a_long_id_is_shortened_where_the_problem_names_the_row(tmp_path):
     err = problems_of(tmp_path, {"id": ["a", "x" * 5000], "prompt": ["x", "y"]})
     line = str(err)
     assert "row 1 (id 'xxxx" in line and "..." in line and len(line) < 300
+
+
+def test_image_to_image_with_no_denoising_step_is_refused_naming_the_row(tmp_path):
+    # diffusers runs int(steps × strength) steps: 1 × 0.75 is none, and every candidate would fail.
+    tmp_path.mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "photo.jpg")
+    rows = {"id": ["ok", "none"], "prompt": ["x", "y"], "product_image": ["photo.jpg", "photo.jpg"],
+            "strength": [1.0, 0.75]}
+    cfg = job(tmp_path, rows, extra="[generate]\nsteps = 1\n")
+    from pipeline.plan import build_plan
+
+    with pytest.raises(ManifestError) as e:
+        build_plan(load_inputs(cfg), cfg)
+    assert [(p.row, p.id, p.column) for p in e.value.problems] == [(1, "none", "strength")]
+    assert "no denoising step" in str(e.value) and "0.75" in str(e.value)

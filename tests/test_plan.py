@@ -162,12 +162,12 @@ def test_inpaint_repaints_fully_unless_told_otherwise(tmp_path):
     styles = {"style": ["soft"], "prompt_template": ["{prompt}"], "strength": [0.6]}
     rows = {"id": ["cut", "cut-row", "cut-style", "photo"], "prompt": ["a", "b", "c", "d"],
             "product_image": ["cutout.png", "cutout.png", "cutout.png", "photo.jpg"],
-            "strength": [None, 0.4, None, None], "style": [None, None, "soft", None]}
+            "strength": [None, 0.5, None, None], "style": [None, None, "soft", None]}
     plan = {r["id"]: r for r in plan_of(tmp_path, rows, styles=styles)}
     assert [plan[i]["mode"] for i in rows["id"]] == ["inpaint", "inpaint", "inpaint", "img2img"]
-    assert [plan[i]["strength"] for i in rows["id"]] == [1.0, 0.4, 0.6, 0.75]
+    assert [plan[i]["strength"] for i in rows["id"]] == [1.0, 0.5, 0.6, 0.75]
     tuned = plan_of(tmp_path, rows, styles=styles, extra="[generate]\nstrength = 0.5\ninpaint_strength = 0.9\n")
-    assert [r["strength"] for r in tuned] == [0.9, 0.4, 0.6, 0.5]
+    assert [r["strength"] for r in tuned] == [0.9, 0.5, 0.6, 0.5]
 
 
 def test_model_fingerprints_never_fail_and_never_depend_on_the_cache(tmp_path):

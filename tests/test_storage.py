@@ -1,0 +1,108 @@
+"""Inputs on an S3-compatible store (a real moto server on loopback, reached through the
+standard AWS variables only): manifests, styles, product photos, masks and LoRA files by URI,
+relative URIs resolved against the manifest's own prefix."""
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.config import load_job
+from pipeline.job import EXIT_OK, run_job
+from pipeline.manifest import ManifestError, load_inputs
+from pipeline.plan import build_plan
+from pipeline.verify import verify_output
+
+FAST = "[generate]\nsteps = 2\nwidth = 64\nheight = 64\nbatch_size = 4\n"
+
+
+def put_parquet(fs, path: str, table: pa.Table) -> None:
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def put_image(fs, path: str, image: Image.Image) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    fs.pipe(path, buffer.getvalue())
+
+
+def cutout() -> Image.Image:
+    im = Image.new("RGBA", (48, 32), (0, 0, 0, 0))
+    im.paste((20, 200, 20, 255), (10, 5, 30, 28))
+    return im
+
+
+def s3_job(tmp_path, s3, rows: dict, styles: dict | None = None, extra: str = "") -> str:
+    fs, prefix = s3.fs(), f"{s3.bucket}/catalogue"
+    put_parquet(fs, f"{prefix}/manifests/manifest.parquet", pa.table(rows))
+    lines = ["[job]", f'manifest = "s3://{prefix}/manifests/manifest.parquet"', f'output = "{tmp_path / "out"}"']
+    if styles is not None:
+        put_parquet(fs, f"{prefix}/manifests/styles.parquet", pa.table(styles))
+        lines.append(f'styles = "s3://{prefix}/manifests/styles.parquet"')
+    job = tmp_path / "job.toml"
+    job.write_text("\n".join(lines) + "\n" + FAST + extra)
+    return str(job)
+
+
+def test_inputs_on_s3_with_relative_uris_validate_plan_and_run(tmp_path, s3):
+    fs = s3.fs()
+    put_image(fs, f"{s3.bucket}/catalogue/products/cut.png", cutout())
+    put_image(fs, f"{s3.bucket}/catalogue/products/ref.png", Image.new("RGB", (32, 32), (9, 9, 9)))
+    rows = {"id": ["staged", "plain", "styled"], "prompt": ["a mug", "a shoe", "a lamp"],
+            "product_image": ["../products/cut.png", None, None], "style": [None, None, "look"],
+            "sku": ["1", "2", "3"]}
+    styles = {"style": ["look"], "reference_image": ["../products/ref.png"]}
+    cfg = load_job(s3_job(tmp_path, s3, rows, styles))
+    plan = {r["id"]: r for r in build_plan(load_inputs(cfg), cfg).to_pylist()}
+    assert plan["staged"]["init_image"] == f"s3://{s3.bucket}/catalogue/products/cut.png"
+    assert (plan["staged"]["mode"], plan["staged"]["mask"]) == ("inpaint", "alpha")  # transparency read remotely
+    assert (plan["styled"]["mode"], plan["styled"]["init_image"]) == ("img2img",
+                                                                      f"s3://{s3.bucket}/catalogue/products/ref.png")
+    report = run_job(cfg, backend="in-process")
+    assert report.exit_code == EXIT_OK and report.summary["written"] == 3
+    table = {r["id"]: r for r in pq.read_table(report.output_dir / "results.parquet").to_pylist()}
+    staged = np.asarray(Image.open(report.output_dir / table["staged"]["path"]))
+    assert (staged[33, 32] == [20, 200, 20]).all()  # the product's own pixels, read from the bucket
+    assert verify_output(report.output_dir) == ([], 3)
+
+
+def test_missing_and_unreadable_objects_are_named_by_row_and_column(tmp_path, s3):
+    fs = s3.fs()
+    fs.pipe(f"{s3.bucket}/catalogue/products/broken.png", b"\x89PNG not really")
+    put_image(fs, f"{s3.bucket}/catalogue/products/ok.png", cutout())
+    rows = {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"],
+            "product_image": ["../products/ok.png", "../products/missing.png", "../products/broken.png"]}
+    with pytest.raises(ManifestError) as e:
+        load_inputs(load_job(s3_job(tmp_path, s3, rows)))
+    found = {(p.row, p.column, p.message.split(":")[0]) for p in e.value.problems}
+    assert found == {(1, "product_image", "file not found"), (2, "product_image", "not a readable image")}
+
+
+def test_a_manifest_object_that_is_missing_or_not_parquet_is_named(tmp_path, s3):
+    s3.fs().pipe(f"{s3.bucket}/notes.parquet", b"not parquet")
+    for uri, needle in ((f"s3://{s3.bucket}/nope.parquet", "manifest not found"),
+                        (f"s3://{s3.bucket}/notes.parquet", "not a readable Parquet file")):
+        job = tmp_path / "job.toml"
+        job.write_text(f'[job]\nmanifest = "{uri}"\n')
+        with pytest.raises(ManifestError, match=needle):
+            load_inputs(load_job(job))
+
+
+def test_a_style_lora_on_s3_is_fetched_to_a_local_cache_and_applied(tmp_path, s3, monkeypatch):
+    from tests.helpers import make_lora
+
+    lora = make_lora(tmp_path / "lora")
+    s3.fs().put(str(lora), f"{s3.bucket}/catalogue/loras/brand.safetensors")
+    monkeypatch.setenv("ASSET_PIPELINE_CACHE", str(tmp_path / "cache"))
+    rows = {"id": ["a", "b"], "prompt": ["x", "x"], "style": ["brand", None], "seed": pa.array([1, 1], pa.int64())}
+    styles = {"style": ["brand"], "lora": ["../loras/brand.safetensors"]}
+    report = run_job(load_job(s3_job(tmp_path, s3, rows, styles)), backend="in-process")
+    assert report.exit_code == EXIT_OK
+    table = {r["id"]: r for r in pq.read_table(report.output_dir / "results.parquet").to_pylist()}
+    a, b = (np.asarray(Image.open(report.output_dir / table[i]["path"])) for i in ("a", "b"))
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 10  # same seed: only the LoRA differs
+    assert list((tmp_path / "cache").rglob("*.safetensors"))
