@@ -1,0 +1,156 @@
+"""The output folder, local or on object storage: one way to put, get, list and delete output,
+with the same guarantees on both (DESIGN.md "Storage and exactly-once").
+
+- `put` is atomic: locally a temp file, fsync and rename; on object storage one whole-object
+  PUT, which readers see whole or not at all. Nothing is ever renamed on a bucket.
+- `create` is exclusive, for the lock: locally `O_EXCL`; on S3 a conditional PUT
+  (`If-None-Match: *`). `replace` swaps an object only while it is still the version read
+  (`If-Match`), so one run only takes over a lock whose lease ran out.
+- `files(prefix)` lists relative paths of what is there (temp files excluded).
+
+Paths are relative to the output root and never climb out of it. (Being adopted: the callers
+still use local paths; see DESIGN.md.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+from pathlib import Path
+
+from pipeline import uris
+from pipeline.write import TEMP_PREFIX, atomic_write, safe_join
+
+
+def _relative(rel: str) -> str:
+    """A normalised relative path inside the root; ValueError for anything else."""
+    norm = posixpath.normpath(rel.replace("\\", "/")) if rel else ""
+    if not rel or "\x00" in rel or norm.startswith(("/", "..")) or norm == ".":
+        raise ValueError(f"not a relative path inside the output folder: {rel!r}")
+    return norm
+
+
+class Output:
+    """An output folder (`/data/out`) or prefix (`s3://bucket/runs/nightly`)."""
+
+    def __init__(self, uri: str):
+        scheme, path = uris.split(uri)
+        self.local = scheme == uris.LOCAL
+        if self.local:
+            self.root = str(Path(os.path.expanduser(path)).resolve())
+            self.uri, self.fs = self.root, None
+        else:
+            self.uri = uris.resolve(uri, "")
+            self.fs, root = uris.filesystem(self.uri)
+            self.root = root.rstrip("/")
+        self.scheme = scheme
+
+    def where(self, rel: str = "") -> str:
+        """The full path or URI of `rel`, for messages and for readers outside this module."""
+        if not rel:
+            return self.uri
+        return str(self._local(rel)) if self.local else f"{self.uri}/{_relative(rel)}"
+
+    def _local(self, rel: str) -> Path:
+        return safe_join(Path(self.root), _relative(rel))
+
+    def _remote(self, rel: str) -> str:
+        return f"{self.root}/{_relative(rel)}"
+
+    def put(self, rel: str, data: bytes) -> None:
+        if self.local:
+            atomic_write(self._local(rel), data)
+        else:
+            self.fs.pipe_file(self._remote(rel), data)
+
+    def get(self, rel: str) -> bytes:
+        if self.local:
+            return self._local(rel).read_bytes()
+        return self.fs.cat_file(self._remote(rel))
+
+    def exists(self, rel: str) -> bool:
+        if self.local:
+            return self._local(rel).is_file()
+        self.fs.invalidate_cache(self._remote(rel))
+        return self.fs.isfile(self._remote(rel))
+
+    def files(self, prefix: str = "") -> set[str]:
+        """Relative paths of every file under `prefix` (the whole output when empty)."""
+        if self.local:
+            base = self._local(prefix) if prefix else Path(self.root)
+            found = (p for p in base.rglob("*") if p.is_file()) if base.is_dir() else ()
+            rels = (p.relative_to(self.root).as_posix() for p in found)
+        else:
+            base = self._remote(prefix) if prefix else self.root
+            self.fs.invalidate_cache(base)
+            rels = (p[len(self.root) + 1:] for p in self.fs.find(base))
+        return {r for r in rels if not posixpath.basename(r).startswith(TEMP_PREFIX)}
+
+    def delete(self, rel: str) -> None:
+        """Remove one file; a file already gone is fine."""
+        if self.local:
+            self._local(rel).unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self._remote(rel))
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove everything under `prefix` (a folder, or every object with that key prefix)."""
+        if self.local:
+            target = self._local(prefix)
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        else:
+            for rel in self.files(prefix):
+                self.delete(rel)
+
+    # ── exclusive creation and conditional replacement (the lock) ──────────────────────
+    def create(self, rel: str, data: bytes) -> bool:
+        """Write `rel` only if nothing is there: True when this call created it."""
+        if self.local:
+            path = self._local(rel)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        return self._conditional_put(rel, data, IfNoneMatch="*")
+
+    def version(self, rel: str) -> str | None:
+        """The version of `rel` that `replace` compares against (an ETag), or None if absent."""
+        if self.local:
+            path = self._local(rel)
+            return f"{path.stat().st_mtime_ns}:{path.stat().st_size}" if path.is_file() else None
+        self.fs.invalidate_cache(self._remote(rel))
+        try:
+            return self.fs.info(self._remote(rel))["ETag"]
+        except FileNotFoundError:
+            return None
+
+    def replace(self, rel: str, data: bytes, version: str) -> bool:
+        """Overwrite `rel` only if it is still at `version`: True when this call replaced it."""
+        if self.local:
+            raise NotImplementedError("a local output is locked with flock; it needs no conditional replace")
+        return self._conditional_put(rel, data, IfMatch=version)
+
+    def _conditional_put(self, rel: str, data: bytes, **condition: str) -> bool:
+        if self.scheme != "s3":
+            raise NotImplementedError(f"conditional writes on {self.scheme}:// outputs are not supported yet")
+        bucket, _, key = self._remote(rel).partition("/")
+        try:
+            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+        except (FileExistsError, OSError) as e:
+            if isinstance(e, FileExistsError) or "pre-condition" in str(e) or "PreconditionFailed" in str(e):
+                return False
+            raise
+        self.fs.invalidate_cache(self._remote(rel))
+        return True
