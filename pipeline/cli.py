@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def _job_args(p: argparse.ArgumentParser) -> None:
@@ -119,7 +118,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.job import EXIT_INVALID, EXIT_OK
     from pipeline.verify import verify_output
 
-    problems, checked = verify_output(Path(args.output), args.trust_anchors)
+    problems, checked = verify_output(args.output, args.trust_anchors)
     for p in problems[:100]:
         print(p, file=sys.stderr)
     if len(problems) > 100:
@@ -131,16 +130,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    import pyarrow.parquet as pq
-
     from pipeline.job import EXIT_INVALID, EXIT_OK
-    from pipeline.results import RESULTS, summarize
+    from pipeline.results import RESULTS, read_results, summarize
+    from pipeline.store import Output
 
-    path = Path(args.output) / RESULTS
-    if not path.is_file():
-        print(f"{path}: no results table (has the run finished?)", file=sys.stderr)
+    out = Output(args.output)
+    if not out.exists(RESULTS):
+        print(f"{out.where(RESULTS)}: no results table (has the run finished?)", file=sys.stderr)
         return EXIT_INVALID
-    print(json.dumps(summarize(pq.read_table(path)), indent=2))
+    print(json.dumps(summarize(read_results(out)), indent=2))
     return EXIT_OK
 
 

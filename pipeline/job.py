@@ -8,10 +8,10 @@ any model is loaded, and every outcome is committed in whole-row shards as it ar
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import platform
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -24,12 +24,15 @@ import pyarrow.compute as pc
 
 from pipeline import faults, results, schema
 from pipeline.config import JobConfig
+from pipeline.lock import OutputLocked, acquire
 from pipeline.manifest import Inputs, ManifestError, Problem, load_inputs
 from pipeline.plan import build_plan
+from pipeline.store import Output
 from pipeline.work import PRIOR, candidates, rows_per_group, write_work
 
 EXIT_OK, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2
 WORK = "_work"
+RUNS = "_runs"
 
 
 class JobError(RuntimeError):
@@ -39,45 +42,37 @@ class JobError(RuntimeError):
 @dataclass
 class RunReport:
     run_id: str
-    output_dir: Path
+    output_dir: Path | str  # the folder (a Path) or the prefix URI of an object-storage output
     summary: dict
     exit_code: int
     stopped: str | None = None  # why the run stopped early
     removed_strays: list[str] = field(default_factory=list)
+    results: str = ""  # where results.parquet is
 
 
 def _log(msg: str) -> None:
     print(f"[pipeline] {msg}", file=sys.stderr, flush=True)
 
 
-def _lock(output_dir: Path):
-    """One run per output folder at a time; released when the process dies."""
-    f = open(output_dir / ".lock", "w")  # noqa: SIM115 — held for the run
+def prepare_output(out: Output) -> None:
+    """The output exists and takes writes (a probe written and removed), or JobError."""
+    probe = f".probe-{uuid.uuid4().hex}"
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise JobError(f"{output_dir}: another run is using this output folder") from None
-    return f
+        if out.local:
+            Path(out.root).mkdir(parents=True, exist_ok=True)
+        out.put(probe, b"")
+        out.delete(probe)
+    except Exception as e:  # noqa: BLE001 — a folder, a bucket, credentials: say which and why
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+        raise JobError(f"{out.uri}: output folder is not writable ({reason})") from None
 
 
-def prepare_output(output_dir: Path) -> None:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".tmp-probe-{uuid.uuid4().hex}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise JobError(f"{output_dir}: output folder is not writable ({e.strerror})") from None
-
-
-def clear_results(output_dir: Path) -> None:
+def clear_results(out: Output) -> None:
     """--fresh: forget earlier results and images (the demo signer and run records stay)."""
-    for name in (results.SHARDS, "images", results.RESULTS, results.SUMMARY):
-        p = output_dir / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
+    for prefix in (results.SHARDS, "images"):
+        out.delete_prefix(prefix)
+    for name in (results.RESULTS, results.SUMMARY):
+        out.delete(name)
 
 
 def select_rows(inputs: Inputs, rows: tuple[str, ...]) -> Inputs:
@@ -92,7 +87,7 @@ def select_rows(inputs: Inputs, rows: tuple[str, ...]) -> Inputs:
     return dataclasses.replace(inputs, manifest=inputs.manifest.filter(pl.col("id").is_in(list(rows))))
 
 
-def snapshot(cfg: JobConfig, run_id: str, output_dir: Path, plan_rows: int) -> None:
+def snapshot(cfg: JobConfig, run_id: str, out: Output, plan_rows: int) -> None:
     """Resolved config, library versions, and the models with their fingerprints, so any result
     can be traced to its run."""
     from importlib.metadata import PackageNotFoundError, version
@@ -115,13 +110,11 @@ def snapshot(cfg: JobConfig, run_id: str, output_dir: Path, plan_rows: int) -> N
         "moderation": {"spec": m.moderation, "fingerprint": fingerprint(m.moderation)},
         "prompt_classifier": {"spec": m.prompt_classifier, "fingerprint": fingerprint(m.prompt_classifier)},
     }
-    runs = output_dir / "_runs"
-    runs.mkdir(exist_ok=True)
     results.write_json({
         "run_id": run_id, "started_at": datetime.now(UTC).isoformat(),
         "host": platform.node(), "python": platform.python_version(), "versions": versions,
         "models": models, "planned_candidates": plan_rows, "config": cfg.to_dict(),
-    }, runs / f"{run_id}.json")
+    }, out, f"{RUNS}/{run_id}.json")
 
 
 class _Committer:
@@ -179,10 +172,13 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
     """
     from pipeline.provenance import Signer
 
-    out = Path(cfg.job.output).resolve()
-    cfg = cfg.replace("job", output=str(out))
+    out = Output(cfg.job.output)
+    cfg = cfg.replace("job", output=out.uri)
     prepare_output(out)
-    lock = _lock(out)
+    try:
+        lock = acquire(out, run=cfg.job.name)
+    except OutputLocked as e:
+        raise JobError(str(e)) from None
     try:
         # 1. everything that can reject the job, before any model loads and before --fresh
         inputs = select_rows(load_inputs(cfg), rows)
@@ -198,13 +194,16 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
         lock.close()
 
 
-def _run_locked(cfg: JobConfig, out: Path, backend: str, inputs: Inputs, plan: pa.Table) -> RunReport:
+def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan: pa.Table) -> RunReport:
     from pipeline.runner import connect, execute, execute_in_process, size_pools
 
     started = time.monotonic()
-    shutil.rmtree(out / WORK, ignore_errors=True)  # work files of a killed run
-    results.remove_temp(out)
     run_id = uuid.uuid4().hex[:12]
+    # The pending work is a driver-side temp file: in the output folder when it is local (a
+    # killed run's is removed here), in the temp folder when the output is on object storage.
+    work = Path(out.root) / WORK if out.local else Path(tempfile.gettempdir()) / f"asset-pipeline-work-{run_id}"
+    shutil.rmtree(work, ignore_errors=True)
+    results.remove_temp(out)
     snapshot(cfg, run_id, out, plan.num_rows)
     # 2. resume: skip what earlier attempts committed (and whose files are still there)
     store = results.ShardStore(out)
@@ -217,7 +216,7 @@ def _run_locked(cfg: JobConfig, out: Path, backend: str, inputs: Inputs, plan: p
     budget = int(cfg.job.max_failed_fraction * plan.num_rows)
     stopped, committer = None, None
     if pending.num_rows:
-        work_path = out / WORK / f"pending-{run_id}.parquet"
+        work_path = work / f"pending-{run_id}.parquet"
         priors = _priors(plan, committed, done_ids, pc.unique(pending["id"]))
         groups = write_work(candidates(pending, priors), work_path,
                             rows_per_group(pending, cfg.generate.batch_size))
@@ -228,9 +227,9 @@ def _run_locked(cfg: JobConfig, out: Path, backend: str, inputs: Inputs, plan: p
             _log(f"cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; "
                  f"{pools.generate_actors} generate actor(s), "
                  + (f"{pools.write_actors} writer(s)" if pools.write_actors else "each writing its own images"))
-            stream = execute(str(work_path), groups, cfg, str(out), pools)
+            stream = execute(str(work_path), groups, cfg, out.uri, pools)
         else:
-            stream = execute_in_process(str(work_path), cfg, str(out))
+            stream = execute_in_process(str(work_path), cfg, out.uri)
         try:
             stopped = _consume(stream, committer, pending.num_rows, budget, cfg, plan.num_rows)
         finally:
@@ -238,7 +237,7 @@ def _run_locked(cfg: JobConfig, out: Path, backend: str, inputs: Inputs, plan: p
                 committer.flush()  # what was ready is committed, whatever stopped the stream
             finally:
                 stream.close()  # stops the actors now, not when the generator is collected
-        shutil.rmtree(out / WORK, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     # 3. compact, clean up, summarise
     faults.kill_if("driver.kill_before_compact")
     committed = store.committed()
@@ -256,9 +255,10 @@ def _run_locked(cfg: JobConfig, out: Path, backend: str, inputs: Inputs, plan: p
         _log(f"warning: {truncated} candidate prompt(s) exceeded the text encoder's window and were "
              "truncated (see the `truncated` column)")
     summary["truncated_prompts"] = truncated
-    results.write_json(summary, out / results.SUMMARY)
+    results.write_json(summary, out, results.SUMMARY)
     code = EXIT_INCOMPLETE if stopped or summary["pending"] else EXIT_OK
-    return RunReport(run_id, out, summary, code, stopped, removed)
+    return RunReport(run_id, Path(out.root) if out.local else out.uri, summary, code, stopped, removed,
+                     out.where(results.RESULTS))
 
 
 def _consume(stream, committer: _Committer, to_go: int, budget: int, cfg: JobConfig, planned: int) -> str | None:
@@ -305,5 +305,5 @@ def describe(report: RunReport) -> str:
         lines.append(f"  removed {len(report.removed_strays)} file(s) no results row lists (a killed run's leftovers)")
     if report.stopped:
         lines.append(f"  STOPPED: {report.stopped}")
-    lines.append(f"  results: {report.output_dir / results.RESULTS}")
+    lines.append(f"  results: {report.results}")
     return "\n".join(lines)

@@ -83,6 +83,36 @@ def make_demo_credentials(folder: Path) -> DemoCredentials:
     return creds
 
 
+DEMO_SIGNER = "_demo_signer"
+DEMO_FILES = ("ca.pem", "chain.pem", "signer.key")
+
+
+def demo_credentials(output: Any) -> tuple[bytes, bytes, bytes, str]:
+    """(CA, chain, key PEM, where) of an output's throwaway demo signer, made once: in a local
+    folder by `make_demo_credentials`; on object storage as three objects, the key created last
+    and exclusively, so every actor of every node signs with the same one."""
+    from pipeline.store import as_output
+
+    out = as_output(output)
+    if out.local:
+        c = make_demo_credentials(Path(out.root) / DEMO_SIGNER)
+        return c.ca_cert.read_bytes(), c.cert_chain.read_bytes(), c.private_key.read_bytes(), str(c.ca_cert.parent)
+    rels = [f"{DEMO_SIGNER}/{name}" for name in DEMO_FILES]
+    if not out.exists(rels[2]):
+        with tempfile.TemporaryDirectory() as temp:
+            _write_demo_files(Path(temp))
+            made = [(Path(temp) / name).read_bytes() for name in DEMO_FILES]
+        out.put(rels[0], made[0])
+        out.put(rels[1], made[1])
+        out.create(rels[2], made[2])  # another run's key, if one got there first: theirs stands
+    try:
+        ca, chain, key = (out.get(r) for r in rels)
+    except FileNotFoundError:
+        raise SignerError(f"{out.where(DEMO_SIGNER)}: incomplete demo credentials; delete them to make new ones") \
+            from None
+    return ca, chain, key, out.where(DEMO_SIGNER)
+
+
 def _write_demo_files(folder: Path) -> None:
     """ES256 CA + end-entity cert with the extensions c2pa-rs checks for a claim signer."""
     from cryptography import x509
@@ -338,19 +368,18 @@ class Signer:
         return {**self.__dict__, "_native": None}
 
     @classmethod
-    def from_section(cls, section: SignerSection, output_dir: Path, *, quiet: bool = False) -> Signer:
-        """The signer a job spec asks for; demo mode makes (or reuses) a throwaway CA, loudly
-        (once: the driver warns, `quiet` workers do not)."""
+    def from_section(cls, section: SignerSection, output: Any, *, quiet: bool = False) -> Signer:
+        """The signer a job spec asks for; demo mode makes (or reuses) the output's throwaway
+        CA, loudly (once: the driver warns, `quiet` workers do not). `output` is the output
+        folder or prefix (a path, a URI or a store.Output)."""
         extra = _read_file(section.trust_anchors, "trust_anchors") if section.trust_anchors else b""
         if section.mode == "demo":
-            creds = make_demo_credentials(Path(output_dir) / "_demo_signer")
+            ca, chain, key, where = demo_credentials(output)
             if not quiet:
-                    print(f"WARNING: [signer] mode = 'demo': made a THROWAWAY demo CA and signing key in "
-                      f"{creds.ca_cert.parent} - never use these credentials for real assets",
-                      file=sys.stderr, flush=True)
-            chain, chain_src = creds.cert_chain.read_bytes(), str(creds.cert_chain)
-            key, key_src = creds.private_key.read_bytes(), str(creds.private_key)
-            anchors = creds.ca_cert.read_bytes() + extra
+                print(f"WARNING: [signer] mode = 'demo': a THROWAWAY demo CA and signing key in {where} "
+                      "- never use these credentials for real assets", file=sys.stderr, flush=True)
+            chain_src, key_src = f"{where}/chain.pem", f"{where}/signer.key"
+            anchors = ca + extra
         elif section.mode == "files":
             chain, chain_src = _read_secret(section.cert_chain, section.cert_chain_env,
                                             "cert_chain")

@@ -8,8 +8,9 @@ outcome of each of its item ids.
 
 from __future__ import annotations
 
+import io
 import json
-import os
+import posixpath
 import shutil
 import uuid
 from collections import Counter
@@ -20,7 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import faults, schema
+from pipeline import schema
+from pipeline.store import Output, as_output
 from pipeline.write import TEMP_PREFIX
 
 SHARDS = "_shards"
@@ -28,17 +30,10 @@ RESULTS = "results.parquet"
 SUMMARY = "summary.json"
 
 
-def _atomic_parquet(table: pa.Table, path: Path, kill_point: tuple[str, int] | None = None) -> None:
-    tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        if kill_point:
-            faults.kill_if(*kill_point)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -59,29 +54,31 @@ class Committed:
 
 
 class ShardStore:
-    """The `_shards` folder of an output directory."""
+    """The `_shards` of an output folder or prefix."""
 
-    def __init__(self, output_dir: Path):
-        self.output_dir = Path(output_dir)
-        self.dir = self.output_dir / SHARDS
+    def __init__(self, output: Output | Path | str):
+        self.out = as_output(output)
         self._next = len(self.paths())  # names sort in commit order; the suffix keeps them unique
 
-    def paths(self) -> list[Path]:
-        return sorted(p for p in self.dir.glob("part-*.parquet"))
+    def paths(self) -> list[str]:
+        return sorted(p for p in self.out.files(SHARDS)
+                      if posixpath.basename(p).startswith("part-") and p.endswith(".parquet"))
 
     def read(self, columns: list[str] | None = None) -> pa.Table | None:
         """Every committed row; `columns` that a shard of an older release lacks are left out."""
-        tables = [pq.read_table(p, columns=[c for c in columns if c in pq.read_schema(p).names] if columns else None)
-                  for p in self.paths()]
+        tables = []
+        for p in self.paths():
+            shard = pq.ParquetFile(io.BytesIO(self.out.get(p)))
+            names = shard.schema_arrow.names
+            tables.append(shard.read(columns=[c for c in columns if c in names] if columns else None))
         tables = [t for t in tables if t.num_rows]
         return pa.concat_tables(tables, promote_options="default") if tables else None
 
-    def write(self, table: pa.Table, kill_point: tuple[str, int] | None = None) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"part-{self._next:06d}-{uuid.uuid4().hex[:8]}.parquet"
-        _atomic_parquet(table, path, kill_point)
+    def write(self, table: pa.Table, kill_point: tuple[str, int] | None = None) -> str:
+        rel = f"{SHARDS}/part-{self._next:06d}-{uuid.uuid4().hex[:8]}.parquet"
+        self.out.put(rel, parquet_bytes(table), kill_point=kill_point)
         self._next += 1
-        return path
+        return rel
 
     def committed(self) -> Committed:
         """The latest outcome of every item id, checked against the files present (one listing)."""
@@ -97,7 +94,7 @@ class ShardStore:
         latest = shards.take(latest["order_max"])
         paths = latest["path"]
         listed = frozenset(p for p in paths.to_pylist() if p)
-        files = image_files(self.output_dir)
+        files = image_files(self.out)
         intact = pc.or_(pc.is_null(paths), pc.is_in(paths, pa.array(sorted(listed & files), pa.string())))
         return Committed(latest.filter(intact), listed, frozenset(files))
 
@@ -108,20 +105,19 @@ OUTCOME_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("id", pa.
                             pa.field("scheduler", pa.string()), *schema.OUTCOME_FIELDS])
 
 
-def row_ids(output_dir: Path) -> set[str]:
-    """Manifest ids an output folder holds outcomes of: its committed shards and its results."""
-    committed = ShardStore(output_dir).read(["id"])
+def row_ids(output: Output | Path | str) -> set[str]:
+    """Manifest ids an output holds outcomes of: its committed shards and its results."""
+    out = as_output(output)
+    committed = ShardStore(out).read(["id"])
     ids = set(committed["id"].to_pylist()) if committed is not None else set()
-    if (Path(output_dir) / RESULTS).is_file():
-        ids |= set(pq.read_table(Path(output_dir) / RESULTS, columns=["id"])["id"].to_pylist())
+    if out.exists(RESULTS):
+        ids |= set(pq.read_table(io.BytesIO(out.get(RESULTS)), columns=["id"])["id"].to_pylist())
     return ids
 
 
-def image_files(output_dir: Path) -> set[str]:
-    """Every file under `images/`, as paths relative to the output folder (temp files excluded)."""
-    images = Path(output_dir) / "images"
-    return {p.relative_to(output_dir).as_posix() for p in images.rglob("*")
-            if p.is_file() and not p.name.startswith(TEMP_PREFIX)} if images.is_dir() else set()
+def image_files(output: Output | Path | str) -> set[str]:
+    """Every image file of an output, as paths relative to it (temp files excluded)."""
+    return as_output(output).files("images")
 
 
 def done_item_ids(committed: Committed) -> pa.Array:
@@ -152,33 +148,41 @@ def compact(plan: pa.Table, committed: Committed) -> pa.Table:
                                                                             if c not in schema.RESERVED_NAMES)]))
 
 
-def write_results(table: pa.Table, output_dir: Path) -> Path:
-    path = Path(output_dir) / RESULTS
-    _atomic_parquet(table, path)
-    return path
+def write_results(table: pa.Table, output: Output | Path | str) -> str:
+    as_output(output).put(RESULTS, parquet_bytes(table))
+    return RESULTS
 
 
-def remove_strays(committed: Committed, output_dir: Path) -> list[str]:
+def read_results(output: Output | Path | str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(as_output(output).get(RESULTS)), columns=columns)
+
+
+def remove_strays(committed: Committed, output: Output | Path | str) -> list[str]:
     """Delete image files no latest committed outcome lists (a killed run's unlisted writes, an
     image a re-judging replaced) and the temp files killed writes leave. A listed file is never
     deleted."""
+    out = as_output(output)
     removed = sorted(committed.files - committed.listed)
     for rel in removed:
-        (Path(output_dir) / rel).unlink(missing_ok=True)
-    remove_temp(output_dir)
+        out.delete(rel)
+    remove_temp(out)
     return removed
 
 
-# Where writes put their temp files: the output folder itself (results, summary, the demo
-# signer's folder), the shard and run-record folders, and each image folder.
+# Where local writes put their temp files: the output folder itself (results, summary, the demo
+# signer's folder), the shard and run-record folders, and each image folder. (A PUT to object
+# storage is whole or absent: it leaves no temp objects.)
 TEMP_GLOBS = (TEMP_PREFIX + "*", f"{SHARDS}/{TEMP_PREFIX}*", f"_runs/{TEMP_PREFIX}*", f"images/*/{TEMP_PREFIX}*")
 
 
-def remove_temp(output_dir: Path) -> None:
-    """Delete the temp files and folders (`.tmp-*`) that killed writes leave in the places the
-    pipeline writes to; a folder goes whole, a symlink as a link (never its target)."""
+def remove_temp(output: Output | Path | str) -> None:
+    """Delete the temp files and folders (`.tmp-*`) that killed local writes leave in the places
+    the pipeline writes to; a folder goes whole, a symlink as a link (never its target)."""
+    out = as_output(output)
+    if not out.local:
+        return
     for pattern in TEMP_GLOBS:
-        for p in Path(output_dir).glob(pattern):
+        for p in Path(out.root).glob(pattern):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
@@ -238,7 +242,5 @@ def _mean_sum(results: pa.Table, columns: tuple[str, ...]) -> float | None:
     return round(pc.mean(total).as_py() / 1000, 6)
 
 
-def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+def write_json(obj: dict, output: Output | Path | str, rel: str) -> None:
+    as_output(output).put(rel, (json.dumps(obj, indent=2, default=str) + "\n").encode())

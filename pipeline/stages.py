@@ -236,9 +236,10 @@ class WriteStage:
 
     def __init__(self, cfg: JobConfig, output_dir: str):
         from pipeline.provenance import Signer
+        from pipeline.store import Output
 
         self.cfg = cfg
-        self.out = Path(output_dir)
+        self.out = Output(output_dir)  # a folder, or a prefix on object storage
         self.signer = Signer.from_section(cfg.signer, self.out, quiet=True)
         self.writer = worker_name()
         self._parents: dict[str, tuple[bytes, str]] = {}
@@ -294,7 +295,7 @@ class WriteStage:
         """True when the signed file is in place and verifies; else the row says why."""
         from pipeline.plan import image_path
         from pipeline.provenance import Claim
-        from pipeline.write import atomic_write, encode_image, safe_join, sha256_hex
+        from pipeline.write import encode_image, sha256_hex
 
         o = self.cfg.output
         if faults.arg("write.error") == str(r["seed"]):
@@ -314,16 +315,15 @@ class WriteStage:
             parent_title=os.path.basename(r["init_image"]) if parent else None)
         signed = self.signer.sign(data, mime, claim)
         t2 = time.perf_counter()
-        target = safe_join(self.out, r["path"])
-        atomic_write(target, signed)
+        self.out.put(r["path"], signed)  # whole or absent: temp + rename locally, one PUT on a bucket
         t3 = time.perf_counter()
-        on_disk = target.read_bytes()
+        on_disk = self.out.get(r["path"])
         check = self.signer.verify(on_disk, mime)
         t4 = time.perf_counter()
         r.update(ms_encode=(t1 - t0) * 1000, ms_sign=(t2 - t1) * 1000, ms_write=(t3 - t2) * 1000,
                  ms_verify=(t4 - t3) * 1000, c2pa_label=check.label, c2pa_state=check.state,
                  bytes=len(on_disk), sha256=sha256_hex(on_disk))
         if not check.ok:
-            target.unlink(missing_ok=True)
+            self.out.delete(r["path"])
             r.update(status=schema.ERROR, reason=f"verify: C2PA {check.state}: {', '.join(check.errors)}")
         return check.ok

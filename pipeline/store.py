@@ -59,10 +59,17 @@ class Output:
     def _remote(self, rel: str) -> str:
         return f"{self.root}/{_relative(rel)}"
 
-    def put(self, rel: str, data: bytes) -> None:
+    def put(self, rel: str, data: bytes, kill_point: tuple[str, int] | None = None) -> None:
+        """Write `rel` whole. `kill_point` (tests) fires with the data written but not committed:
+        locally a temp file not yet renamed, on object storage before the PUT."""
+        from pipeline import faults
+
+        armed = (lambda: faults.kill_if(*kill_point)) if kill_point else None
         if self.local:
-            atomic_write(self._local(rel), data)
+            atomic_write(self._local(rel), data, before_replace=armed)
         else:
+            if armed:
+                armed()
             self.fs.pipe_file(self._remote(rel), data)
 
     def get(self, rel: str) -> bytes:
@@ -154,3 +161,8 @@ class Output:
             raise
         self.fs.invalidate_cache(self._remote(rel))
         return True
+
+
+def as_output(where: Output | os.PathLike | str) -> Output:
+    """An Output from an Output, a local path or a URI (callers may hold any of them)."""
+    return where if isinstance(where, Output) else Output(str(where))

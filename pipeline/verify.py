@@ -7,58 +7,62 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import posixpath
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from pipeline import schema
-from pipeline.results import RESULTS, ShardStore
+from pipeline.results import RESULTS, ShardStore, read_results
+from pipeline.store import Output, as_output
 
-DEMO_CA = Path("_demo_signer") / "ca.pem"
+DEMO_CA = "_demo_signer/ca.pem"
 
 
 class MissingAnchors(ValueError):
     """A trust-anchor file that was asked for is gone: verifying without it would check less than asked."""
 
 
-def default_anchors(output_dir: Path) -> tuple[Path | None, str]:
-    """(the CAs the latest run trusted, where that comes from): its demo CA in demo mode, else the
-    trust anchors it was configured with; (None, ...) when it was configured with none."""
-    if (output_dir / DEMO_CA).is_file():
-        return output_dir / DEMO_CA, "the run's demo CA"
-    runs = sorted((output_dir / "_runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        return None, "no run record"
-    signer = json.loads(runs[-1].read_text())["config"]["signer"]
-    if signer.get("mode") == "demo":
-        return output_dir / DEMO_CA, "the run's demo CA"
+def _latest_run(out: Output) -> tuple[dict, str] | None:
+    """The record of the latest run (by its start time) and its name, or None."""
+    runs = [(json.loads(out.get(rel)), rel) for rel in out.files("_runs") if rel.endswith(".json")]
+    return max(runs, key=lambda r: r[0].get("started_at", "")) if runs else None
+
+
+def read_anchors(out: Output, trust_anchors: str | None) -> bytes | None:
+    """The PEM of the CAs to trust: the file given; else the run's own: its demo CA in demo
+    mode, or the trust anchors it was configured with (None when it had none)."""
+    if trust_anchors:
+        path = Path(trust_anchors)
+        if not path.is_file():
+            raise MissingAnchors(f"{path}: trust anchors not found (--trust-anchors)")
+        return path.read_bytes()
+    latest = _latest_run(out)
+    signer = latest[0]["config"]["signer"] if latest else {}
+    if out.exists(DEMO_CA) or signer.get("mode") == "demo":
+        if not out.exists(DEMO_CA):
+            raise MissingAnchors(f"{out.where(DEMO_CA)}: trust anchors not found (the run's demo CA)")
+        return out.get(DEMO_CA)
     configured = signer.get("trust_anchors")
-    return (Path(configured) if configured else None), f"[signer].trust_anchors of {runs[-1].name}"
-
-
-def read_anchors(output_dir: Path, trust_anchors: str | None) -> bytes | None:
-    """The PEM of the CAs to trust: the file given, else the run's own (default_anchors)."""
-    path, origin = (Path(trust_anchors), "--trust-anchors") if trust_anchors else default_anchors(output_dir)
-    if path is None:
+    if not configured:
         return None
-    if not path.is_file():
-        raise MissingAnchors(f"{path}: trust anchors not found ({origin})")
-    return path.read_bytes()
+    if not Path(configured).is_file():
+        raise MissingAnchors(f"{configured}: trust anchors not found ([signer].trust_anchors of "
+                             f"{posixpath.basename(latest[1])})")
+    return Path(configured).read_bytes()
 
 
-def verify_output(output_dir: Path, trust_anchors: str | None = None) -> tuple[list[str], int]:
+def verify_output(output: Output | Path | str, trust_anchors: str | None = None) -> tuple[list[str], int]:
     """(problems, images checked). No problems means every promise of the table holds."""
     from pipeline.provenance import verify_bytes
-    from pipeline.write import safe_join, sha256_hex
+    from pipeline.write import sha256_hex
 
-    path = output_dir / RESULTS
-    if not path.is_file():
-        return [f"{path}: no results table"], 0
+    out = as_output(output)
+    if not out.exists(RESULTS):
+        return [f"{out.where(RESULTS)}: no results table"], 0
     try:
-        anchors = read_anchors(output_dir, trust_anchors)
+        anchors = read_anchors(out, trust_anchors)
     except MissingAnchors as e:
         return [str(e)], 0
-    table = pq.read_table(path, columns=["item_id", "status", "path", "sha256", "c2pa_label"])
+    table = read_results(out, ["item_id", "status", "path", "sha256", "c2pa_label"])
     problems: list[str] = []
     checked = 0
     listed = set()
@@ -70,8 +74,7 @@ def verify_output(output_dir: Path, trust_anchors: str | None = None) -> tuple[l
             continue
         listed.add(rel)
         try:
-            file = safe_join(output_dir, rel)
-            data = file.read_bytes()
+            data = out.get(rel)
         except (OSError, ValueError) as e:
             problems.append(f"{rel}: cannot read ({e})")
             continue
@@ -84,7 +87,7 @@ def verify_output(output_dir: Path, trust_anchors: str | None = None) -> tuple[l
         elif label and check.label != label:
             problems.append(f"{rel}: C2PA manifest {check.label} is not the recorded {label}")
     # A file of an earlier plan (a prompt since edited) stays listed by its committed shard.
-    committed = ShardStore(output_dir).committed()
+    committed = ShardStore(out).committed()
     for rel in sorted(committed.files - listed - committed.listed):
         problems.append(f"{rel}: file not listed in the results table nor in any committed shard")
     return problems, checked

@@ -53,8 +53,9 @@ def encode_image(
     return buffer.getvalue(), MIME_TYPES[fmt]
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the whole new one, never a part."""
+def atomic_write(path: Path, data: bytes, before_replace=None) -> None:
+    """Write `data` to `path` so readers see the old file or the whole new one, never a part.
+    `before_replace` (tests) runs with the temp file complete and not yet renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f"{TEMP_PREFIX}{path.name}-{secrets.token_hex(6)}")
@@ -65,6 +66,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace:
+            before_replace()
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

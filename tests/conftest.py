@@ -45,12 +45,14 @@ def s3_server():
 @pytest.fixture
 def s3(s3_server, monkeypatch, request):
     """The server's endpoint and test credentials in the environment, and a fresh bucket."""
+    import hashlib
     import re
 
     for key, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                        "AWS_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
     store = S3(s3_server)
-    store.bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") or "bucket"
+    digest = hashlib.blake2b(request.node.nodeid.encode(), digest_size=4).hexdigest()
+    store.bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + digest
     store.fs().mkdir(store.bucket)
     return store

@@ -11,7 +11,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.results import SHARDS
 from tests.helpers import write_job
 
 pytestmark = pytest.mark.slow
@@ -23,27 +22,31 @@ EXTRA = "[generate]\nsteps = 1\nwidth = 64\nheight = 64\nbatch_size = 1\n[output
 WRITERS = EXTRA + "[cluster]\nwrite_actors = 1\n"
 
 
-def run(job: Path, out: Path, faults: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "ASSET_PIPELINE_FAULTS"}
+def run(job: Path, out: Path | str, faults: str | None = None, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "ASSET_PIPELINE_FAULTS"} | env_vars
     if faults:
         env["ASSET_PIPELINE_FAULTS"] = faults
     return subprocess.run([sys.executable, "-m", "pipeline", "run", str(job), "--output", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def assert_complete(out: Path, candidates: int, retried: tuple[str, ...] = ()) -> None:
+def assert_complete(where: Path | str, candidates: int, retried: tuple[str, ...] = ()) -> None:
     """Every candidate once in the results; in the shards, once, or twice for `retried` errors."""
-    table = pq.read_table(out / "results.parquet")
+    from pipeline.results import ShardStore, read_results
+    from pipeline.store import Output
+
+    out = Output(str(where))
+    table = read_results(out)
     assert table.num_rows == candidates
     assert len(set(table["item_id"].to_pylist())) == candidates
     assert all(s in ("written", "rejected") for s in table["status"].to_pylist())
-    committed = pq.read_table(out / SHARDS)["item_id"].to_pylist()
+    committed = ShardStore(out).read(["item_id"])["item_id"].to_pylist()
     twice = {i for i in committed if committed.count(i) > 1}
     assert twice == set(retried) and len(committed) == candidates + len(retried), "a candidate was committed twice"
-    verify = subprocess.run([sys.executable, "-m", "pipeline", "verify", str(out)], cwd=ROOT,
+    verify = subprocess.run([sys.executable, "-m", "pipeline", "verify", out.where()], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr  # no strays, no torn files
-    assert not list(out.rglob(".tmp-*"))
+    assert not out.local or not list(Path(out.root).rglob(".tmp-*"))
 
 
 @pytest.mark.parametrize("point, extra", [
@@ -106,3 +109,24 @@ def test_an_exception_in_a_stage_on_an_actor_costs_only_its_unit(tmp_path):
     second = run(job, out)
     assert second.returncode == 0 and "1 to go" in second.stdout + second.stderr
     assert_complete(out, 6, retried=(table["r2"]["item_id"],))
+
+
+@pytest.mark.parametrize("point, extra", [("driver.kill_before_shard=1", EXTRA),
+                                          ("driver.kill_after_shard=2", WRITERS)],
+                         ids=["before_shard", "writers-after_shard"])
+def test_driver_killed_with_the_output_on_s3_then_rerun_completes(tmp_path, s3, point, extra):
+    # The output is a bucket prefix: shards, images, results and the lock are objects. The
+    # killed run's lock object stays behind until its lease runs out; then the rerun takes over.
+    import time
+
+    job = write_job(tmp_path, ROWS, styles=None, extra=extra, num_candidates=2, keep=1)
+    out, lease = f"s3://{s3.bucket}/out", "3"
+    first = run(job, out, point, ASSET_PIPELINE_LOCK_LEASE_S=lease)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    refused = run(job, out, ASSET_PIPELINE_LOCK_LEASE_S=lease)
+    assert refused.returncode == 1 and "another run is using this output" in refused.stderr
+    time.sleep(float(lease))
+    second = run(job, out, ASSET_PIPELINE_LOCK_LEASE_S=lease)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert_complete(out, 12)
+    assert not list(tmp_path.glob("s3*")) and not (tmp_path / "out").exists()  # nothing of it on local disk

@@ -144,12 +144,14 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path):
 
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
-    from pipeline.job import _lock, prepare_output
+    from pipeline.job import prepare_output
+    from pipeline.lock import acquire
+    from pipeline.store import Output
 
     cfg = make_job(tmp_path)
-    out = Path(cfg.job.output)
+    out = Output(cfg.job.output)
     prepare_output(out)
-    held = _lock(out)
+    held = acquire(out, "someone else")
     try:
         with pytest.raises(JobError, match="another run is using"):
             run_job(cfg, backend="in-process")

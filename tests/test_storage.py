@@ -106,3 +106,68 @@ def test_a_style_lora_on_s3_is_fetched_to_a_local_cache_and_applied(tmp_path, s3
     a, b = (np.asarray(Image.open(report.output_dir / table[i]["path"])) for i in ("a", "b"))
     assert np.abs(a.astype(int) - b.astype(int)).max() > 10  # same seed: only the LoRA differs
     assert list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_output_on_s3_writes_verifies_and_resumes_with_nothing_on_local_disk(tmp_path, s3, monkeypatch):
+    from pipeline.results import RESULTS, SHARDS, SUMMARY
+    from pipeline.store import Output
+
+    monkeypatch.chdir(tmp_path)
+    put_image(s3.fs(), f"{s3.bucket}/catalogue/products/cut.png", cutout())
+    rows = {"id": ["staged", "plain"], "prompt": ["a mug", "a shoe"], "product_image": ["../products/cut.png", None]}
+    cfg = load_job(s3_job(tmp_path, s3, rows)).replace("job", output=f"s3://{s3.bucket}/runs/nightly")
+    before = set(tmp_path.rglob("*"))
+    report = run_job(cfg, backend="in-process")
+    assert report.exit_code == EXIT_OK and report.summary["written"] == 2
+    out = Output(f"s3://{s3.bucket}/runs/nightly")
+    files = out.files()
+    assert {RESULTS, SUMMARY} <= files and any(f.startswith(SHARDS + "/") for f in files)
+    table = pq.read_table(io.BytesIO(out.get(RESULTS))).to_pylist()
+    assert all(out.exists(r["path"]) for r in table if r["status"] == "written")
+    assert verify_output(out.where()) == ([], 2)
+    again = run_job(cfg, backend="in-process")
+    assert again.exit_code == EXIT_OK and again.summary["this_run"] == {}
+    assert set(tmp_path.rglob("*")) == before  # nothing of the output on local disk
+
+
+def test_a_second_run_on_the_same_prefix_is_refused_and_an_expired_lock_is_taken_over(tmp_path, s3, monkeypatch):
+    import json
+    import time
+
+    from pipeline import lock
+    from pipeline.job import JobError
+    from pipeline.store import Output
+
+    out = Output(f"s3://{s3.bucket}/runs/nightly")
+    held = lock.acquire(out, "first")
+    cfg = load_job(s3_job(tmp_path, s3, {"id": ["a"], "prompt": ["x"]})).replace("job", output=out.uri)
+    try:
+        with pytest.raises(JobError, match="another run is using this output"):
+            run_job(cfg, backend="in-process")
+    finally:
+        held.close()
+    assert not out.exists(lock.LOCK)  # released
+    # A killed run's lock: its lease ran out, so the next run takes it over and finishes.
+    out.put(lock.LOCK, json.dumps({"run": "killed", "host": "h", "pid": 1, "expires": time.time() - 1}).encode())
+    assert run_job(cfg, backend="in-process").exit_code == EXIT_OK
+    assert not out.exists(lock.LOCK)
+
+
+def test_the_lease_is_renewed_while_a_run_holds_the_lock(s3, monkeypatch):
+    import json
+    import time
+
+    from pipeline import lock
+    from pipeline.store import Output
+
+    monkeypatch.setattr(lock, "LEASE_S", 0.8)
+    out = Output(f"s3://{s3.bucket}/o")
+    held = lock.acquire(out, "long run")
+    try:
+        first = json.loads(out.get(lock.LOCK))["expires"]
+        time.sleep(1.2)  # longer than the lease: only a renewal keeps it held
+        assert json.loads(out.get(lock.LOCK))["expires"] > first
+        with pytest.raises(lock.OutputLocked):
+            lock.acquire(out, "another")
+    finally:
+        held.close()
