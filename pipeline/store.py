@@ -8,8 +8,8 @@ with the same guarantees on both (DESIGN.md "Storage and exactly-once").
   (`If-Match`), so one run only takes over a lock whose lease ran out.
 - `files(prefix)` lists relative paths of what is there (temp files excluded).
 
-Paths are relative to the output root and never climb out of it. (Being adopted: the callers
-still use local paths; see DESIGN.md.)
+Paths are relative to the output root and never climb out of it. Results, shards, images, run
+records, the summary, the demo signer, verify and report all go through here.
 """
 
 from __future__ import annotations
