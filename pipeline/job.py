@@ -29,6 +29,7 @@ from pipeline.manifest import Inputs, ManifestError, Problem, load_inputs
 from pipeline.plan import build_plan
 from pipeline.store import Output
 from pipeline.work import PRIOR, candidates, rows_per_group, write_work
+from pipeline.write import TEMP_PREFIX
 
 EXIT_OK, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2
 WORK = "_work"
@@ -56,7 +57,7 @@ def _log(msg: str) -> None:
 
 def prepare_output(out: Output) -> None:
     """The output exists and takes writes (a probe written and removed), or JobError."""
-    probe = f".probe-{uuid.uuid4().hex}"
+    probe = f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"  # a crash leaves a temp file, cleaned like any other
     try:
         if out.local:
             Path(out.root).mkdir(parents=True, exist_ok=True)
