@@ -50,17 +50,33 @@ def size_pools(cfg: JobConfig, resources: dict[str, float]) -> Pools:
     return Pools(generate, gpus_per_actor, c.cpus_per_actor, write, c.cpus_per_writer)
 
 
+# What the actors need from the driver's environment on a cluster whose nodes have their own:
+# caches, offline switches, where the object store is. Never credentials: those come from each
+# node (a Kubernetes Secret, a workload identity), as the runtime env is visible cluster-wide.
+FORWARDED_ENV = ("ASSET_PIPELINE_MODELS", "ASSET_PIPELINE_CACHE", "ASSET_PIPELINE_FAULTS", "HF_HOME",
+                 "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                 "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def actor_env() -> dict[str, str]:
+    """The driver's settings the actors get through Ray's runtime env."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
 def connect(address: str | None) -> dict[str, float]:
     """Join a cluster (or start a local one) and return its resources."""
     import ray
 
     if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")  # set by `ray job submit`
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         # A local instance starts no idle worker processes ahead of time: the pipeline runs
-        # only actors, and an idle worker polls at about 1% of a core (bench/RESULTS.md).
+        # only actors, and an idle worker polls at about 1% of a core (bench/RESULTS.md). Its
+        # workers inherit this process's environment; a cluster's get the settings they need.
         local = {"_system_config": {"enable_worker_prestart": False, "prestart_worker_first_driver": False}}
+        remote = {"runtime_env": {"env_vars": actor_env()}}
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
-                 log_to_driver=True, configure_logging=False, **({} if address else local))
+                 log_to_driver=True, configure_logging=False, **(remote if address else local))
     return dict(ray.cluster_resources())
 
 

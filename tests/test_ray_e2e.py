@@ -71,15 +71,20 @@ def test_run_on_a_head_and_worker_cluster(tmp_path):
     port = free_port()
     # Ray's token authentication, as a real cluster runs it: every process gets the token.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    # The nodes have their own home and none of the driver's settings (a fresh cluster): what
+    # the actors need (here the models cache) must reach them through the job's runtime env.
+    node_home = tmp_path / "node-home"
+    node_home.mkdir()
+    node_env = {k: v for k, v in env.items() if k != "ASSET_PIPELINE_MODELS"} | {"HOME": str(node_home)}
     head = subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                            "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, text=True, env=node_env, timeout=120)
     assert head.returncode == 0, head.stderr[-2000:]
     try:
         address = f"127.0.0.1:{port}"
         worker = subprocess.run([ray, "start", f"--address={address}", "--node-ip-address=127.0.0.1",
                                  "--num-cpus=1", "--disable-usage-stats"],
-                                capture_output=True, text=True, env=env, timeout=120)
+                                capture_output=True, text=True, env=node_env, timeout=120)
         assert worker.returncode == 0, worker.stderr[-2000:]
         # Separate writer actors (the GPU-cluster layout; a CPU-only run writes on its generate
         # actor): generated pixels go to writers by reference, across the two nodes.
@@ -91,8 +96,9 @@ def test_run_on_a_head_and_worker_cluster(tmp_path):
         # The results say which actor generated and which wrote each image (host:pid).
         rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
         assert all(r["writer"] and r["worker"] and r["writer"] != r["worker"] for r in rows)
+        assert not (node_home / ".cache" / "asset-pipeline").exists()  # the driver's models cache was used
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=node_env, timeout=120)
 
 
 def test_a_model_that_cannot_load_on_the_actors_stops_the_run_with_its_message(tmp_path):

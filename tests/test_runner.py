@@ -38,3 +38,33 @@ def test_explicit_counts_win(tmp_path):
 def test_device_cpu_on_a_gpu_cluster_generates_on_cpu(tmp_path):
     p = size_pools(job(tmp_path, ROWS, styles=None, extra='[models]\ndevice = "cpu"\n'), {"CPU": 4.0, "GPU": 1.0})
     assert (p.gpus_per_actor, p.write_actors) == (0.0, 0)
+
+
+def test_actors_get_the_settings_they_need_and_never_credentials(monkeypatch):
+    from pipeline.runner import actor_env
+
+    for key, value in {"ASSET_PIPELINE_MODELS": "/m", "HF_HUB_OFFLINE": "1", "AWS_ENDPOINT_URL": "http://s3.local",
+                       "AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "secret",
+                       "AWS_SESSION_TOKEN": "token", "UNRELATED": "x"}.items():
+        monkeypatch.setenv(key, value)
+    env = actor_env()
+    assert env == {"ASSET_PIPELINE_MODELS": "/m", "HF_HUB_OFFLINE": "1", "AWS_ENDPOINT_URL": "http://s3.local",
+                   "AWS_REGION": "eu-west-1"}
+
+
+def test_a_driver_started_by_ray_job_submit_joins_its_cluster_as_such(monkeypatch):
+    # `ray job submit` sets RAY_ADDRESS and passes no --address: the driver joins that cluster,
+    # so it sends the actors their settings and no local-instance options (Ray refuses those).
+    import ray
+
+    from pipeline import runner
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    monkeypatch.setenv("ASSET_PIPELINE_MODELS", "/m")
+    assert runner.connect(None) == {"CPU": 4.0}
+    assert "_system_config" not in seen and seen["runtime_env"] == {"env_vars": runner.actor_env()}
+    assert seen["address"] == "10.0.0.5:6379"
