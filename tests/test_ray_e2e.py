@@ -113,3 +113,56 @@ def test_a_model_that_cannot_load_on_the_actors_stops_the_run_with_its_message(t
     run = cli("run", str(job), "--output", str(tmp_path / "out"), timeout=300)
     assert run.returncode == 1, run.stderr[-3000:]
     assert "a pipeline actor could not start" in run.stderr and "cannot load diffusion model" in run.stderr
+
+
+def test_a_job_submitted_through_the_jobs_api_to_two_nodes_writes_to_s3(tmp_path, s3):
+    """As operators run it: `ray job submit` to a head (the Jobs API) + a worker, nodes with their own
+    home and none of the driver's settings, inputs local to the submitter's job file, output on
+    an S3-compatible store: work lands on both nodes, results match a local run, nothing of the
+    output on local disk."""
+    import io
+
+    from pipeline.results import read_results
+    from pipeline.store import Output
+
+    ray = str(Path(sys.executable).parent / "ray")
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    node_home = tmp_path / "node-home"
+    node_home.mkdir()
+    node_env = env | {"HOME": str(node_home)}
+    head = subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                           "--disable-usage-stats"], capture_output=True, text=True, env=node_env, timeout=180)
+    assert head.returncode == 0, head.stderr[-2000:]
+    try:
+        worker = subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+                                 "--num-cpus=1", "--disable-usage-stats"],
+                                capture_output=True, text=True, env=node_env, timeout=180)
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        job = write_job(tmp_path / "job", ROWS, num_candidates=1, keep=1, extra="[cluster]\nwrite_actors = 2\n")
+        out = f"s3://{s3.bucket}/nightly"
+        before = set(tmp_path.rglob("*"))
+        submit = subprocess.run(
+            [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--",
+             sys.executable, "-m", "pipeline", "run", str(job), "--output", out],
+            cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+        assert submit.returncode == 0, (submit.stdout + submit.stderr)[-3000:]
+        assert "1 generate actor(s), 2 writer(s)" in submit.stdout + submit.stderr
+        assert cli("verify", out).returncode == 0
+        remote = read_results(Output(out)).to_pylist()
+        assert {r["worker"].split(":")[1] for r in remote} != {r["writer"].split(":")[1] for r in remote}
+        local = cli("run", str(job), "--in-process", "--output", str(tmp_path / "local"))
+        assert local.returncode == 0, local.stderr[-2000:]
+        here = pq.read_table(tmp_path / "local" / "results.parquet").to_pylist()
+        assert [(r["item_id"], r["status"]) for r in remote] == [(r["item_id"], r["status"]) for r in here]
+        store = Output(out)
+        for a, b in zip(remote, here, strict=True):
+            if a["path"]:
+                there = np.asarray(Image.open(io.BytesIO(store.get(a["path"])))).astype(int)
+                assert np.abs(there - np.asarray(Image.open(tmp_path / "local" / b["path"])).astype(int)).max() <= 2
+        created = set(tmp_path.rglob("*")) - before
+        assert all(tmp_path / "local" in p.parents or p == tmp_path / "local" or node_home in p.parents
+                   for p in created), sorted(map(str, created))[:10]
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=node_env, timeout=120)
