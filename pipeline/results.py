@@ -111,7 +111,7 @@ def row_ids(output: Output | Path | str) -> set[str]:
     committed = ShardStore(out).read(["id"])
     ids = set(committed["id"].to_pylist()) if committed is not None else set()
     if out.exists(RESULTS):
-        ids |= set(pq.read_table(io.BytesIO(out.get(RESULTS)), columns=["id"])["id"].to_pylist())
+        ids |= set(read_results(out, ["id"])["id"].to_pylist())
     return ids
 
 

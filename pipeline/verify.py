@@ -11,10 +11,11 @@ import posixpath
 from pathlib import Path
 
 from pipeline import schema
+from pipeline.provenance import DEMO_SIGNER
 from pipeline.results import RESULTS, ShardStore, read_results
 from pipeline.store import Output, as_output
 
-DEMO_CA = "_demo_signer/ca.pem"
+DEMO_CA = f"{DEMO_SIGNER}/ca.pem"
 
 
 class MissingAnchors(ValueError):
