@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from pipeline import faults, results, schema
 from pipeline.config import JobConfig
 from pipeline.lock import OutputLocked, acquire
 from pipeline.manifest import Inputs, ManifestError, Problem, load_inputs
-from pipeline.plan import build_plan
+from pipeline.plan import PlanFile, write_plan
 from pipeline.store import Output
 from pipeline.work import PRIOR, candidates, rows_per_group, write_work
 from pipeline.write import TEMP_PREFIX
@@ -147,20 +148,44 @@ class _Committer:
             self.ready, self.ready_rows = [], 0
 
 
-def _priors(plan: pa.Table, committed: results.Committed, done: pa.Array, pending_rows: pa.Array) -> pa.Table:
-    """Candidates judged in earlier runs, of the rows that have pending ones: plan columns and
-    their committed outcome, so the row is judged across attempts."""
-    o = committed.outcomes  # of earlier plans too: only this plan's candidates are judged
-    outcomes = o.filter(pc.and_(pc.and_(pc.is_in(o["item_id"], done), pc.is_in(o["item_id"], plan["item_id"])),
-                                pc.is_in(o["id"], pending_rows)))
-    if not outcomes.num_rows:
-        return outcomes
-    table = plan.select([f.name for f in schema.PLAN_FIELDS]).take(pc.index_in(outcomes["item_id"], plan["item_id"]))
+def _priors(chunk: pa.Table, committed: results.Committed, done: pa.Array, pending_rows: pa.Array) -> pa.Table | None:
+    """Candidates of a plan chunk judged in earlier runs, of the rows that have pending ones:
+    plan columns and their committed outcome, so the row is judged across attempts."""
+    judged = chunk.filter(pc.and_(done, pc.is_in(chunk["id"], pending_rows)))
+    if not judged.num_rows:
+        return None
+    outcome = committed.outcome_of(judged)
+    table = judged.select([f.name for f in schema.PLAN_FIELDS])
     for name in ("path", "truncated", "scheduler"):
-        table = table.set_column(table.schema.get_field_index(name), name, outcomes[name])
+        table = table.set_column(table.schema.get_field_index(name), name, outcome[name])
     for f in schema.OUTCOME_FIELDS:
-        table = table.append_column(f, outcomes[f.name])
+        table = table.append_column(f, outcome[f.name])
     return table
+
+
+def _pending(plan: PlanFile, committed: results.Committed) -> tuple[int, int]:
+    """How many candidates, and of how many manifest rows, have no finished outcome."""
+    candidates_to_go = rows_to_go = 0
+    for chunk in plan.chunks(["item_id", "id"]):
+        ids = chunk["id"].filter(pc.invert(committed.done(chunk)))
+        candidates_to_go += len(ids)
+        rows_to_go += pc.count_distinct(ids).as_py()
+    return candidates_to_go, rows_to_go
+
+
+def _work(plan: PlanFile, committed: results.Committed) -> Iterator[pa.Table]:
+    """The pending candidates of each plan chunk with the earlier judged ones of their rows."""
+    for chunk in plan.chunks():
+        done = committed.done(chunk)
+        pending = chunk.filter(pc.invert(done))
+        if pending.num_rows:
+            yield candidates(pending, _priors(chunk, committed, done, pc.unique(pending["id"])))
+
+
+def work_folder(out: Output, run_id: str) -> Path:
+    """The driver's temp files of a run (the plan, the pending work): in the output folder when
+    it is local (a killed run's are removed by the next), in the temp folder on object storage."""
+    return Path(out.root) / WORK if out.local else Path(tempfile.gettempdir()) / f"asset-pipeline-work-{run_id}"
 
 
 def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
@@ -183,44 +208,44 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
     try:
         # 1. everything that can reject the job, before any model loads and before --fresh
         inputs = select_rows(load_inputs(cfg), rows)
-        plan = build_plan(inputs, cfg)
-        Signer.from_section(cfg.signer, out).self_test(cfg.output.format)
-        if fresh:
-            clear_results(out)
-        elif rows and (others := results.row_ids(out) - set(rows)):
-            raise JobError(f"{out}: holds results of other rows ({len(others)}, e.g. {sorted(others)[0]!r}); "
-                           "--rows would hide them, so give it a separate --output")
-        return _run_locked(cfg, out, backend, inputs, plan)
+        run_id = uuid.uuid4().hex[:12]
+        work = work_folder(out, run_id)
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            # Planned to the driver's disk a chunk at a time: the plan is never whole in memory.
+            plan = write_plan(inputs, cfg, work / f"plan-{run_id}.parquet")
+            Signer.from_section(cfg.signer, out).self_test(cfg.output.format)
+            if fresh:
+                clear_results(out)
+            elif rows and (others := results.row_ids(out) - set(rows)):
+                raise JobError(f"{out}: holds results of other rows ({len(others)}, e.g. {sorted(others)[0]!r}); "
+                               "--rows would hide them, so give it a separate --output")
+            return _run_locked(cfg, out, backend, inputs, plan, run_id, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     finally:
         lock.close()
 
 
-def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan: pa.Table) -> RunReport:
+def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan: PlanFile, run_id: str,
+                work: Path) -> RunReport:
     from pipeline.runner import connect, execute, execute_in_process, size_pools
 
     started = time.monotonic()
-    run_id = uuid.uuid4().hex[:12]
-    # The pending work is a driver-side temp file: in the output folder when it is local (a
-    # killed run's is removed here), in the temp folder when the output is on object storage.
-    work = Path(out.root) / WORK if out.local else Path(tempfile.gettempdir()) / f"asset-pipeline-work-{run_id}"
-    shutil.rmtree(work, ignore_errors=True)
     results.remove_temp(out)
     snapshot(cfg, run_id, out, plan.num_rows)
     # 2. resume: skip what earlier attempts committed (and whose files are still there)
     store = results.ShardStore(out)
     committed = store.committed()
-    done_ids = results.done_item_ids(committed)
-    pending = plan.filter(pc.invert(pc.is_in(plan["item_id"], done_ids)))
-    done_count = plan.num_rows - pending.num_rows
+    to_go, rows_to_go = _pending(plan, committed)
     _log(f"run {run_id}: {plan.num_rows} candidates planned from {len(inputs.manifest)} rows, "
-         f"{done_count} already done, {pending.num_rows} to go → {out}")
+         f"{plan.num_rows - to_go} already done, {to_go} to go → {out}")
     budget = int(cfg.job.max_failed_fraction * plan.num_rows)
     stopped, committer = None, None
-    if pending.num_rows:
+    if to_go:
         work_path = work / f"pending-{run_id}.parquet"
-        priors = _priors(plan, committed, done_ids, pc.unique(pending["id"]))
-        groups = write_work(candidates(pending, priors), work_path,
-                            rows_per_group(pending, cfg.generate.batch_size))
+        groups = write_work(_work(plan, committed), work_path,
+                            rows_per_group(rows_to_go, to_go, cfg.generate.batch_size))
         committer = _Committer(store, run_id, cfg.output.shard_rows)
         if backend == "ray":
             resources = connect(cfg.cluster.address)
@@ -232,30 +257,26 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
         else:
             stream = execute_in_process(str(work_path), cfg, out.uri)
         try:
-            stopped = _consume(stream, committer, pending.num_rows, budget, cfg, plan.num_rows)
+            stopped = _consume(stream, committer, to_go, budget, cfg, plan.num_rows)
         finally:
             try:
                 committer.flush()  # what was ready is committed, whatever stopped the stream
             finally:
                 stream.close()  # stops the actors now, not when the generator is collected
-        shutil.rmtree(work, ignore_errors=True)
+        work_path.unlink(missing_ok=True)
     # 3. compact, clean up, summarise
     faults.kill_if("driver.kill_before_compact")
     committed = store.committed()
-    table = results.compact(plan, committed)
-    results.write_results(table, out)
+    summary = results.write_results(plan.chunks(), committed, out)
     removed = results.remove_strays(committed, out)
-    summary = results.summarize(table)
     summary.update(run_id=run_id, job=cfg.job.name, stopped=stopped, elapsed_s=round(time.monotonic() - started, 3),
                    this_run=dict(committer.counts) if committer else {})
     if committer and summary["elapsed_s"]:
         summary["candidates_per_s"] = round(sum(committer.counts.values()) / summary["elapsed_s"], 4)
         summary["written_per_s"] = round(committer.counts[schema.WRITTEN] / summary["elapsed_s"], 4)
-    truncated = sum(1 for t in table["truncated"].to_pylist() if t)
-    if truncated:
-        _log(f"warning: {truncated} candidate prompt(s) exceeded the text encoder's window and were "
-             "truncated (see the `truncated` column)")
-    summary["truncated_prompts"] = truncated
+    if summary["truncated_prompts"]:
+        _log(f"warning: {summary['truncated_prompts']} candidate prompt(s) exceeded the text encoder's window "
+             "and were truncated (see the `truncated` column)")
     results.write_json(summary, out, results.SUMMARY)
     code = EXIT_INCOMPLETE if stopped or summary["pending"] else EXIT_OK
     return RunReport(run_id, Path(out.root) if out.local else out.uri, summary, code, stopped, removed,

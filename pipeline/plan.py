@@ -14,11 +14,16 @@ files and the model count by content (fingerprints), never by path.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import schema
 from pipeline.config import JobConfig
@@ -125,23 +130,87 @@ def _seeds(df: pl.DataFrame, job_seed: int) -> pl.DataFrame:
     return df.with_columns(seeds.alias("__seed"))
 
 
-def _check_denoising(rows: pl.DataFrame, inputs: Inputs) -> None:
+def _denoising_problems(rows: pl.DataFrame, inputs: Inputs) -> tuple[list[Problem], int]:
     """Image-to-image and inpainting run int(steps × strength) denoising steps: a row with none
-    would fail every candidate at generation, so it is refused now, by row and value."""
+    would fail every candidate at generation, so it is refused before the run, by row and value."""
     c = pl.col
     bad = rows.filter((c("mode") != "t2i") & ((c("__steps") * c("__strength")).floor() < 1))
-    if len(bad):
-        problems = [Problem(inputs.manifest_uri, f"strength {s:g} × steps {n} gives no denoising step "
-                            "(raise the strength or the steps)", row=int(r), id=i, column="strength")
-                    for r, i, s, n in bad.select("__row", "id", "__strength", "__steps").head(MAX_REPORTED).iter_rows()]
-        raise ManifestError(problems, len(bad))
+    first = bad.select("__row", "id", "__strength", "__steps").head(MAX_REPORTED).iter_rows()
+    return [Problem(inputs.manifest_uri, f"strength {s:g} × steps {n} gives no denoising step "
+                    "(raise the strength or the steps)", row=int(r), id=i, column="strength")
+            for r, i, s, n in first], len(bad)
+
+
+# Manifest rows planned at a time: the plan of a chunk (about 1.1 kB per candidate) is the
+# driver's working memory, whatever the manifest's length.
+CHUNK_ROWS = 50_000
+
+
+def _chunks(inputs: Inputs, chunk_rows: int | None) -> Iterator[Inputs]:
+    """The inputs in slices of whole manifest rows (zero-copy; `__row` keeps the row numbers)."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    for start in range(0, max(len(inputs.manifest), 1), chunk_rows):
+        yield dataclasses.replace(inputs, manifest=inputs.manifest.slice(start, chunk_rows))
+
+
+def check_plan(inputs: Inputs, cfg: JobConfig, chunk_rows: int | None = None) -> None:
+    """Every row can be planned and generated, or ManifestError naming all that cannot (capped)."""
+    problems, total = [], 0
+    for part in _chunks(inputs, chunk_rows):
+        found, n = _denoising_problems(_rows(part, cfg), part)
+        problems += found[:MAX_REPORTED - len(problems)]
+        total += n
+    if total:
+        raise ManifestError(problems, total)
+
+
+def plan_chunks(inputs: Inputs, cfg: JobConfig, chunk_rows: int | None = None) -> Iterator[pa.Table]:
+    """The plan, one table per chunk of whole manifest rows, in manifest order."""
+    check_plan(inputs, cfg, chunk_rows)
+    model_fp = model_fingerprint(cfg.models.diffusion, cfg.models.diffusion_revision)
+    for part in _chunks(inputs, chunk_rows):
+        yield _plan_rows(part, cfg, model_fp)
 
 
 def build_plan(inputs: Inputs, cfg: JobConfig) -> pa.Table:
-    """One row per candidate, in manifest order, with passthrough columns at the end."""
+    """The whole plan in memory: one row per candidate, in manifest order, with passthrough
+    columns at the end (for small manifests and tests; a run streams `write_plan`'s file)."""
+    return pa.concat_tables(list(plan_chunks(inputs, cfg)))
+
+
+@dataclass(frozen=True)
+class PlanFile:
+    """The plan on the driver's disk, one row group per chunk of whole manifest rows, so a run
+    reads it back a chunk at a time."""
+
+    path: Path
+    num_rows: int
+
+    def chunks(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        f = pq.ParquetFile(self.path)
+        for i in range(f.num_row_groups):
+            yield f.read_row_group(i, columns=columns)
+
+
+def write_plan(inputs: Inputs, cfg: JobConfig, path: Path, chunk_rows: int | None = None) -> PlanFile:
+    """Plan chunk by chunk into a Parquet file; ManifestError (before writing) when a row cannot run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer, rows = None, 0
+    try:
+        for chunk in plan_chunks(inputs, cfg, chunk_rows):
+            writer = writer or pq.ParquetWriter(path, chunk.schema)
+            writer.write_table(chunk, row_group_size=max(chunk.num_rows, 1))  # a chunk is one row group
+            rows += chunk.num_rows
+    finally:
+        if writer:
+            writer.close()
+    return PlanFile(path, rows)
+
+
+def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str) -> pa.Table:
+    """One row per candidate of these manifest rows, with passthrough columns at the end."""
     c, lit, m = pl.col, pl.lit, cfg.models
     rows = _rows(inputs, cfg)
-    _check_denoising(rows, inputs)
     df = rows.with_columns(pl.int_ranges(0, c("__n"), dtype=pl.Int64).alias("candidate")).explode("candidate")
     df = _seeds(df, cfg.job.seed).select(
         "id", c("__row").cast(pl.Int64).alias("row"), "candidate", c("prompt").alias("source_prompt"),
@@ -156,10 +225,12 @@ def build_plan(inputs: Inputs, cfg: JobConfig) -> pa.Table:
         c("__lora").alias("lora"),
         pl.when(c("__lora").is_not_null()).then(c("s_lora_scale").fill_null(1.0).cast(pl.Float64)).alias("lora_scale"),
         lit(cfg.output.format).alias("format"))
-    fingerprints = {uri: f.fingerprint for uri, f in inputs.files.items()}
-    fingerprints["alpha"] = "alpha"
+    # The fingerprints of this chunk's files only: a mapping of the whole catalogue, hashed
+    # again for every chunk, would cost the catalogue's size per chunk.
+    used = pl.concat([df[col].drop_nulls() for col in ("init_image", "mask", "lora")]).unique().to_list()
+    fingerprints = {uri: "alpha" if uri == "alpha" else inputs.files[uri].fingerprint for uri in used}
     fp = lambda col: c(col).replace_strict(fingerprints, return_dtype=pl.String)  # noqa: E731 — every URI was checked
-    keys = df.with_columns(lit(model_fingerprint(m.diffusion, m.diffusion_revision)).alias("__model_fp"),
+    keys = df.with_columns(lit(model_fp).alias("__model_fp"),
                            fp("init_image").alias("__init_fp"), fp("mask").alias("__mask_fp"),
                            fp("lora").alias("__lora_fp")).select(
         pl.concat_str([lit(ITEM_RECIPE), *(c(name).cast(pl.String).fill_null("None") for name in ITEM_KEY_COLUMNS)],

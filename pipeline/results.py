@@ -14,9 +14,13 @@ import posixpath
 import shutil
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -36,6 +40,41 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
+class ItemIndex:
+    """Finds item ids in a table: their 64-bit hashes sorted once, so each lookup costs its own
+    length, not the table's. (`pc.index_in` hashes the whole table at every call, about 1.3 s
+    per 4M outcomes: once per plan chunk, that grew with the square of the run.)"""
+
+    def __init__(self, item_ids: pa.Array | pa.ChunkedArray):
+        self.ids = item_ids.combine_chunks() if isinstance(item_ids, pa.ChunkedArray) else item_ids
+        hashes = _hash(self.ids)
+        self.order = np.argsort(hashes, kind="stable")
+        self.sorted = hashes[self.order]
+
+    def lookup(self, item_ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """The position of each id in the table (int64), null where it is not there."""
+        n = len(self.sorted)
+        if not n or not len(item_ids):
+            return pa.nulls(len(item_ids), pa.int64())
+        query = item_ids.combine_chunks() if isinstance(item_ids, pa.ChunkedArray) else item_ids
+        hashes = _hash(query)
+        pos = np.minimum(np.searchsorted(self.sorted, hashes), n - 1)
+        hit = self.sorted[pos] == hashes
+        where = self.order[pos]
+        same = hit & pc.equal(self.ids.take(pa.array(where)), query).to_numpy(zero_copy_only=False)
+        if (hit & ~same).any():  # two ids with one hash (about 1 in 10^7 at 20M ids): ask the slow way
+            clash = np.flatnonzero(hit & ~same)
+            found = pc.index_in(query.take(pa.array(clash)), self.ids).to_numpy(zero_copy_only=False)
+            where, same = where.copy(), same.copy()
+            ok = ~np.isnan(found.astype(float))
+            where[clash[ok]], same[clash[ok]] = found[ok].astype(np.int64), True
+        return pa.array(where, pa.int64(), mask=~same)
+
+
+def _hash(ids: pa.Array) -> np.ndarray:
+    return pl.Series(ids).hash(seed=0).to_numpy()
+
+
 @dataclass(frozen=True)
 class Committed:
     """What the committed shards of an output folder say, under one rule used by resume,
@@ -51,6 +90,18 @@ class Committed:
     outcomes: pa.Table  # one row per item id: its latest outcome, files present
     listed: frozenset[str]  # every path a latest outcome lists (present or not)
     files: frozenset[str]  # the image files present when it was read
+
+    @cached_property
+    def index(self) -> ItemIndex:
+        return ItemIndex(self.outcomes["item_id"])
+
+    def outcome_of(self, plan: pa.Table) -> pa.Table:
+        """The latest committed outcome of each plan row, in plan order: null where there is none."""
+        return self.outcomes.take(self.index.lookup(plan["item_id"]))
+
+    def done(self, plan: pa.Table) -> pa.Array:
+        """Which plan rows have a finished outcome: errors are not done (a rerun retries them)."""
+        return pc.fill_null(pc.not_equal(self.outcome_of(plan)["status"], schema.ERROR), False)
 
 
 class ShardStore:
@@ -120,20 +171,13 @@ def image_files(output: Output | Path | str) -> set[str]:
     return as_output(output).files("images")
 
 
-def done_item_ids(committed: Committed) -> pa.Array:
-    """Item ids with a finished outcome: errors are not done (a rerun retries them)."""
-    o = committed.outcomes
-    return o.filter(pc.not_equal(o["status"], schema.ERROR))["item_id"].combine_chunks()
-
-
 def compact(plan: pa.Table, committed: Committed) -> pa.Table:
-    """The results table: every plan row with its latest committed outcome, plan order."""
-    shards = committed.outcomes
+    """The results table of plan rows (a chunk of the plan, or all of it): each with its latest
+    committed outcome, plan order."""
     outcome_names = [f.name for f in schema.OUTCOME_FIELDS]
     # Look up each plan row's outcome by item id: a take, not a join, so any passthrough type
     # (lists, structs, dictionaries) rides along untouched and plan order is kept.
-    where = pc.index_in(plan["item_id"], shards["item_id"])
-    outcome = shards.select(["path", "truncated", "scheduler", *outcome_names]).take(where)
+    outcome = committed.outcome_of(plan)
     table = plan
     for name in ("path", "truncated"):  # the written path (null when none) replaces the planned one
         table = table.set_column(table.schema.get_field_index(name), name, outcome[name])
@@ -148,9 +192,23 @@ def compact(plan: pa.Table, committed: Committed) -> pa.Table:
                                                                             if c not in schema.RESERVED_NAMES)]))
 
 
-def write_results(table: pa.Table, output: Output | Path | str) -> str:
-    as_output(output).put(RESULTS, parquet_bytes(table))
-    return RESULTS
+def write_results(plan_chunks: Iterable[pa.Table], committed: Committed, output: Output | Path | str) -> dict:
+    """Compact the plan, chunk by chunk, into `results.parquet` (replaced whole, never seen half
+    written); returns the summary of what it wrote."""
+    summary, writer = Summary(), None
+    with as_output(output).staged(RESULTS) as path:
+        try:
+            for chunk in plan_chunks:
+                table = compact(chunk, committed)
+                writer = writer or pq.ParquetWriter(path, table.schema)
+                writer.write_table(table)
+                summary.add(table)
+            if writer is None:  # no plan rows: still a results table, with the columns
+                pq.write_table(schema.RESULTS_SCHEMA.empty_table(), path)
+        finally:
+            if writer:
+                writer.close()
+    return summary.result()
 
 
 def read_results(output: Output | Path | str, columns: list[str] | None = None) -> pa.Table:
@@ -208,38 +266,57 @@ def funnel(results: pa.Table) -> dict[str, pa.Array]:
             "selected": selected, "signed": signed, "written": written}
 
 
+class Summary:
+    """The funnel, counted a chunk of the results at a time: planned → generated → passed
+    moderation → passed CLIP (`passed_filters`) → selected → signed → written, with counts per
+    status and reason, and the mean model and CPU time per image."""
+
+    # Per generated candidate: generate + score + moderate on the model actor (GPU-seconds on
+    # a GPU); per written image: encode + sign + write + verify on the CPU writers.
+    TIMES = {"model_s_per_candidate": ("ms_generate", "ms_score", "ms_moderate"),
+             "cpu_s_per_written_image": ("ms_encode", "ms_sign", "ms_write", "ms_verify")}
+
+    def __init__(self):
+        self.planned = 0
+        self.steps: Counter = Counter()
+        self.status: Counter = Counter()
+        self.reasons: Counter = Counter()
+        self.times = {name: [0.0, 0] for name in self.TIMES}  # total ms, rows counted
+        self.truncated = 0  # candidates whose prompt the text encoder cut
+
+    def add(self, results: pa.Table) -> Summary:
+        self.planned += results.num_rows
+        self.status.update(results["status"].to_pylist())
+        self.truncated += pc.sum(pc.cast(pc.fill_null(results["truncated"], False), pa.int64())).as_py() or 0
+        self.reasons.update(r.split(":")[0] for r in results["reason"].to_pylist() if r)
+        for name, mask in funnel(results).items():
+            self.steps[name] += pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
+        for name, columns in self.TIMES.items():
+            present = pc.is_valid(results[columns[0]])
+            self.times[name][0] += sum(pc.sum(results[c].filter(present)).as_py() or 0.0 for c in columns)
+            self.times[name][1] += pc.sum(pc.cast(present, pa.int64())).as_py() or 0
+        return self
+
+    def result(self) -> dict:
+        return {
+            "planned": self.planned,
+            "finished": self.planned - self.status.get(None, 0),
+            **{name: self.steps[name] for name in FUNNEL},
+            "rejected": self.status.get(schema.REJECTED, 0),
+            "error": self.status.get(schema.ERROR, 0),
+            "pending": self.status.get(None, 0),
+            "reasons": dict(self.reasons),
+            **{name: round(total / count / 1000, 6) if count else None for name, (total, count) in self.times.items()},
+            "truncated_prompts": self.truncated,
+        }
+
+
+FUNNEL = ("generated", "passed_moderation", "passed_filters", "selected", "signed", "written")
+
+
 def summarize(results: pa.Table) -> dict:
-    """The funnel: planned → generated → passed moderation → passed CLIP (`passed_filters`) →
-    selected → signed → written, with counts per status and reason."""
-    status = results["status"].to_pylist()
-    reasons = [r.split(":")[0] if r else r for r in results["reason"].to_pylist()]
-    counts = Counter(status)
-    steps = {name: pc.sum(pc.cast(mask, pa.int64())).as_py() or 0 for name, mask in funnel(results).items()}
-    return {
-        "planned": results.num_rows,
-        "finished": sum(1 for s in status if s is not None),
-        **steps,
-        "rejected": counts.get(schema.REJECTED, 0),
-        "error": counts.get(schema.ERROR, 0),
-        "pending": counts.get(None, 0),
-        "reasons": dict(Counter(r for r in reasons if r)),
-        # Per generated candidate: generate + score + moderate on the model actor (GPU-seconds
-        # on a GPU); per written image: encode + sign + write + verify on the CPU writers.
-        "model_s_per_candidate": _mean_sum(results, ("ms_generate", "ms_score", "ms_moderate")),
-        "cpu_s_per_written_image": _mean_sum(results, ("ms_encode", "ms_sign", "ms_write", "ms_verify")),
-    }
-
-
-def _mean_sum(results: pa.Table, columns: tuple[str, ...]) -> float | None:
-    """Mean over rows where the first column is set, of the columns' sum, in seconds."""
-    present = pc.is_valid(results[columns[0]])
-    if not pc.any(present).as_py():
-        return None
-    total = None
-    for c in columns:
-        col = pc.fill_null(results[c].filter(present), 0.0)
-        total = col if total is None else pc.add(total, col)
-    return round(pc.mean(total).as_py() / 1000, 6)
+    """The funnel of a whole results table (see `Summary`)."""
+    return Summary().add(results).result()
 
 
 def write_json(obj: dict, output: Output | Path | str, rel: str) -> None:

@@ -17,11 +17,14 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import secrets
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline import uris
-from pipeline.write import TEMP_PREFIX, atomic_write, safe_join
+from pipeline.write import TEMP_PREFIX, atomic_write, fsync_dir, safe_join
 
 
 def _relative(rel: str) -> str:
@@ -47,6 +50,9 @@ class Output:
             self.root = root.rstrip("/")
         self.scheme = scheme
 
+    def __str__(self) -> str:
+        return self.uri
+
     def where(self, rel: str = "") -> str:
         """The full path or URI of `rel`, for messages and for readers outside this module."""
         if not rel:
@@ -71,6 +77,31 @@ class Output:
             if armed:
                 armed()
             self.fs.pipe_file(self._remote(rel), data)
+
+    @contextlib.contextmanager
+    def staged(self, rel: str) -> Iterator[Path]:
+        """A local file to write `rel` into, too large to hold in memory; it becomes `rel`, whole,
+        when the block ends without an error. Locally a temp file beside the target, fsynced and
+        renamed; on object storage a file in the temp folder, uploaded in one (multipart) PUT."""
+        if self.local:
+            target = self._local(rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temp = target.with_name(f"{TEMP_PREFIX}{target.name}-{secrets.token_hex(6)}")
+        else:
+            temp = Path(tempfile.mkdtemp(prefix="asset-pipeline-")) / posixpath.basename(rel)
+        try:
+            yield temp
+            if self.local:
+                with open(temp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(temp, target)
+                fsync_dir(target.parent)
+            else:
+                self.fs.put_file(str(temp), self._remote(rel))
+        finally:
+            temp.unlink(missing_ok=True)
+            if not self.local:
+                shutil.rmtree(temp.parent, ignore_errors=True)
 
     def get(self, rel: str) -> bytes:
         if self.local:

@@ -9,7 +9,7 @@ large run streams through.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,19 +61,23 @@ def unnest(batch: pa.Table) -> pa.Table:
     return pa.Table.from_struct_array(flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat)
 
 
-def write_work(flat: pa.Table, path: Path, rows_per_group: int) -> int:
-    """Write the work file, one row group per unit of work; returns the number of groups."""
+def write_work(chunks: Iterable[pa.Table], path: Path, rows_per_group: int) -> int:
+    """Write the work file from candidate tables of whole rows (CANDIDATE_SCHEMA, a chunk of the
+    plan at a time), one row group per unit of work; returns the number of units."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = nest(flat)
-    pq.write_table(table, path, row_group_size=rows_per_group)
+    with pq.ParquetWriter(path, WORK_SCHEMA) as writer:
+        for flat in chunks:
+            if flat.num_rows:
+                writer.write_table(nest(flat), row_group_size=rows_per_group)
     return pq.ParquetFile(path).num_row_groups
 
 
-def rows_per_group(pending: pa.Table, batch_size: int, max_groups: int = MAX_GROUPS) -> int:
-    """Manifest rows per unit of work: about one generation batch of candidates, fewer units
-    than `max_groups` for very large runs (each unit costs an actor call and a results commit)."""
-    rows = len(pc.unique(pending["row"])) or 1
-    per_batch = max(1, round(batch_size * rows / max(pending.num_rows, 1)))
+def rows_per_group(rows: int, candidates: int, batch_size: int, max_groups: int = MAX_GROUPS) -> int:
+    """Manifest rows per unit of work, for `rows` pending rows holding `candidates` pending
+    candidates: about one generation batch of candidates, fewer units than `max_groups` for
+    very large runs (each unit costs an actor call and a results commit)."""
+    rows = rows or 1
+    per_batch = max(1, round(batch_size * rows / max(candidates, 1)))
     return max(per_batch, -(-rows // max_groups))
 
 

@@ -73,10 +73,10 @@ def atomic_write(path: Path, data: bytes, before_replace=None) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (a power loss could otherwise undo it)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)

@@ -180,3 +180,37 @@ def test_model_fingerprints_never_fail_and_never_depend_on_the_cache(tmp_path):
         assert fingerprint(spec)  # a name, never an exception
     assert fingerprint("org/model", "abc123") == "id:org/model@abc123"  # a pinned revision is the identity
     assert fingerprint("org/model") == "id:org/model@unpinned"
+
+
+def test_a_plan_made_in_chunks_equals_the_plan_made_whole(tmp_path):
+    """Chunks of whole manifest rows: seeds, row numbers, item ids, modes and passthrough values
+    come out as when the manifest is planned at once, whatever the chunk size."""
+    from pipeline.plan import plan_chunks, write_plan
+
+    rows = {**STAGED, "id": ["cut", "masked", "plain"], "sku": ["S1", "S2", "S3"],
+            "meta": pa.array([{"k": 1}, None, {"k": 3}]), "seed": pa.array([None, 7, None], pa.int64())}
+    cfg = job(_staging_folder(tmp_path), rows, styles=LOOK, num_candidates=3, keep=1)
+    inputs = load_inputs(cfg)
+    whole = build_plan(inputs, cfg)
+    assert whole.num_rows == 9 and set(whole["mode"].to_pylist()) == {"inpaint", "img2img"}
+    for size in (1, 2):
+        chunks = list(plan_chunks(inputs, cfg, chunk_rows=size))
+        assert [c.num_rows for c in chunks] == ([3, 3, 3] if size == 1 else [6, 3])
+        assert pa.concat_tables(chunks).equals(whole)
+        written = write_plan(inputs, cfg, tmp_path / f"plan-{size}.parquet", chunk_rows=size)
+        assert written.num_rows == 9 and pa.concat_tables(list(written.chunks())).equals(whole)
+        assert [len(c) for c in written.chunks(["item_id"])] == [c.num_rows for c in chunks]
+
+
+def test_rows_that_cannot_denoise_are_all_named_whichever_chunk_they_are_in(tmp_path):
+    import pytest
+
+    from pipeline.manifest import ManifestError
+    from pipeline.plan import check_plan
+
+    rows = {"id": [f"r{i}" for i in range(5)], "prompt": ["a"] * 5, "product_image": ["bottle.png"] * 5,
+            "strength": [0.9, 0.1, 0.9, 0.1, 0.1]}
+    cfg = job(_staging_folder(tmp_path), rows, extra="[generate]\nsteps = 4\n")
+    with pytest.raises(ManifestError) as e:
+        check_plan(load_inputs(cfg), cfg, chunk_rows=2)
+    assert e.value.total == 3 and [p.id for p in e.value.problems] == ["r1", "r3", "r4"]

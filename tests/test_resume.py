@@ -131,3 +131,25 @@ def test_rows_into_a_folder_holding_only_other_rows_results_is_refused(tmp_path)
     with pytest.raises(JobError, match="holds results of other rows"):
         run_job(load_job(job), backend="in-process", rows=("a",))
     assert images(out) == before
+
+
+def test_a_run_planned_in_chunks_of_one_row_judges_and_resumes_as_one_planned_whole(tmp_path, monkeypatch):
+    """The plan, the pending work and the results table are made a chunk of manifest rows at a
+    time. Chunks of one row (every row a boundary) give the same results as one chunk, across a
+    resume that judges new candidates with a row's earlier ones."""
+    import pipeline.plan
+
+    tables = {}
+    for chunk_rows in (1, 10_000):
+        monkeypatch.setattr(pipeline.plan, "CHUNK_ROWS", chunk_rows)
+        folder = tmp_path / f"chunks-{chunk_rows}"
+        run_job(load_job(job_with(folder, ROWS, num_candidates=2, keep=1)), backend="in-process")
+        more = run_job(load_job(job_with(folder, ROWS, num_candidates=3, keep=2)), backend="in-process")
+        assert more.exit_code == EXIT_OK and sum(more.summary["this_run"].values()) == 3  # candidate 2 of each row
+        assert verify_output(more.output_dir) == ([], 6)
+        tables[chunk_rows] = pq.read_table(more.output_dir / RESULTS)
+    judged = ["id", "candidate", "item_id", "seed", "status", "reason", "selected", "rank", "path"]
+    assert tables[1].select(judged).equals(tables[10_000].select(judged))
+    # Units never span chunks, so the batches differ: scores agree to float noise.
+    assert np.allclose(tables[1]["clip_score"].to_numpy(), tables[10_000]["clip_score"].to_numpy(), atol=1e-3)
+    assert tables[1].num_rows == 9 and tables[1]["selected"].to_pylist().count(True) == 6

@@ -33,7 +33,7 @@ def test_nest_unnest_round_trip_with_earlier_candidates_in_their_rows():
 def test_units_of_work_hold_whole_rows(tmp_path):
     flat = pending([3, 1, 4, 2, 2, 5])
     for rows in (1, 2, 4, 100):
-        groups = write_work(candidates(flat), tmp_path / f"w{rows}.parquet", rows)
+        groups = write_work([candidates(flat)], tmp_path / f"w{rows}.parquet", rows)
         units = list(read_groups(tmp_path / f"w{rows}.parquet"))
         assert len(units) == groups == -(-6 // rows)
         seen = []
@@ -45,7 +45,21 @@ def test_units_of_work_hold_whole_rows(tmp_path):
 
 
 def test_rows_per_group_targets_the_batch_size_and_caps_the_task_count():
-    assert rows_per_group(pending([4] * 10), 8) == 2
-    assert rows_per_group(pending([1] * 10), 8) == 8
-    assert rows_per_group(pending([16] * 3), 4) == 1
-    assert rows_per_group(pending([1] * 1000), 4, max_groups=10) == 100
+    assert rows_per_group(10, 40, 8) == 2
+    assert rows_per_group(10, 10, 8) == 8
+    assert rows_per_group(3, 48, 4) == 1
+    assert rows_per_group(1000, 1000, 4, max_groups=10) == 100
+
+
+def test_the_work_file_is_written_a_chunk_at_a_time_and_units_hold_whole_rows(tmp_path):
+    """Chunks of whole rows (a chunk of the plan each) make one file; no unit spans two rows'
+    halves, and every candidate is there once, in order."""
+    flat = candidates(pending([3, 1, 4, 2, 2, 5, 1]))
+    row = flat["row"].to_pylist()
+    cut = [row.index(3), row.index(6)]  # chunk boundaries between rows
+    chunks = [flat.slice(0, cut[0]), flat.slice(cut[0], cut[1] - cut[0]), flat.slice(cut[1])]
+    groups = write_work(iter(chunks), tmp_path / "w.parquet", 2)
+    units = [unnest(u) for u in read_groups(tmp_path / "w.parquet")]
+    assert groups == len(units) == 2 + 2 + 1  # 3 rows → 2 units, 3 rows → 2, 1 row → 1
+    assert [c for u in units for c in u["item_id"].to_pylist()] == flat["item_id"].to_pylist()
+    assert all(len(set(u["row"].to_pylist())) <= 2 for u in units)
