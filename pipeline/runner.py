@@ -112,6 +112,11 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
     a suspect: the driver lets the units in flight finish, then runs each suspect alone, once.
     A suspect that dies alone becomes `error` rows (a rerun retries it); one that succeeds had
     only been queued behind the culprit.
+
+    No unit is submitted before every actor has started: an actor that cannot (models that do
+    not load, signer keys its node does not have: they are read there, never shipped) would
+    fail every unit, and a writer that cannot start must not leave the generate actors
+    generating in the meantime. The run stops with its message instead.
     """
     import pyarrow.parquet as pq
     import ray
@@ -150,8 +155,19 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
         finishing[writers[w].run.options(**once).remote(staged)] = (None, w, group, alone)
         write_queue[w] += 1
 
+    def stop_if_init_failed(e: RayActorError) -> None:
+        if e.actor_init_failed:  # models or signer failed to load: every unit would fail
+            from pipeline.job import JobError
+
+            raise JobError(f"a pipeline actor could not start: {_root_message(e)}") from e
+
     next_group = 0
     try:
+        try:  # every actor constructed (models loaded, signer read), or the first failure
+            ray.get([a.__ray_ready__.remote() for a in gens + writers])
+        except RayActorError as e:
+            stop_if_init_failed(e)
+            raise
         while next_group < groups or finishing or suspects:
             if suspects:
                 if not finishing:  # drained: the suspect runs with nothing beside it
@@ -175,10 +191,7 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
                 try:
                     outcome = ray.get(ref)
                 except RayActorError as e:
-                    if e.actor_init_failed:  # models or signer failed to load: every unit would fail
-                        from pipeline.job import JobError
-
-                        raise JobError(f"a pipeline actor could not start: {_root_message(e)}") from e
+                    stop_if_init_failed(e)  # a restarted actor whose constructor now fails
                     if not alone:
                         suspects.append(group)
                         continue

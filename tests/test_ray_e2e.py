@@ -166,3 +166,82 @@ def test_a_job_submitted_through_the_jobs_api_to_two_nodes_writes_to_s3(tmp_path
                    for p in created), sorted(map(str, created))[:10]
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=node_env, timeout=120)
+
+
+# The tasks a cluster has seen, through Ray's state API (the dashboard), as (name, state).
+TASKS = """
+import json, sys
+from ray.util.state import list_tasks
+tasks = list_tasks(address=sys.argv[1], limit=10000, raise_on_missing_output=False)
+print(json.dumps([[t.name, t.state] for t in tasks]))
+"""
+
+
+def test_a_node_without_the_signer_keys_stops_the_run_before_generating(tmp_path):
+    """As it happens in real life: the driver has the real signer keys in environment variables
+    (its self-test passes), the node does not (a Secret not mounted there). Keys are never shipped
+    through Ray, so the writer actor cannot load them: the run stops with a message naming the
+    variable, no key text in it, and no unit was ever given to an actor to generate."""
+    import json
+    import shutil
+    import signal
+    import tempfile
+    import time
+
+    from pipeline.provenance import make_demo_credentials
+
+    ray = str(Path(sys.executable).parent / "ray")
+    creds = make_demo_credentials(tmp_path / "creds")
+    key_text = creds.private_key.read_text()
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    node_home = tmp_path / "node-home"
+    node_home.mkdir()
+    node_env = env | {"HOME": str(node_home)}
+    driver_env = env | {"TEST_SIGNER_CHAIN": creds.cert_chain.read_text(), "TEST_SIGNER_KEY": key_text}
+    # A separate writer actor: the layout where generation could start before the writer fails.
+    extra = (f'[signer]\nmode = "files"\ncert_chain_env = "TEST_SIGNER_CHAIN"\nprivate_key_env = "TEST_SIGNER_KEY"\n'
+             f'trust_anchors = "{creds.ca_cert}"\n[cluster]\nwrite_actors = 1\n')
+    job = write_job(tmp_path / "job", {"id": ["a"], "prompt": ["a mug"]}, styles=None, extra=extra)
+    # A head of its own (its own temp folder, --block), stopped by its process id at the end:
+    # `ray stop` would stop every Ray node on the machine.
+    temp = tempfile.mkdtemp(prefix="ray-t-")
+    log = tmp_path / "head.log"
+    with open(log, "w") as f:
+        head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                                 "--num-cpus=1", f"--temp-dir={temp}", "--include-dashboard=true",
+                                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats"],
+                                stdout=f, stderr=subprocess.STDOUT, env=node_env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "block forever" not in log.read_text():
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        run = cli("run", str(job), "--address", f"127.0.0.1:{port}", "--output", str(tmp_path / "out"),
+                  env=driver_env, timeout=300)
+        assert run.returncode == 1, run.stderr[-3000:]
+        assert ("a pipeline actor could not start: pipeline.provenance.SignerError: [signer].cert_chain_env: "
+                "environment variable TEST_SIGNER_CHAIN is not set") in run.stderr, run.stderr[-3000:]
+        secret_lines = [line for line in key_text.splitlines() if line and "-----" not in line]
+        assert "PRIVATE KEY" not in run.stdout + run.stderr
+        assert not any(line in run.stdout + run.stderr for line in secret_lines)
+        # Nothing generated, as Ray saw it: both actors were created (the writer's creation
+        # failed), and no unit of work was ever submitted to one.
+        for _ in range(60):
+            seen = subprocess.run([sys.executable, "-c", TASKS, f"http://127.0.0.1:{dash}"], capture_output=True,
+                                  text=True, env=env, timeout=120)
+            assert seen.returncode == 0, seen.stderr[-2000:]
+            tasks = json.loads(seen.stdout.strip().splitlines()[-1])
+            if sum(name == "_StageActor.__init__" for name, _ in tasks) == 2:
+                break
+            time.sleep(1)
+        assert "FAILED" in {state for name, state in tasks if name == "_StageActor.__init__"}, tasks
+        assert not [t for t in tasks if t[0] == "_StageActor.run"], tasks
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
