@@ -151,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
     from pipeline.job import EXIT_INVALID, JobError
     from pipeline.manifest import ManifestError
+    from pipeline.uris import StorageError
 
-    expected: tuple[type[BaseException], ...] = (ConfigError, ManifestError, JobError)
+    expected: tuple[type[BaseException], ...] = (ConfigError, ManifestError, JobError, StorageError)
     try:
         from pipeline.provenance import SignerError
 

@@ -57,7 +57,11 @@ def _log(msg: str) -> None:
 
 
 def prepare_output(out: Output) -> None:
-    """The output exists and takes writes (a probe written and removed), or JobError."""
+    """The output can be locked, exists and takes writes (a probe written and removed), or JobError."""
+    if not out.lockable:
+        raise JobError(f"{out.uri}: outputs on {out.scheme}:// are not supported yet (two runs could write it at "
+                       "once: the lock's conditional writes exist for s3:// only); write to s3:// or a local folder, "
+                       f"and read inputs from {out.scheme}:// if they live there")
     probe = f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"  # a crash leaves a temp file, cleaned like any other
     try:
         if out.local:

@@ -50,6 +50,12 @@ class Output:
             self.root = root.rstrip("/")
         self.scheme = scheme
 
+    @property
+    def lockable(self) -> bool:
+        """Whether one run can hold this output alone: a local folder (flock) or S3 (conditional
+        writes). GCS and Azure have their own preconditions, not implemented yet."""
+        return self.local or self.scheme == "s3"
+
     def __str__(self) -> str:
         return self.uri
 

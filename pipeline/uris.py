@@ -95,11 +95,26 @@ def problem(uri: str, roots: tuple[str, ...], schemes: tuple[str, ...]) -> str |
     return None
 
 
+class StorageError(RuntimeError):
+    """A storage scheme this installation cannot reach (its fsspec driver is missing)."""
+
+
+# The fsspec driver each object store needs, and how to get it.
+DRIVERS = {"s3": "s3fs (a dependency: reinstall the package)", "gs": "gcsfs: pip install 'asset-pipeline[gcs]'",
+           "gcs": "gcsfs: pip install 'asset-pipeline[gcs]'", "az": "adlfs: pip install adlfs",
+           "abfs": "adlfs: pip install adlfs"}
+
+
 def filesystem(uri: str):
-    """The fsspec filesystem and path of a URI."""
+    """The fsspec filesystem and path of a URI; StorageError naming the package to install when
+    its driver is missing."""
     import fsspec
 
-    return fsspec.core.url_to_fs(uri)
+    try:
+        return fsspec.core.url_to_fs(uri)
+    except ImportError as e:
+        scheme = split(uri)[0]
+        raise StorageError(f"{uri}: {scheme}:// needs {DRIVERS.get(scheme, f'an fsspec driver ({e})')}") from None
 
 
 def read_bytes(uri: str) -> bytes:

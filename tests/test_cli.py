@@ -72,3 +72,17 @@ def test_long_prompt_warning_names_the_row(tmp_path):
 def test_verify_and_report_on_a_folder_without_results(tmp_path):
     assert cli("verify", str(tmp_path)).returncode == 1
     assert cli("report", str(tmp_path)).returncode == 1
+
+
+def test_an_output_on_a_store_that_cannot_be_locked_or_reached_is_refused_without_a_traceback(tmp_path):
+    """gs:// without gcsfs names the package to install; a store without conditional writes
+    (fsspec's memory://, as GCS and Azure today) is refused before anything runs."""
+    job = write_job(tmp_path, {"id": ["a"], "prompt": ["a mug"]}, styles=None)
+    missing = cli("run", str(job), "--in-process", "--output", "gs://bucket/out")
+    unlockable = cli("run", str(job), "--in-process", "--output", "memory://bucket/out")
+    for run in (missing, unlockable):
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    if "gcsfs" not in {m.name for m in __import__("pkgutil").iter_modules()}:
+        assert "gs:// needs gcsfs: pip install 'asset-pipeline[gcs]'" in missing.stderr
+    assert "outputs on memory:// are not supported yet" in unlockable.stderr
+    assert not (tmp_path / "out").exists()
