@@ -37,6 +37,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak (Linux: VmHWM), so a phase's peak is its own."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or since the last reset (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def table(rows: list[tuple[str, object]], title: str) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [title, "-" * len(title)]

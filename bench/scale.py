@@ -1,7 +1,7 @@
 """Scale: plan + validate of large manifests, and the pipeline's cost as the run grows.
 
-    .venv/bin/python bench/scale.py                 # 10k, 100k, 1M rows; runs of 50 and 400
-    .venv/bin/python bench/scale.py --rows 10000 --runs 50 200
+    .venv/bin/python bench/scale.py                 # 10k, 100k, 1M rows; driver at 1M, 10M; runs of 50, 400
+    .venv/bin/python bench/scale.py --rows 10000 --driver-rows 100000 --runs 50 200
 
 Each measurement runs in its own process, so its peak RSS is its own. Prints a table, then
 one JSON object as the last line (also written to a file).
@@ -54,6 +54,55 @@ def child_plan(job: str) -> dict:
     return {"validate_s": t1 - t0, "plan_s": t2 - t1, "candidates": plan.num_rows, "peak_rss_mb": peak_rss_mb()}
 
 
+def child_driver(job: str) -> dict:
+    """The driver's own work on a large manifest, phase by phase, as `run_job` does it: load and
+    validate; plan to its file and write the work file (a first run: everything pending); then
+    compact a finished run (every candidate given a synthetic committed outcome). Each phase's
+    peak is its own; the manifest's resident size is the baseline."""
+    import gc
+
+    import pyarrow as pa
+
+    from bench.common import reset_peak_rss, rss_mb
+    from pipeline import results
+    from pipeline.config import load_job
+    from pipeline.job import _pending, _work
+    from pipeline.manifest import load_inputs
+    from pipeline.plan import write_plan
+    from pipeline.work import rows_per_group, write_work
+
+    cfg = load_job(job)
+    out = Path(cfg.job.output)
+    t0 = time.perf_counter()
+    inputs = load_inputs(cfg)
+    gc.collect()
+    t1, manifest_mb = time.perf_counter(), rss_mb()
+    reset_peak_rss()
+    plan = write_plan(inputs, cfg, out / "_work" / "plan.parquet")
+    committed = results.ShardStore(out).committed()
+    to_go, rows_to_go = _pending(plan, committed)
+    groups = write_work(_work(plan, committed), out / "_work" / "pending.arrow",
+                        rows_per_group(rows_to_go, to_go, cfg.generate.batch_size))
+    t2, prepare_peak = time.perf_counter(), rss_mb("VmHWM")
+    store = results.ShardStore(out)
+    for chunk in plan.chunks(["item_id", "id"]):
+        n = chunk.num_rows
+        store.write(chunk.append_column("path", pa.nulls(n, pa.string()))
+                    .append_column("status", pa.array(["rejected"] * n))
+                    .append_column("reason", pa.array(["bench: synthetic outcome"] * n)))
+    gc.collect()
+    t3 = time.perf_counter()
+    reset_peak_rss()
+    base = rss_mb()
+    summary = results.write_results(plan.chunks(), results.ShardStore(out).committed(), out)
+    t4, compact_peak = time.perf_counter(), rss_mb("VmHWM")
+    assert summary["planned"] == plan.num_rows == to_go and summary["rejected"] == plan.num_rows
+    return {"candidates": plan.num_rows, "units": groups, "validate_s": t1 - t0, "manifest_rss_mb": manifest_mb,
+            "plan_and_work_s": t2 - t1, "plan_and_work_peak_mb": prepare_peak,
+            "plan_and_work_beyond_manifest_mb": prepare_peak - manifest_mb,
+            "compact_s": t4 - t3, "compact_peak_mb": compact_peak, "compact_beyond_start_mb": compact_peak - base}
+
+
 def child_run(job: str) -> dict:
     import pyarrow.parquet as pq
 
@@ -78,17 +127,19 @@ def in_child(kind: str, job: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--rows", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--candidates", type=int, default=2, help="candidates per row for plan/validate")
-    ap.add_argument("--runs", type=int, nargs="+", default=[50, 400], help="candidates per pipeline run")
+    ap.add_argument("--runs", type=int, nargs="*", default=[50, 400], help="candidates per pipeline run")
+    ap.add_argument("--driver-rows", type=int, nargs="*", default=[1_000_000, 10_000_000],
+                    help="manifest rows for the driver's plan, work file and compaction")
     ap.add_argument("--json")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         kind, job = args.child
-        print(json.dumps(child_plan(job) if kind == "plan" else child_run(job)))
+        print(json.dumps({"plan": child_plan, "driver": child_driver, "run": child_run}[kind](job)))
         return
-    result: dict = {"bench": "scale", "plan": [], "runs": [], "machine": machine()}
+    result: dict = {"bench": "scale", "plan": [], "driver": [], "runs": [], "machine": machine()}
     rows_table = []
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         for n in args.rows:
@@ -99,6 +150,19 @@ def main() -> None:
             rows_table.append((f"{n:>9,} rows → {m['candidates']:,} candidates",
                                f"validate {m['validate_s']:.2f} s, plan {m['plan_s']:.2f} s, "
                                f"peak RSS {m['peak_rss_mb']:.0f} MB"))
+        for n in args.driver_rows:
+            folder = Path(tmp) / f"driver-{n}"
+            folder.mkdir()
+            m = in_child("driver", write_inputs(folder, n, args.candidates)) | {"rows": n}
+            result["driver"].append(m)
+            rows_table.append((f"driver, {n:>9,} rows: manifest", f"{m['manifest_rss_mb']:.0f} MB resident, "
+                               f"validated in {m['validate_s']:.1f} s"))
+            rows_table.append((f"driver, {n:>9,} rows: plan + work file",
+                               f"{m['plan_and_work_s']:.1f} s, peak {m['plan_and_work_peak_mb']:.0f} MB "
+                               f"(+{m['plan_and_work_beyond_manifest_mb']:.0f} MB beyond the manifest)"))
+            rows_table.append((f"driver, {n:>9,} rows: compaction of {m['candidates']:,} outcomes",
+                               f"{m['compact_s']:.1f} s, peak {m['compact_peak_mb']:.0f} MB "
+                               f"(+{m['compact_beyond_start_mb']:.0f} MB)"))
         extra = ("[generate]\nsteps = 1\nwidth = 64\nheight = 64\nbatch_size = 8\n"
                  "[output]\nshard_rows = 64\n[filter]\nimage_unsafe_threshold = 1.0\n")
         for n in args.runs:

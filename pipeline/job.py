@@ -247,7 +247,7 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
     budget = int(cfg.job.max_failed_fraction * plan.num_rows)
     stopped, committer = None, None
     if to_go:
-        work_path = work / f"pending-{run_id}.parquet"
+        work_path = work / f"pending-{run_id}.arrow"
         groups = write_work(_work(plan, committed), work_path,
                             rows_per_group(rows_to_go, to_go, cfg.generate.batch_size))
         committer = _Committer(store, run_id, cfg.output.shard_rows)

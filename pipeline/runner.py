@@ -118,15 +118,13 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
     fail every unit, and a writer that cannot start must not leave the generate actors
     generating in the meantime. The run stops with its message instead.
     """
-    import pyarrow.parquet as pq
     import ray
     from ray.exceptions import RayActorError
 
     from pipeline.stages import CandidateStage, WriteStage, failed_outcomes
+    from pipeline.work import WorkFile
 
-    # Opened once: the footer of a large run's work file (up to 10,000 row groups) took
-    # about 0.1 s to parse, per unit, when reopened for each one.
-    work = pq.ParquetFile(work_path)
+    work = WorkFile(work_path)
     actor = ray.remote(_StageActor)
     restart = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}
     write_stage = (WriteStage, (cfg, output_dir))
@@ -145,7 +143,7 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
     def submit(group: int, alone: bool) -> None:
         g = gen_queue.index(min(gen_queue))
         once = {"max_task_retries": 0} if alone else {}
-        staged = gens[g].run.options(**once).remote(work.read_row_group(group))
+        staged = gens[g].run.options(**once).remote(work.unit(group))
         gen_queue[g] += 1
         if fused:
             finishing[staged] = (g, None, group, alone)
@@ -195,11 +193,11 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
                     if not alone:
                         suspects.append(group)
                         continue
-                    outcome = failed_outcomes(work.read_row_group(group), cfg.job.name,
+                    outcome = failed_outcomes(work.unit(group), cfg.job.name,
                                               f"worker died on this unit {TASK_RETRIES + 2} times, the last time "
                                               f"with no other unit beside it: {_root_message(e)}")
                 except Exception as e:  # noqa: BLE001 — a stage raised, an object was lost: this unit only
-                    outcome = failed_outcomes(work.read_row_group(group), cfg.job.name,
+                    outcome = failed_outcomes(work.unit(group), cfg.job.name,
                                               f"unit failed: {_root_message(e)}")
                 yield outcome
     finally:
@@ -220,12 +218,16 @@ def _root_message(error: Exception) -> str:
 def execute_in_process(work_path: str, cfg: JobConfig, output_dir: str) -> Iterator[pa.Table]:
     """The same stages without Ray: for debugging and fast tests."""
     from pipeline.stages import CandidateStage, WriteStage, failed_outcomes
-    from pipeline.work import read_groups
+    from pipeline.work import WorkFile
 
     generate, write = CandidateStage(cfg), WriteStage(cfg, output_dir)
-    for unit in read_groups(work_path):
-        try:
-            outcome = write(generate(unit))
-        except Exception as e:  # noqa: BLE001 — as on Ray: a failing unit is error rows, the run goes on
-            outcome = failed_outcomes(unit, cfg.job.name, f"unit failed: {type(e).__name__}: {e}")
-        yield outcome
+    work = WorkFile(work_path)
+    try:
+        for unit in work:
+            try:
+                outcome = write(generate(unit))
+            except Exception as e:  # noqa: BLE001 — as on Ray: a failing unit is error rows, the run goes on
+                outcome = failed_outcomes(unit, cfg.job.name, f"unit failed: {type(e).__name__}: {e}")
+            yield outcome
+    finally:
+        work.close()

@@ -2,9 +2,13 @@
 
 Selection (best k of N) needs all candidates of a row in one batch. Nesting them makes that
 true by construction, and one row group is one unit of work (about a generation batch of
-candidates). The driver writes the file once per run and reads one row group as it hands a
-unit to an actor, so neither the driver nor the object store holds the whole plan while a
-large run streams through.
+candidates). The driver writes the file once per run, a chunk of the plan at a time, and reads
+one unit as it hands it to an actor, so neither the driver nor the object store holds the whole
+plan while a large run streams through.
+
+The file is Arrow IPC, one record batch per unit: its footer lists only where each batch
+starts, and a unit is read straight from a memory map. (A Parquet work file's footer took about
+60 kB of column metadata per row group: 1.2 GB of driver memory and 12 s at 10,000 units.)
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline import schema
 
@@ -63,13 +66,16 @@ def unnest(batch: pa.Table) -> pa.Table:
 
 def write_work(chunks: Iterable[pa.Table], path: Path, rows_per_group: int) -> int:
     """Write the work file from candidate tables of whole rows (CANDIDATE_SCHEMA, a chunk of the
-    plan at a time), one row group per unit of work; returns the number of units."""
+    plan at a time), one record batch per unit of work; returns the number of units."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(path, WORK_SCHEMA) as writer:
+    units = 0
+    with pa.ipc.new_file(path, WORK_SCHEMA, options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
         for flat in chunks:
             if flat.num_rows:
-                writer.write_table(nest(flat), row_group_size=rows_per_group)
-    return pq.ParquetFile(path).num_row_groups
+                for batch in nest(flat).to_batches(max_chunksize=rows_per_group):
+                    writer.write_batch(batch)
+                    units += 1
+    return units
 
 
 def rows_per_group(rows: int, candidates: int, batch_size: int, max_groups: int = MAX_GROUPS) -> int:
@@ -81,8 +87,21 @@ def rows_per_group(rows: int, candidates: int, batch_size: int, max_groups: int 
     return max(per_batch, -(-rows // max_groups))
 
 
-def read_groups(path: str | Path) -> Iterator[pa.Table]:
-    """Every unit of work in order (the in-process path)."""
-    f = pq.ParquetFile(path)
-    for i in range(f.num_row_groups):
-        yield f.read_row_group(i)
+class WorkFile:
+    """The units of a work file, read one at a time."""
+
+    def __init__(self, path: str | Path):
+        self._map = pa.memory_map(str(path))
+        self._reader = pa.ipc.open_file(self._map)
+
+    def __len__(self) -> int:
+        return self._reader.num_record_batches
+
+    def unit(self, i: int) -> pa.Table:
+        return pa.Table.from_batches([self._reader.get_batch(i)])
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        return (self.unit(i) for i in range(len(self)))
+
+    def close(self) -> None:
+        self._map.close()
