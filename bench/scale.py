@@ -54,14 +54,46 @@ def child_plan(job: str) -> dict:
     return {"validate_s": t1 - t0, "plan_s": t2 - t1, "candidates": plan.num_rows, "peak_rss_mb": peak_rss_mb()}
 
 
+def synthetic_outcomes(chunk):
+    """Committed outcomes as wide as real ones (every outcome column set, typical lengths), all
+    `rejected` with no file, so compaction's memory is measured without generating."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipeline import schema
+
+    n, ids = chunk.num_rows, chunk["item_id"]
+    rng = np.random.default_rng(0)
+    text = {"run_id": "0123456789ab", "job": "nightly-catalogue", "clip_model": "ViT-L-14", "moderation": "pass",
+            "moderation_model": "/models/nsfw_image_detection", "status": "rejected", "reason": "not_selected",
+            "c2pa_state": "Valid", "worker": "gpu-node-3:4242", "writer": "head:5151"}
+    table = chunk.append_column("path", pa.nulls(n, pa.string()))
+    for f in schema.OUTCOME_FIELDS:
+        if f.name in text:
+            col = pa.array([text[f.name]] * n, f.type)
+        elif f.name == "sha256":
+            col = pc.binary_join_element_wise(ids, ids, "")
+        elif f.name == "c2pa_label":
+            col = pc.binary_join_element_wise("urn:c2pa:", ids, "")
+        elif pa.types.is_floating(f.type):
+            col = pa.array(rng.random(n) * 100)
+        elif pa.types.is_integer(f.type):
+            col = pa.array(rng.integers(0, 1 << 20, n))
+        elif pa.types.is_boolean(f.type):
+            col = pa.array(np.zeros(n, bool))
+        else:
+            col = pa.array(np.full(n, 1_790_000_000_000, "datetime64[ms]")).cast(f.type)
+        table = table.append_column(f, col)
+    return table
+
+
 def child_driver(job: str) -> dict:
     """The driver's own work on a large manifest, phase by phase, as `run_job` does it: load and
     validate; plan to its file and write the work file (a first run: everything pending); then
     compact a finished run (every candidate given a synthetic committed outcome). Each phase's
     peak is its own; the manifest's resident size is the baseline."""
     import gc
-
-    import pyarrow as pa
 
     from bench.common import reset_peak_rss, rss_mb
     from pipeline import results
@@ -85,11 +117,8 @@ def child_driver(job: str) -> dict:
                         rows_per_group(rows_to_go, to_go, cfg.generate.batch_size))
     t2, prepare_peak = time.perf_counter(), rss_mb("VmHWM")
     store = results.ShardStore(out)
-    for chunk in plan.chunks(["item_id", "id"]):
-        n = chunk.num_rows
-        store.write(chunk.append_column("path", pa.nulls(n, pa.string()))
-                    .append_column("status", pa.array(["rejected"] * n))
-                    .append_column("reason", pa.array(["bench: synthetic outcome"] * n)))
+    for chunk in plan.chunks(["item_id", "id", "scheduler", "truncated"]):
+        store.write(synthetic_outcomes(chunk))
     gc.collect()
     t3 = time.perf_counter()
     reset_peak_rss()

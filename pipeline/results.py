@@ -96,8 +96,9 @@ class Committed:
         return ItemIndex(self.outcomes["item_id"])
 
     def outcome_of(self, plan: pa.Table) -> pa.Table:
-        """The latest committed outcome of each plan row, in plan order: null where there is none."""
-        return self.outcomes.take(self.index.lookup(plan["item_id"]))
+        """The latest committed outcome of each plan row, in plan order: null where there is none
+        (plain types: the dictionary-encoded columns decoded)."""
+        return self.outcomes.take(self.index.lookup(plan["item_id"])).cast(OUTCOME_SCHEMA)
 
     def done(self, plan: pa.Table) -> pa.Array:
         """Which plan rows have a finished outcome: errors are not done (a rerun retries them)."""
@@ -117,13 +118,18 @@ class ShardStore:
 
     def read(self, columns: list[str] | None = None) -> pa.Table | None:
         """Every committed row; `columns` that a shard of an older release lacks are left out."""
-        tables = []
-        for p in self.paths():
-            shard = pq.ParquetFile(io.BytesIO(self.out.get(p)))
-            names = shard.schema_arrow.names
-            tables.append(shard.read(columns=[c for c in columns if c in names] if columns else None))
-        tables = [t for t in tables if t.num_rows]
+        tables = [t for t in (self._read(p, columns) for p in self.paths()) if t.num_rows]
         return pa.concat_tables(tables, promote_options="default") if tables else None
+
+    def _read(self, rel: str, columns: list[str] | None, keep: np.ndarray | None = None) -> pa.Table:
+        """One shard's columns (those it has), its rows where `keep`; repeated strings (status,
+        run, worker, model names) stay dictionary-encoded, as in the file."""
+        with self.out.open(rel) as f:
+            names = pq.ParquetFile(f).schema_arrow.names
+            wanted = [c for c in columns if c in names] if columns else names
+            shard = pq.ParquetFile(f, read_dictionary=[c for c in DICTIONARY_COLUMNS if c in wanted])
+            table = shard.read(columns=wanted)
+        return table.filter(pa.array(keep)) if keep is not None else table
 
     def write(self, table: pa.Table, kill_point: tuple[str, int] | None = None) -> str:
         rel = f"{SHARDS}/part-{self._next:06d}-{uuid.uuid4().hex[:8]}.parquet"
@@ -132,22 +138,40 @@ class ShardStore:
         return rel
 
     def committed(self) -> Committed:
-        """The latest outcome of every item id, checked against the files present (one listing)."""
-        shards = self.read(OUTCOME_SCHEMA.names)
-        if shards is None:
-            shards = OUTCOME_SCHEMA.empty_table()
+        """The latest outcome of every item id, checked against the files present (one listing).
+
+        Two passes, so only the latest outcomes are ever held whole: the item ids of every
+        shard first (which row is each id's latest), then each shard's kept rows."""
+        paths = self.paths()
+        ids = [self._read(p, ["item_id"])["item_id"] for p in paths]
+        sizes = [len(a) for a in ids]
+        keep = np.zeros(sum(sizes), bool)
+        if sizes and sum(sizes):
+            order = pa.array(np.arange(len(keep)), pa.int64())
+            latest = pa.table({"item_id": pa.chunked_array(ids), "order": order}).group_by("item_id").aggregate(
+                [("order", "max")])
+            keep[latest["order_max"].to_numpy()] = True
+        del ids
+        starts = np.cumsum([0, *sizes])
+        parts = [self._read(p, OUTCOME_SCHEMA.names, keep[a:b]) for p, a, b in zip(paths, starts, starts[1:],
+                                                                                     strict=False) if keep[a:b].any()]
+        latest = (pa.concat_tables(parts, promote_options="default") if parts
+                  else OUTCOME_SCHEMA.empty_table())
         for f in OUTCOME_SCHEMA:  # shards committed by a version before the column existed
-            if f.name not in shards.column_names:
-                shards = shards.append_column(f, pa.nulls(shards.num_rows, f.type))
-        order = pa.array(range(shards.num_rows), pa.int64())
-        latest = pa.table({"item_id": shards["item_id"], "order": order}).group_by("item_id").aggregate(
-            [("order", "max")])
-        latest = shards.take(latest["order_max"])
-        paths = latest["path"]
-        listed = frozenset(p for p in paths.to_pylist() if p)
+            if f.name not in latest.column_names:
+                latest = latest.append_column(f, pa.nulls(latest.num_rows, f.type))
+        latest = latest.select(OUTCOME_SCHEMA.names)
+        listed = frozenset(p for p in pc.unique(latest["path"]).to_pylist() if p)
         files = image_files(self.out)
-        intact = pc.or_(pc.is_null(paths), pc.is_in(paths, pa.array(sorted(listed & files), pa.string())))
-        return Committed(latest.filter(intact), listed, frozenset(files))
+        paths_ = latest["path"]
+        intact = pc.or_(pc.is_null(paths_), pc.is_in(paths_, pa.array(sorted(listed & files), pa.string())))
+        return Committed(latest if pc.all(intact).as_py() is not False else latest.filter(intact),
+                         listed, frozenset(files))
+
+
+# Outcome columns with few distinct values, kept dictionary-encoded in memory.
+DICTIONARY_COLUMNS = ("scheduler", "run_id", "job", "clip_model", "moderation", "moderation_model", "status",
+                      "c2pa_state", "worker", "writer")
 
 
 # The columns of a committed outcome that the results table takes (the rest comes from the plan).

@@ -109,6 +109,11 @@ class Output:
             if not self.local:
                 shutil.rmtree(temp.parent, ignore_errors=True)
 
+    def open(self, rel: str):
+        """`rel` opened for reading (binary): readers such as Parquet fetch only the ranges they
+        need (on object storage, ranged GETs)."""
+        return open(self._local(rel), "rb") if self.local else self.fs.open(self._remote(rel), "rb")
+
     def get(self, rel: str) -> bytes:
         if self.local:
             return self._local(rel).read_bytes()
