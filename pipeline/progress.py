@@ -4,7 +4,8 @@
 - `plain`: `[pipeline] ...` lines, and a progress line every `interval` seconds (whether or not a
   unit finished, so a scheduled job's log shows it is alive) plus one at the end.
 - `json`: one JSON object per line, `{"ts", "level", "event", "msg", ...fields}`, for log collectors;
-  progress events at the same steady interval as `plain`.
+  progress events at the same steady interval as `plain`. While the run lasts, Python warnings and
+  whatever libraries write to sys.stderr (Ray's notes) become `log` events too.
 
 `--log-format auto` (the default) picks `tty` when the stream is a terminal, else `plain`;
 `text` is always `plain`. The driver writes to stderr only through a `Reporter`.
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -70,6 +72,7 @@ class Reporter:
         self._bar: Any = None  # rich.progress.Progress in tty mode, while running
         self._console: Any = None
         self._showwarning: Any = None
+        self._stderr: TextIO | None = None
 
     # -- messages
     def log(self, msg: str, level: str = "info", event: str = "log", **fields: Any) -> None:
@@ -99,8 +102,11 @@ class Reporter:
             self._task = self._bar.add_task("", total=total, **self._fields())
             self._bar.start()
         else:
-            if self.mode == "json":  # a library's Python warning is one more JSON line, not free text
+            if self.mode == "json":  # what a library says (Ray's start-up notes) is one more JSON line
                 self._showwarning, warnings.showwarning = warnings.showwarning, self._warning
+                if self.stream is sys.stderr:
+                    self._stderr, sys.stderr = sys.stderr, _JsonLines(self)
+            self._stop.clear()
             self._thread = threading.Thread(target=self._beat, name="progress", daemon=True)
             self._thread.start()
 
@@ -120,6 +126,11 @@ class Reporter:
             self._thread = None
         if self._showwarning is not None:
             warnings.showwarning, self._showwarning = self._showwarning, None
+        if self._stderr is not None:
+            sys.stderr.flush()
+            if isinstance(sys.stderr, _JsonLines):
+                sys.stderr = self._stderr
+            self._stderr = None
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, **self._fields())
             self._bar.stop()
@@ -173,6 +184,33 @@ class Reporter:
 
             self._console = Console(file=self.stream, force_terminal=True)
         return self._console
+
+
+class _JsonLines(io.TextIOBase):
+    """sys.stderr while a JSON run lasts: each line a library writes there (a log handler, Ray's
+    lines from its actors) becomes a `log` event with `"source": "stderr"`. A handler that kept
+    this stream goes on writing JSON after the run."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter, self.buffered = reporter, ""
+        self.fd = reporter.stream.fileno
+
+    def write(self, text: str) -> int:
+        *lines, self.buffered = (self.buffered + text).split("\n")
+        for line in lines:
+            if line.strip():
+                self.reporter.log(line.rstrip(), "warning", source="stderr")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.buffered.strip():
+            self.write("\n")
+
+    def fileno(self) -> int:
+        return self.fd()
+
+    def isatty(self) -> bool:
+        return False
 
 
 def _make_bar(console):

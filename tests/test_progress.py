@@ -157,3 +157,33 @@ def test_the_mode_is_chosen_once_from_the_format_and_the_stream(monkeypatch):
     assert choose_mode("auto", Terminal()) == "plain"
     with pytest.raises(ValueError, match="auto, text, json"):
         choose_mode("xml", Recorder())
+
+
+def test_in_json_mode_what_libraries_write_to_stderr_becomes_json_too(capsys):
+    import logging
+    import warnings
+
+    reporter = Reporter("json", stream=sys.stderr, interval=60)
+    logger = logging.getLogger("some.library")
+    reporter.start(1)
+    try:
+        print("a library's note\nover two lines", file=sys.stderr)
+        handler = logging.StreamHandler()  # made during the run, as `import ray` makes its own
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.warning("a logged warning")
+        warnings.warn("a deprecation", DeprecationWarning, stacklevel=1)
+        reporter.update({"written": 1})
+    finally:
+        reporter.close()
+        logger.removeHandler(handler)
+        logger.propagate = True
+    print("after the run", file=sys.stderr)  # the real stderr again
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == "after the run"
+    events = [json.loads(line) for line in err[:-1]]
+    said = {e["msg"]: e for e in events if e["event"] == "log"}
+    assert said["a library's note"]["source"] == "stderr" and "over two lines" in said
+    assert "a logged warning" in said and said["a logged warning"]["level"] == "warning"
+    assert any("DeprecationWarning: a deprecation" in m for m in said)
+    assert events[-1]["event"] == "progress" and events[-1]["done"] == 1
