@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         reporter = Reporter(args.log_format)
     except ValueError as e:
-        raise ConfigError(f"--log-format / $ASSET_PIPELINE_LOG_FORMAT / $ASSET_PIPELINE_LOG_INTERVAL: {e}") from None
+        raise ConfigError(str(e)) from None
     cfg = _load(args)
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip()) if args.rows else ()
     report = run_job(cfg, fresh=args.fresh, backend="in-process" if args.in_process else "ray", rows=rows,

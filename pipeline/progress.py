@@ -34,7 +34,7 @@ STATUSES = ("written", "rejected", "error")  # schema.STATUSES, without importin
 def choose_mode(fmt: str, stream: TextIO) -> str:
     """`tty`, `plain` or `json` for a --log-format value and the stream written to."""
     if fmt not in FORMATS:
-        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise ValueError(f"--log-format (or ${FORMAT_ENV}) must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "json":
         return "json"
     terminal = fmt == "auto" and getattr(stream, "isatty", lambda: False)() and os.environ.get("TERM") != "dumb"
@@ -49,9 +49,12 @@ def json_line(event: str, level: str = "info", **fields: Any) -> str:
 def interval_from_env() -> float:
     value = os.environ.get(INTERVAL_ENV)
     try:
-        return float(value) if value else DEFAULT_INTERVAL
+        seconds = float(value) if value else DEFAULT_INTERVAL
     except ValueError:
-        raise ValueError(f"{INTERVAL_ENV} must be a number of seconds, got {value!r}") from None
+        seconds = 0.0
+    if not seconds > 0:
+        raise ValueError(f"${INTERVAL_ENV} must be a number of seconds above 0, got {value!r}")
+    return seconds
 
 
 class Reporter:
