@@ -8,6 +8,7 @@ Heavy libraries load only inside the commands that need them, so `--help` is ins
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -27,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="discard earlier results in the output folder")
     run.add_argument("--rows", help="comma-separated manifest ids: regenerate only these rows")
     run.add_argument("--in-process", action="store_true", help="run the stages without Ray (debugging)")
+    run.add_argument("--log-format", default=os.environ.get("ASSET_PIPELINE_LOG_FORMAT", "auto"),
+                     choices=("auto", "text", "json"),
+                     help="auto: a live bar when stderr is a terminal, else a progress line every "
+                     "$ASSET_PIPELINE_LOG_INTERVAL seconds (default 10); text: those lines always; json: one JSON "
+                     "object a line on stderr, the summary last, nothing on stdout (default: "
+                     "$ASSET_PIPELINE_LOG_FORMAT, else auto)")
     val = sub.add_parser("validate", help="check the job, manifest and styles; never generates")
     _job_args(val)
     plan = sub.add_parser("plan", help="write the plan (one row per candidate) without generating")
@@ -105,12 +112,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.config import ConfigError
     from pipeline.job import describe, run_job
+    from pipeline.progress import Reporter
 
+    try:
+        reporter = Reporter(args.log_format)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     cfg = _load(args)
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip()) if args.rows else ()
-    report = run_job(cfg, fresh=args.fresh, backend="in-process" if args.in_process else "ray", rows=rows)
-    print(describe(report))
+    report = run_job(cfg, fresh=args.fresh, backend="in-process" if args.in_process else "ray", rows=rows,
+                     reporter=reporter)
+    if reporter.mode != "json":  # in json mode the summary is the run_end event
+        print(describe(report))
     return report.exit_code
 
 
@@ -163,11 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except expected as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(args, f"error: {e}")
         return EXIT_INVALID
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        _error(args, "interrupted: rerun the same command to resume")
         return 130
+
+
+def _error(args: argparse.Namespace, msg: str) -> None:
+    """Why the command stopped, on stderr: a JSON `error` event when the run logs JSON."""
+    if getattr(args, "log_format", None) == "json":
+        from pipeline.progress import json_line
+
+        msg = json_line("error", "error", msg=msg.removeprefix("error: "))
+    print(msg, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

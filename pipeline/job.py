@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import platform
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -28,6 +27,7 @@ from pipeline.config import JobConfig
 from pipeline.lock import OutputLocked, acquire
 from pipeline.manifest import Inputs, ManifestError, Problem, load_inputs
 from pipeline.plan import PlanFile, write_plan
+from pipeline.progress import Reporter
 from pipeline.store import Output
 from pipeline.work import PRIOR, candidates, rows_per_group, write_work
 from pipeline.write import TEMP_PREFIX
@@ -50,10 +50,6 @@ class RunReport:
     stopped: str | None = None  # why the run stopped early
     removed_strays: list[str] = field(default_factory=list)
     results: str = ""  # where results.parquet is
-
-
-def _log(msg: str) -> None:
-    print(f"[pipeline] {msg}", file=sys.stderr, flush=True)
 
 
 def prepare_output(out: Output) -> None:
@@ -193,14 +189,17 @@ def work_folder(out: Output, run_id: str) -> Path:
 
 
 def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
-            rows: tuple[str, ...] = ()) -> RunReport:
+            rows: tuple[str, ...] = (), reporter: Reporter | None = None) -> RunReport:
     """Run (or resume) the job; returns the report. Raises before any GPU work if it cannot run,
     and before anything is deleted.
 
     `rows` limits the run to these manifest ids: seeds and item ids do not depend on which
     other rows are present, so a row regenerated alone comes out as in the full run.
+    `reporter` says what happens on stderr (default: a bar on a terminal, else plain lines).
     """
     from pipeline.provenance import Signer
+
+    reporter = reporter or Reporter()
 
     out = Output(cfg.job.output)
     cfg = cfg.replace("job", output=out.uri)
@@ -218,13 +217,13 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
         try:
             # Planned to the driver's disk a chunk at a time: the plan is never whole in memory.
             plan = write_plan(inputs, cfg, work / f"plan-{run_id}.parquet")
-            Signer.from_section(cfg.signer, out).self_test(cfg.output.format)
+            Signer.from_section(cfg.signer, out, warn=reporter.warning).self_test(cfg.output.format)
             if fresh:
                 clear_results(out)
             elif rows and (others := results.row_ids(out) - set(rows)):
                 raise JobError(f"{out}: holds results of other rows ({len(others)}, e.g. {sorted(others)[0]!r}); "
                                "--rows would hide them, so give it a separate --output")
-            return _run_locked(cfg, out, backend, inputs, plan, run_id, work)
+            return _run_locked(cfg, out, backend, inputs, plan, run_id, work, reporter)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     finally:
@@ -232,7 +231,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
 
 
 def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan: PlanFile, run_id: str,
-                work: Path) -> RunReport:
+                work: Path, reporter: Reporter) -> RunReport:
     from pipeline.runner import connect, execute, execute_in_process, size_pools
 
     started = time.monotonic()
@@ -242,8 +241,10 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
     store = results.ShardStore(out)
     committed = store.committed()
     to_go, rows_to_go = _pending(plan, committed)
-    _log(f"run {run_id}: {plan.num_rows} candidates planned from {len(inputs.manifest)} rows, "
-         f"{plan.num_rows - to_go} already done, {to_go} to go → {out}")
+    reporter.log(f"run {run_id}: {plan.num_rows} candidates planned from {len(inputs.manifest)} rows, "
+                 f"{plan.num_rows - to_go} already done, {to_go} to go → {out}", event="run_start",
+                 run_id=run_id, job=cfg.job.name, output=out.uri, planned=plan.num_rows,
+                 rows=len(inputs.manifest), already_done=plan.num_rows - to_go, to_go=to_go)
     budget = int(cfg.job.max_failed_fraction * plan.num_rows)
     stopped, committer = None, None
     if to_go:
@@ -251,22 +252,29 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
         groups = write_work(_work(plan, committed), work_path,
                             rows_per_group(rows_to_go, to_go, cfg.generate.batch_size))
         committer = _Committer(store, run_id, cfg.output.shard_rows)
-        if backend == "ray":
-            resources = connect(cfg.cluster.address)
-            pools = size_pools(cfg, resources)
-            _log(f"cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; "
-                 f"{pools.generate_actors} generate actor(s), "
-                 + (f"{pools.write_actors} writer(s)" if pools.write_actors else "each writing its own images"))
-            stream = execute(str(work_path), groups, cfg, out.uri, pools)
-        else:
-            stream = execute_in_process(str(work_path), cfg, out.uri)
+        reporter.start(to_go)  # progress from here: the actors' start-up counts, as it is waited for
         try:
-            stopped = _consume(stream, committer, to_go, budget, cfg, plan.num_rows)
-        finally:
+            if backend == "ray":
+                resources = connect(cfg.cluster.address)
+                pools = size_pools(cfg, resources)
+                reporter.log(f"cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; "
+                             f"{pools.generate_actors} generate actor(s), "
+                             + (f"{pools.write_actors} writer(s)" if pools.write_actors
+                                else "each writing its own images"),
+                             cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0),
+                             generate_actors=pools.generate_actors, write_actors=pools.write_actors)
+                stream = execute(str(work_path), groups, cfg, out.uri, pools)
+            else:
+                stream = execute_in_process(str(work_path), cfg, out.uri)
             try:
-                committer.flush()  # what was ready is committed, whatever stopped the stream
+                stopped = _consume(stream, committer, reporter, budget, cfg, plan.num_rows)
             finally:
-                stream.close()  # stops the actors now, not when the generator is collected
+                try:
+                    committer.flush()  # what was ready is committed, whatever stopped the stream
+                finally:
+                    stream.close()  # stops the actors now, not when the generator is collected
+        finally:
+            reporter.close()
         work_path.unlink(missing_ok=True)
     # 3. compact, clean up, summarise
     faults.kill_if("driver.kill_before_compact")
@@ -279,31 +287,26 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
         summary["candidates_per_s"] = round(sum(committer.counts.values()) / summary["elapsed_s"], 4)
         summary["written_per_s"] = round(committer.counts[schema.WRITTEN] / summary["elapsed_s"], 4)
     if summary["truncated_prompts"]:
-        _log(f"warning: {summary['truncated_prompts']} candidate prompt(s) exceeded the text encoder's window "
-             "and were truncated (see the `truncated` column)")
+        reporter.warning(f"{summary['truncated_prompts']} candidate prompt(s) exceeded the text encoder's window "
+                         "and were truncated (see the `truncated` column)",
+                         truncated_prompts=summary["truncated_prompts"])
     results.write_json(summary, out, results.SUMMARY)
     code = EXIT_INCOMPLETE if stopped or summary["pending"] else EXIT_OK
-    return RunReport(run_id, Path(out.root) if out.local else out.uri, summary, code, stopped, removed,
-                     out.where(results.RESULTS))
+    report = RunReport(run_id, Path(out.root) if out.local else out.uri, summary, code, stopped, removed,
+                       out.where(results.RESULTS))
+    reporter.end(describe(report), **summary, exit_code=code, results=report.results, removed_strays=len(removed))
+    return report
 
 
-def _consume(stream, committer: _Committer, to_go: int, budget: int, cfg: JobConfig, planned: int) -> str | None:
-    """Commit outcomes as they arrive, with progress; the reason the run stopped early, or None."""
-    t0, last = time.monotonic(), 0.0
+def _consume(stream, committer: _Committer, reporter: Reporter, budget: int, cfg: JobConfig,
+             planned: int) -> str | None:
+    """Commit outcomes as they arrive, reporting progress; the reason the run stopped early, or None."""
     for units, batch in enumerate(stream, start=1):
         committer.add(batch)
+        reporter.update(committer.counts)
         if faults.arg("driver.interrupt_after_units") == str(units):
             raise KeyboardInterrupt
         c = committer.counts
-        finished = sum(c.values())
-        now = time.monotonic()
-        if now - last > 5 or finished == to_go:
-            last = now
-            rate = finished / max(now - t0, 1e-9)
-            eta = (to_go - finished) / rate if rate else float("inf")
-            _log(f"{finished}/{to_go} candidates · written {c[schema.WRITTEN]} · "
-                 f"rejected {c[schema.REJECTED]} · error {c[schema.ERROR]} · "
-                 f"{rate:.2f} cand/s · eta {eta:.0f}s")
         if c[schema.ERROR] > budget:
             return (f"error budget exceeded: {c[schema.ERROR]} errors > "
                     f"{cfg.job.max_failed_fraction:.0%} of {planned} candidates")

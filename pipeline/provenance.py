@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from pipeline.schema import MODES
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pipeline.config import SignerSection
 
 SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/"
@@ -368,16 +370,21 @@ class Signer:
         return {**self.__dict__, "_native": None}
 
     @classmethod
-    def from_section(cls, section: SignerSection, output: Any, *, quiet: bool = False) -> Signer:
+    def from_section(cls, section: SignerSection, output: Any, *, quiet: bool = False,
+                     warn: Callable[[str], None] | None = None) -> Signer:
         """The signer a job spec asks for; demo mode makes (or reuses) the output's throwaway
         CA, loudly (once: the driver warns, `quiet` workers do not). `output` is the output
-        folder or prefix (a path, a URI or a store.Output)."""
+        folder or prefix (a path, a URI or a store.Output); `warn` says it (default: stderr)."""
         extra = _read_file(section.trust_anchors, "trust_anchors") if section.trust_anchors else b""
         if section.mode == "demo":
             ca, chain, key, where = demo_credentials(output)
             if not quiet:
-                print(f"WARNING: [signer] mode = 'demo': a THROWAWAY demo CA and signing key in {where} "
-                      "- never use these credentials for real assets", file=sys.stderr, flush=True)
+                msg = (f"[signer] mode = 'demo': a THROWAWAY demo CA and signing key in {where} "
+                       "- never use these credentials for real assets")
+                if warn:
+                    warn(msg)
+                else:
+                    print(f"WARNING: {msg}", file=sys.stderr, flush=True)
             chain_src, key_src = f"{where}/chain.pem", f"{where}/signer.key"
             anchors = ca + extra
         elif section.mode == "files":
