@@ -34,7 +34,12 @@ def machine() -> dict:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory, in MB. On Linux VmHWM, which `reset_peak_rss` can
+    restart: ru_maxrss of a child starts at its parent's size when it forked."""
+    try:
+        return rss_mb("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def reset_peak_rss() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, emit, machine, peak_rss_mb, table  # noqa: E402
+from bench.common import ROOT, emit, machine, peak_rss_mb, reset_peak_rss, table  # noqa: E402
 
 
 def write_inputs(folder: Path, rows: int, candidates: int, extra: str = "") -> Path:
@@ -165,6 +165,7 @@ def main() -> None:
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
+        reset_peak_rss()  # a forked child starts with its parent's peak
         kind, job = args.child
         print(json.dumps({"plan": child_plan, "driver": child_driver, "run": child_run}[kind](job)))
         return
