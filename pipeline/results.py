@@ -102,7 +102,8 @@ class Committed:
 
     def done(self, plan: pa.Table) -> pa.Array:
         """Which plan rows have a finished outcome: errors are not done (a rerun retries them)."""
-        return pc.fill_null(pc.not_equal(self.outcome_of(plan)["status"], schema.ERROR), False)
+        status = self.outcomes["status"].take(self.index.lookup(plan["item_id"])).cast(pa.string())
+        return pc.fill_null(pc.not_equal(status, schema.ERROR), False)
 
 
 class ShardStore:
