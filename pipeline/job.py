@@ -163,23 +163,30 @@ def _priors(chunk: pa.Table, committed: results.Committed, done: pa.Array, pendi
     return table
 
 
+def _to_do(chunk: pa.Table, committed: results.Committed) -> tuple[pa.Array, pa.Array]:
+    """Of a plan chunk: which candidates are done, and the ids of the rows that need work (a
+    candidate not done, or one judged under other rules: the row is judged again)."""
+    done, other_rules = committed.judged(chunk)
+    return done, pc.unique(chunk["id"].filter(pc.or_(pc.invert(done), other_rules)))
+
+
 def _pending(plan: PlanFile, committed: results.Committed) -> tuple[int, int]:
-    """How many candidates, and of how many manifest rows, have no finished outcome."""
+    """How many candidates have no finished outcome, and how many manifest rows need work."""
     candidates_to_go = rows_to_go = 0
-    for chunk in plan.chunks(["item_id", "id"]):
-        ids = chunk["id"].filter(pc.invert(committed.done(chunk)))
-        candidates_to_go += len(ids)
-        rows_to_go += pc.count_distinct(ids).as_py()
+    for chunk in plan.chunks(["item_id", "id", "judge_key"]):
+        done, rows = _to_do(chunk, committed)
+        candidates_to_go += len(done) - pc.sum(pc.cast(done, pa.int64())).as_py() if len(done) else 0
+        rows_to_go += len(rows)
     return candidates_to_go, rows_to_go
 
 
 def _work(plan: PlanFile, committed: results.Committed) -> Iterator[pa.Table]:
-    """The pending candidates of each plan chunk with the earlier judged ones of their rows."""
+    """The rows of each plan chunk that need work: their pending candidates with the earlier
+    judged ones, so each row is judged across attempts (and under today's rules)."""
     for chunk in plan.chunks():
-        done = committed.done(chunk)
-        pending = chunk.filter(pc.invert(done))
-        if pending.num_rows:
-            yield candidates(pending, _priors(chunk, committed, done, pc.unique(pending["id"])))
+        done, rows = _to_do(chunk, committed)
+        if len(rows):
+            yield candidates(chunk.filter(pc.invert(done)), _priors(chunk, committed, done, rows))
 
 
 def work_folder(out: Output, run_id: str) -> Path:
@@ -242,12 +249,12 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
     committed = store.committed()
     to_go, rows_to_go = _pending(plan, committed)
     reporter.log(f"run {run_id}: {plan.num_rows} candidates planned from {len(inputs.manifest)} rows, "
-                 f"{plan.num_rows - to_go} already done, {to_go} to go → {out}", event="run_start",
-                 run_id=run_id, job=cfg.job.name, output=out.uri, planned=plan.num_rows,
-                 rows=len(inputs.manifest), already_done=plan.num_rows - to_go, to_go=to_go)
+                 f"{plan.num_rows - to_go} already done, {to_go} to go, {rows_to_go} row(s) to judge → {out}",
+                 event="run_start", run_id=run_id, job=cfg.job.name, output=out.uri, planned=plan.num_rows,
+                 rows=len(inputs.manifest), already_done=plan.num_rows - to_go, to_go=to_go, rows_to_judge=rows_to_go)
     budget = int(cfg.job.max_failed_fraction * plan.num_rows)
     stopped, committer = None, None
-    if to_go:
+    if rows_to_go:
         work_path = work / f"pending-{run_id}.arrow"
         groups = write_work(_work(plan, committed), work_path,
                             rows_per_group(rows_to_go, to_go, cfg.generate.batch_size))

@@ -122,12 +122,13 @@ class PromptModerator:
         self.batch_size = batch_size
 
     def __call__(self, prompts: list[str]) -> list[PromptVerdict]:
-        terms = [self._match(p) for p in prompts]
+        terms = [self.match(p) for p in prompts]
         scores = self._scores(prompts)
         return [PromptVerdict(blocked=t is not None, term=t, score=s)
                 for t, s in zip(terms, scores, strict=True)]
 
-    def _match(self, prompt: str) -> str | None:
+    def match(self, prompt: str) -> str | None:
+        """The blocked term the prompt contains, or None (no model: cheap enough to redo)."""
         if self.pattern is None:
             return None
         found = self.pattern.search(normalize_text(prompt))

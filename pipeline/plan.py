@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline import schema
 from pipeline.config import JobConfig
+from pipeline.judge import rules_key
 from pipeline.manifest import MAX_REPORTED, Inputs, ManifestError, Problem, uri_column
 from pipeline.models.fingerprint import fingerprint as model_fingerprint
 
@@ -236,7 +237,10 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str) -> pa.Table:
         pl.concat_str([lit(ITEM_RECIPE), *(c(name).cast(pl.String).fill_null("None") for name in ITEM_KEY_COLUMNS)],
                       separator=_SEP)).to_series()
     df = df.with_columns(pl.Series("item_id", [d.hex() for d in _digests(keys, 16)]),
-                         lit(None, dtype=pl.Boolean).alias("truncated"))
+                         lit(None, dtype=pl.Boolean).alias("truncated"),
+                         # not in the item id: a change of rules re-judges, it does not regenerate
+                         pl.concat_str([lit(rules_key(cfg.filter)), c("keep").cast(pl.String),
+                                        c("clip_threshold").cast(pl.String)], separator=":").alias("judge_key"))
     df = df.with_columns(_image_path_expr(c("item_id"), cfg.output.format).alias("path"))
     plan = df.select([f.name for f in schema.PLAN_FIELDS]).to_arrow().cast(schema.PLAN_SCHEMA)
     if inputs.passthrough:

@@ -100,10 +100,13 @@ class Committed:
         (plain types: the dictionary-encoded columns decoded)."""
         return self.outcomes.take(self.index.lookup(plan["item_id"])).cast(OUTCOME_SCHEMA)
 
-    def done(self, plan: pa.Table) -> pa.Array:
-        """Which plan rows have a finished outcome: errors are not done (a rerun retries them)."""
-        status = self.outcomes["status"].take(self.index.lookup(plan["item_id"])).cast(pa.string())
-        return pc.fill_null(pc.not_equal(status, schema.ERROR), False)
+    def judged(self, plan: pa.Table) -> tuple[pa.Array, pa.Array]:
+        """Which plan rows have a finished outcome (errors are not done: a rerun retries them),
+        and which of those were judged under other rules than the plan's (`judge_key`)."""
+        o = self.outcomes.select(["status", "judged_with"]).take(self.index.lookup(plan["item_id"]))
+        done = pc.fill_null(pc.not_equal(o["status"].cast(pa.string()), schema.ERROR), False)
+        other_rules = pc.fill_null(pc.not_equal(o["judged_with"].cast(pa.string()), plan["judge_key"]), True)
+        return done, pc.and_(done, other_rules)
 
 
 class ShardStore:
@@ -172,7 +175,7 @@ class ShardStore:
 
 # Outcome columns with few distinct values, kept dictionary-encoded in memory.
 DICTIONARY_COLUMNS = ("scheduler", "run_id", "job", "clip_model", "moderation", "moderation_model", "status",
-                      "c2pa_state", "worker", "writer")
+                      "c2pa_state", "worker", "writer", "judged_with")
 
 
 # The columns of a committed outcome that the results table takes (the rest comes from the plan).

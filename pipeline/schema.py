@@ -75,6 +75,7 @@ PLAN_FIELDS = [
     pa.field("format", pa.string()),
     pa.field("path", pa.string()),  # planned output path, relative to the output folder
     pa.field("truncated", pa.bool_()),  # prompt longer than the text encoder's window
+    pa.field("judge_key", pa.string()),  # the rules that judge it: filter settings, keep, CLIP threshold
 ]
 PLAN_SCHEMA = pa.schema(PLAN_FIELDS)
 
@@ -109,6 +110,7 @@ OUTCOME_FIELDS = [
     pa.field("batch_position", pa.int64()),
     pa.field("attempt", pa.int64()),
     pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
+    pa.field("judged_with", pa.string()),  # the judge_key in force when it was last judged
 ]
 RESULTS_SCHEMA = pa.schema(PLAN_FIELDS + OUTCOME_FIELDS)  # + passthrough columns
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from pipeline import __version__, faults, schema
 from pipeline.config import JobConfig
+from pipeline.judge import image_reason, prompt_reason, rejudge
 from pipeline.select import fill_places, rank
 from pipeline.work import CANDIDATE_FIELDS, PRIOR, unnest
 
@@ -101,10 +102,15 @@ class CandidateStage:
             torch.set_num_threads(self.cpu_threads)
         records = unnest(batch).to_pylist()
         _die_if_armed(records)
+        # 2. earlier judged candidates under today's rules, from their stored scores; one whose
+        # prompt was blocked and is not now is generated as a new candidate
+        for r in records:
+            if r[PRIOR]:
+                r[PRIOR] = rejudge(r, self.prompt_moderator.match(r["prompt"]), self.cfg.filter)
         new = [r for r in records if not r[PRIOR]]
         for r in new:
             r.update(job=self.cfg.job.name, worker=self.worker)
-        # 2. prompt moderation: blocked prompts are never generated
+        # prompt moderation: blocked prompts are never generated
         self._moderate_prompts(new)
         # 3. generate
         images = self._generate([r for r in new if r["status"] is None])
@@ -154,11 +160,8 @@ class CandidateStage:
         for r, v in zip(records, verdicts, strict=True):
             r["prompt_unsafe_score"] = v.score
             r["ms_moderate"] = ms
-            if v.blocked:
-                r.update(status=schema.REJECTED, reason=f"{schema.PROMPT_BLOCKED}: term {v.term!r}")
-            elif v.score is not None and v.score >= threshold:
-                r.update(status=schema.REJECTED, reason=f"{schema.PROMPT_BLOCKED}: classifier score "
-                                                        f"{v.score:.3f} >= {threshold}")
+            if reason := prompt_reason(v.term, v.score, threshold):
+                r.update(status=schema.REJECTED, reason=reason)
             r["moderation"] = "block" if r["status"] else "pass"
 
     def _score_and_moderate(self, made: list[dict], images: dict[str, np.ndarray]) -> None:
@@ -178,12 +181,10 @@ class CandidateStage:
             r.update(clip_score=float(s), clip_model=self.scorer.model_id, image_unsafe_score=float(u),
                      moderation_model=self.moderation_model,
                      ms_score=ms_score, ms_moderate=(r["ms_moderate"] or 0) + ms_mod)
-            if u >= threshold:
-                r.update(status=schema.REJECTED, reason=f"{schema.IMAGE_UNSAFE}: score {u:.3f} >= {threshold}",
-                         moderation="block")
-            elif s < r["clip_threshold"]:
-                r.update(status=schema.REJECTED,
-                         reason=f"{schema.BELOW_CLIP_THRESHOLD}: {s:.2f} < {r['clip_threshold']}")
+            if reason := image_reason(float(s), float(u), r["clip_threshold"], threshold):
+                r.update(status=schema.REJECTED, reason=reason)
+                if reason.startswith(schema.IMAGE_UNSAFE):
+                    r["moderation"] = "block"
 
 
     def _measure(self, made: list[dict], images: dict[str, np.ndarray]) -> list[tuple]:
@@ -222,8 +223,8 @@ def failed_outcomes(batch: pa.Table, job: str, reason: str) -> pa.Table:
 
 
 def _verdict(r: dict) -> tuple:
-    """What a (re-)judging may change about a candidate."""
-    return r["status"], r["reason"], r["selected"], r["rank"], r["path"]
+    """What a (re-)judging may change about a candidate, and the rules it was judged under."""
+    return r["status"], r["reason"], r["selected"], r["rank"], r["path"], r["judged_with"]
 
 
 def _forget_file(r: dict) -> None:
@@ -251,6 +252,8 @@ class WriteStage:
         records = batch.to_pylist()
         _die_if_armed([], "writer.exit_once")
         before = {r["item_id"]: _verdict(r) for r in records if r[PRIOR]}
+        for r in records:
+            r["judged_with"] = r["judge_key"]  # the rules this judging applied
         pixels = {r["item_id"]: r.pop(PIXELS) for r in records}
         fill_places(records, lambda r: self._write_or_error(r, pixels[r["item_id"]]),
                     can_write=lambda r: pixels[r["item_id"]] is not None)

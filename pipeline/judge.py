@@ -1,0 +1,71 @@
+"""The filter rules, in one place: what rejects a candidate's prompt and its image, applied when
+a candidate is measured and again, from its stored scores, when the rules have changed since
+an earlier run judged it (re-judging without regenerating).
+
+A candidate's outcome records the rules it was judged under (`judged_with`, the plan's
+`judge_key`: the filter settings and the row's keep and CLIP threshold). When they differ, the
+row is judged again from what is stored: scores and embeddings are never measured twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pipeline import schema
+from pipeline.config import FilterSection
+
+# The outcome of a measured candidate that a re-judging may reset, when its prompt was blocked
+# before and is not now: it was never generated, so it is generated as a new candidate.
+_UNMEASURED = ("status", "reason", "selected", "rank", "moderation", "prompt_unsafe_score", "clip_score",
+               "image_unsafe_score", "clip_model", "moderation_model", "path", "sha256", "bytes", "c2pa_label",
+               "c2pa_state", "run_id", "judged_with")
+
+
+def rules_key(f: FilterSection) -> str:
+    """The job-wide filter settings, as a short stable string (the row's keep and CLIP threshold
+    are added per row by the plan)."""
+    rules = {"image_unsafe": f.image_unsafe_threshold, "prompt_unsafe": f.prompt_unsafe_threshold,
+             "blocked": sorted(f.blocked_terms)}
+    return hashlib.blake2b(json.dumps(rules, sort_keys=True).encode(), digest_size=6).hexdigest()
+
+
+def prompt_reason(term: str | None, score: float | None, threshold: float) -> str | None:
+    """Why a prompt is blocked (a blocked term, or the classifier's score), or None."""
+    if term is not None:
+        return f"{schema.PROMPT_BLOCKED}: term {term!r}"
+    if score is not None and score >= threshold:
+        return f"{schema.PROMPT_BLOCKED}: classifier score {score:.3f} >= {threshold}"
+    return None
+
+
+def image_reason(clip_score: float, unsafe: float, clip_threshold: float, unsafe_threshold: float) -> str | None:
+    """Why a generated image is rejected (unsafe, then below the CLIP threshold), or None."""
+    if unsafe >= unsafe_threshold:
+        return f"{schema.IMAGE_UNSAFE}: score {unsafe:.3f} >= {unsafe_threshold}"
+    if clip_score < clip_threshold:
+        return f"{schema.BELOW_CLIP_THRESHOLD}: {clip_score:.2f} < {clip_threshold}"
+    return None
+
+
+def rejudge(r: dict, blocked_term: str | None, f: FilterSection) -> bool:
+    """Apply today's rules to an earlier judged candidate from its stored scores. Returns False
+    when it must be generated as a new candidate (its prompt was blocked, and is not now).
+
+    A candidate that fails a filter now is rejected (a pick among them loses its place and its
+    file); one that passes now competes for the places again (`fill_places` decides), a pick
+    keeping its file while it stays among the best."""
+    blocked = prompt_reason(blocked_term, r["prompt_unsafe_score"], f.prompt_unsafe_threshold)
+    if blocked is None and r["clip_score"] is None:
+        if r["status"] == schema.REJECTED and (r["reason"] or "").startswith(schema.PROMPT_BLOCKED):
+            r.update(dict.fromkeys(_UNMEASURED))
+            return False
+        return True  # nothing stored to judge again
+    reason = blocked or image_reason(r["clip_score"], r["image_unsafe_score"], r["clip_threshold"],
+                                     f.image_unsafe_threshold)
+    if reason is not None:
+        r.update(status=schema.REJECTED, reason=reason, selected=False, rank=None,
+                 moderation="block" if reason.startswith((schema.PROMPT_BLOCKED, schema.IMAGE_UNSAFE)) else "pass")
+    elif r["status"] != schema.WRITTEN:
+        r.update(status=schema.REJECTED, reason=schema.NOT_SELECTED, moderation="pass")
+    return True
