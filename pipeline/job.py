@@ -71,7 +71,7 @@ def prepare_output(out: Output) -> None:
 
 def clear_results(out: Output) -> None:
     """--fresh: forget earlier results and images (the demo signer and run records stay)."""
-    for prefix in (results.SHARDS, "images"):
+    for prefix in (results.SHARDS, results.EMBEDDINGS, "images"):
         out.delete_prefix(prefix)
     for name in (results.RESULTS, results.SUMMARY):
         out.delete(name)
@@ -288,6 +288,7 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
     committed = store.committed()
     summary = results.write_results(plan.chunks(), committed, out)
     removed = results.remove_strays(committed, out)
+    summary["brand_consistency"] = results.brand_consistency(committed, out)
     summary.update(run_id=run_id, job=cfg.job.name, stopped=stopped, elapsed_s=round(time.monotonic() - started, 3),
                    this_run=dict(committer.counts) if committer else {})
     if committer and summary["elapsed_s"]:

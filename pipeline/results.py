@@ -30,6 +30,7 @@ from pipeline.store import Output, as_output
 from pipeline.write import TEMP_PREFIX
 
 SHARDS = "_shards"
+EMBEDDINGS = "_embeddings"
 RESULTS = "results.parquet"
 SUMMARY = "summary.json"
 
@@ -136,7 +137,17 @@ class ShardStore:
         return table.filter(pa.array(keep)) if keep is not None else table
 
     def write(self, table: pa.Table, kill_point: tuple[str, int] | None = None) -> str:
-        rel = f"{SHARDS}/part-{self._next:06d}-{uuid.uuid4().hex[:8]}.parquet"
+        """Commit outcomes as the next shard. Their image embeddings, if any, go first into a
+        sidecar of the same name under `_embeddings/`: a sidecar whose shard never committed
+        (a killed run) only repeats an embedding the rerun makes again."""
+        name = f"part-{self._next:06d}-{uuid.uuid4().hex[:8]}.parquet"
+        embedding = schema.EMBEDDING_FIELD.name
+        if embedding in table.column_names:
+            measured = table.filter(pc.is_valid(table[embedding])).select(["item_id", "style", embedding])
+            if measured.num_rows:
+                self.out.put(f"{EMBEDDINGS}/{name}", parquet_bytes(measured))
+            table = table.drop_columns([embedding])
+        rel = f"{SHARDS}/{name}"
         self.out.put(rel, parquet_bytes(table), kill_point=kill_point)
         self._next += 1
         return rel
@@ -258,7 +269,8 @@ def remove_strays(committed: Committed, output: Output | Path | str) -> list[str
 # Where local writes put their temp files: the output folder itself (results, summary, the demo
 # signer's folder), the shard and run-record folders, and each image folder. (A PUT to object
 # storage is whole or absent: it leaves no temp objects.)
-TEMP_GLOBS = (TEMP_PREFIX + "*", f"{SHARDS}/{TEMP_PREFIX}*", f"_runs/{TEMP_PREFIX}*", f"images/*/{TEMP_PREFIX}*")
+TEMP_GLOBS = (TEMP_PREFIX + "*", f"{SHARDS}/{TEMP_PREFIX}*", f"{EMBEDDINGS}/{TEMP_PREFIX}*", f"_runs/{TEMP_PREFIX}*",
+              f"images/*/{TEMP_PREFIX}*")
 
 
 def remove_temp(output: Output | Path | str) -> None:
@@ -345,6 +357,43 @@ FUNNEL = ("generated", "passed_moderation", "passed_filters", "selected", "signe
 def summarize(results: pa.Table) -> dict:
     """The funnel of a whole results table (see `Summary`)."""
     return Summary().add(results).result()
+
+
+NO_STYLE = "(no style)"
+
+
+def brand_consistency(committed: Committed, output: Output | Path | str) -> dict:
+    """Per style, how alike its written images are: the mean pairwise cosine of their CLIP image
+    embeddings, from the `_embeddings` sidecars. For unit vectors the mean over pairs is
+    (|Σe|² − n) / (n(n−1)), so it streams: a sum and a count per style, no pairwise matrix."""
+    out = as_output(output)
+    paths = sorted(p for p in out.files(EMBEDDINGS) if posixpath.basename(p).startswith("part-"))
+    column = schema.EMBEDDING_FIELD.name
+    ids = [pq.read_table(io.BytesIO(out.get(p)), columns=["item_id"])["item_id"] for p in paths]
+    keep = np.zeros(sum(len(a) for a in ids), bool)
+    if len(keep):  # an item measured twice (a killed run's sidecar, then the rerun's): its latest
+        order = pa.array(np.arange(len(keep)), pa.int64())
+        latest = pa.table({"item_id": pa.chunked_array(ids), "order": order}).group_by("item_id").aggregate(
+            [("order", "max")])
+        keep[latest["order_max"].to_numpy()] = True
+    sums: dict[str, tuple[np.ndarray, int]] = {}
+    start = 0
+    for p, a in zip(paths, ids, strict=True):
+        table = pq.read_table(io.BytesIO(out.get(p))).filter(pa.array(keep[start:start + len(a)]))
+        start += len(a)
+        status = committed.outcomes["status"].take(committed.index.lookup(table["item_id"])).cast(pa.string())
+        table = table.filter(pc.fill_null(pc.equal(status, schema.WRITTEN), False))
+        if not table.num_rows:
+            continue
+        vectors = np.stack(table[column].to_numpy(zero_copy_only=False)).astype(np.float64)
+        styles = np.array([s if s is not None else NO_STYLE for s in table["style"].to_pylist()], object)
+        for style in set(styles):
+            total, n = sums.get(style, (0.0, 0))
+            chosen = vectors[styles == style]
+            sums[style] = (total + chosen.sum(axis=0), n + len(chosen))
+    return {style: {"images": n, "mean_pairwise_cosine": (round(float((total @ total - n) / (n * (n - 1))), 4)
+                                                          if n > 1 else None)}
+            for style, (total, n) in sorted(sums.items())}
 
 
 def write_json(obj: dict, output: Output | Path | str, rel: str) -> None:

@@ -113,6 +113,9 @@ OUTCOME_FIELDS = [
     pa.field("judged_with", pa.string()),  # the judge_key in force when it was last judged
 ]
 RESULTS_SCHEMA = pa.schema(PLAN_FIELDS + OUTCOME_FIELDS)  # + passthrough columns
+# A measured candidate's normalised CLIP image embedding: committed beside its shard in
+# `_embeddings/` (item_id, style, embedding), not in the results table (about 3 kB each).
+EMBEDDING_FIELD = pa.field("clip_embedding", pa.list_(pa.float32()))
 
 # Columns of the manifest the pipeline consumes; every other column passes through.
 CONSUMED_MANIFEST_COLUMNS = set(MANIFEST_COLUMNS)

@@ -28,8 +28,9 @@ from pipeline.select import fill_places, rank
 from pipeline.work import CANDIDATE_FIELDS, PRIOR, unnest
 
 PIXELS = "pixels"
-STAGE_OUT_SCHEMA = pa.schema(CANDIDATE_FIELDS + [pa.field(PIXELS, pa.large_binary())])
-WRITTEN_SCHEMA = pa.schema(CANDIDATE_FIELDS)
+EMBEDDING = schema.EMBEDDING_FIELD.name
+STAGE_OUT_SCHEMA = pa.schema(CANDIDATE_FIELDS + [schema.EMBEDDING_FIELD, pa.field(PIXELS, pa.large_binary())])
+WRITTEN_SCHEMA = pa.schema(CANDIDATE_FIELDS + [schema.EMBEDDING_FIELD])
 SOFTWARE_AGENT = f"asset-pipeline {__version__}"
 
 
@@ -177,9 +178,9 @@ class CandidateStage:
                 except Exception as e:  # noqa: BLE001
                     r.update(status=schema.ERROR, reason=f"score: {type(e).__name__}: {e}")
         threshold = self.cfg.filter.image_unsafe_threshold
-        for r, s, u, ms_score, ms_mod in measured:
+        for r, s, u, e, ms_score, ms_mod in measured:
             r.update(clip_score=float(s), clip_model=self.scorer.model_id, image_unsafe_score=float(u),
-                     moderation_model=self.moderation_model,
+                     moderation_model=self.moderation_model, **{EMBEDDING: e},
                      ms_score=ms_score, ms_moderate=(r["ms_moderate"] or 0) + ms_mod)
             if reason := image_reason(float(s), float(u), r["clip_threshold"], threshold):
                 r.update(status=schema.REJECTED, reason=reason)
@@ -188,26 +189,23 @@ class CandidateStage:
 
 
     def _measure(self, made: list[dict], images: dict[str, np.ndarray]) -> list[tuple]:
-        """(record, CLIP score vs the row's prompt, unsafe score, ms each) for every candidate."""
+        """(record, CLIP score vs the row's prompt, unsafe score, image embedding, ms each) for
+        every candidate. The embedding is kept, so later figures and re-judging need no pixels."""
         bad_seed = faults.arg("score.error")
         if bad_seed and any(str(r["seed"]) == bad_seed for r in made):
             raise RuntimeError(f"injected scoring failure for seed {bad_seed}")
         pixels = [images[r["item_id"]] for r in made]
         texts = [r["source_prompt"] for r in made]
         t0 = time.perf_counter()
-        if self.shared_embedding:  # one vision pass feeds the score and the moderation head
-            embeddings = self.scorer.embed_images(pixels)
-            scores = self.scorer.score(embeddings, texts)
-            ms_score = _ms_each(t0, len(made))
-            t0 = time.perf_counter()
-            unsafe = self.image_moderator(embeddings)
-        else:
-            scores = self.scorer(pixels, texts)
-            ms_score = _ms_each(t0, len(made))
-            t0 = time.perf_counter()
-            unsafe = self.image_moderator(pixels)
+        embeddings = self.scorer.embed_images(pixels)
+        scores = self.scorer.score(embeddings, texts)
+        ms_score = _ms_each(t0, len(made))
+        t0 = time.perf_counter()
+        # one vision pass feeds the score and an embedding moderation head
+        unsafe = self.image_moderator(embeddings if self.shared_embedding else pixels)
         ms_mod = _ms_each(t0, len(made))
-        return [(r, s, u, ms_score, ms_mod) for r, s, u in zip(made, scores, unsafe, strict=True)]
+        vectors = embeddings.cpu().numpy().tolist()
+        return [(r, s, u, e, ms_score, ms_mod) for r, s, u, e in zip(made, scores, unsafe, vectors, strict=True)]
 
 
 def failed_outcomes(batch: pa.Table, job: str, reason: str) -> pa.Table:
