@@ -1,5 +1,5 @@
-"""What it costs: a run's results carry each candidate's GPU-seconds and cost, the summary the cost
-per written image; bad [cost] values are refused."""
+"""What it costs: `plan` estimates GPU time and money per style and mode from [cost]; a run's
+results carry each candidate's GPU-seconds and cost, the summary the cost per written image."""
 
 import json
 
@@ -10,6 +10,7 @@ import pytest
 from pipeline.config import ConfigError, load_job
 from pipeline.job import EXIT_OK, run_job
 from tests.helpers import write_job
+from tests.test_cli import cli
 
 # Style 'studio' runs 2 steps, 'brand' 3, no style the [generate] default (2); all 64x64.
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a mug", "a lamp", "a chair"], "style": ["studio", "brand", None]}
@@ -25,6 +26,45 @@ height = 64
 steps = {AT_STEPS}
 seconds_per_image = {SECONDS}
 """
+
+
+def _lines(stdout: str) -> dict[tuple[str, str], list[str]]:
+    """The estimate table by (style, mode)."""
+    table = stdout[stdout.index("style"):].splitlines()[1:]
+    return {(c[0], c[1] if c[0] != "total" else ""): c[2:] if c[0] != "total" else c[1:]
+            for c in (line.split() for line in table)}
+
+
+def test_plan_prints_the_estimate_per_style_and_mode(tmp_path):
+    job = write_job(tmp_path, ROWS, extra=COST, num_candidates=3, keep=1)
+    r = cli("plan", str(job))
+    assert r.returncode == 0, r.stderr
+    assert f"on {GPUS} GPU(s) at ${PRICE}/GPU-hour" in r.stdout
+    lines = _lines(r.stdout)
+    total = 0.0
+    for style, steps in (("studio", 2), ("brand", 3), ("-", 2)):
+        candidates, gpu_s, _, cost = lines[(style, "t2i")]
+        expected = 3 * SECONDS / AT_STEPS * steps  # linear in steps
+        total += expected
+        assert candidates == "3"
+        assert float(gpu_s) == pytest.approx(expected, abs=0.05)
+        assert float(cost) == pytest.approx(expected * PRICE / 3600, abs=1e-4)
+    candidates, gpu_s, wall, cost = lines[("total", "")]
+    assert candidates == "9" and float(gpu_s) == pytest.approx(total, abs=0.05)
+    assert wall == f"{total / GPUS:.1f}s"
+    assert float(cost) == pytest.approx(total * PRICE / 3600, abs=1e-4)
+
+
+def test_plan_without_cost_prints_as_before_and_unknown_shape_says_unknown(tmp_path):
+    job = write_job(tmp_path / "plain", ROWS)
+    r = cli("plan", str(job))
+    assert r.returncode == 0 and "estimate" not in r.stdout and "gpu_s" not in r.stdout
+    job = write_job(tmp_path / "other", ROWS, extra=COST.replace("width = 64", "width = 128"))
+    r = cli("plan", str(job))
+    assert r.returncode == 0, r.stderr
+    lines = _lines(r.stdout)
+    assert lines[("studio", "t2i")][1:] == ["unknown"] * 3
+    assert lines[("total", "")][1:] == ["unknown"] * 3
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +93,18 @@ def test_results_carry_gpu_seconds_and_cost(ran):
     written = pc.sum(pc.equal(table["status"], "written")).as_py()
     assert written == 3 < len(rows)  # two candidates a row, one kept: over-generation is paid for
     assert summary["cost_per_written_image_usd"] == pytest.approx(total / written)
+
+
+def test_second_plan_uses_the_throughput_measured_in_the_output(ran):
+    job, _, table = ran
+    r = cli("plan", str(job))
+    assert r.returncode == 0, r.stderr
+    per_step = pc.mean(pc.divide(table["gpu_s"], pc.cast(table["steps"], "double"))).as_py()
+    expected = sum(per_step * s for s in table["steps"].to_pylist())
+    candidates, gpu_s, _, cost = _lines(r.stdout)[("total", "")]
+    assert candidates == str(table.num_rows)
+    assert float(gpu_s) == pytest.approx(expected, abs=0.05)
+    assert float(cost) == pytest.approx(expected * PRICE / 3600, abs=1e-4)
 
 
 def test_results_without_cost_have_gpu_seconds_and_no_price(tmp_path):
