@@ -108,6 +108,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         modes = Counter(plan["mode"].to_pylist())
         print(f"{plan.num_rows} candidates; modes: " + ", ".join(f"{k} {v}" for k, v in modes.items()))
+    if cfg.cost is not None:
+        from pipeline.cost import estimate, format_estimate
+
+        print(format_estimate(estimate(plan, cfg), cfg))
     return EXIT_OK
 
 

@@ -70,6 +70,8 @@ LIMITS = {
     "quality": Limit(1, 100),
     "resources": Limit(0, lo_open=True),  # Ray GPUs / CPUs per actor: the runner divides by them
     "count": Limit(0),  # actors and threads; 0 = sized from the cluster
+    "price": Limit(0),  # [cost].gpu_hour_usd
+    "seconds": Limit(0, lo_open=True),  # [[cost.throughput]].seconds_per_image
 }
 CHOICES = {
     "format": ("png", "jpeg", "webp"),
@@ -186,6 +188,30 @@ class ClusterSection:
 
 
 @dataclass(frozen=True)
+class Throughput:
+    """Measured model-actor seconds per image of one model and shape at `steps` denoising steps;
+    other step counts scale linearly."""
+
+    model: str
+    width: int
+    height: int
+    steps: int
+    seconds_per_image: float
+
+
+@dataclass(frozen=True)
+class CostSection:
+    gpu_hour_usd: float | None = None  # the price of a GPU-hour; None: no money figures
+    gpus: int = 0  # GPUs the estimate assumes; 0: [cluster].generate_actors * gpus_per_actor, else 1
+    throughput: tuple[Throughput, ...] = ()  # [[cost.throughput]] tables
+
+    def gpu_count(self, cluster: ClusterSection) -> float:
+        if self.gpus:
+            return self.gpus
+        return cluster.generate_actors * cluster.gpus_per_actor if cluster.generate_actors else 1
+
+
+@dataclass(frozen=True)
 class JobConfig:
     job: JobSection = field(default_factory=JobSection)
     models: ModelsSection = field(default_factory=ModelsSection)
@@ -194,6 +220,7 @@ class JobConfig:
     output: OutputSection = field(default_factory=OutputSection)
     signer: SignerSection = field(default_factory=SignerSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
+    cost: CostSection | None = None  # None: no [cost] section, no estimate
     source: str = ""  # the job file this came from
 
     def replace(self, section: str, **changes: Any) -> JobConfig:
@@ -213,6 +240,7 @@ _SECTION_TYPES = {
     "output": OutputSection,
     "signer": SignerSection,
     "cluster": ClusterSection,
+    "cost": CostSection,
 }
 _SECTIONS = tuple(_SECTION_TYPES)
 # Keys holding paths that resolve against the job file's folder.
@@ -336,8 +364,31 @@ def _build_section(name: str, raw: Any, base: Path, source: str) -> Any:
     values = {}
     for key, value in raw.items():
         where = f"{source}: [{name}].{key}"
+        if (name, key) == ("cost", "throughput"):
+            values[key] = _throughput(where, value, base, source)
+            continue
         values[key] = _resolve(name, key, _coerce(where, value, str(known[key].type)), base)
     return cls(**values)
+
+
+def _throughput(where: str, raw: Any, base: Path, source: str) -> tuple[Throughput, ...]:
+    """[[cost.throughput]] tables: every key required, the model resolved like [models].diffusion."""
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError(f"{where}: expected [[cost.throughput]] tables, got {show(raw)}")
+    known = {f.name: f for f in fields(Throughput)}
+    out = []
+    for i, table in enumerate(raw):
+        here = f"{source}: [[cost.throughput]] #{i + 1}"
+        unknown = [k for k in table if k not in known]
+        if unknown:
+            raise ConfigError(f"{here}: unknown key {unknown[0]!r} ({suggest(unknown[0], sorted(known))})")
+        missing = [k for k in known if k not in table]
+        if missing:
+            raise ConfigError(f"{here}: {', '.join(missing)} required")
+        values = {k: _coerce(f"{here}.{k}", v, str(known[k].type)) for k, v in table.items()}
+        values["model"] = resolve_model(values["model"], base)
+        out.append(Throughput(**values))
+    return tuple(out)
 
 
 def _limited(cfg: JobConfig) -> list[tuple[str, Any, Limit]]:
@@ -368,7 +419,22 @@ def _limited(cfg: JobConfig) -> list[tuple[str, Any, Limit]]:
         ("[cluster].generate_actors", c.generate_actors, LIMITS["count"]),
         ("[cluster].write_actors", c.write_actors, LIMITS["count"]),
         ("[cluster].torch_threads", c.torch_threads, LIMITS["count"]),
+        *_cost_limited(cfg.cost),
     ]
+
+
+def _cost_limited(cost: CostSection | None) -> list[tuple[str, Any, Limit]]:
+    if cost is None:
+        return []
+    found = [("[cost].gpus", cost.gpus, LIMITS["count"])]
+    if cost.gpu_hour_usd is not None:
+        found.append(("[cost].gpu_hour_usd", cost.gpu_hour_usd, LIMITS["price"]))
+    for i, t in enumerate(cost.throughput, 1):
+        found += [(f"[[cost.throughput]] #{i}.width", t.width, LIMITS["size"]),
+                  (f"[[cost.throughput]] #{i}.height", t.height, LIMITS["size"]),
+                  (f"[[cost.throughput]] #{i}.steps", t.steps, LIMITS["steps"]),
+                  (f"[[cost.throughput]] #{i}.seconds_per_image", t.seconds_per_image, LIMITS["seconds"])]
+    return found
 
 
 def _value_problems(cfg: JobConfig) -> Iterator[str]:

@@ -286,7 +286,8 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
     # 3. compact, clean up, summarise
     faults.kill_if("driver.kill_before_compact")
     committed = store.committed()
-    summary = results.write_results(plan.chunks(), committed, out)
+    summary = results.write_results(plan.chunks(), committed, out,
+                                    gpu_hour_usd=cfg.cost.gpu_hour_usd if cfg.cost else None)
     removed = results.remove_strays(committed, out)
     summary["brand_consistency"] = results.brand_consistency(committed, out)
     summary.update(run_id=run_id, job=cfg.job.name, stopped=stopped, elapsed_s=round(time.monotonic() - started, 3),

@@ -210,9 +210,18 @@ def image_files(output: Output | Path | str) -> set[str]:
     return as_output(output).files("images")
 
 
-def compact(plan: pa.Table, committed: Committed) -> pa.Table:
+def gpu_seconds(outcome: pa.Table) -> pa.Array:
+    """Model-actor seconds of each candidate that ran there (null where it did not)."""
+    ran = pc.is_valid(outcome["ms_generate"])
+    total = outcome["ms_generate"]
+    for name in ("ms_score", "ms_moderate"):
+        total = pc.add(total, pc.fill_null(outcome[name], 0.0))
+    return pc.if_else(ran, pc.divide(total, 1000.0), pa.scalar(None, pa.float64()))
+
+
+def compact(plan: pa.Table, committed: Committed, gpu_hour_usd: float | None = None) -> pa.Table:
     """The results table of plan rows (a chunk of the plan, or all of it): each with its latest
-    committed outcome, plan order."""
+    committed outcome, plan order, and its GPU time and cost (at `gpu_hour_usd`, else null)."""
     outcome_names = [f.name for f in schema.OUTCOME_FIELDS]
     # Look up each plan row's outcome by item id: a take, not a join, so any passthrough type
     # (lists, structs, dictionaries) rides along untouched and plan order is kept.
@@ -225,20 +234,25 @@ def compact(plan: pa.Table, committed: Committed) -> pa.Table:
     table = table.set_column(table.schema.get_field_index("scheduler"), "scheduler", ran)
     for name in outcome_names:
         table = table.append_column(name, outcome[name])
+    gpu_s = gpu_seconds(outcome)
+    table = table.append_column("gpu_s", gpu_s)
+    table = table.append_column("cost_usd", pc.multiply(gpu_s, gpu_hour_usd / 3600) if gpu_hour_usd is not None
+                                else pa.nulls(table.num_rows, pa.float64()))
     ordered = [f.name for f in schema.RESULTS_SCHEMA] + [c for c in plan.column_names
                                                          if c not in schema.RESERVED_NAMES]
     return table.select(ordered).cast(pa.schema([*schema.RESULTS_SCHEMA, *(plan.schema.field(c) for c in ordered
                                                                             if c not in schema.RESERVED_NAMES)]))
 
 
-def write_results(plan_chunks: Iterable[pa.Table], committed: Committed, output: Output | Path | str) -> dict:
+def write_results(plan_chunks: Iterable[pa.Table], committed: Committed, output: Output | Path | str,
+                  gpu_hour_usd: float | None = None) -> dict:
     """Compact the plan, chunk by chunk, into `results.parquet` (replaced whole, never seen half
-    written); returns the summary of what it wrote."""
+    written); returns the summary of what it wrote (with the GPU-hour price it used)."""
     summary, writer = Summary(), None
     with as_output(output).staged(RESULTS) as path:
         try:
             for chunk in plan_chunks:
-                table = compact(chunk, committed)
+                table = compact(chunk, committed, gpu_hour_usd)
                 writer = writer or pq.ParquetWriter(path, table.schema)
                 writer.write_table(table)
                 summary.add(table)
@@ -247,7 +261,7 @@ def write_results(plan_chunks: Iterable[pa.Table], committed: Committed, output:
         finally:
             if writer:
                 writer.close()
-    return summary.result()
+    return {**summary.result(), "gpu_hour_usd": gpu_hour_usd}
 
 
 def read_results(output: Output | Path | str, columns: list[str] | None = None) -> pa.Table:
@@ -323,6 +337,8 @@ class Summary:
         self.reasons: Counter = Counter()
         self.times = {name: [0.0, 0] for name in self.TIMES}  # total ms, rows counted
         self.truncated = 0  # candidates whose prompt the text encoder cut
+        self.gpu_s = 0.0
+        self.cost: float | None = None  # None: no row was priced
 
     def add(self, results: pa.Table) -> Summary:
         self.planned += results.num_rows
@@ -335,6 +351,11 @@ class Summary:
             present = pc.is_valid(results[columns[0]])
             self.times[name][0] += sum(pc.sum(results[c].filter(present)).as_py() or 0.0 for c in columns)
             self.times[name][1] += pc.sum(pc.cast(present, pa.int64())).as_py() or 0
+        if "gpu_s" in results.column_names:  # results of a release before costs lack them
+            self.gpu_s += pc.sum(results["gpu_s"]).as_py() or 0.0
+            cost = pc.sum(results["cost_usd"]).as_py()
+            if cost is not None:
+                self.cost = (self.cost or 0.0) + cost
         return self
 
     def result(self) -> dict:
@@ -348,6 +369,11 @@ class Summary:
             "reasons": dict(self.reasons),
             **{name: round(total / count / 1000, 6) if count else None for name, (total, count) in self.times.items()},
             "truncated_prompts": self.truncated,
+            # every candidate that ran counts, so over-generation is in the cost per written image
+            "gpu_s_total": round(self.gpu_s, 6),
+            "cost_usd_total": self.cost,
+            "cost_per_written_image_usd": (self.cost / self.steps["written"]
+                                           if self.cost is not None and self.steps["written"] else None),
         }
 
 

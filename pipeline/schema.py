@@ -112,14 +112,20 @@ OUTCOME_FIELDS = [
     pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
     pa.field("judged_with", pa.string()),  # the judge_key in force when it was last judged
 ]
-RESULTS_SCHEMA = pa.schema(PLAN_FIELDS + OUTCOME_FIELDS)  # + passthrough columns
+# Derived at compaction from the outcome (never in shards, so older shards need nothing):
+# the model-actor seconds of a candidate that ran there, and their price under [cost].
+DERIVED_FIELDS = [
+    pa.field("gpu_s", pa.float64()),  # (ms_generate + ms_score + ms_moderate) / 1000
+    pa.field("cost_usd", pa.float64()),  # gpu_s * [cost].gpu_hour_usd / 3600; null without a price
+]
+RESULTS_SCHEMA = pa.schema(PLAN_FIELDS + OUTCOME_FIELDS + DERIVED_FIELDS)  # + passthrough columns
 # A measured candidate's normalised CLIP image embedding: committed beside its shard in
 # `_embeddings/` (item_id, style, embedding), not in the results table (about 3 kB each).
 EMBEDDING_FIELD = pa.field("clip_embedding", pa.list_(pa.float32()))
 
 # Columns of the manifest the pipeline consumes; every other column passes through.
 CONSUMED_MANIFEST_COLUMNS = set(MANIFEST_COLUMNS)
-RESERVED_NAMES = {f.name for f in PLAN_FIELDS + OUTCOME_FIELDS}
+RESERVED_NAMES = {f.name for f in PLAN_FIELDS + OUTCOME_FIELDS + DERIVED_FIELDS}
 
 # ── status vocabulary ───────────────────────────────────────────────────────
 WRITTEN = "written"  # selected, signed, written, read back and verified
