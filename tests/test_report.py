@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -66,11 +67,21 @@ def _report(output: str, capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def _unavailable(why: str):
+    """Skip a browser test where no browser can run; CI (`.ci/run`) makes that a failure."""
+    if os.environ.get("ASSET_PIPELINE_BROWSER_TESTS") == "required":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
 @contextlib.contextmanager
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' (playwright)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        _unavailable("no playwright: pip install -e '.[dev]'")
     if not Path(CHROMIUM).exists():
-        pytest.skip("no chromium: apt-get install -y chromium (.ci/run does)")
+        _unavailable("no chromium: apt-get install -y chromium (.ci/run does)")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
@@ -180,6 +191,10 @@ def test_report_in_a_browser(finished, capsys):
         assert [(r["item_id"], r["decision"], r["prompt"], r["strength"]) for r in rows] == [
             (ids[0], "approve", "", ""), (ids[1], "refine", 'warmer light, "soft", shadows', "0.4")]
 
+        page.reload()  # decisions survive a reload (kept in the browser's storage for this file)
+        assert page.locator("#decided").text_content() == "2 decided"
+        assert page.locator('.row[data-id="mug"] .card').nth(1).locator("input.d-strength").input_value() == "0.4"
+
         assert not seen["errors"] and not seen["dialogs"]
         outside = [u for u in seen["requests"] if not (u.startswith(out.as_uri() + "/") or u.startswith("blob:"))]
         assert not outside, outside
@@ -247,3 +262,26 @@ def test_ten_thousand_rows_open_one_page_at_a_time(tmp_path):
         assert not seen["errors"]
     print(f"10k rows: render {rendered:.2f}s, open {opened:.2f}s")
     assert rendered < 10 and opened < 10
+
+
+def test_page_data_cannot_break_out_and_brand_consistency_is_shown():
+    results = synthetic_results(3)
+    evil = "</script><script>alert(1)</script><!--DATA-->"
+    results = results.set_column(results.schema.get_field_index("id"), "id",
+                                 pa.array([evil, evil, evil, "b", "b", "b", "c", "c", "c"]))
+    results = results.set_column(results.schema.get_field_index("sku"), "sku", pa.array([evil] * 9))
+    summary = {"planned": 9, "written": 3, "reasons": {evil: 1},
+               "brand_consistency": {"studio": 0.82, "brand": {"mean": 0.5, "n": 3}}}
+    page = render(results, summary, runs={"r1": {"config": {"source": "/jobs/x y.toml"}}}, title=evil)
+    assert "<script>alert" not in page and page.count("<script") == 2  # the data island and the page's script
+    brand = page[page.index('data-testid="brand-chart"'):]
+    brand = brand[:brand.index("</svg>")]
+    assert ">0.820<" in brand and ">0.500<" in brand and "not measured" in brand  # (no style) was not measured
+
+
+def test_regenerate_command_quotes_what_a_shell_would_split():
+    from pipeline.report import regenerate_command
+
+    assert regenerate_command("/jobs/a b.toml", "row 1") == \
+        "python -m pipeline run '/jobs/a b.toml' --rows 'row 1' --output OTHER_DIR"
+    assert regenerate_command(None, "x") == "python -m pipeline run JOB.toml --rows x --output OTHER_DIR"
