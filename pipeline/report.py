@@ -84,7 +84,9 @@ def groups_of(results: pa.Table, runs: dict[str, dict], outlines: dict[str, str]
             g["style"] = g["style"] or NO_STYLE
             g["pass"] = {c: _plain(r[c]) for c in passthrough}
             g["c"] = []
-        g["c"].append({short: r.get(col) for col, short in CANDIDATE_KEYS.items()})
+        c = {short: r.get(col) for col, short in CANDIDATE_KEYS.items()}
+        c["seed"] = None if c["seed"] is None else str(c["seed"])  # 63-bit: beyond a JS number's 53
+        g["c"].append(c)
     groups = sorted(by_id.values(), key=lambda g: (g["style"] == NO_STYLE, g["style"], g["row"] or 0))
     for g in groups:
         g["c"].sort(key=lambda c: c["k"] or 0)
@@ -267,6 +269,8 @@ def make_outlines(results: pa.Table, out: Output) -> tuple[dict[str, str], list[
             seen[key] = rel
         if seen[key]:
             outlines[r["id"]] = seen[key]
+    for stale in out.files(ASSETS) - set(outlines.values()):  # outlines of an earlier report
+        out.delete(stale)
     return outlines, problems
 
 

@@ -141,6 +141,8 @@ def test_report_in_a_browser(finished, capsys):
 
         # The user's prompt is shown as text, and ran nothing.
         assert EVIL in page.locator('.row[data-id="mug"] q.prompt').text_content()
+        seed = next(r["seed"] for r in results if r["id"] == "staged" and r["candidate"] == 0)
+        assert f"seed {seed}" in page.locator('.row[data-id="staged"] .card').first.text_content()  # all 63 bits
         regen = page.locator('.row[data-id="mug"] code.regen').text_content()
         assert regen == f"python -m pipeline run {job_path} --rows mug --output OTHER_DIR"
 
@@ -166,6 +168,12 @@ def test_report_in_a_browser(finished, capsys):
         assert outline.is_visible()
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=outline.element_handle())
         assert page.locator('.row[data-id="mug"] img.outline').count() == 0
+        page.check("#f-outlines")  # every staged image at once
+        assert page.locator("img.outline:visible").count() == 2
+        staged.locator("button.toggle-outline").click()
+        page.uncheck("#f-outlines")
+        assert page.locator("img.outline:visible").count() == 0
+        staged.locator("button.toggle-outline").click()
         page.evaluate("window.scrollTo(0, 0)")  # the sticky filter bar at the top of a full-page shot
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTEFACTS / "report.png"), full_page=True)
@@ -285,3 +293,20 @@ def test_regenerate_command_quotes_what_a_shell_would_split():
     assert regenerate_command("/jobs/a b.toml", "row 1") == \
         "python -m pipeline run '/jobs/a b.toml' --rows 'row 1' --output OTHER_DIR"
     assert regenerate_command(None, "x") == "python -m pipeline run JOB.toml --rows x --output OTHER_DIR"
+
+
+def test_outline_is_the_edge_of_what_generation_kept(tmp_path):
+    from pipeline.generate import prepare_inputs
+    from pipeline.report import outline_png
+
+    im = Image.new("RGBA", (48, 32), (0, 0, 0, 0))
+    im.paste((20, 200, 20, 255), (10, 5, 30, 28))
+    im.save(tmp_path / "cutout.png")
+    outline = Image.open(io.BytesIO(outline_png(str(tmp_path / "cutout.png"), "alpha", 64, 32)))
+    assert outline.size == (64, 32) and outline.mode == "RGBA"
+    drawn = outline.getchannel("A").point(lambda v: 255 if v else 0)
+    _, keep = prepare_inputs(str(tmp_path / "cutout.png"), "alpha", 64, 32)
+    kept = keep.point(lambda v: 255 if v >= 128 else 0)
+    assert drawn.getbbox() == kept.getbbox()  # the outline runs along the kept product's edge
+    left, top, right, bottom = kept.getbbox()
+    assert not drawn.crop((left + 1, top + 1, right - 1, bottom - 1)).getbbox()  # and leaves its inside clear
