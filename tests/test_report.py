@@ -310,3 +310,35 @@ def test_outline_is_the_edge_of_what_generation_kept(tmp_path):
     assert drawn.getbbox() == kept.getbbox()  # the outline runs along the kept product's edge
     left, top, right, bottom = kept.getbbox()
     assert not drawn.crop((left + 1, top + 1, right - 1, bottom - 1)).getbbox()  # and leaves its inside clear
+
+
+def test_report_served_as_is_over_http(finished, capsys):
+    """The folder served as it is (a static file server, a bucket website): same page, same files."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    _, out = finished
+    _report(str(out), capsys)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(out)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        with browser() as b:
+            page = b.new_page()
+            seen = {"errors": [], "requests": []}
+            page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
+            page.on("request", lambda r: seen["requests"].append(r.url))
+            page.goto(base + REPORT)
+            first = page.locator("#sheet img.shot").first
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=first.element_handle())
+            assert not seen["errors"]
+            assert all(u.startswith(base) for u in seen["requests"]), seen["requests"]
+    finally:
+        server.shutdown()
+        server.server_close()
