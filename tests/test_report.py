@@ -237,7 +237,9 @@ def synthetic_results(rows: int, candidates: int = 3) -> pa.Table:
         "style": pa.array([("studio", "brand", None)[i % 3] for i in range(rows) for _ in range(candidates)]),
         "prompt": pa.array([f"prompt {i}" for i in ids]), "mode": pa.array(["t2i"] * n),
         "status": pa.array(status), "reason": pa.array([None if s == "written" else "not_selected" for s in status]),
-        "path": pa.array([f"images/00/{i % candidates}.png" for i in range(n)]),
+        # the last candidate of each row rejected and not kept (write_rejected off): a placeholder
+        "path": pa.array([f"images/00/{i % candidates}.png" if i % candidates < candidates - 1 else None
+                          for i in range(n)]),
         "rank": pa.array([k + 1 for _ in range(rows) for k in range(candidates)], pa.int64()),
     })
     table = pa.table(cols, schema=schema.RESULTS_SCHEMA)
@@ -258,7 +260,9 @@ def test_ten_thousand_rows_open_one_page_at_a_time(tmp_path):
         page, seen = _open(b, tmp_path / REPORT, tmp_path)
         opened = time.monotonic() - started
         assert page.locator("#sheet .row").count() == PAGE_ROWS
-        assert page.locator("#sheet img").count() == PAGE_ROWS * 3  # one page, not 30,000 images
+        assert page.locator("#sheet img").count() == PAGE_ROWS * 2  # one page, not 20,000 images
+        placeholders = page.locator("#sheet [data-placeholder]")
+        assert placeholders.count() == PAGE_ROWS and "write_rejected is off" in placeholders.first.text_content()
         assert page.locator("#sheet img").evaluate_all("is => is.every(i => i.loading === 'lazy')")
         assert page.locator("#shown").get_attribute("data-candidates") == "30000"
         page.fill("#f-search", "SKU-row-09999")
