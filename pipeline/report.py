@@ -80,17 +80,18 @@ def groups_of(results: pa.Table, runs: dict[str, dict], outlines: dict[str, str]
     for r in results.select(names).to_pylist():
         g = by_id.get(r["id"])
         if g is None:
-            g = by_id[r["id"]] = {k: r.get(k) for k in ROW_KEYS}
-            g["style"] = g["style"] or NO_STYLE
+            g = by_id[r["id"]] = {k: r[k] for k in ROW_KEYS if r.get(k) is not None}
+            g["style"] = g.get("style") or NO_STYLE
             g["pass"] = {c: _plain(r[c]) for c in passthrough}
             g["c"] = []
-        c = {short: r.get(col) for col, short in CANDIDATE_KEYS.items()}
-        c["seed"] = None if c["seed"] is None else str(c["seed"])  # 63-bit: beyond a JS number's 53
+        c = {short: r[col] for col, short in CANDIDATE_KEYS.items() if r.get(col) is not None}  # nulls left out
+        if "seed" in c:
+            c["seed"] = str(c["seed"])  # 63 bits: past what a JS number holds exactly
         g["c"].append(c)
-    groups = sorted(by_id.values(), key=lambda g: (g["style"] == NO_STYLE, g["style"], g["row"] or 0))
+    groups = sorted(by_id.values(), key=lambda g: (g["style"] == NO_STYLE, g["style"], g.get("row", 0)))
     for g in groups:
-        g["c"].sort(key=lambda c: c["k"] or 0)
-        run = next((c["run"] for c in reversed(g["c"]) if c["run"]), None)
+        g["c"].sort(key=lambda c: c.get("k", 0))
+        run = next((c["run"] for c in reversed(g["c"]) if c.get("run")), None)
         g["cmd"] = regenerate_command((runs.get(run) or {}).get("job"), g["id"])
         if g["id"] in outlines:
             g["outline"] = outlines[g["id"]]
@@ -131,8 +132,8 @@ def style_svg(groups: list[dict]) -> str:
     clip: dict[str, list[float]] = defaultdict(list)
     for g in groups:
         for c in g["c"]:
-            counts[g["style"]][c["status"] or "pending"] += 1
-            if c["status"] == schema.WRITTEN and c["clip"] is not None:
+            counts[g["style"]][c.get("status", "pending")] += 1
+            if c.get("status") == schema.WRITTEN and c.get("clip") is not None:
                 clip[g["style"]].append(c["clip"])
     styles = list(counts)
     most = max((sum(c.values()) for c in counts.values()), default=0)
