@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("output", help="output folder of a run")
     ver.add_argument("--trust-anchors", help="PEM file of trusted CAs (default: the run's demo CA or its "
                      "[signer].trust_anchors); a missing file is an error")
-    rep = sub.add_parser("report", help="print the funnel and reasons of a run's results")
-    rep.add_argument("output", help="output folder of a run")
+    rep = sub.add_parser("report", help="write DIR/report.html (contact sheet, charts, filters, decisions) and "
+                         "print the funnel and reasons")
+    rep.add_argument("output", help="output folder or prefix (s3://...) of a run")
     return ap
 
 
@@ -157,7 +158,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not out.exists(RESULTS):
         print(f"{out.where(RESULTS)}: no results table (has the run finished?)", file=sys.stderr)
         return EXIT_INVALID
-    print(json.dumps(summarize(read_results(out)), indent=2))
+    from pipeline.report import write_report
+
+    results = read_results(out)
+    summary = summarize(results)
+    print(json.dumps(summary, indent=2))
+    where, problems = write_report(out, results)
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    print(f"wrote {where}", file=sys.stderr)
     return EXIT_OK
 
 
