@@ -34,7 +34,6 @@ from pipeline.write import TEMP_PREFIX
 
 EXIT_OK, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2
 WORK = "_work"
-RUNS = "_runs"
 
 
 class JobError(RuntimeError):
@@ -116,7 +115,7 @@ def snapshot(cfg: JobConfig, run_id: str, out: Output, plan_rows: int) -> None:
         "run_id": run_id, "started_at": datetime.now(UTC).isoformat(),
         "host": platform.node(), "python": platform.python_version(), "versions": versions,
         "models": models, "planned_candidates": plan_rows, "config": cfg.to_dict(),
-    }, out, f"{RUNS}/{run_id}.json")
+    }, out, f"{results.RUNS}/{run_id}.json")
 
 
 class _Committer:

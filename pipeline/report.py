@@ -25,14 +25,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline import schema
-from pipeline.results import FUNNEL, SUMMARY, read_results
+from pipeline.results import FUNNEL, NO_STYLE, RUNS, SUMMARY, read_results
 from pipeline.store import Output, as_output
 
 REPORT = "report.html"
 ASSETS = "report_assets"
-RUNS = "_runs"
 PAGE_ROWS = 24  # row groups per page of the contact sheet
-NO_STYLE = "(no style)"
 
 # Per-candidate columns the page shows (short keys keep the data island small at 10k rows).
 CANDIDATE_KEYS = {"candidate": "k", "item_id": "item", "seed": "seed", "model": "model", "path": "path",
@@ -164,31 +162,22 @@ def style_svg(groups: list[dict]) -> str:
     return "".join(out)
 
 
-def _consistency_value(value) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, dict):
-        for key in ("mean", "score", "value", "mean_cosine", "consistency"):
-            if isinstance(value.get(key), int | float):
-                return float(value[key])
-    return None
-
-
 def brand_svg(summary: dict, styles: list[str]) -> str:
     """`summary.json`'s `brand_consistency` per style, or "not measured" where it is absent."""
-    measured = summary.get("brand_consistency") or {}
-    measured = measured.get("per_style", measured) if isinstance(measured, dict) else {}
-    keys = sorted(set(styles) | {str(k) for k in measured}, key=lambda s: (s == NO_STYLE, s))
+    measured = summary.get("brand_consistency") or {}  # style → {"images", "mean_pairwise_cosine"}
+    keys = sorted(set(styles) | set(measured), key=lambda s: (s == NO_STYLE, s))
     width, label_w, bar_h, gap = 560, 170, 20, 6
     height = max(1, len(keys)) * (bar_h + gap) + gap
     out = [f'<svg class="chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
            'data-testid="brand-chart">']
     for i, style in enumerate(keys):
         y = gap + i * (bar_h + gap)
-        value = _consistency_value(measured.get(style if style != NO_STYLE else None, measured.get(style)))
+        figure = measured.get(style) or {}
+        value = figure.get("mean_pairwise_cosine")
         out.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{html.escape(style)}</text>')
         if value is None:
-            out.append(f'<text x="{label_w}" y="{y + 15}" class="muted">not measured</text>')
+            why = f"{figure['images']} image: no pair to compare" if figure.get("images") else "not measured"
+            out.append(f'<text x="{label_w}" y="{y + 15}" class="muted">{why}</text>')
         else:
             w = (width - label_w - 70) * min(max(value, 0.0), 1.0)
             out.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" rx="2"/>'

@@ -31,6 +31,7 @@ from pipeline.write import TEMP_PREFIX
 
 SHARDS = "_shards"
 EMBEDDINGS = "_embeddings"
+RUNS = "_runs"  # a record per run: its config, versions and models
 RESULTS = "results.parquet"
 SUMMARY = "summary.json"
 
@@ -283,7 +284,7 @@ def remove_strays(committed: Committed, output: Output | Path | str) -> list[str
 # Where local writes put their temp files: the output folder itself (results, summary, the demo
 # signer's folder), the shard and run-record folders, and each image folder. (A PUT to object
 # storage is whole or absent: it leaves no temp objects.)
-TEMP_GLOBS = (TEMP_PREFIX + "*", f"{SHARDS}/{TEMP_PREFIX}*", f"{EMBEDDINGS}/{TEMP_PREFIX}*", f"_runs/{TEMP_PREFIX}*",
+TEMP_GLOBS = (TEMP_PREFIX + "*", f"{SHARDS}/{TEMP_PREFIX}*", f"{EMBEDDINGS}/{TEMP_PREFIX}*", f"{RUNS}/{TEMP_PREFIX}*",
               f"images/*/{TEMP_PREFIX}*")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline import schema
 from pipeline.provenance import DEMO_SIGNER
-from pipeline.results import RESULTS, ShardStore, read_results
+from pipeline.results import RESULTS, RUNS, ShardStore, read_results
 from pipeline.store import Output, as_output
 
 DEMO_CA = f"{DEMO_SIGNER}/ca.pem"
@@ -24,7 +24,7 @@ class MissingAnchors(ValueError):
 
 def _latest_run(out: Output) -> tuple[dict, str] | None:
     """The record of the latest run (by its start time) and its name, or None."""
-    runs = [(json.loads(out.get(rel)), rel) for rel in out.files("_runs") if rel.endswith(".json")]
+    runs = [(json.loads(out.get(rel)), rel) for rel in out.files(RUNS) if rel.endswith(".json")]
     return max(runs, key=lambda r: r[0].get("started_at", "")) if runs else None
 
 

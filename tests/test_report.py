@@ -125,7 +125,11 @@ def test_report_in_a_browser(finished, capsys):
             assert int(page.locator(f'[data-summary="{key}"]').text_content()) == summary[key], key
         for key in ("generated", "passed_moderation", "passed_filters", "selected", "signed", "written"):
             assert page.locator(f'[data-testid="funnel"] [data-count="{key}"]').text_content() == str(summary[key])
-        assert page.locator('[data-testid="brand-chart"]').text_content().count("not measured") == 3
+        # Brand consistency as summary.json has it: a figure per style with a pair of written images.
+        brand = page.locator('[data-testid="brand-chart"]').text_content()
+        for style, figure in summary["brand_consistency"].items():
+            value = figure["mean_pairwise_cosine"]
+            assert style in brand and (f"{value:.3f}" in brand if value is not None else "no pair to compare" in brand)
         assert _visible_cards(page) == len(results)
 
         # Every image on the page renders (scrolled into view: they load lazily).
@@ -283,12 +287,14 @@ def test_page_data_cannot_break_out_and_brand_consistency_is_shown():
                                  pa.array([evil, evil, evil, "b", "b", "b", "c", "c", "c"]))
     results = results.set_column(results.schema.get_field_index("sku"), "sku", pa.array([evil] * 9))
     summary = {"planned": 9, "written": 3, "reasons": {evil: 1},
-               "brand_consistency": {"studio": 0.82, "brand": {"mean": 0.5, "n": 3}}}
+               "brand_consistency": {"studio": {"images": 4, "mean_pairwise_cosine": 0.82},
+                                     "brand": {"images": 1, "mean_pairwise_cosine": None}}}
     page = render(results, summary, runs={"r1": {"config": {"source": "/jobs/x y.toml"}}}, title=evil)
     assert "<script>alert" not in page and page.count("<script") == 2  # the data island and the page's script
     brand = page[page.index('data-testid="brand-chart"'):]
     brand = brand[:brand.index("</svg>")]
-    assert ">0.820<" in brand and ">0.500<" in brand and "not measured" in brand  # (no style) was not measured
+    assert ">0.820<" in brand and "1 image: no pair to compare" in brand
+    assert "not measured" in brand  # (no style): no figure in the summary
 
 
 def test_regenerate_command_quotes_what_a_shell_would_split():
