@@ -288,7 +288,7 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
     summary = results.write_results(plan.chunks(), committed, out,
                                     gpu_hour_usd=cfg.cost.gpu_hour_usd if cfg.cost else None)
     removed = results.remove_strays(committed, out)
-    summary["brand_consistency"] = results.brand_consistency(committed, out)
+    summary["brand_consistency"] = results.brand_consistency(committed, out, summary.pop("reference_similarity"))
     summary.update(run_id=run_id, job=cfg.job.name, stopped=stopped, elapsed_s=round(time.monotonic() - started, 3),
                    this_run=dict(committer.counts) if committer else {})
     if committer and summary["elapsed_s"]:

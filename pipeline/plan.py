@@ -223,6 +223,7 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str) -> pa.Table:
         pl.when(c("mode") == "t2i").then(None).otherwise(c("__strength")).alias("strength"),
         c("__width").alias("width"), c("__height").alias("height"), c("__n").alias("num_candidates"),
         c("__keep").alias("keep"), c("__clip").alias("clip_threshold"), "init_image", "mask",
+        c("__reference").alias("style_reference"),
         c("__lora").alias("lora"),
         pl.when(c("__lora").is_not_null()).then(c("s_lora_scale").fill_null(1.0).cast(pl.Float64)).alias("lora_scale"),
         lit(cfg.output.format).alias("format"))

@@ -182,6 +182,9 @@ def brand_svg(summary: dict, styles: list[str]) -> str:
             w = (width - label_w - 70) * min(max(value, 0.0), 1.0)
             out.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" rx="2"/>'
                        f'<text x="{label_w + w + 6:.1f}" y="{y + 15}">{value:.3f}</text>')
+        if figure.get("reference_similarity") is not None:  # how close to the style's reference image
+            out.append(f'<text x="{width - 4}" y="{y + 15}" text-anchor="end" class="muted">'
+                       f'ref {figure["reference_similarity"]:.3f}</text>')
     out.append("</svg>")
     return "".join(out)
 

@@ -32,6 +32,7 @@ from pipeline.write import TEMP_PREFIX
 SHARDS = "_shards"
 EMBEDDINGS = "_embeddings"
 RUNS = "_runs"  # a record per run: its config, versions and models
+NO_STYLE = "(no style)"  # figures of rows without a style
 RESULTS = "results.parquet"
 SUMMARY = "summary.json"
 
@@ -338,6 +339,7 @@ class Summary:
         self.reasons: Counter = Counter()
         self.times = {name: [0.0, 0] for name in self.TIMES}  # total ms, rows counted
         self.truncated = 0  # candidates whose prompt the text encoder cut
+        self.reference: dict[str, list] = {}  # style → [sum, count] of its written images' reference similarity
         self.gpu_s = 0.0
         self.cost: float | None = None  # None: no row was priced
 
@@ -345,6 +347,13 @@ class Summary:
         self.planned += results.num_rows
         self.status.update(results["status"].to_pylist())
         self.truncated += pc.sum(pc.cast(pc.fill_null(results["truncated"], False), pa.int64())).as_py() or 0
+        if "reference_similarity" in results.column_names:  # results of older releases lack it
+            kept = results.filter(pc.and_(pc.equal(results["status"], schema.WRITTEN),
+                                          pc.is_valid(results["reference_similarity"])))
+            for style, value in zip(kept["style"].to_pylist(), kept["reference_similarity"].to_pylist(), strict=True):
+                entry = self.reference.setdefault(style if style is not None else NO_STYLE, [0.0, 0])
+                entry[0] += value
+                entry[1] += 1
         self.reasons.update(r.split(":")[0] for r in results["reason"].to_pylist() if r)
         for name, mask in funnel(results).items():
             self.steps[name] += pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
@@ -370,6 +379,7 @@ class Summary:
             "reasons": dict(self.reasons),
             **{name: round(total / count / 1000, 6) if count else None for name, (total, count) in self.times.items()},
             "truncated_prompts": self.truncated,
+            "reference_similarity": {s: round(total / n, 4) for s, (total, n) in sorted(self.reference.items())},
             # every candidate that ran counts, so over-generation is in the cost per written image
             "gpu_s_total": round(self.gpu_s, 6),
             "cost_usd_total": self.cost,
@@ -386,13 +396,14 @@ def summarize(results: pa.Table) -> dict:
     return Summary().add(results).result()
 
 
-NO_STYLE = "(no style)"
 
 
-def brand_consistency(committed: Committed, output: Output | Path | str) -> dict:
+def brand_consistency(committed: Committed, output: Output | Path | str, reference: dict | None = None) -> dict:
     """Per style, how alike its written images are: the mean pairwise cosine of their CLIP image
     embeddings, from the `_embeddings` sidecars. For unit vectors the mean over pairs is
-    (|Σe|² − n) / (n(n−1)), so it streams: a sum and a count per style, no pairwise matrix."""
+    (|Σe|² − n) / (n(n−1)), so it streams: a sum and a count per style, no pairwise matrix.
+    `reference`: the mean similarity of each style's written images to its reference image
+    (`Summary`), added where the style has one."""
     out = as_output(output)
     paths = sorted(p for p in out.files(EMBEDDINGS) if posixpath.basename(p).startswith("part-"))
     column = schema.EMBEDDING_FIELD.name
@@ -418,9 +429,12 @@ def brand_consistency(committed: Committed, output: Output | Path | str) -> dict
             total, n = sums.get(style, (0.0, 0))
             chosen = vectors[styles == style]
             sums[style] = (total + chosen.sum(axis=0), n + len(chosen))
-    return {style: {"images": n, "mean_pairwise_cosine": (round(float((total @ total - n) / (n * (n - 1))), 4)
-                                                          if n > 1 else None)}
-            for style, (total, n) in sorted(sums.items())}
+    figures = {style: {"images": n, "mean_pairwise_cosine": (round(float((total @ total - n) / (n * (n - 1))), 4)
+                                                             if n > 1 else None)}
+               for style, (total, n) in sorted(sums.items())}
+    for style, similarity in (reference or {}).items():
+        figures.setdefault(style, {"images": 0, "mean_pairwise_cosine": None})["reference_similarity"] = similarity
+    return figures
 
 
 def write_json(obj: dict, output: Output | Path | str, rel: str) -> None:

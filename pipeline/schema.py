@@ -70,6 +70,7 @@ PLAN_FIELDS = [
     pa.field("clip_threshold", pa.float64()),
     pa.field("init_image", pa.string()),  # resolved product or reference image URI
     pa.field("mask", pa.string()),  # resolved mask URI, "alpha" (from the product), or null
+    pa.field("style_reference", pa.string()),  # the style's reference image URI: brand consistency
     pa.field("lora", pa.string()),
     pa.field("lora_scale", pa.float64()),
     pa.field("format", pa.string()),
@@ -89,6 +90,7 @@ OUTCOME_FIELDS = [
     pa.field("image_unsafe_score", pa.float64()),
     pa.field("moderation", pa.string()),  # pass | block
     pa.field("moderation_model", pa.string()),  # the image moderation model that ran
+    pa.field("reference_similarity", pa.float64()),  # CLIP cosine with the style's reference image
     pa.field("status", pa.string()),
     pa.field("reason", pa.string()),
     pa.field("selected", pa.bool_()),

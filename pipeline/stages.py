@@ -90,6 +90,7 @@ class CandidateStage:
         text_clf = models.load_text_classifier(m.prompt_classifier, device=device) if m.prompt_classifier else None
         self.prompt_moderator = PromptModerator(cfg.filter.blocked_terms, text_clf, m.unsafe_labels)
         self.worker = worker_name()
+        self._references: dict[str, np.ndarray] = {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Work records (manifest rows with nested candidates) → one record per candidate, its
@@ -181,12 +182,29 @@ class CandidateStage:
         for r, s, u, e, ms_score, ms_mod in measured:
             r.update(clip_score=float(s), clip_model=self.scorer.model_id, image_unsafe_score=float(u),
                      moderation_model=self.moderation_model, **{EMBEDDING: e},
+                     reference_similarity=self._reference_similarity(r["style_reference"], e),
                      ms_score=ms_score, ms_moderate=(r["ms_moderate"] or 0) + ms_mod)
             if reason := image_reason(float(s), float(u), r["clip_threshold"], threshold):
                 r.update(status=schema.REJECTED, reason=reason)
                 if reason.startswith(schema.IMAGE_UNSAFE):
                     r["moderation"] = "block"
 
+
+    def _reference_similarity(self, uri: str | None, embedding: list[float]) -> float | None:
+        """Cosine of an image's CLIP embedding with its style's reference image's (embedded once
+        per actor and reference)."""
+        if uri is None:
+            return None
+        if uri not in self._references:
+            import io
+
+            from PIL import Image
+
+            from pipeline.uris import read_bytes
+
+            image = np.asarray(Image.open(io.BytesIO(read_bytes(uri))).convert("RGB"))
+            self._references[uri] = self.scorer.embed_images([image])[0].cpu().numpy().astype(np.float64)
+        return float(np.dot(self._references[uri], np.asarray(embedding, np.float64)))
 
     def _measure(self, made: list[dict], images: dict[str, np.ndarray]) -> list[tuple]:
         """(record, CLIP score vs the row's prompt, unsafe score, image embedding, ms each) for

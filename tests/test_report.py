@@ -287,13 +287,14 @@ def test_page_data_cannot_break_out_and_brand_consistency_is_shown():
                                  pa.array([evil, evil, evil, "b", "b", "b", "c", "c", "c"]))
     results = results.set_column(results.schema.get_field_index("sku"), "sku", pa.array([evil] * 9))
     summary = {"planned": 9, "written": 3, "reasons": {evil: 1},
-               "brand_consistency": {"studio": {"images": 4, "mean_pairwise_cosine": 0.82},
+               "brand_consistency": {"studio": {"images": 4, "mean_pairwise_cosine": 0.82,
+                                                "reference_similarity": 0.61},
                                      "brand": {"images": 1, "mean_pairwise_cosine": None}}}
     page = render(results, summary, runs={"r1": {"config": {"source": "/jobs/x y.toml"}}}, title=evil)
     assert "<script>alert" not in page and page.count("<script") == 2  # the data island and the page's script
     brand = page[page.index('data-testid="brand-chart"'):]
     brand = brand[:brand.index("</svg>")]
-    assert ">0.820<" in brand and "1 image: no pair to compare" in brand
+    assert ">0.820<" in brand and ">ref 0.610<" in brand and "1 image: no pair to compare" in brand
     assert "not measured" in brand  # (no style): no figure in the summary
 
 
