@@ -40,6 +40,16 @@ def write_job(folder: Path, rows: dict | pa.Table, styles: dict | pa.Table | Non
     return path
 
 
+def save_cutout(path: Path) -> Path:
+    """A product cut-out: an opaque green box on a transparent 48x32 canvas (staged by its alpha)."""
+    from PIL import Image
+
+    im = Image.new("RGBA", (48, 32), (0, 0, 0, 0))
+    im.paste((20, 200, 20, 255), (10, 5, 30, 28))
+    im.save(path)
+    return path
+
+
 def job(folder: Path, rows: dict | pa.Table, **kw) -> JobConfig:
     return load_job(write_job(folder, rows, **kw))
 

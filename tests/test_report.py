@@ -22,7 +22,7 @@ from pipeline.cli import main
 from pipeline.config import load_job
 from pipeline.job import EXIT_OK, run_job
 from pipeline.report import PAGE_ROWS, REPORT, render
-from tests.helpers import write_job
+from tests.helpers import save_cutout, write_job
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = ROOT / "out" / "test-artefacts"
@@ -53,9 +53,7 @@ batch_size = 4
 def finished(tmp_path_factory):
     """A tiny finished run: kept rejected images, a blocked row (placeholders), a staged row."""
     folder = tmp_path_factory.mktemp("report")
-    im = Image.new("RGBA", (48, 32), (0, 0, 0, 0))
-    im.paste((20, 200, 20, 255), (10, 5, 30, 28))
-    im.save(folder / "cutout.png")
+    save_cutout(folder / "cutout.png")
     job_path = write_job(folder, ROWS, extra=EXTRA, num_candidates=2, keep=1)
     result = run_job(load_job(job_path), backend="in-process")
     assert result.exit_code == EXIT_OK

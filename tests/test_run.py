@@ -13,7 +13,7 @@ from pipeline.config import load_job
 from pipeline.job import EXIT_OK, run_job
 from pipeline.results import SHARDS
 from pipeline.verify import verify_output
-from tests.helpers import write_job
+from tests.helpers import save_cutout, write_job
 
 ROWS = {
     "id": ["mug", "blocked", "staged", "plain"],
@@ -39,9 +39,7 @@ batch_size = 3
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
-    im = Image.new("RGBA", (48, 32), (0, 0, 0, 0))
-    im.paste((20, 200, 20, 255), (10, 5, 30, 28))
-    im.save(folder / "cutout.png")
+    save_cutout(folder / "cutout.png")
     cfg = load_job(write_job(folder, ROWS, extra=EXTRA, num_candidates=2, keep=1))
     report = run_job(cfg, backend="in-process")
     return cfg, report, pq.read_table(report.output_dir / "results.parquet")
