@@ -14,7 +14,7 @@ import posixpath
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -112,6 +112,38 @@ class Committed:
         return done, pc.and_(done, other_rules)
 
 
+def read_part(out: Output, rel: str, columns: list[str] | None, keep: np.ndarray | None = None) -> pa.Table:
+    """One Parquet part (a shard, a sidecar): the `columns` it has, its rows where `keep`, read
+    by ranges. Repeated strings (status, run, worker, model names) stay dictionary-encoded."""
+    with out.open(rel) as f:
+        names = pq.ParquetFile(f).schema_arrow.names
+        wanted = [c for c in columns if c in names] if columns else names
+        part = pq.ParquetFile(f, read_dictionary=[c for c in DICTIONARY_COLUMNS if c in wanted])
+        table = part.read(columns=wanted)
+    return table.filter(pa.array(keep)) if keep is not None else table
+
+
+def latest_rows(out: Output, paths: list[str], columns: list[str]) -> Iterator[pa.Table]:
+    """The rows of parts committed in order (`paths`) that hold each item id's latest record,
+    a part at a time.
+
+    Two passes, so the rows that are not latest are never held: every part's item ids first
+    (which row is each id's latest), then each part's kept rows."""
+    ids = [read_part(out, p, ["item_id"])["item_id"] for p in paths]
+    sizes = [len(a) for a in ids]
+    keep = np.zeros(sum(sizes), bool)
+    if sum(sizes):
+        order = pa.array(np.arange(len(keep)), pa.int64())
+        latest = pa.table({"item_id": pa.chunked_array(ids), "order": order}).group_by("item_id").aggregate(
+            [("order", "max")])
+        keep[latest["order_max"].to_numpy()] = True
+    del ids
+    starts = np.cumsum([0, *sizes])
+    for p, a, b in zip(paths, starts, starts[1:], strict=False):
+        if keep[a:b].any():
+            yield read_part(out, p, columns, keep[a:b])
+
+
 class ShardStore:
     """The `_shards` of an output folder or prefix."""
 
@@ -125,18 +157,8 @@ class ShardStore:
 
     def read(self, columns: list[str] | None = None) -> pa.Table | None:
         """Every committed row; `columns` that a shard of an older release lacks are left out."""
-        tables = [t for t in (self._read(p, columns) for p in self.paths()) if t.num_rows]
+        tables = [t for t in (read_part(self.out, p, columns) for p in self.paths()) if t.num_rows]
         return pa.concat_tables(tables, promote_options="default") if tables else None
-
-    def _read(self, rel: str, columns: list[str] | None, keep: np.ndarray | None = None) -> pa.Table:
-        """One shard's columns (those it has), its rows where `keep`; repeated strings (status,
-        run, worker, model names) stay dictionary-encoded, as in the file."""
-        with self.out.open(rel) as f:
-            names = pq.ParquetFile(f).schema_arrow.names
-            wanted = [c for c in columns if c in names] if columns else names
-            shard = pq.ParquetFile(f, read_dictionary=[c for c in DICTIONARY_COLUMNS if c in wanted])
-            table = shard.read(columns=wanted)
-        return table.filter(pa.array(keep)) if keep is not None else table
 
     def write(self, table: pa.Table, kill_point: tuple[str, int] | None = None) -> str:
         """Commit outcomes as the next shard. Their image embeddings, if any, go first into a
@@ -155,23 +177,8 @@ class ShardStore:
         return rel
 
     def committed(self) -> Committed:
-        """The latest outcome of every item id, checked against the files present (one listing).
-
-        Two passes, so only the latest outcomes are ever held whole: the item ids of every
-        shard first (which row is each id's latest), then each shard's kept rows."""
-        paths = self.paths()
-        ids = [self._read(p, ["item_id"])["item_id"] for p in paths]
-        sizes = [len(a) for a in ids]
-        keep = np.zeros(sum(sizes), bool)
-        if sizes and sum(sizes):
-            order = pa.array(np.arange(len(keep)), pa.int64())
-            latest = pa.table({"item_id": pa.chunked_array(ids), "order": order}).group_by("item_id").aggregate(
-                [("order", "max")])
-            keep[latest["order_max"].to_numpy()] = True
-        del ids
-        starts = np.cumsum([0, *sizes])
-        parts = [self._read(p, OUTCOME_SCHEMA.names, keep[a:b]) for p, a, b in zip(paths, starts, starts[1:],
-                                                                                     strict=False) if keep[a:b].any()]
+        """The latest outcome of every item id, checked against the files present (one listing)."""
+        parts = list(latest_rows(self.out, self.paths(), OUTCOME_SCHEMA.names))
         latest = (pa.concat_tables(parts, promote_options="default") if parts
                   else OUTCOME_SCHEMA.empty_table())
         for f in OUTCOME_SCHEMA:  # shards committed by a version before the column existed
@@ -350,10 +357,13 @@ class Summary:
         if "reference_similarity" in results.column_names:  # results of older releases lack it
             kept = results.filter(pc.and_(pc.equal(results["status"], schema.WRITTEN),
                                           pc.is_valid(results["reference_similarity"])))
-            for style, value in zip(kept["style"].to_pylist(), kept["reference_similarity"].to_pylist(), strict=True):
+            grouped = kept.group_by("style").aggregate([("reference_similarity", "sum"),
+                                                         ("reference_similarity", "count")])
+            for style, total, n in zip(*(grouped[c].to_pylist() for c in ("style", "reference_similarity_sum",
+                                                                          "reference_similarity_count")), strict=True):
                 entry = self.reference.setdefault(style if style is not None else NO_STYLE, [0.0, 0])
-                entry[0] += value
-                entry[1] += 1
+                entry[0] += total
+                entry[1] += n
         self.reasons.update(r.split(":")[0] for r in results["reason"].to_pylist() if r)
         for name, mask in funnel(results).items():
             self.steps[name] += pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
@@ -407,18 +417,9 @@ def brand_consistency(committed: Committed, output: Output | Path | str, referen
     out = as_output(output)
     paths = sorted(p for p in out.files(EMBEDDINGS) if posixpath.basename(p).startswith("part-"))
     column = schema.EMBEDDING_FIELD.name
-    ids = [pq.read_table(io.BytesIO(out.get(p)), columns=["item_id"])["item_id"] for p in paths]
-    keep = np.zeros(sum(len(a) for a in ids), bool)
-    if len(keep):  # an item measured twice (a killed run's sidecar, then the rerun's): its latest
-        order = pa.array(np.arange(len(keep)), pa.int64())
-        latest = pa.table({"item_id": pa.chunked_array(ids), "order": order}).group_by("item_id").aggregate(
-            [("order", "max")])
-        keep[latest["order_max"].to_numpy()] = True
     sums: dict[str, tuple[np.ndarray, int]] = {}
-    start = 0
-    for p, a in zip(paths, ids, strict=True):
-        table = pq.read_table(io.BytesIO(out.get(p))).filter(pa.array(keep[start:start + len(a)]))
-        start += len(a)
+    # an item measured twice (a killed run's sidecar, then the rerun's) counts once: its latest
+    for table in latest_rows(out, paths, ["item_id", "style", column]):
         status = committed.outcomes["status"].take(committed.index.lookup(table["item_id"])).cast(pa.string())
         table = table.filter(pc.fill_null(pc.equal(status, schema.WRITTEN), False))
         if not table.num_rows:
