@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (overrides [cluster].address); 'auto' to join")
     run.add_argument("--fresh", action="store_true", help="discard earlier results in the output folder")
     run.add_argument("--rows", help="comma-separated manifest ids: regenerate only these rows")
+    run.add_argument("--decisions", metavar="FILE",
+                     help="a reviewer's decisions (CSV, JSON or Parquet exported from report.html: item_id, "
+                          "decision approve|reject|refine, note, prompt, strength) to apply; kept for later runs")
     run.add_argument("--in-process", action="store_true", help="run the stages without Ray (debugging)")
     run.add_argument("--log-format", default=os.environ.get("ASSET_PIPELINE_LOG_FORMAT", "auto"),
                      choices=("auto", "text", "json"),
@@ -128,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip()) if args.rows else ()
     report = run_job(cfg, fresh=args.fresh, backend="in-process" if args.in_process else "ray", rows=rows,
-                     reporter=reporter)
+                     reporter=reporter, decisions=args.decisions)
     if reporter.mode != "json":  # in json mode the summary is the run_end event
         print(describe(report))
     return report.exit_code

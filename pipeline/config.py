@@ -137,6 +137,8 @@ class GenerateSection:
     # Background staging (inpaint): 1.0 generates the background from noise; lower keeps some
     # of the neutral placeholder behind the product. A row or style `strength` overrides both.
     inpaint_strength: float = 1.0
+    # A reviewer's `refine` without a strength: how far the new image moves from the chosen one.
+    refine_strength: float = 0.5
     batch_size: int = 4
 
 
@@ -403,6 +405,7 @@ def _limited(cfg: JobConfig) -> list[tuple[str, Any, Limit]]:
         ("[generate].guidance_scale", g.guidance_scale, LIMITS["guidance_scale"]),
         ("[generate].strength", g.strength, LIMITS["strength"]),
         ("[generate].inpaint_strength", g.inpaint_strength, LIMITS["strength"]),
+        ("[generate].refine_strength", g.refine_strength, LIMITS["strength"]),
         ("[generate].width", g.width, LIMITS["size"]),
         ("[generate].height", g.height, LIMITS["size"]),
         ("[generate].batch_size", g.batch_size, LIMITS["at_least_one"]),

@@ -46,12 +46,14 @@ def is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(error).lower()
 
 
-def load_image(uri: str):
-    """An input image from a local path or any fsspec URI, decoded and upright (EXIF)."""
+def load_image(source: str | bytes):
+    """An input image from a local path, any fsspec URI, or its bytes, decoded and upright (EXIF)."""
+    import io
+
     import fsspec
     from PIL import Image, ImageOps
 
-    with fsspec.open(uri, "rb") as f, Image.open(f) as im:
+    with (io.BytesIO(source) if isinstance(source, bytes) else fsspec.open(source, "rb")) as f, Image.open(f) as im:
         im.load()
         return ImageOps.exif_transpose(im)
 
@@ -59,7 +61,7 @@ def load_image(uri: str):
 FILL = (127, 127, 127)  # neutral grey, 0 in the pipelines' [-1, 1] range: "nothing here yet"
 
 
-def prepare_inputs(init_uri: str, mask_uri: str | None, width: int, height: int):
+def prepare_inputs(init: str | bytes, mask_uri: str | None, width: int, height: int):
     """The product fitted into the target size (RGBA, straight colours) and its keep alpha.
 
     The product is letterboxed (aspect kept, never cropped); the padding is background to
@@ -68,7 +70,7 @@ def prepare_inputs(init_uri: str, mask_uri: str | None, width: int, height: int)
     """
     from PIL import Image, ImageChops, ImageOps
 
-    src = load_image(init_uri)
+    src = load_image(init)
     rgba = src.convert("RGBA")
     fitted = ImageOps.pad(rgba, (width, height), color=(0, 0, 0, 0), method=Image.Resampling.LANCZOS)
     if mask_uri is None:
@@ -82,15 +84,17 @@ def prepare_inputs(init_uri: str, mask_uri: str | None, width: int, height: int)
     return fitted, ImageChops.multiply(ImageOps.invert(user_mask), fitted.getchannel("A"))
 
 
-def pipeline_inputs(product, keep):
+def pipeline_inputs(product, keep, canvas=None):
     """What the diffusion pipeline starts from: init image and mask (white = repaint, or None).
 
     Only fully kept pixels are kept as they are; everything else, soft edges included, is
     background to generate, so that `_composite` can layer the product over it exactly once.
+    The background starts as neutral grey, or as `canvas` (a refinement of a staged product
+    starts from the earlier image's background).
     """
     from PIL import Image, ImageOps
 
-    init = Image.new("RGB", product.size, FILL)
+    init = canvas.copy() if canvas is not None else Image.new("RGB", product.size, FILL)
     if keep is None:
         init.paste(product, mask=product.getchannel("A"))
         return init, None
@@ -196,9 +200,14 @@ class Generator:
         if mode == "t2i":
             kwargs.update(width=int(first["width"]), height=int(first["height"]))
         else:
-            layers = [prepare_inputs(c["init_image"], c["mask"], int(c["width"]), int(c["height"]))
-                      for c in cands]
-            inputs = [pipeline_inputs(product, keep) for product, keep in layers]
+            # A refinement (`canvas`: its parent's image) starts from the earlier image: the whole
+            # of it for image-to-image; its background for inpainting, the product kept as staged.
+            w, h = int(first["width"]), int(first["height"])
+            refine = [c.get("canvas") for c in cands]
+            layers = [prepare_inputs(canvas if canvas and mode == "img2img" else c["init_image"], c["mask"], w, h)
+                      for c, canvas in zip(cands, refine, strict=True)]
+            inputs = [pipeline_inputs(product, keep, _fitted(canvas, w, h) if canvas and mode == "inpaint" else None)
+                      for (product, keep), canvas in zip(layers, refine, strict=True)]
             kwargs.update(image=[i[0] for i in inputs], strength=float(first["strength"]))
             if mode == "inpaint":
                 kwargs.update(mask_image=[i[1] for i in inputs],
@@ -209,6 +218,14 @@ class Generator:
         if mode == "inpaint":
             images = [_composite(img, *layer) for img, layer in zip(images, layers, strict=True)]
         return images
+
+
+def _fitted(image: bytes, width: int, height: int):
+    """An earlier output image as an RGB canvas of the target size (it is that size already)."""
+    from PIL import Image, ImageOps
+
+    return ImageOps.pad(load_image(image).convert("RGB"), (width, height), color=FILL,
+                        method=Image.Resampling.LANCZOS)
 
 
 def _injected_faults(cands: list[dict]) -> None:

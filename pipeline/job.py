@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import decisions as review
 from pipeline import faults, results, schema
 from pipeline.config import JobConfig
 from pipeline.lock import OutputLocked, acquire
@@ -70,7 +71,7 @@ def prepare_output(out: Output) -> None:
 
 def clear_results(out: Output) -> None:
     """--fresh: forget earlier results and images (the demo signer and run records stay)."""
-    for prefix in (results.SHARDS, results.EMBEDDINGS, "images"):
+    for prefix in (results.SHARDS, results.EMBEDDINGS, review.DECISIONS, "images"):
         out.delete_prefix(prefix)
     for name in (results.RESULTS, results.SUMMARY):
         out.delete(name)
@@ -195,13 +196,16 @@ def work_folder(out: Output, run_id: str) -> Path:
 
 
 def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
-            rows: tuple[str, ...] = (), reporter: Reporter | None = None) -> RunReport:
+            rows: tuple[str, ...] = (), reporter: Reporter | None = None,
+            decisions: str | None = None) -> RunReport:
     """Run (or resume) the job; returns the report. Raises before any GPU work if it cannot run,
     and before anything is deleted.
 
     `rows` limits the run to these manifest ids: seeds and item ids do not depend on which
     other rows are present, so a row regenerated alone comes out as in the full run.
     `reporter` says what happens on stderr (default: a bar on a terminal, else plain lines).
+    `decisions`: a reviewer's decisions file (CSV, JSON, Parquet) to apply; they are kept in
+    the output, so every later run applies them too.
     """
     from pipeline.provenance import Signer
 
@@ -217,18 +221,31 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
     try:
         # 1. everything that can reject the job, before any model loads and before --fresh
         inputs = select_rows(load_inputs(cfg), rows)
+        if fresh and decisions:
+            raise JobError("--fresh discards the results the decisions were made on: apply --decisions without it")
+        recorded = review.load(out) if not fresh else review.Decisions.none()
+        changed = review.check(review.parse(review.read_file(decisions), decisions), decisions, out,
+                               recorded.in_force) if decisions else review.STORED_SCHEMA.empty_table()
         run_id = uuid.uuid4().hex[:12]
         work = work_folder(out, run_id)
         shutil.rmtree(work, ignore_errors=True)
         try:
             # Planned to the driver's disk a chunk at a time: the plan is never whole in memory.
-            plan = write_plan(inputs, cfg, work / f"plan-{run_id}.parquet")
+            plan = write_plan(inputs, cfg, work / f"plan-{run_id}.parquet", decisions=recorded.then(changed))
             Signer.from_section(cfg.signer, out, warn=reporter.warning).self_test(cfg.output.format)
             if fresh:
                 clear_results(out)
             elif rows and (others := results.row_ids(out) - set(rows)):
                 raise JobError(f"{out}: holds results of other rows ({len(others)}, e.g. {sorted(others)[0]!r}); "
                                "--rows would hide them, so give it a separate --output")
+            if decisions:
+                # recorded before any work: a run that stops still leaves them for the next
+                review.record(out, changed)
+                counts = Counter(changed["decision"].to_pylist())
+                reporter.log(f"decisions {decisions}: {changed.num_rows} new or changed ("
+                             + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
+                             + "); the others were already in force", event="decisions", file=decisions,
+                             changed=changed.num_rows, **{f"changed_{k}": v for k, v in counts.items()})
             return _run_locked(cfg, out, backend, inputs, plan, run_id, work, reporter)
         finally:
             shutil.rmtree(work, ignore_errors=True)

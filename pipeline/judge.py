@@ -1,6 +1,7 @@
 """The filter rules, in one place: what rejects a candidate's prompt and its image, applied when
 a candidate is measured and again, from its stored scores, when the rules have changed since
-an earlier run judged it (re-judging without regenerating).
+an earlier run judged it (re-judging without regenerating); and what a reviewer's decision
+does to a candidate (`review_reason`; an approval's lock is `select.passed`).
 
 A candidate's outcome records the rules it was judged under (`judged_with`, the plan's
 `judge_key`: the filter settings and the row's keep and CLIP threshold). When they differ, the
@@ -48,13 +49,30 @@ def image_reason(clip_score: float, unsafe: float, clip_threshold: float, unsafe
     return None
 
 
+def review_reason(r: dict) -> str | None:
+    """Why a reviewer's decision takes a candidate out of the selection (a reject, with its
+    note; a refine, whose refinement takes the place), or None."""
+    if r.get("decision") == schema.REJECT:
+        return schema.REVIEWER_REJECTED + (f": {r['note']}" if r.get("note") else "")
+    if r.get("decision") == schema.REFINE:
+        return schema.REVIEWER_REFINED
+    return None
+
+
 def rejudge(r: dict, blocked_term: str | None, f: FilterSection) -> bool:
     """Apply today's rules to an earlier judged candidate from its stored scores. Returns False
     when it must be generated as a new candidate (its prompt was blocked, and is not now).
 
     A candidate that fails a filter now is rejected (a pick among them loses its place and its
     file); one that passes now competes for the places again (`fill_places` decides), a pick
-    keeping its file while it stays among the best."""
+    keeping its file while it stays among the best. A reviewer's decision comes first: a
+    rejected or refined candidate is out, an approved one is locked in whatever the filters
+    say now."""
+    if reason := review_reason(r):
+        r.update(status=schema.REJECTED, reason=reason, selected=False, rank=None)
+        return True
+    if r.get("decision") == schema.APPROVE:
+        return True  # `select.passed` keeps its place
     blocked = prompt_reason(blocked_term, r["prompt_unsafe_score"], f.prompt_unsafe_threshold)
     if blocked is None and r["clip_score"] is None:
         if r["status"] == schema.REJECTED and (r["reason"] or "").startswith(schema.PROMPT_BLOCKED):

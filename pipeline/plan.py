@@ -20,13 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import schema
 from pipeline.config import JobConfig
+from pipeline.decisions import Decisions
 from pipeline.judge import rules_key
 from pipeline.manifest import MAX_REPORTED, Inputs, ManifestError, Problem, uri_column
 from pipeline.models.fingerprint import fingerprint as model_fingerprint
@@ -73,8 +74,7 @@ def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
     styles = inputs.styles.drop("__row").rename(
         {k: f"s_{k}" for k in inputs.styles.columns if k != "style" and not k.startswith("__")})
     df = inputs.manifest.join(styles, on="style", how="left", maintain_order="left").with_columns(
-        c("s_prompt_template").fill_null("{prompt}").str.replace_all("{prompt}", c("prompt"), literal=True)
-        .alias("__prompt"),
+        _templated(c("s_prompt_template"), c("prompt")).alias("__prompt"),
         c("negative_prompt").fill_null(c("s_negative_prompt")).fill_null("").alias("__negative"),
         c("s_steps").fill_null(g.steps).alias("__steps"),
         c("s_guidance_scale").fill_null(g.guidance_scale).cast(pl.Float64).alias("__guidance"),
@@ -102,6 +102,11 @@ def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
         c("strength").fill_null(c("s_strength"))
         .fill_null(pl.when(c("mode") == "inpaint").then(lit(g.inpaint_strength)).otherwise(lit(g.strength)))
         .cast(pl.Float64).alias("__strength"))
+
+
+def _templated(template: pl.Expr, prompt: pl.Expr) -> pl.Expr:
+    """A prompt resolved through its style's template (`{prompt}` marks where the words go)."""
+    return template.fill_null("{prompt}").str.replace_all("{prompt}", prompt, literal=True)
 
 
 def _key(*parts: pl.Expr) -> pl.Expr:
@@ -165,18 +170,20 @@ def check_plan(inputs: Inputs, cfg: JobConfig, chunk_rows: int | None = None) ->
         raise ManifestError(problems, total)
 
 
-def plan_chunks(inputs: Inputs, cfg: JobConfig, chunk_rows: int | None = None) -> Iterator[pa.Table]:
-    """The plan, one table per chunk of whole manifest rows, in manifest order."""
+def plan_chunks(inputs: Inputs, cfg: JobConfig, chunk_rows: int | None = None,
+                decisions: Decisions | None = None) -> Iterator[pa.Table]:
+    """The plan, one table per chunk of whole manifest rows, in manifest order (candidates in
+    order within each row), under a reviewer's `decisions` (none by default)."""
     check_plan(inputs, cfg, chunk_rows)
     model_fp = model_fingerprint(cfg.models.diffusion, cfg.models.diffusion_revision)
     for part in _chunks(inputs, chunk_rows):
-        yield _plan_rows(part, cfg, model_fp)
+        yield _plan_rows(part, cfg, model_fp, decisions or Decisions.none())
 
 
-def build_plan(inputs: Inputs, cfg: JobConfig) -> pa.Table:
+def build_plan(inputs: Inputs, cfg: JobConfig, decisions: Decisions | None = None) -> pa.Table:
     """The whole plan in memory: one row per candidate, in manifest order, with passthrough
     columns at the end (for small manifests and tests; a run streams `write_plan`'s file)."""
-    return pa.concat_tables(list(plan_chunks(inputs, cfg)))
+    return pa.concat_tables(list(plan_chunks(inputs, cfg, decisions=decisions)))
 
 
 @dataclass(frozen=True)
@@ -193,12 +200,13 @@ class PlanFile:
             yield f.read_row_group(i, columns=columns)
 
 
-def write_plan(inputs: Inputs, cfg: JobConfig, path: Path, chunk_rows: int | None = None) -> PlanFile:
+def write_plan(inputs: Inputs, cfg: JobConfig, path: Path, chunk_rows: int | None = None,
+               decisions: Decisions | None = None) -> PlanFile:
     """Plan chunk by chunk into a Parquet file; ManifestError (before writing) when a row cannot run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     writer, rows = None, 0
     try:
-        for chunk in plan_chunks(inputs, cfg, chunk_rows):
+        for chunk in plan_chunks(inputs, cfg, chunk_rows, decisions):
             writer = writer or pq.ParquetWriter(path, chunk.schema)
             writer.write_table(chunk, row_group_size=max(chunk.num_rows, 1))  # a chunk is one row group
             rows += chunk.num_rows
@@ -208,11 +216,20 @@ def write_plan(inputs: Inputs, cfg: JobConfig, path: Path, chunk_rows: int | Non
     return PlanFile(path, rows)
 
 
-def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str) -> pa.Table:
-    """One row per candidate of these manifest rows, with passthrough columns at the end."""
+def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str, decisions: Decisions) -> pa.Table:
+    """One row per candidate of these manifest rows (a round of `num_candidates`, and one more
+    for each new round a reviewer's reject asked for; a candidate per refinement asked for),
+    with passthrough columns at the end."""
     c, lit, m = pl.col, pl.lit, cfg.models
     rows = _rows(inputs, cfg)
-    df = rows.with_columns(pl.int_ranges(0, c("__n"), dtype=pl.Int64).alias("candidate")).explode("candidate")
+    if decisions.rounds:
+        extra = pl.DataFrame({"id": list(decisions.rounds), "__rounds": list(decisions.rounds.values())},
+                             schema={"id": pl.String, "__rounds": pl.Int64})
+        rows = rows.join(extra, on="id", how="left", maintain_order="left")
+    else:
+        rows = rows.with_columns(lit(None, dtype=pl.Int64).alias("__rounds"))
+    total = c("__n") * (c("__rounds").fill_null(0) + 1)
+    df = rows.with_columns(pl.int_ranges(0, total, dtype=pl.Int64).alias("candidate")).explode("candidate")
     df = _seeds(df, cfg.job.seed).select(
         "id", c("__row").cast(pl.Int64).alias("row"), "candidate", c("prompt").alias("source_prompt"),
         c("__prompt").alias("prompt"), c("__negative").alias("negative_prompt"), "style",
@@ -226,28 +243,89 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str) -> pa.Table:
         c("__reference").alias("style_reference"),
         c("__lora").alias("lora"),
         pl.when(c("__lora").is_not_null()).then(c("s_lora_scale").fill_null(1.0).cast(pl.Float64)).alias("lora_scale"),
-        lit(cfg.output.format).alias("format"))
+        lit(cfg.output.format).alias("format"), lit(None, dtype=pl.String).alias("parent"))
     # The fingerprints of this chunk's files only: a mapping of the whole catalogue, hashed
     # again for every chunk, would cost the catalogue's size per chunk.
     used = pl.concat([df[col].drop_nulls() for col in ("init_image", "mask", "lora")]).unique().to_list()
     fingerprints = {uri: "alpha" if uri == "alpha" else inputs.files[uri].fingerprint for uri in used}
-    fp = lambda col: c(col).replace_strict(fingerprints, return_dtype=pl.String)  # noqa: E731 — every URI was checked
-    keys = df.with_columns(lit(model_fp).alias("__model_fp"),
-                           fp("init_image").alias("__init_fp"), fp("mask").alias("__mask_fp"),
-                           fp("lora").alias("__lora_fp")).select(
-        pl.concat_str([lit(ITEM_RECIPE), *(c(name).cast(pl.String).fill_null("None") for name in ITEM_KEY_COLUMNS)],
-                      separator=_SEP)).to_series()
-    df = df.with_columns(pl.Series("item_id", [d.hex() for d in _digests(keys, 16)]),
-                         lit(None, dtype=pl.Boolean).alias("truncated"),
-                         # not in the item id: a change of rules re-judges, it does not regenerate
-                         pl.concat_str([lit(rules_key(cfg.filter)), c("keep").cast(pl.String),
-                                        c("clip_threshold").cast(pl.String)], separator=":").alias("judge_key"))
-    df = df.with_columns(_image_path_expr(c("item_id"), cfg.output.format).alias("path"))
+    df = _with_item_ids(df, fingerprints, model_fp)
+    df = _with_refinements(df, decisions.in_force, inputs, cfg, fingerprints, model_fp)
+    df = _with_decisions(df, decisions.in_force).with_columns(
+        lit(None, dtype=pl.Boolean).alias("truncated"),
+        # not in the item id: a change of rules (or of a reviewer's decision) re-judges, it does
+        # not regenerate
+        pl.concat_str([lit(rules_key(cfg.filter)), c("keep").cast(pl.String), c("clip_threshold").cast(pl.String),
+                       c("decision").fill_null("")], separator=":").str.strip_suffix(":").alias("judge_key"),
+        _image_path_expr(c("item_id"), cfg.output.format).alias("path"))
     plan = df.select([f.name for f in schema.PLAN_FIELDS]).to_arrow().cast(schema.PLAN_SCHEMA)
     if inputs.passthrough:
-        # Each manifest row's passthrough values once per candidate, exact Arrow types kept.
-        take = np.repeat(rows["__row"].to_numpy(), rows["__n"].to_numpy())
-        pt = inputs.raw.take(pa.array(take))
+        # Each candidate's manifest row's passthrough values, exact Arrow types kept.
+        pt = inputs.raw.take(plan["row"])
         for name in inputs.passthrough:
             plan = plan.append_column(pt.schema.field(name), pt.column(name))
     return plan
+
+
+def _with_item_ids(df: pl.DataFrame, fingerprints: dict[str, str], model_fp: str) -> pl.DataFrame:
+    """`item_id` of each candidate: everything that shapes its image and file, inputs by content.
+    A refinement's starting image is its parent's image, which its parent's item id names."""
+    c, lit = pl.col, pl.lit
+    fp = lambda col: c(col).replace_strict(fingerprints, return_dtype=pl.String)  # noqa: E731 — every URI was checked
+    init = pl.when(c("parent").is_null()).then(fp("init_image")).otherwise(
+        pl.concat_str([lit("refine"), c("parent"), fp("init_image").fill_null("None")], separator=":"))
+    keys = df.with_columns(lit(model_fp).alias("__model_fp"), init.alias("__init_fp"),
+                           fp("mask").alias("__mask_fp"), fp("lora").alias("__lora_fp")).select(
+        pl.concat_str([lit(ITEM_RECIPE), *(c(name).cast(pl.String).fill_null("None") for name in ITEM_KEY_COLUMNS)],
+                      separator=_SEP)).to_series()
+    return df.with_columns(pl.Series("item_id", [d.hex() for d in _digests(keys, 16)], dtype=pl.String))
+
+
+def _with_refinements(df: pl.DataFrame, in_force: pa.Table, inputs: Inputs, cfg: JobConfig,
+                      fingerprints: dict[str, str], model_fp: str) -> pl.DataFrame:
+    """The candidates reviewers' `refine` decisions ask for, added to their rows (a refinement
+    of a refinement too): the parent's settings, the changed prompt (through the style's
+    template) and strength, image-to-image from the parent's image (inpainting for a staged
+    row, the product kept), and a seed derived from what was asked. Each row's refinements are
+    numbered after its rounds of candidates, in the order they were decided."""
+    c, lit = pl.col, pl.lit
+    refines = pl.from_arrow(in_force.filter(pc.equal(in_force["decision"], schema.REFINE)).select(
+        ["item_id", "prompt", "strength", "decided_at"]))
+    if not refines.height:
+        return df
+    templates = inputs.styles.select("style", c("prompt_template") if "prompt_template" in inputs.styles.columns
+                                     else lit(None, dtype=pl.String).alias("prompt_template"))
+    found, frontier = [], df
+    while True:
+        parents = frontier.join(refines.rename({"prompt": "__new_prompt", "strength": "__new_strength"}),
+                                on="item_id", how="inner").join(templates, on="style", how="left")
+        if not parents.height:
+            break
+        made = parents.with_columns(
+            c("__new_prompt").fill_null(c("source_prompt")).alias("source_prompt"),
+            pl.when(c("__new_prompt").is_null()).then(c("prompt"))
+            .otherwise(_templated(c("prompt_template"), c("__new_prompt").fill_null(""))).alias("prompt"),
+            pl.when(c("mode") == "inpaint").then(lit("inpaint")).otherwise(lit("img2img")).alias("mode"),
+            c("__new_strength").fill_null(cfg.generate.refine_strength).cast(pl.Float64).alias("strength"),
+            c("item_id").alias("parent"), lit("refine").alias("seed_source"))
+        made = made.with_columns(pl.Series("seed", [int.from_bytes(d, "big") & SEED_MASK for d in _digests(
+            made.select(_key(lit("refine"), c("parent"), c("prompt"), c("strength"))).to_series(), 8)], dtype=pl.Int64))
+        made = _with_item_ids(made.select([col for col in df.columns if col != "item_id"]), fingerprints, model_fp)
+        found.append(made.join(refines.select(c("item_id").alias("parent"), c("decided_at").alias("__decided")),
+                               on="parent", how="left"))
+        frontier = made
+    extra = pl.concat(found).sort(["row", "__decided", "item_id"])
+    rounds = df.group_by("row").agg(pl.len().alias("__taken"))
+    extra = extra.join(rounds, on="row", how="left").with_columns(
+        (c("__taken") + pl.int_range(0, pl.len()).over("row")).alias("candidate")).drop("__taken", "__decided")
+    return pl.concat([df, extra.select(df.columns)]).sort(["row", "candidate"], maintain_order=True)
+
+
+def _with_decisions(df: pl.DataFrame, in_force: pa.Table) -> pl.DataFrame:
+    """Each candidate's decision in force, its note and when it was made (null when none)."""
+    columns = ["item_id", "decision", "note", "decided_at"]
+    decided = pl.from_arrow(in_force.select(columns)) if in_force.num_rows else None
+    if decided is None:
+        return df.with_columns(pl.lit(None, dtype=pl.String).alias("decision"),
+                               pl.lit(None, dtype=pl.String).alias("note"),
+                               pl.lit(None, dtype=pl.Datetime("ms", "UTC")).alias("decided_at"))
+    return df.join(decided, on="item_id", how="left", maintain_order="left")

@@ -37,7 +37,8 @@ CANDIDATE_KEYS = {"candidate": "k", "item_id": "item", "seed": "seed", "model": 
                   "status": "status", "reason": "reason", "rank": "rank", "selected": "sel",
                   "clip_score": "clip", "clip_threshold": "clip_thr", "image_unsafe_score": "img_unsafe",
                   "prompt_unsafe_score": "prompt_unsafe", "moderation": "moderation", "c2pa_state": "c2pa",
-                  "run_id": "run", "width": "w", "height": "h"}
+                  "run_id": "run", "width": "w", "height": "h", "decision": "decision", "note": "note",
+                  "parent": "parent", "source_prompt": "words", "strength": "strength"}
 ROW_KEYS = ("id", "row", "style", "source_prompt", "prompt", "negative_prompt", "mode", "init_image", "mask",
             "steps", "guidance_scale", "strength")
 
@@ -85,6 +86,9 @@ def groups_of(results: pa.Table, runs: dict[str, dict], outlines: dict[str, str]
         c = {short: r[col] for col, short in CANDIDATE_KEYS.items() if r.get(col) is not None}  # nulls left out
         if "seed" in c:
             c["seed"] = str(c["seed"])  # 63 bits: past what a JS number holds exactly
+        if "parent" not in c:  # a refinement's own words and strength; the others share the row's
+            c.pop("words", None)
+            c.pop("strength", None)
         g["c"].append(c)
     groups = sorted(by_id.values(), key=lambda g: (g["style"] == NO_STYLE, g["style"], g.get("row", 0)))
     for g in groups:

@@ -76,7 +76,13 @@ PLAN_FIELDS = [
     pa.field("format", pa.string()),
     pa.field("path", pa.string()),  # planned output path, relative to the output folder
     pa.field("truncated", pa.bool_()),  # prompt longer than the text encoder's window
-    pa.field("judge_key", pa.string()),  # the rules that judge it: filter settings, keep, CLIP threshold
+    pa.field("judge_key", pa.string()),  # the rules that judge it: filter settings, keep, CLIP threshold, decision
+    pa.field("parent", pa.string()),  # the item id a reviewer's `refine` made this candidate from
+    # A reviewer's decision on this candidate in force (applied with `run --decisions`), its note
+    # and when it was made: part of the plan, so a new decision re-judges the row.
+    pa.field("decision", pa.string()),  # approve | reject | refine, or null
+    pa.field("note", pa.string()),
+    pa.field("decided_at", pa.timestamp("ms", tz="UTC")),
 ]
 PLAN_SCHEMA = pa.schema(PLAN_FIELDS)
 
@@ -140,6 +146,12 @@ PROMPT_BLOCKED = "prompt_blocked"
 IMAGE_UNSAFE = "image_unsafe"
 BELOW_CLIP_THRESHOLD = "below_clip_threshold"
 NOT_SELECTED = "not_selected"
-REJECT_REASONS = (PROMPT_BLOCKED, IMAGE_UNSAFE, BELOW_CLIP_THRESHOLD, NOT_SELECTED)
+REVIEWER_REJECTED = "reviewer_rejected"  # a reviewer's `reject`; the note follows the colon
+REVIEWER_REFINED = "reviewer_refined"  # a reviewer's `refine`: its refinement takes the place
+REJECT_REASONS = (PROMPT_BLOCKED, IMAGE_UNSAFE, BELOW_CLIP_THRESHOLD, NOT_SELECTED, REVIEWER_REJECTED, REVIEWER_REFINED)
+
+# A reviewer's decisions (DESIGN: review round trip).
+APPROVE, REJECT, REFINE = "approve", "reject", "refine"
+DECISIONS = (APPROVE, REJECT, REFINE)
 
 MODES = ("t2i", "img2img", "inpaint")

@@ -3,7 +3,9 @@ whichever run measured it: judging a row across attempts gives the same selectio
 all its candidates at once.
 
 Pure: works on candidate records (dicts). Two steps, because the second depends on writes:
-- `rank`: the passed candidates of each row, best score first (ties → lower candidate index);
+- `rank`: the passed candidates of each row, best score first (ties → lower candidate index),
+  after the ones a reviewer approved and the refinements a reviewer asked for: these are locked
+  in, each takes a place even past `keep`;
 - `fill_places`: walk that order and keep the first `keep` that are (or can be) written; a
   pick whose write fails is an error and the next one takes its place; the rest are
   `rejected / not_selected`, an earlier pick outranked now included (its file goes).
@@ -22,8 +24,13 @@ from pipeline import schema
 
 def passed(r: dict) -> bool:
     """Passed every filter: a new candidate nothing rejected, or an earlier one that was kept or
-    only outranked."""
-    status = r.get("status")
+    only outranked. A reviewer's approval passes it whatever the filters say (it is locked in);
+    a reviewer's reject or refine takes it out."""
+    status, decision = r.get("status"), r.get("decision")
+    if decision in (schema.REJECT, schema.REFINE):
+        return False
+    if decision == schema.APPROVE:
+        return status != schema.ERROR
     return status is None or (bool(r.get("prior")) and (
         status == schema.WRITTEN or (status == schema.REJECTED and r.get("reason") == schema.NOT_SELECTED)))
 
@@ -35,12 +42,24 @@ def by_row(records: Iterable[dict]) -> list[list[dict]]:
     return list(rows.values())
 
 
+def locked(r: dict) -> bool:
+    """A reviewer approved it, or asked for it (a refinement, as long as it passes the filters):
+    it keeps a place whatever else is in the row (even past `keep`)."""
+    return r.get("decision") == schema.APPROVE or r.get("parent") is not None
+
+
+def _order(r: dict) -> tuple:
+    """Approved first, then a reviewer's refinements (they take the place of what they refine),
+    then by CLIP score (ties: the lower candidate index)."""
+    tier = 0 if locked(r) else 1 if r.get("parent") else 2
+    return tier, -(r["clip_score"] if r["clip_score"] is not None else -1.0), r["candidate"]
+
+
 def rank(records: list[dict]) -> dict[str, int]:
     """Item id → rank (1 = best) of the passed candidates of each row; the others have none."""
     ranks = {}
     for cands in by_row(records):
-        ok = sorted((r for r in cands if passed(r)),
-                    key=lambda r: (-(r["clip_score"] if r["clip_score"] is not None else -1.0), r["candidate"]))
+        ok = sorted((r for r in cands if passed(r)), key=_order)
         ranks.update((r["item_id"], i) for i, r in enumerate(ok, start=1))
     return ranks
 
@@ -55,16 +74,17 @@ def fill_places(records: list[dict], write: Callable[[dict], bool], can_write: C
     for cands in by_row(records):
         places = int(cands[0]["keep"])
         for r in sorted((r for r in cands if r["rank"] is not None), key=lambda r: r["rank"]):
-            if places and r.get("prior") and (r["status"] == schema.WRITTEN or r.get("path")):
+            has_place = places > 0 or locked(r)
+            if has_place and r.get("prior") and (r["status"] == schema.WRITTEN or r.get("path")):
                 # an earlier pick, or a runner-up whose signed image was kept for review: its
                 # file is already there, verified, and is the image
                 r.update(selected=True, status=schema.WRITTEN, reason=None)
-                places -= 1
-            elif places and can_write(r):
+                places = max(places - 1, 0)
+            elif has_place and can_write(r):
                 r["selected"] = True  # picked: written, or an error that says why not
                 if write(r):
                     r["status"], r["reason"] = schema.WRITTEN, None
-                    places -= 1
+                    places = max(places - 1, 0)
             else:
                 r.update(selected=False, status=schema.REJECTED, reason=schema.NOT_SELECTED)
         for r in cands:

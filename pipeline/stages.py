@@ -23,8 +23,8 @@ import pyarrow as pa
 
 from pipeline import __version__, faults, schema
 from pipeline.config import JobConfig
-from pipeline.judge import image_reason, prompt_reason, rejudge
-from pipeline.select import fill_places, rank
+from pipeline.judge import image_reason, prompt_reason, rejudge, review_reason
+from pipeline.select import fill_places, locked, rank
 from pipeline.work import CANDIDATE_FIELDS, PRIOR, unnest
 
 PIXELS = "pixels"
@@ -91,6 +91,9 @@ class CandidateStage:
         self.prompt_moderator = PromptModerator(cfg.filter.blocked_terms, text_clf, m.unsafe_labels)
         self.worker = worker_name()
         self._references: dict[str, np.ndarray] = {}
+        from pipeline.store import Output
+
+        self.out = Output(cfg.job.output)  # where a refinement's parent image is
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Work records (manifest rows with nested candidates) → one record per candidate, its
@@ -112,8 +115,10 @@ class CandidateStage:
         new = [r for r in records if not r[PRIOR]]
         for r in new:
             r.update(job=self.cfg.job.name, worker=self.worker)
+            if reason := review_reason(r):  # a reviewer took it out (its file is gone): not made again
+                r.update(status=schema.REJECTED, reason=reason)
         # prompt moderation: blocked prompts are never generated
-        self._moderate_prompts(new)
+        self._moderate_prompts([r for r in new if r["status"] is None])
         # 3. generate
         images = self._generate([r for r in new if r["status"] is None])
         # 4. score and moderate images, then rank every passed candidate of each row
@@ -124,7 +129,7 @@ class CandidateStage:
         # ranking and the next moves up, until the places are filled or no candidate is left.
         tried: set[str] = set()
         while wanted := [r for r in records if r[PRIOR] and r["path"] is None and r["item_id"] not in tried
-                         and ranks.get(r["item_id"], 1 << 30) <= int(r["keep"])]:
+                         and (ranks.get(r["item_id"], 1 << 30) <= int(r["keep"]) or locked(r))]:
             tried.update(r["item_id"] for r in wanted)
             images.update(self._generate(wanted))
             ranks = rank(records)
@@ -132,7 +137,7 @@ class CandidateStage:
         # hands its place on), every image when rejected ones are kept too
         write_rejected = self.cfg.output.write_rejected
         for r in records:
-            needed = ranks.get(r["item_id"], 1 << 30) <= 2 * int(r["keep"])
+            needed = ranks.get(r["item_id"], 1 << 30) <= 2 * int(r["keep"]) or (locked(r) and r["item_id"] in ranks)
             img = images.get(r["item_id"]) if needed or write_rejected else None
             r[PIXELS] = img.tobytes() if img is not None else None
         return pa.Table.from_pylist(records, schema=STAGE_OUT_SCHEMA)
@@ -140,6 +145,7 @@ class CandidateStage:
     def _generate(self, todo: list[dict]) -> dict[str, np.ndarray]:
         """Generate `todo`; failures become error records. Item id → pixels of the others."""
         images: dict[str, np.ndarray] = {}
+        todo = [r for r in todo if self._with_parent_image(r)]
         for r, g in zip(todo, self.generator(todo), strict=True):
             r.update(ms_generate=None if g.error else g.ms, batch_size=g.batch_size, worker=self.worker,
                      batch_position=g.batch_position, attempt=g.attempt, truncated=g.truncated)
@@ -149,6 +155,22 @@ class CandidateStage:
                 r["scheduler"] = self.scheduler  # the class that ran, whatever was configured
                 images[r["item_id"]] = g.image
         return images
+
+    def _with_parent_image(self, r: dict) -> bool:
+        """A refinement starts from its parent's image, read from the output (`canvas`); False,
+        and the record is an error that says why, when that image cannot be read."""
+        if r["parent"] is None:
+            return True
+        from pipeline.plan import image_path
+
+        rel = image_path(r["parent"], r["format"])
+        try:
+            r["canvas"] = self.out.get(rel)
+            return True
+        except Exception as e:  # noqa: BLE001 — failures are rows
+            r.update(status=schema.ERROR, reason=f"refine: the image it refines ({rel}) cannot be read: "
+                                                 f"{type(e).__name__}: {e}")
+            return False
 
     def _moderate_prompts(self, records: list[dict]) -> None:
         bad_seed = faults.arg("prompt.error")
@@ -243,6 +265,15 @@ def _verdict(r: dict) -> tuple:
     return r["status"], r["reason"], r["selected"], r["rank"], r["path"], r["judged_with"]
 
 
+def _keeps_file(r: dict, write_rejected: bool) -> bool:
+    """An earlier candidate that lost its place keeps its file when rejected images are kept for
+    review, and always when a reviewer refined it (its refinements start from it and name it);
+    never when a reviewer rejected it."""
+    if not (r[PRIOR] and r["path"] and r["status"] == schema.REJECTED):
+        return False
+    return r["decision"] == schema.REFINE or (write_rejected and r["decision"] != schema.REJECT)
+
+
 def _forget_file(r: dict) -> None:
     """No file for this candidate: nothing of a file is recorded."""
     r.update(path=None, sha256=None, bytes=None, c2pa_label=None, c2pa_state=None)
@@ -278,8 +309,7 @@ class WriteStage:
             kept = r["status"] == schema.WRITTEN
             if not kept and write_rejected and r["status"] == schema.REJECTED and pixels[r["item_id"]] is not None:
                 kept = self._write_or_error(r, pixels[r["item_id"]])  # a rejected image kept for review
-            outranked_kept = r[PRIOR] and r["path"] and write_rejected and r["status"] == schema.REJECTED
-            if not kept and not outranked_kept:
+            if not kept and not _keeps_file(r, write_rejected):
                 _forget_file(r)
         now = datetime.now(UTC)
         changed = [r for r in records if r["item_id"] not in before or _verdict(r) != before[r["item_id"]]]
@@ -310,6 +340,19 @@ class WriteStage:
                 self._parents.pop(next(iter(self._parents)))
         return self._parents[uri]
 
+    def _made_from(self, r: dict) -> tuple[bytes | None, str | None, str | None]:
+        """The image a candidate was made from, for its C2PA `parentOf` ingredient (bytes, type,
+        title): a refinement's earlier image, signed, so the chain of review rounds is provable;
+        else the product or reference photo; none for text-to-image."""
+        from pipeline.plan import image_path
+
+        if r["parent"]:
+            rel = image_path(r["parent"], r["format"])
+            return self.out.get(rel), mimetypes.guess_type(rel)[0] or "image/png", os.path.basename(rel)
+        if r["mode"] == "t2i":
+            return None, None, None
+        return *self._parent(r["init_image"]), os.path.basename(r["init_image"])
+
     def _write(self, r: dict, pixels: bytes) -> bool:
         """True when the signed file is in place and verifies; else the row says why."""
         from pipeline.plan import image_path
@@ -324,14 +367,14 @@ class WriteStage:
         data, mime = encode_image(img, o.format, png_compress_level=o.png_compress_level,
                                   jpeg_quality=o.jpeg_quality, webp_quality=o.webp_quality)
         t1 = time.perf_counter()
-        parent, parent_mime = self._parent(r["init_image"]) if r["mode"] != "t2i" else (None, None)
+        parent, parent_mime, parent_title = self._made_from(r)
         r["path"] = image_path(r["item_id"], r["format"])
         claim = Claim(
             title=os.path.basename(r["path"]), model=r["model"], model_revision=r["model_revision"],
             seed=int(r["seed"]), steps=int(r["steps"]), guidance_scale=float(r["guidance_scale"]),
             prompt_sha256=hashlib.sha256(r["prompt"].encode("utf-8")).hexdigest(), mode=r["mode"],
             item_id=r["item_id"], software_agent=SOFTWARE_AGENT, parent=parent, parent_mime=parent_mime,
-            parent_title=os.path.basename(r["init_image"]) if parent else None)
+            parent_title=parent_title)
         signed = self.signer.sign(data, mime, claim)
         t2 = time.perf_counter()
         self.out.put(r["path"], signed)  # whole or absent: temp + rename locally, one PUT on a bucket

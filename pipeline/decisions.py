@@ -1,0 +1,251 @@
+"""A reviewer's decisions: read a decisions file, check it against the results it was made on,
+and keep the ones in force in the output (`_decisions/`), where every later run reads them.
+
+A decision is a rule of the judgement, not an edit of the results: the plan carries each
+candidate's decision (and makes a refinement's candidate, or a new round of candidates for a
+row a reviewer emptied), its `judge_key` changes, so the row is judged again (`judge.py`)
+and only what the decision needs is generated. Applying the same file twice records nothing
+the second time, so it changes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import posixpath
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import schema, uris
+from pipeline.manifest import MAX_REPORTED, ManifestError, Problem
+from pipeline.store import Output
+
+DECISIONS = "_decisions"
+COLUMNS = ("item_id", "decision", "note", "prompt", "strength")
+# What the output keeps of each decision: the file's columns, the manifest row it is about,
+# when it was applied, and whether it asked for a new round of candidates (a reject that left
+# its row no passed candidate to take the place).
+STORED_SCHEMA = pa.schema([
+    pa.field("item_id", pa.string()), pa.field("id", pa.string()), pa.field("decision", pa.string()),
+    pa.field("note", pa.string()), pa.field("prompt", pa.string()), pa.field("strength", pa.float64()),
+    pa.field("decided_at", pa.timestamp("ms", tz="UTC")), pa.field("new_round", pa.bool_()),
+])
+# What makes two decisions the same (applying one again is a no-op).
+_SAME = ("decision", "note", "prompt", "strength")
+_RESULTS_COLUMNS = ["item_id", "id", "keep", "status", "reason", "path", "steps"]
+
+
+def read_file(uri: str) -> list[dict]:
+    """The records of a decisions file (CSV, JSON or Parquet, by its extension), as they are."""
+    ext = posixpath.splitext(uri.split("?")[0])[1].lower()
+    try:
+        data = uris.read_bytes(uri)
+    except FileNotFoundError:
+        raise ManifestError([Problem(uri, "decisions file not found")]) from None
+    try:
+        if ext == ".csv":
+            import pyarrow.csv as pcsv
+
+            names = pcsv.read_csv(io.BytesIO(data)).column_names
+            table = pcsv.read_csv(io.BytesIO(data), convert_options=pcsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, strings_can_be_null=False))
+            return table.to_pylist()
+        if ext == ".json":
+            loaded = json.loads(data)
+            records = loaded.get("decisions") if isinstance(loaded, dict) else loaded
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise ValueError("expected a list of objects (item_id, decision, note, prompt, strength)")
+            return records
+        if ext == ".parquet":
+            return pq.read_table(io.BytesIO(data)).to_pylist()
+    except (ValueError, pa.ArrowException) as e:
+        raise ManifestError([Problem(uri, f"cannot read decisions: {e}")]) from None
+    raise ManifestError([Problem(uri, "decisions file must be .csv, .json or .parquet, "
+                                      f"not {ext or 'no extension'!r}")])
+
+
+def _text(value) -> str | None:
+    """A cell as text: blanks (the page exports "" for 'none') are null."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def parse(records: list[dict], uri: str) -> list[dict]:
+    """Records → decisions (item_id, decision, note, prompt, strength), or ManifestError naming
+    the row, the column and the value of every bad one."""
+    problems: list[Problem] = []
+    if records and (missing := [c for c in ("item_id", "decision") if c not in records[0]]):
+        raise ManifestError([Problem(uri, f"missing column(s) {', '.join(map(repr, missing))} "
+                                          f"(a decisions file has {', '.join(COLUMNS)})")])
+    parsed: dict[str, tuple[int, dict]] = {}
+    for i, rec in enumerate(records):
+        item, decision = _text(rec.get("item_id")), (_text(rec.get("decision")) or "").lower()
+        d = {"item_id": item, "decision": decision, "note": _text(rec.get("note")),
+             "prompt": _text(rec.get("prompt")), "strength": None}
+        if item is None:
+            problems.append(Problem(uri, "empty item_id", row=i, column="item_id"))
+            continue
+        if decision not in schema.DECISIONS:
+            problems.append(Problem(uri, f"{rec.get('decision')!r} is not a decision (one of "
+                                         f"{', '.join(schema.DECISIONS)})", row=i, id=item, column="decision"))
+            continue
+        strength = _text(rec.get("strength"))
+        if decision == schema.REFINE and strength is not None:
+            try:
+                d["strength"] = float(strength)
+                if not 0 < d["strength"] <= 1:
+                    raise ValueError
+            except ValueError:
+                problems.append(Problem(uri, f"strength {strength!r} is not a number in (0, 1]", row=i, id=item,
+                                        column="strength"))
+                continue
+        if decision != schema.REFINE:
+            d["prompt"] = None  # a prompt change or a strength only mean something to a refine
+        if item in parsed and {k: parsed[item][1][k] for k in _SAME} != {k: d[k] for k in _SAME}:
+            problems.append(Problem(uri, f"item {item} is decided twice, differently (first in row "
+                                         f"{parsed[item][0]})", row=i, id=item, column="item_id"))
+            continue
+        parsed[item] = (i, d)
+    if problems:
+        raise ManifestError(problems[:MAX_REPORTED], len(problems))
+    return [d | {"_row": i} for i, d in parsed.values()]
+
+
+def _parts(out: Output) -> list[str]:
+    """The recorded parts, in the order they were recorded (their names sort so)."""
+    return sorted(p for p in out.files(DECISIONS) if posixpath.basename(p).startswith("part-"))
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """What a reviewer decided on an output: the decision in force for each decided item (the
+    latest), and the new rounds of candidates rejects asked for, per manifest row id (every
+    one ever asked: a round once generated stays in the plan, whatever is decided later)."""
+
+    in_force: pa.Table  # STORED_SCHEMA, one row per item id
+    rounds: dict[str, int]
+
+    @classmethod
+    def none(cls) -> Decisions:
+        return cls(STORED_SCHEMA.empty_table(), {})
+
+    @classmethod
+    def of(cls, history: pa.Table) -> Decisions:
+        """From every decision recorded, in the order recorded."""
+        order = pa.array(range(history.num_rows), pa.int64())
+        latest = history.append_column("__order", order).group_by("item_id").aggregate([("__order", "max")])
+        rounds: dict[str, int] = {}
+        for row_id in history.filter(pc.fill_null(history["new_round"], False))["id"].to_pylist():
+            rounds[row_id] = rounds.get(row_id, 0) + 1
+        return cls(history.take(pa.array(sorted(latest["__order_max"].to_pylist()), pa.int64())), rounds)
+
+    def then(self, changed: pa.Table) -> Decisions:
+        """These decisions once `changed` (recorded after them) applies too."""
+        if not changed.num_rows:
+            return self
+        added = Decisions.of(changed).rounds
+        return Decisions(Decisions.of(pa.concat_tables([self.in_force, changed])).in_force,
+                         {k: self.rounds.get(k, 0) + added.get(k, 0) for k in {*self.rounds, *added}})
+
+
+def load(out: Output) -> Decisions:
+    """The decisions recorded in an output (none when it has none)."""
+    paths = _parts(out)
+    if not paths:
+        return Decisions.none()
+    return Decisions.of(pa.concat_tables([pq.read_table(io.BytesIO(out.get(p))).cast(STORED_SCHEMA)
+                                          for p in paths]))
+
+
+def check(decisions: list[dict], uri: str, out: Output, in_force: pa.Table) -> pa.Table:
+    """The decisions that change something (STORED_SCHEMA), checked against the results they
+    were made on (`results.parquet` of `out`), or ManifestError naming each bad row."""
+    from pipeline.results import RESULTS, read_results
+
+    if not decisions:
+        return STORED_SCHEMA.empty_table()
+    if not out.exists(RESULTS):
+        raise ManifestError([Problem(uri, f"{out.where(RESULTS)}: no results to apply decisions to "
+                                          "(run the job first, then review its report)")])
+    results = read_results(out, _RESULTS_COLUMNS)
+    wanted = pa.array([d["item_id"] for d in decisions], pa.string())
+    found = results.filter(pc.is_in(results["item_id"], wanted))
+    by_item = {r["item_id"]: r for r in found.to_pylist()}
+    problems = [p for d in decisions if (p := _problem(d, by_item.get(d["item_id"]), uri))]
+    if problems:
+        raise ManifestError(problems[:MAX_REPORTED], len(problems))
+    current = {r["item_id"]: r for r in in_force.to_pylist()}
+    changed = [d for d in decisions
+               if d["item_id"] not in current or any(current[d["item_id"]][k] != d[k] for k in _SAME)]
+    now = datetime.now(UTC)
+    for d in changed:
+        d.update(id=by_item[d["item_id"]]["id"], decided_at=now, new_round=False)
+    _ask_new_rounds(changed, results, current)
+    return pa.Table.from_pylist(changed, schema=STORED_SCHEMA)
+
+
+def _problem(d: dict, result: dict | None, uri: str) -> Problem | None:
+    """Why a decision cannot apply to its candidate, or None."""
+    where = {"row": d["_row"], "id": d["item_id"]}
+    if result is None:
+        return Problem(uri, "no such candidate in the results (decisions apply to the output they were "
+                            "made on)", column="item_id", **where)
+    status, reason = result["status"], result["reason"] or ""
+    if d["decision"] == schema.APPROVE:
+        if status in (None, schema.ERROR):
+            return Problem(uri, f"nothing to approve: the candidate is {status or 'pending'}"
+                                + (f" ({reason})" if reason else ""), column="decision", **where)
+        if reason.startswith((schema.PROMPT_BLOCKED, schema.IMAGE_UNSAFE)):
+            return Problem(uri, f"cannot approve a candidate moderation blocked ({reason})", column="decision",
+                           **where)
+    if d["decision"] == schema.REFINE:
+        if not result["path"]:
+            return Problem(uri, f"no image to refine (status {status or 'pending'}"
+                                + (f", {reason}" if reason else "") + ")", column="decision", **where)
+        if d["strength"] is not None and math.floor(result["steps"] * d["strength"]) < 1:
+            return Problem(uri, f"strength {d['strength']:g} × steps {result['steps']} gives no denoising step",
+                           column="strength", **where)
+    return None
+
+
+def _ask_new_rounds(changed: list[dict], results: pa.Table, current: dict[str, dict]) -> None:
+    """A reject that leaves its row fewer candidates able to take a place than it keeps asks
+    for a new round of candidates (fresh derived seeds): flagged on the row's first reject."""
+    rejects = [d for d in changed if d["decision"] == schema.REJECT]
+    if not rejects:
+        return
+    after = {k: v["decision"] for k, v in current.items()} | {d["item_id"]: d["decision"] for d in changed}
+    rows = results.filter(pc.is_in(results["id"], pa.array({d["id"] for d in rejects}, pa.string())))
+    able: dict[str, int] = {}
+    keep: dict[str, int] = {}
+    for r in rows.to_pylist():
+        keep[r["id"]] = r["keep"]
+        decision = after.get(r["item_id"])
+        if decision == schema.APPROVE or (decision is None and (
+                r["status"] is None or r["status"] == schema.WRITTEN or r["reason"] == schema.NOT_SELECTED)):
+            able[r["id"]] = able.get(r["id"], 0) + 1
+    refinements = [d for d in changed if d["decision"] == schema.REFINE]  # each makes one, to come
+    for d in refinements:
+        able[d["id"]] = able.get(d["id"], 0) + 1
+    flagged: set[str] = set()
+    for d in rejects:
+        if d["id"] not in flagged and able.get(d["id"], 0) < keep[d["id"]]:
+            d["new_round"] = True
+            flagged.add(d["id"])
+
+
+def record(out: Output, changed: pa.Table) -> None:
+    """Keep the changed decisions in the output: the next runs apply them too."""
+    from pipeline.results import parquet_bytes
+
+    if changed.num_rows:
+        name = f"part-{len(_parts(out)):06d}-{uuid.uuid4().hex[:8]}.parquet"
+        out.put(f"{DECISIONS}/{name}", parquet_bytes(changed))
