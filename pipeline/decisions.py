@@ -78,9 +78,9 @@ def _text(value) -> str | None:
     return text or None
 
 
-def parse(records: list[dict], uri: str) -> list[dict]:
-    """Records → decisions (item_id, decision, note, prompt, strength), or ManifestError naming
-    the row, the column and the value of every bad one."""
+def parse(records: list[dict], uri: str) -> tuple[list[dict], list[Problem]]:
+    """Records → decisions (item_id, decision, note, prompt, strength), and a problem naming the
+    row, the column and the value of every bad one."""
     problems: list[Problem] = []
     if records and (missing := [c for c in ("item_id", "decision") if c not in records[0]]):
         raise ManifestError([Problem(uri, f"missing column(s) {', '.join(map(repr, missing))} "
@@ -114,9 +114,7 @@ def parse(records: list[dict], uri: str) -> list[dict]:
                                          f"{parsed[item][0]})", row=i, id=item, column="item_id"))
             continue
         parsed[item] = (i, d)
-    if problems:
-        raise ManifestError(problems[:MAX_REPORTED], len(problems))
-    return [d | {"_row": i} for i, d in parsed.values()]
+    return [d | {"_row": i} for i, d in parsed.values()], problems
 
 
 def _parts(out: Output) -> list[str]:
@@ -165,12 +163,21 @@ def load(out: Output) -> Decisions:
                                           for p in paths]))
 
 
-def check(decisions: list[dict], uri: str, out: Output, in_force: pa.Table) -> pa.Table:
-    """The decisions that change something (STORED_SCHEMA), checked against the results they
-    were made on (`results.parquet` of `out`), or ManifestError naming each bad row."""
+def read(uri: str, out: Output, in_force: pa.Table) -> pa.Table:
+    """The decisions of a file that change something (STORED_SCHEMA), checked against the results
+    they were made on (`results.parquet` of `out`), or ManifestError naming every bad row."""
+    decisions, problems = parse(read_file(uri), uri)
+    return check(decisions, uri, out, in_force, problems)
+
+
+def check(decisions: list[dict], uri: str, out: Output, in_force: pa.Table,
+          problems: list[Problem] | None = None) -> pa.Table:
+    """The `decisions` that change something (STORED_SCHEMA), or ManifestError naming every bad
+    row (with the `problems` found before)."""
     from pipeline.results import RESULTS, read_results
 
-    if not decisions:
+    problems = list(problems or [])
+    if not decisions and not problems:
         return STORED_SCHEMA.empty_table()
     if not out.exists(RESULTS):
         raise ManifestError([Problem(uri, f"{out.where(RESULTS)}: no results to apply decisions to "
@@ -179,8 +186,9 @@ def check(decisions: list[dict], uri: str, out: Output, in_force: pa.Table) -> p
     wanted = pa.array([d["item_id"] for d in decisions], pa.string())
     found = results.filter(pc.is_in(results["item_id"], wanted))
     by_item = {r["item_id"]: r for r in found.to_pylist()}
-    problems = [p for d in decisions if (p := _problem(d, by_item.get(d["item_id"]), uri))]
+    problems += [p for d in decisions if (p := _problem(d, by_item.get(d["item_id"]), uri))]
     if problems:
+        problems.sort(key=lambda p: p.row if p.row is not None else -1)
         raise ManifestError(problems[:MAX_REPORTED], len(problems))
     current = {r["item_id"]: r for r in in_force.to_pylist()}
     changed = [d for d in decisions

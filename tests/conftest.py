@@ -56,3 +56,25 @@ def s3(s3_server, monkeypatch, request):
     store.bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + digest
     store.fs().mkdir(store.bucket)
     return store
+
+
+@pytest.fixture
+def model_calls(monkeypatch):
+    """How many candidates the models generated and measured, in this process (in-process runs)."""
+    from pipeline.generate import Generator
+    from pipeline.stages import CandidateStage
+
+    calls = {"generated": 0, "measured": 0}
+    generate, measure = Generator.__call__, CandidateStage._measure
+
+    def counted_generate(self, todo):
+        calls["generated"] += len(todo)
+        return generate(self, todo)
+
+    def counted_measure(self, made, images):
+        calls["measured"] += len(made)
+        return measure(self, made, images)
+
+    monkeypatch.setattr(Generator, "__call__", counted_generate)
+    monkeypatch.setattr(CandidateStage, "_measure", counted_measure)
+    return calls

@@ -5,7 +5,6 @@ the promoted runners-up (same seeds, so the same pixels), never a candidate meas
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from pipeline.config import load_job
 from pipeline.job import EXIT_OK, run_job
@@ -15,28 +14,6 @@ from tests.helpers import write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a red mug", "a blue shoe", "a desk lamp"]}
 FAST = "[generate]\nsteps = 1\nwidth = 64\nheight = 64\nbatch_size = 4\n"
-
-
-@pytest.fixture
-def model_calls(monkeypatch):
-    """How many candidates the models generated and measured, in this process (in-process runs)."""
-    from pipeline.generate import Generator
-    from pipeline.stages import CandidateStage
-
-    calls = {"generated": 0, "measured": 0}
-    generate, measure = Generator.__call__, CandidateStage._measure
-
-    def counted_generate(self, todo):
-        calls["generated"] += len(todo)
-        return generate(self, todo)
-
-    def counted_measure(self, made, images):
-        calls["measured"] += len(made)
-        return measure(self, made, images)
-
-    monkeypatch.setattr(Generator, "__call__", counted_generate)
-    monkeypatch.setattr(CandidateStage, "_measure", counted_measure)
-    return calls
 
 
 def run(folder: Path, extra: str = "", **keys):

@@ -211,6 +211,58 @@ def test_report_in_a_browser(finished, capsys):
     print(f"browser part: {time.monotonic() - started:.1f}s")
 
 
+def test_decisions_round_trip_in_the_browser(tmp_path, capsys):
+    """Review in the page (reject a kept image, approve another), export, apply with `run
+    --decisions`, then see it in the files, the results and the next report; the same file
+    again changes nothing."""
+    job_path = write_job(tmp_path, {"id": ["a", "b"], "prompt": ["a red mug", "a blue shoe"]}, styles=None,
+                         num_candidates=2, keep=1)
+    out = tmp_path / "out"
+    assert main(["run", str(job_path), "--in-process"]) == EXIT_OK
+    capsys.readouterr()
+    _report(str(out), capsys)
+    before = {(r["id"], r["candidate"]): r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    kept = {i: r for (i, _), r in before.items() if r["status"] == "written"}
+    with browser() as b:
+        page, seen = _open(b, out / REPORT, out)
+        page.locator(f'.card[data-item="{kept["a"]["item_id"]}"] button.d-reject').click()
+        page.locator(f'.card[data-item="{kept["a"]["item_id"]}"] input.d-note').fill("off brand")
+        page.locator(f'.card[data-item="{kept["b"]["item_id"]}"] button.d-approve').click()
+        with page.expect_download() as dl:
+            page.click("#export-json")
+        decisions = tmp_path / "decisions.json"
+        shutil.copy(dl.value.path(), decisions)
+        assert not seen["errors"]
+    approved_bytes = (out / kept["b"]["path"]).read_bytes()
+
+    assert main(["run", str(job_path), "--in-process", "--decisions", str(decisions)]) == EXIT_OK
+    after = {(r["id"], r["candidate"]): r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    gone = after["a", kept["a"]["candidate"]]
+    assert (gone["status"], gone["reason"], gone["note"]) == ("rejected", "reviewer_rejected: off brand", "off brand")
+    assert not (out / kept["a"]["path"]).exists()
+    (runner_up,) = [r for (i, _), r in after.items() if i == "a" and r["status"] == "written"]
+    assert runner_up["item_id"] != kept["a"]["item_id"] and (out / runner_up["path"]).exists()
+    assert after["b", kept["b"]["candidate"]]["decision"] == "approve"
+    assert (out / kept["b"]["path"]).read_bytes() == approved_bytes
+    assert main(["verify", str(out)]) == EXIT_OK
+    files = {p: p.read_bytes() for p in (out / "images").rglob("*.png")}
+    assert main(["run", str(job_path), "--in-process", "--decisions", str(decisions)]) == EXIT_OK
+    assert {(r["id"], r["candidate"]): r for r in pq.read_table(out / "results.parquet").to_pylist()} == after
+    assert {p: p.read_bytes() for p in (out / "images").rglob("*.png")} == files
+
+    # The next report shows it: the runner-up kept, the rejected one removed with the reviewer's note.
+    capsys.readouterr()
+    _report(str(out), capsys)
+    with browser() as b:
+        page, seen = _open(b, out / REPORT, out)
+        row = page.locator('.row[data-id="a"]')
+        assert row.locator('.card[data-status="written"]').get_attribute("data-item") == runner_up["item_id"]
+        removed = row.locator(f'.card[data-item="{kept["a"]["item_id"]}"]')
+        assert "a reviewer rejected it" in removed.text_content() and "reject · off brand" in removed.text_content()
+        assert "approve" in page.locator(f'.card[data-item="{kept["b"]["item_id"]}"] dd.decided').text_content()
+        assert not seen["errors"]
+
+
 def test_report_on_object_storage(finished, s3, capsys):
     """`report s3://bucket/prefix` reads and writes through the bucket, and prints the funnel."""
     _, out = finished

@@ -1,0 +1,279 @@
+"""A reviewer's decisions applied with `run --decisions FILE`: approve locks an image, reject takes
+it out (the runner-up, or a new round of fresh seeds, takes its place), refine makes a new image
+from the chosen one whose C2PA manifest names it as `parentOf`; the same file twice changes
+nothing. (The round trip through the report page in a browser is in test_report.py.)"""
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline import schema
+from pipeline.config import load_job
+from pipeline.decisions import DECISIONS
+from pipeline.generate import prepare_inputs
+from pipeline.job import EXIT_OK, run_job
+from pipeline.manifest import ManifestError
+from pipeline.results import RESULTS
+from pipeline.verify import verify_output
+from tests.helpers import save_cutout, write_job
+
+ROWS = {"id": ["a", "b", "c"], "prompt": ["a red mug", "a blue shoe", "a desk lamp"], "sku": ["A1", "B2", "C3"]}
+STYLES = {"style": ["brand"], "prompt_template": ["{prompt}, brand look"]}
+
+
+@pytest.fixture(scope="module")
+def reviewed_once(tmp_path_factory):
+    """A finished run (3 rows, 2 candidates, keep 1) to make decisions on; tests work on copies."""
+    folder = tmp_path_factory.mktemp("reviewed")
+    rows = {**ROWS, "style": ["brand"] * 3}
+    run_job(load_job(write_job(folder, rows, styles=STYLES, num_candidates=2, keep=1)), backend="in-process")
+    return folder
+
+
+@pytest.fixture
+def job(reviewed_once, tmp_path):
+    shutil.copytree(reviewed_once, tmp_path / "job")
+    return tmp_path / "job" / "job.toml"
+
+
+def results(out: Path) -> dict[tuple[str, int], dict]:
+    return {(r["id"], r["candidate"]): r for r in pq.read_table(out / RESULTS).to_pylist()}
+
+
+def images(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "images").rglob("*.png")}
+
+
+def apply(job: Path, decisions: list[dict], name: str = "decisions.json", **overrides):
+    path = job.parent / name
+    if name.endswith(".json"):
+        path.write_text(json.dumps(decisions))
+    else:
+        columns = ["item_id", "decision", "note", "prompt", "strength"]
+        path.write_text("\n".join([",".join(columns)] + [",".join(str(d.get(c) if d.get(c) is not None else "")
+                                                                   for c in columns) for d in decisions]) + "\n")
+    cfg = load_job(job)
+    for section, keys in overrides.items():
+        cfg = cfg.replace(section, **keys)
+    report = run_job(cfg, backend="in-process", decisions=str(path))
+    return report, results(report.output_dir)
+
+
+def pick(rows: dict, row_id: str) -> dict:
+    (r,) = [r for (i, _), r in rows.items() if i == row_id and r["status"] == schema.WRITTEN]
+    return r
+
+
+def test_reject_promotes_the_runner_up_approve_is_untouched_and_the_file_again_changes_nothing(job, model_calls):
+    out = job.parent / "out"
+    before, files_before = results(out), images(out)
+    rejected, approved = pick(before, "a"), pick(before, "b")
+    (runner_up,) = [r for (i, _), r in before.items() if i == "a" and r["status"] != schema.WRITTEN]
+    report, after = apply(job, [{"item_id": rejected["item_id"], "decision": "reject", "note": "off brand"},
+                                {"item_id": approved["item_id"], "decision": "approve", "note": "hero shot"}],
+                          name="decisions.csv")
+    assert report.exit_code == EXIT_OK
+    r = after["a", rejected["candidate"]]
+    assert r["status"] == "rejected" and r["reason"] == "reviewer_rejected: off brand" and r["path"] is None
+    assert (r["decision"], r["note"]) == ("reject", "off brand") and r["decided_at"] is not None
+    assert not (out / rejected["path"]).exists()  # gone from the selection and the folder
+    promoted = after["a", runner_up["candidate"]]
+    assert promoted["status"] == "written" and promoted["clip_score"] == runner_up["clip_score"]
+    assert model_calls == {"generated": 1, "measured": 0}  # the runner-up, from its seed; nothing measured
+    a = after["b", approved["candidate"]]
+    assert (a["status"], a["decision"], a["note"]) == ("written", "approve", "hero shot")
+    assert images(out)[a["path"]] == files_before[a["path"]]  # the approved image is untouched
+    assert after["c", pick(before, "c")["candidate"]]["decision"] is None
+    assert verify_output(out) == ([], 3)
+    # The same file again: nothing recorded, judged or generated; the same results and files.
+    parts = sorted((out / DECISIONS).iterdir())
+    model_calls.update(generated=0, measured=0)
+    again, rows = apply(job, [{"item_id": rejected["item_id"], "decision": "reject", "note": "off brand"},
+                              {"item_id": approved["item_id"], "decision": "approve", "note": "hero shot"}],
+                        name="decisions.csv")
+    assert again.exit_code == EXIT_OK and again.summary["this_run"] == {}
+    assert rows == after and images(out) == images(out) and sorted((out / DECISIONS).iterdir()) == parts
+    assert model_calls == {"generated": 0, "measured": 0}
+
+
+def test_rejecting_every_candidate_of_a_row_generates_a_new_round_with_fresh_derived_seeds(job):
+    out = job.parent / "out"
+    before = results(out)
+    row_a = [r for (i, _), r in before.items() if i == "a"]
+    report, after = apply(job, [{"item_id": r["item_id"], "decision": "reject"} for r in row_a])
+    assert report.exit_code == EXIT_OK
+    new = [r for (i, k), r in after.items() if i == "a" and k >= 2]
+    assert sorted(r["candidate"] for r in new) == [2, 3]
+    assert {r["seed"] for r in new}.isdisjoint(r["seed"] for r in row_a)
+    assert all(r["seed_source"] == "derived" and r["sku"] == "A1" for r in new)
+    assert sum(r["status"] == "written" for r in new) == 1
+    assert all(after["a", r["candidate"]]["reason"] == "reviewer_rejected" for r in row_a)
+    assert verify_output(out) == ([], 3)
+    # The new round is planned (the seeds of candidates 2 and 3), so a rerun finds it done.
+    again = run_job(load_job(job), backend="in-process")
+    assert again.exit_code == EXIT_OK and again.summary["this_run"] == {} and results(out) == after
+
+
+def test_approval_locks_an_image_against_rejudging_and_can_add_a_runner_up(job, model_calls):
+    out = job.parent / "out"
+    before = results(out)
+    top = pick(before, "a")
+    (runner_up,) = [r for (i, _), r in before.items() if i == "a" and r["status"] != schema.WRITTEN]
+    report, after = apply(job, [{"item_id": top["item_id"], "decision": "approve"},
+                                {"item_id": runner_up["item_id"], "decision": "approve"}])
+    assert report.exit_code == EXIT_OK
+    assert {after["a", k]["status"] for k in (0, 1)} == {"written"}  # approvals keep places past `keep`
+    assert model_calls["measured"] == 0 and model_calls["generated"] == 1  # the runner-up, from its seed
+    # A CLIP threshold no image reaches: the approved ones stay, the others lose their places.
+    rerun = run_job(load_job(job).replace("filter", clip_threshold=99.0), backend="in-process")
+    rows = results(rerun.output_dir)
+    assert {rows["a", k]["status"] for k in (0, 1)} == {"written"}
+    assert all(r["status"] == "rejected" and r["reason"].startswith("below_clip_threshold")
+               for (i, _), r in rows.items() if i != "a")
+    assert verify_output(out) == ([], 2)
+
+
+@pytest.fixture
+def img2img_starts(monkeypatch):
+    """The start images the image-to-image pipeline is given (in-process runs)."""
+    import functools
+
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    starts, call = [], StableDiffusionImg2ImgPipeline.__call__
+
+    @functools.wraps(call)
+    def recorded(self, *args, **kwargs):
+        starts.extend(np.asarray(im.convert("RGB")) for im in kwargs["image"])
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionImg2ImgPipeline, "__call__", recorded)
+    return starts
+
+
+def test_refine_makes_an_image_from_the_chosen_one_whose_c2pa_names_it_parent_of(job, img2img_starts):
+    import c2pa
+
+    out = job.parent / "out"
+    chosen = pick(results(out), "c")
+    report, after = apply(job, [{"item_id": chosen["item_id"], "decision": "refine", "prompt": "a desk lamp at dusk",
+                                 "strength": 0.5, "note": "warmer"}])
+    assert report.exit_code == EXIT_OK
+    parent = after["c", chosen["candidate"]]
+    assert (parent["status"], parent["reason"], parent["decision"]) == ("rejected", "reviewer_refined", "refine")
+    assert (out / parent["path"]).exists()  # the earlier round's image stays: its refinement names it
+    (child,) = [r for r in after.values() if r["parent"] == chosen["item_id"]]
+    assert child["status"] == "written" and child["mode"] == "img2img" and child["strength"] == 0.5
+    assert child["source_prompt"] == "a desk lamp at dusk" and child["prompt"] == "a desk lamp at dusk, brand look"
+    assert child["seed_source"] == "refine" and child["candidate"] == 2 and child["sku"] == "C3"
+    manifest = c2pa.Reader("image/png", io.BytesIO((out / child["path"]).read_bytes())).get_active_manifest()
+    (ingredient,) = manifest["ingredients"]
+    assert ingredient["relationship"] == "parentOf"
+    assert ingredient["title"] == Path(parent["path"]).name
+    assert ingredient["active_manifest"] == parent["c2pa_label"]  # the chain of review rounds
+    assert verify_output(out) == ([], 4)
+    # It starts from the chosen image's pixels.
+    (start,) = img2img_starts
+    assert (start == np.asarray(Image.open(out / parent["path"]).convert("RGB"))).all()
+    # A refinement of the refinement chains on.
+    report, again = apply(job, [{"item_id": child["item_id"], "decision": "refine"}], name="second.json")
+    (grandchild,) = [r for r in again.values() if r["parent"] == child["item_id"]]
+    assert grandchild["status"] == "written" and grandchild["strength"] == 0.5  # [generate].refine_strength
+    assert again["c", child["candidate"]]["reason"] == "reviewer_refined"
+    assert verify_output(out) == ([], 5)
+
+
+def test_refining_a_staged_product_keeps_its_pixels_exact(tmp_path):
+    import c2pa
+
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    save_cutout(folder / "cut.png")
+    job = write_job(folder, {"id": ["s"], "prompt": ["a mug on a table"], "product_image": ["cut.png"]},
+                    styles=None, num_candidates=1, keep=1)
+    first = run_job(load_job(job), backend="in-process")
+    (parent,) = [r for r in results(first.output_dir).values()]
+    assert parent["mode"] == "inpaint" and parent["status"] == "written"
+    _, after = apply(job, [{"item_id": parent["item_id"], "decision": "refine", "prompt": "a mug on marble",
+                            "strength": 0.6}])
+    (child,) = [r for r in after.values() if r["parent"] == parent["item_id"]]
+    assert child["status"] == "written" and child["mode"] == "inpaint"
+    out = first.output_dir
+    product, keep = prepare_inputs(str(folder / "cut.png"), "alpha", 64, 64)
+    solid = np.asarray(keep) == 255
+    image = np.asarray(Image.open(out / child["path"]).convert("RGB"))
+    assert solid.any() and (image[solid] == np.asarray(product.convert("RGB"))[solid]).all()
+    earlier = np.asarray(Image.open(out / parent["path"]).convert("RGB"))
+    assert (image[~solid] != earlier[~solid]).any()  # the background was refined
+    manifest = c2pa.Reader("image/png", io.BytesIO((out / child["path"]).read_bytes())).get_active_manifest()
+    assert [i["relationship"] for i in manifest["ingredients"]] == ["parentOf"]
+    assert verify_output(out) == ([], 2)
+
+
+def test_bad_decisions_are_named_by_row_column_and_value_and_nothing_is_recorded(job):
+    out = job.parent / "out"
+    rows = results(out)
+    kept, runner = pick(rows, "a"), [r for (i, _), r in rows.items() if i == "a" and r["status"] != "written"][0]
+    bad = [{"item_id": "0" * 32, "decision": "reject"},
+           {"item_id": kept["item_id"], "decision": "maybe"},
+           {"item_id": kept["item_id"], "decision": "refine", "strength": 1.5},
+           {"item_id": runner["item_id"], "decision": "refine"},
+           {"item_id": "", "decision": "approve"}]
+    with pytest.raises(ManifestError) as e:
+        apply(job, bad)
+    text = str(e.value)
+    assert f"row 0 (id '{'0' * 32}'), column 'item_id': no such candidate" in text
+    assert "row 1" in text and "column 'decision': 'maybe' is not a decision" in text
+    assert "row 2" in text and "column 'strength': strength '1.5' is not a number in (0, 1]" in text
+    assert "row 3" in text and "no image to refine" in text
+    assert "row 4, column 'item_id': empty item_id" in text
+    assert not (out / DECISIONS).exists() and results(out) == rows
+    with pytest.raises(ManifestError, match="missing column"):
+        apply(job, [{"id": "a", "decision": "approve"}])
+    (job.parent / "d.txt").write_text("x")
+    with pytest.raises(ManifestError, match=r"must be \.csv, \.json or \.parquet"):
+        run_job(load_job(job), backend="in-process", decisions=str(job.parent / "d.txt"))
+
+
+def test_decisions_on_object_storage(tmp_path, s3):
+    """The output and the decisions file on S3: reject and refine (a staged product) read and
+    write through the bucket only."""
+    import c2pa
+
+    from pipeline.store import Output
+
+    save_cutout(tmp_path / "cut.png")
+    rows = {"id": ["a", "s"], "prompt": ["a red mug", "a mug on a table"], "product_image": [None, "cut.png"]}
+    uri = f"s3://{s3.bucket}/runs/review"
+    cfg = load_job(write_job(tmp_path, rows, styles=None, num_candidates=2, keep=1)).replace("job", output=uri)
+    assert run_job(cfg, backend="in-process").exit_code == EXIT_OK
+    out = Output(uri)
+
+    def table():
+        return {(r["id"], r["candidate"]): r for r in pq.read_table(io.BytesIO(out.get(RESULTS))).to_pylist()}
+
+    before = table()
+    rejected, chosen = pick(before, "a"), pick(before, "s")
+    s3.fs().pipe(f"{s3.bucket}/review/decisions.json", json.dumps([
+        {"item_id": rejected["item_id"], "decision": "reject", "note": "", "prompt": "", "strength": None},
+        {"item_id": chosen["item_id"], "decision": "refine", "note": "", "prompt": "on marble", "strength": 0.5},
+    ]).encode())
+    report = run_job(cfg, backend="in-process", decisions=f"s3://{s3.bucket}/review/decisions.json")
+    assert report.exit_code == EXIT_OK
+    after = table()
+    assert after["a", rejected["candidate"]]["reason"] == "reviewer_rejected" and not out.exists(rejected["path"])
+    assert pick(after, "a")["item_id"] != rejected["item_id"]
+    (child,) = [r for r in after.values() if r["parent"] == chosen["item_id"]]
+    assert child["status"] == "written" and child["mode"] == "inpaint"
+    manifest = c2pa.Reader("image/png", io.BytesIO(out.get(child["path"]))).get_active_manifest()
+    assert [(i["relationship"], i["active_manifest"]) for i in manifest["ingredients"]] == \
+        [("parentOf", chosen["c2pa_label"])]
+    assert verify_output(uri) == ([], 3)
+    again = run_job(cfg, backend="in-process", decisions=f"s3://{s3.bucket}/review/decisions.json")
+    assert again.summary["this_run"] == {} and table() == after
