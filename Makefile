@@ -20,6 +20,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m pipeline run jobs/demo.toml
 	$(PY) -m pipeline verify out/demo
+	$(PY) -m pipeline report out/demo
 
 test: setup
 	$(PY) -m pytest -q

@@ -103,7 +103,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.plan import build_plan
 
     cfg = _load(args)
-    plan = build_plan(load_inputs(cfg), cfg)
+    plan = build_plan(load_inputs(cfg), cfg, _recorded_decisions(cfg.job.output))
     if args.out:
         import pyarrow.parquet as pq
 
@@ -117,6 +117,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         print(format_estimate(estimate(plan, cfg), cfg))
     return EXIT_OK
+
+
+def _recorded_decisions(output: str):
+    """The reviewer's decisions recorded in the job's output, which its next run plans with
+    (refinements, new rounds); none when the output cannot be read from here."""
+    from pipeline import decisions
+    from pipeline.store import Output
+    from pipeline.uris import StorageError
+
+    try:
+        return decisions.load(Output(output))
+    except (OSError, StorageError, ValueError) as e:
+        print(f"note: the decisions recorded in {output} are left out: {e}", file=sys.stderr)
+        return decisions.Decisions.none()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -20,9 +20,8 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline import schema, uris
+from pipeline import schema, tables, uris
 from pipeline.manifest import MAX_REPORTED, ManifestError, Problem
 from pipeline.store import Output
 
@@ -63,7 +62,7 @@ def read_file(uri: str) -> list[dict]:
                 raise ValueError("expected a list of objects (item_id, decision, note, prompt, strength)")
             return records
         if ext == ".parquet":
-            return pq.read_table(io.BytesIO(data)).to_pylist()
+            return tables.read(data).to_pylist()
     except (ValueError, pa.ArrowException) as e:
         raise ManifestError([Problem(uri, f"cannot read decisions: {e}")]) from None
     raise ManifestError([Problem(uri, "decisions file must be .csv, .json or .parquet, "
@@ -159,18 +158,18 @@ def load(out: Output) -> Decisions:
     paths = _parts(out)
     if not paths:
         return Decisions.none()
-    return Decisions.of(pa.concat_tables([pq.read_table(io.BytesIO(out.get(p))).cast(STORED_SCHEMA)
-                                          for p in paths]))
+    return Decisions.of(pa.concat_tables([tables.read(out.get(p)).cast(STORED_SCHEMA) for p in paths]))
 
 
-def read(uri: str, out: Output, in_force: pa.Table) -> pa.Table:
+def read(uri: str, out: Output, in_force: pa.Table, refine_strength: float) -> pa.Table:
     """The decisions of a file that change something (STORED_SCHEMA), checked against the results
-    they were made on (`results.parquet` of `out`), or ManifestError naming every bad row."""
+    they were made on (`results.parquet` of `out`), or ManifestError naming every bad row.
+    `refine_strength`: a refine's strength when it gives none ([generate].refine_strength)."""
     decisions, problems = parse(read_file(uri), uri)
-    return check(decisions, uri, out, in_force, problems)
+    return check(decisions, uri, out, in_force, refine_strength, problems)
 
 
-def check(decisions: list[dict], uri: str, out: Output, in_force: pa.Table,
+def check(decisions: list[dict], uri: str, out: Output, in_force: pa.Table, refine_strength: float,
           problems: list[Problem] | None = None) -> pa.Table:
     """The `decisions` that change something (STORED_SCHEMA), or ManifestError naming every bad
     row (with the `problems` found before)."""
@@ -186,7 +185,7 @@ def check(decisions: list[dict], uri: str, out: Output, in_force: pa.Table,
     wanted = pa.array([d["item_id"] for d in decisions], pa.string())
     found = results.filter(pc.is_in(results["item_id"], wanted))
     by_item = {r["item_id"]: r for r in found.to_pylist()}
-    problems += [p for d in decisions if (p := _problem(d, by_item.get(d["item_id"]), uri))]
+    problems += [p for d in decisions if (p := _problem(d, by_item.get(d["item_id"]), uri, refine_strength))]
     if problems:
         problems.sort(key=lambda p: p.row if p.row is not None else -1)
         raise ManifestError(problems[:MAX_REPORTED], len(problems))
@@ -200,7 +199,7 @@ def check(decisions: list[dict], uri: str, out: Output, in_force: pa.Table,
     return pa.Table.from_pylist(changed, schema=STORED_SCHEMA)
 
 
-def _problem(d: dict, result: dict | None, uri: str) -> Problem | None:
+def _problem(d: dict, result: dict | None, uri: str, refine_strength: float) -> Problem | None:
     """Why a decision cannot apply to its candidate, or None."""
     where = {"row": d["_row"], "id": d["item_id"]}
     if result is None:
@@ -218,9 +217,12 @@ def _problem(d: dict, result: dict | None, uri: str) -> Problem | None:
         if not result["path"]:
             return Problem(uri, f"no image to refine (status {status or 'pending'}"
                                 + (f", {reason}" if reason else "") + ")", column="decision", **where)
-        if d["strength"] is not None and math.floor(result["steps"] * d["strength"]) < 1:
-            return Problem(uri, f"strength {d['strength']:g} × steps {result['steps']} gives no denoising step",
-                           column="strength", **where)
+        strength = d["strength"] if d["strength"] is not None else refine_strength
+        if math.floor(result["steps"] * strength) < 1:
+            given = "" if d["strength"] is not None else " ([generate].refine_strength)"
+            return Problem(uri, f"strength {strength:g}{given} × steps {result['steps']} gives no denoising "
+                                f"step (give a strength of at least {1 / result['steps']:g})", column="strength",
+                           **where)
     return None
 
 
@@ -252,8 +254,6 @@ def _ask_new_rounds(changed: list[dict], results: pa.Table, current: dict[str, d
 
 def record(out: Output, changed: pa.Table) -> None:
     """Keep the changed decisions in the output: the next runs apply them too."""
-    from pipeline.results import parquet_bytes
-
     if changed.num_rows:
         name = f"part-{len(_parts(out)):06d}-{uuid.uuid4().hex[:8]}.parquet"
-        out.put(f"{DECISIONS}/{name}", parquet_bytes(changed))
+        out.put(f"{DECISIONS}/{name}", tables.to_bytes(changed))

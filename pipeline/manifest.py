@@ -80,14 +80,24 @@ def uri_column(column: str) -> str:
 
 
 def read_parquet(uri: str, what: str) -> pa.Table:
-    """Read a whole Parquet table from a path or any pyarrow/fsspec URI, with a clear error."""
+    """Read a whole Parquet table (a file, or a folder of parts) from a path or any fsspec URI,
+    with a clear error."""
     import pyarrow.parquet as pq
 
+    from pipeline import tables
+
     try:
-        # Through fsspec, like every other input: one client, one configuration (pyarrow's own
-        # S3 client does not read every standard AWS variable).
-        fs, path = uris.filesystem(uri) if uris.split(uri)[0] != uris.LOCAL else (None, uri)
-        table = pq.read_table(path, filesystem=fs)
+        if uris.split(uri)[0] == uris.LOCAL:
+            table = pq.read_table(uri)  # by path: Arrow's own files (see pipeline/tables.py)
+        else:
+            # Through fsspec, like every other input: one client, one configuration (pyarrow's
+            # own S3 client does not read every standard AWS variable).
+            fs, path = uris.filesystem(uri)
+            parts = sorted(p for p in fs.find(path) if p.endswith(".parquet")) if fs.isdir(path) else [path]
+            if not parts:
+                raise FileNotFoundError(path)
+            read = [tables.read(fs.open(p, "rb")) for p in parts]
+            table = pa.concat_tables(read, promote_options="default") if len(read) > 1 else read[0]
     except FileNotFoundError:
         raise ManifestError([Problem(uri, f"{what} not found")]) from None
     except (pa.ArrowInvalid, OSError) as e:

@@ -8,7 +8,6 @@ outcome of each of its item ids.
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 import shutil
@@ -25,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import schema
+from pipeline import schema, tables
 from pipeline.store import Output, as_output
 from pipeline.write import TEMP_PREFIX
 
@@ -35,12 +34,6 @@ RUNS = "_runs"  # a record per run: its config, versions and models
 NO_STYLE = "(no style)"  # figures of rows without a style
 RESULTS = "results.parquet"
 SUMMARY = "summary.json"
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
 
 
 class ItemIndex:
@@ -115,11 +108,11 @@ class Committed:
 def read_part(out: Output, rel: str, columns: list[str] | None, keep: np.ndarray | None = None) -> pa.Table:
     """One Parquet part (a shard, a sidecar): the `columns` it has, its rows where `keep`, read
     by ranges. Repeated strings (status, run, worker, model names) stay dictionary-encoded."""
-    with out.open(rel) as f:
-        names = pq.ParquetFile(f).schema_arrow.names
-        wanted = [c for c in columns if c in names] if columns else names
-        part = pq.ParquetFile(f, read_dictionary=[c for c in DICTIONARY_COLUMNS if c in wanted])
-        table = part.read(columns=wanted)
+    if out.local:
+        table = tables.read(out.where(rel), columns or None, DICTIONARY_COLUMNS)
+    else:
+        with out.open(rel) as f:
+            table = tables.read(f, columns or None, DICTIONARY_COLUMNS)
     return table.filter(pa.array(keep)) if keep is not None else table
 
 
@@ -169,10 +162,10 @@ class ShardStore:
         if embedding in table.column_names:
             measured = table.filter(pc.is_valid(table[embedding])).select(["item_id", "style", embedding])
             if measured.num_rows:
-                self.out.put(f"{EMBEDDINGS}/{name}", parquet_bytes(measured))
+                self.out.put(f"{EMBEDDINGS}/{name}", tables.to_bytes(measured))
             table = table.drop_columns([embedding])
         rel = f"{SHARDS}/{name}"
-        self.out.put(rel, parquet_bytes(table), kill_point=kill_point)
+        self.out.put(rel, tables.to_bytes(table), kill_point=kill_point)
         self._next += 1
         return rel
 
@@ -274,7 +267,8 @@ def write_results(plan_chunks: Iterable[pa.Table], committed: Committed, output:
 
 
 def read_results(output: Output | Path | str, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(io.BytesIO(as_output(output).get(RESULTS)), columns=columns)
+    out = as_output(output)
+    return tables.read(out.where(RESULTS) if out.local else out.get(RESULTS), columns)
 
 
 def remove_strays(committed: Committed, output: Output | Path | str) -> list[str]:

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import schema
+from pipeline import schema, tables
+from pipeline.cli import main
 from pipeline.config import load_job
 from pipeline.decisions import DECISIONS
 from pipeline.generate import prepare_inputs
@@ -115,9 +116,14 @@ def test_rejecting_every_candidate_of_a_row_generates_a_new_round_with_fresh_der
     assert sum(r["status"] == "written" for r in new) == 1
     assert all(after["a", r["candidate"]]["reason"] == "reviewer_rejected" for r in row_a)
     assert verify_output(out) == ([], 3)
-    # The new round is planned (the seeds of candidates 2 and 3), so a rerun finds it done.
+    # The new round is planned (the seeds of candidates 2 and 3), so a rerun finds it done, and
+    # `plan` lists what the next run plans.
     again = run_job(load_job(job), backend="in-process")
     assert again.exit_code == EXIT_OK and again.summary["this_run"] == {} and results(out) == after
+    assert main(["plan", str(job), "--out", str(job.parent / "plan.parquet")]) == EXIT_OK
+    planned = pq.read_table(job.parent / "plan.parquet").to_pylist()
+    assert [(r["id"], r["candidate"], r["item_id"]) for r in planned] == \
+        [(i, k, r["item_id"]) for (i, k), r in after.items()]
 
 
 def test_approval_locks_an_image_against_rejudging_and_can_add_a_runner_up(job, model_calls):
@@ -234,6 +240,10 @@ def test_bad_decisions_are_named_by_row_column_and_value_and_nothing_is_recorded
     assert "row 3" in text and "no image to refine" in text
     assert "row 4, column 'item_id': empty item_id" in text
     assert not (out / DECISIONS).exists() and results(out) == rows
+    # [generate].refine_strength stands in for a strength not given: it must give a step too.
+    with pytest.raises(ManifestError, match=r"row 0 .*column 'strength': strength 0.25 \(\[generate\]"
+                                            r".refine_strength\) × steps 2 gives no denoising step"):
+        apply(job, [{"item_id": kept["item_id"], "decision": "refine"}], generate={"refine_strength": 0.25})
     with pytest.raises(ManifestError, match="missing column"):
         apply(job, [{"id": "a", "decision": "approve"}])
     (job.parent / "d.txt").write_text("x")
@@ -256,7 +266,7 @@ def test_decisions_on_object_storage(tmp_path, s3):
     out = Output(uri)
 
     def table():
-        return {(r["id"], r["candidate"]): r for r in pq.read_table(io.BytesIO(out.get(RESULTS))).to_pylist()}
+        return {(r["id"], r["candidate"]): r for r in tables.read(out.get(RESULTS)).to_pylist()}
 
     before = table()
     rejected, chosen = pick(before, "a"), pick(before, "s")

@@ -22,11 +22,12 @@ EXTRA = "[generate]\nsteps = 1\nwidth = 64\nheight = 64\nbatch_size = 1\n[output
 WRITERS = EXTRA + "[cluster]\nwrite_actors = 1\n"
 
 
-def run(job: Path, out: Path | str, faults: str | None = None, **env_vars: str) -> subprocess.CompletedProcess:
+def run(job: Path, out: Path | str, faults: str | None = None, *args: str,
+        **env_vars: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "ASSET_PIPELINE_FAULTS"} | env_vars
     if faults:
         env["ASSET_PIPELINE_FAULTS"] = faults
-    return subprocess.run([sys.executable, "-m", "pipeline", "run", str(job), "--output", str(out)],
+    return subprocess.run([sys.executable, "-m", "pipeline", "run", str(job), "--output", str(out), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -63,6 +64,45 @@ def test_driver_killed_then_rerun_completes(tmp_path, point, extra):
     second = run(job, out)
     assert second.returncode == 0, second.stderr[-3000:]
     assert_complete(out, 12)
+
+
+def test_driver_killed_while_applying_decisions_then_a_plain_rerun_finishes_them(tmp_path):
+    """Decisions are recorded before any work: a run applying them that is killed part way is
+    finished by the plain rerun, and the file applied again changes nothing."""
+    import json
+
+    job = write_job(tmp_path, ROWS, styles=None, extra=EXTRA, num_candidates=2, keep=1)
+    out = tmp_path / "out"
+    assert run(job, out).returncode == 0
+    picks = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist() if r["status"] == "written"}
+    decisions = tmp_path / "decisions.json"
+    decisions.write_text(json.dumps([{"item_id": picks[f"r{i}"]["item_id"], "decision": "reject"} for i in range(4)]
+                                    + [{"item_id": picks["r5"]["item_id"], "decision": "refine", "prompt": "at dusk",
+                                        "strength": 1.0}]))  # one step: a refinement needs all of it
+    killed = run(job, out, "driver.kill_after_shard=1", "--decisions", str(decisions))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    rerun = run(job, out)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    rows = {(r["id"], r["candidate"]): r for r in table}
+    for i in range(4):
+        gone = rows[f"r{i}", picks[f"r{i}"]["candidate"]]
+        assert gone["reason"] == "reviewer_rejected" and gone["path"] is None
+        assert sum(r["status"] == "written" for (rid, _), r in rows.items() if rid == f"r{i}") == 1
+    (child,) = [r for r in table if r["parent"] == picks["r5"]["item_id"]]
+    assert child["status"] == "written"
+    assert len(table) == len({r["item_id"] for r in table}) == 13  # 12 candidates and the refinement
+    assert all(r["status"] in ("written", "rejected") for r in table)
+    from pipeline.results import ShardStore
+
+    committed = ShardStore(out).read(["id", "item_id"]).to_pylist()
+    assert sum(r["id"] == "r4" for r in committed) == 2  # a row no decision touched: committed once each
+    verify = subprocess.run([sys.executable, "-m", "pipeline", "verify", str(out)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert not list(out.rglob(".tmp-*"))
+    again = run(job, out, None, "--decisions", str(decisions))
+    assert again.returncode == 0 and pq.read_table(out / "results.parquet").to_pylist() == table
 
 
 @pytest.mark.parametrize("fault, extra", [("actor.exit_once", EXTRA), ("actor.exit_once", WRITERS),

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline import tables
 from pipeline.config import load_job
 from pipeline.job import EXIT_OK, run_job
 from pipeline.manifest import ManifestError, load_inputs
@@ -122,7 +123,7 @@ def test_output_on_s3_writes_verifies_and_resumes_with_nothing_on_local_disk(tmp
     out = Output(f"s3://{s3.bucket}/runs/nightly")
     files = out.files()
     assert {RESULTS, SUMMARY} <= files and any(f.startswith(SHARDS + "/") for f in files)
-    table = pq.read_table(io.BytesIO(out.get(RESULTS))).to_pylist()
+    table = tables.read(out.get(RESULTS)).to_pylist()
     assert all(out.exists(r["path"]) for r in table if r["status"] == "written")
     assert verify_output(out.where()) == ([], 2)
     again = run_job(cfg, backend="in-process")

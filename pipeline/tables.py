@@ -1,0 +1,39 @@
+"""Parquet in and out of memory, one way for the whole pipeline.
+
+Arrow's reader threads must not read from a Python object (a file object, in-memory bytes, an
+fsspec file): with polars loaded too, the interpreter then aborts now and then as it exits
+("terminate called without an active exception", apache/arrow#34314), and a command that did
+all its work exits 134. Measured here: 8 to 10 of 40 processes reading shards from bytes or
+a Python file with threads aborted; 0 of 40 reading the same by path, or single-threaded. So
+a local file is read by path (Arrow's own file, threaded) and anything else single-threaded.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def to_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def read(source: str | Path | bytes | BinaryIO, columns: list[str] | None = None,
+         dictionary: tuple[str, ...] = ()) -> pa.Table:
+    """A Parquet table from a local path, its bytes, or an open file (ranged reads on object
+    storage): the `columns` it has (all when None), the `dictionary` ones kept dictionary-encoded."""
+    native = isinstance(source, str | Path)
+    if isinstance(source, bytes):
+        source = pa.BufferReader(source)
+    f = pq.ParquetFile(str(source) if native else source)
+    names = f.schema_arrow.names
+    wanted = [c for c in columns if c in names] if columns is not None else names
+    if dictionary:
+        f = pq.ParquetFile(str(source) if native else source, read_dictionary=[c for c in dictionary if c in wanted])
+    return f.read(columns=wanted, use_threads=native)
