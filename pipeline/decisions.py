@@ -15,8 +15,10 @@ import json
 import math
 import posixpath
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,7 +39,7 @@ STORED_SCHEMA = pa.schema([
 ])
 # What makes two decisions the same (applying one again is a no-op).
 _SAME = ("decision", "note", "prompt", "strength")
-_RESULTS_COLUMNS = ["item_id", "id", "keep", "status", "reason", "path", "steps"]
+_RESULTS_COLUMNS = ["item_id", "id", "keep", "status", "reason", "path", "steps", "moderation"]
 
 
 def read_file(uri: str) -> list[dict]:
@@ -123,34 +125,47 @@ def _parts(out: Output) -> list[str]:
 
 @dataclass(frozen=True)
 class Decisions:
-    """What a reviewer decided on an output: the decision in force for each decided item (the
-    latest), and the new rounds of candidates rejects asked for, per manifest row id (every
-    one ever asked: a round once generated stays in the plan, whatever is decided later)."""
+    """What reviewers decided on an output, from every decision recorded (`history`, in the
+    order recorded):
 
-    in_force: pa.Table  # STORED_SCHEMA, one row per item id
-    rounds: dict[str, int]
+    - `in_force`: the latest decision of each decided item;
+    - `rounds`: per manifest row id, the new rounds of candidates rejects asked for;
+    - `refines`: every refinement asked for (item, prompt, strength; first asked at).
+
+    Rounds and refinements are made once asked, whatever is decided later: what was generated
+    stays planned, in the results and the report, and a later decision is about it."""
+
+    history: pa.Table  # STORED_SCHEMA
 
     @classmethod
     def none(cls) -> Decisions:
-        return cls(STORED_SCHEMA.empty_table(), {})
+        return cls(STORED_SCHEMA.empty_table())
 
-    @classmethod
-    def of(cls, history: pa.Table) -> Decisions:
-        """From every decision recorded, in the order recorded."""
-        order = pa.array(range(history.num_rows), pa.int64())
-        latest = history.append_column("__order", order).group_by("item_id").aggregate([("__order", "max")])
+    @cached_property
+    def in_force(self) -> pa.Table:
+        order = pa.array(range(self.history.num_rows), pa.int64())
+        latest = self.history.append_column("__order", order).group_by("item_id").aggregate([("__order", "max")])
+        return self.history.take(pa.array(sorted(latest["__order_max"].to_pylist()), pa.int64()))
+
+    @cached_property
+    def rounds(self) -> dict[str, int]:
         rounds: dict[str, int] = {}
-        for row_id in history.filter(pc.fill_null(history["new_round"], False))["id"].to_pylist():
+        for row_id in self.history.filter(pc.fill_null(self.history["new_round"], False))["id"].to_pylist():
             rounds[row_id] = rounds.get(row_id, 0) + 1
-        return cls(history.take(pa.array(sorted(latest["__order_max"].to_pylist()), pa.int64())), rounds)
+        return rounds
+
+    @cached_property
+    def refines(self) -> pa.Table:
+        import polars as pl
+
+        asked = pl.from_arrow(self.history.filter(pc.equal(self.history["decision"], schema.REFINE)).select(
+            ["item_id", "prompt", "strength", "decided_at"]))
+        return asked.group_by(["item_id", "prompt", "strength"], maintain_order=True).agg(
+            pl.col("decided_at").min()).to_arrow()
 
     def then(self, changed: pa.Table) -> Decisions:
         """These decisions once `changed` (recorded after them) applies too."""
-        if not changed.num_rows:
-            return self
-        added = Decisions.of(changed).rounds
-        return Decisions(Decisions.of(pa.concat_tables([self.in_force, changed])).in_force,
-                         {k: self.rounds.get(k, 0) + added.get(k, 0) for k in {*self.rounds, *added}})
+        return Decisions(pa.concat_tables([self.history, changed])) if changed.num_rows else self
 
 
 def load(out: Output) -> Decisions:
@@ -158,7 +173,7 @@ def load(out: Output) -> Decisions:
     paths = _parts(out)
     if not paths:
         return Decisions.none()
-    return Decisions.of(pa.concat_tables([tables.read(out.get(p)).cast(STORED_SCHEMA) for p in paths]))
+    return Decisions(pa.concat_tables([tables.read(out.get(p)).cast(STORED_SCHEMA) for p in paths]))
 
 
 def read(uri: str, out: Output, in_force: pa.Table, refine_strength: float) -> pa.Table:
@@ -206,13 +221,12 @@ def _problem(d: dict, result: dict | None, uri: str, refine_strength: float) -> 
         return Problem(uri, "no such candidate in the results (decisions apply to the output they were "
                             "made on)", column="item_id", **where)
     status, reason = result["status"], result["reason"] or ""
-    if d["decision"] == schema.APPROVE:
-        if status in (None, schema.ERROR):
-            return Problem(uri, f"nothing to approve: the candidate is {status or 'pending'}"
-                                + (f" ({reason})" if reason else ""), column="decision", **where)
-        if reason.startswith((schema.PROMPT_BLOCKED, schema.IMAGE_UNSAFE)):
-            return Problem(uri, f"cannot approve a candidate moderation blocked ({reason})", column="decision",
-                           **where)
+    if d["decision"] in (schema.APPROVE, schema.REFINE) and result["moderation"] == "block":
+        # whatever its reason says now (a reviewer's reject may have replaced it)
+        return Problem(uri, f"cannot {d['decision']} a candidate moderation blocked", column="decision", **where)
+    if d["decision"] == schema.APPROVE and status in (None, schema.ERROR):
+        return Problem(uri, f"nothing to approve: the candidate is {status or 'pending'}"
+                            + (f" ({reason})" if reason else ""), column="decision", **where)
     if d["decision"] == schema.REFINE:
         if not result["path"]:
             return Problem(uri, f"no image to refine (status {status or 'pending'}"
@@ -257,3 +271,15 @@ def record(out: Output, changed: pa.Table) -> None:
     if changed.num_rows:
         name = f"part-{len(_parts(out)):06d}-{uuid.uuid4().hex[:8]}.parquet"
         out.put(f"{DECISIONS}/{name}", tables.to_bytes(changed))
+
+
+def unplanned(decisions: Decisions, plan_item_ids: Iterable[pa.Array], row_ids: set[str]) -> pa.Table:
+    """The decisions in force, on rows being planned (`row_ids`), whose candidate the plan no
+    longer has (its prompt, settings or inputs changed since): they no longer apply."""
+    decided = decisions.in_force.filter(pc.is_in(decisions.in_force["id"], pa.array(sorted(row_ids), pa.string())))
+    if not decided.num_rows:
+        return decided
+    found: list[str] = []
+    for ids in plan_item_ids:
+        found += pc.filter(ids, pc.is_in(ids, decided["item_id"])).to_pylist()
+    return decided.filter(pc.invert(pc.is_in(decided["item_id"], pa.array(found, pa.string()))))

@@ -231,7 +231,10 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
         shutil.rmtree(work, ignore_errors=True)
         try:
             # Planned to the driver's disk a chunk at a time: the plan is never whole in memory.
-            plan = write_plan(inputs, cfg, work / f"plan-{run_id}.parquet", decisions=recorded.then(changed))
+            decided = recorded.then(changed)
+            plan = write_plan(inputs, cfg, work / f"plan-{run_id}.parquet", decisions=decided)
+            if decided.history.num_rows:
+                _warn_unplanned(decided, plan, inputs, out, reporter)
             Signer.from_section(cfg.signer, out, warn=reporter.warning).self_test(cfg.output.format)
             if fresh:
                 clear_results(out)
@@ -251,6 +254,19 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             shutil.rmtree(work, ignore_errors=True)
     finally:
         lock.close()
+
+
+def _warn_unplanned(decided: review.Decisions, plan: PlanFile, inputs: Inputs, out: Output,
+                    reporter: Reporter) -> None:
+    """Say so when recorded decisions no longer apply: their candidates are not planned now."""
+    gone = review.unplanned(decided, (c["item_id"] for c in plan.chunks(["item_id"])),
+                            set(inputs.manifest["id"].to_list()))
+    if gone.num_rows:
+        first = gone.slice(0, 1).to_pylist()[0]
+        reporter.warning(f"{gone.num_rows} reviewer decision(s) recorded in {out} are about candidates this plan no "
+                         f"longer has (their prompt, settings or inputs changed), e.g. {first['decision']} of item "
+                         f"{first['item_id']} of row {first['id']!r}: they no longer apply",
+                         unplanned_decisions=gone.num_rows)
 
 
 def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan: PlanFile, run_id: str,

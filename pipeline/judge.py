@@ -50,13 +50,10 @@ def image_reason(clip_score: float, unsafe: float, clip_threshold: float, unsafe
 
 
 def review_reason(r: dict) -> str | None:
-    """Why a reviewer's decision takes a candidate out of the selection (a reject, with its
-    note; a refine, whose refinement takes the place), or None."""
-    if r.get("decision") == schema.REJECT:
-        return schema.REVIEWER_REJECTED + (f": {r['note']}" if r.get("note") else "")
-    if r.get("decision") == schema.REFINE:
-        return schema.REVIEWER_REFINED
-    return None
+    """Why a reviewer's decision takes a candidate out of the selection (a reject; the note is
+    its own column), or None. (A refined candidate gives its place to its refinement once that
+    passes: `select.refined_away`.)"""
+    return schema.REVIEWER_REJECTED if r.get("decision") == schema.REJECT else None
 
 
 def rejudge(r: dict, blocked_term: str | None, f: FilterSection) -> bool:
@@ -65,22 +62,19 @@ def rejudge(r: dict, blocked_term: str | None, f: FilterSection) -> bool:
 
     A candidate that fails a filter now is rejected (a pick among them loses its place and its
     file); one that passes now competes for the places again (`fill_places` decides), a pick
-    keeping its file while it stays among the best. A reviewer's decision comes first: a
-    rejected or refined candidate is out, an approved one is locked in whatever the filters
-    say now."""
+    keeping its file while it stays among the best. A reviewer's reject takes it out; an
+    approval sets the CLIP threshold aside, never moderation."""
     if reason := review_reason(r):
         r.update(status=schema.REJECTED, reason=reason, selected=False, rank=None)
         return True
-    if r.get("decision") == schema.APPROVE:
-        return True  # `select.passed` keeps its place
     blocked = prompt_reason(blocked_term, r["prompt_unsafe_score"], f.prompt_unsafe_threshold)
     if blocked is None and r["clip_score"] is None:
         if r["status"] == schema.REJECTED and (r["reason"] or "").startswith(schema.PROMPT_BLOCKED):
             r.update(dict.fromkeys(_UNMEASURED))
             return False
         return True  # nothing stored to judge again
-    reason = blocked or image_reason(r["clip_score"], r["image_unsafe_score"], r["clip_threshold"],
-                                     f.image_unsafe_threshold)
+    clip_threshold = r["clip_threshold"] if r.get("decision") != schema.APPROVE else float("-inf")
+    reason = blocked or image_reason(r["clip_score"], r["image_unsafe_score"], clip_threshold, f.image_unsafe_threshold)
     if reason is not None:
         r.update(status=schema.REJECTED, reason=reason, selected=False, rank=None,
                  moderation="block" if reason.startswith((schema.PROMPT_BLOCKED, schema.IMAGE_UNSAFE)) else "pass")

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import schema
@@ -249,7 +248,7 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str, decisions: Decisio
     used = pl.concat([df[col].drop_nulls() for col in ("init_image", "mask", "lora")]).unique().to_list()
     fingerprints = {uri: "alpha" if uri == "alpha" else inputs.files[uri].fingerprint for uri in used}
     df = _with_item_ids(df, fingerprints, model_fp)
-    df = _with_refinements(df, decisions.in_force, inputs, cfg, fingerprints, model_fp)
+    df = _with_refinements(df, decisions.refines, inputs, cfg, fingerprints, model_fp)
     df = _with_decisions(df, decisions.in_force).with_columns(
         lit(None, dtype=pl.Boolean).alias("truncated"),
         # not in the item id: a change of rules (or of a reviewer's decision) re-judges, it does
@@ -280,16 +279,16 @@ def _with_item_ids(df: pl.DataFrame, fingerprints: dict[str, str], model_fp: str
     return df.with_columns(pl.Series("item_id", [d.hex() for d in _digests(keys, 16)], dtype=pl.String))
 
 
-def _with_refinements(df: pl.DataFrame, in_force: pa.Table, inputs: Inputs, cfg: JobConfig,
+def _with_refinements(df: pl.DataFrame, asked: pa.Table, inputs: Inputs, cfg: JobConfig,
                       fingerprints: dict[str, str], model_fp: str) -> pl.DataFrame:
     """The candidates reviewers' `refine` decisions ask for, added to their rows (a refinement
     of a refinement too): the parent's settings, the changed prompt (through the style's
     template) and strength, image-to-image from the parent's image (inpainting for a staged
     row, the product kept), and a seed derived from what was asked. Each row's refinements are
-    numbered after its rounds of candidates, in the order they were decided."""
+    numbered after its rounds of candidates, in the order they were asked for (a number that
+    moves when a new round is added to the row; the item id is what names a candidate)."""
     c, lit = pl.col, pl.lit
-    refines = pl.from_arrow(in_force.filter(pc.equal(in_force["decision"], schema.REFINE)).select(
-        ["item_id", "prompt", "strength", "decided_at"]))
+    refines = pl.from_arrow(asked)
     if not refines.height:
         return df
     templates = inputs.styles.select("style", c("prompt_template") if "prompt_template" in inputs.styles.columns
@@ -309,11 +308,12 @@ def _with_refinements(df: pl.DataFrame, in_force: pa.Table, inputs: Inputs, cfg:
             c("item_id").alias("parent"), lit("refine").alias("seed_source"))
         made = made.with_columns(pl.Series("seed", [int.from_bytes(d, "big") & SEED_MASK for d in _digests(
             made.select(_key(lit("refine"), c("parent"), c("prompt"), c("strength"))).to_series(), 8)], dtype=pl.Int64))
-        made = _with_item_ids(made.select([col for col in df.columns if col != "item_id"]), fingerprints, model_fp)
-        found.append(made.join(refines.select(c("item_id").alias("parent"), c("decided_at").alias("__decided")),
-                               on="parent", how="left"))
-        frontier = made
-    extra = pl.concat(found).sort(["row", "__decided", "item_id"])
+        # the parent's item id is replaced by the refinement's own
+        made = _with_item_ids(made, fingerprints, model_fp).select(*df.columns, c("decided_at").alias("__decided"))
+        found.append(made)
+        frontier = made.drop("__decided")
+    # two asks that resolve alike (no strength, and the default given) are one refinement
+    extra = pl.concat(found).sort(["row", "__decided", "item_id"]).unique("item_id", keep="first", maintain_order=True)
     rounds = df.group_by("row").agg(pl.len().alias("__taken"))
     extra = extra.join(rounds, on="row", how="left").with_columns(
         (c("__taken") + pl.int_range(0, pl.len()).over("row")).alias("candidate")).drop("__taken", "__decided")

@@ -146,8 +146,8 @@ PROMPT_BLOCKED = "prompt_blocked"
 IMAGE_UNSAFE = "image_unsafe"
 BELOW_CLIP_THRESHOLD = "below_clip_threshold"
 NOT_SELECTED = "not_selected"
-REVIEWER_REJECTED = "reviewer_rejected"  # a reviewer's `reject`; the note follows the colon
-REVIEWER_REFINED = "reviewer_refined"  # a reviewer's `refine`: its refinement takes the place
+REVIEWER_REJECTED = "reviewer_rejected"  # a reviewer's `reject` (the note is its own column)
+REVIEWER_REFINED = "reviewer_refined"  # a reviewer refined it and the refinement passed: it takes the place
 REJECT_REASONS = (PROMPT_BLOCKED, IMAGE_UNSAFE, BELOW_CLIP_THRESHOLD, NOT_SELECTED, REVIEWER_REJECTED, REVIEWER_REFINED)
 
 # A reviewer's decisions (DESIGN: review round trip).

@@ -5,7 +5,8 @@ all its candidates at once.
 Pure: works on candidate records (dicts). Two steps, because the second depends on writes:
 - `rank`: the passed candidates of each row, best score first (ties → lower candidate index),
   after the ones a reviewer approved and the refinements a reviewer asked for: these are locked
-  in, each takes a place even past `keep`;
+  in, each takes a place even past `keep`; a refined candidate gives its place to its
+  refinement once that passes;
 - `fill_places`: walk that order and keep the first `keep` that are (or can be) written; a
   pick whose write fails is an error and the next one takes its place; the rest are
   `rejected / not_selected`, an earlier pick outranked now included (its file goes).
@@ -24,13 +25,13 @@ from pipeline import schema
 
 def passed(r: dict) -> bool:
     """Passed every filter: a new candidate nothing rejected, or an earlier one that was kept or
-    only outranked. A reviewer's approval passes it whatever the filters say (it is locked in);
-    a reviewer's reject or refine takes it out."""
+    only outranked. A reviewer's approval passes it whatever the CLIP threshold says, never past
+    moderation; a reviewer's reject takes it out."""
     status, decision = r.get("status"), r.get("decision")
-    if decision in (schema.REJECT, schema.REFINE):
+    if decision == schema.REJECT:
         return False
     if decision == schema.APPROVE:
-        return status != schema.ERROR
+        return status != schema.ERROR and r.get("moderation") != "block"
     return status is None or (bool(r.get("prior")) and (
         status == schema.WRITTEN or (status == schema.REJECTED and r.get("reason") == schema.NOT_SELECTED)))
 
@@ -43,15 +44,22 @@ def by_row(records: Iterable[dict]) -> list[list[dict]]:
 
 
 def locked(r: dict) -> bool:
-    """A reviewer approved it, or asked for it (a refinement, as long as it passes the filters):
-    it keeps a place whatever else is in the row (even past `keep`)."""
+    """A reviewer approved it, or asked for it (a refinement): while it passes, it keeps a place
+    whatever else is in the row (even past `keep`)."""
     return r.get("decision") == schema.APPROVE or r.get("parent") is not None
 
 
+def refined_away(cands: list[dict]) -> set[str]:
+    """The candidates of a row a reviewer refined whose refinement passed: it takes their place.
+    Until one passes (or when the reviewer rejects it), the refined candidate competes as before."""
+    refined = {r["item_id"] for r in cands if r.get("decision") == schema.REFINE}
+    return {r["parent"] for r in cands if r.get("parent") in refined and passed(r)}
+
+
 def _order(r: dict) -> tuple:
-    """Approved first, then a reviewer's refinements (they take the place of what they refine),
-    then by CLIP score (ties: the lower candidate index)."""
-    tier = 0 if locked(r) else 1 if r.get("parent") else 2
+    """Approved first, then a reviewer's refinements, then by CLIP score (ties: the lower
+    candidate index)."""
+    tier = 0 if r.get("decision") == schema.APPROVE else 1 if r.get("parent") is not None else 2
     return tier, -(r["clip_score"] if r["clip_score"] is not None else -1.0), r["candidate"]
 
 
@@ -59,7 +67,8 @@ def rank(records: list[dict]) -> dict[str, int]:
     """Item id → rank (1 = best) of the passed candidates of each row; the others have none."""
     ranks = {}
     for cands in by_row(records):
-        ok = sorted((r for r in cands if passed(r)), key=_order)
+        away = refined_away(cands)
+        ok = sorted((r for r in cands if passed(r) and r["item_id"] not in away), key=_order)
         ranks.update((r["item_id"], i) for i, r in enumerate(ok, start=1))
     return ranks
 
@@ -72,7 +81,7 @@ def fill_places(records: list[dict], write: Callable[[dict], bool], can_write: C
     for r in records:
         r["rank"] = ranks.get(r["item_id"])
     for cands in by_row(records):
-        places = int(cands[0]["keep"])
+        places, away = int(cands[0]["keep"]), refined_away(cands)
         for r in sorted((r for r in cands if r["rank"] is not None), key=lambda r: r["rank"]):
             has_place = places > 0 or locked(r)
             if has_place and r.get("prior") and (r["status"] == schema.WRITTEN or r.get("path")):
@@ -88,5 +97,7 @@ def fill_places(records: list[dict], write: Callable[[dict], bool], can_write: C
             else:
                 r.update(selected=False, status=schema.REJECTED, reason=schema.NOT_SELECTED)
         for r in cands:
+            if r["item_id"] in away:
+                r.update(selected=False, status=schema.REJECTED, reason=schema.REVIEWER_REFINED, rank=None)
             if r.get("selected") is None:
                 r["selected"] = False

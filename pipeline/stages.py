@@ -129,7 +129,8 @@ class CandidateStage:
         # ranking and the next moves up, until the places are filled or no candidate is left.
         tried: set[str] = set()
         while wanted := [r for r in records if r[PRIOR] and r["path"] is None and r["item_id"] not in tried
-                         and (ranks.get(r["item_id"], 1 << 30) <= int(r["keep"]) or locked(r))]:
+                         and (ranks.get(r["item_id"], 1 << 30) <= int(r["keep"])
+                              or (locked(r) and r["item_id"] in ranks))]:
             tried.update(r["item_id"] for r in wanted)
             images.update(self._generate(wanted))
             ranks = rank(records)
@@ -307,7 +308,8 @@ class WriteStage:
         write_rejected = self.cfg.output.write_rejected
         for r in records:
             kept = r["status"] == schema.WRITTEN
-            if not kept and write_rejected and r["status"] == schema.REJECTED and pixels[r["item_id"]] is not None:
+            if (not kept and write_rejected and r["status"] == schema.REJECTED and r["decision"] != schema.REJECT
+                    and pixels[r["item_id"]] is not None):
                 kept = self._write_or_error(r, pixels[r["item_id"]])  # a rejected image kept for review
             if not kept and not _keeps_file(r, write_rejected):
                 _forget_file(r)

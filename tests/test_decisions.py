@@ -81,7 +81,7 @@ def test_reject_promotes_the_runner_up_approve_is_untouched_and_the_file_again_c
                           name="decisions.csv")
     assert report.exit_code == EXIT_OK
     r = after["a", rejected["candidate"]]
-    assert r["status"] == "rejected" and r["reason"] == "reviewer_rejected: off brand" and r["path"] is None
+    assert r["status"] == "rejected" and r["reason"] == "reviewer_rejected" and r["path"] is None
     assert (r["decision"], r["note"]) == ("reject", "off brand") and r["decided_at"] is not None
     assert not (out / rejected["path"]).exists()  # gone from the selection and the folder
     promoted = after["a", runner_up["candidate"]]
@@ -126,7 +126,7 @@ def test_rejecting_every_candidate_of_a_row_generates_a_new_round_with_fresh_der
         [(i, k, r["item_id"]) for (i, k), r in after.items()]
 
 
-def test_approval_locks_an_image_against_rejudging_and_can_add_a_runner_up(job, model_calls):
+def test_approval_locks_an_image_against_rejudging_and_takes_a_place_first(job, model_calls):
     out = job.parent / "out"
     before = results(out)
     top = pick(before, "a")
@@ -143,6 +143,28 @@ def test_approval_locks_an_image_against_rejudging_and_can_add_a_runner_up(job, 
     assert all(r["status"] == "rejected" and r["reason"].startswith("below_clip_threshold")
                for (i, _), r in rows.items() if i != "a")
     assert verify_output(out) == ([], 2)
+    # Approving only the runner-up of a row that keeps one: it takes the place, the pick gives it up.
+    (approved,) = [r for (i, _), r in before.items() if i == "b" and r["status"] != "written"]
+    _, after = apply(job, [{"item_id": approved["item_id"], "decision": "approve"}], name="b.json",
+                     filter={"clip_threshold": 0.0})
+    assert after["b", approved["candidate"]]["status"] == "written"
+    former = after["b", pick(before, "b")["candidate"]]
+    assert former["status"] == "rejected" and former["reason"] == "not_selected" and former["path"] is None
+
+
+def test_approval_never_passes_moderation_even_after_a_reject(job):
+    """A candidate moderation blocked cannot be approved (or refined), whatever reason a reviewer's
+    reject wrote over it since."""
+    blocked = {"filter": {"blocked_terms": ["lamp"]}}
+    cfg = load_job(job).replace("filter", blocked_terms=["lamp"])
+    rows = results(run_job(cfg, backend="in-process").output_dir)
+    c0 = rows["c", 0]
+    assert c0["reason"].startswith("prompt_blocked") and c0["moderation"] == "block"
+    _, rows = apply(job, [{"item_id": c0["item_id"], "decision": "reject"}], **blocked)
+    assert rows["c", 0]["reason"] == "reviewer_rejected"
+    for decision in ("approve", "refine"):
+        with pytest.raises(ManifestError, match=f"row 0 .*cannot {decision} a candidate moderation blocked"):
+            apply(job, [{"item_id": c0["item_id"], "decision": decision}], name="again.json", **blocked)
 
 
 @pytest.fixture
@@ -193,6 +215,30 @@ def test_refine_makes_an_image_from_the_chosen_one_whose_c2pa_names_it_parent_of
     assert grandchild["status"] == "written" and grandchild["strength"] == 0.5  # [generate].refine_strength
     assert again["c", child["candidate"]]["reason"] == "reviewer_refined"
     assert verify_output(out) == ([], 5)
+
+
+def test_a_refinement_that_fails_leaves_the_chosen_image_in_place_and_a_rejected_one_gives_it_back(job):
+    out = job.parent / "out"
+    chosen = pick(results(out), "c")
+    blocked = {"filter": {"blocked_terms": ["forbidden"]}}
+    # The new prompt is blocked: the refinement is never generated, the chosen image stays.
+    _, after = apply(job, [{"item_id": chosen["item_id"], "decision": "refine", "prompt": "a forbidden lamp"}],
+                     **blocked)
+    (failed,) = [r for r in after.values() if r["parent"] == chosen["item_id"]]
+    assert failed["status"] == "rejected" and failed["reason"].startswith("prompt_blocked")
+    kept = after["c", chosen["candidate"]]
+    assert (kept["status"], kept["decision"]) == ("written", "refine") and (out / kept["path"]).exists()
+    # Asked again with another prompt: a second refinement; the first stays in the results.
+    _, after = apply(job, [{"item_id": chosen["item_id"], "decision": "refine", "prompt": "a brass lamp"}],
+                     name="second.json", **blocked)
+    refinements = [r for r in after.values() if r["parent"] == chosen["item_id"]]
+    assert sorted(r["source_prompt"] for r in refinements) == ["a brass lamp", "a forbidden lamp"]
+    (good,) = [r for r in refinements if r["status"] == "written"]
+    assert after["c", chosen["candidate"]]["reason"] == "reviewer_refined"
+    # The reviewer rejects the refinement: the chosen image (its file kept) is back in its place.
+    _, after = apply(job, [{"item_id": good["item_id"], "decision": "reject"}], name="third.json", **blocked)
+    assert after["c", chosen["candidate"]]["status"] == "written" and after["c", good["candidate"]]["path"] is None
+    assert verify_output(out) == ([], 3)
 
 
 def test_refining_a_staged_product_keeps_its_pixels_exact(tmp_path):

@@ -238,7 +238,7 @@ def test_decisions_round_trip_in_the_browser(tmp_path, capsys):
     assert main(["run", str(job_path), "--in-process", "--decisions", str(decisions)]) == EXIT_OK
     after = {(r["id"], r["candidate"]): r for r in pq.read_table(out / "results.parquet").to_pylist()}
     gone = after["a", kept["a"]["candidate"]]
-    assert (gone["status"], gone["reason"], gone["note"]) == ("rejected", "reviewer_rejected: off brand", "off brand")
+    assert (gone["status"], gone["reason"], gone["note"]) == ("rejected", "reviewer_rejected", "off brand")
     assert not (out / kept["a"]["path"]).exists()
     (runner_up,) = [r for (i, _), r in after.items() if i == "a" and r["status"] == "written"]
     assert runner_up["item_id"] != kept["a"]["item_id"] and (out / runner_up["path"]).exists()

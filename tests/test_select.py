@@ -77,3 +77,33 @@ def test_an_earlier_runner_up_whose_image_was_kept_is_promoted_without_a_new_wri
     rs[1]["path"] = "images/r1.png"
     judge(rs, fails={0})
     assert rs[1]["status"] == schema.WRITTEN and rs[1]["selected"] and rs[1]["path"] == "images/r1.png"
+
+
+def decided(r, decision=None, parent=None, moderation=None):
+    return {**r, "decision": decision, "parent": parent, "moderation": moderation}
+
+
+def test_reviewer_decisions_approve_first_past_keep_reject_out_never_past_moderation():
+    rs = [decided(cand(0, 30.0, keep=1)), decided(cand(1, 10.0, keep=1), "approve"),
+          decided(cand(2, 20.0, keep=1), "approve"),
+          decided(cand(3, 99.0, keep=1, status=schema.REJECTED, reason=schema.REVIEWER_REJECTED), "reject"),
+          decided(cand(4, 50.0, keep=1, status=schema.REJECTED, reason="image_unsafe: 0.9 >= 0.5"), "approve",
+                  moderation="block")]
+    judge(rs)
+    assert [r["status"] for r in rs] == ["rejected", "written", "written", "rejected", "rejected"]
+    assert [r["rank"] for r in rs] == [3, 2, 1, None, None]  # approved first, then by score
+    assert rs[0]["reason"] == schema.NOT_SELECTED and rs[4]["reason"].startswith("image_unsafe")
+
+
+def test_a_passed_refinement_takes_its_parents_place_a_failed_one_leaves_it():
+    parent = decided(cand(0, 30.0, keep=1), "refine")
+    runner_up = decided(cand(1, 20.0, keep=1))
+    child = decided(cand(2, 5.0, keep=1), parent="r0")
+    rs = [dict(parent), dict(runner_up), dict(child)]
+    judge(rs)
+    assert [r["status"] for r in rs] == ["rejected", "rejected", "written"]
+    assert rs[0]["reason"] == schema.REVIEWER_REFINED and rs[1]["reason"] == schema.NOT_SELECTED
+    failed = {**child, "status": schema.REJECTED, "reason": "below_clip_threshold: 5 < 10"}
+    rs = [dict(parent), dict(runner_up), failed]
+    judge(rs)
+    assert [r["status"] for r in rs] == ["written", "rejected", "rejected"]  # the chosen image stays
