@@ -333,3 +333,27 @@ def test_decisions_on_object_storage(tmp_path, s3):
     assert verify_output(uri) == ([], 3)
     again = run_job(cfg, backend="in-process", decisions=f"s3://{s3.bucket}/review/decisions.json")
     assert again.summary["this_run"] == {} and table() == after
+
+
+def test_a_failed_refinement_is_never_made_and_a_rejected_image_never_kept_for_review(job, model_calls):
+    """Re-judging a row never generates a refinement that failed its filters (here its prompt is
+    blocked), and a reviewer's reject deletes the file even when rejected images are kept."""
+    out = job.parent / "out"
+    before = results(out)
+    chosen = pick(before, "c")
+    (runner_up,) = [r for (i, _), r in before.items() if i == "c" and r["status"] != "written"]
+    keep_rejected = {"filter": {"blocked_terms": ["forbidden"]}, "output": {"write_rejected": True}}
+    _, after = apply(job, [{"item_id": chosen["item_id"], "decision": "refine", "prompt": "a forbidden lamp"}],
+                     **keep_rejected)
+    model_calls.update(generated=0, measured=0)
+    _, after = apply(job, [{"item_id": runner_up["item_id"], "decision": "approve"},
+                           {"item_id": pick(after, "a")["item_id"], "decision": "reject"}], name="more.json",
+                     **keep_rejected)
+    (failed,) = [r for r in after.values() if r["parent"] == chosen["item_id"]]
+    assert failed["reason"].startswith("prompt_blocked") and failed["ms_generate"] is None
+    # generated: c's approved runner-up and a's runner-up, each from its seed; not the refinement
+    assert model_calls == {"generated": 2, "measured": 0}
+    rejected = pick(before, "a")
+    gone = after["a", rejected["candidate"]]
+    assert gone["reason"] == "reviewer_rejected" and gone["path"] is None and not (out / rejected["path"]).exists()
+    assert verify_output(out)[0] == []
