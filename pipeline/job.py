@@ -372,7 +372,8 @@ def describe(report: RunReport) -> str:
     if s["reasons"]:
         lines.append("  reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())))
     if report.removed_strays:
-        lines.append(f"  removed {len(report.removed_strays)} file(s) no results row lists (a killed run's leftovers)")
+        lines.append(f"  removed {len(report.removed_strays)} file(s) no results row lists any more (images that lost "
+                     "their place or a reviewer rejected, or a killed run's leftovers)")
     if report.stopped:
         lines.append(f"  STOPPED: {report.stopped}")
     lines.append(f"  results: {report.results}")
