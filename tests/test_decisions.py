@@ -76,9 +76,12 @@ def test_reject_promotes_the_runner_up_approve_is_untouched_and_the_file_again_c
     before, files_before = results(out), images(out)
     rejected, approved = pick(before, "a"), pick(before, "b")
     (runner_up,) = [r for (i, _), r in before.items() if i == "a" and r["status"] != schema.WRITTEN]
-    report, after = apply(job, [{"item_id": rejected["item_id"], "decision": "reject", "note": "off brand"},
-                                {"item_id": approved["item_id"], "decision": "approve", "note": "hero shot"}],
-                          name="decisions.csv")
+    # as a spreadsheet saves it: a byte-order mark, capitals, spaces around values
+    (job.parent / "decisions.csv").write_bytes("\ufeffitem_id,decision,note,prompt,strength\r\n".encode()
+                                               + f" {rejected['item_id']} ,Reject,off brand,,\r\n".encode()
+                                               + f"{approved['item_id']},APPROVE,hero shot,,\r\n".encode())
+    report = run_job(load_job(job), backend="in-process", decisions=str(job.parent / "decisions.csv"))
+    after = results(report.output_dir)
     assert report.exit_code == EXIT_OK
     r = after["a", rejected["candidate"]]
     assert r["status"] == "rejected" and r["reason"] == "reviewer_rejected" and r["path"] is None
