@@ -66,29 +66,36 @@ def _load(args: argparse.Namespace):
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.job import EXIT_OK
     from pipeline.manifest import load_inputs
-    from pipeline.plan import build_plan
+    from pipeline.plan import plan_chunks
 
     cfg = _load(args)
     inputs = load_inputs(cfg)
-    plan = build_plan(inputs, cfg)
-    _warn_long_prompts(plan, cfg.models.diffusion)
-    print(f"OK: {len(inputs.manifest)} rows, {plan.num_rows} candidates, "
+    candidates, long_prompts = 0, []
+    for chunk in plan_chunks(inputs, cfg):  # a chunk at a time: a long manifest is never planned whole
+        candidates += chunk.num_rows
+        long_prompts += _long_prompts(chunk, cfg.models.diffusion)
+    _warn_long_prompts(long_prompts)
+    print(f"OK: {len(inputs.manifest)} rows, {candidates} candidates, "
           f"{len(inputs.styles)} styles; passthrough columns: {', '.join(inputs.passthrough) or 'none'}")
     return EXIT_OK
 
 
-def _warn_long_prompts(plan, model: str) -> None:
-    """Prompts past the text encoder's window still run (truncated); say which, by row."""
+def _long_prompts(plan, model: str) -> list[tuple[int, str, int, int]]:
+    """(row, id, tokens, limit) of each row whose prompt runs past the text encoder's window."""
     from pipeline.tokens import over_limit
 
     first = plan.filter(plan["candidate"].to_numpy() == 0)
     found = over_limit(first["prompt"].to_pylist(), model)
     if found is None:
-        return
+        return []
     counts, limit = found
-    long_rows = [(r, i, n) for r, i, n in zip(first["row"].to_pylist(), first["id"].to_pylist(), counts,
-                                              strict=True) if n > limit]
-    for r, i, n in long_rows[:20]:
+    return [(r, i, n, limit) for r, i, n in zip(first["row"].to_pylist(), first["id"].to_pylist(), counts,
+                                                strict=True) if n > limit]
+
+
+def _warn_long_prompts(long_rows: list[tuple[int, str, int, int]]) -> None:
+    """Prompts past the text encoder's window still run (truncated); say which, by row."""
+    for r, i, n, limit in long_rows[:20]:
         print(f"warning: row {r} (id {i!r}), column 'prompt': {n} tokens after the style template; the "
               f"text encoder reads {limit}, the rest is truncated", file=sys.stderr)
     if len(long_rows) > 20:
@@ -98,24 +105,34 @@ def _warn_long_prompts(plan, model: str) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from collections import Counter
 
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from pipeline.cost import estimate, format_estimate, shapes
     from pipeline.job import EXIT_OK
     from pipeline.manifest import load_inputs
-    from pipeline.plan import build_plan
+    from pipeline.plan import plan_chunks
 
     cfg = _load(args)
-    plan = build_plan(load_inputs(cfg), cfg, _recorded_decisions(cfg.job.output))
+    candidates, modes, counted, writer = 0, Counter(), [], None
+    try:
+        # A chunk at a time: the plan of a long manifest is written and counted, never held whole.
+        for chunk in plan_chunks(load_inputs(cfg), cfg, decisions=_recorded_decisions(cfg.job.output)):
+            if args.out:
+                writer = writer or pq.ParquetWriter(args.out, chunk.schema)
+                writer.write_table(chunk)
+            candidates += chunk.num_rows
+            modes.update(chunk["mode"].to_pylist())
+            counted.append(shapes(chunk))
+    finally:
+        if writer:
+            writer.close()
     if args.out:
-        import pyarrow.parquet as pq
-
-        pq.write_table(plan, args.out)
-        print(f"wrote {plan.num_rows} candidates to {args.out}")
+        print(f"wrote {candidates} candidates to {args.out}")
     else:
-        modes = Counter(plan["mode"].to_pylist())
-        print(f"{plan.num_rows} candidates; modes: " + ", ".join(f"{k} {v}" for k, v in modes.items()))
+        print(f"{candidates} candidates; modes: " + ", ".join(f"{k} {v}" for k, v in modes.items()))
     if cfg.cost is not None:
-        from pipeline.cost import estimate, format_estimate
-
-        print(format_estimate(estimate(plan, cfg), cfg))
+        print(format_estimate(estimate(pl.concat(counted), cfg), cfg))
     return EXIT_OK
 
 

@@ -37,17 +37,27 @@ def _measured(cfg: JobConfig) -> dict[tuple, float]:
     return {(r["model"], r["width"], r["height"]): r["rate"] for r in rates.iter_rows(named=True)}
 
 
-def estimate(plan: pa.Table, cfg: JobConfig) -> list[dict]:
+SHAPE = ["style", "mode", *KEY, "steps"]
+
+
+def shapes(plan: pa.Table) -> pl.DataFrame:
+    """Candidates per (style, mode, model, size, steps) of a plan or a chunk of it, in order of
+    first appearance: all an estimate needs, so a plan can be counted a chunk at a time."""
+    return (pl.from_arrow(plan.select(SHAPE)).with_columns(pl.col("style").fill_null("-"))
+            .group_by(SHAPE, maintain_order=True).len())
+
+
+def estimate(plan: pa.Table | pl.DataFrame, cfg: JobConfig) -> list[dict]:
     """One line per (style, mode) in plan order of first appearance, then a total: candidates,
-    gpu_s (None when a shape's throughput is unknown), wall_s on the cluster's GPUs, cost_usd."""
+    gpu_s (None when a shape's throughput is unknown), wall_s on the cluster's GPUs, cost_usd.
+    `plan`: the plan, or its `shapes` (those of its chunks, concatenated)."""
     rates = {**_measured(cfg), **_configured(cfg)}  # a configured figure wins over a measured one
     gpus = cfg.cost.gpu_count(cfg.cluster)
     price = cfg.cost.gpu_hour_usd
-    shapes = (pl.from_arrow(plan.select(["style", "mode", *KEY, "steps"]))
-              .with_columns(pl.col("style").fill_null("-"))
-              .group_by(["style", "mode", *KEY, "steps"], maintain_order=True).len())
+    counted = plan if isinstance(plan, pl.DataFrame) else shapes(plan)
+    shapes_ = counted.group_by(SHAPE, maintain_order=True).agg(pl.col("len").sum())
     lines: dict[tuple, dict] = {}
-    for r in shapes.iter_rows(named=True):
+    for r in shapes_.iter_rows(named=True):
         line = lines.setdefault((r["style"], r["mode"]), {"style": r["style"], "mode": r["mode"],
                                                           "candidates": 0, "gpu_s": 0.0})
         line["candidates"] += r["len"]

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ConfigError, load_job
+from pipeline.cost import estimate, format_estimate
 from pipeline.job import EXIT_OK, run_job
 from tests.helpers import write_job
 from tests.test_cli import cli
@@ -53,6 +54,25 @@ def test_plan_prints_the_estimate_per_style_and_mode(tmp_path):
     assert candidates == "9" and float(gpu_s) == pytest.approx(total, abs=0.05)
     assert wall == f"{total / GPUS:.1f}s"
     assert float(cost) == pytest.approx(total * PRICE / 3600, abs=1e-4)
+
+
+def test_plan_streams_chunks_to_the_same_plan_and_estimate(tmp_path, monkeypatch, capsys):
+    """`plan` plans, writes and counts a chunk of manifest rows at a time (a long manifest is never
+    planned whole): the file and the estimate are the whole plan's."""
+    from pipeline import plan
+    from pipeline.cli import main
+    from pipeline.manifest import load_inputs
+
+    job = write_job(tmp_path, ROWS, extra=COST, num_candidates=3, keep=1)
+    cfg = load_job(job)
+    whole = plan.build_plan(load_inputs(cfg), cfg)
+    monkeypatch.setattr(plan, "CHUNK_ROWS", 1)  # one manifest row per chunk
+    assert main(["plan", str(job), "--out", str(tmp_path / "plan.parquet")]) == 0
+    written = pq.ParquetFile(tmp_path / "plan.parquet")
+    assert written.num_row_groups == len(ROWS["id"]) and written.read().equals(whole)
+    out = capsys.readouterr().out
+    assert f"wrote {whole.num_rows} candidates" in out
+    assert _lines(out) == _lines(format_estimate(estimate(whole, cfg), cfg))
 
 
 def test_plan_without_cost_prints_as_before_and_unknown_shape_says_unknown(tmp_path):
