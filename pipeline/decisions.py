@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from pipeline import schema, tables, uris
 from pipeline.manifest import MAX_REPORTED, ManifestError, Problem
+from pipeline.select import passed
 from pipeline.store import Output
 
 DECISIONS = "_decisions"
@@ -252,9 +253,8 @@ def _ask_new_rounds(changed: list[dict], results: pa.Table, current: dict[str, d
     keep: dict[str, int] = {}
     for r in rows.to_pylist():
         keep[r["id"]] = r["keep"]
-        decision = after.get(r["item_id"])
-        if decision == schema.APPROVE or (decision is None and (
-                r["status"] is None or r["status"] == schema.WRITTEN or r["reason"] == schema.NOT_SELECTED)):
+        # the selection's own rule, on the candidate as it was judged, under the decisions to come
+        if passed({**r, "prior": r["status"] is not None, "decision": after.get(r["item_id"])}):
             able[r["id"]] = able.get(r["id"], 0) + 1
     refinements = [d for d in changed if d["decision"] == schema.REFINE]  # each makes one, to come
     for d in refinements:
