@@ -40,7 +40,7 @@ STORED_SCHEMA = pa.schema([
 ])
 # What makes two decisions the same (applying one again is a no-op).
 _SAME = ("decision", "note", "prompt", "strength")
-_RESULTS_COLUMNS = ["item_id", "id", "keep", "status", "reason", "path", "steps", "moderation"]
+_RESULTS_COLUMNS = ["item_id", "id", "keep", "status", "reason", "path", "steps", "moderation", "parent"]
 
 
 def read_file(uri: str) -> list[dict]:
@@ -129,7 +129,11 @@ class Decisions:
     """What reviewers decided on an output, from every decision recorded (`history`, in the
     order recorded):
 
-    - `in_force`: the latest decision of each decided item;
+    - `latest`: the latest decision recorded for each decided item (what a file is compared with:
+      the same decision again records nothing);
+    - `in_force`: the decision each decided item is judged by: its latest, except that a refine
+      after an approval leaves the approval standing (the refinement is made; the approved image
+      stays locked until a reviewer rejects it);
     - `rounds`: per manifest row id, the new rounds of candidates rejects asked for;
     - `refines`: every refinement asked for (item, prompt, strength; first asked at).
 
@@ -142,11 +146,28 @@ class Decisions:
     def none(cls) -> Decisions:
         return cls(STORED_SCHEMA.empty_table())
 
+    @staticmethod
+    def _last(of: pa.Table) -> pa.Table:
+        """The last row of each item id of `of` (rows of the history, in order)."""
+        order = pa.array(range(of.num_rows), pa.int64())
+        last = of.append_column("__order", order).group_by("item_id").aggregate([("__order", "max")])
+        return of.take(pa.array(sorted(last["__order_max"].to_pylist()), pa.int64()))
+
+    @cached_property
+    def latest(self) -> pa.Table:
+        return self._last(self.history)
+
     @cached_property
     def in_force(self) -> pa.Table:
-        order = pa.array(range(self.history.num_rows), pa.int64())
-        latest = self.history.append_column("__order", order).group_by("item_id").aggregate([("__order", "max")])
-        return self.history.take(pa.array(sorted(latest["__order_max"].to_pylist()), pa.int64()))
+        latest = self.latest
+        judged = self._last(self.history.filter(pc.not_equal(self.history["decision"], schema.REFINE)))
+        approved = judged.filter(pc.equal(judged["decision"], schema.APPROVE))["item_id"]
+        refined_after_approval = pc.and_(pc.equal(latest["decision"], schema.REFINE),
+                                         pc.is_in(latest["item_id"], approved))
+        if not pc.any(refined_after_approval).as_py():
+            return latest
+        standing = judged.filter(pc.is_in(judged["item_id"], latest["item_id"].filter(refined_after_approval)))
+        return pa.concat_tables([latest.filter(pc.invert(refined_after_approval)), standing])
 
     @cached_property
     def rounds(self) -> dict[str, int]:
@@ -177,18 +198,18 @@ def load(out: Output) -> Decisions:
     return Decisions(pa.concat_tables([tables.read(out.get(p)).cast(STORED_SCHEMA) for p in paths]))
 
 
-def read(uri: str, out: Output, in_force: pa.Table, refine_strength: float) -> pa.Table:
+def read(uri: str, out: Output, latest: pa.Table, refine_strength: float) -> pa.Table:
     """The decisions of a file that change something (STORED_SCHEMA), checked against the results
     they were made on (`results.parquet` of `out`), or ManifestError naming every bad row.
     `refine_strength`: a refine's strength when it gives none ([generate].refine_strength)."""
     decisions, problems = parse(read_file(uri), uri)
-    return check(decisions, uri, out, in_force, refine_strength, problems)
+    return check(decisions, uri, out, latest, refine_strength, problems)
 
 
-def check(decisions: list[dict], uri: str, out: Output, in_force: pa.Table, refine_strength: float,
+def check(decisions: list[dict], uri: str, out: Output, latest: pa.Table, refine_strength: float,
           problems: list[Problem] | None = None) -> pa.Table:
-    """The `decisions` that change something (STORED_SCHEMA), or ManifestError naming every bad
-    row (with the `problems` found before)."""
+    """The `decisions` that change something against the `latest` recorded (STORED_SCHEMA), or
+    ManifestError naming every bad row (with the `problems` found before)."""
     from pipeline.results import RESULTS, read_results
 
     problems = list(problems or [])
@@ -205,7 +226,7 @@ def check(decisions: list[dict], uri: str, out: Output, in_force: pa.Table, refi
     if problems:
         problems.sort(key=lambda p: p.row if p.row is not None else -1)
         raise ManifestError(problems[:MAX_REPORTED], len(problems))
-    current = {r["item_id"]: r for r in in_force.to_pylist()}
+    current = {r["item_id"]: r for r in latest.to_pylist()}
     changed = [d for d in decisions
                if d["item_id"] not in current or any(current[d["item_id"]][k] != d[k] for k in _SAME)]
     now = datetime.now(UTC)
@@ -242,26 +263,38 @@ def _problem(d: dict, result: dict | None, uri: str, refine_strength: float) -> 
 
 
 def _ask_new_rounds(changed: list[dict], results: pa.Table, current: dict[str, dict]) -> None:
-    """A reject that leaves its row fewer candidates able to take a place than it keeps asks
-    for a new round of candidates (fresh derived seeds): flagged on the row's first reject."""
-    rejects = [d for d in changed if d["decision"] == schema.REJECT]
+    """A reject (a new one: a changed note asks for nothing) that leaves its row fewer candidates
+    able to take a place than it keeps asks for a new round of candidates (fresh derived seeds):
+    flagged on the row's first reject."""
+    rejects = [d for d in changed
+               if d["decision"] == schema.REJECT and current.get(d["item_id"], {}).get("decision") != schema.REJECT]
     if not rejects:
         return
     after = {k: v["decision"] for k, v in current.items()} | {d["item_id"]: d["decision"] for d in changed}
-    rows = results.filter(pc.is_in(results["id"], pa.array({d["id"] for d in rejects}, pa.string())))
-    able: dict[str, int] = {}
+    rows = results.filter(pc.is_in(results["id"], pa.array({d["id"] for d in rejects}, pa.string()))).to_pylist()
+    children: dict[str, list[dict]] = {}
+    for r in rows:
+        children.setdefault(r["parent"], []).append(r)
+
+    def able(r: dict) -> bool:
+        """The selection's own rule, on the candidate as it was judged, under the decisions to come."""
+        if r["reason"] == schema.REVIEWER_REFINED:  # its place comes back unless a refinement keeps it
+            if any(able(child) for child in children.get(r["item_id"], [])):
+                return False
+            r = {**r, "reason": schema.NOT_SELECTED}
+        return passed({**r, "prior": r["status"] is not None, "decision": after.get(r["item_id"])})
+
+    count: dict[str, int] = {}
     keep: dict[str, int] = {}
-    for r in rows.to_pylist():
+    for r in rows:
         keep[r["id"]] = r["keep"]
-        # the selection's own rule, on the candidate as it was judged, under the decisions to come
-        if passed({**r, "prior": r["status"] is not None, "decision": after.get(r["item_id"])}):
-            able[r["id"]] = able.get(r["id"], 0) + 1
-    refinements = [d for d in changed if d["decision"] == schema.REFINE]  # each makes one, to come
-    for d in refinements:
-        able[d["id"]] = able.get(d["id"], 0) + 1
+        count[r["id"]] = count.get(r["id"], 0) + able(r)
+    for d in changed:
+        if d["decision"] == schema.REFINE:  # each makes one, to come
+            count[d["id"]] = count.get(d["id"], 0) + 1
     flagged: set[str] = set()
     for d in rejects:
-        if d["id"] not in flagged and able.get(d["id"], 0) < keep[d["id"]]:
+        if d["id"] not in flagged and count.get(d["id"], 0) < keep[d["id"]]:
             d["new_round"] = True
             flagged.add(d["id"])
 

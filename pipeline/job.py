@@ -224,7 +224,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
         if fresh and decisions:
             raise JobError("--fresh discards the results the decisions were made on: apply --decisions without it")
         recorded = review.load(out) if not fresh else review.Decisions.none()
-        changed = (review.read(decisions, out, recorded.in_force, cfg.generate.refine_strength) if decisions
+        changed = (review.read(decisions, out, recorded.latest, cfg.generate.refine_strength) if decisions
                    else review.STORED_SCHEMA.empty_table())
         run_id = uuid.uuid4().hex[:12]
         work = work_folder(out, run_id)

@@ -127,6 +127,13 @@ def test_rejecting_every_candidate_of_a_row_generates_a_new_round_with_fresh_der
     planned = pq.read_table(job.parent / "plan.parquet").to_pylist()
     assert [(r["id"], r["candidate"], r["item_id"]) for r in planned] == \
         [(i, k, r["item_id"]) for (i, k), r in after.items()]
+    # A note added to the same rejects asks for nothing new: no further round, even while the row
+    # is short (a CLIP threshold no image reaches).
+    run_job(load_job(job).replace("filter", clip_threshold=99.0), backend="in-process")
+    _, noted = apply(job, [{"item_id": r["item_id"], "decision": "reject", "note": "off brand"} for r in row_a],
+                     name="noted.json", filter={"clip_threshold": 99.0})
+    assert not [r for (i, _), r in noted.items() if i == "a" and r["status"] == "written"]
+    assert len([k for (i, k) in noted if i == "a"]) == 4 and noted["a", 0]["note"] == "off brand"
 
 
 def test_approval_locks_an_image_against_rejudging_and_takes_a_place_first(job, model_calls):
@@ -238,10 +245,33 @@ def test_a_refinement_that_fails_leaves_the_chosen_image_in_place_and_a_rejected
     assert sorted(r["source_prompt"] for r in refinements) == ["a brass lamp", "a forbidden lamp"]
     (good,) = [r for r in refinements if r["status"] == "written"]
     assert after["c", chosen["candidate"]]["reason"] == "reviewer_refined"
-    # The reviewer rejects the refinement: the chosen image (its file kept) is back in its place.
-    _, after = apply(job, [{"item_id": good["item_id"], "decision": "reject"}], name="third.json", **blocked)
+    # The reviewer rejects the refinement, and the row's runner-up: the chosen image (its file
+    # kept) is back in its place, so the row is not short and no new round is asked for.
+    (runner_up,) = [r for (i, _), r in after.items() if i == "c" and r["parent"] is None
+                    and r["item_id"] != chosen["item_id"]]
+    _, after = apply(job, [{"item_id": good["item_id"], "decision": "reject"},
+                           {"item_id": runner_up["item_id"], "decision": "reject"}], name="third.json", **blocked)
     assert after["c", chosen["candidate"]]["status"] == "written" and after["c", good["candidate"]]["path"] is None
+    assert len([k for (i, k) in after if i == "c"]) == 4  # two candidates, two refinements: no new round
     assert verify_output(out) == ([], 3)
+
+
+def test_refining_an_approved_image_keeps_it_approved_until_rejected(job):
+    """An approval stands through a later refine: the approved image stays locked while its
+    refinement is made (here the refinement fails), and the same file again records nothing."""
+    out = job.parent / "out"
+    (runner_up,) = [r for (i, _), r in results(out).items() if i == "c" and r["status"] != "written"]
+    blocked = {"filter": {"blocked_terms": ["forbidden"]}}
+    apply(job, [{"item_id": runner_up["item_id"], "decision": "approve"}], **blocked)
+    refine = [{"item_id": runner_up["item_id"], "decision": "refine", "prompt": "a forbidden lamp"}]
+    _, after = apply(job, refine, name="refine.json", **blocked)
+    approved = after["c", runner_up["candidate"]]
+    assert (approved["status"], approved["decision"]) == ("written", "approve")
+    (child,) = [r for r in after.values() if r["parent"] == runner_up["item_id"]]
+    assert child["reason"].startswith("prompt_blocked")
+    parts = sorted((out / DECISIONS).iterdir())
+    again, rows = apply(job, refine, name="refine.json", **blocked)
+    assert sorted((out / DECISIONS).iterdir()) == parts and rows == after and again.summary["this_run"] == {}
 
 
 def test_refining_a_staged_product_keeps_its_pixels_exact(tmp_path):
