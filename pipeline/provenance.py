@@ -4,17 +4,19 @@ The only module that imports `c2pa`, and only inside functions, so `--help` stay
 c2pa settings are scoped per instance: each Signer holds its own `c2pa.Context` objects
 (thumbnails, trust anchors, network off) built with `Context.from_dict`; the deprecated
 process-global `c2pa.load_settings` is never used (c2pa 0.38 Reader/Builder ignore it).
-Key material never appears in a message, a repr or a log line.
+Key material never appears in a message, a repr, a log line or a pickle.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -89,13 +91,18 @@ DEMO_SIGNER = "_demo_signer"
 DEMO_FILES = ("ca.pem", "chain.pem", "signer.key")
 
 
-def demo_credentials(output: Any) -> tuple[bytes, bytes, bytes, str]:
+def demo_credentials(output: Any, *, make: bool = True) -> tuple[bytes, bytes, bytes, str]:
     """(CA, chain, key PEM, where) of an output's throwaway demo signer, made once: in a local
     folder by `make_demo_credentials`; on object storage as three objects, the key created last
-    and exclusively, so every actor of every node signs with the same one."""
+    and exclusively, so every actor of every node signs with the same one. `make=False` only
+    reads them (an unpickled signer must sign with the driver's CA, never a new one)."""
     from pipeline.store import as_output
 
     out = as_output(output)
+    if not make:
+        rels = [f"{DEMO_SIGNER}/{name}" for name in DEMO_FILES]
+        if missing := [out.where(r) for r in rels if not out.exists(r)]:
+            raise SignerError(f"demo credentials not found: {', '.join(missing)}")
     if out.local:
         c = make_demo_credentials(Path(out.root) / DEMO_SIGNER)
         return c.ca_cert.read_bytes(), c.cert_chain.read_bytes(), c.private_key.read_bytes(), str(c.ca_cert.parent)
@@ -336,7 +343,10 @@ def _public_der(key: Any) -> bytes:
 class Signer:
     """Signs and verifies assets with one certificate chain and key.
 
-    Picklable: native c2pa handles are made on first use in each process, never shipped.
+    Keys never travel: a signer made by `from_section` pickles only where its keys come from
+    (the job's [signer] section: demo CA, file paths, names of environment variables) and reads
+    them again where it is unpickled; one made directly from key bytes refuses to be pickled.
+    Native c2pa handles are made on first use in each process.
     """
 
     def __init__(
@@ -360,6 +370,7 @@ class Signer:
         self.trust_anchors_pem = trust_anchors_pem
         self._chain, self._key = cert_chain_pem, private_key_pem
         self._native: tuple[Any, ...] | None = None  # (pid, signer, sign ctx, verify ctx)
+        self._source: tuple[SignerSection, str | None] | None = None  # set by from_section
 
     def __repr__(self) -> str:
         return (f"Signer(subject={self.subject!r}, algorithm={self.algorithm!r}, "
@@ -367,17 +378,44 @@ class Signer:
                 f"trust_anchors={'yes' if self.trust_anchors_pem else 'no'})")
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_native": None}
+        """Where the keys come from, never the keys: no key bytes, no PEM, no variable's value."""
+        if self._source is None:
+            raise SignerError("a Signer made from key bytes cannot be pickled (keys never travel): "
+                              "make it with Signer.from_section, from the demo CA, key files or "
+                              "environment variables, so each process reads the keys itself")
+        section, output = self._source
+        return {"section": section, "output": output, "subject": self.subject,
+                "chain_sha256": hashlib.sha256(self._chain).hexdigest()}  # public certificates
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Read the keys again, here, from the same source; the error names what is missing."""
+        try:
+            signer = Signer.from_section(state["section"], state["output"], quiet=True,
+                                         make_demo=False)
+        except SignerError as e:
+            raise SignerError(f"signer unpickled on {socket.gethostname()} (pid {os.getpid()}): "
+                              f"cannot read its keys here: {e}") from None
+        if hashlib.sha256(signer._chain).hexdigest() != state["chain_sha256"]:
+            raise SignerError(f"signer unpickled on {socket.gethostname()}: the certificate chain "
+                              f"here ({signer.subject}) is not the one it was made with "
+                              f"({state['subject']}); every node must sign with the same keys")
+        self.__dict__.update(signer.__dict__)
 
     @classmethod
     def from_section(cls, section: SignerSection, output: Any, *, quiet: bool = False,
-                     warn: Callable[[str], None] | None = None) -> Signer:
+                     warn: Callable[[str], None] | None = None, make_demo: bool = True) -> Signer:
         """The signer a job spec asks for; demo mode makes (or reuses) the output's throwaway
         CA, loudly (once: the driver warns, `quiet` workers do not). `output` is the output
-        folder or prefix (a path, a URI or a store.Output); `warn` says it (default: stderr)."""
+        folder or prefix (a path, a URI or a store.Output); `warn` says it (default: stderr).
+        `make_demo=False` only reads an existing demo CA."""
         extra = _read_file(section.trust_anchors, "trust_anchors") if section.trust_anchors else b""
+        where_out = None
         if section.mode == "demo":
-            ca, chain, key, where = demo_credentials(output)
+            from pipeline.store import as_output
+
+            out = as_output(output)
+            where_out = out.uri
+            ca, chain, key, where = demo_credentials(out, make=make_demo)
             if not quiet:
                 msg = (f"[signer] mode = 'demo': a THROWAWAY demo CA and signing key in {where} "
                        "- never use these credentials for real assets")
@@ -397,8 +435,10 @@ class Signer:
             raise SignerError(f"[signer].mode must be 'demo' or 'files', got {section.mode!r}")
         _load_chain(chain, chain_src)  # name the file or variable when it is unreadable
         _load_key(key, key_src)
-        return cls(cert_chain_pem=chain, private_key_pem=key, algorithm=section.algorithm,
-                   tsa_url=section.tsa_url, thumbnail=section.thumbnail, trust_anchors_pem=anchors)
+        signer = cls(cert_chain_pem=chain, private_key_pem=key, algorithm=section.algorithm,
+                     tsa_url=section.tsa_url, thumbnail=section.thumbnail, trust_anchors_pem=anchors)
+        signer._source = (section, where_out)
+        return signer
 
     def _handles(self) -> tuple[Any, ...]:
         """This process's c2pa signer and contexts (rebuilt after a fork or unpickling)."""

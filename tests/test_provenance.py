@@ -248,7 +248,106 @@ def test_key_material_never_in_repr_or_errors(signer, creds):
     assert "PRIVATE KEY" not in str(info.value) and body[:20] not in str(info.value)
 
 
-def test_signer_pickles_without_native_handles(signer, pixels):
-    clone = pickle.loads(pickle.dumps(signer))
+def key_material(pem: bytes) -> list[bytes]:
+    """Every form of a private key that must never be in a pickle: the PEM, each base64 line of
+    it, its DER and its raw private scalar."""
+    key = serialization.load_pem_private_key(pem, None)
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    return [pem, b"PRIVATE KEY", der, scalar, *pem.splitlines()[1:-1]]
+
+
+def signer_from(how: str, creds, output, monkeypatch) -> Signer:
+    """A signer as a job spec makes it: the demo CA, key files, or environment variables."""
+    if how == "demo":
+        return Signer.from_section(SignerSection(mode="demo"), output, quiet=True)
+    if how == "files":
+        section = SignerSection(mode="files", cert_chain=str(creds.cert_chain),
+                                private_key=str(creds.private_key), trust_anchors=str(creds.ca_cert))
+    else:
+        monkeypatch.setenv("TEST_C2PA_CHAIN", creds.cert_chain.read_text())
+        monkeypatch.setenv("TEST_C2PA_KEY", creds.private_key.read_text().replace("\n", "\\n"))
+        section = SignerSection(mode="files", cert_chain_env="TEST_C2PA_CHAIN",
+                                private_key_env="TEST_C2PA_KEY", trust_anchors=str(creds.ca_cert))
+    return Signer.from_section(section, output)
+
+
+@pytest.mark.parametrize("how", ["demo", "files", "env"])
+def test_a_pickled_signer_carries_no_key_material_and_signs_where_it_lands(how, creds, tmp_path,
+                                                                           monkeypatch, pixels):
+    import os
+
+    signer = signer_from(how, creds, tmp_path, monkeypatch)
+    signer.self_test("png")  # native handles made: they do not travel either
+    dumped = pickle.dumps(signer)
+    for secret in key_material(signer._key):
+        assert secret not in dumped
+    for variable in ("TEST_C2PA_CHAIN", "TEST_C2PA_KEY"):
+        if value := os.environ.get(variable):
+            assert value.encode() not in dumped and variable.encode() in dumped
+    clone = pickle.loads(dumped)
+    assert clone._key == signer._key and repr(clone) == repr(signer)  # read again, here
+    data = encode_image(pixels, "png")[0]
+    result = clone.verify(clone.sign(data, "image/png", claim()), "image/png")
+    assert result.state == "Trusted" and result.ok, result
+
+
+def test_an_unpickled_signer_names_the_missing_key_file(creds, tmp_path, monkeypatch):
+    import shutil
+
+    for name in ("chain.pem", "signer.key", "ca.pem"):
+        shutil.copy(creds.cert_chain.parent / name, tmp_path / name)
+    section = SignerSection(mode="files", cert_chain=str(tmp_path / "chain.pem"),
+                            private_key=str(tmp_path / "signer.key"))
+    dumped = pickle.dumps(Signer.from_section(section, tmp_path))
+    (tmp_path / "signer.key").unlink()  # this "node" does not have the key file
+    with pytest.raises(SignerError, match=r"private_key: cannot read .*signer\.key") as info:
+        pickle.loads(dumped)
+    assert "PRIVATE KEY" not in str(info.value)
+
+
+def test_an_unpickled_signer_names_the_missing_variable(creds, tmp_path, monkeypatch):
+    dumped = pickle.dumps(signer_from("env", creds, tmp_path, monkeypatch))
+    monkeypatch.delenv("TEST_C2PA_KEY")
+    with pytest.raises(SignerError, match="environment variable TEST_C2PA_KEY is not set"):
+        pickle.loads(dumped)
+
+
+def test_an_unpickled_demo_signer_reads_the_drivers_ca_and_never_makes_one(tmp_path):
+    signer = Signer.from_section(SignerSection(mode="demo"), tmp_path, quiet=True)
+    dumped = pickle.dumps(signer)
+    key = tmp_path / "_demo_signer" / "signer.key"
+    key.unlink()
+    with pytest.raises(SignerError, match=r"demo credentials not found: .*signer\.key"):
+        pickle.loads(dumped)
+    assert not key.exists()  # no new throwaway CA made behind the driver's back
+    # Another CA in its place: assets would not verify against the driver's anchors.
+    import shutil
+
+    shutil.rmtree(tmp_path / "_demo_signer")
+    Signer.from_section(SignerSection(mode="demo"), tmp_path, quiet=True)
+    with pytest.raises(SignerError, match="not the one it was made with"):
+        pickle.loads(dumped)
+
+
+def test_a_signer_made_from_key_bytes_refuses_to_be_pickled(signer, creds):
+    with pytest.raises(SignerError, match="made from key bytes cannot be pickled") as info:
+        pickle.dumps(signer)
+    assert "from_section" in str(info.value)
+    for secret in key_material(creds.private_key.read_bytes()):
+        assert secret.decode("latin-1") not in str(info.value)
+
+
+def test_a_pickled_demo_signer_on_object_storage_reads_the_ca_objects_again(s3, pixels):
+    output = f"s3://{s3.bucket}/out"
+    signer = Signer.from_section(SignerSection(mode="demo"), output, quiet=True)
+    dumped = pickle.dumps(signer)
+    for secret in key_material(signer._key):
+        assert secret not in dumped
+    clone = pickle.loads(dumped)
     data = encode_image(pixels, "png")[0]
     assert clone.verify(clone.sign(data, "image/png", claim()), "image/png").ok
+    s3.fs().rm(f"{s3.bucket}/out/_demo_signer/signer.key")
+    with pytest.raises(SignerError, match=rf"demo credentials not found: s3://{s3.bucket}/out/_demo_signer/signer\.key"):
+        pickle.loads(dumped)
