@@ -203,7 +203,8 @@ class Claim:
     def generation(self) -> dict[str, Any]:
         keys = ("model", "model_revision", "seed", "steps", "guidance_scale", "prompt_sha256",
                 "mode", "item_id")
-        return {k: getattr(self, k) for k in keys}
+        # seed_str: a JavaScript reader's numbers are doubles, exact only to 2**53; seeds are 63 bits.
+        return {**{k: getattr(self, k) for k in keys}, "seed_str": str(self.seed)}
 
 
 @dataclass(frozen=True)
@@ -232,13 +233,16 @@ def build_manifest(claim: Claim) -> dict[str, Any]:
                     "description": f"{claim.mode} with {claim.model}",
                     "digitalSourceType": SOURCE_TYPE + "compositeWithTrainedAlgorithmicMedia"}]
     not_allowed = {use: {"use": "notAllowed"} for use in TRAINING_MINING_USES}
+    # "created": the signer itself makes these statements (C2PA 2.x created_assertions), so a
+    # validator holds the signer accountable for them; without it c2pa-rs files everything but
+    # the hash as gathered (information passed on from elsewhere). Ingredients stay gathered.
     return {
         "claim_generator_info": [agent],
         "title": claim.title,
         "assertions": [
-            {"label": "c2pa.actions.v2", "data": {"actions": actions}},
-            {"label": TRAINING_MINING_LABEL, "data": {"entries": not_allowed}},
-            {"label": GENERATION_LABEL, "data": claim.generation()},
+            {"label": "c2pa.actions.v2", "data": {"actions": actions}, "created": True},
+            {"label": TRAINING_MINING_LABEL, "data": {"entries": not_allowed}, "created": True},
+            {"label": GENERATION_LABEL, "data": claim.generation(), "created": True},
         ],
     }
 

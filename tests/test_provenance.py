@@ -98,6 +98,39 @@ def test_manifest_content(signer, pixels):
     assert manifest["title"] == "row-1_0.png" and "thumbnail" not in manifest
 
 
+def claim_lists(signed: bytes, mime: str) -> dict[str, list[str]]:
+    """The active claim's created and gathered assertion labels, as c2pa reads them back."""
+    import json
+
+    import c2pa
+
+    with c2pa.Reader(mime, io.BytesIO(signed)) as reader:
+        store = json.loads(reader.detailed_json())
+    active = store["manifests"][store["active_manifest"]]["claim"]
+    return {kind: [ref["url"].rsplit("/", 1)[-1] for ref in active.get(f"{kind}_assertions", [])]
+            for kind in ("created", "gathered")}
+
+
+@pytest.mark.parametrize("mode", ["t2i", "inpaint"])
+def test_the_pipelines_own_assertions_are_created_ingredients_gathered(signer, pixels, mode):
+    parent = dict(parent=encode_image(pixels[:16, :16], "jpeg")[0], parent_mime="image/jpeg",
+                  parent_title="teapot.jpg") if mode == "inpaint" else {}
+    signed = signer.sign(encode_image(pixels, "png")[0], "image/png", claim(mode=mode, **parent))
+    assert signer.verify(signed, "image/png").ok
+    lists = claim_lists(signed, "image/png")
+    assert sorted(lists["created"]) == sorted(["c2pa.actions.v2", "cawg.training-mining",
+                                               "com.asset-pipeline.generation", "c2pa.hash.data"])
+    assert lists["gathered"] == (["c2pa.ingredient.v3"] if mode == "inpaint" else [])
+
+
+def test_the_seed_is_also_a_string_for_javascript_readers(signer, pixels):
+    seed = 5721422897711132026  # a JS number reads it as 5721422897711132000
+    signed = signer.sign(encode_image(pixels, "png")[0], "image/png", claim(seed=seed))
+    gen = signer.verify(signed, "image/png").generation
+    assert gen["seed"] == seed and gen["seed_str"] == "5721422897711132026"
+    assert float(seed) != seed  # the integer alone is not enough for a double
+
+
 @pytest.mark.parametrize("fmt", ["jpeg", "webp"])
 def test_sign_verify_jpeg_and_webp(signer, pixels, fmt):
     data, mime = encode_image(pixels, fmt)
