@@ -1,0 +1,170 @@
+"""The pipeline's images validate in an independent C2PA implementation, not only in the library
+that wrote them (c2pa-rs through c2pa-python): @trustnxt/c2pa-ts, pure TypeScript, run with Node
+(tests/interop/validate.mjs; `make setup` installs it). PNG and JPEG, each plain (text-to-image),
+staged (a product photo inpainted) and refined (a reviewer's refine round, whose ingredient is
+the earlier signed image). The demo CA is the trust anchor; another CA is not.
+
+Skipped where Node or tests/interop/node_modules is missing, unless
+ASSET_PIPELINE_INTEROP_TESTS=required (CI), where that is a failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import load_job
+from pipeline.job import EXIT_OK, run_job
+from pipeline.provenance import DEMO_SIGNER, make_demo_credentials, verify_bytes
+from pipeline.results import RESULTS
+from tests.helpers import save_cutout, write_job
+
+INTEROP = Path(__file__).resolve().parent / "interop"
+FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
+KINDS = ("plain", "staged", "refined")
+SEED = 5721422897711132026  # a JavaScript number reads it as 5721422897711132000
+OWN = ["c2pa.actions.v2", "cawg.training-mining", "com.asset-pipeline.generation", "c2pa.hash.data"]
+FAST = "[generate]\nsteps = 2\nwidth = 32\nheight = 32\nbatch_size = 2\n"
+ROWS = {"id": ["plain", "staged"], "prompt": ["a red mug", "a bottle on a beach"],
+        "product_image": [None, "cutout.png"], "seed": pa.array([SEED, None], pa.int64())}
+
+
+def _unavailable(why: str):
+    if os.environ.get("ASSET_PIPELINE_INTEROP_TESTS") == "required":
+        pytest.fail(f"{why}; ASSET_PIPELINE_INTEROP_TESTS=required (run `make setup` with Node.js 20+)")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    node = shutil.which("node")
+    if node is None:
+        _unavailable("node is not installed: the C2PA interoperability tests need Node.js")
+    for package in ("@trustnxt/c2pa-ts", "@peculiar/x509"):
+        if not (INTEROP / "node_modules" / package / "package.json").is_file():
+            _unavailable(f"tests/interop/node_modules lacks {package}: run `make setup`")
+    return node
+
+
+def validate(node: str, files: list[Path], anchors: Path) -> list[dict]:
+    done = subprocess.run([node, str(INTEROP / "validate.mjs"), "--trust", str(anchors), *map(str, files)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def flip_a_pixel_byte(data: bytes, mime: str) -> bytes:
+    """One bit of the image data changed, in the middle of the pixels: PNG's first IDAT chunk,
+    JPEG's entropy-coded scan (a byte that neither is nor becomes a marker)."""
+    out = bytearray(data)
+    if mime == "image/png":
+        at = out.index(b"IDAT") + 20
+    else:
+        start, end = out.rindex(b"\xff\xda"), out.rindex(b"\xff\xd9")
+        at = (start + end) // 2
+        while out[at] >= 0xFE or out[at - 1] == 0xFF:
+            at += 1
+    out[at] ^= 0x01
+    return bytes(out)
+
+
+def run(folder: Path, fmt: str) -> dict[str, dict]:
+    """One job in `fmt`: a plain and a staged image, then a refine round of the plain one. The
+    written rows by kind."""
+    folder.mkdir()
+    save_cutout(folder / "cutout.png")
+    job = write_job(folder, ROWS, styles=None, extra=f'[output]\nformat = "{fmt}"\n{FAST}', num_candidates=1, keep=1)
+    first = run_job(load_job(job), backend="in-process")
+    assert first.exit_code == EXIT_OK
+    rows = {r["id"]: r for r in pq.read_table(first.output_dir / RESULTS).to_pylist()}
+    decisions = folder / "decisions.json"
+    decisions.write_text(json.dumps([{"item_id": rows["plain"]["item_id"], "decision": "refine",
+                                      "prompt": "a red mug at dusk", "strength": 0.5}]))
+    second = run_job(load_job(job), backend="in-process", decisions=str(decisions))
+    assert second.exit_code == EXIT_OK
+    after = pq.read_table(second.output_dir / RESULTS).to_pylist()
+    (refined,) = [r for r in after if r["parent"] == rows["plain"]["item_id"]]
+    written = {"plain": rows["plain"], "staged": rows["staged"], "refined": refined}
+    assert {k: (r["status"], r["mode"]) for k, r in written.items()} == {
+        "plain": ("written", "t2i"), "staged": ("written", "inpaint"), "refined": ("written", "img2img")}
+    return {k: {**r, "file": second.output_dir / r["path"], "ca": second.output_dir / DEMO_SIGNER / "ca.pem"}
+            for k, r in written.items()}
+
+
+@pytest.fixture(scope="module")
+def checked(node, tmp_path_factory):
+    """Every image validated once by c2pa-ts: with its own demo CA as the trust anchor (and a copy
+    with one pixel byte flipped), and with another CA. One pipeline output serves every test."""
+    root = tmp_path_factory.mktemp("interop")
+    written = {fmt: run(root / fmt, fmt) for fmt in FORMATS}
+    results = {}
+    for fmt, mime in FORMATS.items():
+        images = written[fmt]
+        flipped = root / f"flipped.{fmt}"
+        flipped.write_bytes(flip_a_pixel_byte(images["plain"]["file"].read_bytes(), mime))
+        files = [images[k]["file"] for k in KINDS] + [flipped]
+        for kind, result in zip([*KINDS, "flipped"], validate(node, files, images["plain"]["ca"]), strict=True):
+            results[fmt, kind] = result
+    other = make_demo_credentials(root / "other-ca").ca_cert  # the same names, another key
+    files = [written[fmt][k]["file"] for fmt in FORMATS for k in KINDS]
+    for (fmt, kind), result in zip([(f, k) for f in FORMATS for k in KINDS], validate(node, files, other),
+                                   strict=True):
+        results[fmt, kind, "other CA"] = result
+    return written, results, root
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_image_validates_and_is_trusted_in_c2pa_ts(checked, fmt, kind):
+    written, results, _ = checked
+    result, row = results[fmt, kind], written[fmt][kind]
+    assert result["format"] == FORMATS[fmt] and result["failures"] == [], result
+    assert {"claimSignature.validated", "assertion.dataHash.match", "signingCredential.trusted"} <= set(
+        result["successes"])
+    assert result["trust"]["trusted"] and len(result["trust"]["chain"]) == 2
+    assert result["manifest"] == row["c2pa_label"] and result["claim_version"] == 2  # the one c2pa-rs read
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_pipelines_own_assertions_are_created_and_the_seed_is_exact(checked, fmt, kind):
+    written, results, _ = checked
+    result, row = results[fmt, kind], written[fmt][kind]
+    assert result["created_assertions"] == OWN
+    generation = result["generation"]
+    assert generation["seed_str"] == str(row["seed"]) and generation["item_id"] == row["item_id"]
+    assert generation["mode"] == row["mode"]
+    if kind == "plain":
+        assert generation["seed_str"] == "5721422897711132026"
+        assert result["gathered_assertions"] == [] and result["ingredients"] == []
+    else:  # what the image was made from is gathered: the product photo, the earlier round's image
+        assert result["gathered_assertions"] == ["c2pa.ingredient.v3"]
+        title = "cutout.png" if kind == "staged" else Path(written[fmt]["plain"]["path"]).name
+        assert result["ingredients"] == [{"relationship": "parentOf", "title": title}]
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_flipped_pixel_byte_is_a_data_hash_mismatch(checked, fmt):
+    written, results, root = checked
+    assert results[fmt, "flipped"]["failures"] == ["assertion.dataHash.mismatch"]
+    assert results[fmt, "flipped"]["trust"]["trusted"]  # the signature still holds: the pixels do not
+    # c2pa-rs says the same of the same file.
+    mine = verify_bytes((root / f"flipped.{fmt}").read_bytes(), FORMATS[fmt],
+                        written[fmt]["plain"]["ca"].read_bytes())
+    assert "assertion.dataHash.mismatch" in mine.errors
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_another_ca_is_untrusted(checked, fmt, kind):
+    _, results, _ = checked
+    result = results[fmt, kind, "other CA"]
+    assert result["failures"] == ["signingCredential.untrusted"]
+    assert "signingCredential.trusted" not in result["successes"] and not result["trust"]["trusted"]
+    assert "claimSignature.validated" in result["successes"]  # intact, signed, just not by whom we trust
