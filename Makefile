@@ -6,7 +6,12 @@ PY := $(VENV)/bin/python
 # torch/torchvision pinned as a pair: a torch without its matching torchvision breaks open_clip.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean interop-missing
+
+# The C2PA interoperability tests (tests/test_interop.py) validate images with an independent
+# implementation on Node.js: installed from the lockfile, no install scripts, nothing native.
+NPM := $(shell command -v npm 2>/dev/null)
+INTEROP := tests/interop/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +20,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-setup: $(VENV)/.installed
+$(INTEROP): tests/interop/package.json tests/interop/package-lock.json
+	cd tests/interop && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+interop-missing:
+	@echo "setup: npm not found: the C2PA interoperability tests (tests/test_interop.py) will be skipped" >&2
+
+setup: $(VENV)/.installed $(if $(NPM),$(INTEROP),interop-missing)
 
 demo: setup
 	$(PY) -m pipeline run jobs/demo.toml
