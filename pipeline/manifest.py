@@ -91,7 +91,7 @@ def refusal(e: Exception, uri: str, what: str, kind: str) -> str:
     if isinstance(e, uris.Refused | uris.StorageError):
         return f"{what} cannot be read: {e}"
     if isinstance(e, OSError | ValueError | SyntaxError):  # decoders: PIL, Arrow (ArrowInvalid is a ValueError)
-        return f"{what} is not a readable {kind}: {uri} ({type(e).__name__}: {_short(e)})"
+        return f"not a readable {kind}: {uri} ({type(e).__name__}: {_short(e)})"
     return f"{what} cannot be read: {uri} ({type(e).__name__}: {_short(e)})"
 
 

@@ -334,6 +334,16 @@ def validate(job_path, *extra):
     return code, err.getvalue()
 
 
+@pytest.fixture
+def no_s3_instances():
+    """No S3 client made earlier (with other credentials) is reused, and none made here is kept."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 @pytest.mark.parametrize("flag", ["--manifest", "--styles"])
 @pytest.mark.parametrize("uri, needle", [
     ("s3://bucket/m.parquet", "NoCredentialsError"),
@@ -341,7 +351,7 @@ def validate(job_path, *extra):
     ("zzz://x", "no storage is known by the scheme 'zzz://'"),
     ("file://otherhost/x", "another host"),
 ])
-def test_unreadable_manifest_and_styles_uris_are_named(tmp_path, monkeypatch, flag, uri, needle):
+def test_unreadable_manifest_and_styles_uris_are_named(tmp_path, monkeypatch, no_s3_instances, flag, uri, needle):
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(key, raising=False)
     for key in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
