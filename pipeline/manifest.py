@@ -420,8 +420,10 @@ def _inspect_image(uri: str) -> InputFile:
     if uris.split(uri)[0] == uris.LOCAL:
         data = uris.read_bytes(uri, uris.IMAGE)
         fingerprint, source = uris.content_digest(data), io.BytesIO(data)
-    else:  # the store's own fingerprint; the header is read to check it is an image
-        fingerprint, source = uris.fingerprint(uri, uris.IMAGE), uris.open_input(uri, uris.IMAGE)
+    else:  # the store's own fingerprint (its listing: one object, within the limit); the header
+        # is read to check it is an image, with no second listing
+        fs, key = uris.filesystem(uri)
+        fingerprint, source = uris.fingerprint(uri, uris.IMAGE), fs.open(key, "rb")
     with source, Image.open(source) as im:
         alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
         im.verify()

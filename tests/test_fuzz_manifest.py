@@ -29,11 +29,7 @@ from PIL import Image
 from pipeline import schema
 
 ROOT = Path(__file__).resolve().parents[1]
-PLACE = Path(tempfile.mkdtemp(prefix="fuzz-inputs-"))  # the files the hostile values point at
-Image.new("RGB", (8, 8), (9, 9, 9)).save(PLACE / "ok.png")
-(PLACE / "broken.png").write_bytes(b"\x89PNG not really")
-(PLACE / "w.safetensors").write_bytes(b"{}")
-os.mkfifo(PLACE / "pipe.png")
+PLACE = Path(tempfile.gettempdir()) / f"fuzz-inputs-{os.getpid()}"  # the files hostile values point at
 
 # Known names mostly, so that examples get past the first checks; odd ones now and then.
 MANIFEST_NAMES = [*schema.MANIFEST_COLUMNS] * 3 + ["sku", "", "status", "__x", "prompt_templat", "idd", "ünï",
@@ -141,6 +137,20 @@ def _write(path: Path, table: pa.Table, cut: int | None) -> None:
     path.write_bytes(data if cut is None else data[:cut])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _place():
+    """A good image, a broken one, a weights file and a named pipe, removed afterwards."""
+    import shutil
+
+    PLACE.mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(PLACE / "ok.png")
+    (PLACE / "broken.png").write_bytes(b"\x89PNG not really")
+    (PLACE / "w.safetensors").write_bytes(b"{}")
+    os.mkfifo(PLACE / "pipe.png")
+    yield
+    shutil.rmtree(PLACE, ignore_errors=True)
+
+
 MANIFEST_BASE = {"id": lambda i: f"r{i}", "prompt": lambda i: f"a product {i}"}
 STYLES_BASE = {"style": lambda i: ["studio", "brand", "x"][i % 3]}
 
@@ -217,9 +227,3 @@ def test_the_worst_of_them_leave_no_traceback_in_a_real_process(tmp_path):
         assert needle in r.stderr
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _no_leftovers():
-    yield
-    import shutil
-
-    shutil.rmtree(PLACE, ignore_errors=True)

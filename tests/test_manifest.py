@@ -550,3 +550,16 @@ def test_misspelt_columns_are_warned_with_the_nearest_name(tmp_path):
     assert "sku" not in text  # a manifest's other columns pass through
     code, err = validate(tmp_path / "job.toml")
     assert code == 0 and "warning: " in err and "did you mean 'prompt_template'?" in err
+
+
+def test_a_column_name_that_is_not_utf8_is_named(tmp_path):
+    import io
+
+    import pyarrow.parquet as pq
+
+    write_job(tmp_path, GOOD)
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"id": ["a"], "prompt": ["x"], "zzqq": [1]}), buffer)
+    (tmp_path / "manifest.parquet").write_bytes(buffer.getvalue().replace(b"zzqq", b"\xff\xfe\xff\xfe"))
+    code, err = validate(tmp_path / "job.toml")
+    assert code == 1 and "Traceback" not in err and "not a readable Parquet file" in err and "UnicodeDecodeError" in err
