@@ -70,6 +70,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     inputs = load_inputs(cfg)
+    _warn(inputs.warnings)
     candidates, long_prompts = 0, []
     for chunk in plan_chunks(inputs, cfg):  # a chunk at a time: a long manifest is never planned whole
         candidates += chunk.num_rows
@@ -78,6 +79,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"OK: {len(inputs.manifest)} rows, {candidates} candidates, "
           f"{len(inputs.styles)} styles; passthrough columns: {', '.join(inputs.passthrough) or 'none'}")
     return EXIT_OK
+
+
+def _warn(warnings: tuple[str, ...]) -> None:
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def _long_prompts(plan, model: str) -> list[tuple[int, str, int, int]]:
@@ -115,9 +121,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     candidates, modes, counted, writer = 0, Counter(), [], None
+    inputs = load_inputs(cfg)
+    _warn(inputs.warnings)
     try:
         # A chunk at a time: the plan of a long manifest is written and counted, never held whole.
-        for chunk in plan_chunks(load_inputs(cfg), cfg, decisions=_recorded_decisions(cfg.job.output)):
+        for chunk in plan_chunks(inputs, cfg, decisions=_recorded_decisions(cfg.job.output)):
             if args.out:
                 writer = writer or pq.ParquetWriter(args.out, chunk.schema)
                 writer.write_table(chunk)

@@ -72,6 +72,13 @@ LIMITS = {
     "count": Limit(0),  # actors and threads; 0 = sized from the cluster
     "price": Limit(0),  # [cost].gpu_hour_usd
     "seconds": Limit(0, lo_open=True),  # [[cost.throughput]].seconds_per_image
+    # Input files and objects, in bytes: one read whole into memory (a product photo, mask,
+    # reference image, decisions file), a manifest or styles table (all its parts together), and
+    # a file only hashed or fetched (LoRA weights). Only regular files and objects are read, and
+    # never more than the limit, so a wrong path (/dev/zero, a pipe) cannot fill memory or hang.
+    "image_bytes": Limit(0, 256 << 20),
+    "table_bytes": Limit(0, 4 << 30),
+    "weights_bytes": Limit(0, 16 << 30),
 }
 CHOICES = {
     "format": ("png", "jpeg", "webp"),
@@ -276,12 +283,18 @@ def show(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def nearest(name: str, known: list[str]) -> str | None:
+    """The known name `name` is most likely a misspelling of, or None."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return close[0] if close else None
+
+
 def suggest(name: str, known: list[str], show=repr, limit: int = 12) -> str:
     """'did you mean X?' for the nearest known name, else the known names (at most `limit`), so
     an error says what is allowed, not only what is wrong."""
-    close = difflib.get_close_matches(name, known, n=1)
-    if close:
-        return f"did you mean {show(close[0])}?"
+    close = nearest(name, known)
+    if close is not None:
+        return f"did you mean {show(close)}?"
     shown = ", ".join(show(k) for k in known[:limit])
     return f"known: {shown}" + (f", ... ({len(known)} in all)" if len(known) > limit else "")
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema, tables, uris
-from pipeline.manifest import MAX_REPORTED, ManifestError, Problem
+from pipeline.manifest import MAX_REPORTED, ManifestError, Problem, refusal
 from pipeline.select import passed
 from pipeline.store import Output
 
@@ -48,8 +48,8 @@ def read_file(uri: str) -> list[dict]:
     ext = posixpath.splitext(uri.split("?")[0])[1].lower()
     try:
         data = uris.read_bytes(uri)
-    except FileNotFoundError:
-        raise ManifestError([Problem(uri, "decisions file not found")]) from None
+    except Exception as e:  # noqa: BLE001 — missing, a device or pipe, too large, out of reach: named alike
+        raise ManifestError([Problem(uri, refusal(e, uri, "decisions file", "file"))]) from None
     try:
         if ext == ".csv":
             import pyarrow.csv as pcsv

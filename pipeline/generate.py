@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import faults
+from pipeline.uris import load_image
 
 GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale")
 
@@ -46,16 +47,6 @@ def is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(error).lower()
 
 
-def load_image(source: str | bytes):
-    """An input image from a local path, any fsspec URI, or its bytes, decoded and upright (EXIF)."""
-    import io
-
-    import fsspec
-    from PIL import Image, ImageOps
-
-    with (io.BytesIO(source) if isinstance(source, bytes) else fsspec.open(source, "rb")) as f, Image.open(f) as im:
-        im.load()
-        return ImageOps.exif_transpose(im)
 
 
 FILL = (127, 127, 127)  # neutral grey, 0 in the pipelines' [-1, 1] range: "nothing here yet"

@@ -221,6 +221,8 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
     try:
         # 1. everything that can reject the job, before any model loads and before --fresh
         inputs = select_rows(load_inputs(cfg), rows)
+        for warning in inputs.warnings:
+            reporter.warning(warning)
         if fresh and decisions:
             raise JobError("--fresh discards the results the decisions were made on: apply --decisions without it")
         recorded = review.load(out) if not fresh else review.Decisions.none()

@@ -7,6 +7,7 @@ problems are reported at once (capped), not one per run.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline import schema, uris
-from pipeline.config import LIMITS, JobConfig, Limit, show, suggest
+from pipeline.config import LIMITS, JobConfig, Limit, nearest, show, suggest
 
 MAX_REPORTED = 50
 MAX_ID_CHARS = 200
@@ -64,6 +65,7 @@ class Inputs:
     passthrough: tuple[str, ...]
     raw: pa.Table  # the manifest as read: passthrough columns keep their exact Arrow types
     files: dict[str, InputFile]  # every input file, by resolved URI (`uri_column`), checked once
+    warnings: tuple[str, ...] = ()  # what runs anyway but looks wrong (a column name close to a known one)
 
 
 @dataclass(frozen=True)
@@ -79,32 +81,72 @@ def uri_column(column: str) -> str:
     return f"__uri_{column}"
 
 
-def read_parquet(uri: str, what: str) -> pa.Table:
-    """Read a whole Parquet table (a file, or a folder of parts) from a path or any fsspec URI,
-    with a clear error."""
-    import pyarrow.parquet as pq
+def refusal(e: Exception, uri: str, what: str, kind: str) -> str:
+    """Why an input cannot be read, in the same words for every input (a manifest or styles
+    table, a product photo, a mask, a reference image, a LoRA): missing, refused (not a regular
+    file or object, over its size limit, a scheme no storage answers to), not what it should be,
+    or out of reach (credentials, network)."""
+    if isinstance(e, FileNotFoundError):
+        return f"{what} not found: {uri}"
+    if isinstance(e, uris.Refused | uris.StorageError):
+        return f"{what} cannot be read: {e}"
+    if isinstance(e, OSError | ValueError | SyntaxError):  # decoders: PIL, Arrow (ArrowInvalid is a ValueError)
+        return f"not a readable {kind}: {uri} ({type(e).__name__}: {_short(e)})"
+    return f"{what} cannot be read: {uri} ({type(e).__name__}: {_short(e)})"
 
+
+def _short(e: Exception, limit: int = 160) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _parts(where: str) -> list[str]:
+    """The Parquet files a table URI names: itself, or the `.parquet` files under a folder or
+    prefix; each a regular file or object, all together within the table limit."""
+    scheme, path = uris.split(where)
+    if scheme == uris.LOCAL:
+        if os.path.isdir(path):
+            parts = sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names
+                           if n.endswith(".parquet"))
+        else:
+            parts = [path]
+    else:
+        fs, key = uris.filesystem(where)
+        found = sorted(p for p in fs.find(key) if p.endswith(".parquet")) if fs.isdir(key) else [key]
+        parts = [f"{scheme}://{p}" for p in found]
+    if not parts:
+        raise FileNotFoundError(where)
+    uris.within_limit(where, sum(uris.checked_size(p, uris.TABLE) for p in parts), uris.TABLE)  # all together
+    return parts
+
+
+def read_parquet(uri: str, what: str) -> pa.Table:
+    """A whole Parquet table (a file, or a folder or prefix of parts) from a path or any fsspec
+    URI, or ManifestError saying why not. The URI resolves and its parts are checked as every
+    input is (`pipeline.uris`), so an address that names no place, a device, a pipe or a store
+    out of reach is a named problem."""
     from pipeline import tables
 
     try:
-        if uris.split(uri)[0] == uris.LOCAL:
-            table = pq.read_table(uri)  # by path: Arrow's own files (see pipeline/tables.py)
-        else:
-            # Through fsspec, like every other input: one client, one configuration (pyarrow's
-            # own S3 client does not read every standard AWS variable).
-            fs, path = uris.filesystem(uri)
-            parts = sorted(p for p in fs.find(path) if p.endswith(".parquet")) if fs.isdir(path) else [path]
-            if not parts:
-                raise FileNotFoundError(path)
-            read = [tables.read(fs.open(p, "rb")) for p in parts]
-            table = pa.concat_tables(read, promote_options="default") if len(read) > 1 else read[0]
-    except FileNotFoundError:
-        raise ManifestError([Problem(uri, f"{what} not found")]) from None
-    except (pa.ArrowInvalid, OSError) as e:
-        raise ManifestError([Problem(uri, f"{what} is not a readable Parquet file ({e})")]) from None
+        where = uris.resolve(uri, os.getcwd())
+    except ValueError as e:
+        raise ManifestError([Problem(uri, f"{what} cannot be read: {e}")]) from None
+    try:
+        read = []
+        for part in _parts(where):
+            if uris.split(part)[0] == uris.LOCAL:
+                read.append(tables.read(part))  # by path: Arrow's own file (see pipeline/tables.py)
+            else:
+                # Through fsspec, like every other input: one client, one configuration (pyarrow's
+                # own S3 client does not read every standard AWS variable).
+                with uris.open_input(part, uris.TABLE) as f:
+                    read.append(tables.read(f))
+        table = pa.concat_tables(read, promote_options="default") if len(read) > 1 else read[0]
+    except Exception as e:  # noqa: BLE001 — whatever stops the read (credentials, network, a driver) is named
+        raise ManifestError([Problem(uri, refusal(e, uri, what, "Parquet file"))]) from None
     # pandas writes its index as a column; it is not the user's data.
-    index_columns = [c for c in table.column_names if _PANDAS_INDEX.fullmatch(c)]
-    return table.drop_columns(index_columns) if index_columns else table
+    names = table.column_names
+    return table.select([i for i, c in enumerate(names) if not _PANDAS_INDEX.fullmatch(c)])
 
 
 def _pl_type(arrow_type: pa.DataType) -> pl.DataType:
@@ -145,42 +187,131 @@ def _collect(df: pl.DataFrame, checks: list[Check], uri: str, id_col: str = "id"
     return found, total
 
 
-def _is_integral_float(s: pl.Series) -> bool:
-    vals = s.drop_nulls()
-    return bool((vals == vals.round(0)).all()) if len(vals) else True
+def _names(table: pa.Table, uri: str) -> list[Problem]:
+    """Column names every later step can address: each non-empty and used once."""
+    names = table.column_names
+    problems = [Problem(uri, "a column has an empty name; name it")] if "" in names else []
+    problems += [Problem(uri, f"duplicate column {n!r} (a name may be used once)")
+                 for n in dict.fromkeys(names) if names.count(n) > 1 and n]
+    return problems
 
 
-def _typed(df: pl.DataFrame, spec: dict[str, pa.DataType], uri: str, required: dict) -> tuple[
-        pl.DataFrame, list[Problem]]:
-    """Check required columns and cast known columns to their schema types."""
-    problems = [Problem(uri, "required column is missing", column=c) for c in required if c not in df.columns]
-    casts = []
-    for name, arrow_type in spec.items():
-        if name not in df.columns:
+_TEXT = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+
+
+def _invalid_text(table: pa.Table, uri: str, id_col: str) -> list[Problem]:
+    """Columns whose data Arrow does not find valid (text that is not UTF-8, above all), by row
+    and value where the column is text: polars would panic on them, and results would carry them."""
+    problems: list[Problem] = []
+    ids = table.column(id_col) if id_col in table.column_names and _text_ok(table.column(id_col)) else None
+    for name in table.column_names:
+        column = table.column(name)
+        if _text_ok(column):
             continue
-        s = df[name]
+        if not any(t(column.type) for t in _TEXT):
+            problems.append(Problem(uri, f"holds data Arrow finds invalid ({column.type})", column=name))
+            continue
+        binary = column.cast(pa.large_binary())  # a cast of the bytes, never decoded
+        for row, value in enumerate(binary.to_pylist()):  # only a column that failed is walked
+            if value is not None and not _utf8(value):
+                problems.append(Problem(uri, f"text that is not valid UTF-8, got {show(value)}", row=row,
+                                        id=ids[row].as_py() if ids is not None else None, column=name))
+                if len(problems) >= MAX_REPORTED:
+                    return problems
+    return problems
+
+
+def _text_ok(column: pa.ChunkedArray) -> bool:
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _as_expected(column: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray | None:
+    """`column` in a type polars takes for a column read as `want`, or None when its type cannot
+    hold such values. Decided on the Arrow type, so polars sees only types it handles (text
+    undictionaried, decimals as floats): never a decimal256 or an odd dictionary."""
+    t = column.type
+    if pa.types.is_null(t):
+        return column
+    if want == pa.string():
+        if pa.types.is_dictionary(t) and any(f(t.value_type) for f in _TEXT) or any(f(t) for f in _TEXT):
+            return column.cast(pa.large_string())
+        return None
+    if want == pa.int64():
+        ok = pa.types.is_integer(t) or t in (pa.float32(), pa.float64())
+        return column if ok else None
+    if want == pa.float64():
+        if pa.types.is_decimal(t):
+            return column.cast(pa.float64())
+        return column if pa.types.is_integer(t) or pa.types.is_floating(t) and t != pa.float16() else None
+    if pa.types.is_list(want):
+        ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
+            pa.types.is_integer(t.value_type) or pa.types.is_null(t.value_type))
+        return column if ok else None
+    raise AssertionError(f"no rule for {want}")
+
+
+def _cast_checks(df: pl.DataFrame, spec: dict[str, pa.DataType]) -> list[Check]:
+    """The rows whose values the schema's type cannot hold: a fraction, NaN or infinity where a
+    whole number goes, a number beyond 64 bits."""
+    c, checks = pl.col, []
+    for name, arrow_type in spec.items():
         want = _pl_type(arrow_type)
-        ok = True
-        if want == pl.String:
-            ok = s.dtype in (pl.String, pl.Null, pl.Categorical) or isinstance(s.dtype, pl.Enum)
-        elif want == pl.Int64:
-            ok = s.dtype.is_integer() or s.dtype == pl.Null or (s.dtype.is_float() and _is_integral_float(s))
-        elif want == pl.Float64:
-            ok = s.dtype.is_numeric() or s.dtype == pl.Null
+        if name not in df.columns or df[name].dtype in (want, pl.Null):
+            continue
+        kept = c(name).cast(want, strict=False)
+        if df[name].dtype.is_float() and want == pl.Int64:
+            checks.append(Check(c(name).is_nan() | c(name).is_infinite() | (c(name) != c(name).round(0)), name,
+                                "wrong type: not a whole number"))
+            checks.append(Check(c(name).is_finite() & kept.is_null(), name, "out of range for a 64-bit integer"))
         elif isinstance(want, pl.List):
-            ok = s.dtype == pl.Null or (isinstance(s.dtype, pl.List) and (
-                s.dtype.inner.is_integer() or s.dtype.inner == pl.Null))
-        if not ok:
-            problems.append(Problem(uri, f"wrong type {s.dtype}, expected {want}", column=name))
+            nulls = lambda e: e.list.eval(pl.element().is_null().sum()).list.first()  # noqa: E731
+            checks.append(Check(c(name).is_not_null() & (nulls(kept) > nulls(c(name))), name,
+                                "out of range for 64-bit integers"))
         else:
-            casts.append(pl.col(name).cast(want, strict=False))
-    if casts:
-        before = {name: df[name].null_count() for name in df.columns}
-        df = df.with_columns(casts)
-        for name in before:
-            if df[name].null_count() > before[name]:
-                problems.append(Problem(uri, "values out of range for the column's type", column=name))
-    return df, problems
+            checks.append(Check(c(name).is_not_null() & kept.is_null(), name, "out of range for a 64-bit integer"))
+    return checks
+
+
+def _typed(table: pa.Table, spec: dict[str, pa.DataType], uri: str, required: dict, id_col: str,
+           also: list[Problem] | None = None) -> pl.DataFrame:
+    """The columns of `spec` that `table` has, checked in Arrow (names, UTF-8, types) before
+    polars sees them and cast to their schema types, with `__row`; ManifestError naming every
+    problem. Other columns never reach polars: passthrough columns stay Arrow, as read."""
+    problems = _names(table, uri)
+    if problems:  # a name used twice cannot be addressed, so nothing more can be checked
+        raise ManifestError(problems)
+    problems = list(also or ())
+    problems += [Problem(uri, "required column is missing", column=c) for c in required if c not in table.column_names]
+    problems += _invalid_text(table, uri, id_col)
+    kept: dict[str, pa.ChunkedArray] = {}
+    for name, arrow_type in spec.items():
+        if name in table.column_names:
+            column = _as_expected(table.column(name), arrow_type)
+            if column is None:
+                problems.append(Problem(uri, f"wrong type {table.column(name).type}, expected {arrow_type}",
+                                        column=name))
+            else:
+                kept[name] = column
+    if problems:
+        raise ManifestError(problems)
+    # Arrays only: the table's metadata (pandas', or bytes that are not UTF-8) never reaches polars.
+    df = pl.from_arrow(pa.Table.from_arrays(list(kept.values()), names=list(kept))).with_row_index("__row")
+    found, total = _collect(df, _cast_checks(df, spec), uri, id_col)
+    if total:
+        raise ManifestError(found, total)
+    return df.with_columns(pl.col(n).cast(_pl_type(t), strict=False) for n, t in spec.items() if n in df.columns)
 
 
 def _row_problems(df: pl.DataFrame, check: Check, uri: str, id_col: str = "id") -> tuple[list[Problem], int]:
@@ -234,14 +365,27 @@ def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
     """The styles table, typed and checked; an empty table when the job has none."""
     if table is None:
         table = pa.schema(list(schema.STYLES_COLUMNS.items())).empty_table()
-    df, problems = _typed(pl.from_arrow(table), schema.STYLES_COLUMNS, uri, schema.STYLES_REQUIRED)
-    if problems:
-        raise ManifestError(problems)
-    df = _with_missing(df.with_row_index("__row"), schema.STYLES_COLUMNS)
+    df = _with_missing(_typed(table, schema.STYLES_COLUMNS, uri, schema.STYLES_REQUIRED, "style"),
+                       schema.STYLES_COLUMNS)
     found, total = _collect(df, _style_checks(), uri, id_col="style")
     if total:
         raise ManifestError(found, total)
     return df
+
+
+def unread_columns(table: pa.Table | None, known: dict[str, pa.DataType], uri: str, all_of_them: bool) -> list[str]:
+    """Warnings for columns the pipeline does not read: each (`all_of_them`, a styles table) or
+    those whose name is close to one it reads (a manifest, whose other columns pass through)."""
+    found = []
+    for name in table.column_names if table is not None else ():
+        if name in known:
+            continue
+        near = nearest(name, list(known))
+        if near is not None:
+            found.append(f"{uri}: column {name!r} is not read (did you mean {near!r}?)")
+        elif all_of_them:
+            found.append(f"{uri}: column {name!r} is not read ({suggest(name, list(known))})")
+    return found
 
 
 def _manifest_checks(cfg: JobConfig, known_styles: list[str]) -> list[Check]:
@@ -267,16 +411,19 @@ def _manifest_checks(cfg: JobConfig, known_styles: list[str]) -> list[Check]:
 
 
 def _inspect_image(uri: str) -> InputFile:
-    """Read an input image once: its content fingerprint, and a decode check."""
+    """Read an input image once (bounded, as every input: `pipeline.uris`): its content
+    fingerprint, and a decode check."""
     import io
 
     from PIL import Image
 
     if uris.split(uri)[0] == uris.LOCAL:
-        data = uris.read_bytes(uri)
+        data = uris.read_bytes(uri, uris.IMAGE)
         fingerprint, source = uris.content_digest(data), io.BytesIO(data)
-    else:  # the store's own fingerprint; the header is read to check it is an image
-        fingerprint, source = uris.fingerprint(uri), uris.filesystem(uri)[0].open(uris.filesystem(uri)[1], "rb")
+    else:  # the store's own fingerprint (its listing: one object, within the limit); the header
+        # is read to check it is an image, with no second listing
+        fs, key = uris.filesystem(uri)
+        fingerprint, source = uris.fingerprint(uri, uris.IMAGE), fs.open(key, "rb")
     with source, Image.open(source) as im:
         alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
         im.verify()
@@ -284,7 +431,7 @@ def _inspect_image(uri: str) -> InputFile:
 
 
 def _inspect_file(uri: str) -> InputFile:
-    return InputFile(uris.fingerprint(uri))
+    return InputFile(uris.fingerprint(uri, uris.WEIGHTS))
 
 
 def _check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, inspect, file: str,
@@ -292,8 +439,6 @@ def _check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, insp
     """Resolve `column`'s values into `uri_column(column)`, then check each distinct file once
     (allowed scheme and roots, present, readable) and record it in `files`. Returns the frame,
     the first problems (one per row using a bad file) and their count."""
-    from PIL import UnidentifiedImageError
-
     why: dict[str, str] = {}
     resolved: dict[str, str] = {}
     for value in df[column].drop_nulls().unique().to_list():
@@ -308,13 +453,8 @@ def _check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, insp
             continue
         try:
             files[uri] = inspect(uri)
-        except FileNotFoundError:
-            refused[uri] = f"file not found: {uri}"
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            kind = "image" if inspect is _inspect_image else "file"
-            refused[uri] = f"not a readable {kind}: {uri} ({type(e).__name__})"
         except Exception as e:  # noqa: BLE001 — credentials, network, a missing fsspec backend: name it
-            refused[uri] = f"cannot read {uri}: {type(e).__name__}: {e}"
+            refused[uri] = refusal(e, uri, "file", "image" if inspect is _inspect_image else "file")
     why.update((value, refused[uri]) for value, uri in resolved.items() if uri in refused)
     df = df.with_columns(pl.col(column).replace_strict(resolved, default=None, return_dtype=pl.String)
                          .alias(uri_column(column)))
@@ -326,17 +466,13 @@ def _check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, insp
 
 def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri: str) -> Inputs:
     """Type and check every row; raise ManifestError listing all problems (capped)."""
-    df, problems = _typed(pl.from_arrow(table), schema.MANIFEST_COLUMNS, uri, schema.MANIFEST_REQUIRED)
-    passthrough = tuple(c for c in df.columns if c not in schema.CONSUMED_MANIFEST_COLUMNS)
-    for name in passthrough:
-        if name in schema.RESERVED_NAMES or name.startswith("__"):
-            problems.append(Problem(uri, "name is reserved by the results table; rename the column",
-                                    column=name))
-    if problems:
-        raise ManifestError(problems)
+    passthrough = tuple(c for c in table.column_names if c not in schema.CONSUMED_MANIFEST_COLUMNS)
+    reserved = [Problem(uri, "name is reserved by the results table; rename the column", column=name)
+                for name in passthrough if name in schema.RESERVED_NAMES or name.startswith("__")]
+    df = _typed(table, schema.MANIFEST_COLUMNS, uri, schema.MANIFEST_REQUIRED, "id", reserved)
     if len(df) == 0:
         raise ManifestError([Problem(uri, "the manifest has no rows")])
-    df = _with_missing(df.with_row_index("__row"), schema.MANIFEST_OPTIONAL)
+    df = _with_missing(df, schema.MANIFEST_OPTIONAL)
     c = pl.col
     found, total = _collect(df, _manifest_checks(cfg, styles["style"].drop_nulls().to_list()), uri)
     # keep <= num_candidates after the row → style → job fallbacks.
@@ -357,11 +493,17 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
     if total:
         found.sort(key=lambda p: (p.row if p.row is not None else -1))
         raise ManifestError(found, total)
-    return Inputs(df, styles, uri, passthrough, table.select(list(passthrough)), files)
+    # The passthrough columns as read, their types exact; metadata (pandas', or bytes that are
+    # not UTF-8) is not the user's data and is not carried into the results.
+    raw = table.select(list(passthrough))
+    raw = pa.Table.from_arrays(raw.columns, schema=pa.schema([f.remove_metadata() for f in raw.schema]))
+    warnings = unread_columns(table, schema.MANIFEST_COLUMNS, uri, all_of_them=False)
+    return Inputs(df, styles, uri, passthrough, raw, files, tuple(warnings))
 
 
 def load_inputs(cfg: JobConfig) -> Inputs:
-    """Read and validate the job's manifest and styles; raises ManifestError."""
+    """Read and validate the job's manifest and styles; raises ManifestError. Columns that are
+    read by no one and look misspelt are in `Inputs.warnings`."""
     styles_table = read_parquet(cfg.job.styles, "styles table") if cfg.job.styles else None
     styles = validate_styles(styles_table, cfg.job.styles)
     files: dict[str, InputFile] = {}
@@ -375,7 +517,8 @@ def load_inputs(cfg: JobConfig) -> Inputs:
         raise ManifestError(problems, total)
     table = read_parquet(cfg.job.manifest, "manifest")
     inputs = validate_manifest(table, styles, cfg, cfg.job.manifest)
-    return dataclasses.replace(inputs, files={**files, **inputs.files})
+    warnings = unread_columns(styles_table, schema.STYLES_COLUMNS, cfg.job.styles, all_of_them=True)
+    return dataclasses.replace(inputs, files={**files, **inputs.files}, warnings=(*warnings, *inputs.warnings))
 
 
 def styles_base_dir(cfg: JobConfig) -> str:

@@ -194,9 +194,9 @@ class PlanFile:
     num_rows: int
 
     def chunks(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        f = pq.ParquetFile(self.path)
-        for i in range(f.num_row_groups):
-            yield f.read_row_group(i, columns=columns)
+        with pq.ParquetFile(self.path) as f:
+            for i in range(f.num_row_groups):
+                yield f.read_row_group(i, columns=columns)
 
 
 def write_plan(inputs: Inputs, cfg: JobConfig, path: Path, chunk_rows: int | None = None,

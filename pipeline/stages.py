@@ -219,13 +219,9 @@ class CandidateStage:
         if uri is None:
             return None
         if uri not in self._references:
-            import io
+            from pipeline.uris import load_image
 
-            from PIL import Image
-
-            from pipeline.uris import read_bytes
-
-            image = np.asarray(Image.open(io.BytesIO(read_bytes(uri))).convert("RGB"))
+            image = np.asarray(load_image(uri, "RGB"))  # upright, as product photos are
             self._references[uri] = self.scorer.embed_images([image])[0].cpu().numpy().astype(np.float64)
         return float(np.dot(self._references[uri], np.asarray(embedding, np.float64)))
 
@@ -334,10 +330,9 @@ class WriteStage:
         if uri is None:
             return None, None
         if uri not in self._parents:
-            import fsspec
+            from pipeline.uris import read_bytes
 
-            with fsspec.open(uri, "rb") as f:
-                self._parents[uri] = (f.read(), mimetypes.guess_type(uri)[0] or "image/png")
+            self._parents[uri] = (read_bytes(uri), mimetypes.guess_type(uri)[0] or "image/png")
             if len(self._parents) > 64:
                 self._parents.pop(next(iter(self._parents)))
         return self._parents[uri]

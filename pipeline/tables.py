@@ -31,9 +31,14 @@ def read(source: str | Path | bytes | BinaryIO, columns: list[str] | None = None
     native = isinstance(source, str | Path)
     if isinstance(source, bytes):
         source = pa.BufferReader(source)
-    f = pq.ParquetFile(str(source) if native else source)
-    names = f.schema_arrow.names
-    wanted = [c for c in columns if c in names] if columns is not None else names
-    if dictionary:
-        f = pq.ParquetFile(str(source) if native else source, read_dictionary=[c for c in dictionary if c in wanted])
-    return f.read(columns=wanted, use_threads=native)
+    source = str(source) if native else source
+    with pq.ParquetFile(source) as f:
+        names = f.schema_arrow.names
+        wanted = [c for c in columns if c in names] if columns is not None else names
+        if not dictionary:
+            return f.read(columns=wanted, use_threads=native)
+        # The footer read once: a second reader for the dictionary columns reuses its metadata
+        # (on object storage each footer read is a ranged request or two).
+        with pq.ParquetFile(source, metadata=f.metadata,
+                            read_dictionary=[c for c in dictionary if c in wanted]) as g:
+            return g.read(columns=wanted, use_threads=native)

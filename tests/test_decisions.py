@@ -390,3 +390,16 @@ def test_a_failed_refinement_is_never_made_and_a_rejected_image_never_kept_for_r
     gone = after["a", rejected["candidate"]]
     assert gone["reason"] == "reviewer_rejected" and gone["path"] is None and not (out / rejected["path"]).exists()
     assert verify_output(out)[0] == []
+
+
+def test_a_decisions_file_that_is_a_device_or_pipe_is_named_not_read(tmp_path):
+    import os
+
+    from pipeline.decisions import read_file
+
+    os.mkfifo(tmp_path / "d.csv")
+    for uri, needle in (("/dev/zero", "/dev/zero is a character device, not a regular file"),
+                        (str(tmp_path / "d.csv"), "is a named pipe, not a regular file"),
+                        (str(tmp_path / "none.csv"), "decisions file not found")):
+        with pytest.raises(ManifestError, match=needle):
+            read_file(uri)

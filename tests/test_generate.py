@@ -267,3 +267,32 @@ def test_sdxl_runs_every_mode_and_a_missing_mode_is_an_error_row(sdxl, tmp_path)
     no_inpaint = Generator(dataclasses.replace(sdxl.pipes, inpaint=None), batch_size=4)(cands)
     assert [o.error is None for o in no_inpaint] == [True, True, False]
     assert "has no inpaint pipeline" in no_inpaint[2].error
+
+
+def test_exif_rotated_style_reference_is_compared_upright(tmp_path):
+    """A style's reference image goes through the one input loader, as product photos do: the
+    similarity is taken with the image as it is shown, not as its pixels are stored."""
+    import types
+
+    import torch
+    from PIL import ImageOps
+
+    from pipeline.stages import CandidateStage
+
+    im = Image.new("RGB", (80, 40), (255, 0, 0))
+    im.paste((0, 0, 255), (0, 0, 20, 40))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90° on display
+    im.save(tmp_path / "ref.jpg", exif=exif)
+    seen = []
+
+    def embed_images(images):
+        seen.extend(images)
+        return torch.ones(len(images), 4) / 2
+
+    stage = types.SimpleNamespace(_references={}, scorer=types.SimpleNamespace(embed_images=embed_images))
+    CandidateStage._reference_similarity(stage, str(tmp_path / "ref.jpg"), [0.5] * 4)
+    with Image.open(tmp_path / "ref.jpg") as shown:
+        upright = np.asarray(ImageOps.exif_transpose(shown).convert("RGB"))
+    assert len(seen) == 1 and seen[0].shape == upright.shape == (80, 40, 3)
+    assert np.array_equal(seen[0], upright)

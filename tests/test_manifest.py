@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from pipeline.manifest import ManifestError, load_inputs
-from tests.helpers import job
+from tests.helpers import job, write_job
 
 GOOD = {"id": ["a", "b"], "prompt": ["a red mug", "a blue bottle"], "style": ["studio", "brand"]}
 
@@ -315,3 +315,261 @@ def test_image_to_image_with_no_denoising_step_is_refused_naming_the_row(tmp_pat
         build_plan(load_inputs(cfg), cfg)
     assert [(p.row, p.id, p.column) for p in e.value.problems] == [(1, "none", "strength")]
     assert "no denoising step" in str(e.value) and "0.75" in str(e.value)
+
+
+# ── hostile inputs: every problem named (row, column, value), never a traceback, a hang or a
+#    read without bound ─────────────────────────────────────────────────────────────────────
+
+
+def validate(job_path, *extra):
+    """`validate` in-process, as scheduled jobs run it: (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from pipeline.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["validate", str(job_path), *extra])
+    return code, err.getvalue()
+
+
+@pytest.fixture
+def no_s3_instances():
+    """No S3 client made earlier (with other credentials) is reused, and none made here is kept."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.parametrize("flag", ["--manifest", "--styles"])
+@pytest.mark.parametrize("uri, needle", [
+    ("s3://bucket/m.parquet", "NoCredentialsError"),
+    ("s3://", "names none"),
+    ("zzz://x", "no storage is known by the scheme 'zzz://'"),
+    ("file://otherhost/x", "another host"),
+])
+def test_unreadable_manifest_and_styles_uris_are_named(tmp_path, monkeypatch, no_s3_instances, flag, uri, needle):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    for key in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(key, str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    job_path = write_job(tmp_path, GOOD)
+    code, err = validate(job_path, flag, uri)
+    what = "manifest" if flag == "--manifest" else "styles table"
+    assert code == 1 and "Traceback" not in err
+    assert f"error: {uri}: {what} cannot be read" in err and needle in err
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    import os
+
+    path = tmp_path / "pipe.png"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("value, needle", [
+    ("/dev/null", "/dev/null is a character device, not a regular file"),
+    ("/dev/zero", "/dev/zero is a character device, not a regular file"),
+    ("/dev/urandom", "/dev/urandom is a character device, not a regular file"),
+    ("{tmp}", "is a folder, not a regular file"),
+    ("{fifo}", "is a named pipe, not a regular file"),
+])
+def test_product_images_masks_and_references_must_be_regular_files(tmp_path, fifo, value, needle):
+    """Read whole, /dev/zero would fill memory and a named pipe would hang the read for ever."""
+    value = value.format(tmp=tmp_path, fifo=fifo)
+    for rows, styles, column in (({"id": ["a"], "prompt": ["x"], "product_image": [value]}, None, "product_image"),
+                                 ({"id": ["a"], "prompt": ["x"], "product_image": [str(_png(tmp_path))],
+                                   "mask": [value]}, None, "mask"),
+                                 ({"id": ["a"], "prompt": ["x"]}, {"style": ["s"], "reference_image": [value]},
+                                  "reference_image")):
+        err = problems_of(tmp_path / column, rows, styles=styles)
+        assert [(p.row, p.column) for p in err.problems] == [(0, column)]
+        assert needle in err.problems[0].message
+
+
+def test_lora_files_must_be_regular_files(tmp_path):
+    """A LoRA is hashed, not read whole: a pipe would still hang the hash, a device never end it."""
+    import os
+
+    (tmp_path / "job").mkdir()
+    os.mkfifo(tmp_path / "job" / "pipe.safetensors")
+    (tmp_path / "job" / "dir.safetensors").mkdir()
+    styles = {"style": ["a", "b"], "lora": ["pipe.safetensors", "dir.safetensors"]}
+    err = problems_of(tmp_path / "job", {"id": ["x"], "prompt": ["y"]}, styles=styles)
+    found = {(p.id, p.column, p.message.split(", ")[-1]) for p in err.problems}
+    assert found == {("a", "lora", "not a regular file"), ("b", "lora", "not a regular file")}
+    assert "pipe.safetensors is a named pipe" in str(err) and "dir.safetensors is a folder" in str(err)
+
+
+def _png(folder, name="ok.png", size=(8, 8)):
+    folder.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(0).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / name)
+    return folder / name
+
+
+@pytest.mark.parametrize("flag", ["--manifest", "--styles"])
+@pytest.mark.parametrize("value, needle", [
+    ("/dev/null", "/dev/null is a character device, not a regular file"),
+    ("/dev/zero", "/dev/zero is a character device, not a regular file"),
+    ("{fifo}", "is a named pipe, not a regular file"),
+])
+def test_manifest_and_styles_must_be_regular_files(tmp_path, fifo, flag, value, needle):
+    code, err = validate(write_job(tmp_path, GOOD), flag, value.format(fifo=fifo))
+    assert code == 1 and "Traceback" not in err and needle in err and "not found" not in err
+
+
+def test_inputs_over_the_size_limit_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    from pipeline.config import LIMITS, Limit
+
+    big = _png(tmp_path, "big.png", (64, 64))
+    monkeypatch.setitem(LIMITS, "image_bytes", Limit(0, 100))
+    err = problems_of(tmp_path, {"id": ["a"], "prompt": ["x"], "product_image": [str(big)]})
+    assert [(p.row, p.column) for p in err.problems] == [(0, "product_image")]
+    assert "larger than the limit of 100 bytes" in str(err)
+    monkeypatch.setitem(LIMITS, "table_bytes", Limit(0, 100))
+    with pytest.raises(ManifestError, match="manifest cannot be read: .* larger than the limit of 100 bytes"):
+        load_inputs(job(tmp_path / "t", GOOD, styles=None))
+
+
+def test_manifest_read_from_a_store_closes_what_it_opens(tmp_path, monkeypatch):
+    """Every handle opened on object storage is closed by the reader, not left to the collector."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from pipeline.manifest import read_parquet
+
+    fs = fsspec.filesystem("memory")
+    with fs.open("/hostile/m.parquet", "wb") as f:
+        pq.write_table(pa.table(GOOD), f)
+    opened = []
+    real_open = type(fs)._open
+
+    class Tracked:  # not an IOBase: nothing closes it on collection
+        def __init__(self, inner):
+            self.inner, self.closed = inner, False
+            opened.append(self)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def close(self):
+            self.closed = True
+            self.inner.close()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.close()
+
+    monkeypatch.setattr(type(fs), "_open", lambda self, *a, **kw: Tracked(real_open(self, *a, **kw)))
+    assert read_parquet("memory://hostile/m.parquet", "manifest").num_rows == 2
+    assert opened and all(f.closed for f in opened)
+
+
+def _string_array(values: list[bytes]) -> pa.Array:
+    """A string array holding `values` as they are, valid UTF-8 or not (as a broken writer leaves it)."""
+    offsets = np.cumsum([0, *map(len, values)]).astype(np.int32)
+    return pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(offsets.tobytes()),
+                                                             pa.py_buffer(b"".join(values))])
+
+
+@pytest.mark.parametrize("column", ["id", "prompt", "style", "negative_prompt", "sku"])
+def test_text_that_is_not_utf8_is_named_by_row_and_value(tmp_path, column):
+    rows = {"id": _string_array([b"a", b"b"]), "prompt": ["x", "y"], "style": ["studio", "studio"]}
+    rows[column] = _string_array([b"studio", b"st\xffudio"])
+    code, err = validate(write_job(tmp_path, pa.table(rows)))
+    assert code == 1 and "Traceback" not in err and "panicked" not in err
+    assert f"row 1, column {column!r}" in err or f"row 1 (id 'b'), column {column!r}" in err
+    assert "not valid UTF-8, got b'st\\xffudio'" in err
+
+
+def test_styles_text_that_is_not_utf8_is_named(tmp_path):
+    styles = {"style": ["a", "b"], "prompt_template": _string_array([b"{prompt}", b"{prompt} \xfe"])}
+    err = problems_of(tmp_path, GOOD | {"style": ["a", "b"]}, styles=styles)
+    assert [(p.row, p.id, p.column) for p in err.problems] == [(1, "b", "prompt_template")]
+
+
+@pytest.mark.parametrize("table, needle", [
+    (pa.table({"id": ["a"], "prompt": ["x"], "": [1]}), "a column has an empty name"),
+    (pa.Table.from_arrays([pa.array(["a"]), pa.array(["x"]), pa.array(["y"])], names=["id", "prompt", "prompt"]),
+     "duplicate column 'prompt'"),
+    (pa.Table.from_arrays([pa.array(["a"]), pa.array(["x"]), pa.array([1]), pa.array([2])],
+                          names=["id", "prompt", "sku", "sku"]), "duplicate column 'sku'"),
+    (pa.table({"id": ["a"], "prompt": [b"x"]}), "column 'prompt': wrong type binary, expected string"),
+    (pa.table({"id": ["a"], "prompt": ["x"], "seed": pa.array([1], pa.decimal256(40, 0))}),
+     "column 'seed': wrong type decimal256(40, 0), expected int64"),
+])
+def test_columns_polars_cannot_take_are_named(tmp_path, table, needle):
+    code, err = validate(write_job(tmp_path, table))
+    assert code == 1 and "Traceback" not in err and "panicked" not in err and needle in err
+
+
+def test_odd_passthrough_types_and_metadata_pass_through(tmp_path):
+    """A decimal256 passthrough column and schema metadata that is not UTF-8 are not the
+    pipeline's business: they pass, the column exact."""
+    table = pa.table({"id": ["a"], "prompt": ["x"], "price": pa.array([12345], pa.decimal256(40, 2)),
+                      "blob": pa.array([b"\xff"], pa.binary())})
+    table = table.replace_schema_metadata({b"k\xff": b"\xff\xfe"})
+    cfg = job(tmp_path, table)
+    inputs = load_inputs(cfg)
+    assert inputs.passthrough == ("price", "blob")
+    from pipeline.plan import build_plan
+
+    plan = build_plan(inputs, cfg)
+    assert plan.schema.field("price").type == pa.decimal256(40, 2) and plan["blob"].to_pylist() == [b"\xff"]
+    code, err = validate(tmp_path / "job.toml")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("values, needle", [
+    ([1.0, 1.5], "wrong type: not a whole number, got 1.5"),
+    ([1.0, float("nan")], "wrong type: not a whole number, got nan"),
+    ([1.0, float("inf")], "wrong type: not a whole number, got inf"),
+    ([1.0, 1e30], "out of range for a 64-bit integer, got 1e+30"),
+    (pa.array([1, 2**64 - 1], pa.uint64()), "out of range for a 64-bit integer, got 18446744073709551615"),
+])
+def test_whole_number_columns_name_the_row_and_value(tmp_path, values, needle):
+    err = problems_of(tmp_path, GOOD | {"seed": values})
+    assert [(p.row, p.id, p.column) for p in err.problems] == [(1, "b", "seed")]
+    assert needle in err.problems[0].message
+
+
+def test_style_seeds_beyond_64_bits_name_the_style(tmp_path):
+    styles = {"style": ["a", "b"], "seeds": pa.array([[1], [2, 2**64 - 1]], pa.list_(pa.uint64()))}
+    err = problems_of(tmp_path, GOOD | {"style": ["a", "b"]}, styles=styles)
+    assert [(p.row, p.id, p.column) for p in err.problems] == [(1, "b", "seeds")]
+    assert "18446744073709551615" in str(err)
+
+
+def test_misspelt_columns_are_warned_with_the_nearest_name(tmp_path):
+    styles = {"style": ["a"], "prompt_templat": ["{prompt}, studio"], "owner": ["me"]}
+    rows = {"id": ["x"], "prompt": ["y"], "style": ["a"], "negative_promt": ["blurry"], "sku": ["S1"]}
+    inputs = load_inputs(job(tmp_path, rows, styles=styles))
+    text = "\n".join(inputs.warnings)
+    assert "column 'prompt_templat' is not read (did you mean 'prompt_template'?)" in text
+    assert "column 'owner' is not read (known: 'style'" in text  # a styles table has no passthrough
+    assert "column 'negative_promt' is not read (did you mean 'negative_prompt'?)" in text
+    assert "sku" not in text  # a manifest's other columns pass through
+    code, err = validate(tmp_path / "job.toml")
+    assert code == 0 and "warning: " in err and "did you mean 'prompt_template'?" in err
+
+
+def test_a_column_name_that_is_not_utf8_is_named(tmp_path):
+    import io
+
+    import pyarrow.parquet as pq
+
+    write_job(tmp_path, GOOD)
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"id": ["a"], "prompt": ["x"], "zzqq": [1]}), buffer)
+    (tmp_path / "manifest.parquet").write_bytes(buffer.getvalue().replace(b"zzqq", b"\xff\xfe\xff\xfe"))
+    code, err = validate(tmp_path / "job.toml")
+    assert code == 1 and "Traceback" not in err and "not a readable Parquet file" in err and "UnicodeDecodeError" in err
