@@ -10,6 +10,7 @@ Unset in production, where every check is one dict lookup. Points:
   prompt.error=SEED           the prompt check raises for a unit holding this seed (a stage exception)
   write.error=SEED            writing the image of the candidate with this seed raises
   candidate.oom               generation raises out-of-memory for any batch larger than one
+  candidate.oom_after_model   the same, once the model has run on the batch (its time is spent)
   score.error=SEED            CLIP scoring raises for the candidate with this seed
   actor.exit_once=PATH        the generate actor dies on its first batch unless PATH exists
   writer.exit_once=PATH       the writing stage dies on its first unit unless PATH exists

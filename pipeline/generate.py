@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import faults
+from pipeline.schema import GENERATE_ERROR
 from pipeline.uris import load_image
 
 GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale")
@@ -34,7 +35,7 @@ class Generated:
 
     image: np.ndarray | None = None  # HxWx3 uint8
     error: str | None = None
-    ms: float = 0.0
+    ms: float = 0.0  # model time of every attempt at it, failed ones included (shared by their batch)
     batch_size: int = 0
     batch_position: int = 0
     attempt: int = 1
@@ -116,21 +117,25 @@ class Generator:
                 self._run([candidates[i] for i in chunk], chunk, out, attempt=1)
         return out  # type: ignore[return-value]
 
-    def _run(self, cands: list[dict], slots: list[int], out: list, attempt: int) -> None:
+    def _run(self, cands: list[dict], slots: list[int], out: list, attempt: int, spent: float = 0.0) -> None:
+        """Generate `cands` as one batch; a batch that fails is split in half and each half tried
+        again. Every attempt's model time is paid for: `spent` is what the failed attempts before
+        this one cost each of these candidates (ms), and is added to what this one costs."""
         t0 = time.perf_counter()
         try:
             images = self._generate(cands)
         except Exception as e:  # noqa: BLE001 — failures are rows, not crashes
+            spent += (time.perf_counter() - t0) * 1000 / len(cands)  # the failed batch's time, shared
             if len(cands) > 1:
                 half = (len(cands) + 1) // 2
                 if is_oom(e):
                     _free_memory()
-                self._run(cands[:half], slots[:half], out, attempt + 1)
-                self._run(cands[half:], slots[half:], out, attempt + 1)
+                self._run(cands[:half], slots[:half], out, attempt + 1, spent)
+                self._run(cands[half:], slots[half:], out, attempt + 1, spent)
                 return
-            out[slots[0]] = Generated(error=f"generate: {type(e).__name__}: {e}", attempt=attempt)
+            out[slots[0]] = Generated(error=f"{GENERATE_ERROR}: {type(e).__name__}: {e}", ms=spent, attempt=attempt)
             return
-        ms = (time.perf_counter() - t0) * 1000 / len(cands)
+        ms = spent + (time.perf_counter() - t0) * 1000 / len(cands)
         truncated = self._truncated([c["prompt"] for c in cands])
         for pos, (slot, image) in enumerate(zip(slots, images, strict=True)):
             out[slot] = Generated(image=image, ms=ms, batch_size=len(cands), batch_position=pos,
@@ -205,6 +210,7 @@ class Generator:
                               width=int(first["width"]), height=int(first["height"]))
         with torch.inference_mode():
             result = pipe(**kwargs).images
+        _injected_faults(cands, after_model=True)
         images = [np.clip(np.rint(np.asarray(img) * 255), 0, 255).astype(np.uint8) for img in result]
         if mode == "inpaint":
             images = [_composite(img, *layer) for img, layer in zip(images, layers, strict=True)]
@@ -219,10 +225,14 @@ def _fitted(image: bytes, width: int, height: int):
                         method=Image.Resampling.LANCZOS)
 
 
-def _injected_faults(cands: list[dict]) -> None:
+def _injected_faults(cands: list[dict], after_model: bool = False) -> None:
     """Test-only failures (see pipeline/faults.py); nothing happens unless armed."""
     import torch
 
+    if after_model:
+        if faults.arg("candidate.oom_after_model") is not None and len(cands) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected, after the model ran)")
+        return
     bad_seeds = set((faults.arg("candidate.error") or "").split("|")) - {""}
     if bad := sorted(bad_seeds & {str(c["seed"]) for c in cands}):
         raise RuntimeError(f"injected failure for seed {bad[0]}")

@@ -10,11 +10,9 @@ row is judged again from what is stored: scores and embeddings are never measure
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from pipeline import schema
 from pipeline.config import FilterSection
+from pipeline.identity import digest, encode
 
 # The outcome of a measured candidate that a re-judging may reset, when its prompt was blocked
 # before and is not now: it was never generated, so it is generated as a new candidate.
@@ -25,10 +23,10 @@ _UNMEASURED = ("status", "reason", "selected", "rank", "moderation", "prompt_uns
 
 def rules_key(f: FilterSection) -> str:
     """The job-wide filter settings, as a short stable string (the row's keep and CLIP threshold
-    are added per row by the plan)."""
-    rules = {"image_unsafe": f.image_unsafe_threshold, "prompt_unsafe": f.prompt_unsafe_threshold,
-             "blocked": sorted(f.blocked_terms)}
-    return hashlib.blake2b(json.dumps(rules, sort_keys=True).encode(), digest_size=6).hexdigest()
+    are added per row by the plan), hashed from their canonical encoding (`identity.py`)."""
+    terms = sorted(f.blocked_terms)
+    return digest(encode("rules-v2", float(f.image_unsafe_threshold), float(f.prompt_unsafe_threshold),
+                         len(terms), *terms), 6).hex()
 
 
 def prompt_reason(term: str | None, score: float | None, threshold: float) -> str | None:

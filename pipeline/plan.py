@@ -1,13 +1,14 @@
 """Expand manifest rows × candidates into the plan: resolved prompts, seeds, item ids, paths.
 
 Pure data (polars + hashlib), no torch, vectorised: only the blake2b hashes are computed per
-value, so a million-row manifest plans in seconds.
+value, so a million-row manifest plans in seconds. What is hashed is the canonical encoding of
+typed values (`identity.py`), never a library's formatting of them.
 
 Seeds (DESIGN.md "Seeds and reproducibility"):
 - the row's `seed` is candidate 0's seed; candidate k > 0 derives from it;
 - else the style's pinned `seeds`, in order; candidates past the list derive from its first
   seed, so every product of a style starts from the same noise;
-- else blake2b(job seed, row id, candidate index).
+- else blake2b("job", job seed, row id, candidate index).
 `item_id` hashes everything that shapes the image and its file: the idempotency key. Input
 files and the model count by content (fingerprints), never by path.
 """
@@ -15,7 +16,6 @@ files and the model count by content (fingerprints), never by path.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,20 +27,21 @@ import pyarrow.parquet as pq
 from pipeline import schema
 from pipeline.config import JobConfig
 from pipeline.decisions import Decisions
+from pipeline.identity import derive_seed as derive_seed  # the one seed function, re-exported
+from pipeline.identity import encoded, hex_ids, keys, literal, seeds
 from pipeline.judge import rules_key
 from pipeline.manifest import MAX_REPORTED, Inputs, ManifestError, Problem, uri_column
 from pipeline.models.fingerprint import fingerprint as model_fingerprint
 
-SEED_MASK = 2**63 - 1
-_SEP = "\x1f"
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 # Bump when what an item id hashes changes, so folders of older releases rerun cleanly.
-ITEM_RECIPE = "item-v2"
+# v3: the canonical typed encoding of identity.py (v2 hashed polars' string formatting).
+ITEM_RECIPE = "item-v3"
 # What shapes an image and its file. Inputs count by content (fingerprints), never by path:
 # a replaced product photo regenerates, the same catalogue on another mount does not.
 ITEM_KEY_COLUMNS = ("id", "candidate", "prompt", "negative_prompt", "style", "seed", "__model_fp",
                     "model_revision", "scheduler", "mode", "steps", "guidance_scale", "strength",
-                    "width", "height", "__init_fp", "__mask_fp", "__lora_fp", "lora_scale", "format")
+                    "width", "height", "__init_fp", "__mask_fp", "__lora_fp", "lora_scale", "format", "parent")
 
 
 def image_path(item_id: str, fmt: str) -> str:
@@ -52,18 +53,6 @@ def _image_path_expr(item_id: pl.Expr, fmt: str) -> pl.Expr:
     """`image_path` over a column (a Python call per candidate cost about 1 s per 2M)."""
     return pl.concat_str([pl.lit("images/"), item_id.str.slice(0, 2), pl.lit("/"), item_id,
                           pl.lit(f".{EXTENSIONS[fmt]}")])
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, stable across processes and Python versions."""
-    digest = hashlib.blake2b(_SEP.join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & SEED_MASK
-
-
-def _digests(keys: pl.Series, size: int) -> list[bytes]:
-    """blake2b of each key string: the only per-value Python work of the plan."""
-    b2 = hashlib.blake2b
-    return [b2(k.encode("utf-8"), digest_size=size).digest() for k in keys.to_list()]
 
 
 def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
@@ -108,11 +97,6 @@ def _templated(template: pl.Expr, prompt: pl.Expr) -> pl.Expr:
     return template.fill_null("{prompt}").str.replace_all("{prompt}", prompt, literal=True)
 
 
-def _key(*parts: pl.Expr) -> pl.Expr:
-    """The string derive_seed(*parts) hashes, as an expression."""
-    return pl.concat_str([p.cast(pl.String).fill_null("None") for p in parts], separator=_SEP)
-
-
 def _seeds(df: pl.DataFrame, job_seed: int) -> pl.DataFrame:
     c, lit, k = pl.col, pl.lit, pl.col("candidate")
     n_pinned = c("s_seeds").list.len().fill_null(0)
@@ -121,18 +105,21 @@ def _seeds(df: pl.DataFrame, job_seed: int) -> pl.DataFrame:
     df = df.with_columns(
         pl.when(row_seeded & (k == 0)).then(c("seed"))
         .when(style_seeded & (k < n_pinned)).then(c("s_seeds").list.get(k, null_on_oob=True)).alias("__seed"),
-        pl.when(row_seeded).then(_key(lit("row"), c("seed"), k))
-        .when(style_seeded).then(_key(lit("style"), c("s_seeds").list.first(), k))
-        .otherwise(_key(lit("job"), lit(job_seed), c("id"), k)).alias("__key"),
+        c("s_seeds").list.first().alias("__first_pinned"),
         pl.when(row_seeded).then(lit("row")).when(style_seeded).then(lit("style"))
         .otherwise(lit("derived")).alias("seed_source"),
     )
-    # Hash only the candidates whose seed is derived (not given by the row or the style).
-    todo = df["__seed"].is_null()
-    derived = pl.Series([int.from_bytes(d, "big") & SEED_MASK for d in _digests(df["__key"].filter(todo), 8)],
-                        dtype=pl.Int64)
-    seeds = df["__seed"].scatter(todo.arg_true(), derived) if len(derived) else df["__seed"]
-    return df.with_columns(seeds.alias("__seed"))
+    # Hash only the candidates whose seed is derived (not given by the row or the style): the
+    # key derive_seed("row", seed, k), ("style", first pinned seed, k) or ("job", job seed, id, k).
+    todo = df.filter(c("__seed").is_null())
+    if not len(todo):
+        return df
+    e = {name: encoded(todo[name]) for name in ("seed", "__first_pinned", "id", "candidate")}
+    key = todo.select(
+        pl.when(row_seeded).then(pl.concat_str(literal("row"), e["seed"], e["candidate"]))
+        .when(style_seeded).then(pl.concat_str(literal("style"), e["__first_pinned"], e["candidate"]))
+        .otherwise(pl.concat_str(literal("job"), literal(job_seed), e["id"], e["candidate"]))).to_series()
+    return df.with_columns(df["__seed"].scatter(df["__seed"].is_null().arg_true(), seeds(key)))
 
 
 def _denoising_problems(rows: pl.DataFrame, inputs: Inputs) -> tuple[list[Problem], int]:
@@ -249,12 +236,13 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str, decisions: Decisio
     fingerprints = {uri: "alpha" if uri == "alpha" else inputs.files[uri].fingerprint for uri in used}
     df = _with_item_ids(df, fingerprints, model_fp)
     df = _with_refinements(df, decisions.refines, inputs, cfg, fingerprints, model_fp)
-    df = _with_decisions(df, decisions.in_force).with_columns(
+    df = _with_decisions(df, decisions.in_force)
+    df = df.with_columns(
         lit(None, dtype=pl.Boolean).alias("truncated"),
         # not in the item id: a change of rules (or of a reviewer's decision) re-judges, it does
         # not regenerate
-        pl.concat_str([lit(rules_key(cfg.filter)), c("keep").cast(pl.String), c("clip_threshold").cast(pl.String),
-                       c("decision").fill_null("")], separator=":").str.strip_suffix(":").alias("judge_key"),
+        hex_ids(keys(df, literal(rules_key(cfg.filter)), "keep", "clip_threshold", "decision"), 8,
+                distinct=True).alias("judge_key"),
         _image_path_expr(c("item_id"), cfg.output.format).alias("path"))
     plan = df.select([f.name for f in schema.PLAN_FIELDS]).to_arrow().cast(schema.PLAN_SCHEMA)
     if inputs.passthrough:
@@ -270,13 +258,9 @@ def _with_item_ids(df: pl.DataFrame, fingerprints: dict[str, str], model_fp: str
     A refinement's starting image is its parent's image, which its parent's item id names."""
     c, lit = pl.col, pl.lit
     fp = lambda col: c(col).replace_strict(fingerprints, return_dtype=pl.String)  # noqa: E731 — every URI was checked
-    init = pl.when(c("parent").is_null()).then(fp("init_image")).otherwise(
-        pl.concat_str([lit("refine"), c("parent"), fp("init_image").fill_null("None")], separator=":"))
-    keys = df.with_columns(lit(model_fp).alias("__model_fp"), init.alias("__init_fp"),
-                           fp("mask").alias("__mask_fp"), fp("lora").alias("__lora_fp")).select(
-        pl.concat_str([lit(ITEM_RECIPE), *(c(name).cast(pl.String).fill_null("None") for name in ITEM_KEY_COLUMNS)],
-                      separator=_SEP)).to_series()
-    return df.with_columns(pl.Series("item_id", [d.hex() for d in _digests(keys, 16)], dtype=pl.String))
+    named = df.with_columns(lit(model_fp, dtype=pl.String).alias("__model_fp"), fp("init_image").alias("__init_fp"),
+                            fp("mask").alias("__mask_fp"), fp("lora").alias("__lora_fp"))
+    return df.with_columns(hex_ids(keys(named, literal(ITEM_RECIPE), *ITEM_KEY_COLUMNS)).alias("item_id"))
 
 
 def _with_refinements(df: pl.DataFrame, asked: pa.Table, inputs: Inputs, cfg: JobConfig,
@@ -306,8 +290,7 @@ def _with_refinements(df: pl.DataFrame, asked: pa.Table, inputs: Inputs, cfg: Jo
             pl.when(c("mode") == "inpaint").then(lit("inpaint")).otherwise(lit("img2img")).alias("mode"),
             c("__new_strength").fill_null(cfg.generate.refine_strength).cast(pl.Float64).alias("strength"),
             c("item_id").alias("parent"), lit("refine").alias("seed_source"))
-        made = made.with_columns(pl.Series("seed", [int.from_bytes(d, "big") & SEED_MASK for d in _digests(
-            made.select(_key(lit("refine"), c("parent"), c("prompt"), c("strength"))).to_series(), 8)], dtype=pl.Int64))
+        made = made.with_columns(seeds(keys(made, literal("refine"), "parent", "prompt", "strength")).alias("seed"))
         # the parent's item id is replaced by the refinement's own
         made = _with_item_ids(made, fingerprints, model_fp).select(*df.columns, c("decided_at").alias("__decided"))
         found.append(made)

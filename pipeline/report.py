@@ -13,7 +13,6 @@ through `Output`, so local and object-storage outputs work alike.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import html
 import io
 import json
@@ -25,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline import schema
+from pipeline.identity import digest, encode
 from pipeline.results import FUNNEL, NO_STYLE, RUNS, SUMMARY, read_results
 from pipeline.store import Output, as_output
 
@@ -255,8 +255,7 @@ def make_outlines(results: pa.Table, out: Output) -> tuple[dict[str, str], list[
             continue
         key = (r["init_image"], r["mask"], r["width"], r["height"])
         if key not in seen:
-            digest = hashlib.blake2b(json.dumps(key).encode(), digest_size=10).hexdigest()
-            rel = f"{ASSETS}/outline-{digest}.png"
+            rel = f"{ASSETS}/outline-{digest(encode(*key), 10).hex()}.png"
             try:
                 out.put(rel, outline_png(*key))
             except Exception as e:  # an input moved or unreadable: the report still opens

@@ -312,7 +312,11 @@ def funnel(results: pa.Table) -> dict[str, pa.Array]:
     def valid(name: str) -> pa.Array:
         return pc.is_valid(results[name])
 
-    generated = valid("ms_generate")
+    # model time and no generation error: a candidate whose generation failed on every attempt
+    # carries the time those attempts cost (it is paid for), not an image
+    failed = pc.and_(pc.equal(pc.fill_null(results["status"], ""), schema.ERROR),
+                     pc.starts_with(pc.fill_null(results["reason"], ""), f"{schema.GENERATE_ERROR}:"))
+    generated = pc.and_(valid("ms_generate"), pc.invert(failed))
     moderated = pc.and_(pc.and_(generated, valid("image_unsafe_score")),
                         pc.equal(pc.fill_null(results["moderation"], ""), "pass"))
     ranked = pc.and_(moderated, valid("rank"))

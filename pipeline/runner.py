@@ -64,19 +64,25 @@ def actor_env() -> dict[str, str]:
 
 
 def connect(address: str | None) -> dict[str, float]:
-    """Join a cluster (or start a local one) and return its resources."""
+    """Join a cluster (or start a local one) and return its resources.
+
+    Without an address (nor RAY_ADDRESS, which `ray job submit` sets), the run always starts
+    its own private local instance: never a cluster that `ray start` left on this machine,
+    which Ray would otherwise join on its own (it finds its address in a file under
+    /tmp/ray) and which was not asked for. `auto` joins that cluster."""
     import ray
 
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")  # set by `ray job submit`
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         # A local instance starts no idle worker processes ahead of time: the pipeline runs
         # only actors, and an idle worker polls at about 1% of a core (bench/RESULTS.md). Its
-        # workers inherit this process's environment; a cluster's get the settings they need.
+        # workers inherit this process's environment; a cluster's get the settings they need
+        # (and a cluster's settings are its own: joining one, Ray refuses a _system_config).
         local = {"_system_config": {"enable_worker_prestart": False, "prestart_worker_first_driver": False}}
         remote = {"runtime_env": {"env_vars": actor_env()}}
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
-                 log_to_driver=True, configure_logging=False, **(remote if address else local))
+                 log_to_driver=True, configure_logging=False, **(local if address == "local" else remote))
     return dict(ray.cluster_resources())
 
 

@@ -149,6 +149,9 @@ NOT_SELECTED = "not_selected"
 REVIEWER_REJECTED = "reviewer_rejected"  # a reviewer's `reject` (the note is its own column)
 REVIEWER_REFINED = "reviewer_refined"  # a reviewer refined it and the refinement passed: it takes the place
 REJECT_REASONS = (PROMPT_BLOCKED, IMAGE_UNSAFE, BELOW_CLIP_THRESHOLD, NOT_SELECTED, REVIEWER_REJECTED, REVIEWER_REFINED)
+# An error's reason starts with the stage that failed; generation's is the one whose row has no
+# image yet still carries model time (`ms_generate`: its failed attempts, paid for).
+GENERATE_ERROR = "generate"
 
 # A reviewer's decisions (DESIGN: review round trip).
 APPROVE, REJECT, REFINE = "approve", "reject", "refine"

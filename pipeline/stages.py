@@ -148,7 +148,8 @@ class CandidateStage:
         images: dict[str, np.ndarray] = {}
         todo = [r for r in todo if self._with_parent_image(r)]
         for r, g in zip(todo, self.generator(todo), strict=True):
-            r.update(ms_generate=None if g.error else g.ms, batch_size=g.batch_size, worker=self.worker,
+            # every attempt's model time, a failed candidate's too (it is paid for)
+            r.update(ms_generate=g.ms, batch_size=g.batch_size, worker=self.worker,
                      batch_position=g.batch_position, attempt=g.attempt, truncated=g.truncated)
             if g.error:
                 r.update(status=schema.ERROR, reason=g.error)

@@ -245,3 +245,59 @@ def test_a_node_without_the_signer_keys_stops_the_run_before_generating(tmp_path
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_plain_run_beside_a_ray_start_cluster_starts_its_own(tmp_path):
+    """`ray start` left a cluster on this machine: a run without --address starts its own local
+    instance beside it (Ray would otherwise join that cluster, found through the address file
+    under its temp folder, and refuse the local instance's settings); `--address auto` joins it.
+
+    The cluster lives in a temp folder of its own (RAY_TMPDIR, also given to the runs), so no
+    other Ray on the machine sees it, and in a process group of its own, which is what is
+    stopped at the end: `ray stop` would stop every Ray of this user on the machine."""
+    import shutil
+    import tempfile
+
+    ray = str(Path(sys.executable).parent / "ray")
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    head_cpus = 3 if os.cpu_count() != 3 else 5  # a count the local instance will not have
+    head = subprocess.Popen([ray, "start", "--head", f"--port={free_port()}", "--node-ip-address=127.0.0.1",
+                             f"--num-cpus={head_cpus}", "--include-dashboard=false", "--disable-usage-stats"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    group = head.pid  # a new session: `ray start` and every process it leaves running are this group
+    try:
+        _, err = head.communicate(timeout=180)
+        assert head.returncode == 0, err[-2000:]
+        assert (Path(ray_tmp) / "ray" / "ray_current_cluster").exists()  # what Ray would find and join
+        job = write_job(tmp_path, {"id": ["a"], "prompt": ["a mug"]}, styles=None, num_candidates=1, keep=1)
+        plain = cli("run", str(job), "--output", str(tmp_path / "plain"), env=env)
+        assert plain.returncode == 0, plain.stderr[-3000:]
+        assert f"cluster: {head_cpus:g} CPU" not in plain.stderr and "written 1" in plain.stdout
+        joined = cli("run", str(job), "--address", "auto", "--output", str(tmp_path / "joined"), env=env)
+        assert joined.returncode == 0, joined.stderr[-3000:]
+        assert f"cluster: {head_cpus:g} CPU" in joined.stderr and "written 1" in joined.stdout
+    finally:
+        _stop_group(group)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _stop_group(group: int) -> None:
+    """Stop a process group: SIGTERM, up to 10 s to exit, then SIGKILL."""
+    import signal
+    import time
+
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)

@@ -308,3 +308,55 @@ def test_when_a_promoted_earlier_candidate_cannot_be_made_the_next_one_is(tmp_pa
     assert rows[pick]["status"] == rows[second]["status"] == "error"
     assert rows[third]["status"] == "written" and rows[third]["rank"] == 1
     assert verify_output(report.output_dir) == ([], 3)
+
+
+class _ModelClock:
+    """`time.perf_counter` of the generation stage, moved on only by model work: each call of
+    the diffusion pipeline on a batch costs `ms` per candidate, so model time is exact."""
+
+    def __init__(self, monkeypatch, ms: float):
+        from pipeline import generate
+
+        self.now = 0.0
+        monkeypatch.setattr(generate.time, "perf_counter", lambda: self.now)
+        run = generate.Generator._generate
+
+        def timed(gen, cands):
+            self.now += ms * len(cands) / 1000
+            return run(gen, cands)
+
+        monkeypatch.setattr(generate.Generator, "_generate", timed)
+
+
+def test_every_attempt_of_a_split_batch_is_paid_for(tmp_path, monkeypatch):
+    """A batch whose model ran and then failed (out of memory at the end) is split and retried:
+    each candidate's model time is its share of every failed batch it was in plus its own last
+    attempt, and the GPU-seconds and cost count them all."""
+    _ModelClock(monkeypatch, ms=100)
+    monkeypatch.setenv("ASSET_PIPELINE_FAULTS", "candidate.oom_after_model")
+    cfg = make_job(tmp_path, num_candidates=2, keep=1, extra="[cost]\ngpu_hour_usd = 3.6\n")
+    report = run_job(cfg, backend="in-process")
+    rows = results(report)
+    assert report.exit_code == EXIT_OK and all(r["batch_size"] == 1 and r["attempt"] >= 2 for r in rows)
+    # every attempt costs each candidate in it 100 ms (a batch of n: n × 100 ms, shared)
+    assert [r["ms_generate"] for r in rows] == pytest.approx([100.0 * r["attempt"] for r in rows])
+    for r in rows:
+        assert r["gpu_s"] == pytest.approx((r["ms_generate"] + r["ms_score"] + r["ms_moderate"]) / 1000)
+        assert r["cost_usd"] == pytest.approx(r["gpu_s"] / 1000)
+    assert report.summary["gpu_s_total"] == pytest.approx(sum(r["gpu_s"] for r in rows), abs=1e-5)
+
+
+def test_a_candidate_that_fails_every_attempt_is_paid_for_but_not_generated(tmp_path, monkeypatch):
+    _ModelClock(monkeypatch, ms=100)
+    cfg = make_job(tmp_path, num_candidates=2, keep=1, seed=5, max_failed_fraction=0.5)
+    bad = derive_seed("job", 5, "b", 0)
+    monkeypatch.setenv("ASSET_PIPELINE_FAULTS", f"candidate.error={bad}")
+    report = run_job(cfg, backend="in-process")
+    rows = results(report)
+    failed = next(r for r in rows if r["seed"] == bad)
+    assert failed["status"] == "error" and failed["path"] is None and failed["attempt"] >= 2
+    # the failed candidate's attempts cost too, as its batch mates' did; a batch that ran once, once
+    assert [r["ms_generate"] for r in rows] == pytest.approx([100.0 * r["attempt"] for r in rows])
+    assert failed["gpu_s"] is not None and any(r["attempt"] == 1 for r in rows)
+    # the funnel counts images: the failed candidate is not "generated"
+    assert (report.summary["generated"], report.summary["error"]) == (5, 1)
