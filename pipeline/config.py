@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -485,16 +486,79 @@ def parse_job(data: dict[str, Any], *, base: Path, source: str) -> JobConfig:
     return JobConfig(**sections, source=source)
 
 
+# A job file is a page of settings: anything larger is not one (a log, an image, a disk image).
+MAX_JOB_BYTES = 1 << 20
+_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xfe\xff", "UTF-16"),
+         (b"\xff\xfe", "UTF-16"))
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def read_job_file(path: str | os.PathLike) -> str:
+    """The text of a job file, or ConfigError naming the file and what is wrong with it.
+
+    The one way a job file is read: a regular file only (a folder, a FIFO or a device is refused
+    from its stat, and opened without blocking, so nothing waits on a writer), at most
+    MAX_JOB_BYTES, UTF-8 (a UTF-8 byte-order mark, as some editors save, is dropped).
+    """
+    source = os.fspath(path)
+    if not source:
+        raise ConfigError("the job file path is empty: name a job file (jobs/*.toml)")
+    data = b""
+    try:
+        info = os.stat(source)
+        if stat.S_ISREG(info.st_mode):
+            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+            with open(fd, "rb") as f:
+                info = os.fstat(fd)  # what was opened, should the path have changed since
+                if stat.S_ISREG(info.st_mode):
+                    data = f.read(MAX_JOB_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"{source}: job file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read the job file: {e.strerror or e}") from None
+    except ValueError as e:  # a NUL byte in the path
+        raise ConfigError(f"{show(source)}: not a usable path ({e})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{source}: is a folder, not a job file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{source}: not a regular file (a pipe, socket or device): a job file must be a file")
+    if len(data) > MAX_JOB_BYTES:
+        raise ConfigError(f"{source}: {max(info.st_size, len(data))} bytes is too large for a job file "
+                          f"(at most {MAX_JOB_BYTES} bytes)")
+    return _decode(data, source)
+
+
+def _decode(data: bytes, source: str) -> str:
+    """A job file's bytes as text: UTF-8, or ConfigError saying where it is not and what to do."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            raise ConfigError(f"{source}: the job file is {encoding} (it starts with a {encoding} byte-order "
+                              "mark); save it as UTF-8")
+    data = data.removeprefix(_UTF8_BOM)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{source}: not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} (line {line}) "
+                          "cannot be decoded; save the job file as UTF-8") from None
+    if (nul := data.find(b"\x00")) >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise ConfigError(f"{source}: a NUL byte at offset {nul} (line {line}): not a text file, or UTF-16 "
+                          "without a byte-order mark; save the job file as UTF-8")
+    return text
+
+
 def load_job(path: str | os.PathLike, overrides: dict[tuple[str, str], Any] | None = None) -> JobConfig:
     """Read and validate a job file; `overrides` map (section, key) → value (CLI flags)."""
+    text = read_job_file(path)
     path = Path(path)
     source = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: job file not found") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid TOML: arrays or inline tables nested too deep") from None
     cfg = parse_job(data, base=path.resolve().parent, source=source)
     cwd = Path.cwd()
     for (section, key), value in (overrides or {}).items():

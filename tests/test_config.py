@@ -1,5 +1,6 @@
 """The job spec: relative paths, overrides, and errors that name the key."""
 
+import re
 import tomllib
 
 import pytest
@@ -144,3 +145,52 @@ def test_declared_python_provides_tomllib():
     meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert meta["project"]["requires-python"] == ">=3.11"
     assert meta["tool"]["ruff"]["target-version"] == "py311"
+
+
+MINIMAL = b'[job]\nmanifest = "m"\n'
+
+
+@pytest.mark.parametrize("data, needle", [
+    ('[job]\nname = "café"\nmanifest = "m"\n'.encode("latin-1"),
+     "not UTF-8: byte 0xe9 at offset 17 (line 2) cannot be decoded; save the job file as UTF-8"),
+    ('[job]\nmanifest = "m"\n'.encode("utf-16"), "the job file is UTF-16"),
+    ('[job]\nmanifest = "m"\n'.encode("utf-16-be"), "a NUL byte at offset 0 (line 1)"),
+    ('[job]\nmanifest = "m"\n'.encode("utf-32"), "the job file is UTF-32"),
+    (b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deep"),
+    (b"a = " + b"{b = " * 5000 + b"1" + b"}" * 5000 + b"\n", "nested too deep"),
+    (b"#" * (2 << 20), "is too large for a job file (at most 1048576 bytes)"),
+    (b"[job]\nmanifest = \"m\"\x00\n", "a NUL byte at offset 20 (line 2)"),
+], ids=["latin-1", "utf-16", "utf-16 without a bom", "utf-32", "arrays 5000 deep", "inline tables 5000 deep",
+        "2 MiB", "a nul byte"])
+def test_job_files_that_are_not_utf8_toml_are_named(tmp_path, data, needle):
+    p = tmp_path / "job.toml"
+    p.write_bytes(data)
+    with pytest.raises(ConfigError) as e:
+        load_job(p)
+    assert needle in str(e.value) and str(p) in str(e.value)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    p = tmp_path / "job.toml"
+    p.write_bytes(b"\xef\xbb\xbf" + MINIMAL)
+    assert load_job(p).job.manifest == str(tmp_path / "m")
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("folder", "is a folder, not a job file"),
+    ("empty path", "the job file path is empty"),
+    ("fifo", "not a regular file (a pipe, socket or device)"),
+    ("device", "not a regular file (a pipe, socket or device)"),
+    ("nul in path", "not a usable path"),
+    ("under a file", "job file not found"),
+])
+def test_a_job_path_that_is_not_a_file_is_refused_without_blocking(tmp_path, kind, needle):
+    import os
+
+    path = {"folder": str(tmp_path), "empty path": "", "fifo": str(tmp_path / "job.toml"), "device": "/dev/zero",
+            "nul in path": "job\x00.toml", "under a file": str(tmp_path / "f" / "job.toml")}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody writes it: opening it for a blocking read would wait for ever
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_job(path)
