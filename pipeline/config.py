@@ -78,6 +78,8 @@ CHOICES = {
     "format": ("png", "jpeg", "webp"),
     "mode": ("demo", "files"),
     "dtype": ("auto", "float32", "float16", "bfloat16"),
+    # the signing algorithms c2pa-python signs with (c2pa.C2paSigningAlg), as [signer].algorithm names them
+    "algorithm": ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"),
 }
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -448,9 +450,12 @@ def _value_problems(cfg: JobConfig) -> Iterator[str]:
             yield f"{key} must be {limit}, got {show(value)}"
     for key, value, allowed in (("[output].format", cfg.output.format, CHOICES["format"]),
                                 ("[signer].mode", cfg.signer.mode, CHOICES["mode"]),
+                                ("[signer].algorithm", cfg.signer.algorithm, CHOICES["algorithm"]),
                                 ("[models].dtype", cfg.models.dtype, CHOICES["dtype"])):
         if value not in allowed:
-            yield f"{key} must be one of {', '.join(allowed)}, got {show(value)}"
+            close = difflib.get_close_matches(value.lower(), allowed, n=1)
+            yield (f"{key} must be one of {', '.join(allowed)}, got {show(value)}"
+                   + (f" (did you mean {close[0]!r}?)" if close else ""))
     if not DEVICE.fullmatch(cfg.models.device):
         yield f"[models].device must be auto, cpu, mps, cuda or cuda:N, got {show(cfg.models.device)}"
     if not 1 <= cfg.job.keep <= cfg.job.num_candidates:

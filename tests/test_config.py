@@ -108,6 +108,13 @@ def test_bad_specs_name_the_key(tmp_path, text, needle):
     ("output", "jpeg_quality", "0", "[output].jpeg_quality must be 1..100, got 0"),
     ("job", "max_failed_fraction", "1.5", "[job].max_failed_fraction must be 0..1, got 1.5"),
     ("job", "keep", "3", "[job].keep must be 1..num_candidates (1), got 3"),
+    ("signer", "algorithm", '"rot13"',
+     "[signer].algorithm must be one of es256, es384, es512, ps256, ps384, ps512, ed25519, got 'rot13'"),
+    ("signer", "algorithm", '""', "[signer].algorithm must be one of es256, es384, es512, ps256, ps384, ps512, "
+                                  "ed25519, got ''"),
+    ("signer", "algorithm", '"ES256"', "got 'ES256' (did you mean 'es256'?)"),
+    ("signer", "algorithm", '"ps265"', "got 'ps265' (did you mean 'ps256'?)"),
+    ("output", "format", '"PNG"', "got 'PNG' (did you mean 'png'?)"),
 ])
 def test_out_of_range_values_are_named_with_what_is_allowed(tmp_path, section, key, value, needle):
     text = '[job]\nmanifest = "m"\n' + (f"{key} = {value}\n" if section == "job" else f"[{section}]\n{key} = {value}\n")
@@ -120,6 +127,7 @@ def test_out_of_range_values_are_named_with_what_is_allowed(tmp_path, section, k
     ("models", "device", '"cuda:1"'), ("models", "device", '"mps"'), ("models", "device", '"cpu"'),
     ("filter", "image_unsafe_threshold", "1.0"), ("filter", "prompt_unsafe_threshold", "0"),
     ("filter", "clip_threshold", "100"), ("cluster", "gpus_per_actor", "0.25"), ("cluster", "torch_threads", "0"),
+    ("signer", "algorithm", '"ed25519"'), ("signer", "algorithm", '"ps512"'),
 ])
 def test_edge_values_are_accepted(tmp_path, section, key, value):
     cfg = load_job(write(tmp_path, f'[job]\nmanifest = "m"\n[{section}]\n{key} = {value}\n'))
@@ -194,3 +202,12 @@ def test_a_job_path_that_is_not_a_file_is_refused_without_blocking(tmp_path, kin
     (tmp_path / "f").write_text("")
     with pytest.raises(ConfigError, match=re.escape(needle)):
         load_job(path)
+
+
+def test_signing_algorithms_are_the_ones_c2pa_signs_with():
+    """[signer].algorithm is checked when the job is validated, against the list c2pa-python has."""
+    import c2pa
+
+    from pipeline.config import CHOICES
+
+    assert sorted(CHOICES["algorithm"]) == sorted(a.name.lower() for a in c2pa.C2paSigningAlg)
