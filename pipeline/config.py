@@ -456,10 +456,38 @@ def _value_problems(cfg: JobConfig) -> Iterator[str]:
             close = difflib.get_close_matches(value.lower(), allowed, n=1)
             yield (f"{key} must be one of {', '.join(allowed)}, got {show(value)}"
                    + (f" (did you mean {close[0]!r}?)" if close else ""))
+    yield from _embedded_problems(cfg.models)
     if not DEVICE.fullmatch(cfg.models.device):
         yield f"[models].device must be auto, cpu, mps, cuda or cuda:N, got {show(cfg.models.device)}"
     if not 1 <= cfg.job.keep <= cfg.job.num_candidates:
         yield f"[job].keep must be 1..num_candidates ({cfg.job.num_candidates}), got {cfg.job.keep}"
+
+
+def _embedded_problems(models: ModelsSection) -> Iterator[str]:
+    """An `embedded:` model spec must name an embedded model made for its key (tokens, the
+    fingerprint and the loaders look the name up and would fail far from the job file)."""
+    from pipeline.models.embedded import ROLES
+
+    def named(n: str) -> str:
+        return EMBEDDED_PREFIX + n
+
+    for key in ("diffusion", "clip", "moderation", "prompt_classifier"):
+        spec = getattr(models, key)
+        if not spec or not spec.startswith(EMBEDDED_PREFIX):
+            continue
+        name = spec.removeprefix(EMBEDDED_PREFIX)
+        if ROLES.get(name) == key:
+            continue
+        fits = [n for n, role in ROLES.items() if role == key]
+        if not fits:
+            known = f"there is no embedded {key} model: give a local folder or a hub id"
+        elif name in ROLES:
+            known = f"known: {', '.join(map(named, fits))}"
+        else:
+            known = suggest(name, fits, show=lambda n: repr(named(n)))
+        what = (f"{named(name)} is the embedded {ROLES[name]} model, not a {key} model" if name in ROLES
+                else f"unknown embedded model {name!r}")
+        yield f"[models].{key}: {what} ({known})"
 
 
 def _check_ranges(cfg: JobConfig) -> None:

@@ -115,6 +115,16 @@ def test_bad_specs_name_the_key(tmp_path, text, needle):
     ("signer", "algorithm", '"ES256"', "got 'ES256' (did you mean 'es256'?)"),
     ("signer", "algorithm", '"ps265"', "got 'ps265' (did you mean 'ps256'?)"),
     ("output", "format", '"PNG"', "got 'PNG' (did you mean 'png'?)"),
+    ("models", "diffusion", '"embedded:no-such-model"',
+     "[models].diffusion: unknown embedded model 'no-such-model' (known: 'embedded:tiny-sd', 'embedded:tiny-sdxl')"),
+    ("models", "diffusion", '"embedded:tiny-sdd"',
+     "unknown embedded model 'tiny-sdd' (did you mean 'embedded:tiny-sd'?)"),
+    ("models", "diffusion", '"embedded:"', "[models].diffusion: unknown embedded model ''"),
+    ("models", "clip", '"embedded:tiny-sd"',
+     "[models].clip: embedded:tiny-sd is the embedded diffusion model, not a clip model (known: embedded:tiny-clip)"),
+    ("models", "moderation", '"embedded:tiny-clip"', "not a moderation model (known: embedded:tiny-nsfw, "
+                                                     "embedded:tiny-clip-head)"),
+    ("models", "prompt_classifier", '"embedded:tiny-nsfw"', "there is no embedded prompt_classifier model"),
 ])
 def test_out_of_range_values_are_named_with_what_is_allowed(tmp_path, section, key, value, needle):
     text = '[job]\nmanifest = "m"\n' + (f"{key} = {value}\n" if section == "job" else f"[{section}]\n{key} = {value}\n")
@@ -128,6 +138,7 @@ def test_out_of_range_values_are_named_with_what_is_allowed(tmp_path, section, k
     ("filter", "image_unsafe_threshold", "1.0"), ("filter", "prompt_unsafe_threshold", "0"),
     ("filter", "clip_threshold", "100"), ("cluster", "gpus_per_actor", "0.25"), ("cluster", "torch_threads", "0"),
     ("signer", "algorithm", '"ed25519"'), ("signer", "algorithm", '"ps512"'),
+    ("models", "diffusion", '"embedded:tiny-sdxl"'), ("models", "moderation", '"embedded:tiny-clip-head"'),
 ])
 def test_edge_values_are_accepted(tmp_path, section, key, value):
     cfg = load_job(write(tmp_path, f'[job]\nmanifest = "m"\n[{section}]\n{key} = {value}\n'))
