@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import stat
@@ -293,6 +294,21 @@ def _is_local_path(value: str) -> bool:
     return "://" not in value and not value.startswith(EMBEDDED_PREFIX)
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _exists(path: Path) -> bool:
+    """Whether something is at `path`; a name the system cannot look up (too long) is not."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_path(value: str, base: Path) -> str:
     """A relative local path resolved against `base`; URIs and absolute paths unchanged."""
     if not value or not _is_local_path(value):
@@ -314,15 +330,17 @@ def resolve_model(value: str, base: Path) -> str:
     if _SCHEME.match(value):
         return value
     says_path = value.startswith(("./", "../", "~")) or value in (".", "..")
-    return resolve_path(value, base) if says_path or (base / value).exists() else value
+    return resolve_path(value, base) if says_path or _exists(base / value) else value
 
 
-def _resolve(section: str, key: str, value: Any, base: Path) -> Any:
+def _resolve(where: str, section: str, key: str, value: Any, base: Path) -> Any:
     """A key's value with its paths resolved against `base` (one string or a list of them)."""
     if isinstance(value, tuple):
-        return tuple(_resolve(section, key, v, base) for v in value)
+        return tuple(_resolve(where, section, key, v, base) for v in value)
     if not isinstance(value, str):
         return value
+    if "\x00" in value and (section, key) in _PATH_KEYS | _MODEL_KEYS:
+        raise ConfigError(f"{where}: a path or model name cannot hold a NUL byte, got {show(value)}")
     if (section, key) in _PATH_KEYS:
         return resolve_path(value, base)
     return resolve_model(value, base) if (section, key) in _MODEL_KEYS else value
@@ -345,6 +363,8 @@ def _coerce(where: str, value: Any, annotation: str) -> Any:
     if base == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {show(value)}")
+        if not math.isfinite(value):  # nan and inf pass some ranges (> 0) and break what divides by them
+            raise ConfigError(f"{where}: expected a finite number, got {show(value)}")
         return float(value)
     if base == "str":
         if not isinstance(value, str):
@@ -372,7 +392,7 @@ def _build_section(name: str, raw: Any, base: Path, source: str) -> Any:
         if (name, key) == ("cost", "throughput"):
             values[key] = _throughput(where, value, base, source)
             continue
-        values[key] = _resolve(name, key, _coerce(where, value, str(known[key].type)), base)
+        values[key] = _resolve(where, name, key, _coerce(where, value, str(known[key].type)), base)
     return cls(**values)
 
 
@@ -504,7 +524,7 @@ def _check_ranges(cfg: JobConfig) -> None:
             if not path and not env:
                 raise ConfigError(f"{src}: [signer].{what} or [signer].{what}_env is required "
                                   "when mode = 'files'")
-            if path and not Path(path).is_file():
+            if path and not _is_file(Path(path)):
                 raise ConfigError(f"{src}: [signer].{what}: file not found: {path}")
             if not path and env and env not in os.environ:
                 raise ConfigError(f"{src}: [signer].{what}_env: environment variable {env} is not set")
@@ -596,6 +616,7 @@ def load_job(path: str | os.PathLike, overrides: dict[tuple[str, str], Any] | No
     cwd = Path.cwd()
     for (section, key), value in (overrides or {}).items():
         if value is not None:
-            cfg = cfg.replace(section, **{key: _resolve(section, key, value, cwd)})
+            cfg = cfg.replace(section, **{key: _resolve(f"{source}: [{section}].{key} (from the command line)",
+                                                        section, key, value, cwd)})
     _check_ranges(cfg)
     return cfg

@@ -222,3 +222,26 @@ def test_signing_algorithms_are_the_ones_c2pa_signs_with():
     from pipeline.config import CHOICES
 
     assert sorted(CHOICES["algorithm"]) == sorted(a.name.lower() for a in c2pa.C2paSigningAlg)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[job]\nmanifest = "m\\u0000.parquet"\n', "[job].manifest: a path or model name cannot hold a NUL byte"),
+    ('[job]\nmanifest = "m"\n[models]\ndiffusion = "./a\\u0000b"\n', "[models].diffusion: a path or model name"),
+    ('[job]\nmanifest = "m"\n[cluster]\ngpus_per_actor = inf\n', "[cluster].gpus_per_actor: expected a finite "
+                                                                  "number, got inf"),
+    ('[job]\nmanifest = "m"\n[cost]\ngpu_hour_usd = nan\n', "[cost].gpu_hour_usd: expected a finite number, got nan"),
+])
+def test_values_no_path_or_number_can_be_are_named(tmp_path, text, needle):
+    with pytest.raises(ConfigError) as e:
+        load_job(write(tmp_path, text))
+    assert needle in str(e.value)
+
+
+def test_a_model_or_signer_name_too_long_for_a_path_is_not_looked_up_as_one(tmp_path):
+    """A name the system cannot look up (ENAMETOOLONG) is not a path beside the job file."""
+    long = "x" * 5000
+    cfg = load_job(write(tmp_path, f'[job]\nmanifest = "m"\n[models]\nclip = "{long}"\n'))
+    assert cfg.models.clip == long
+    with pytest.raises(ConfigError, match=r"\[signer\].cert_chain: file not found"):
+        load_job(write(tmp_path, f'[job]\nmanifest = "m"\n[signer]\nmode = "files"\ncert_chain = "{long}"\n'
+                                 'private_key = "k"\n'))
