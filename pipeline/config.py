@@ -377,23 +377,38 @@ def _coerce(where: str, value: Any, annotation: str) -> Any:
     raise AssertionError(f"unhandled annotation {annotation}")
 
 
-def _build_section(name: str, raw: Any, base: Path, source: str) -> Any:
+def _build_section(name: str, raw: Any, base: Path, source: str, problems: list[str]) -> Any:
+    """One section's dataclass from its table; what is wrong with it goes to `problems`, every key
+    (a key that is wrong is left at its default, so the others are still checked)."""
     cls = _SECTION_TYPES[name]
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: [{name}] must be a table")
+        problems.append(f"{source}: [{name}] must be a table")
+        return cls()
     known = {f.name: f for f in fields(cls)}
-    unknown = [k for k in raw if k not in known]
-    if unknown:
-        raise ConfigError("; ".join(f"{source}: unknown key {k!r} in [{name}] ({suggest(k, sorted(known))})"
-                                    for k in unknown))
     values = {}
     for key, value in raw.items():
         where = f"{source}: [{name}].{key}"
-        if (name, key) == ("cost", "throughput"):
-            values[key] = _throughput(where, value, base, source)
+        if key not in known:
+            problems.append(f"{source}: unknown key {key!r} in [{name}] ({suggest(key, sorted(known))})")
             continue
-        values[key] = _resolve(where, name, key, _coerce(where, value, str(known[key].type)), base)
+        try:
+            if (name, key) == ("cost", "throughput"):
+                values[key] = _throughput(where, value, base, source)
+            else:
+                values[key] = _resolve(where, name, key, _coerce(where, value, str(known[key].type)), base)
+        except ConfigError as e:
+            problems.append(str(e))
     return cls(**values)
+
+
+MAX_PROBLEMS = 50  # a job file's problems named at once (then a count), as a manifest's
+
+
+def _refuse(problems: list[str]) -> None:
+    """ConfigError naming every problem, a line each (at most MAX_PROBLEMS, then a count)."""
+    if problems:
+        more = len(problems) - MAX_PROBLEMS
+        raise ConfigError("\n".join(problems[:MAX_PROBLEMS]) + (f"\n... and {more} more" if more > 0 else ""))
 
 
 def _throughput(where: str, raw: Any, base: Path, source: str) -> tuple[Throughput, ...]:
@@ -512,30 +527,30 @@ def _embedded_problems(models: ModelsSection) -> Iterator[str]:
 
 def _check_ranges(cfg: JobConfig) -> None:
     src = cfg.source
-    problem = next(_value_problems(cfg), None)
-    if problem:
-        raise ConfigError(f"{src}: {problem}")
+    problems = [f"{src}: {problem}" for problem in _value_problems(cfg)]
     if not cfg.job.manifest:
-        raise ConfigError(f"{src}: [job].manifest is required (or pass --manifest)")
+        problems.append(f"{src}: [job].manifest is required (or pass --manifest)")
     if cfg.signer.mode == "files":
         for what in ("cert_chain", "private_key"):
             path = getattr(cfg.signer, what)
             env = getattr(cfg.signer, f"{what}_env")
             if not path and not env:
-                raise ConfigError(f"{src}: [signer].{what} or [signer].{what}_env is required "
-                                  "when mode = 'files'")
-            if path and not _is_file(Path(path)):
-                raise ConfigError(f"{src}: [signer].{what}: file not found: {path}")
-            if not path and env and env not in os.environ:
-                raise ConfigError(f"{src}: [signer].{what}_env: environment variable {env} is not set")
+                problems.append(f"{src}: [signer].{what} or [signer].{what}_env is required when mode = 'files'")
+            elif path and not _is_file(Path(path)):
+                problems.append(f"{src}: [signer].{what}: file not found: {path}")
+            elif not path and env and env not in os.environ:
+                problems.append(f"{src}: [signer].{what}_env: environment variable {env} is not set")
+    _refuse(problems)
 
 
 def parse_job(data: dict[str, Any], *, base: Path, source: str) -> JobConfig:
-    unknown = [s for s in data if s not in _SECTIONS]
-    if unknown:
-        raise ConfigError("; ".join(f"{source}: unknown section [{s}] ({suggest(s, list(_SECTIONS), '[{}]'.format)})"
-                                    for s in unknown))
-    sections = {name: _build_section(name, raw, base, source) for name, raw in data.items()}
+    """The job spec of a parsed job file, or ConfigError naming every unknown section and key and
+    every value of the wrong type."""
+    problems = [f"{source}: unknown section [{s}] ({suggest(s, list(_SECTIONS), '[{}]'.format)})"
+                for s in data if s not in _SECTIONS]
+    sections = {name: _build_section(name, raw, base, source, problems) for name, raw in data.items()
+                if name in _SECTIONS}
+    _refuse(problems)
     return JobConfig(**sections, source=source)
 
 

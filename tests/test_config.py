@@ -245,3 +245,29 @@ def test_a_model_or_signer_name_too_long_for_a_path_is_not_looked_up_as_one(tmp_
     with pytest.raises(ConfigError, match=r"\[signer\].cert_chain: file not found"):
         load_job(write(tmp_path, f'[job]\nmanifest = "m"\n[signer]\nmode = "files"\ncert_chain = "{long}"\n'
                                  'private_key = "k"\n'))
+
+
+def test_every_problem_of_a_job_file_is_named_at_once(tmp_path):
+    text = ('[job]\nmanifest = "m"\nnum_candiates = 2\nseed = "x"\n[models]\ndiffusion = "embedded:nope"\n'
+            '[generate]\nwidth = 100\nsteps = 0\n[signer]\nalgorithm = "rot13"\n[paths]\n')
+    with pytest.raises(ConfigError) as e:
+        load_job(write(tmp_path, text))
+    first = str(e.value).splitlines()
+    assert len(first) == 3 and "unknown section [paths]" in first[0]
+    assert "unknown key 'num_candiates' in [job]" in first[1] and "[job].seed: expected an integer" in first[2]
+    with pytest.raises(ConfigError) as e:  # the spelling fixed: every value out of range, named
+        load_job(write(tmp_path, text.replace("num_candiates", "num_candidates").replace('"x"', "1")
+                       .replace("[paths]\n", "")))
+    lines = str(e.value).splitlines()
+    assert len(lines) == 4 and all(line.startswith(str(tmp_path / "job.toml")) for line in lines)
+    for needle in ("[generate].steps must be 1..1000", "[generate].width must be a multiple of 8",
+                   "[signer].algorithm must be one of", "[models].diffusion: unknown embedded model 'nope'"):
+        assert sum(needle in line for line in lines) == 1, (needle, lines)
+
+
+def test_thousands_of_problems_are_capped(tmp_path):
+    text = '[job]\nmanifest = "m"\n' + "".join(f"k{i} = 1\n" for i in range(3000))
+    with pytest.raises(ConfigError) as e:
+        load_job(write(tmp_path, text))
+    lines = str(e.value).splitlines()
+    assert len(lines) == 51 and lines[-1] == "... and 2950 more"
