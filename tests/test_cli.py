@@ -108,3 +108,20 @@ def test_every_command_that_reads_a_job_file_refuses_a_bad_one_with_exit_1_and_n
             err = capsys.readouterr().err
             assert needle in err and "Traceback" not in err, (command, path, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_local_model_whose_tokenizer_cannot_be_read_gives_no_traceback_in_validate(tmp_path, capsys):
+    """The prompt-length warning needs the model's tokenizer; one that cannot be read is left to
+    the model loader to report, and validate still says OK."""
+    from pipeline.cli import main
+
+    for i, (config, tokenizer) in enumerate([('{"model_max_length": "abc"}', "{}"), ("[1]", "{}"),
+                                             ("{not json", "{}"), ('{"model_max_length": 20}', "not json")]):
+        folder = tmp_path / f"m{i}"
+        (folder / "tokenizer").mkdir(parents=True)
+        (folder / "tokenizer" / "tokenizer_config.json").write_text(config)
+        (folder / "tokenizer" / "tokenizer.json").write_text(tokenizer)
+        job = write_job(tmp_path / f"j{i}", {"id": ["a"], "prompt": ["word " * 40]}, styles=None,
+                        extra=f'[models]\ndiffusion = "{folder}"\n')
+        assert main(["validate", str(job)]) == 0, (config, tokenizer)
+        assert "OK: 1 rows" in capsys.readouterr().out
