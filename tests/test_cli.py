@@ -125,3 +125,13 @@ def test_a_local_model_whose_tokenizer_cannot_be_read_gives_no_traceback_in_vali
                         extra=f'[models]\ndiffusion = "{folder}"\n')
         assert main(["validate", str(job)]) == 0, (config, tokenizer)
         assert "OK: 1 rows" in capsys.readouterr().out
+
+
+def test_plan_out_to_a_folder_or_nowhere_exits_1_naming_it(tmp_path, capsys):
+    from pipeline.cli import main
+
+    job = write_job(tmp_path, {"id": ["a"], "prompt": ["a mug"]}, styles=None)
+    for out in (tmp_path, tmp_path / "no" / "such" / "plan.parquet"):
+        assert main(["plan", str(job), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert f"error: --out {out}: cannot write the plan there" in err and "Traceback" not in err
