@@ -24,7 +24,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema, tables, uris
-from pipeline.config import LIMITS, show
 from pipeline.manifest import MAX_REPORTED, ManifestError, Problem
 from pipeline.select import passed
 from pipeline.store import Output
@@ -51,8 +50,6 @@ def read_file(uri: str) -> list[dict]:
         data = uris.read_bytes(uri)
     except FileNotFoundError:
         raise ManifestError([Problem(uri, "decisions file not found")]) from None
-    except OSError as e:  # a folder, no permission, a device or pipe refused
-        raise ManifestError([Problem(uri, f"cannot read decisions: {e.strerror or e}")]) from None
     try:
         if ext == ".csv":
             import pyarrow.csv as pcsv
@@ -90,6 +87,8 @@ def _strength(value) -> float | None:
     gives none (null, blank); ValueError unless it is a number the job spec's own rule for a
     strength admits (LIMITS["strength"]): NaN, infinities, 0 and anything past 1 are refused,
     whichever format the file is."""
+    from pipeline.config import LIMITS
+
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, bool):
@@ -126,6 +125,8 @@ def parse(records: list[dict], uri: str) -> tuple[list[dict], list[Problem]]:
             try:
                 d["strength"] = _strength(rec.get("strength"))
             except ValueError:
+                from pipeline.config import LIMITS, show
+
                 given = show(str(rec.get("strength")).strip())
                 problems.append(Problem(uri, f"strength {given} is not a number {LIMITS['strength']}", row=i,
                                         id=item, column="strength"))

@@ -330,68 +330,6 @@ def test_bad_decisions_are_named_by_row_column_and_value_and_nothing_is_recorded
         run_job(load_job(job), backend="in-process", decisions=str(job.parent / "d.txt"))
 
 
-def test_decisions_on_object_storage(tmp_path, s3):
-    """The output and the decisions file on S3: reject and refine (a staged product) read and
-    write through the bucket only."""
-    import c2pa
-
-    from pipeline.store import Output
-
-    save_cutout(tmp_path / "cut.png")
-    rows = {"id": ["a", "s"], "prompt": ["a red mug", "a mug on a table"], "product_image": [None, "cut.png"]}
-    uri = f"s3://{s3.bucket}/runs/review"
-    cfg = load_job(write_job(tmp_path, rows, styles=None, num_candidates=2, keep=1)).replace("job", output=uri)
-    assert run_job(cfg, backend="in-process").exit_code == EXIT_OK
-    out = Output(uri)
-
-    def table():
-        return {(r["id"], r["candidate"]): r for r in tables.read(out.get(RESULTS)).to_pylist()}
-
-    before = table()
-    rejected, chosen = pick(before, "a"), pick(before, "s")
-    s3.fs().pipe(f"{s3.bucket}/review/decisions.json", json.dumps([
-        {"item_id": rejected["item_id"], "decision": "reject", "note": "", "prompt": "", "strength": None},
-        {"item_id": chosen["item_id"], "decision": "refine", "note": "", "prompt": "on marble", "strength": 0.5},
-    ]).encode())
-    report = run_job(cfg, backend="in-process", decisions=f"s3://{s3.bucket}/review/decisions.json")
-    assert report.exit_code == EXIT_OK
-    after = table()
-    assert after["a", rejected["candidate"]]["reason"] == "reviewer_rejected" and not out.exists(rejected["path"])
-    assert pick(after, "a")["item_id"] != rejected["item_id"]
-    (child,) = [r for r in after.values() if r["parent"] == chosen["item_id"]]
-    assert child["status"] == "written" and child["mode"] == "inpaint"
-    manifest = c2pa.Reader("image/png", io.BytesIO(out.get(child["path"]))).get_active_manifest()
-    assert [(i["relationship"], i["active_manifest"]) for i in manifest["ingredients"]] == \
-        [("parentOf", chosen["c2pa_label"])]
-    assert verify_output(uri) == ([], 3)
-    again = run_job(cfg, backend="in-process", decisions=f"s3://{s3.bucket}/review/decisions.json")
-    assert again.summary["this_run"] == {} and table() == after
-
-
-def test_a_failed_refinement_is_never_made_and_a_rejected_image_never_kept_for_review(job, model_calls):
-    """Re-judging a row never generates a refinement that failed its filters (here its prompt is
-    blocked), and a reviewer's reject deletes the file even when rejected images are kept."""
-    out = job.parent / "out"
-    before = results(out)
-    chosen = pick(before, "c")
-    (runner_up,) = [r for (i, _), r in before.items() if i == "c" and r["status"] != "written"]
-    keep_rejected = {"filter": {"blocked_terms": ["forbidden"]}, "output": {"write_rejected": True}}
-    _, after = apply(job, [{"item_id": chosen["item_id"], "decision": "refine", "prompt": "a forbidden lamp"}],
-                     **keep_rejected)
-    model_calls.update(generated=0, measured=0)
-    _, after = apply(job, [{"item_id": runner_up["item_id"], "decision": "approve"},
-                           {"item_id": pick(after, "a")["item_id"], "decision": "reject"}], name="more.json",
-                     **keep_rejected)
-    (failed,) = [r for r in after.values() if r["parent"] == chosen["item_id"]]
-    assert failed["reason"].startswith("prompt_blocked") and failed["ms_generate"] is None
-    # generated: c's approved runner-up and a's runner-up, each from its seed; not the refinement
-    assert model_calls == {"generated": 2, "measured": 0}
-    rejected = pick(before, "a")
-    gone = after["a", rejected["candidate"]]
-    assert gone["reason"] == "reviewer_rejected" and gone["path"] is None and not (out / rejected["path"]).exists()
-    assert verify_output(out)[0] == []
-
-
 # (strength as the file gives it, what it reads as: None for none, "bad" for refused)
 STRENGTHS = [(float("nan"), "bad"), (float("inf"), "bad"), (float("-inf"), "bad"), (-0.5, "bad"), (0.0, "bad"),
              (1.5, "bad"), (0.5, 0.5), (1, 1.0), (None, None),
@@ -455,12 +393,72 @@ def test_a_nan_strength_is_refused_and_nothing_recorded_or_generated(job, model_
     assert model_calls == {"generated": 0, "measured": 0}
 
 
-def test_a_decisions_path_that_is_a_folder_is_named(tmp_path):
+def test_a_json_decisions_file_nested_too_deep_is_named(tmp_path):
     from pipeline.decisions import read_file
 
-    with pytest.raises(ManifestError, match="cannot read decisions"):
-        read_file(str(tmp_path))
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ManifestError, match="cannot read decisions: nested too deep"):
         read_file(str(deep))
+
+
+def test_decisions_on_object_storage(tmp_path, s3):
+    """The output and the decisions file on S3: reject and refine (a staged product) read and
+    write through the bucket only."""
+    import c2pa
+
+    from pipeline.store import Output
+
+    save_cutout(tmp_path / "cut.png")
+    rows = {"id": ["a", "s"], "prompt": ["a red mug", "a mug on a table"], "product_image": [None, "cut.png"]}
+    uri = f"s3://{s3.bucket}/runs/review"
+    cfg = load_job(write_job(tmp_path, rows, styles=None, num_candidates=2, keep=1)).replace("job", output=uri)
+    assert run_job(cfg, backend="in-process").exit_code == EXIT_OK
+    out = Output(uri)
+
+    def table():
+        return {(r["id"], r["candidate"]): r for r in tables.read(out.get(RESULTS)).to_pylist()}
+
+    before = table()
+    rejected, chosen = pick(before, "a"), pick(before, "s")
+    s3.fs().pipe(f"{s3.bucket}/review/decisions.json", json.dumps([
+        {"item_id": rejected["item_id"], "decision": "reject", "note": "", "prompt": "", "strength": None},
+        {"item_id": chosen["item_id"], "decision": "refine", "note": "", "prompt": "on marble", "strength": 0.5},
+    ]).encode())
+    report = run_job(cfg, backend="in-process", decisions=f"s3://{s3.bucket}/review/decisions.json")
+    assert report.exit_code == EXIT_OK
+    after = table()
+    assert after["a", rejected["candidate"]]["reason"] == "reviewer_rejected" and not out.exists(rejected["path"])
+    assert pick(after, "a")["item_id"] != rejected["item_id"]
+    (child,) = [r for r in after.values() if r["parent"] == chosen["item_id"]]
+    assert child["status"] == "written" and child["mode"] == "inpaint"
+    manifest = c2pa.Reader("image/png", io.BytesIO(out.get(child["path"]))).get_active_manifest()
+    assert [(i["relationship"], i["active_manifest"]) for i in manifest["ingredients"]] == \
+        [("parentOf", chosen["c2pa_label"])]
+    assert verify_output(uri) == ([], 3)
+    again = run_job(cfg, backend="in-process", decisions=f"s3://{s3.bucket}/review/decisions.json")
+    assert again.summary["this_run"] == {} and table() == after
+
+
+def test_a_failed_refinement_is_never_made_and_a_rejected_image_never_kept_for_review(job, model_calls):
+    """Re-judging a row never generates a refinement that failed its filters (here its prompt is
+    blocked), and a reviewer's reject deletes the file even when rejected images are kept."""
+    out = job.parent / "out"
+    before = results(out)
+    chosen = pick(before, "c")
+    (runner_up,) = [r for (i, _), r in before.items() if i == "c" and r["status"] != "written"]
+    keep_rejected = {"filter": {"blocked_terms": ["forbidden"]}, "output": {"write_rejected": True}}
+    _, after = apply(job, [{"item_id": chosen["item_id"], "decision": "refine", "prompt": "a forbidden lamp"}],
+                     **keep_rejected)
+    model_calls.update(generated=0, measured=0)
+    _, after = apply(job, [{"item_id": runner_up["item_id"], "decision": "approve"},
+                           {"item_id": pick(after, "a")["item_id"], "decision": "reject"}], name="more.json",
+                     **keep_rejected)
+    (failed,) = [r for r in after.values() if r["parent"] == chosen["item_id"]]
+    assert failed["reason"].startswith("prompt_blocked") and failed["ms_generate"] is None
+    # generated: c's approved runner-up and a's runner-up, each from its seed; not the refinement
+    assert model_calls == {"generated": 2, "measured": 0}
+    rejected = pick(before, "a")
+    gone = after["a", rejected["candidate"]]
+    assert gone["reason"] == "reviewer_rejected" and gone["path"] is None and not (out / rejected["path"]).exists()
+    assert verify_output(out)[0] == []
