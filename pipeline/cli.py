@@ -112,7 +112,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from collections import Counter
 
     import polars as pl
-    import pyarrow.parquet as pq
 
     from pipeline.cost import estimate, format_estimate, shapes
     from pipeline.job import EXIT_OK
@@ -127,7 +126,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         # A chunk at a time: the plan of a long manifest is written and counted, never held whole.
         for chunk in plan_chunks(inputs, cfg, decisions=_recorded_decisions(cfg.job.output)):
             if args.out:
-                writer = writer or pq.ParquetWriter(args.out, chunk.schema)
+                writer = writer or _plan_writer(args.out, chunk.schema)
                 writer.write_table(chunk)
             candidates += chunk.num_rows
             modes.update(chunk["mode"].to_pylist())
@@ -142,6 +141,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if cfg.cost is not None:
         print(format_estimate(estimate(pl.concat(counted), cfg), cfg))
     return EXIT_OK
+
+
+def _plan_writer(path: str, schema):
+    """A Parquet writer of the plan at `path`, or JobError naming it (a folder, no such folder)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.job import JobError
+
+    try:
+        return pq.ParquetWriter(path, schema)
+    except OSError as e:
+        raise JobError(f"--out {path}: cannot write the plan there ({e.strerror or e})") from None
 
 
 def _recorded_decisions(output: str):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -84,6 +86,8 @@ CHOICES = {
     "format": ("png", "jpeg", "webp"),
     "mode": ("demo", "files"),
     "dtype": ("auto", "float32", "float16", "bfloat16"),
+    # the signing algorithms c2pa-python signs with (c2pa.C2paSigningAlg), as [signer].algorithm names them
+    "algorithm": ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"),
 }
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -303,6 +307,21 @@ def _is_local_path(value: str) -> bool:
     return "://" not in value and not value.startswith(EMBEDDED_PREFIX)
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _exists(path: Path) -> bool:
+    """Whether something is at `path`; a name the system cannot look up (too long) is not."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_path(value: str, base: Path) -> str:
     """A relative local path resolved against `base`; URIs and absolute paths unchanged."""
     if not value or not _is_local_path(value):
@@ -324,15 +343,17 @@ def resolve_model(value: str, base: Path) -> str:
     if _SCHEME.match(value):
         return value
     says_path = value.startswith(("./", "../", "~")) or value in (".", "..")
-    return resolve_path(value, base) if says_path or (base / value).exists() else value
+    return resolve_path(value, base) if says_path or _exists(base / value) else value
 
 
-def _resolve(section: str, key: str, value: Any, base: Path) -> Any:
+def _resolve(where: str, section: str, key: str, value: Any, base: Path) -> Any:
     """A key's value with its paths resolved against `base` (one string or a list of them)."""
     if isinstance(value, tuple):
-        return tuple(_resolve(section, key, v, base) for v in value)
+        return tuple(_resolve(where, section, key, v, base) for v in value)
     if not isinstance(value, str):
         return value
+    if "\x00" in value and (section, key) in _PATH_KEYS | _MODEL_KEYS:
+        raise ConfigError(f"{where}: a path or model name cannot hold a NUL byte, got {show(value)}")
     if (section, key) in _PATH_KEYS:
         return resolve_path(value, base)
     return resolve_model(value, base) if (section, key) in _MODEL_KEYS else value
@@ -355,6 +376,8 @@ def _coerce(where: str, value: Any, annotation: str) -> Any:
     if base == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {show(value)}")
+        if not math.isfinite(value):  # nan and inf pass some ranges (> 0) and break what divides by them
+            raise ConfigError(f"{where}: expected a finite number, got {show(value)}")
         return float(value)
     if base == "str":
         if not isinstance(value, str):
@@ -367,23 +390,38 @@ def _coerce(where: str, value: Any, annotation: str) -> Any:
     raise AssertionError(f"unhandled annotation {annotation}")
 
 
-def _build_section(name: str, raw: Any, base: Path, source: str) -> Any:
+def _build_section(name: str, raw: Any, base: Path, source: str, problems: list[str]) -> Any:
+    """One section's dataclass from its table; what is wrong with it goes to `problems`, every key
+    (a key that is wrong is left at its default, so the others are still checked)."""
     cls = _SECTION_TYPES[name]
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: [{name}] must be a table")
+        problems.append(f"{source}: [{name}] must be a table")
+        return cls()
     known = {f.name: f for f in fields(cls)}
-    unknown = [k for k in raw if k not in known]
-    if unknown:
-        raise ConfigError("; ".join(f"{source}: unknown key {k!r} in [{name}] ({suggest(k, sorted(known))})"
-                                    for k in unknown))
     values = {}
     for key, value in raw.items():
         where = f"{source}: [{name}].{key}"
-        if (name, key) == ("cost", "throughput"):
-            values[key] = _throughput(where, value, base, source)
+        if key not in known:
+            problems.append(f"{source}: unknown key {key!r} in [{name}] ({suggest(key, sorted(known))})")
             continue
-        values[key] = _resolve(name, key, _coerce(where, value, str(known[key].type)), base)
+        try:
+            if (name, key) == ("cost", "throughput"):
+                values[key] = _throughput(where, value, base, source)
+            else:
+                values[key] = _resolve(where, name, key, _coerce(where, value, str(known[key].type)), base)
+        except ConfigError as e:
+            problems.append(str(e))
     return cls(**values)
+
+
+MAX_PROBLEMS = 50  # a job file's problems named at once (then a count), as a manifest's
+
+
+def _refuse(problems: list[str]) -> None:
+    """ConfigError naming every problem, a line each (at most MAX_PROBLEMS, then a count)."""
+    if problems:
+        more = len(problems) - MAX_PROBLEMS
+        raise ConfigError("\n".join(problems[:MAX_PROBLEMS]) + (f"\n... and {more} more" if more > 0 else ""))
 
 
 def _throughput(where: str, raw: Any, base: Path, source: str) -> tuple[Throughput, ...]:
@@ -460,58 +498,153 @@ def _value_problems(cfg: JobConfig) -> Iterator[str]:
             yield f"{key} must be {limit}, got {show(value)}"
     for key, value, allowed in (("[output].format", cfg.output.format, CHOICES["format"]),
                                 ("[signer].mode", cfg.signer.mode, CHOICES["mode"]),
+                                ("[signer].algorithm", cfg.signer.algorithm, CHOICES["algorithm"]),
                                 ("[models].dtype", cfg.models.dtype, CHOICES["dtype"])):
         if value not in allowed:
-            yield f"{key} must be one of {', '.join(allowed)}, got {show(value)}"
+            close = difflib.get_close_matches(value.lower(), allowed, n=1)
+            yield (f"{key} must be one of {', '.join(allowed)}, got {show(value)}"
+                   + (f" (did you mean {close[0]!r}?)" if close else ""))
+    yield from _embedded_problems(cfg.models)
     if not DEVICE.fullmatch(cfg.models.device):
         yield f"[models].device must be auto, cpu, mps, cuda or cuda:N, got {show(cfg.models.device)}"
     if not 1 <= cfg.job.keep <= cfg.job.num_candidates:
         yield f"[job].keep must be 1..num_candidates ({cfg.job.num_candidates}), got {cfg.job.keep}"
 
 
+def _embedded_problems(models: ModelsSection) -> Iterator[str]:
+    """An `embedded:` model spec must name an embedded model made for its key (tokens, the
+    fingerprint and the loaders look the name up and would fail far from the job file)."""
+    from pipeline.models.embedded import ROLES
+
+    def named(n: str) -> str:
+        return EMBEDDED_PREFIX + n
+
+    for key in ("diffusion", "clip", "moderation", "prompt_classifier"):
+        spec = getattr(models, key)
+        if not spec or not spec.startswith(EMBEDDED_PREFIX):
+            continue
+        name = spec.removeprefix(EMBEDDED_PREFIX)
+        if ROLES.get(name) == key:
+            continue
+        fits = [n for n, role in ROLES.items() if role == key]
+        if not fits:
+            known = f"there is no embedded {key} model: give a local folder or a hub id"
+        elif name in ROLES:
+            known = f"known: {', '.join(map(named, fits))}"
+        else:
+            known = suggest(name, fits, show=lambda n: repr(named(n)))
+        what = (f"{named(name)} is the embedded {ROLES[name]} model, not a {key} model" if name in ROLES
+                else f"unknown embedded model {name!r}")
+        yield f"[models].{key}: {what} ({known})"
+
+
 def _check_ranges(cfg: JobConfig) -> None:
     src = cfg.source
-    problem = next(_value_problems(cfg), None)
-    if problem:
-        raise ConfigError(f"{src}: {problem}")
+    problems = [f"{src}: {problem}" for problem in _value_problems(cfg)]
     if not cfg.job.manifest:
-        raise ConfigError(f"{src}: [job].manifest is required (or pass --manifest)")
+        problems.append(f"{src}: [job].manifest is required (or pass --manifest)")
     if cfg.signer.mode == "files":
         for what in ("cert_chain", "private_key"):
             path = getattr(cfg.signer, what)
             env = getattr(cfg.signer, f"{what}_env")
             if not path and not env:
-                raise ConfigError(f"{src}: [signer].{what} or [signer].{what}_env is required "
-                                  "when mode = 'files'")
-            if path and not Path(path).is_file():
-                raise ConfigError(f"{src}: [signer].{what}: file not found: {path}")
-            if not path and env and env not in os.environ:
-                raise ConfigError(f"{src}: [signer].{what}_env: environment variable {env} is not set")
+                problems.append(f"{src}: [signer].{what} or [signer].{what}_env is required when mode = 'files'")
+            elif path and not _is_file(Path(path)):
+                problems.append(f"{src}: [signer].{what}: file not found: {path}")
+            elif not path and env and env not in os.environ:
+                problems.append(f"{src}: [signer].{what}_env: environment variable {env} is not set")
+    _refuse(problems)
 
 
 def parse_job(data: dict[str, Any], *, base: Path, source: str) -> JobConfig:
-    unknown = [s for s in data if s not in _SECTIONS]
-    if unknown:
-        raise ConfigError("; ".join(f"{source}: unknown section [{s}] ({suggest(s, list(_SECTIONS), '[{}]'.format)})"
-                                    for s in unknown))
-    sections = {name: _build_section(name, raw, base, source) for name, raw in data.items()}
+    """The job spec of a parsed job file, or ConfigError naming every unknown section and key and
+    every value of the wrong type."""
+    problems = [f"{source}: unknown section [{s}] ({suggest(s, list(_SECTIONS), '[{}]'.format)})"
+                for s in data if s not in _SECTIONS]
+    sections = {name: _build_section(name, raw, base, source, problems) for name, raw in data.items()
+                if name in _SECTIONS}
+    _refuse(problems)
     return JobConfig(**sections, source=source)
+
+
+# A job file is a page of settings: anything larger is not one (a log, an image, a disk image).
+MAX_JOB_BYTES = 1 << 20
+_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xfe\xff", "UTF-16"),
+         (b"\xff\xfe", "UTF-16"))
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def read_job_file(path: str | os.PathLike) -> str:
+    """The text of a job file, or ConfigError naming the file and what is wrong with it.
+
+    The one way a job file is read: a regular file only (a folder, a FIFO or a device is refused
+    from its stat, and opened without blocking, so nothing waits on a writer), at most
+    MAX_JOB_BYTES, UTF-8 (a UTF-8 byte-order mark, as some editors save, is dropped).
+    """
+    source = os.fspath(path)
+    if not source:
+        raise ConfigError("the job file path is empty: name a job file (jobs/*.toml)")
+    data = b""
+    try:
+        info = os.stat(source)
+        if stat.S_ISREG(info.st_mode):
+            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+            with open(fd, "rb") as f:
+                info = os.fstat(fd)  # what was opened, should the path have changed since
+                if stat.S_ISREG(info.st_mode):
+                    data = f.read(MAX_JOB_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"{source}: job file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read the job file: {e.strerror or e}") from None
+    except ValueError as e:  # a NUL byte in the path
+        raise ConfigError(f"{show(source)}: not a usable path ({e})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{source}: is a folder, not a job file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{source}: not a regular file (a pipe, socket or device): a job file must be a file")
+    if len(data) > MAX_JOB_BYTES:
+        raise ConfigError(f"{source}: {max(info.st_size, len(data))} bytes is too large for a job file "
+                          f"(at most {MAX_JOB_BYTES} bytes)")
+    return _decode(data, source)
+
+
+def _decode(data: bytes, source: str) -> str:
+    """A job file's bytes as text: UTF-8, or ConfigError saying where it is not and what to do."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            raise ConfigError(f"{source}: the job file is {encoding} (it starts with a {encoding} byte-order "
+                              "mark); save it as UTF-8")
+    data = data.removeprefix(_UTF8_BOM)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{source}: not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} (line {line}) "
+                          "cannot be decoded; save the job file as UTF-8") from None
+    if (nul := data.find(b"\x00")) >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise ConfigError(f"{source}: a NUL byte at offset {nul} (line {line}): not a text file, or UTF-16 "
+                          "without a byte-order mark; save the job file as UTF-8")
+    return text
 
 
 def load_job(path: str | os.PathLike, overrides: dict[tuple[str, str], Any] | None = None) -> JobConfig:
     """Read and validate a job file; `overrides` map (section, key) → value (CLI flags)."""
+    text = read_job_file(path)
     path = Path(path)
     source = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: job file not found") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid TOML: arrays or inline tables nested too deep") from None
     cfg = parse_job(data, base=path.resolve().parent, source=source)
     cwd = Path.cwd()
     for (section, key), value in (overrides or {}).items():
         if value is not None:
-            cfg = cfg.replace(section, **{key: _resolve(section, key, value, cwd)})
+            cfg = cfg.replace(section, **{key: _resolve(f"{source}: [{section}].{key} (from the command line)",
+                                                        section, key, value, cwd)})
     _check_ranges(cfg)
     return cfg

@@ -68,6 +68,8 @@ def read_file(uri: str) -> list[dict]:
             return tables.read(data).to_pylist()
     except (ValueError, pa.ArrowException) as e:
         raise ManifestError([Problem(uri, f"cannot read decisions: {e}")]) from None
+    except RecursionError:
+        raise ManifestError([Problem(uri, "cannot read decisions: nested too deep")]) from None
     raise ManifestError([Problem(uri, "decisions file must be .csv, .json or .parquet, "
                                       f"not {ext or 'no extension'!r}")])
 
@@ -78,6 +80,26 @@ def _text(value) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def _strength(value) -> float | None:
+    """A refine's strength as a file gives it (a number, or text as CSV gives it), None when it
+    gives none (null, blank); ValueError unless it is a number the job spec's own rule for a
+    strength admits (LIMITS["strength"]): NaN, infinities, 0 and anything past 1 are refused,
+    whichever format the file is."""
+    from pipeline.config import LIMITS
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise ValueError("a strength is a number, not true/false")
+    try:
+        number = float(value)
+    except (TypeError, OverflowError) as e:
+        raise ValueError(str(e)) from None
+    if not LIMITS["strength"].allows(number):
+        raise ValueError(f"outside {LIMITS['strength']}")
+    return number
 
 
 def parse(records: list[dict], uri: str) -> tuple[list[dict], list[Problem]]:
@@ -99,15 +121,15 @@ def parse(records: list[dict], uri: str) -> tuple[list[dict], list[Problem]]:
             problems.append(Problem(uri, f"{rec.get('decision')!r} is not a decision (one of "
                                          f"{', '.join(schema.DECISIONS)})", row=i, id=item, column="decision"))
             continue
-        strength = _text(rec.get("strength"))
-        if decision == schema.REFINE and strength is not None:
+        if decision == schema.REFINE:
             try:
-                d["strength"] = float(strength)
-                if not 0 < d["strength"] <= 1:
-                    raise ValueError
+                d["strength"] = _strength(rec.get("strength"))
             except ValueError:
-                problems.append(Problem(uri, f"strength {strength!r} is not a number in (0, 1]", row=i, id=item,
-                                        column="strength"))
+                from pipeline.config import LIMITS, show
+
+                given = show(str(rec.get("strength")).strip())
+                problems.append(Problem(uri, f"strength {given} is not a number {LIMITS['strength']}", row=i,
+                                        id=item, column="strength"))
                 continue
         if decision != schema.REFINE:
             d["prompt"] = None  # a prompt change or a strength only mean something to a refine

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.config import CHOICES
 from pipeline.schema import MODES
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ TRAINING_MINING_LABEL = "cawg.training-mining"
 TRAINING_MINING_USES = (
     "cawg.ai_training", "cawg.ai_generative_training", "cawg.data_mining", "cawg.ai_inference",
 )
-ALGORITHMS = ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519")
+ALGORITHMS = CHOICES["algorithm"]  # the job spec's vocabulary: one list
 UNTRUSTED = "signingCredential.untrusted"
 _PARENT_ID = "parent"
 _SECRETS = re.compile(r"-----BEGIN[^-]*-----.*?(?:-----END[^-]*-----|$)|[A-Za-z0-9+/=]{40,}", re.S)

@@ -34,15 +34,21 @@ def over_limit(prompts: list[str], model: str) -> tuple[list[int], int] | None:
     if folder is None:
         return None
     config = folder / "tokenizer_config.json"
-    limit = int(json.loads(config.read_text()).get("model_max_length", 77)) if config.is_file() else 77
-    if limit > 100_000:  # "no limit" sentinel in some configs
+    try:
+        limit = int(json.loads(config.read_text()).get("model_max_length", 77)) if config.is_file() else 77
+    except (OSError, ValueError, TypeError, AttributeError, OverflowError):
+        return None  # a tokenizer config that cannot be read: loading the model reports it
+    if not 0 < limit <= 100_000:  # "no limit" sentinel in some configs
         return None
     counts = [0] * len(prompts)
     long_ones = [i for i, p in enumerate(prompts) if len(p.encode("utf-8")) + 2 > limit]
     if long_ones:
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        try:
+            tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception:  # noqa: BLE001 — tokenizers raises plain Exception for a file it cannot parse
+            return None
         tok.no_truncation()
         for i, enc in zip(long_ones, tok.encode_batch([prompts[i] for i in long_ones]), strict=True):
             counts[i] = len(enc.ids)

@@ -86,3 +86,52 @@ def test_an_output_on_a_store_that_cannot_be_locked_or_reached_is_refused_withou
         assert "gs:// needs gcsfs: pip install 'asset-pipeline[gcs]'" in missing.stderr
     assert "outputs on memory:// are not supported yet" in unlockable.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_every_command_that_reads_a_job_file_refuses_a_bad_one_with_exit_1_and_no_traceback(tmp_path, capsys):
+    """run, validate and plan read the job through one reader: a Latin-1 file, a FIFO nobody
+    writes (it must not hang), a folder, an empty path, an unknown embedded model."""
+    from pipeline.cli import main
+
+    good = write_job(tmp_path, {"id": ["a"], "prompt": ["a mug"]}, styles=None)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(good.read_bytes().replace(b'name = "t"', 'name = "café"'.encode("latin-1")))
+    os.mkfifo(tmp_path / "fifo.toml")
+    embedded_typo = tmp_path / "model.toml"
+    embedded_typo.write_text(good.read_text() + '\n[models]\ndiffusion = "embedded:no-such-model"\n')
+    cases = {str(latin1): "not UTF-8: byte 0xe9 at offset", str(tmp_path / "fifo.toml"): "not a regular file",
+             str(tmp_path): "is a folder, not a job file", "": "the job file path is empty",
+             str(embedded_typo): "unknown embedded model 'no-such-model'"}
+    for command in ("validate", "plan", "run"):
+        for path, needle in cases.items():
+            assert main([command, path]) == 1, (command, path)
+            err = capsys.readouterr().err
+            assert needle in err and "Traceback" not in err, (command, path, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_local_model_whose_tokenizer_cannot_be_read_gives_no_traceback_in_validate(tmp_path, capsys):
+    """The prompt-length warning needs the model's tokenizer; one that cannot be read is left to
+    the model loader to report, and validate still says OK."""
+    from pipeline.cli import main
+
+    for i, (config, tokenizer) in enumerate([('{"model_max_length": "abc"}', "{}"), ("[1]", "{}"),
+                                             ("{not json", "{}"), ('{"model_max_length": 20}', "not json")]):
+        folder = tmp_path / f"m{i}"
+        (folder / "tokenizer").mkdir(parents=True)
+        (folder / "tokenizer" / "tokenizer_config.json").write_text(config)
+        (folder / "tokenizer" / "tokenizer.json").write_text(tokenizer)
+        job = write_job(tmp_path / f"j{i}", {"id": ["a"], "prompt": ["word " * 40]}, styles=None,
+                        extra=f'[models]\ndiffusion = "{folder}"\n')
+        assert main(["validate", str(job)]) == 0, (config, tokenizer)
+        assert "OK: 1 rows" in capsys.readouterr().out
+
+
+def test_plan_out_to_a_folder_or_nowhere_exits_1_naming_it(tmp_path, capsys):
+    from pipeline.cli import main
+
+    job = write_job(tmp_path, {"id": ["a"], "prompt": ["a mug"]}, styles=None)
+    for out in (tmp_path, tmp_path / "no" / "such" / "plan.parquet"):
+        assert main(["plan", str(job), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert f"error: --out {out}: cannot write the plan there" in err and "Traceback" not in err

@@ -1,5 +1,6 @@
 """The job spec: relative paths, overrides, and errors that name the key."""
 
+import re
 import tomllib
 
 import pytest
@@ -107,6 +108,23 @@ def test_bad_specs_name_the_key(tmp_path, text, needle):
     ("output", "jpeg_quality", "0", "[output].jpeg_quality must be 1..100, got 0"),
     ("job", "max_failed_fraction", "1.5", "[job].max_failed_fraction must be 0..1, got 1.5"),
     ("job", "keep", "3", "[job].keep must be 1..num_candidates (1), got 3"),
+    ("signer", "algorithm", '"rot13"',
+     "[signer].algorithm must be one of es256, es384, es512, ps256, ps384, ps512, ed25519, got 'rot13'"),
+    ("signer", "algorithm", '""', "[signer].algorithm must be one of es256, es384, es512, ps256, ps384, ps512, "
+                                  "ed25519, got ''"),
+    ("signer", "algorithm", '"ES256"', "got 'ES256' (did you mean 'es256'?)"),
+    ("signer", "algorithm", '"ps265"', "got 'ps265' (did you mean 'ps256'?)"),
+    ("output", "format", '"PNG"', "got 'PNG' (did you mean 'png'?)"),
+    ("models", "diffusion", '"embedded:no-such-model"',
+     "[models].diffusion: unknown embedded model 'no-such-model' (known: 'embedded:tiny-sd', 'embedded:tiny-sdxl')"),
+    ("models", "diffusion", '"embedded:tiny-sdd"',
+     "unknown embedded model 'tiny-sdd' (did you mean 'embedded:tiny-sd'?)"),
+    ("models", "diffusion", '"embedded:"', "[models].diffusion: unknown embedded model ''"),
+    ("models", "clip", '"embedded:tiny-sd"',
+     "[models].clip: embedded:tiny-sd is the embedded diffusion model, not a clip model (known: embedded:tiny-clip)"),
+    ("models", "moderation", '"embedded:tiny-clip"', "not a moderation model (known: embedded:tiny-nsfw, "
+                                                     "embedded:tiny-clip-head)"),
+    ("models", "prompt_classifier", '"embedded:tiny-nsfw"', "there is no embedded prompt_classifier model"),
 ])
 def test_out_of_range_values_are_named_with_what_is_allowed(tmp_path, section, key, value, needle):
     text = '[job]\nmanifest = "m"\n' + (f"{key} = {value}\n" if section == "job" else f"[{section}]\n{key} = {value}\n")
@@ -119,6 +137,8 @@ def test_out_of_range_values_are_named_with_what_is_allowed(tmp_path, section, k
     ("models", "device", '"cuda:1"'), ("models", "device", '"mps"'), ("models", "device", '"cpu"'),
     ("filter", "image_unsafe_threshold", "1.0"), ("filter", "prompt_unsafe_threshold", "0"),
     ("filter", "clip_threshold", "100"), ("cluster", "gpus_per_actor", "0.25"), ("cluster", "torch_threads", "0"),
+    ("signer", "algorithm", '"ed25519"'), ("signer", "algorithm", '"ps512"'),
+    ("models", "diffusion", '"embedded:tiny-sdxl"'), ("models", "moderation", '"embedded:tiny-clip-head"'),
 ])
 def test_edge_values_are_accepted(tmp_path, section, key, value):
     cfg = load_job(write(tmp_path, f'[job]\nmanifest = "m"\n[{section}]\n{key} = {value}\n'))
@@ -144,3 +164,110 @@ def test_declared_python_provides_tomllib():
     meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert meta["project"]["requires-python"] == ">=3.11"
     assert meta["tool"]["ruff"]["target-version"] == "py311"
+
+
+MINIMAL = b'[job]\nmanifest = "m"\n'
+
+
+@pytest.mark.parametrize("data, needle", [
+    ('[job]\nname = "café"\nmanifest = "m"\n'.encode("latin-1"),
+     "not UTF-8: byte 0xe9 at offset 17 (line 2) cannot be decoded; save the job file as UTF-8"),
+    ('[job]\nmanifest = "m"\n'.encode("utf-16"), "the job file is UTF-16"),
+    ('[job]\nmanifest = "m"\n'.encode("utf-16-be"), "a NUL byte at offset 0 (line 1)"),
+    ('[job]\nmanifest = "m"\n'.encode("utf-32"), "the job file is UTF-32"),
+    (b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deep"),
+    (b"a = " + b"{b = " * 5000 + b"1" + b"}" * 5000 + b"\n", "nested too deep"),
+    (b"#" * (2 << 20), "is too large for a job file (at most 1048576 bytes)"),
+    (b"[job]\nmanifest = \"m\"\x00\n", "a NUL byte at offset 20 (line 2)"),
+], ids=["latin-1", "utf-16", "utf-16 without a bom", "utf-32", "arrays 5000 deep", "inline tables 5000 deep",
+        "2 MiB", "a nul byte"])
+def test_job_files_that_are_not_utf8_toml_are_named(tmp_path, data, needle):
+    p = tmp_path / "job.toml"
+    p.write_bytes(data)
+    with pytest.raises(ConfigError) as e:
+        load_job(p)
+    assert needle in str(e.value) and str(p) in str(e.value)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    p = tmp_path / "job.toml"
+    p.write_bytes(b"\xef\xbb\xbf" + MINIMAL)
+    assert load_job(p).job.manifest == str(tmp_path / "m")
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("folder", "is a folder, not a job file"),
+    ("empty path", "the job file path is empty"),
+    ("fifo", "not a regular file (a pipe, socket or device)"),
+    ("device", "not a regular file (a pipe, socket or device)"),
+    ("nul in path", "not a usable path"),
+    ("under a file", "job file not found"),
+])
+def test_a_job_path_that_is_not_a_file_is_refused_without_blocking(tmp_path, kind, needle):
+    import os
+
+    path = {"folder": str(tmp_path), "empty path": "", "fifo": str(tmp_path / "job.toml"), "device": "/dev/zero",
+            "nul in path": "job\x00.toml", "under a file": str(tmp_path / "f" / "job.toml")}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody writes it: opening it for a blocking read would wait for ever
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_job(path)
+
+
+def test_signing_algorithms_are_the_ones_c2pa_signs_with():
+    """[signer].algorithm is checked when the job is validated, against the list c2pa-python has."""
+    import c2pa
+
+    from pipeline.config import CHOICES
+
+    assert sorted(CHOICES["algorithm"]) == sorted(a.name.lower() for a in c2pa.C2paSigningAlg)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[job]\nmanifest = "m\\u0000.parquet"\n', "[job].manifest: a path or model name cannot hold a NUL byte"),
+    ('[job]\nmanifest = "m"\n[models]\ndiffusion = "./a\\u0000b"\n', "[models].diffusion: a path or model name"),
+    ('[job]\nmanifest = "m"\n[cluster]\ngpus_per_actor = inf\n', "[cluster].gpus_per_actor: expected a finite "
+                                                                  "number, got inf"),
+    ('[job]\nmanifest = "m"\n[cost]\ngpu_hour_usd = nan\n', "[cost].gpu_hour_usd: expected a finite number, got nan"),
+])
+def test_values_no_path_or_number_can_be_are_named(tmp_path, text, needle):
+    with pytest.raises(ConfigError) as e:
+        load_job(write(tmp_path, text))
+    assert needle in str(e.value)
+
+
+def test_a_model_or_signer_name_too_long_for_a_path_is_not_looked_up_as_one(tmp_path):
+    """A name the system cannot look up (ENAMETOOLONG) is not a path beside the job file."""
+    long = "x" * 5000
+    cfg = load_job(write(tmp_path, f'[job]\nmanifest = "m"\n[models]\nclip = "{long}"\n'))
+    assert cfg.models.clip == long
+    with pytest.raises(ConfigError, match=r"\[signer\].cert_chain: file not found"):
+        load_job(write(tmp_path, f'[job]\nmanifest = "m"\n[signer]\nmode = "files"\ncert_chain = "{long}"\n'
+                                 'private_key = "k"\n'))
+
+
+def test_every_problem_of_a_job_file_is_named_at_once(tmp_path):
+    text = ('[job]\nmanifest = "m"\nnum_candiates = 2\nseed = "x"\n[models]\ndiffusion = "embedded:nope"\n'
+            '[generate]\nwidth = 100\nsteps = 0\n[signer]\nalgorithm = "rot13"\n[paths]\n')
+    with pytest.raises(ConfigError) as e:
+        load_job(write(tmp_path, text))
+    first = str(e.value).splitlines()
+    assert len(first) == 3 and "unknown section [paths]" in first[0]
+    assert "unknown key 'num_candiates' in [job]" in first[1] and "[job].seed: expected an integer" in first[2]
+    with pytest.raises(ConfigError) as e:  # the spelling fixed: every value out of range, named
+        load_job(write(tmp_path, text.replace("num_candiates", "num_candidates").replace('"x"', "1")
+                       .replace("[paths]\n", "")))
+    lines = str(e.value).splitlines()
+    assert len(lines) == 4 and all(line.startswith(str(tmp_path / "job.toml")) for line in lines)
+    for needle in ("[generate].steps must be 1..1000", "[generate].width must be a multiple of 8",
+                   "[signer].algorithm must be one of", "[models].diffusion: unknown embedded model 'nope'"):
+        assert sum(needle in line for line in lines) == 1, (needle, lines)
+
+
+def test_thousands_of_problems_are_capped(tmp_path):
+    text = '[job]\nmanifest = "m"\n' + "".join(f"k{i} = 1\n" for i in range(3000))
+    with pytest.raises(ConfigError) as e:
+        load_job(write(tmp_path, text))
+    lines = str(e.value).splitlines()
+    assert len(lines) == 51 and lines[-1] == "... and 2950 more"

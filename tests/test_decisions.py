@@ -330,6 +330,78 @@ def test_bad_decisions_are_named_by_row_column_and_value_and_nothing_is_recorded
         run_job(load_job(job), backend="in-process", decisions=str(job.parent / "d.txt"))
 
 
+# (strength as the file gives it, what it reads as: None for none, "bad" for refused)
+STRENGTHS = [(float("nan"), "bad"), (float("inf"), "bad"), (float("-inf"), "bad"), (-0.5, "bad"), (0.0, "bad"),
+             (1.5, "bad"), (0.5, 0.5), (1, 1.0), (None, None),
+             ("abc", "bad"), ("nan", "bad"), ("-1", "bad"), ("0.25", 0.25), (" 1 ", 1.0), ("", None)]
+
+
+def _write_decisions(path: Path, strengths: list) -> Path:
+    """A refine per strength in a CSV, JSON or Parquet file, each value as the format carries it
+    (Parquet: a float column when all are numbers, else a text column)."""
+    import pyarrow as pa
+
+    ids = [f"{i:032x}" for i in range(len(strengths))]
+    if path.suffix == ".json":  # NaN and Infinity as Python's json writes them
+        path.write_text(json.dumps([{"item_id": i, "decision": "refine", "strength": s}
+                                    for i, s in zip(ids, strengths, strict=True)]))
+    elif path.suffix == ".csv":
+        path.write_text("item_id,decision,strength\n" + "".join(
+            f"{i},refine,{'' if s is None else s}\n" for i, s in zip(ids, strengths, strict=True)))
+    else:
+        numbers = all(s is None or isinstance(s, int | float) for s in strengths)
+        column = pa.array(strengths, pa.float64() if numbers else pa.string())
+        pq.write_table(pa.table({"item_id": ids, "decision": ["refine"] * len(ids), "strength": column}), path)
+    return path
+
+
+@pytest.mark.parametrize("ext", [".csv", ".json", ".parquet"])
+def test_a_strength_outside_the_one_rule_is_refused_whichever_the_format(tmp_path, ext):
+    """NaN, infinities, 0, negatives, past 1, text: refused by LIMITS["strength"] in CSV, JSON and
+    Parquet alike, each named by row and column (NaN in JSON or Parquet was taken for 'no
+    strength', and the refinement made at the default); strengths within it read alike."""
+    from pipeline.decisions import parse, read_file
+
+    texts = [s for s in STRENGTHS if isinstance(s[0], str)]
+    numbers = [s for s in STRENGTHS if not isinstance(s[0], str)]
+    files = [(numbers, "numbers"), (texts, "texts")] + ([([(True, "bad")], "bool")] if ext == ".json" else [])
+    for cases, name in files:
+        path = _write_decisions(tmp_path / f"{name}{ext}", [s for s, _ in cases])
+        decisions, problems = parse(read_file(str(path)), str(path))
+        bad = [i for i, (_, want) in enumerate(cases) if want == "bad"]
+        assert [p.row for p in problems] == bad, (name, cases, problems)
+        assert all(p.column == "strength" and "is not a number in (0, 1]" in p.message for p in problems)
+        assert [d["strength"] for d in decisions] == [want for _, want in cases if want != "bad"]
+
+
+def test_a_nan_strength_is_refused_and_nothing_recorded_or_generated(job, model_calls):
+    out = job.parent / "out"
+    rows = results(out)
+    kept = pick(rows, "a")
+    for name in ("d.json", "d.parquet"):
+        path = job.parent / name
+        records = [{"item_id": kept["item_id"], "decision": "refine", "strength": float("nan")}]
+        if name.endswith(".json"):
+            path.write_text(json.dumps(records))
+        else:
+            import pyarrow as pa
+
+            pq.write_table(pa.Table.from_pylist(records), path)
+        with pytest.raises(ManifestError, match=r"row 0 .*column 'strength': strength 'nan' is not a number"):
+            run_job(load_job(job), backend="in-process", decisions=str(path))
+    assert not (out / DECISIONS).exists() and results(out) == rows
+    assert model_calls == {"generated": 0, "measured": 0}
+
+
+def test_a_json_decisions_file_nested_too_deep_is_named(tmp_path):
+    from pipeline.decisions import read_file
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ManifestError, match="cannot read decisions: nested too deep"):
+        read_file(str(deep))
+
+
 def test_decisions_on_object_storage(tmp_path, s3):
     """The output and the decisions file on S3: reject and refine (a staged product) read and
     write through the bucket only."""

@@ -24,6 +24,9 @@ from pathlib import Path
 SEED = 20240601
 # name → recipe version; bump a version whenever that build function changes.
 VERSIONS = {"tiny-sd": 1, "tiny-sdxl": 1, "tiny-clip": 1, "tiny-nsfw": 1, "tiny-clip-head": 1}
+# name → the [models] key it serves: what the job spec admits as `embedded:<name>` there.
+ROLES = {"tiny-sd": "diffusion", "tiny-sdxl": "diffusion", "tiny-clip": "clip", "tiny-nsfw": "moderation",
+         "tiny-clip-head": "moderation"}
 HEAD_WEIGHTS = "head.safetensors"
 CLIP_ARCH = "asset-pipeline-tiny-clip"  # open_clip registry name of the tiny-clip config
 CLIP_CONFIG = {
