@@ -172,3 +172,76 @@ def test_the_lease_is_renewed_while_a_run_holds_the_lock(s3, monkeypatch):
             lock.acquire(out, "another")
     finally:
         held.close()
+
+
+@pytest.fixture
+def paused(monkeypatch):
+    """A driver paused past its lease: its heartbeat never beats (it is frozen with the rest)."""
+    from pipeline import lock
+
+    monkeypatch.setattr(lock, "LEASE_S", 0.6)
+    monkeypatch.setattr(lock._ObjectLock, "_heartbeat", lambda self: None, raising=False)
+    return lock
+
+
+def test_a_run_whose_lock_was_taken_over_is_stopped_by_check_and_leaves_the_new_lock_alone(s3, paused):
+    import json
+    import os
+    import socket
+    import time
+
+    from pipeline.store import Output
+
+    lock = paused
+    out = Output(f"s3://{s3.bucket}/o")
+    first = lock.acquire(out, "run-a", "nightly")
+    first.check()  # held: the check renews it
+    time.sleep(0.8)  # paused past its lease
+    second = lock.acquire(out, "run-b", "nightly")  # takes the expired lock over
+    with pytest.raises(lock.LockLost, match=f"run run-b of job 'nightly' on {socket.gethostname()}, pid {os.getpid()} "
+                                            "holds it now") as lost:
+        first.check()
+    assert lost.value.holder["run"] == "run-b"
+    with pytest.raises(lock.LockLost):
+        first.check()  # and stays lost
+    first.close()  # never removes the lock of the run that took over
+    assert json.loads(out.get(lock.LOCK))["run"] == "run-b"
+    second.check()
+    second.close()
+    assert not out.exists(lock.LOCK)
+
+
+def test_a_lock_removed_under_a_run_is_lost_and_an_expired_one_nobody_took_is_still_held(s3, paused):
+    import json
+    import time
+
+    from pipeline.store import Output
+
+    lock = paused
+    out = Output(f"s3://{s3.bucket}/o")
+    held = lock.acquire(out, "run-a")
+    time.sleep(0.8)  # past its lease, but no other run came: the conditional renew confirms it
+    held.check()
+    assert json.loads(out.get(lock.LOCK))["expires"] > time.time()
+    with pytest.raises(lock.OutputLocked, match="run run-a"):
+        lock.acquire(out, "run-b")
+    held.close()
+    assert not out.exists(lock.LOCK)
+
+    gone = lock.acquire(out, "run-c")
+    time.sleep(0.8)
+    lock.acquire(out, "run-d").close()  # took over, finished, removed its lock
+    with pytest.raises(lock.LockLost, match="run run-c .* lost the output lock, the lock object is gone") as lost:
+        gone.check()
+    assert lost.value.holder is None
+    gone.close()
+
+
+def test_a_local_folders_lock_check_is_a_no_op(tmp_path):
+    from pipeline import lock
+    from pipeline.store import Output
+
+    (tmp_path / "out").mkdir()
+    held = lock.acquire(Output(str(tmp_path / "out")), "run-a")
+    held.check()
+    held.close()
