@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -100,8 +100,12 @@ class _StageActor:
         return table
 
 
-def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools: Pools) -> Iterator[pa.Table]:
+def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools: Pools,
+            fence: Callable[[], None] = lambda: None) -> Iterator[pa.Table]:
     """Stream outcome tables back to the driver, one per unit of work, as they finish.
+
+    `fence` (the output lock's check) runs before each hand-out of work: a driver that lost its
+    output (paused past its lease, then taken over) raises there, and its actors write nothing more.
 
     With writer actors, a unit is two calls: generate on a generate actor, then write on a
     writer, chained by reference. Without them (`pools.write_actors == 0`, a CPU node), the
@@ -169,8 +173,11 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
         while next_group < groups or finishing or suspects:
             if suspects:
                 if not finishing:  # drained: the suspect runs with nothing beside it
+                    fence()
                     submit(suspects.pop(0), alone=True)
             else:
+                if next_group < groups and min(gen_queue) < QUEUE_PER_ACTOR and len(finishing) < limit:
+                    fence()
                 while next_group < groups and min(gen_queue) < QUEUE_PER_ACTOR and len(finishing) < limit:
                     submit(next_group, alone=False)
                     next_group += 1
@@ -215,8 +222,9 @@ def _root_message(error: Exception) -> str:
     return text[:500]
 
 
-def execute_in_process(work_path: str, cfg: JobConfig, output_dir: str) -> Iterator[pa.Table]:
-    """The same stages without Ray: for debugging and fast tests."""
+def execute_in_process(work_path: str, cfg: JobConfig, output_dir: str,
+                       fence: Callable[[], None] = lambda: None) -> Iterator[pa.Table]:
+    """The same stages without Ray: for debugging and fast tests. `fence` runs before each unit."""
     from pipeline.stages import CandidateStage, WriteStage, failed_outcomes
     from pipeline.work import WorkFile
 
@@ -224,6 +232,7 @@ def execute_in_process(work_path: str, cfg: JobConfig, output_dir: str) -> Itera
     work = WorkFile(work_path)
     try:
         for unit in work:
+            fence()
             try:
                 outcome = write(generate(unit))
             except Exception as e:  # noqa: BLE001 — as on Ray: a failing unit is error rows, the run goes on
