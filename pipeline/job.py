@@ -350,9 +350,9 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
                                 else "each writing its own images"),
                              cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0),
                              generate_actors=pools.generate_actors, write_actors=pools.write_actors)
-                stream = execute(str(work_path), groups, cfg, out.uri, pools, fence)
+                stream = execute(str(work_path), groups, cfg, out.uri, pools, fence, run_id)
             else:
-                stream = execute_in_process(str(work_path), cfg, out.uri, fence)
+                stream = execute_in_process(str(work_path), cfg, out.uri, fence, run_id)
             try:
                 stopped = _consume(stream, committer, reporter, budget, cfg, plan.num_rows)
             finally:

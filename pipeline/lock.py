@@ -57,6 +57,24 @@ def acquire(out: Output, run: str, job: str = ""):
     return _FileLock(out) if out.local else _ObjectLock(out, run, job)
 
 
+def confirm_holder(out: Output, run: str) -> None:
+    """For the processes of a run that do not hold its lock object (its writers, on any node):
+    LockLost unless the output's lock object names run `run` and its lease has not run out.
+    Checked before each image is written, so a writer whose driver lost the output (paused past
+    its lease) writes nothing over the files of the run that took it over. A local folder's
+    flock cannot be lost while the run lives: nothing to check."""
+    if out.local:
+        return
+    try:
+        held = json.loads(out.get(LOCK))
+    except FileNotFoundError:
+        held = None
+    if held is None or held.get("run") != run or held.get("expires", 0) <= time.time():
+        now = (f"{holder_name(held)} holds it" if held and held.get("run") != run else
+               "its lease has run out" if held else "the lock object is gone")
+        raise LockLost(f"{out.uri}: run {run} no longer holds the output lock ({now}): nothing more is written", held)
+
+
 def holder_name(owner: dict) -> str:
     """A lock owner as messages name it: run, job, host and pid."""
     job = f" of job {owner['job']!r}" if owner.get("job") else ""

@@ -245,3 +245,74 @@ def test_a_local_folders_lock_check_is_a_no_op(tmp_path):
     held = lock.acquire(Output(str(tmp_path / "out")), "run-a")
     held.check()
     held.close()
+
+
+def start_run(job, out: str, *args: str, lease: str = "3"):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "ASSET_PIPELINE_FAULTS"}
+    env.update(ASSET_PIPELINE_LOCK_LEASE_S=lease, ASSET_PIPELINE_LOG_FORMAT="text")
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job), "--output", out, *args],
+                            cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def pause_run_past_its_lease_while_another_takes_over(tmp_path, s3, *args: str) -> None:
+    """A run paused (SIGSTOP) once it has committed a shard, past its lease; a second run takes
+    the output over and finishes; the first, resumed, must stop (exit 2) naming the second and
+    commit nothing more: the output stays the second run's, whole, and verifies."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.results import RESULTS, SHARDS, SUMMARY, read_results
+    from pipeline.store import Output
+    from tests.helpers import write_job
+
+    rows = {"id": [f"r{i}" for i in range(5)], "prompt": [f"product photo {i}" for i in range(5)]}
+    job = write_job(tmp_path, rows, styles=None, num_candidates=2, keep=1,
+                    extra="[generate]\nsteps = 1\nwidth = 64\nheight = 64\nbatch_size = 2\n[output]\nshard_rows = 1\n")
+    out = Output(f"s3://{s3.bucket}/out")
+    first = start_run(job, out.uri, *args)
+    try:
+        deadline = time.time() + 300
+        while not out.files(SHARDS) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        os.kill(first.pid, signal.SIGSTOP)  # paused (a long GC, a suspended VM) with work left
+        try:
+            time.sleep(3.5)  # past its lease: the next run may take the output over
+            second = start_run(job, out.uri, *args)
+            stdout, stderr = second.communicate(timeout=600)
+            assert second.returncode == 0, stderr[-3000:]
+            after_second = {name: out.version(name) for name in (RESULTS, SUMMARY)}
+            shards = out.files(SHARDS)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        _, first_err = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    taker = json.loads(out.get(SUMMARY))["run_id"]
+    assert first.returncode == 2, first_err[-3000:]
+    assert f"run {taker} of job 't' on " in first_err and f"pid {second.pid}" in first_err, first_err[-3000:]
+    # The first run committed nothing after the takeover: no shard, no results, no summary.
+    assert out.files(SHARDS) == shards
+    assert {name: out.version(name) for name in (RESULTS, SUMMARY)} == after_second
+    table = read_results(out)
+    assert table.num_rows == 10 and len(set(table["item_id"].to_pylist())) == 10
+    assert set(table["status"].to_pylist()) == {"written", "rejected"}
+    verify = subprocess.run([sys.executable, "-m", "pipeline", "verify", out.uri], capture_output=True, text=True,
+                            timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert not out.exists(".lock")
+
+
+def test_a_run_paused_past_its_lock_lease_stops_and_commits_nothing_after_the_takeover(tmp_path, s3):
+    pause_run_past_its_lease_while_another_takes_over(tmp_path, s3, "--in-process")
