@@ -316,3 +316,44 @@ def pause_run_past_its_lease_while_another_takes_over(tmp_path, s3, *args: str) 
 
 def test_a_run_paused_past_its_lock_lease_stops_and_commits_nothing_after_the_takeover(tmp_path, s3):
     pause_run_past_its_lease_while_another_takes_over(tmp_path, s3, "--in-process")
+
+
+def test_a_killed_runs_temp_folder_is_removed_by_the_next_run_and_a_live_runs_is_kept(tmp_path, s3, monkeypatch):
+    """With the output on a bucket the driver's plan and work file live in the temp folder: a
+    killed run leaves its folder behind; the next run removes it, never a live run's."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "ASSET_PIPELINE_FAULTS"} | {"TMPDIR": str(temp)}
+    out = f"s3://{s3.bucket}/out"
+    job = s3_job(tmp_path, s3, {"id": ["a", "b"], "prompt": ["x", "y"]})
+    killed = subprocess.run([sys.executable, "-m", "pipeline", "run", job, "--output", out, "--in-process"], cwd=root,
+                            env=env | {"ASSET_PIPELINE_FAULTS": "driver.kill_before_shard=1",
+                                       "ASSET_PIPELINE_LOCK_LEASE_S": "1"}, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    (dead,) = temp.glob("asset-pipeline-*")
+    assert re.fullmatch(r"asset-pipeline-[0-9a-f]{12}-[0-9]+", dead.name)  # named after the run and its pid
+    assert any(dead.glob("plan-*.parquet")) and (dead / ".alive").exists()  # with its liveness marker
+    live = subprocess.Popen([sys.executable, "-c", "from pipeline.scratch import Scratch\ns = Scratch('other')\n"
+                             "print(s.path, flush=True)\ninput()"], cwd=root, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        alive = Path(live.stdout.readline().strip())
+        assert alive.name == f"asset-pipeline-other-{live.pid}"
+        time.sleep(1)  # the killed run's lease runs out
+        report = run_job(load_job(job).replace("job", output=out), backend="in-process")
+        assert report.exit_code == EXIT_OK
+        assert not dead.exists() and alive.is_dir()  # the dead run's folder gone, the live run's kept
+        assert set(temp.glob("asset-pipeline-*")) == {alive}  # and this run removed its own
+    finally:
+        live.communicate("\n", timeout=60)
