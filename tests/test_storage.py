@@ -357,3 +357,10 @@ def test_a_killed_runs_temp_folder_is_removed_by_the_next_run_and_a_live_runs_is
         assert set(temp.glob("asset-pipeline-*")) == {alive}  # and this run removed its own
     finally:
         live.communicate("\n", timeout=60)
+
+
+@pytest.mark.slow
+def test_a_ray_run_paused_past_its_lock_lease_stops_and_commits_nothing_after_the_takeover(tmp_path, s3):
+    # Through Ray: the paused driver's actors go on with the units they hold; the resumed driver
+    # hands out nothing more, commits nothing, and stops its actors.
+    pause_run_past_its_lease_while_another_takes_over(tmp_path, s3)
