@@ -59,19 +59,20 @@ def acquire(out: Output, run: str, job: str = ""):
 
 def confirm_holder(out: Output, run: str) -> None:
     """For the processes of a run that do not hold its lock object (its writers, on any node):
-    LockLost unless the output's lock object names run `run` and its lease has not run out.
-    Checked before each image is written, so a writer whose driver lost the output (paused past
-    its lease) writes nothing over the files of the run that took it over. A local folder's
-    flock cannot be lost while the run lives: nothing to check."""
+    LockLost unless the output's lock object still names run `run`. Checked before each image is
+    written, so a writer whose driver lost the output (paused past its lease) writes nothing over
+    the files of the run that took it over. A lease that ran out under a lock still naming `run`
+    is not refused: no run has taken over yet, and one that does writes its own files later (a
+    writer's clock or a slow heartbeat must not turn images into errors). A local folder's flock
+    cannot be lost while the run lives: nothing to check."""
     if out.local:
         return
     try:
         held = json.loads(out.get(LOCK))
     except FileNotFoundError:
         held = None
-    if held is None or held.get("run") != run or held.get("expires", 0) <= time.time():
-        now = (f"{holder_name(held)} holds it" if held and held.get("run") != run else
-               "its lease has run out" if held else "the lock object is gone")
+    if held is None or held.get("run") != run:
+        now = f"{holder_name(held)} holds it" if held else "the lock object is gone"
         raise LockLost(f"{out.uri}: run {run} no longer holds the output lock ({now}): nothing more is written", held)
 
 
