@@ -5,8 +5,6 @@ Unset in production, where every check is one dict lookup. Points:
   driver.kill_mid_shard=N     SIGKILL the driver with shard N written to a temp file, not renamed
   driver.kill_after_shard=N   SIGKILL the driver right after committing its N-th shard
   driver.kill_before_compact  SIGKILL the driver with all shards committed, before results.parquet
-  driver.pause_after_shard=N  SIGSTOP the driver right after committing its N-th shard (a driver
-                              paused past its lease; the test sends SIGCONT)
   driver.interrupt_after_units=N  the driver is interrupted (KeyboardInterrupt) after receiving N units
   candidate.error=SEED[|SEED]  generation raises for the candidates with these seeds
   prompt.error=SEED           the prompt check raises for a unit holding this seed (a stage exception)
@@ -38,16 +36,6 @@ def arg(point: str) -> str | None:
 
 def kill_if(point: str, count: int | None = None) -> None:
     """SIGKILL this process when `point` is armed (for the given count, if it takes one)."""
-    if _armed(point, count):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def pause_if(point: str, count: int | None = None) -> None:
-    """SIGSTOP this process when `point` is armed: it sleeps until someone sends SIGCONT."""
-    if _armed(point, count):
-        os.kill(os.getpid(), signal.SIGSTOP)
-
-
-def _armed(point: str, count: int | None) -> bool:
     value = arg(point)
-    return value is not None and (value == "" or count is None or int(value) == count)
+    if value is not None and (value == "" or count is None or int(value) == count):
+        os.kill(os.getpid(), signal.SIGKILL)

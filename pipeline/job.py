@@ -150,7 +150,6 @@ class _Committer:
             self.fence()
             self.store.write(pa.concat_tables(self.ready), kill_point=("driver.kill_mid_shard", self.shards))
             faults.kill_if("driver.kill_after_shard", self.shards)
-            faults.pause_if("driver.pause_after_shard", self.shards)
             self.ready, self.ready_rows = [], 0
 
 

@@ -202,6 +202,9 @@ def test_a_run_whose_lock_was_taken_over_is_stopped_by_check_and_leaves_the_new_
                                             "holds it now") as lost:
         first.check()
     assert lost.value.holder["run"] == "run-b"
+    with pytest.raises(lock.LockLost, match="run run-a no longer holds the output lock"):
+        lock.confirm_holder(out, "run-a")  # its writers write nothing more either
+    lock.confirm_holder(out, "run-b")
     with pytest.raises(lock.LockLost):
         first.check()  # and stays lost
     first.close()  # never removes the lock of the run that took over
