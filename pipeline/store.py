@@ -100,7 +100,7 @@ class Output:
             target.parent.mkdir(parents=True, exist_ok=True)
             temp = target.with_name(f"{TEMP_PREFIX}{target.name}-{secrets.token_hex(6)}")
         else:
-            temp = Path(tempfile.mkdtemp(prefix="staged-", dir=self.scratch)) / posixpath.basename(rel)
+            temp = Path(tempfile.mkdtemp(prefix="asset-pipeline-staged-", dir=self.scratch)) / posixpath.basename(rel)
         try:
             yield temp
             if before_commit:
