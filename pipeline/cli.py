@@ -1,7 +1,8 @@
 """Command line: `python -m pipeline run|validate|plan|verify|report`.
 
 Exit codes (scheduled jobs rely on them): 0 success; 1 invalid job, input, signer or a failed
-verification; 2 the run stopped early (error budget) or left candidates pending.
+verification; 2 the run stopped early (error budget, or it lost its output to another run) or
+left candidates pending.
 Heavy libraries load only inside the commands that need them, so `--help` is instant.
 """
 
@@ -230,7 +231,8 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "verify"
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from pipeline.config import ConfigError
-    from pipeline.job import EXIT_INVALID, JobError
+    from pipeline.job import EXIT_INCOMPLETE, EXIT_INVALID, JobError
+    from pipeline.lock import LockLost
     from pipeline.manifest import ManifestError
     from pipeline.uris import StorageError
 
@@ -243,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         return COMMANDS[args.command](args)
+    except LockLost as e:  # another run holds the output now: this one committed nothing since
+        _error(args, f"stopped: {e}")
+        return EXIT_INCOMPLETE
     except expected as e:
         _error(args, f"error: {e}")
         return EXIT_INVALID

@@ -7,14 +7,16 @@ any model is loaded, and every outcome is committed in whole-row shards as it ar
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import os
 import platform
 import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,10 +27,11 @@ import pyarrow.compute as pc
 from pipeline import decisions as review
 from pipeline import faults, results, schema
 from pipeline.config import JobConfig
-from pipeline.lock import OutputLocked, acquire
+from pipeline.lock import LockLost, OutputLocked, acquire, holder_name
 from pipeline.manifest import Inputs, ManifestError, Problem, load_inputs
 from pipeline.plan import PlanFile, write_plan
 from pipeline.progress import Reporter
+from pipeline.scratch import Scratch
 from pipeline.store import Output
 from pipeline.work import PRIOR, candidates, rows_per_group, write_work
 from pipeline.write import TEMP_PREFIX
@@ -114,17 +117,18 @@ def snapshot(cfg: JobConfig, run_id: str, out: Output, plan_rows: int) -> None:
     }
     results.write_json({
         "run_id": run_id, "started_at": datetime.now(UTC).isoformat(),
-        "host": platform.node(), "python": platform.python_version(), "versions": versions,
+        "host": platform.node(), "pid": os.getpid(), "python": platform.python_version(), "versions": versions,
         "models": models, "planned_candidates": plan_rows, "config": cfg.to_dict(),
     }, out, f"{results.RUNS}/{run_id}.json")
 
 
 class _Committer:
     """Commits outcome tables in shards as they arrive. Each table is the outcome of whole units
-    of work, so every shard holds whole manifest rows."""
+    of work, so every shard holds whole manifest rows. `fence` (the lock's check) runs before
+    each commit: a run that lost its output commits nothing more."""
 
-    def __init__(self, store: results.ShardStore, run_id: str, shard_rows: int):
-        self.store, self.run_id, self.shard_rows = store, run_id, shard_rows
+    def __init__(self, store: results.ShardStore, run_id: str, shard_rows: int, fence: Callable[[], None]):
+        self.store, self.run_id, self.shard_rows, self.fence = store, run_id, shard_rows, fence
         self.ready: list[pa.Table] = []
         self.ready_rows = 0
         self.counts: Counter = Counter()  # outcomes of this run's new candidates, by status
@@ -143,6 +147,7 @@ class _Committer:
         if self.ready:
             self.shards += 1
             faults.kill_if("driver.kill_before_shard", self.shards)
+            self.fence()
             self.store.write(pa.concat_tables(self.ready), kill_point=("driver.kill_mid_shard", self.shards))
             faults.kill_if("driver.kill_after_shard", self.shards)
             self.ready, self.ready_rows = [], 0
@@ -189,10 +194,28 @@ def _work(plan: PlanFile, committed: results.Committed) -> Iterator[pa.Table]:
             yield candidates(chunk.filter(pc.invert(done)), _priors(chunk, committed, done, rows))
 
 
-def work_folder(out: Output, run_id: str) -> Path:
-    """The driver's temp files of a run (the plan, the pending work): in the output folder when
-    it is local (a killed run's are removed by the next), in the temp folder on object storage."""
-    return Path(out.root) / WORK if out.local else Path(tempfile.gettempdir()) / f"asset-pipeline-work-{run_id}"
+@contextlib.contextmanager
+def work_folder(out: Output, run_id: str) -> Iterator[Path]:
+    """The driver's temp files of a run (the plan, the pending work), removed when it ends: in
+    the output folder when it is local (a killed run's are removed by the next, which holds the
+    folder's lock); on object storage a folder of this run in the temp folder, marked live while
+    the run lives, where the results table is staged too (a killed run's is removed by the next
+    run on that machine: `scratch`)."""
+    if out.local:
+        work = Path(out.root) / WORK
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    scratch = Scratch(run_id)
+    out.scratch = scratch.path
+    try:
+        yield scratch.path
+    finally:
+        out.scratch = None
+        scratch.close()
 
 
 def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
@@ -214,8 +237,9 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
     out = Output(cfg.job.output)
     cfg = cfg.replace("job", output=out.uri)
     prepare_output(out)
+    run_id = uuid.uuid4().hex[:12]
     try:
-        lock = acquire(out, run=cfg.job.name)
+        lock = acquire(out, run=run_id, job=cfg.job.name)
     except OutputLocked as e:
         raise JobError(str(e)) from None
     try:
@@ -228,10 +252,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
         recorded = review.load(out) if not fresh else review.Decisions.none()
         changed = (review.read(decisions, out, recorded.latest, cfg.generate.refine_strength) if decisions
                    else review.STORED_SCHEMA.empty_table())
-        run_id = uuid.uuid4().hex[:12]
-        work = work_folder(out, run_id)
-        shutil.rmtree(work, ignore_errors=True)
-        try:
+        with work_folder(out, run_id) as work:
             # Planned to the driver's disk a chunk at a time: the plan is never whole in memory.
             decided = recorded.then(changed)
             plan = write_plan(inputs, cfg, work / f"plan-{run_id}.parquet", decisions=decided)
@@ -239,23 +260,45 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
                 _warn_unplanned(decided, plan, inputs, out, reporter)
             Signer.from_section(cfg.signer, out, warn=reporter.warning).self_test(cfg.output.format)
             if fresh:
+                lock.check()
                 clear_results(out)
             elif rows and (others := results.row_ids(out) - set(rows)):
                 raise JobError(f"{out}: holds results of other rows ({len(others)}, e.g. {sorted(others)[0]!r}); "
                                "--rows would hide them, so give it a separate --output")
             if decisions:
                 # recorded before any work: a run that stops still leaves them for the next
+                lock.check()
                 review.record(out, changed)
                 counts = Counter(changed["decision"].to_pylist())
                 reporter.log(f"decisions {decisions}: {changed.num_rows} new or changed ("
                              + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
                              + "); the others were already in force", event="decisions", file=decisions,
                              changed=changed.num_rows, **{f"changed_{k}": v for k, v in counts.items()})
-            return _run_locked(cfg, out, backend, inputs, plan, run_id, work, reporter)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+            return _run_locked(cfg, out, backend, inputs, plan, run_id, work, reporter, lock.check)
+    except LockLost as e:
+        if e.holder is None and (latest := _latest_other_run(out, run_id)):
+            raise LockLost(f"{e}; the latest other run recorded in the output is {latest}") from None
+        raise
     finally:
         lock.close()
+
+
+def _latest_other_run(out: Output, run_id: str) -> str | None:
+    """The run record of the latest run but this one, named as the lock names its holder."""
+    records = []
+    for rel in out.files(results.RUNS):
+        try:
+            record = json.loads(out.get(rel))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("run_id") != run_id:
+            records.append(record)
+    if not records:
+        return None
+    latest = max(records, key=lambda r: str(r.get("started_at", "")))
+    return (holder_name({"run": latest.get("run_id"), "job": latest.get("config", {}).get("job", {}).get("name"),
+                         "host": latest.get("host"), "pid": latest.get("pid")})
+            + f", started at {latest.get('started_at')}")
 
 
 def _warn_unplanned(decided: review.Decisions, plan: PlanFile, inputs: Inputs, out: Output,
@@ -272,7 +315,9 @@ def _warn_unplanned(decided: review.Decisions, plan: PlanFile, inputs: Inputs, o
 
 
 def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan: PlanFile, run_id: str,
-                work: Path, reporter: Reporter) -> RunReport:
+                work: Path, reporter: Reporter, fence: Callable[[], None]) -> RunReport:
+    """Steps 2 and 3 of a run, holding the output. `fence` (the lock's check) runs before every
+    commit and before more work is handed out: a run that lost its output stops (LockLost)."""
     from pipeline.runner import connect, execute, execute_in_process, size_pools
 
     started = time.monotonic()
@@ -292,7 +337,7 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
         work_path = work / f"pending-{run_id}.arrow"
         groups = write_work(_work(plan, committed), work_path,
                             rows_per_group(rows_to_go, to_go, cfg.generate.batch_size))
-        committer = _Committer(store, run_id, cfg.output.shard_rows)
+        committer = _Committer(store, run_id, cfg.output.shard_rows, fence)
         reporter.start(to_go)  # progress from here: the actors' start-up counts, as it is waited for
         try:
             if backend == "ray":
@@ -304,9 +349,9 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
                                 else "each writing its own images"),
                              cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0),
                              generate_actors=pools.generate_actors, write_actors=pools.write_actors)
-                stream = execute(str(work_path), groups, cfg, out.uri, pools)
+                stream = execute(str(work_path), groups, cfg, out.uri, pools, fence, run_id)
             else:
-                stream = execute_in_process(str(work_path), cfg, out.uri)
+                stream = execute_in_process(str(work_path), cfg, out.uri, fence, run_id)
             try:
                 stopped = _consume(stream, committer, reporter, budget, cfg, plan.num_rows)
             finally:
@@ -321,8 +366,8 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
     faults.kill_if("driver.kill_before_compact")
     committed = store.committed()
     summary = results.write_results(plan.chunks(), committed, out,
-                                    gpu_hour_usd=cfg.cost.gpu_hour_usd if cfg.cost else None)
-    removed = results.remove_strays(committed, out)
+                                    gpu_hour_usd=cfg.cost.gpu_hour_usd if cfg.cost else None, before_commit=fence)
+    removed = results.remove_strays(committed, out, before_delete=fence)
     summary["brand_consistency"] = results.brand_consistency(committed, out, summary.pop("reference_similarity"))
     summary.update(run_id=run_id, job=cfg.job.name, stopped=stopped, elapsed_s=round(time.monotonic() - started, 3),
                    this_run=dict(committer.counts) if committer else {})
@@ -333,6 +378,7 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
         reporter.warning(f"{summary['truncated_prompts']} candidate prompt(s) exceeded the text encoder's window "
                          "and were truncated (see the `truncated` column)",
                          truncated_prompts=summary["truncated_prompts"])
+    fence()
     results.write_json(summary, out, results.SUMMARY)
     code = EXIT_INCOMPLETE if stopped or summary["pending"] else EXIT_OK
     report = RunReport(run_id, Path(out.root) if out.local else out.uri, summary, code, stopped, removed,

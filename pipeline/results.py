@@ -13,7 +13,7 @@ import posixpath
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -247,11 +247,12 @@ def compact(plan: pa.Table, committed: Committed, gpu_hour_usd: float | None = N
 
 
 def write_results(plan_chunks: Iterable[pa.Table], committed: Committed, output: Output | Path | str,
-                  gpu_hour_usd: float | None = None) -> dict:
+                  gpu_hour_usd: float | None = None, before_commit: Callable[[], None] | None = None) -> dict:
     """Compact the plan, chunk by chunk, into `results.parquet` (replaced whole, never seen half
-    written); returns the summary of what it wrote (with the GPU-hour price it used)."""
+    written); returns the summary of what it wrote (with the GPU-hour price it used).
+    `before_commit` (the lock's check) runs just before the table replaces the old one."""
     summary, writer = Summary(), None
-    with as_output(output).staged(RESULTS) as path:
+    with as_output(output).staged(RESULTS, before_commit) as path:
         try:
             for chunk in plan_chunks:
                 table = compact(chunk, committed, gpu_hour_usd)
@@ -271,13 +272,17 @@ def read_results(output: Output | Path | str, columns: list[str] | None = None) 
     return tables.read(out.where(RESULTS) if out.local else out.get(RESULTS), columns)
 
 
-def remove_strays(committed: Committed, output: Output | Path | str) -> list[str]:
+def remove_strays(committed: Committed, output: Output | Path | str,
+                  before_delete: Callable[[], None] | None = None) -> list[str]:
     """Delete image files no latest committed outcome lists (a killed run's unlisted writes, an
     image a re-judging replaced) and the temp files killed writes leave. A listed file is never
-    deleted."""
+    deleted. `before_delete` (the lock's check) runs before each file goes: a stray of this
+    run's view may be a file that a run which took the output over has listed since."""
     out = as_output(output)
     removed = sorted(committed.files - committed.listed)
     for rel in removed:
+        if before_delete:
+            before_delete()
         out.delete(rel)
     remove_temp(out)
     return removed

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -106,8 +106,13 @@ class _StageActor:
         return table
 
 
-def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools: Pools) -> Iterator[pa.Table]:
+def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools: Pools,
+            fence: Callable[[], None] = lambda: None, run_id: str | None = None) -> Iterator[pa.Table]:
     """Stream outcome tables back to the driver, one per unit of work, as they finish.
+
+    `fence` (the output lock's check) runs before each hand-out of work: a driver that lost its
+    output (paused past its lease, then taken over) raises there. The writers check that the
+    lock still names `run_id` before each image they write.
 
     With writer actors, a unit is two calls: generate on a generate actor, then write on a
     writer, chained by reference. Without them (`pools.write_actors == 0`, a CPU node), the
@@ -133,7 +138,7 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
     work = WorkFile(work_path)
     actor = ray.remote(_StageActor)
     restart = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}
-    write_stage = (WriteStage, (cfg, output_dir))
+    write_stage = (WriteStage, (cfg, output_dir, run_id))
     fused = pools.write_actors == 0
     gens = [actor.options(num_cpus=pools.cpus_per_actor, num_gpus=pools.gpus_per_actor, **restart)
             .remote([(CandidateStage, (cfg,))] + ([write_stage] if fused else []))
@@ -175,8 +180,11 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
         while next_group < groups or finishing or suspects:
             if suspects:
                 if not finishing:  # drained: the suspect runs with nothing beside it
+                    fence()
                     submit(suspects.pop(0), alone=True)
             else:
+                if next_group < groups and min(gen_queue) < QUEUE_PER_ACTOR and len(finishing) < limit:
+                    fence()
                 while next_group < groups and min(gen_queue) < QUEUE_PER_ACTOR and len(finishing) < limit:
                     submit(next_group, alone=False)
                     next_group += 1
@@ -221,15 +229,17 @@ def _root_message(error: Exception) -> str:
     return text[:500]
 
 
-def execute_in_process(work_path: str, cfg: JobConfig, output_dir: str) -> Iterator[pa.Table]:
-    """The same stages without Ray: for debugging and fast tests."""
+def execute_in_process(work_path: str, cfg: JobConfig, output_dir: str,
+                       fence: Callable[[], None] = lambda: None, run_id: str | None = None) -> Iterator[pa.Table]:
+    """The same stages without Ray: for debugging and fast tests. `fence` runs before each unit."""
     from pipeline.stages import CandidateStage, WriteStage, failed_outcomes
     from pipeline.work import WorkFile
 
-    generate, write = CandidateStage(cfg), WriteStage(cfg, output_dir)
+    generate, write = CandidateStage(cfg), WriteStage(cfg, output_dir, run_id)
     work = WorkFile(work_path)
     try:
         for unit in work:
+            fence()
             try:
                 outcome = write(generate(unit))
             except Exception as e:  # noqa: BLE001 — as on Ray: a failing unit is error rows, the run goes on

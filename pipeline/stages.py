@@ -278,13 +278,16 @@ def _forget_file(r: dict) -> None:
 
 
 class WriteStage:
-    """Encode, sign, write atomically, read back and verify: the last touch of each image."""
+    """Encode, sign, write atomically, read back and verify: the last touch of each image.
+    `run_id`: the run this writer works for; before each image goes into an output on object
+    storage, the output's lock must still name that run (`lock.confirm_holder`), else the image
+    is an `error` row and nothing is written."""
 
-    def __init__(self, cfg: JobConfig, output_dir: str):
+    def __init__(self, cfg: JobConfig, output_dir: str, run_id: str | None = None):
         from pipeline.provenance import Signer
         from pipeline.store import Output
 
-        self.cfg = cfg
+        self.cfg, self.run_id = cfg, run_id
         self.out = Output(output_dir)  # a folder, or a prefix on object storage
         self.signer = Signer.from_section(cfg.signer, self.out, quiet=True)
         self.writer = worker_name()
@@ -375,6 +378,10 @@ class WriteStage:
             parent_title=parent_title)
         signed = self.signer.sign(data, mime, claim)
         t2 = time.perf_counter()
+        if self.run_id is not None:
+            from pipeline.lock import confirm_holder
+
+            confirm_holder(self.out, self.run_id)  # LockLost: an error row, nothing written
         self.out.put(r["path"], signed)  # whole or absent: temp + rename locally, one PUT on a bucket
         t3 = time.perf_counter()
         on_disk = self.out.get(r["path"])

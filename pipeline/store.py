@@ -5,7 +5,8 @@ with the same guarantees on both (DESIGN.md "Storage and exactly-once").
   PUT, which readers see whole or not at all. Nothing is ever renamed on a bucket.
 - `create` is exclusive, for the lock: locally `O_EXCL`; on S3 a conditional PUT
   (`If-None-Match: *`). `replace` swaps an object only while it is still the version read
-  (`If-Match`), so one run only takes over a lock whose lease ran out.
+  (`If-Match`), so one run only takes over a lock whose lease ran out; `delete_if` removes it
+  only while it is that version, so a run never removes the lock of the run that took over.
 - `files(prefix)` lists relative paths of what is there (temp files excluded).
 
 Paths are relative to the output root and never climb out of it. Results, shards, images, run
@@ -20,7 +21,7 @@ import posixpath
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline import uris
@@ -39,6 +40,9 @@ class Output:
     """An output folder (`/data/out`) or prefix (`s3://bucket/runs/nightly`)."""
 
     def __init__(self, uri: str):
+        # Where this process stages large files bound for object storage (`staged`): the run's
+        # own temp folder, which the next run removes if this one is killed. None: the system's.
+        self.scratch: Path | None = None
         scheme, path = uris.split(uri)
         self.local = scheme == uris.LOCAL
         if self.local:
@@ -85,18 +89,22 @@ class Output:
             self.fs.pipe_file(self._remote(rel), data)
 
     @contextlib.contextmanager
-    def staged(self, rel: str) -> Iterator[Path]:
+    def staged(self, rel: str, before_commit: Callable[[], None] | None = None) -> Iterator[Path]:
         """A local file to write `rel` into, too large to hold in memory; it becomes `rel`, whole,
         when the block ends without an error. Locally a temp file beside the target, fsynced and
-        renamed; on object storage a file in the temp folder, uploaded in one (multipart) PUT."""
+        renamed; on object storage a file in the temp folder (`scratch`), uploaded in one
+        (multipart) PUT. `before_commit` runs just before the rename or upload (a lock check):
+        when it raises, `rel` is left as it was."""
         if self.local:
             target = self._local(rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             temp = target.with_name(f"{TEMP_PREFIX}{target.name}-{secrets.token_hex(6)}")
         else:
-            temp = Path(tempfile.mkdtemp(prefix="asset-pipeline-")) / posixpath.basename(rel)
+            temp = Path(tempfile.mkdtemp(prefix="asset-pipeline-staged-", dir=self.scratch)) / posixpath.basename(rel)
         try:
             yield temp
+            if before_commit:
+                before_commit()
             if self.local:
                 with open(temp, "rb+") as f:
                     os.fsync(f.fileno())
@@ -118,6 +126,27 @@ class Output:
         if self.local:
             return self._local(rel).read_bytes()
         return self.fs.cat_file(self._remote(rel))
+
+    def get_versioned(self, rel: str) -> tuple[bytes, str] | None:
+        """`rel` and the version (ETag) of exactly those bytes, read in one request; None if
+        absent. (A `get` then a `version` could pair one object's bytes with the next one's ETag.)"""
+        if self.local:
+            raise NotImplementedError("a local output is locked with flock; it needs no versioned read")
+        from fsspec.asyn import sync
+
+        bucket, _, key = self._remote(rel).partition("/")
+
+        async def read() -> tuple[bytes, str]:
+            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            try:
+                return await response["Body"].read(), response["ETag"]
+            finally:
+                response["Body"].close()
+
+        try:
+            return sync(self.fs.loop, read)
+        except FileNotFoundError:
+            return None
 
     def exists(self, rel: str) -> bool:
         if self.local:
@@ -159,7 +188,8 @@ class Output:
 
     # ── exclusive creation and conditional replacement (the lock) ──────────────────────
     def create(self, rel: str, data: bytes) -> bool:
-        """Write `rel` only if nothing is there: True when this call created it."""
+        """Write `rel` only if nothing is there: True when this call created it (`version` then
+        says which version it made)."""
         if self.local:
             path = self._local(rel)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +202,7 @@ class Output:
                 f.flush()
                 os.fsync(f.fileno())
             return True
-        return self._conditional_put(rel, data, IfNoneMatch="*")
+        return self._conditional_put(rel, data, IfNoneMatch="*") is not None
 
     def version(self, rel: str) -> str | None:
         """The version of `rel` that `replace` compares against (an ETag), or None if absent."""
@@ -185,24 +215,48 @@ class Output:
         except FileNotFoundError:
             return None
 
-    def replace(self, rel: str, data: bytes, version: str) -> bool:
-        """Overwrite `rel` only if it is still at `version`: True when this call replaced it."""
+    def replace(self, rel: str, data: bytes, version: str) -> str | None:
+        """Overwrite `rel` only if it is still at `version`: the new version when this call
+        replaced it, None when `rel` is another version now or gone."""
         if self.local:
             raise NotImplementedError("a local output is locked with flock; it needs no conditional replace")
         return self._conditional_put(rel, data, IfMatch=version)
 
-    def _conditional_put(self, rel: str, data: bytes, **condition: str) -> bool:
+    def delete_if(self, rel: str, version: str) -> bool:
+        """Remove `rel` only if it is still at `version` (`If-Match`): True when this call removed it."""
+        if self.local:
+            raise NotImplementedError("a local output is locked with flock; it needs no conditional delete")
+        bucket, _, key = self._remote(rel).partition("/")
+        try:
+            self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
+        except OSError as e:
+            if isinstance(e, FileNotFoundError) or _precondition_failed(e):
+                return False
+            raise
+        finally:
+            self.fs.invalidate_cache(self._remote(rel))
+        return True
+
+    def _conditional_put(self, rel: str, data: bytes, **condition: str) -> str | None:
+        """The new version (ETag) when the condition held and `rel` was written, else None."""
         if self.scheme != "s3":
             raise NotImplementedError(f"conditional writes on {self.scheme}:// outputs are not supported yet")
         bucket, _, key = self._remote(rel).partition("/")
         try:
-            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+            response = self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
         except (FileExistsError, OSError) as e:
-            if isinstance(e, FileExistsError) or "pre-condition" in str(e) or "PreconditionFailed" in str(e):
-                return False
+            # If-Match on an object that is gone answers 404 (FileNotFoundError): not replaced either.
+            if isinstance(e, FileExistsError | FileNotFoundError) or _precondition_failed(e):
+                return None
             raise
-        self.fs.invalidate_cache(self._remote(rel))
-        return True
+        finally:
+            self.fs.invalidate_cache(self._remote(rel))
+        return response["ETag"]
+
+
+def _precondition_failed(error: OSError) -> bool:
+    """Whether the store refused a conditional request (412): s3fs raises it as an OSError."""
+    return "pre-condition" in str(error) or "PreconditionFailed" in str(error)
 
 
 def as_output(where: Output | os.PathLike | str) -> Output:

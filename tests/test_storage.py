@@ -172,3 +172,198 @@ def test_the_lease_is_renewed_while_a_run_holds_the_lock(s3, monkeypatch):
             lock.acquire(out, "another")
     finally:
         held.close()
+
+
+@pytest.fixture
+def paused(monkeypatch):
+    """A driver paused past its lease: its heartbeat never beats (it is frozen with the rest)."""
+    from pipeline import lock
+
+    monkeypatch.setattr(lock, "LEASE_S", 0.6)
+    monkeypatch.setattr(lock._ObjectLock, "_heartbeat", lambda self: None, raising=False)
+    return lock
+
+
+def test_a_run_whose_lock_was_taken_over_is_stopped_by_check_and_leaves_the_new_lock_alone(s3, paused):
+    import json
+    import os
+    import socket
+    import time
+
+    from pipeline.store import Output
+
+    lock = paused
+    out = Output(f"s3://{s3.bucket}/o")
+    first = lock.acquire(out, "run-a", "nightly")
+    first.check()  # held: the check renews it
+    time.sleep(0.8)  # paused past its lease
+    second = lock.acquire(out, "run-b", "nightly")  # takes the expired lock over
+    with pytest.raises(lock.LockLost, match=f"run run-b of job 'nightly' on {socket.gethostname()}, pid {os.getpid()} "
+                                            "holds it now") as lost:
+        first.check()
+    assert lost.value.holder["run"] == "run-b"
+    with pytest.raises(lock.LockLost, match="run run-a no longer holds the output lock"):
+        lock.confirm_holder(out, "run-a")  # its writers write nothing more either
+    lock.confirm_holder(out, "run-b")
+    with pytest.raises(lock.LockLost):
+        first.check()  # and stays lost
+    first.close()  # never removes the lock of the run that took over
+    assert json.loads(out.get(lock.LOCK))["run"] == "run-b"
+    second.check()
+    second.close()
+    assert not out.exists(lock.LOCK)
+
+
+def test_a_lock_removed_under_a_run_is_lost_and_an_expired_one_nobody_took_is_still_held(s3, paused):
+    import json
+    import time
+
+    from pipeline.store import Output
+
+    lock = paused
+    out = Output(f"s3://{s3.bucket}/o")
+    held = lock.acquire(out, "run-a")
+    time.sleep(0.8)  # past its lease, but no other run came: the conditional renew confirms it
+    held.check()
+    assert json.loads(out.get(lock.LOCK))["expires"] > time.time()
+    with pytest.raises(lock.OutputLocked, match="run run-a"):
+        lock.acquire(out, "run-b")
+    held.close()
+    assert not out.exists(lock.LOCK)
+
+    gone = lock.acquire(out, "run-c")
+    time.sleep(0.8)
+    lock.acquire(out, "run-d").close()  # took over, finished, removed its lock
+    with pytest.raises(lock.LockLost, match="run run-c .* lost the output lock, the lock object is gone") as lost:
+        gone.check()
+    assert lost.value.holder is None
+    gone.close()
+
+
+def test_a_local_folders_lock_check_is_a_no_op(tmp_path):
+    from pipeline import lock
+    from pipeline.store import Output
+
+    (tmp_path / "out").mkdir()
+    held = lock.acquire(Output(str(tmp_path / "out")), "run-a")
+    held.check()
+    held.close()
+
+
+def start_run(job, out: str, *args: str, lease: str = "3"):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "ASSET_PIPELINE_FAULTS"}
+    env.update(ASSET_PIPELINE_LOCK_LEASE_S=lease, ASSET_PIPELINE_LOG_FORMAT="text")
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job), "--output", out, *args],
+                            cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def pause_run_past_its_lease_while_another_takes_over(tmp_path, s3, *args: str) -> None:
+    """A run paused (SIGSTOP) once it has committed a shard, past its lease; a second run takes
+    the output over and finishes; the first, resumed, must stop (exit 2) naming the second and
+    commit nothing more: the output stays the second run's, whole, and verifies."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.results import RESULTS, SHARDS, SUMMARY, read_results
+    from pipeline.store import Output
+    from tests.helpers import write_job
+
+    rows = {"id": [f"r{i}" for i in range(5)], "prompt": [f"product photo {i}" for i in range(5)]}
+    job = write_job(tmp_path, rows, styles=None, num_candidates=2, keep=1,
+                    extra="[generate]\nsteps = 1\nwidth = 64\nheight = 64\nbatch_size = 2\n[output]\nshard_rows = 1\n")
+    out = Output(f"s3://{s3.bucket}/out")
+    first = start_run(job, out.uri, *args)
+    try:
+        deadline = time.time() + 300
+        while not out.files(SHARDS) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        os.kill(first.pid, signal.SIGSTOP)  # paused (a long GC, a suspended VM) with work left
+        try:
+            time.sleep(3.5)  # past its lease: the next run may take the output over
+            second = start_run(job, out.uri, *args)
+            stdout, stderr = second.communicate(timeout=600)
+            assert second.returncode == 0, stderr[-3000:]
+            after_second = {name: out.version(name) for name in (RESULTS, SUMMARY)}
+            shards = out.files(SHARDS)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        _, first_err = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    taker = json.loads(out.get(SUMMARY))["run_id"]
+    assert first.returncode == 2, first_err[-3000:]
+    assert f"run {taker} of job 't' on " in first_err and f"pid {second.pid}" in first_err, first_err[-3000:]
+    # The first run committed nothing after the takeover: no shard, no results, no summary.
+    assert out.files(SHARDS) == shards
+    assert {name: out.version(name) for name in (RESULTS, SUMMARY)} == after_second
+    table = read_results(out)
+    assert table.num_rows == 10 and len(set(table["item_id"].to_pylist())) == 10
+    assert set(table["status"].to_pylist()) == {"written", "rejected"}
+    verify = subprocess.run([sys.executable, "-m", "pipeline", "verify", out.uri], capture_output=True, text=True,
+                            timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert not out.exists(".lock")
+
+
+def test_a_run_paused_past_its_lock_lease_stops_and_commits_nothing_after_the_takeover(tmp_path, s3):
+    pause_run_past_its_lease_while_another_takes_over(tmp_path, s3, "--in-process")
+
+
+def test_a_killed_runs_temp_folder_is_removed_by_the_next_run_and_a_live_runs_is_kept(tmp_path, s3, monkeypatch):
+    """With the output on a bucket the driver's plan and work file live in the temp folder: a
+    killed run leaves its folder behind; the next run removes it, never a live run's."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "ASSET_PIPELINE_FAULTS"} | {"TMPDIR": str(temp)}
+    out = f"s3://{s3.bucket}/out"
+    job = s3_job(tmp_path, s3, {"id": ["a", "b"], "prompt": ["x", "y"]})
+    killed = subprocess.run([sys.executable, "-m", "pipeline", "run", job, "--output", out, "--in-process"], cwd=root,
+                            env=env | {"ASSET_PIPELINE_FAULTS": "driver.kill_before_shard=1",
+                                       "ASSET_PIPELINE_LOCK_LEASE_S": "1"}, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    (dead,) = temp.glob("asset-pipeline-*")
+    assert re.fullmatch(r"asset-pipeline-[0-9a-f]{12}-[0-9]+", dead.name)  # named after the run and its pid
+    assert any(dead.glob("plan-*.parquet")) and (dead / ".alive").exists()  # with its liveness marker
+    live = subprocess.Popen([sys.executable, "-c", "from pipeline.scratch import Scratch\ns = Scratch('other')\n"
+                             "print(s.path, flush=True)\ninput()"], cwd=root, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        alive = Path(live.stdout.readline().strip())
+        assert alive.name == f"asset-pipeline-other-{live.pid}"
+        time.sleep(1)  # the killed run's lease runs out
+        report = run_job(load_job(job).replace("job", output=out), backend="in-process")
+        assert report.exit_code == EXIT_OK
+        assert not dead.exists() and alive.is_dir()  # the dead run's folder gone, the live run's kept
+        assert set(temp.glob("asset-pipeline-*")) == {alive}  # and this run removed its own
+    finally:
+        live.communicate("\n", timeout=60)
+
+
+@pytest.mark.slow
+def test_a_ray_run_paused_past_its_lock_lease_stops_and_commits_nothing_after_the_takeover(tmp_path, s3):
+    # Through Ray: the paused driver's actors go on with the units they hold; the resumed driver
+    # hands out nothing more, commits nothing, and stops its actors.
+    pause_run_past_its_lease_while_another_takes_over(tmp_path, s3)

@@ -44,9 +44,22 @@ def test_replace_takes_over_only_the_version_read(s3):
     out = Output(f"s3://{s3.bucket}/o")
     out.create("_lock.json", b"stale run")
     seen = out.version("_lock.json")
-    assert out.replace("_lock.json", b"run A", seen) is True
-    assert out.replace("_lock.json", b"run B", seen) is False  # B read the same stale lock: too late
+    made = out.replace("_lock.json", b"run A", seen)
+    assert made and made == out.version("_lock.json")  # the version this call made
+    assert out.replace("_lock.json", b"run B", seen) is None  # B read the same stale lock: too late
     assert out.get("_lock.json") == b"run A"
+    assert out.get_versioned("_lock.json") == (b"run A", made)
+
+
+def test_delete_if_removes_only_the_version_read(s3):
+    out = Output(f"s3://{s3.bucket}/o")
+    out.create("_lock.json", b"run A")
+    mine = out.version("_lock.json")
+    theirs = out.replace("_lock.json", b"run B", mine)  # B took over
+    assert out.delete_if("_lock.json", mine) is False and out.get("_lock.json") == b"run B"
+    assert out.delete_if("_lock.json", theirs) is True and not out.exists("_lock.json")
+    assert out.delete_if("_lock.json", theirs) is False  # gone already
+    assert out.replace("_lock.json", b"run C", theirs) is None and out.get_versioned("_lock.json") is None
 
 
 def test_an_s3_output_names_itself_by_uri(s3):
