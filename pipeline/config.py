@@ -13,7 +13,6 @@ import difflib
 import math
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -81,6 +80,7 @@ LIMITS = {
     "image_bytes": Limit(0, 256 << 20),
     "table_bytes": Limit(0, 4 << 30),
     "weights_bytes": Limit(0, 16 << 30),
+    "job_bytes": Limit(0, 1 << 20),  # a job file (TOML): far more than any job needs
 }
 CHOICES = {
     "format": ("png", "jpeg", "webp"),
@@ -501,9 +501,9 @@ def _value_problems(cfg: JobConfig) -> Iterator[str]:
                                 ("[signer].algorithm", cfg.signer.algorithm, CHOICES["algorithm"]),
                                 ("[models].dtype", cfg.models.dtype, CHOICES["dtype"])):
         if value not in allowed:
-            close = difflib.get_close_matches(value.lower(), allowed, n=1)
+            close = nearest(value.lower(), list(allowed))
             yield (f"{key} must be one of {', '.join(allowed)}, got {show(value)}"
-                   + (f" (did you mean {close[0]!r}?)" if close else ""))
+                   + (f" (did you mean {close!r}?)" if close else ""))
     yield from _embedded_problems(cfg.models)
     if not DEVICE.fullmatch(cfg.models.device):
         yield f"[models].device must be auto, cpu, mps, cuda or cuda:N, got {show(cfg.models.device)}"
@@ -567,8 +567,7 @@ def parse_job(data: dict[str, Any], *, base: Path, source: str) -> JobConfig:
     return JobConfig(**sections, source=source)
 
 
-# A job file is a page of settings: anything larger is not one (a log, an image, a disk image).
-MAX_JOB_BYTES = 1 << 20
+# Byte-order marks of the encodings a job file is sometimes saved in by mistake.
 _BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xfe\xff", "UTF-16"),
          (b"\xff\xfe", "UTF-16"))
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -577,35 +576,26 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 def read_job_file(path: str | os.PathLike) -> str:
     """The text of a job file, or ConfigError naming the file and what is wrong with it.
 
-    The one way a job file is read: a regular file only (a folder, a FIFO or a device is refused
-    from its stat, and opened without blocking, so nothing waits on a writer), at most
-    MAX_JOB_BYTES, UTF-8 (a UTF-8 byte-order mark, as some editors save, is dropped).
+    The one way a job file is read: as every input is (`uris.read_bytes`: a regular file only,
+    opened without blocking, so a folder, a FIFO or a device is refused and nothing waits on a
+    writer; at most `LIMITS["job_bytes"]`), then decoded as UTF-8 (a UTF-8 byte-order mark, as
+    some editors save, is dropped).
     """
+    from pipeline import uris  # uris reads its limits from this module
+
     source = os.fspath(path)
     if not source:
         raise ConfigError("the job file path is empty: name a job file (jobs/*.toml)")
-    data = b""
     try:
-        info = os.stat(source)
-        if stat.S_ISREG(info.st_mode):
-            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-            with open(fd, "rb") as f:
-                info = os.fstat(fd)  # what was opened, should the path have changed since
-                if stat.S_ISREG(info.st_mode):
-                    data = f.read(MAX_JOB_BYTES + 1)
+        data = uris.read_bytes(source, "job_bytes")
     except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"{source}: job file not found") from None
+    except uris.Refused as e:
+        raise ConfigError(f"{e}: a job file must be a regular file") from None
     except OSError as e:
         raise ConfigError(f"{source}: cannot read the job file: {e.strerror or e}") from None
-    except ValueError as e:  # a NUL byte in the path
+    except ValueError as e:  # a NUL byte in the path, a file:// URI on another host
         raise ConfigError(f"{show(source)}: not a usable path ({e})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"{source}: is a folder, not a job file")
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"{source}: not a regular file (a pipe, socket or device): a job file must be a file")
-    if len(data) > MAX_JOB_BYTES:
-        raise ConfigError(f"{source}: {max(info.st_size, len(data))} bytes is too large for a job file "
-                          f"(at most {MAX_JOB_BYTES} bytes)")
     return _decode(data, source)
 
 

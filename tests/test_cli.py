@@ -100,7 +100,7 @@ def test_every_command_that_reads_a_job_file_refuses_a_bad_one_with_exit_1_and_n
     embedded_typo = tmp_path / "model.toml"
     embedded_typo.write_text(good.read_text() + '\n[models]\ndiffusion = "embedded:no-such-model"\n')
     cases = {str(latin1): "not UTF-8: byte 0xe9 at offset", str(tmp_path / "fifo.toml"): "not a regular file",
-             str(tmp_path): "is a folder, not a job file", "": "the job file path is empty",
+             str(tmp_path): "is a folder, not a regular file", "": "the job file path is empty",
              str(embedded_typo): "unknown embedded model 'no-such-model'"}
     for command in ("validate", "plan", "run"):
         for path, needle in cases.items():

@@ -177,7 +177,7 @@ MINIMAL = b'[job]\nmanifest = "m"\n'
     ('[job]\nmanifest = "m"\n'.encode("utf-32"), "the job file is UTF-32"),
     (b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deep"),
     (b"a = " + b"{b = " * 5000 + b"1" + b"}" * 5000 + b"\n", "nested too deep"),
-    (b"#" * (2 << 20), "is too large for a job file (at most 1048576 bytes)"),
+    (b"#" * (2 << 20), "larger than the limit of 1 MiB for an input (job_bytes)"),
     (b"[job]\nmanifest = \"m\"\x00\n", "a NUL byte at offset 20 (line 2)"),
 ], ids=["latin-1", "utf-16", "utf-16 without a bom", "utf-32", "arrays 5000 deep", "inline tables 5000 deep",
         "2 MiB", "a nul byte"])
@@ -196,10 +196,10 @@ def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
 
 
 @pytest.mark.parametrize("kind, needle", [
-    ("folder", "is a folder, not a job file"),
+    ("folder", "is a folder, not a regular file"),
     ("empty path", "the job file path is empty"),
-    ("fifo", "not a regular file (a pipe, socket or device)"),
-    ("device", "not a regular file (a pipe, socket or device)"),
+    ("fifo", "not a regular file"),
+    ("device", "not a regular file"),
     ("nul in path", "not a usable path"),
     ("under a file", "job file not found"),
 ])
