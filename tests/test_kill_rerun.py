@@ -160,7 +160,9 @@ def test_driver_killed_with_the_output_on_s3_then_rerun_completes(tmp_path, s3, 
     import time
 
     job = write_job(tmp_path, ROWS, styles=None, extra=extra, num_candidates=2, keep=1)
-    out, lease = f"s3://{s3.bucket}/out", "3"
+    # The lease outlasts the refused run's start (imports, reading the manifest) on a loaded
+    # 2-core machine, so it is refused while the killed run's lease still runs.
+    out, lease = f"s3://{s3.bucket}/out", "10"
     first = run(job, out, point, ASSET_PIPELINE_LOCK_LEASE_S=lease)
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     refused = run(job, out, ASSET_PIPELINE_LOCK_LEASE_S=lease)
