@@ -172,8 +172,8 @@ def pipeline(args, folder: Path) -> dict:
     import polars as pl
     import pyarrow.parquet as pq
 
-    from pipeline.config import load_job
-    from pipeline.job import run_job
+    from pipeline.run.job import run_job
+    from pipeline.spec.config import load_job
 
     pl.DataFrame(candidates(args.images)).write_parquet(folder / "manifest.parquet")
     (folder / "job.toml").write_text(f"""

@@ -41,9 +41,9 @@ def write_inputs(folder: Path, rows: int, candidates: int, extra: str = "") -> P
 
 
 def child_plan(job: str) -> dict:
-    from pipeline.config import load_job
-    from pipeline.manifest import load_inputs
-    from pipeline.plan import build_plan
+    from pipeline.plan.build import build_plan
+    from pipeline.spec.config import load_job
+    from pipeline.spec.manifest import load_inputs
 
     cfg = load_job(job)
     t0 = time.perf_counter()
@@ -61,7 +61,7 @@ def synthetic_outcomes(chunk):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from pipeline import schema
+    from pipeline.spec import schema
 
     n, ids = chunk.num_rows, chunk["item_id"]
     rng = np.random.default_rng(0)
@@ -96,12 +96,12 @@ def child_driver(job: str) -> dict:
     import gc
 
     from bench.common import reset_peak_rss, rss_mb
-    from pipeline import results
-    from pipeline.config import load_job
-    from pipeline.job import _pending, _work
-    from pipeline.manifest import load_inputs
-    from pipeline.plan import write_plan
-    from pipeline.work import rows_per_group, write_work
+    from pipeline.plan.build import write_plan
+    from pipeline.plan.work import rows_per_group, write_work
+    from pipeline.run import results
+    from pipeline.run.job import _pending, _work
+    from pipeline.spec.config import load_job
+    from pipeline.spec.manifest import load_inputs
 
     cfg = load_job(job)
     out = Path(cfg.job.output)
@@ -135,8 +135,8 @@ def child_driver(job: str) -> dict:
 def child_run(job: str) -> dict:
     import pyarrow.parquet as pq
 
-    from pipeline.config import load_job
-    from pipeline.job import run_job
+    from pipeline.run.job import run_job
+    from pipeline.spec.config import load_job
 
     report = run_job(load_job(job), backend="ray")
     res = pq.read_table(report.output_dir / "results.parquet", columns=["finished_at"])

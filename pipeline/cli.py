@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace):
-    from pipeline.config import load_job
+    from pipeline.spec.config import load_job
 
     overrides = {("job", "manifest"): args.manifest, ("job", "styles"): args.styles}
     if getattr(args, "output", None) and args.command == "run":
@@ -65,9 +65,9 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline.job import EXIT_OK
-    from pipeline.manifest import load_inputs
-    from pipeline.plan import plan_chunks
+    from pipeline.plan.build import plan_chunks
+    from pipeline.run.job import EXIT_OK
+    from pipeline.spec.manifest import load_inputs
 
     cfg = _load(args)
     inputs = load_inputs(cfg)
@@ -89,7 +89,7 @@ def _warn(warnings: tuple[str, ...]) -> None:
 
 def _long_prompts(plan, model: str) -> list[tuple[int, str, int, int]]:
     """(row, id, tokens, limit) of each row whose prompt runs past the text encoder's window."""
-    from pipeline.tokens import over_limit
+    from pipeline.spec.tokens import over_limit
 
     first = plan.filter(plan["candidate"].to_numpy() == 0)
     found = over_limit(first["prompt"].to_pylist(), model)
@@ -114,10 +114,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     import polars as pl
 
-    from pipeline.cost import estimate, format_estimate, shapes
-    from pipeline.job import EXIT_OK
-    from pipeline.manifest import load_inputs
-    from pipeline.plan import plan_chunks
+    from pipeline.plan.build import plan_chunks
+    from pipeline.review.cost import estimate, format_estimate, shapes
+    from pipeline.run.job import EXIT_OK
+    from pipeline.spec.manifest import load_inputs
 
     cfg = _load(args)
     candidates, modes, counted, writer = 0, Counter(), [], None
@@ -148,7 +148,7 @@ def _plan_writer(path: str, schema):
     """A Parquet writer of the plan at `path`, or JobError naming it (a folder, no such folder)."""
     import pyarrow.parquet as pq
 
-    from pipeline.job import JobError
+    from pipeline.run.job import JobError
 
     try:
         return pq.ParquetWriter(path, schema)
@@ -159,9 +159,9 @@ def _plan_writer(path: str, schema):
 def _recorded_decisions(output: str):
     """The reviewer's decisions recorded in the job's output, which its next run plans with
     (refinements, new rounds); none when the output cannot be read from here."""
-    from pipeline import decisions
-    from pipeline.store import Output
-    from pipeline.uris import StorageError
+    from pipeline.review import decisions
+    from pipeline.storage.store import Output
+    from pipeline.storage.uris import StorageError
 
     try:
         return decisions.load(Output(output))
@@ -171,9 +171,9 @@ def _recorded_decisions(output: str):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError
-    from pipeline.job import describe, run_job
-    from pipeline.progress import Reporter
+    from pipeline.run.job import describe, run_job
+    from pipeline.run.progress import Reporter
+    from pipeline.spec.config import ConfigError
 
     try:
         reporter = Reporter(args.log_format)
@@ -189,8 +189,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.job import EXIT_INVALID, EXIT_OK
-    from pipeline.verify import verify_output
+    from pipeline.review.verify import verify_output
+    from pipeline.run.job import EXIT_INVALID, EXIT_OK
 
     problems, checked = verify_output(args.output, args.trust_anchors)
     for p in problems[:100]:
@@ -204,15 +204,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.job import EXIT_INVALID, EXIT_OK
-    from pipeline.results import RESULTS, read_results, summarize
-    from pipeline.store import Output
+    from pipeline.run.job import EXIT_INVALID, EXIT_OK
+    from pipeline.run.results import RESULTS, read_results, summarize
+    from pipeline.storage.store import Output
 
     out = Output(args.output)
     if not out.exists(RESULTS):
         print(f"{out.where(RESULTS)}: no results table (has the run finished?)", file=sys.stderr)
         return EXIT_INVALID
-    from pipeline.report import write_report
+    from pipeline.review.report import write_report
 
     results = read_results(out)
     summary = summarize(results)
@@ -230,15 +230,15 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "verify"
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from pipeline.config import ConfigError
-    from pipeline.job import EXIT_INCOMPLETE, EXIT_INVALID, JobError
-    from pipeline.lock import LockLost
-    from pipeline.manifest import ManifestError
-    from pipeline.uris import StorageError
+    from pipeline.run.job import EXIT_INCOMPLETE, EXIT_INVALID, JobError
+    from pipeline.spec.config import ConfigError
+    from pipeline.spec.manifest import ManifestError
+    from pipeline.storage.lock import LockLost
+    from pipeline.storage.uris import StorageError
 
     expected: tuple[type[BaseException], ...] = (ConfigError, ManifestError, JobError, StorageError)
     try:
-        from pipeline.provenance import SignerError
+        from pipeline.provenance.signing import SignerError
 
         expected += (SignerError,)
     except ImportError:
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 def _error(args: argparse.Namespace, msg: str) -> None:
     """Why the command stopped, on stderr: a JSON `error` event when the run logs JSON."""
     if getattr(args, "log_format", None) == "json":
-        from pipeline.progress import json_line
+        from pipeline.run.progress import json_line
 
         msg = json_line("error", "error", msg=msg.removeprefix("error: "))
     print(msg, file=sys.stderr, flush=True)

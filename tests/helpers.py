@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import JobConfig, load_job
+from pipeline.spec.config import JobConfig, load_job
 
 STYLES = {
     "style": ["studio", "brand"],

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.config import load_job
-from pipeline.job import run_job
+from pipeline.run.job import run_job
+from pipeline.spec.config import load_job
 from tests.helpers import write_job
 
 ROWS = {"id": ["s1", "s2", "s3", "b1", "b2", "n1"], "prompt": ["a mug", "a shoe", "a lamp", "a cup", "a hat", "a pen"],
@@ -19,7 +19,7 @@ FAST = "[generate]\nsteps = 2\nwidth = 64\nheight = 64\nbatch_size = 4\n"
 
 def test_each_styles_written_images_are_compared_by_their_kept_embeddings(tmp_path):
     from pipeline import models
-    from pipeline.score import ClipScorer
+    from pipeline.stages.score import ClipScorer
 
     # The brand style has a reference image: its images are also compared with it.
     tmp_path.mkdir(parents=True, exist_ok=True)

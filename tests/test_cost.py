@@ -7,9 +7,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import ConfigError, load_job
-from pipeline.cost import estimate, format_estimate
-from pipeline.job import EXIT_OK, run_job
+from pipeline.review.cost import estimate, format_estimate
+from pipeline.run.job import EXIT_OK, run_job
+from pipeline.spec.config import ConfigError, load_job
 from tests.helpers import write_job
 from tests.test_cli import cli
 
@@ -59,9 +59,9 @@ def test_plan_prints_the_estimate_per_style_and_mode(tmp_path):
 def test_plan_streams_chunks_to_the_same_plan_and_estimate(tmp_path, monkeypatch, capsys):
     """`plan` plans, writes and counts a chunk of manifest rows at a time (a long manifest is never
     planned whole): the file and the estimate are the whole plan's."""
-    from pipeline import plan
     from pipeline.cli import main
-    from pipeline.manifest import load_inputs
+    from pipeline.plan import build as plan
+    from pipeline.spec.manifest import load_inputs
 
     job = write_job(tmp_path, ROWS, extra=COST, num_candidates=3, keep=1)
     cfg = load_job(job)

@@ -13,15 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import schema, tables
 from pipeline.cli import main
-from pipeline.config import load_job
-from pipeline.decisions import DECISIONS
-from pipeline.generate import prepare_inputs
-from pipeline.job import EXIT_OK, run_job
-from pipeline.manifest import ManifestError
-from pipeline.results import RESULTS
-from pipeline.verify import verify_output
+from pipeline.review.decisions import DECISIONS
+from pipeline.review.verify import verify_output
+from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.results import RESULTS
+from pipeline.spec import schema
+from pipeline.spec.config import load_job
+from pipeline.spec.manifest import ManifestError
+from pipeline.stages.generate import prepare_inputs
+from pipeline.storage import tables
 from tests.helpers import save_cutout, write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a red mug", "a blue shoe", "a desk lamp"], "sku": ["A1", "B2", "C3"]}
@@ -360,7 +361,7 @@ def test_a_strength_outside_the_one_rule_is_refused_whichever_the_format(tmp_pat
     """NaN, infinities, 0, negatives, past 1, text: refused by LIMITS["strength"] in CSV, JSON and
     Parquet alike, each named by row and column (NaN in JSON or Parquet was taken for 'no
     strength', and the refinement made at the default); strengths within it read alike."""
-    from pipeline.decisions import parse, read_file
+    from pipeline.review.decisions import parse, read_file
 
     texts = [s for s in STRENGTHS if isinstance(s[0], str)]
     numbers = [s for s in STRENGTHS if not isinstance(s[0], str)]
@@ -394,7 +395,7 @@ def test_a_nan_strength_is_refused_and_nothing_recorded_or_generated(job, model_
 
 
 def test_a_json_decisions_file_nested_too_deep_is_named(tmp_path):
-    from pipeline.decisions import read_file
+    from pipeline.review.decisions import read_file
 
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
@@ -407,7 +408,7 @@ def test_decisions_on_object_storage(tmp_path, s3):
     write through the bucket only."""
     import c2pa
 
-    from pipeline.store import Output
+    from pipeline.storage.store import Output
 
     save_cutout(tmp_path / "cut.png")
     rows = {"id": ["a", "s"], "prompt": ["a red mug", "a mug on a table"], "product_image": [None, "cut.png"]}
@@ -467,7 +468,7 @@ def test_a_failed_refinement_is_never_made_and_a_rejected_image_never_kept_for_r
 def test_a_decisions_file_that_is_a_device_or_pipe_is_named_not_read(tmp_path):
     import os
 
-    from pipeline.decisions import read_file
+    from pipeline.review.decisions import read_file
 
     os.mkfifo(tmp_path / "d.csv")
     for uri, needle in (("/dev/zero", "/dev/zero is a character device, not a regular file"),

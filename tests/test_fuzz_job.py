@@ -81,7 +81,7 @@ def _keys() -> list[tuple[str, str, str]]:
     """(section, key, type) of every key the job spec has."""
     from dataclasses import fields
 
-    from pipeline.config import _SECTION_TYPES
+    from pipeline.spec.config import _SECTION_TYPES
 
     return [(name, f.name, str(f.type).replace(" | None", "")) for name, cls in _SECTION_TYPES.items()
             for f in fields(cls)]
@@ -249,7 +249,7 @@ def decisions_file(draw, ids: list[str]) -> tuple[str, bytes, list[dict]]:
 def test_mutated_decisions_files_exit_0_or_1_with_a_message(reviewed, folder):
     """`run --decisions` up to the point where generation would start (the run itself is
     stubbed): reading, checking, planning with and recording the decisions."""
-    from pipeline import job as job_module
+    from pipeline.run import job as job_module
 
     job, out, ids = reviewed
     stub = job_module.RunReport(run_id="x", output_dir=out, summary={}, exit_code=0)

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline import schema
+from pipeline.spec import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACE = Path(tempfile.gettempdir()) / f"fuzz-inputs-{os.getpid()}"  # the files hostile values point at

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pipeline import models
-from pipeline.generate import Generator, prepare_inputs
+from pipeline.stages.generate import Generator, prepare_inputs
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def soft_cutout(path, size=64):
 
 def test_soft_cutout_is_composited_once(tmp_path):
     """Staging layers the product over the generated image once: p·a + g·(1−a), fringe included."""
-    from pipeline.generate import _composite
+    from pipeline.stages.generate import _composite
 
     rgb, a = soft_cutout(tmp_path / "cut.png")
     assert a.min() == 0 and a.max() == 1 and len(np.unique(a)) > 20  # transparent, opaque, a real ramp
@@ -160,7 +160,7 @@ def test_soft_cutout_is_composited_once(tmp_path):
 
 def test_user_mask_keeps_the_inverted_mask(tmp_path):
     """A drawn mask (white = repaint, soft edge) composites like an alpha of 255 − mask."""
-    from pipeline.generate import _composite
+    from pipeline.stages.generate import _composite
 
     photo = np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8)
     Image.fromarray(photo).save(tmp_path / "p.png")
@@ -204,8 +204,8 @@ def test_staged_background_is_generated_not_the_placeholder(generator, tmp_path)
     holds behind the product (the placeholder) does not show through."""
     import dataclasses
 
-    from pipeline.manifest import load_inputs
-    from pipeline.plan import build_plan
+    from pipeline.plan.build import build_plan
+    from pipeline.spec.manifest import load_inputs
     from tests.helpers import job
 
     _, a = soft_cutout(tmp_path / "cut.png")
@@ -277,7 +277,7 @@ def test_exif_rotated_style_reference_is_compared_upright(tmp_path):
     import torch
     from PIL import ImageOps
 
-    from pipeline.stages import CandidateStage
+    from pipeline.stages.units import CandidateStage
 
     im = Image.new("RGB", (80, 40), (255, 0, 0))
     im.paste((0, 0, 255), (0, 0, 20, 40))

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.identity import derive_seed, encode, encode_field, encoded, keys, literal
-from pipeline.manifest import load_inputs
-from pipeline.plan import build_plan
+from pipeline.plan.build import build_plan
+from pipeline.plan.identity import derive_seed, encode, encode_field, encoded, keys, literal
+from pipeline.spec.manifest import load_inputs
 from tests.helpers import job
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import uris
 from pipeline.cli import _parser
-from pipeline.config import _value_problems, parse_job
+from pipeline.spec.config import _value_problems, parse_job
+from pipeline.storage import uris
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.manifest import ManifestError, load_inputs
+from pipeline.spec.manifest import ManifestError, load_inputs
 from tests.helpers import job, write_job
 
 GOOD = {"id": ["a", "b"], "prompt": ["a red mug", "a blue bottle"], "style": ["studio", "brand"]}
@@ -243,7 +243,7 @@ def test_job_spec_manifest_and_styles_share_one_table_of_limits(tmp_path, sectio
 
 
 def _passes(load) -> bool:
-    from pipeline.config import ConfigError
+    from pipeline.spec.config import ConfigError
 
     try:
         load()
@@ -309,7 +309,7 @@ def test_image_to_image_with_no_denoising_step_is_refused_naming_the_row(tmp_pat
     rows = {"id": ["ok", "none"], "prompt": ["x", "y"], "product_image": ["photo.jpg", "photo.jpg"],
             "strength": [1.0, 0.75]}
     cfg = job(tmp_path, rows, extra="[generate]\nsteps = 1\n")
-    from pipeline.plan import build_plan
+    from pipeline.plan.build import build_plan
 
     with pytest.raises(ManifestError) as e:
         build_plan(load_inputs(cfg), cfg)
@@ -426,7 +426,7 @@ def test_manifest_and_styles_must_be_regular_files(tmp_path, fifo, flag, value, 
 
 
 def test_inputs_over_the_size_limit_are_refused_before_they_are_read(tmp_path, monkeypatch):
-    from pipeline.config import LIMITS, Limit
+    from pipeline.spec.config import LIMITS, Limit
 
     big = _png(tmp_path, "big.png", (64, 64))
     monkeypatch.setitem(LIMITS, "image_bytes", Limit(0, 100))
@@ -443,7 +443,7 @@ def test_manifest_read_from_a_store_closes_what_it_opens(tmp_path, monkeypatch):
     import fsspec
     import pyarrow.parquet as pq
 
-    from pipeline.manifest import read_parquet
+    from pipeline.spec.manifest import read_parquet
 
     fs = fsspec.filesystem("memory")
     with fs.open("/hostile/m.parquet", "wb") as f:
@@ -521,7 +521,7 @@ def test_odd_passthrough_types_and_metadata_pass_through(tmp_path):
     cfg = job(tmp_path, table)
     inputs = load_inputs(cfg)
     assert inputs.passthrough == ("price", "blob")
-    from pipeline.plan import build_plan
+    from pipeline.plan.build import build_plan
 
     plan = build_plan(inputs, cfg)
     assert plan.schema.field("price").type == pa.decimal256(40, 2) and plan["blob"].to_pylist() == [b"\xff"]

@@ -8,7 +8,7 @@ import torch
 
 from pipeline import models
 from pipeline.models.tokenizer import build_clip_tokenizer
-from pipeline.moderate import ImageModerator, PromptModerator, PromptVerdict
+from pipeline.stages.moderate import ImageModerator, PromptModerator, PromptVerdict
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,8 @@ def test_embedding_head_scores_shared_clip_embeddings(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.moderate import EmbeddingModerator
-    from pipeline.score import ClipScorer
+    from pipeline.stages.moderate import EmbeddingModerator
+    from pipeline.stages.score import ClipScorer
 
     scorer = ClipScorer(models.load_clip("embedded:tiny-clip", device="cpu"))
     head = EmbeddingModerator(models.load_embedding_head("embedded:tiny-clip-head", device="cpu"), ("nsfw",))

@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.manifest import load_inputs
-from pipeline.plan import build_plan, derive_seed
+from pipeline.plan.build import build_plan, derive_seed
+from pipeline.spec.manifest import load_inputs
 from tests.helpers import job
 
 
@@ -53,7 +53,7 @@ def test_templates_fallbacks_and_passthrough(tmp_path):
 
 
 def test_planned_paths_are_the_writers_paths(tmp_path):
-    from pipeline.plan import image_path
+    from pipeline.plan.build import image_path
 
     for fmt in ("png", "jpeg", "webp"):
         plan = plan_of(tmp_path / fmt, {"id": ["a", "b"], "prompt": ["x", "y"]}, num_candidates=2, keep=1,
@@ -186,7 +186,7 @@ def test_model_fingerprints_never_fail_and_never_depend_on_the_cache(tmp_path):
 def test_a_plan_made_in_chunks_equals_the_plan_made_whole(tmp_path):
     """Chunks of whole manifest rows: seeds, row numbers, item ids, modes and passthrough values
     come out as when the manifest is planned at once, whatever the chunk size."""
-    from pipeline.plan import plan_chunks, write_plan
+    from pipeline.plan.build import plan_chunks, write_plan
 
     rows = {**STAGED, "id": ["cut", "masked", "plain"], "sku": ["S1", "S2", "S3"],
             "meta": pa.array([{"k": 1}, None, {"k": 3}]), "seed": pa.array([None, 7, None], pa.int64())}
@@ -206,8 +206,8 @@ def test_a_plan_made_in_chunks_equals_the_plan_made_whole(tmp_path):
 def test_rows_that_cannot_denoise_are_all_named_whichever_chunk_they_are_in(tmp_path):
     import pytest
 
-    from pipeline.manifest import ManifestError
-    from pipeline.plan import check_plan
+    from pipeline.plan.build import check_plan
+    from pipeline.spec.manifest import ManifestError
 
     rows = {"id": [f"r{i}" for i in range(5)], "prompt": ["a"] * 5, "product_image": ["bottle.png"] * 5,
             "strength": [0.9, 0.1, 0.9, 0.1, 0.1]}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.progress import Reporter, choose_mode
+from pipeline.run.progress import Reporter, choose_mode
 from tests.helpers import write_job
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
 
-from pipeline.config import SignerSection
-from pipeline.provenance import (
+from pipeline.provenance.signing import (
     UNTRUSTED,
     Claim,
     Signer,
@@ -22,7 +21,8 @@ from pipeline.provenance import (
     make_demo_credentials,
     verify_bytes,
 )
-from pipeline.write import encode_image
+from pipeline.spec.config import SignerSection
+from pipeline.storage.write import encode_image
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import load_job
-from pipeline.job import EXIT_INCOMPLETE, EXIT_OK, JobError, run_job
-from pipeline.plan import derive_seed
-from pipeline.provenance import SignerError, make_demo_credentials
-from pipeline.verify import verify_output
+from pipeline.plan.build import derive_seed
+from pipeline.provenance.signing import SignerError, make_demo_credentials
+from pipeline.review.verify import verify_output
+from pipeline.run.job import EXIT_INCOMPLETE, EXIT_OK, JobError, run_job
+from pipeline.spec.config import load_job
 from tests.helpers import write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a mug", "a shoe", "a lamp"]}
@@ -144,9 +144,9 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path):
 
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
-    from pipeline.job import prepare_output
-    from pipeline.lock import acquire
-    from pipeline.store import Output
+    from pipeline.run.job import prepare_output
+    from pipeline.storage.lock import acquire
+    from pipeline.storage.store import Output
 
     cfg = make_job(tmp_path)
     out = Output(cfg.job.output)
@@ -182,15 +182,15 @@ def test_blocked_terms_apply_to_the_style_template_too(tmp_path):
 
 def test_shared_embedding_encodes_each_image_once(tmp_path):
     """With an embedding head, the CLIP vision tower runs once per image for score + moderation."""
-    from pipeline.stages import CandidateStage
-    from pipeline.work import candidates, nest
+    from pipeline.plan.work import candidates, nest
+    from pipeline.stages.units import CandidateStage
 
     cfg = make_job(tmp_path, extra='[models]\nmoderation = "embedded:tiny-clip-head"\n', num_candidates=2, keep=1)
     stage = CandidateStage(cfg)
     encoded = []
     stage.scorer.model.visual.register_forward_hook(lambda m, args, out: encoded.append(args[0].shape[0]))
-    from pipeline.manifest import load_inputs
-    from pipeline.plan import build_plan
+    from pipeline.plan.build import build_plan
+    from pipeline.spec.manifest import load_inputs
 
     out = stage(nest(candidates(build_plan(load_inputs(cfg), cfg)))).to_pylist()
     assert sum(encoded) == len(out) == 6
@@ -202,7 +202,7 @@ def test_a_head_for_another_clip_is_refused(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.stages import CandidateStage
+    from pipeline.stages.units import CandidateStage
 
     save_file({"weight": torch.zeros(2, 16), "bias": torch.zeros(2)}, str(tmp_path / "h.safetensors"),
               metadata={"labels": '["normal", "nsfw"]'})
@@ -264,7 +264,7 @@ def test_an_exception_in_a_stage_costs_only_its_unit(tmp_path, monkeypatch):
 
 
 def test_what_was_ready_is_committed_when_the_driver_is_interrupted(tmp_path, monkeypatch):
-    from pipeline.results import ShardStore
+    from pipeline.run.results import ShardStore
 
     cfg = make_job(tmp_path).replace("generate", batch_size=1).replace("output", shard_rows=1000)
     monkeypatch.setenv("ASSET_PIPELINE_FAULTS", "driver.interrupt_after_units=2")
@@ -315,7 +315,7 @@ class _ModelClock:
     the diffusion pipeline on a batch costs `ms` per candidate, so model time is exact."""
 
     def __init__(self, monkeypatch, ms: float):
-        from pipeline import generate
+        from pipeline.stages import generate
 
         self.now = 0.0
         monkeypatch.setattr(generate.time, "perf_counter", lambda: self.now)

@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import schema
 from pipeline.cli import main
-from pipeline.config import load_job
-from pipeline.job import EXIT_OK, run_job
-from pipeline.report import PAGE_ROWS, REPORT, render
+from pipeline.review.report import PAGE_ROWS, REPORT, render
+from pipeline.run.job import EXIT_OK, run_job
+from pipeline.spec import schema
+from pipeline.spec.config import load_job
 from tests.helpers import save_cutout, write_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -349,7 +349,7 @@ def test_page_data_cannot_break_out_and_brand_consistency_is_shown():
 
 
 def test_regenerate_command_quotes_what_a_shell_would_split():
-    from pipeline.report import regenerate_command
+    from pipeline.review.report import regenerate_command
 
     assert regenerate_command("/jobs/a b.toml", "row 1") == \
         "python -m pipeline run '/jobs/a b.toml' --rows 'row 1' --output OTHER_DIR"
@@ -357,8 +357,8 @@ def test_regenerate_command_quotes_what_a_shell_would_split():
 
 
 def test_outline_is_the_edge_of_what_generation_kept(tmp_path):
-    from pipeline.generate import prepare_inputs
-    from pipeline.report import outline_png
+    from pipeline.review.report import outline_png
+    from pipeline.stages.generate import prepare_inputs
 
     im = Image.new("RGBA", (48, 32), (0, 0, 0, 0))
     im.paste((20, 200, 20, 255), (10, 5, 30, 28))

@@ -3,8 +3,8 @@ outcome committed so far, so it must cost the chunk's length, not the run's, and
 
 import pyarrow as pa
 
-import pipeline.results as results
-from pipeline.results import ItemIndex
+import pipeline.run.results as results
+from pipeline.run.results import ItemIndex
 
 
 def test_lookup_finds_each_id_and_nulls_the_absent():

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.config import load_job
-from pipeline.job import EXIT_OK, JobError, run_job
-from pipeline.manifest import ManifestError
-from pipeline.provenance import SignerError, make_demo_credentials
-from pipeline.results import RESULTS
-from pipeline.verify import verify_output
+from pipeline.provenance.signing import SignerError, make_demo_credentials
+from pipeline.review.verify import verify_output
+from pipeline.run.job import EXIT_OK, JobError, run_job
+from pipeline.run.results import RESULTS
+from pipeline.spec.config import load_job
+from pipeline.spec.manifest import ManifestError
 from tests.helpers import write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a mug", "a shoe", "a lamp"]}
@@ -137,7 +137,7 @@ def test_a_run_planned_in_chunks_of_one_row_judges_and_resumes_as_one_planned_wh
     """The plan, the pending work and the results table are made a chunk of manifest rows at a
     time. Chunks of one row (every row a boundary) give the same results as one chunk, across a
     resume that judges new candidates with a row's earlier ones."""
-    import pipeline.plan
+    import pipeline.plan.build
 
     tables = {}
     for chunk_rows in (1, 10_000):

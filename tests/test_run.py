@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import schema
-from pipeline.config import load_job
-from pipeline.job import EXIT_OK, run_job
-from pipeline.results import SHARDS
-from pipeline.verify import verify_output
+from pipeline.review.verify import verify_output
+from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.results import SHARDS
+from pipeline.spec import schema
+from pipeline.spec.config import load_job
 from tests.helpers import save_cutout, write_job
 
 ROWS = {

@@ -1,6 +1,6 @@
 """Actor pools sized from the cluster: what runs where, before any actor starts."""
 
-from pipeline.runner import size_pools
+from pipeline.run.runner import size_pools
 from tests.helpers import job
 
 ROWS = {"id": ["a"], "prompt": ["a mug"]}
@@ -41,7 +41,7 @@ def test_device_cpu_on_a_gpu_cluster_generates_on_cpu(tmp_path):
 
 
 def test_actors_get_the_settings_they_need_and_never_credentials(monkeypatch):
-    from pipeline.runner import actor_env
+    from pipeline.run.runner import actor_env
 
     for key, value in {"ASSET_PIPELINE_MODELS": "/m", "HF_HUB_OFFLINE": "1", "AWS_ENDPOINT_URL": "http://s3.local",
                        "AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "secret",
@@ -57,7 +57,7 @@ def test_a_driver_started_by_ray_job_submit_joins_its_cluster_as_such(monkeypatc
     # so it sends the actors their settings and no local-instance options (Ray refuses those).
     import ray
 
-    from pipeline import runner
+    from pipeline.run import runner
 
     seen = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline import models
-from pipeline.score import ClipScorer
+from pipeline.stages.score import ClipScorer
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Best-k of N among passed candidates, across attempts; a failed write hands its place on."""
 
-from pipeline import schema
-from pipeline.select import fill_places
+from pipeline.judge.select import fill_places
+from pipeline.spec import schema
 
 
 def cand(k, score, status=None, keep=2, row="r", prior=False, reason=None):

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import tables
-from pipeline.config import load_job
-from pipeline.job import EXIT_OK, run_job
-from pipeline.manifest import ManifestError, load_inputs
-from pipeline.plan import build_plan
-from pipeline.verify import verify_output
+from pipeline.plan.build import build_plan
+from pipeline.review.verify import verify_output
+from pipeline.run.job import EXIT_OK, run_job
+from pipeline.spec.config import load_job
+from pipeline.spec.manifest import ManifestError, load_inputs
+from pipeline.storage import tables
 
 FAST = "[generate]\nsteps = 2\nwidth = 64\nheight = 64\nbatch_size = 4\n"
 
@@ -110,8 +110,8 @@ def test_a_style_lora_on_s3_is_fetched_to_a_local_cache_and_applied(tmp_path, s3
 
 
 def test_output_on_s3_writes_verifies_and_resumes_with_nothing_on_local_disk(tmp_path, s3, monkeypatch):
-    from pipeline.results import RESULTS, SHARDS, SUMMARY
-    from pipeline.store import Output
+    from pipeline.run.results import RESULTS, SHARDS, SUMMARY
+    from pipeline.storage.store import Output
 
     monkeypatch.chdir(tmp_path)
     put_image(s3.fs(), f"{s3.bucket}/catalogue/products/cut.png", cutout())
@@ -135,9 +135,9 @@ def test_a_second_run_on_the_same_prefix_is_refused_and_an_expired_lock_is_taken
     import json
     import time
 
-    from pipeline import lock
-    from pipeline.job import JobError
-    from pipeline.store import Output
+    from pipeline.run.job import JobError
+    from pipeline.storage import lock
+    from pipeline.storage.store import Output
 
     out = Output(f"s3://{s3.bucket}/runs/nightly")
     held = lock.acquire(out, "first")
@@ -158,8 +158,8 @@ def test_the_lease_is_renewed_while_a_run_holds_the_lock(s3, monkeypatch):
     import json
     import time
 
-    from pipeline import lock
-    from pipeline.store import Output
+    from pipeline.storage import lock
+    from pipeline.storage.store import Output
 
     monkeypatch.setattr(lock, "LEASE_S", 0.8)
     out = Output(f"s3://{s3.bucket}/o")
@@ -177,7 +177,7 @@ def test_the_lease_is_renewed_while_a_run_holds_the_lock(s3, monkeypatch):
 @pytest.fixture
 def paused(monkeypatch):
     """A driver paused past its lease: its heartbeat never beats (it is frozen with the rest)."""
-    from pipeline import lock
+    from pipeline.storage import lock
 
     monkeypatch.setattr(lock, "LEASE_S", 0.6)
     monkeypatch.setattr(lock._ObjectLock, "_heartbeat", lambda self: None, raising=False)
@@ -190,7 +190,7 @@ def test_a_run_whose_lock_was_taken_over_is_stopped_by_check_and_leaves_the_new_
     import socket
     import time
 
-    from pipeline.store import Output
+    from pipeline.storage.store import Output
 
     lock = paused
     out = Output(f"s3://{s3.bucket}/o")
@@ -218,7 +218,7 @@ def test_a_lock_removed_under_a_run_is_lost_and_an_expired_one_nobody_took_is_st
     import json
     import time
 
-    from pipeline.store import Output
+    from pipeline.storage.store import Output
 
     lock = paused
     out = Output(f"s3://{s3.bucket}/o")
@@ -241,8 +241,8 @@ def test_a_lock_removed_under_a_run_is_lost_and_an_expired_one_nobody_took_is_st
 
 
 def test_a_local_folders_lock_check_is_a_no_op(tmp_path):
-    from pipeline import lock
-    from pipeline.store import Output
+    from pipeline.storage import lock
+    from pipeline.storage.store import Output
 
     (tmp_path / "out").mkdir()
     held = lock.acquire(Output(str(tmp_path / "out")), "run-a")
@@ -274,8 +274,8 @@ def pause_run_past_its_lease_while_another_takes_over(tmp_path, s3, *args: str) 
     import sys
     import time
 
-    from pipeline.results import RESULTS, SHARDS, SUMMARY, read_results
-    from pipeline.store import Output
+    from pipeline.run.results import RESULTS, SHARDS, SUMMARY, read_results
+    from pipeline.storage.store import Output
     from tests.helpers import write_job
 
     rows = {"id": [f"r{i}" for i in range(5)], "prompt": [f"product photo {i}" for i in range(5)]}
@@ -347,9 +347,9 @@ def test_a_killed_runs_temp_folder_is_removed_by_the_next_run_and_a_live_runs_is
     (dead,) = temp.glob("asset-pipeline-*")
     assert re.fullmatch(r"asset-pipeline-[0-9a-f]{12}-[0-9]+", dead.name)  # named after the run and its pid
     assert any(dead.glob("plan-*.parquet")) and (dead / ".alive").exists()  # with its liveness marker
-    live = subprocess.Popen([sys.executable, "-c", "from pipeline.scratch import Scratch\ns = Scratch('other')\n"
-                             "print(s.path, flush=True)\ninput()"], cwd=root, env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    live = subprocess.Popen([sys.executable, "-c", "from pipeline.storage.scratch import Scratch\n"
+                             "s = Scratch('other')\nprint(s.path, flush=True)\ninput()"], cwd=root, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         alive = Path(live.stdout.readline().strip())
         assert alive.name == f"asset-pipeline-other-{live.pid}"

@@ -3,7 +3,7 @@ real moto server on loopback)."""
 
 import pytest
 
-from pipeline.store import Output
+from pipeline.storage.store import Output
 
 
 @pytest.fixture(params=["local", "s3"])

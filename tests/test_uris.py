@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline import uris
+from pipeline.storage import uris
 
 
 @pytest.mark.parametrize("value, base, expected", [
@@ -60,7 +60,7 @@ def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
 
 
 def test_reads_stop_at_the_limit(tmp_path, monkeypatch):
-    from pipeline.config import LIMITS, Limit
+    from pipeline.spec.config import LIMITS, Limit
 
     (tmp_path / "f").write_bytes(b"x" * 100)
     monkeypatch.setitem(LIMITS, "image_bytes", Limit(0, 100))
@@ -80,7 +80,7 @@ def test_a_parquet_footer_is_read_once(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline import tables
+    from pipeline.storage import tables
 
     data = tables.to_bytes(pa.table({"status": ["written", "error"] * 50, "n": list(range(100))}))
     tail = []

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.results import RESULTS
-from pipeline.verify import verify_output
+from pipeline.review.verify import verify_output
+from pipeline.run.results import RESULTS
 from tests.test_cli import cli
 
 

@@ -2,8 +2,8 @@
 
 import pyarrow as pa
 
-from pipeline import schema
-from pipeline.work import PRIOR, WorkFile, candidates, nest, rows_per_group, unnest, write_work
+from pipeline.plan.work import PRIOR, WorkFile, candidates, nest, rows_per_group, unnest, write_work
+from pipeline.spec import schema
 
 
 def pending(counts: list[int]) -> pa.Table:

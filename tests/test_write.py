@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.write import atomic_write, encode_image, safe_join, sha256_hex
+from pipeline.storage.write import atomic_write, encode_image, safe_join, sha256_hex
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import EMBEDDED_PREFIX
 from pipeline.models import embedded
+from pipeline.spec.config import EMBEDDED_PREFIX
 
 _DTYPES = ("float32", "float16", "bfloat16")
 

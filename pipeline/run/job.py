@@ -24,17 +24,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import decisions as review
-from pipeline import faults, results, schema
-from pipeline.config import JobConfig
-from pipeline.lock import LockLost, OutputLocked, acquire, holder_name
-from pipeline.manifest import Inputs, ManifestError, Problem, load_inputs
-from pipeline.plan import PlanFile, write_plan
-from pipeline.progress import Reporter
-from pipeline.scratch import Scratch
-from pipeline.store import Output
-from pipeline.work import PRIOR, candidates, rows_per_group, write_work
-from pipeline.write import TEMP_PREFIX
+from pipeline import faults
+from pipeline.plan.build import PlanFile, write_plan
+from pipeline.plan.work import PRIOR, candidates, rows_per_group, write_work
+from pipeline.review import decisions as review
+from pipeline.run import results
+from pipeline.run.progress import Reporter
+from pipeline.spec import schema
+from pipeline.spec.config import JobConfig
+from pipeline.spec.manifest import Inputs, ManifestError, Problem, load_inputs
+from pipeline.storage.lock import LockLost, OutputLocked, acquire, holder_name
+from pipeline.storage.scratch import Scratch
+from pipeline.storage.store import Output
+from pipeline.storage.write import TEMP_PREFIX
 
 EXIT_OK, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2
 WORK = "_work"
@@ -230,7 +232,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
     `decisions`: a reviewer's decisions file (CSV, JSON, Parquet) to apply; they are kept in
     the output, so every later run applies them too.
     """
-    from pipeline.provenance import Signer
+    from pipeline.provenance.signing import Signer
 
     reporter = reporter or Reporter()
 
@@ -318,7 +320,7 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
                 work: Path, reporter: Reporter, fence: Callable[[], None]) -> RunReport:
     """Steps 2 and 3 of a run, holding the output. `fence` (the lock's check) runs before every
     commit and before more work is handed out: a run that lost its output stops (LockLost)."""
-    from pipeline.runner import connect, execute, execute_in_process, size_pools
+    from pipeline.run.runner import connect, execute, execute_in_process, size_pools
 
     started = time.monotonic()
     results.remove_temp(out)

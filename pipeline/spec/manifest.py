@@ -17,8 +17,9 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from pipeline import schema, uris
-from pipeline.config import LIMITS, JobConfig, Limit, nearest, show, suggest
+from pipeline.spec import schema
+from pipeline.spec.config import LIMITS, JobConfig, Limit, nearest, show, suggest
+from pipeline.storage import uris
 
 MAX_REPORTED = 50
 MAX_ID_CHARS = 200
@@ -77,7 +78,7 @@ class InputFile:
 
 
 def uri_column(column: str) -> str:
-    """The column holding `column`'s values resolved (`pipeline.uris.resolve`)."""
+    """The column holding `column`'s values resolved (`pipeline.storage.uris.resolve`)."""
     return f"__uri_{column}"
 
 
@@ -123,9 +124,9 @@ def _parts(where: str) -> list[str]:
 def read_parquet(uri: str, what: str) -> pa.Table:
     """A whole Parquet table (a file, or a folder or prefix of parts) from a path or any fsspec
     URI, or ManifestError saying why not. The URI resolves and its parts are checked as every
-    input is (`pipeline.uris`), so an address that names no place, a device, a pipe or a store
+    input is (`pipeline.storage.uris`), so an address that names no place, a device, a pipe or a store
     out of reach is a named problem."""
-    from pipeline import tables
+    from pipeline.storage import tables
 
     try:
         where = uris.resolve(uri, os.getcwd())
@@ -411,7 +412,7 @@ def _manifest_checks(cfg: JobConfig, known_styles: list[str]) -> list[Check]:
 
 
 def _inspect_image(uri: str) -> InputFile:
-    """Read an input image once (bounded, as every input: `pipeline.uris`): its content
+    """Read an input image once (bounded, as every input: `pipeline.storage.uris`): its content
     fingerprint, and a decode check."""
     import io
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
-from pipeline.config import JobConfig
+from pipeline.spec.config import JobConfig
 
 KEY = ("model", "width", "height")
 
@@ -23,8 +23,8 @@ def _configured(cfg: JobConfig) -> dict[tuple, float]:
 
 def _measured(cfg: JobConfig) -> dict[tuple, float]:
     """Seconds per image per step, per (model, width, height), from the output's earlier results."""
-    from pipeline.results import RESULTS, read_results
-    from pipeline.store import as_output
+    from pipeline.run.results import RESULTS, read_results
+    from pipeline.storage.store import as_output
 
     out = as_output(cfg.job.output)
     if not out.exists(RESULTS):

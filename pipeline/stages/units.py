@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline import __version__, faults, schema
-from pipeline.config import JobConfig
-from pipeline.judge import image_reason, prompt_reason, rejudge, review_reason
-from pipeline.select import fill_places, locked, rank
-from pipeline.work import CANDIDATE_FIELDS, PRIOR, unnest
+from pipeline import __version__, faults
+from pipeline.judge.rules import image_reason, prompt_reason, rejudge, review_reason
+from pipeline.judge.select import fill_places, locked, rank
+from pipeline.plan.work import CANDIDATE_FIELDS, PRIOR, unnest
+from pipeline.spec import schema
+from pipeline.spec.config import JobConfig
 
 PIXELS = "pixels"
 EMBEDDING = schema.EMBEDDING_FIELD.name
@@ -58,9 +59,9 @@ class CandidateStage:
 
     def __init__(self, cfg: JobConfig):
         from pipeline import models
-        from pipeline.generate import Generator
-        from pipeline.moderate import EmbeddingModerator, ImageModerator, PromptModerator
-        from pipeline.score import ClipScorer
+        from pipeline.stages.generate import Generator
+        from pipeline.stages.moderate import EmbeddingModerator, ImageModerator, PromptModerator
+        from pipeline.stages.score import ClipScorer
 
         models.quiet_libraries()
         m = cfg.models
@@ -91,7 +92,7 @@ class CandidateStage:
         self.prompt_moderator = PromptModerator(cfg.filter.blocked_terms, text_clf, m.unsafe_labels)
         self.worker = worker_name()
         self._references: dict[str, np.ndarray] = {}
-        from pipeline.store import Output
+        from pipeline.storage.store import Output
 
         self.out = Output(cfg.job.output)  # where a refinement's parent image is
 
@@ -163,7 +164,7 @@ class CandidateStage:
         and the record is an error that says why, when that image cannot be read."""
         if r["parent"] is None:
             return True
-        from pipeline.plan import image_path
+        from pipeline.plan.build import image_path
 
         rel = image_path(r["parent"], r["format"])
         try:
@@ -220,7 +221,7 @@ class CandidateStage:
         if uri is None:
             return None
         if uri not in self._references:
-            from pipeline.uris import load_image
+            from pipeline.storage.uris import load_image
 
             image = np.asarray(load_image(uri, "RGB"))  # upright, as product photos are
             self._references[uri] = self.scorer.embed_images([image])[0].cpu().numpy().astype(np.float64)
@@ -284,8 +285,8 @@ class WriteStage:
     is an `error` row and nothing is written."""
 
     def __init__(self, cfg: JobConfig, output_dir: str, run_id: str | None = None):
-        from pipeline.provenance import Signer
-        from pipeline.store import Output
+        from pipeline.provenance.signing import Signer
+        from pipeline.storage.store import Output
 
         self.cfg, self.run_id = cfg, run_id
         self.out = Output(output_dir)  # a folder, or a prefix on object storage
@@ -334,7 +335,7 @@ class WriteStage:
         if uri is None:
             return None, None
         if uri not in self._parents:
-            from pipeline.uris import read_bytes
+            from pipeline.storage.uris import read_bytes
 
             self._parents[uri] = (read_bytes(uri), mimetypes.guess_type(uri)[0] or "image/png")
             if len(self._parents) > 64:
@@ -345,7 +346,7 @@ class WriteStage:
         """The image a candidate was made from, for its C2PA `parentOf` ingredient (bytes, type,
         title): a refinement's earlier image, signed, so the chain of review rounds is provable;
         else the product or reference photo; none for text-to-image."""
-        from pipeline.plan import image_path
+        from pipeline.plan.build import image_path
 
         if r["parent"]:
             rel = image_path(r["parent"], r["format"])
@@ -356,9 +357,9 @@ class WriteStage:
 
     def _write(self, r: dict, pixels: bytes) -> bool:
         """True when the signed file is in place and verifies; else the row says why."""
-        from pipeline.plan import image_path
-        from pipeline.provenance import Claim
-        from pipeline.write import encode_image, sha256_hex
+        from pipeline.plan.build import image_path
+        from pipeline.provenance.signing import Claim
+        from pipeline.storage.write import encode_image, sha256_hex
 
         o = self.cfg.output
         if faults.arg("write.error") == str(r["seed"]):
@@ -379,7 +380,7 @@ class WriteStage:
         signed = self.signer.sign(data, mime, claim)
         t2 = time.perf_counter()
         if self.run_id is not None:
-            from pipeline.lock import confirm_holder
+            from pipeline.storage.lock import confirm_holder
 
             confirm_holder(self.out, self.run_id)  # LockLost: an error row, nothing written
         self.out.put(r["path"], signed)  # whole or absent: temp + rename locally, one PUT on a bucket

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-from pipeline import schema
+from pipeline.spec import schema
 
 
 def passed(r: dict) -> bool:

@@ -581,7 +581,7 @@ def read_job_file(path: str | os.PathLike) -> str:
     writer; at most `LIMITS["job_bytes"]`), then decoded as UTF-8 (a UTF-8 byte-order mark, as
     some editors save, is dropped).
     """
-    from pipeline import uris  # uris reads its limits from this module
+    from pipeline.storage import uris  # uris reads its limits from this module
 
     source = os.fspath(path)
     if not source:

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import schema
+from pipeline.spec import schema
 
 # A candidate as the stages see it: its plan, its outcome so far (null for a new one), and
 # whether an earlier run judged it (then it is ranked with the others, never measured again).

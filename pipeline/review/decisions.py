@@ -23,10 +23,11 @@ from functools import cached_property
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import schema, tables, uris
-from pipeline.manifest import MAX_REPORTED, ManifestError, Problem, refusal
-from pipeline.select import passed
-from pipeline.store import Output
+from pipeline.judge.select import passed
+from pipeline.spec import schema
+from pipeline.spec.manifest import MAX_REPORTED, ManifestError, Problem, refusal
+from pipeline.storage import tables, uris
+from pipeline.storage.store import Output
 
 DECISIONS = "_decisions"
 COLUMNS = ("item_id", "decision", "note", "prompt", "strength")
@@ -87,7 +88,7 @@ def _strength(value) -> float | None:
     gives none (null, blank); ValueError unless it is a number the job spec's own rule for a
     strength admits (LIMITS["strength"]): NaN, infinities, 0 and anything past 1 are refused,
     whichever format the file is."""
-    from pipeline.config import LIMITS
+    from pipeline.spec.config import LIMITS
 
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -125,7 +126,7 @@ def parse(records: list[dict], uri: str) -> tuple[list[dict], list[Problem]]:
             try:
                 d["strength"] = _strength(rec.get("strength"))
             except ValueError:
-                from pipeline.config import LIMITS, show
+                from pipeline.spec.config import LIMITS, show
 
                 given = show(str(rec.get("strength")).strip())
                 problems.append(Problem(uri, f"strength {given} is not a number {LIMITS['strength']}", row=i,
@@ -232,7 +233,7 @@ def check(decisions: list[dict], uri: str, out: Output, latest: pa.Table, refine
           problems: list[Problem] | None = None) -> pa.Table:
     """The `decisions` that change something against the `latest` recorded (STORED_SCHEMA), or
     ManifestError naming every bad row (with the `problems` found before)."""
-    from pipeline.results import RESULTS, read_results
+    from pipeline.run.results import RESULTS, read_results
 
     problems = list(problems or [])
     if not decisions and not problems:

@@ -10,10 +10,10 @@ import mimetypes
 import posixpath
 from pathlib import Path
 
-from pipeline import schema
-from pipeline.provenance import DEMO_SIGNER
-from pipeline.results import RESULTS, RUNS, ShardStore, read_results
-from pipeline.store import Output, as_output
+from pipeline.provenance.signing import DEMO_SIGNER
+from pipeline.run.results import RESULTS, RUNS, ShardStore, read_results
+from pipeline.spec import schema
+from pipeline.storage.store import Output, as_output
 
 DEMO_CA = f"{DEMO_SIGNER}/ca.pem"
 
@@ -53,8 +53,8 @@ def read_anchors(out: Output, trust_anchors: str | None) -> bytes | None:
 
 def verify_output(output: Output | Path | str, trust_anchors: str | None = None) -> tuple[list[str], int]:
     """(problems, images checked). No problems means every promise of the table holds."""
-    from pipeline.provenance import verify_bytes
-    from pipeline.write import sha256_hex
+    from pipeline.provenance.signing import verify_bytes
+    from pipeline.storage.write import sha256_hex
 
     out = as_output(output)
     if not out.exists(RESULTS):

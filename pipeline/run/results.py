@@ -24,9 +24,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import schema, tables
-from pipeline.store import Output, as_output
-from pipeline.write import TEMP_PREFIX
+from pipeline.spec import schema
+from pipeline.storage import tables
+from pipeline.storage.store import Output, as_output
+from pipeline.storage.write import TEMP_PREFIX
 
 SHARDS = "_shards"
 EMBEDDINGS = "_embeddings"

@@ -24,8 +24,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pipeline import uris
-from pipeline.write import TEMP_PREFIX, atomic_write, fsync_dir, safe_join
+from pipeline.storage import uris
+from pipeline.storage.write import TEMP_PREFIX, atomic_write, fsync_dir, safe_join
 
 
 def _relative(rel: str) -> str:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import faults
-from pipeline.schema import GENERATE_ERROR
-from pipeline.uris import load_image
+from pipeline.spec.schema import GENERATE_ERROR
+from pipeline.storage.uris import load_image
 
 GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale")
 
@@ -161,7 +161,7 @@ class Generator:
             if path not in self._adapters:
                 import os
 
-                from pipeline.uris import local_copy
+                from pipeline.storage.uris import local_copy
 
                 local = local_copy(path)  # a LoRA on object storage is fetched once per node
                 name = f"style_lora_{len(self._adapters)}"

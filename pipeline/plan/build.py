@@ -24,14 +24,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import schema
-from pipeline.config import JobConfig
-from pipeline.decisions import Decisions
-from pipeline.identity import derive_seed as derive_seed  # the one seed function, re-exported
-from pipeline.identity import encoded, hex_ids, keys, literal, seeds
-from pipeline.judge import rules_key
-from pipeline.manifest import MAX_REPORTED, Inputs, ManifestError, Problem, uri_column
+from pipeline.judge.rules import rules_key
 from pipeline.models.fingerprint import fingerprint as model_fingerprint
+from pipeline.plan.identity import derive_seed as derive_seed  # the one seed function, re-exported
+from pipeline.plan.identity import encoded, hex_ids, keys, literal, seeds
+from pipeline.review.decisions import Decisions
+from pipeline.spec import schema
+from pipeline.spec.config import JobConfig
+from pipeline.spec.manifest import MAX_REPORTED, Inputs, ManifestError, Problem, uri_column
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 # Bump when what an item id hashes changes, so folders of older releases rerun cleanly.

@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.store import Output
+from pipeline.storage.store import Output
 
 LOCK = ".lock"
 # How long a lock object holds without a heartbeat (a killed run blocks its output this long).

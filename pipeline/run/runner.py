@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline.config import JobConfig
+from pipeline.spec.config import JobConfig
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,8 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
     import ray
     from ray.exceptions import RayActorError
 
-    from pipeline.stages import CandidateStage, WriteStage, failed_outcomes
-    from pipeline.work import WorkFile
+    from pipeline.plan.work import WorkFile
+    from pipeline.stages.units import CandidateStage, WriteStage, failed_outcomes
 
     work = WorkFile(work_path)
     actor = ray.remote(_StageActor)
@@ -166,7 +166,7 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
 
     def stop_if_init_failed(e: RayActorError) -> None:
         if e.actor_init_failed:  # models or signer failed to load: every unit would fail
-            from pipeline.job import JobError
+            from pipeline.run.job import JobError
 
             raise JobError(f"a pipeline actor could not start: {_root_message(e)}") from e
 
@@ -232,8 +232,8 @@ def _root_message(error: Exception) -> str:
 def execute_in_process(work_path: str, cfg: JobConfig, output_dir: str,
                        fence: Callable[[], None] = lambda: None, run_id: str | None = None) -> Iterator[pa.Table]:
     """The same stages without Ray: for debugging and fast tests. `fence` runs before each unit."""
-    from pipeline.stages import CandidateStage, WriteStage, failed_outcomes
-    from pipeline.work import WorkFile
+    from pipeline.plan.work import WorkFile
+    from pipeline.stages.units import CandidateStage, WriteStage, failed_outcomes
 
     generate, write = CandidateStage(cfg), WriteStage(cfg, output_dir, run_id)
     work = WorkFile(work_path)

@@ -10,9 +10,9 @@ row is judged again from what is stored: scores and embeddings are never measure
 
 from __future__ import annotations
 
-from pipeline import schema
-from pipeline.config import FilterSection
-from pipeline.identity import digest, encode
+from pipeline.plan.identity import digest, encode
+from pipeline.spec import schema
+from pipeline.spec.config import FilterSection
 
 # The outcome of a measured candidate that a re-judging may reset, when its prompt was blocked
 # before and is not now: it was never generated, so it is generated as a new candidate.

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline import schema
-from pipeline.identity import digest, encode
-from pipeline.results import FUNNEL, NO_STYLE, RUNS, SUMMARY, read_results
-from pipeline.store import Output, as_output
+from pipeline.plan.identity import digest, encode
+from pipeline.run.results import FUNNEL, NO_STYLE, RUNS, SUMMARY, read_results
+from pipeline.spec import schema
+from pipeline.storage.store import Output, as_output
 
 REPORT = "report.html"
 ASSETS = "report_assets"
@@ -213,7 +213,7 @@ def render(results: pa.Table, summary: dict, runs: dict[str, dict] | None = None
             "summary": {k: v for k, v in summary.items() if isinstance(v, int | float | str) or v is None}}
     counts = " · ".join(f'{k} <b data-summary="{k}">{int(summary.get(k) or 0)}</b>'
                         for k in ("planned", "written", "rejected", "error", "pending"))
-    template = resources.files("pipeline").joinpath("report_template.html").read_text(encoding="utf-8")
+    template = resources.files("pipeline.review").joinpath("report_template.html").read_text(encoding="utf-8")
     parts = {"TITLE": html.escape(title or "asset pipeline report"), "COUNTS": counts,
              "FUNNEL": funnel_svg(summary), "STYLES": style_svg(groups), "BRAND": brand_svg(summary, styles),
              "REASONS": reasons_list(summary), "DATA": _json_for_script(data)}
@@ -229,7 +229,7 @@ def outline_png(init_image: str, mask: str, width: int, height: int) -> bytes:
     import numpy as np
     from PIL import Image
 
-    from pipeline.generate import prepare_inputs
+    from pipeline.stages.generate import prepare_inputs
 
     _, keep = prepare_inputs(init_image, mask, width, height)
     inside = np.asarray(keep) >= 128
@@ -285,7 +285,7 @@ def read_runs(out: Output) -> dict[str, dict]:
 def write_report(output: Output | Path | str, results: pa.Table | None = None) -> tuple[str, list[str]]:
     """Write `report.html` (and its outlines) into the output; returns where, and any problems.
     The figures are the results' funnel, with what `summary.json` adds (brand consistency)."""
-    from pipeline.results import summarize
+    from pipeline.run.results import summarize
 
     out = as_output(output)
     results = results if results is not None else read_results(out)

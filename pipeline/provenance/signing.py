@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import CHOICES
-from pipeline.schema import MODES
+from pipeline.spec.config import CHOICES
+from pipeline.spec.schema import MODES
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pipeline.config import SignerSection
+    from pipeline.spec.config import SignerSection
 
 SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 GENERATION_LABEL = "com.asset-pipeline.generation"
@@ -97,7 +97,7 @@ def demo_credentials(output: Any, *, make: bool = True) -> tuple[bytes, bytes, b
     folder by `make_demo_credentials`; on object storage as three objects, the key created last
     and exclusively, so every actor of every node signs with the same one. `make=False` only
     reads them (an unpickled signer must sign with the driver's CA, never a new one)."""
-    from pipeline.store import as_output
+    from pipeline.storage.store import as_output
 
     out = as_output(output)
     if not make:
@@ -416,7 +416,7 @@ class Signer:
         extra = _read_file(section.trust_anchors, "trust_anchors") if section.trust_anchors else b""
         where_out = None
         if section.mode == "demo":
-            from pipeline.store import as_output
+            from pipeline.storage.store import as_output
 
             out = as_output(output)
             where_out = out.uri
@@ -491,7 +491,7 @@ class Signer:
         or chain, or a format c2pa cannot sign, stops the job before any GPU work."""
         import numpy as np
 
-        from pipeline.write import encode_image
+        from pipeline.storage.write import encode_image
 
         cert = _load_chain(self._chain, "cert_chain")[0]
         key = _load_key(self._key, "private_key")
