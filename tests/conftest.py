@@ -61,8 +61,8 @@ def s3(s3_server, monkeypatch, request):
 @pytest.fixture
 def model_calls(monkeypatch):
     """How many candidates the models generated and measured, in this process (in-process runs)."""
+    from pipeline.stages.candidate import CandidateStage
     from pipeline.stages.generate import Generator
-    from pipeline.stages.units import CandidateStage
 
     calls = {"generated": 0, "measured": 0}
     generate, measure = Generator.__call__, CandidateStage._measure

@@ -277,7 +277,7 @@ def test_exif_rotated_style_reference_is_compared_upright(tmp_path):
     import torch
     from PIL import ImageOps
 
-    from pipeline.stages.units import CandidateStage
+    from pipeline.stages.candidate import CandidateStage
 
     im = Image.new("RGB", (80, 40), (255, 0, 0))
     im.paste((0, 0, 255), (0, 0, 20, 40))

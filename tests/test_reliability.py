@@ -183,7 +183,7 @@ def test_blocked_terms_apply_to_the_style_template_too(tmp_path):
 def test_shared_embedding_encodes_each_image_once(tmp_path):
     """With an embedding head, the CLIP vision tower runs once per image for score + moderation."""
     from pipeline.plan.work import candidates, nest
-    from pipeline.stages.units import CandidateStage
+    from pipeline.stages.candidate import CandidateStage
 
     cfg = make_job(tmp_path, extra='[models]\nmoderation = "embedded:tiny-clip-head"\n', num_candidates=2, keep=1)
     stage = CandidateStage(cfg)
@@ -202,7 +202,7 @@ def test_a_head_for_another_clip_is_refused(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.stages.units import CandidateStage
+    from pipeline.stages.candidate import CandidateStage
 
     save_file({"weight": torch.zeros(2, 16), "bias": torch.zeros(2)}, str(tmp_path / "h.safetensors"),
               metadata={"labels": '["normal", "nsfw"]'})

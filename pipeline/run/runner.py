@@ -133,7 +133,9 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
     from ray.exceptions import RayActorError
 
     from pipeline.plan.work import WorkFile
-    from pipeline.stages.units import CandidateStage, WriteStage, failed_outcomes
+    from pipeline.stages.candidate import CandidateStage
+    from pipeline.stages.contract import failed_outcomes
+    from pipeline.stages.write import WriteStage
 
     work = WorkFile(work_path)
     actor = ray.remote(_StageActor)
@@ -233,7 +235,9 @@ def execute_in_process(work_path: str, cfg: JobConfig, output_dir: str,
                        fence: Callable[[], None] = lambda: None, run_id: str | None = None) -> Iterator[pa.Table]:
     """The same stages without Ray: for debugging and fast tests. `fence` runs before each unit."""
     from pipeline.plan.work import WorkFile
-    from pipeline.stages.units import CandidateStage, WriteStage, failed_outcomes
+    from pipeline.stages.candidate import CandidateStage
+    from pipeline.stages.contract import failed_outcomes
+    from pipeline.stages.write import WriteStage
 
     generate, write = CandidateStage(cfg), WriteStage(cfg, output_dir, run_id)
     work = WorkFile(work_path)

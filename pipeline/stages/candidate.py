@@ -1,57 +1,23 @@
-"""The two callables Ray runs, free of Ray so they run in-process in tests too.
-
-`CandidateStage` (a GPU actor): prompt check → generate → CLIP score → image moderation →
+"""`CandidateStage` (a GPU actor): prompt check → generate → CLIP score → image moderation →
 best-k selection, fused so pixels never cross the object store until an image is kept.
 It receives whole manifest rows (all their pending candidates) so it can select.
-
-`WriteStage` (CPU actors, in parallel): encode → sign (C2PA, the last write) → atomic write →
-read back and verify → sha256. Only kept images reach it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import mimetypes
 import os
-import socket
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline import __version__, faults
+from pipeline import faults
 from pipeline.judge.rules import image_reason, prompt_reason, rejudge, review_reason
-from pipeline.judge.select import fill_places, locked, rank
-from pipeline.plan.work import CANDIDATE_FIELDS, PRIOR, unnest
+from pipeline.judge.select import locked, rank
+from pipeline.plan.work import PRIOR, unnest
 from pipeline.spec import schema
 from pipeline.spec.config import JobConfig
-
-PIXELS = "pixels"
-EMBEDDING = schema.EMBEDDING_FIELD.name
-STAGE_OUT_SCHEMA = pa.schema(CANDIDATE_FIELDS + [schema.EMBEDDING_FIELD, pa.field(PIXELS, pa.large_binary())])
-WRITTEN_SCHEMA = pa.schema(CANDIDATE_FIELDS + [schema.EMBEDDING_FIELD])
-SOFTWARE_AGENT = f"asset-pipeline {__version__}"
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _ms_each(t0: float, n: int) -> float:
-    return (time.perf_counter() - t0) * 1000 / max(n, 1)
-
-
-def _die_if_armed(records: list[dict], point: str = "actor.exit_once") -> None:
-    """Test-only: the actor dies hard (see pipeline/faults.py), so Ray must restart it."""
-    marker = faults.arg(point)
-    if marker and not os.path.exists(marker):
-        Path(marker).touch()
-        os._exit(1)
-    poison = faults.arg("actor.exit_on_seed")
-    if poison and any(str(r["seed"]) == poison for r in records):
-        os._exit(1)
+from pipeline.stages.contract import EMBEDDING, PIXELS, STAGE_OUT_SCHEMA, die_if_armed, ms_each, worker_name
 
 
 class CandidateStage:
@@ -107,7 +73,7 @@ class CandidateStage:
 
             torch.set_num_threads(self.cpu_threads)
         records = unnest(batch).to_pylist()
-        _die_if_armed(records)
+        die_if_armed(records)
         # 2. earlier judged candidates under today's rules, from their stored scores; one whose
         # prompt was blocked and is not now is generated as a new candidate
         for r in records:
@@ -182,7 +148,7 @@ class CandidateStage:
         t0 = time.perf_counter()
         # The resolved prompt: the row's words and the style template around them.
         verdicts = self.prompt_moderator([r["prompt"] for r in records])
-        ms = _ms_each(t0, len(records))
+        ms = ms_each(t0, len(records))
         threshold = self.cfg.filter.prompt_unsafe_threshold
         for r, v in zip(records, verdicts, strict=True):
             r["prompt_unsafe_score"] = v.score
@@ -238,160 +204,10 @@ class CandidateStage:
         t0 = time.perf_counter()
         embeddings = self.scorer.embed_images(pixels)
         scores = self.scorer.score(embeddings, texts)
-        ms_score = _ms_each(t0, len(made))
+        ms_score = ms_each(t0, len(made))
         t0 = time.perf_counter()
         # one vision pass feeds the score and an embedding moderation head
         unsafe = self.image_moderator(embeddings if self.shared_embedding else pixels)
-        ms_mod = _ms_each(t0, len(made))
+        ms_mod = ms_each(t0, len(made))
         vectors = embeddings.cpu().numpy().tolist()
         return [(r, s, u, e, ms_score, ms_mod) for r, s, u, e in zip(made, scores, unsafe, vectors, strict=True)]
-
-
-def failed_outcomes(batch: pa.Table, job: str, reason: str) -> pa.Table:
-    """Work records → one `error` outcome per new candidate: a unit that could not be processed
-    (an exception in a stage, its worker died on every retry) is recorded, never dropped, and a
-    rerun retries it. Candidates judged in earlier runs keep their outcomes."""
-    records = [r for r in unnest(batch).to_pylist() if not r[PRIOR]]
-    finished = datetime.now(UTC)
-    for r in records:
-        r.update(job=job, status=schema.ERROR, reason=reason, selected=False, rank=None, path=None,
-                 finished_at=finished)
-    return pa.Table.from_pylist(records, schema=WRITTEN_SCHEMA)
-
-
-def _verdict(r: dict) -> tuple:
-    """What a (re-)judging may change about a candidate, and the rules it was judged under."""
-    return r["status"], r["reason"], r["selected"], r["rank"], r["path"], r["judged_with"]
-
-
-def _keeps_file(r: dict, write_rejected: bool) -> bool:
-    """An earlier candidate that lost its place keeps its file when rejected images are kept for
-    review, and always when a reviewer refined it (its refinements start from it and name it);
-    never when a reviewer rejected it."""
-    if not (r[PRIOR] and r["path"] and r["status"] == schema.REJECTED):
-        return False
-    return r["decision"] == schema.REFINE or (write_rejected and r["decision"] != schema.REJECT)
-
-
-def _forget_file(r: dict) -> None:
-    """No file for this candidate: nothing of a file is recorded."""
-    r.update(path=None, sha256=None, bytes=None, c2pa_label=None, c2pa_state=None)
-
-
-class WriteStage:
-    """Encode, sign, write atomically, read back and verify: the last touch of each image.
-    `run_id`: the run this writer works for; before each image goes into an output on object
-    storage, the output's lock must still name that run (`lock.confirm_holder`), else the image
-    is an `error` row and nothing is written."""
-
-    def __init__(self, cfg: JobConfig, output_dir: str, run_id: str | None = None):
-        from pipeline.provenance.signing import Signer
-        from pipeline.storage.store import Output
-
-        self.cfg, self.run_id = cfg, run_id
-        self.out = Output(output_dir)  # a folder, or a prefix on object storage
-        self.signer = Signer.from_section(cfg.signer, self.out, quiet=True)
-        self.writer = worker_name()
-        self._parents: dict[str, tuple[bytes, str]] = {}
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        """Candidate records with pixels → outcomes: the best of each row written in rank order
-        (a failed write hands its place on), the rest rejected. Earlier judged candidates come
-        back only when their outcome changed (a pick outranked, a runner-up promoted)."""
-        records = batch.to_pylist()
-        _die_if_armed([], "writer.exit_once")
-        before = {r["item_id"]: _verdict(r) for r in records if r[PRIOR]}
-        for r in records:
-            r["judged_with"] = r["judge_key"]  # the rules this judging applied
-        pixels = {r["item_id"]: r.pop(PIXELS) for r in records}
-        fill_places(records, lambda r: self._write_or_error(r, pixels[r["item_id"]]),
-                    can_write=lambda r: pixels[r["item_id"]] is not None)
-        write_rejected = self.cfg.output.write_rejected
-        for r in records:
-            kept = r["status"] == schema.WRITTEN
-            if (not kept and write_rejected and r["status"] == schema.REJECTED and r["decision"] != schema.REJECT
-                    and pixels[r["item_id"]] is not None):
-                kept = self._write_or_error(r, pixels[r["item_id"]])  # a rejected image kept for review
-            if not kept and not _keeps_file(r, write_rejected):
-                _forget_file(r)
-        now = datetime.now(UTC)
-        changed = [r for r in records if r["item_id"] not in before or _verdict(r) != before[r["item_id"]]]
-        for r in changed:
-            r["finished_at"] = now
-        return pa.Table.from_pylist(changed, schema=WRITTEN_SCHEMA)
-
-    def _write_or_error(self, r: dict, pixels: bytes) -> bool:
-        """Write one image; False (and the record says why) when it does not verify or fails."""
-        r["writer"] = self.writer
-        try:
-            if self._write(r, pixels):
-                return True
-        except Exception as e:  # noqa: BLE001 — failures are rows
-            r.update(status=schema.ERROR, reason=f"write: {type(e).__name__}: {e}")
-        _forget_file(r)
-        return False
-
-    def _parent(self, uri: str | None) -> tuple[bytes | None, str | None]:
-        if uri is None:
-            return None, None
-        if uri not in self._parents:
-            from pipeline.storage.uris import read_bytes
-
-            self._parents[uri] = (read_bytes(uri), mimetypes.guess_type(uri)[0] or "image/png")
-            if len(self._parents) > 64:
-                self._parents.pop(next(iter(self._parents)))
-        return self._parents[uri]
-
-    def _made_from(self, r: dict) -> tuple[bytes | None, str | None, str | None]:
-        """The image a candidate was made from, for its C2PA `parentOf` ingredient (bytes, type,
-        title): a refinement's earlier image, signed, so the chain of review rounds is provable;
-        else the product or reference photo; none for text-to-image."""
-        from pipeline.plan.build import image_path
-
-        if r["parent"]:
-            rel = image_path(r["parent"], r["format"])
-            return self.out.get(rel), mimetypes.guess_type(rel)[0] or "image/png", os.path.basename(rel)
-        if r["mode"] == "t2i":
-            return None, None, None
-        return *self._parent(r["init_image"]), os.path.basename(r["init_image"])
-
-    def _write(self, r: dict, pixels: bytes) -> bool:
-        """True when the signed file is in place and verifies; else the row says why."""
-        from pipeline.plan.build import image_path
-        from pipeline.provenance.signing import Claim
-        from pipeline.storage.write import encode_image, sha256_hex
-
-        o = self.cfg.output
-        if faults.arg("write.error") == str(r["seed"]):
-            raise OSError(f"injected write failure for seed {r['seed']}")
-        t0 = time.perf_counter()
-        img = np.frombuffer(pixels, dtype=np.uint8).reshape(int(r["height"]), int(r["width"]), 3)
-        data, mime = encode_image(img, o.format, png_compress_level=o.png_compress_level,
-                                  jpeg_quality=o.jpeg_quality, webp_quality=o.webp_quality)
-        t1 = time.perf_counter()
-        parent, parent_mime, parent_title = self._made_from(r)
-        r["path"] = image_path(r["item_id"], r["format"])
-        claim = Claim(
-            title=os.path.basename(r["path"]), model=r["model"], model_revision=r["model_revision"],
-            seed=int(r["seed"]), steps=int(r["steps"]), guidance_scale=float(r["guidance_scale"]),
-            prompt_sha256=hashlib.sha256(r["prompt"].encode("utf-8")).hexdigest(), mode=r["mode"],
-            item_id=r["item_id"], software_agent=SOFTWARE_AGENT, parent=parent, parent_mime=parent_mime,
-            parent_title=parent_title)
-        signed = self.signer.sign(data, mime, claim)
-        t2 = time.perf_counter()
-        if self.run_id is not None:
-            from pipeline.storage.lock import confirm_holder
-
-            confirm_holder(self.out, self.run_id)  # LockLost: an error row, nothing written
-        self.out.put(r["path"], signed)  # whole or absent: temp + rename locally, one PUT on a bucket
-        t3 = time.perf_counter()
-        on_disk = self.out.get(r["path"])
-        check = self.signer.verify(on_disk, mime)
-        t4 = time.perf_counter()
-        r.update(ms_encode=(t1 - t0) * 1000, ms_sign=(t2 - t1) * 1000, ms_write=(t3 - t2) * 1000,
-                 ms_verify=(t4 - t3) * 1000, c2pa_label=check.label, c2pa_state=check.state,
-                 bytes=len(on_disk), sha256=sha256_hex(on_disk))
-        if not check.ok:
-            self.out.delete(r["path"])
-            r.update(status=schema.ERROR, reason=f"verify: C2PA {check.state}: {', '.join(check.errors)}")
-        return check.ok
