@@ -45,9 +45,11 @@ TEXT_BIG_G = {"vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 512
 # --tiny: the same builder and the same saved layout with tiny widths, so that a CPU check of
 # bench/gpu.sh goes through every line that the GPU run will (build, save, load a local folder).
 TINY_UNETS = {
-    "sd15": {"sample_size": 8, "layers_per_block": 1, "block_out_channels": (32, 32, 64, 64), "cross_attention_dim": 32},
-    "sdxl": {"sample_size": 8, "layers_per_block": 1, "block_out_channels": (32, 64, 64), "attention_head_dim": (2, 4, 4),
-             "transformer_layers_per_block": (1, 1, 2), "cross_attention_dim": 64, "addition_time_embed_dim": 8,
+    "sd15": {"sample_size": 8, "layers_per_block": 1, "block_out_channels": (32, 32, 64, 64),
+             "cross_attention_dim": 32},
+    "sdxl": {"sample_size": 8, "layers_per_block": 1, "block_out_channels": (32, 64, 64),
+             "attention_head_dim": (2, 4, 4), "transformer_layers_per_block": (1, 1, 2),
+             "cross_attention_dim": 64, "addition_time_embed_dim": 8,
              "projection_class_embeddings_input_dim": 6 * 8 + 32},
 }
 TINY_VAE = {"layers_per_block": 1, "block_out_channels": (32, 32, 64, 64)}
