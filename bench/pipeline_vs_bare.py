@@ -136,7 +136,9 @@ def flops_per_image(pipes, args, device) -> float | None:
     text = torch.zeros(1, 77, pipe.unet.config.cross_attention_dim, device=device, dtype=pipe.unet.dtype)
     extra = {}
     if pipe.unet.config.get("addition_embed_type") == "text_time":  # SDXL
-        extra["added_cond_kwargs"] = {"text_embeds": torch.zeros(1, 1280, device=device, dtype=pipe.unet.dtype),
+        cfg = pipe.unet.config  # the pooled text projection: what the time embedding's input has beyond 6 ids
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim  # 1280 in SDXL
+        extra["added_cond_kwargs"] = {"text_embeds": torch.zeros(1, pooled, device=device, dtype=pipe.unet.dtype),
                                       "time_ids": torch.zeros(1, 6, device=device, dtype=pipe.unet.dtype)}
     with torch.inference_mode():
         with FlopCounterMode(display=False) as unet_count:
