@@ -55,7 +55,7 @@ if [ "$MODE" = gpu ]; then
     COMMON=(--device cuda --dtype bfloat16)
     PEAK=989   # H100/H200 dense bf16 by the datasheet; the probe also measures a matmul ceiling
     SD15=(--width 512 --height 512 --steps 25 --guidance 7.5 --batch-size 16 --images "${SD15_IMAGES:-160}")
-    SDXL=(--width 1024 --height 1024 --steps 30 --guidance 5 --batch-size 8 --images "${SDXL_IMAGES:-40}")
+    SDXL=(--width 1024 --height 1024 --steps 30 --guidance 5 --batch-size 8 --images "${SDXL_IMAGES:-32}")
     INV_SD15=(--width 512 --height 512 --steps 25 --guidance 7.5 --batch-size 16)
     INV_SDXL=(--width 1024 --height 1024 --steps 30 --guidance 5 --batch-size 8)
     CAPS=(probe=90 build-sd15=120 bench-sd15=170 build-sdxl=150 bench-sdxl=230 invariance-sd15=60 invariance-sdxl=90)

@@ -3,6 +3,7 @@ that bench/RESULTS.md's GPU section owes, in one JSON).
 
     python bench/gpu_report.py probe ENV_JSON
     python bench/gpu_report.py summary OUT_DIR WORK_DIR
+    python bench/gpu_report.py markdown SUMMARY_JSON      # rows for bench/RESULTS.md's GPU tables
 
 `probe` never fails for a missing package: it records it (the summary says which step it broke).
 `summary` reads whatever the steps left (their JSONs may be partial or absent) and always writes
@@ -192,10 +193,57 @@ def summary(out_dir: str, work_dir: str) -> None:
           flush=True)
 
 
+def markdown(path: str) -> None:
+    """The rows bench/RESULTS.md's GPU tables take, from a summary.json that came back."""
+    s = json.loads(Path(path).read_text())
+
+    def f(v, spec=".3g"):
+        return "—" if v is None else format(v, spec) if isinstance(v, float) else str(v)
+
+    when = (s.get("finished_utc") or "")[:10]
+    print("| model | settings | backend | bare img/s | pipeline img/s | ratio (target 0.95) | TFLOP/image | "
+          "TFLOP/s bare / pipeline | limit img/s at 989 / at measured matmul | pipeline share of limit | "
+          "start-up s | CPU s/image |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for m in ("sd15", "sdxl"):
+        x = s.get(m) or {}
+        settings = (f"{x.get('width')} px, {x.get('steps')} steps, CFG {x.get('guidance_scale')}, "
+                    f"batch {x.get('batch_size')}, {x.get('images')} images, {x.get('dtype')}")
+        ratio = f(x.get("ratio"))
+        if x.get("ratio_if_cpu_stages_overlapped_estimate"):
+            ratio += f" (≈ {f(x['ratio_if_cpu_stages_overlapped_estimate'])} if overlapped, estimate)"
+        if str(x.get("bench", "")).startswith("partial"):
+            ratio += f" [{x['bench']}]"
+        print(f"| {m} | {settings} | {x.get('backend')} | {f(x.get('bare_images_per_s'))} | "
+              f"{f(x.get('pipeline_images_per_s'))} | {ratio} | {f(x.get('tflop_per_image'))} | "
+              f"{f(x.get('achieved_tflops_bare'), '.0f')} / {f(x.get('achieved_tflops_pipeline'), '.0f')} | "
+              f"{f(x.get('physical_limit_images_per_s'))} / {f(x.get('measured_matmul_limit_images_per_s'))} | "
+              f"{f(x.get('pipeline_fraction_of_limit'), '.2f')} | {f(x.get('startup_s'), '.1f')} | "
+              f"{f(x.get('cpu_s_per_image'), '.3f')} |")
+    print()
+    print("| model | dtype | batch | max pixel diff /255, row alone vs in batch (first, last) | "
+          "alone twice | share of values differing | degenerate images |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for m in ("sd15", "sdxl"):
+        inv = (s.get(m) or {}).get("batch_invariance") or {}
+        rows = inv.get("rows") or {}
+        print(f"| {m} | {inv.get('dtype')} | {inv.get('batch_size')} | "
+              f"{f((rows.get('first') or {}).get('max_abs_diff_over_255'), '.4f')}, "
+              f"{f((rows.get('last') or {}).get('max_abs_diff_over_255'), '.4f')} | "
+              f"{f((inv.get('repeat_alone') or {}).get('max_abs_diff_over_255'), '.4f')} | "
+              f"{f((rows.get('first') or {}).get('share_of_values_differing'), '.3f')} | {inv.get('degenerate')} |")
+    matmul = f(s.get("matmul_bf16_tflops_measured"), ".0f")
+    steps = ", ".join(f"{x['step']} {x['status']} {x['seconds']} s" for x in s.get("steps", []))
+    print(f"\n{s.get('gpu')}, {when}, commit {s.get('commit')}, python {s.get('python')}, torch "
+          f"{(s.get('packages') or {}).get('torch')}; bf16 matmul measured {matmul} TFLOP/s; steps: {steps}")
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "probe":
         probe(sys.argv[2])
     elif len(sys.argv) >= 4 and sys.argv[1] == "summary":
         summary(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "markdown":
+        markdown(sys.argv[2])
     else:
         sys.exit(__doc__)
