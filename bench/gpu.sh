@@ -120,13 +120,19 @@ if [ -f "$SITE_TAR" ] && [ "${NO_SITE:-0}" != 1 ]; then
 else
     say "no $SITE_TAR: using the packages $PY has"
 fi
+# The CPU check hides Ray as the device machine lacks it, so that the backend below is chosen as
+# there and no stray `import ray` can hide here (BACKEND=ray checks the Ray backend instead).
+if [ "$MODE" = cpu ] && [ "${BACKEND:-}" != ray ]; then
+    mkdir -p "$WORK/no-ray/ray"
+    echo 'raise ImportError("ray is hidden by bench/gpu.sh --cpu-check: the device machine has none")' \
+        > "$WORK/no-ray/ray/__init__.py"
+    PYTHONPATH=$WORK/no-ray:$PYTHONPATH
+    say "cpu-check: Ray hidden (as on the device machine)"
+fi
 export PYTHONPATH
 
 if [ -n "${BACKEND:-}" ]; then
     REASON="set by BACKEND=$BACKEND"
-elif [ "$MODE" = cpu ]; then
-    BACKEND=in-process
-    REASON="cpu-check: as on the device machine, where Ray is missing (BACKEND=ray checks Ray here)"
 elif "$PY" -c "import ray" >/dev/null 2>&1; then
     BACKEND=ray
     REASON="ray importable"
