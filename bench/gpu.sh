@@ -17,7 +17,7 @@
 # A step that runs out of time is killed; pipeline_vs_bare writes its JSON after each phase, so
 # what it measured before stays. A failed step does not stop the ones after it.
 #
-# $OUT (the device tool's folder; a new temp folder when unset) gets at most 7 files:
+# $OUT (the device tool's folder; a new temp folder when unset) gets at most 6 files (the limit is 8):
 #   summary.json  gpu.log  sd15.json  sdxl.json  invariance-sd15.json  invariance-sdxl.json
 #
 # Packages: the device's python3 (3.12, torch 2.11, transformers) lacks diffusers, open_clip, c2pa,
