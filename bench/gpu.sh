@@ -63,7 +63,7 @@ else
     PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
     BUDGET=${GPU_BENCH_BUDGET_S:-1200}
     TINY="--tiny"
-    COMMON=(--device cpu --dtype float32)
+    COMMON=(--device cpu --dtype bfloat16)   # the GPU run's dtype: a bf16-only failure shows here
     PEAK=1     # a nominal figure: it only exercises the limit arithmetic
     SD15=(--width 64 --height 64 --steps 2 --guidance 7.5 --batch-size 2 --images "${SD15_IMAGES:-6}")
     SDXL=(--width 64 --height 64 --steps 2 --guidance 5 --batch-size 2 --images "${SDXL_IMAGES:-6}")
