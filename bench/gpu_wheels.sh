@@ -11,10 +11,10 @@
 # about 81 MB (polars' runtime alone 54 MB): over the 64 MiB that may travel. So the wheels are
 # unpacked (a wheel install is an unzip: none of these has a .data folder or needs a build step),
 # the large unstripped extension modules are stripped (`strip --strip-unneeded` keeps the dynamic
-# symbols), and the tree goes as ONE xz tarball: .whl/site.tar.xz, about 45 MiB. bench/gpu.sh
+# symbols), and the tree goes as ONE xz tarball: .whl/site.tar.xz, 44 MiB. bench/gpu.sh
 # unpacks it into /tmp/site with Python's own tarfile (no xz binary needed there).
 #
-# Ray does not travel: its wheel alone is about 70 MB (240 MB installed), more than the limit with
+# Ray does not travel: its cp312 wheel alone is 79 MB (240 MB installed), more than the limit with
 # everything else. bench/gpu.sh runs the pipeline with `--backend in-process` when `import ray`
 # fails there, and says so in its summary.
 #
