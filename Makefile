@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # torch/torchvision pinned as a pair: a torch without its matching torchvision breaks open_clip.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-fast lint bench clean interop-missing
+.PHONY: setup demo test test-fast lint bench bench-gpu-check gpu-wheels clean interop-missing
 
 # The C2PA interoperability tests (tests/test_interop.py) validate images with an independent
 # implementation on Node.js: installed from the lockfile, no install scripts, nothing native.
@@ -45,6 +45,14 @@ lint: setup
 
 bench: setup
 	$(PY) bench/pipeline_vs_bare.py --quick
+
+# bench/gpu.sh's steps end to end on this CPU with tiny models (before the one GPU call: bench/RESULTS.md).
+bench-gpu-check: setup
+	PY=$(PY) bash bench/gpu.sh --cpu-check
+
+# The packages the GPU machine lacks, as .whl/site.tar.xz (carried by the device call).
+gpu-wheels: setup
+	PY=$(PY) bash bench/gpu_wheels.sh
 
 clean:
 	rm -rf out .pytest_cache

@@ -18,6 +18,7 @@ the last line (also written to a file).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -62,8 +63,9 @@ def parse() -> argparse.Namespace:
                     help="[cluster].write_actors: 0 = auto (none on a CPU node: the generate actor writes)")
     ap.add_argument("--thumbnail", action="store_true", help="embed C2PA thumbnails (off in batch runs)")
     ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="the device's peak for the dtype (default: 989 on an H100 with 16-bit dtypes)")
-    ap.add_argument("--json", help="where to write the JSON (default: out/bench/…)")
+                    help="the device's peak for the dtype (default: 989 on an H100 or H200 with 16-bit dtypes)")
+    ap.add_argument("--json", help="where to write the JSON (default: out/bench/…); with it, a partial "
+                    "JSON is written there after each phase, so a run cut off by a time limit leaves its figures")
     args = ap.parse_args()
     if args.quick:
         # On a shared 2-core VM one 20-second sample moved the ratio by ±0.1: more rounds, each
@@ -134,7 +136,9 @@ def flops_per_image(pipes, args, device) -> float | None:
     text = torch.zeros(1, 77, pipe.unet.config.cross_attention_dim, device=device, dtype=pipe.unet.dtype)
     extra = {}
     if pipe.unet.config.get("addition_embed_type") == "text_time":  # SDXL
-        extra["added_cond_kwargs"] = {"text_embeds": torch.zeros(1, 1280, device=device, dtype=pipe.unet.dtype),
+        cfg = pipe.unet.config  # the pooled text projection: what the time embedding's input has beyond 6 ids
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim  # 1280 in SDXL
+        extra["added_cond_kwargs"] = {"text_embeds": torch.zeros(1, pooled, device=device, dtype=pipe.unet.dtype),
                                       "time_ids": torch.zeros(1, 6, device=device, dtype=pipe.unet.dtype)}
     with torch.inference_mode():
         with FlopCounterMode(display=False) as unet_count:
@@ -239,18 +243,81 @@ def bare_rate(args) -> float:
     return rate
 
 
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense, by the datasheets (same Hopper chip)
+
+
+def default_peak(args, m: dict) -> float | None:
+    if args.peak_tflops:
+        return args.peak_tflops
+    if m["gpu"] and args.dtype != "float32":
+        return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in m["gpu"]), None)
+    return None
+
+
+def summarise(args, device: str, flops: float | None, bares: list[float], rounds: list[dict],
+              g_bare: GpuSampler, g_pipe: GpuSampler, m: dict, partial: str | None = None) -> dict:
+    """The JSON object, from whatever has been measured so far. `partial` names the phase a cut-off
+    run got to (the object is then written after each phase, so a killed run leaves its figures)."""
+    p = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2] if rounds else {}  # the median round
+    peak = default_peak(args, m)
+    bare_rate = statistics.median(bares) if bares else None
+    pipe_rate = p.get("images_per_s")
+    result = {
+        "bench": "pipeline_vs_bare", "model": args.model, "moderation": args.moderation,
+        "width": args.width, "height": args.height,
+        "steps": args.steps, "guidance_scale": args.guidance, "batch_size": args.batch_size, "images": args.images,
+        "format": args.format, "png_level": args.png_level, "thumbnail": args.thumbnail, "backend": args.backend,
+        "write_actors": args.write_actors,
+        **optimizations(args),
+        "device": device, "dtype": args.dtype,
+        "rounds": args.rounds, "bare_images_per_s": bare_rate, "bare_runs": bares,
+        "bare_spread": max(bares) / min(bares) - 1 if bares else None,
+        "pipeline_images_per_s": pipe_rate, "pipeline_runs": [r["images_per_s"] for r in rounds],
+        "ratio": p.get("ratio"), "ratios": [r["ratio"] for r in rounds],
+        "target_ratio": 0.95 if device.startswith("cuda") else 0.85,
+        "startup_s": p.get("startup_s"),
+        "cpu_s_per_image": p.get("cpu_s_per_image"), "stage_ms": p.get("stage_ms"), "peak_rss_mb": peak_rss_mb(),
+        "gpu_util_bare": g_bare.mean, "gpu_util_pipeline": g_pipe.mean,
+        "tflop_per_image": flops / 1e12 if flops else None,
+        "achieved_tflops_bare": flops * bare_rate / 1e12 if flops and bare_rate else None,
+        "achieved_tflops_pipeline": flops * pipe_rate / 1e12 if flops and pipe_rate else None,
+        "peak_tflops": peak,
+        "physical_limit_images_per_s": peak * 1e12 / flops if peak and flops else None,
+        "written": p.get("written"), "exit_code": p.get("exit_code"), "machine": m,
+    }
+    limit = result["physical_limit_images_per_s"]
+    result["bare_fraction_of_limit"] = bare_rate / limit if limit and bare_rate else None
+    result["pipeline_fraction_of_limit"] = pipe_rate / limit if limit and pipe_rate else None
+    result["meets_target"] = result["ratio"] >= result["target_ratio"] if result["ratio"] is not None else None
+    if partial:
+        result["partial"] = partial
+    return result
+
+
 def main() -> None:
     args = parse()
+    m = machine()
     pipes, device = load(args)
     flops = flops_per_image(pipes, args, device)
     # Rounds: bare, pipeline, bare, pipeline, …, bare. A shared VM's speed drifts by ±15% within
     # a minute, so each pipeline run is compared with the mean of the bare runs on either side
     # of it, and the figure is the median of those paired ratios.
-    rounds = []
-    with GpuSampler() as g_bare:
-        bares = [bare(args, pipes)["images_per_s"]]
+    rounds: list[dict] = []
+    g_bare, g_pipe = GpuSampler(), GpuSampler()
+
+    def checkpoint(phase: str) -> None:  # a run cut off by a time limit still leaves its figures
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(summarise(args, device, flops, bares, rounds, g_bare, g_pipe, m,
+                                                            partial=phase), indent=2) + "\n")
+
+    bares: list[float] = []
+    checkpoint("loaded")
+    with g_bare:
+        bares.append(bare(args, pipes)["images_per_s"])
     del pipes
-    g_pipe = GpuSampler()
+    print(f"bare {bares[-1]:.3f} img/s", file=sys.stderr, flush=True)
+    checkpoint("bare")
     for i in range(args.rounds):
         folder = Path(tempfile.mkdtemp(prefix="bench-"))
         with g_pipe:
@@ -260,46 +327,35 @@ def main() -> None:
             import ray
 
             ray.shutdown()  # the bare loop runs on a machine without Ray's daemons
-        bares.append(bare_rate(args))
-        p["ratio"] = p["images_per_s"] / ((bares[-2] + bares[-1]) / 2)
+        p["ratio"] = p["images_per_s"] / bares[-1]  # provisional: until the bare run after it
         rounds.append(p)
+        print(f"round {i + 1}/{args.rounds}: pipeline {p['images_per_s']:.3f} img/s", file=sys.stderr, flush=True)
+        checkpoint(f"round {i + 1} pipeline (ratio against the bare run before it only)")
+        with g_bare:
+            bares.append(bare_rate(args))
+        p["ratio"] = p["images_per_s"] / ((bares[-2] + bares[-1]) / 2)
         print(f"round {i + 1}/{args.rounds}: bare {bares[-2]:.3f} → {bares[-1]:.3f} img/s, "
               f"pipeline {p['images_per_s']:.3f} img/s, ratio {p['ratio']:.3f}", file=sys.stderr, flush=True)
-    p = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]  # the median round (upper, if even)
-    spread = max(bares) / min(bares) - 1
-    m = machine()
-    peak = args.peak_tflops or (989.0 if m["gpu"] and "H100" in m["gpu"] and args.dtype != "float32" else None)
-    result = {
-        "bench": "pipeline_vs_bare", "model": args.model, "moderation": args.moderation,
-        "width": args.width, "height": args.height,
-        "steps": args.steps, "guidance_scale": args.guidance, "batch_size": args.batch_size, "images": args.images,
-        "format": args.format, "png_level": args.png_level, "thumbnail": args.thumbnail, "backend": args.backend,
-        "write_actors": args.write_actors,
-        **optimizations(args),
-        "device": device,
-        "rounds": args.rounds, "bare_images_per_s": statistics.median(bares), "bare_runs": bares, "bare_spread": spread,
-        "pipeline_images_per_s": p["images_per_s"], "pipeline_runs": [r["images_per_s"] for r in rounds],
-        "ratio": p["ratio"], "ratios": [r["ratio"] for r in rounds],
-        "target_ratio": 0.95 if device.startswith("cuda") else 0.85,
-        "startup_s": p["startup_s"],
-        "cpu_s_per_image": p["cpu_s_per_image"], "stage_ms": p["stage_ms"], "peak_rss_mb": peak_rss_mb(),
-        "gpu_util_bare": g_bare.mean, "gpu_util_pipeline": g_pipe.mean,
-        "tflop_per_image": flops / 1e12 if flops else None,
-        "achieved_tflops_pipeline": flops * p["images_per_s"] / 1e12 if flops else None,
-        "physical_limit_images_per_s": peak * 1e12 / flops if peak and flops else None,
-        "written": p["written"], "exit_code": p["exit_code"], "machine": m,
-    }
-    result["meets_target"] = result["ratio"] >= result["target_ratio"]
+        if i + 1 < args.rounds:
+            checkpoint(f"round {i + 1}")
+    result = summarise(args, device, flops, bares, rounds, g_bare, g_pipe, m)
+    p = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
     rows = [("device", f"{device} ({m['gpu'] or m['cpu']}, {m['cores']} cores)"),
             ("bare images/s (median of runs)", result["bare_images_per_s"]),
-            ("bare spread, fastest vs slowest run", spread), ("pipeline images/s (median round)", p["images_per_s"]),
+            ("bare spread, fastest vs slowest run", result["bare_spread"]),
+            ("pipeline images/s (median round)", p["images_per_s"]),
             ("ratio pipeline/bare (median of paired rounds)", result["ratio"]),
             ("ratios of the rounds", " ".join(f"{r['ratio']:.3f}" for r in rounds)),
             ("target / met", f"{result['target_ratio']} / {'yes' if result['meets_target'] else 'NO'}"),
             ("pipeline start-up s", p["startup_s"] or 0.0),
             ("CPU s/image (encode+sign+write+verify)", p["cpu_s_per_image"] or 0.0),
             *[(f"stage ms: {k}", v) for k, v in p["stage_ms"].items() if v is not None],
-            ("TFLOP/image", result["tflop_per_image"] or 0.0), ("driver peak RSS MB", result["peak_rss_mb"])]
+            ("TFLOP/image", result["tflop_per_image"] or 0.0),
+            ("achieved TFLOP/s bare / pipeline", f"{result['achieved_tflops_bare'] or 0:.1f} / "
+                                                 f"{result['achieved_tflops_pipeline'] or 0:.1f}"),
+            ("physical limit images/s (peak TFLOP/s)", f"{result['physical_limit_images_per_s'] or 0:.2f} "
+                                                       f"({result['peak_tflops']})"),
+            ("driver peak RSS MB", result["peak_rss_mb"])]
     print(table(rows, f"pipeline vs bare: {args.model} {args.width}x{args.height}, {args.steps} steps, "
                       f"batch {args.batch_size}, {args.images} images"))
     emit(result, "pipeline_vs_bare", args.json)
