@@ -65,7 +65,7 @@ def main() -> None:
     import torch
 
     from pipeline import models
-    from pipeline.generate import Generator
+    from pipeline.stages.generate import Generator
 
     args = parse()
     models.quiet_libraries()

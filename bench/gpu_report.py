@@ -51,8 +51,8 @@ def probe(path: str) -> None:
             info["missing"].append(mod)
             info["packages"][mod] = {"error": f"{type(e).__name__}: {e}"[:300]}
     try:  # the project's own modules, as the benches import them: fails here, not 2 minutes in
-        import pipeline.job  # noqa: F401
-        import pipeline.stages  # noqa: F401
+        import pipeline.run.job  # noqa: F401
+        import pipeline.stages.candidate  # noqa: F401
 
         info["pipeline_import"] = "ok"
     except Exception as e:  # noqa: BLE001
