@@ -141,7 +141,7 @@ def test_a_run_planned_in_chunks_of_one_row_judges_and_resumes_as_one_planned_wh
 
     tables = {}
     for chunk_rows in (1, 10_000):
-        monkeypatch.setattr(pipeline.plan, "CHUNK_ROWS", chunk_rows)
+        monkeypatch.setattr(pipeline.plan.build, "CHUNK_ROWS", chunk_rows)
         folder = tmp_path / f"chunks-{chunk_rows}"
         run_job(load_job(job_with(folder, ROWS, num_candidates=2, keep=1)), backend="in-process")
         more = run_job(load_job(job_with(folder, ROWS, num_candidates=3, keep=2)), backend="in-process")
