@@ -25,20 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, machine, table  # noqa: E402
-
-PROMPTS = ["a ceramic mug on a wooden table", "running shoes, studio light", "a leather handbag, autumn",
-           "a desk lamp, minimalist", "a bottle of olive oil, kitchen", "a wristwatch on marble"]
+from bench.common import PROMPTS, add_generation_args, emit, machine, table  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="embedded:tiny-sd")
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--height", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--guidance", type=float, default=5.0)
-    ap.add_argument("--batch-size", type=int, default=4)
+    add_generation_args(ap)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--json", help="where to write the JSON (default: out/bench/…)")

@@ -69,3 +69,19 @@ def emit(result: dict, name: str, json_path: str | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
+
+
+# The prompts every bench cycles through, and the generation settings they share: one place,
+# so the bare loop, the pipeline and the batch-invariance check make the same images.
+PROMPTS = ["a ceramic mug on a wooden table", "running shoes, studio light", "a leather handbag, autumn",
+           "a desk lamp, minimalist", "a bottle of olive oil, kitchen", "a wristwatch on marble"]
+
+
+def add_generation_args(ap) -> None:
+    """The model and generation settings of a bench (defaults: the embedded tiny model on CPU)."""
+    ap.add_argument("--model", default="embedded:tiny-sd")
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--height", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--batch-size", type=int, default=4)

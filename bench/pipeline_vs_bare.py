@@ -30,10 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, machine, peak_rss_mb, table  # noqa: E402
-
-PROMPTS = ["a ceramic mug on a wooden table", "running shoes, studio light", "a leather handbag, autumn",
-           "a desk lamp, minimalist", "a bottle of olive oil, kitchen", "a wristwatch on marble"]
+from bench.common import PROMPTS, add_generation_args, emit, machine, peak_rss_mb, table  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
@@ -42,12 +39,7 @@ def parse() -> argparse.Namespace:
                     help="3 rounds of 40 images: a run for 2 CPU cores (about 6 minutes)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="pipeline runs, each between two bare runs; the ratio is their median")
-    ap.add_argument("--model", default="embedded:tiny-sd")
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--height", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--guidance", type=float, default=5.0)
-    ap.add_argument("--batch-size", type=int, default=4)
+    add_generation_args(ap)
     ap.add_argument("--images", type=int, default=96, help="candidates to generate (one per row)")
     ap.add_argument("--moderation", default="embedded:tiny-nsfw",
                     help="image moderation model; embedded:tiny-clip-head shares the CLIP embedding")
