@@ -30,7 +30,7 @@ def test_seed_rules(tmp_path):
 
 def test_derived_seeds_are_stable_values():
     """Pinned values: a change here would silently change every derived image (and needs a
-    bump of plan.ITEM_RECIPE). item-v3: the canonical encoding of pipeline/identity.py."""
+    bump of plan.ITEM_RECIPE). item-v3: the canonical encoding of pipeline/plan/identity.py."""
     assert derive_seed("job", 0, "row-1", 0) == 3992559075785808204
 
 

@@ -1,4 +1,4 @@
-"""C2PA signing and read-back with the real c2pa library (pipeline/provenance.py)."""
+"""C2PA signing and read-back with the real c2pa library (pipeline/provenance/signing.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Encode, atomic write, hash and safe paths (pipeline/write.py)."""
+"""Encode, atomic write, hash and safe paths (pipeline/storage/write.py)."""
 
 from __future__ import annotations
 

@@ -136,7 +136,7 @@ def read_parquet(uri: str, what: str) -> pa.Table:
         read = []
         for part in _parts(where):
             if uris.split(part)[0] == uris.LOCAL:
-                read.append(tables.read(part))  # by path: Arrow's own file (see pipeline/tables.py)
+                read.append(tables.read(part))  # by path: Arrow's own file (see pipeline/storage/tables.py)
             else:
                 # Through fsspec, like every other input: one client, one configuration (pyarrow's
                 # own S3 client does not read every standard AWS variable).
