@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     expected: tuple[type[BaseException], ...] = (ConfigError, ManifestError, JobError, StorageError)
     try:
-        from pipeline.provenance.signing import SignerError
+        from pipeline.provenance.keys import SignerError
 
         expected += (SignerError,)
     except ImportError:

@@ -1,4 +1,4 @@
-"""C2PA signing and read-back with the real c2pa library (pipeline/provenance/signing.py)."""
+"""C2PA signing and read-back with the real c2pa library (pipeline/provenance/)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
 
-from pipeline.provenance.signing import (
-    UNTRUSTED,
-    Claim,
-    Signer,
-    SignerError,
-    make_demo_credentials,
-    verify_bytes,
-)
+from pipeline.provenance.claim import Claim
+from pipeline.provenance.demo_ca import make_demo_credentials
+from pipeline.provenance.keys import SignerError
+from pipeline.provenance.signer import Signer
+from pipeline.provenance.verify import UNTRUSTED, verify_bytes
 from pipeline.spec.config import SignerSection
 from pipeline.storage.write import encode_image
 

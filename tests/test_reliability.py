@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.plan.build import derive_seed
-from pipeline.provenance.signing import SignerError, make_demo_credentials
+from pipeline.provenance.demo_ca import make_demo_credentials
+from pipeline.provenance.keys import SignerError
 from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_INCOMPLETE, EXIT_OK, JobError, run_job
 from pipeline.spec.config import load_job

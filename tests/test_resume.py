@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.provenance.signing import SignerError, make_demo_credentials
+from pipeline.provenance.demo_ca import make_demo_credentials
+from pipeline.provenance.keys import SignerError
 from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_OK, JobError, run_job
 from pipeline.run.results import RESULTS

@@ -10,7 +10,7 @@ import mimetypes
 import posixpath
 from pathlib import Path
 
-from pipeline.provenance.signing import DEMO_SIGNER
+from pipeline.provenance.demo_ca import DEMO_SIGNER
 from pipeline.run.results import RESULTS, RUNS, ShardStore, read_results
 from pipeline.spec import schema
 from pipeline.storage.store import Output, as_output
@@ -53,7 +53,7 @@ def read_anchors(out: Output, trust_anchors: str | None) -> bytes | None:
 
 def verify_output(output: Output | Path | str, trust_anchors: str | None = None) -> tuple[list[str], int]:
     """(problems, images checked). No problems means every promise of the table holds."""
-    from pipeline.provenance.signing import verify_bytes
+    from pipeline.provenance.verify import verify_bytes
     from pipeline.storage.write import sha256_hex
 
     out = as_output(output)

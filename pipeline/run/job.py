@@ -232,7 +232,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
     `decisions`: a reviewer's decisions file (CSV, JSON, Parquet) to apply; they are kept in
     the output, so every later run applies them too.
     """
-    from pipeline.provenance.signing import Signer
+    from pipeline.provenance.signer import Signer
 
     reporter = reporter or Reporter()
 

@@ -47,7 +47,7 @@ class WriteStage:
     is an `error` row and nothing is written."""
 
     def __init__(self, cfg: JobConfig, output_dir: str, run_id: str | None = None):
-        from pipeline.provenance.signing import Signer
+        from pipeline.provenance.signer import Signer
         from pipeline.storage.store import Output
 
         self.cfg, self.run_id = cfg, run_id
@@ -120,7 +120,7 @@ class WriteStage:
     def _write(self, r: dict, pixels: bytes) -> bool:
         """True when the signed file is in place and verifies; else the row says why."""
         from pipeline.plan.build import image_path
-        from pipeline.provenance.signing import Claim
+        from pipeline.provenance.claim import Claim
         from pipeline.storage.write import encode_image, sha256_hex
 
         o = self.cfg.output

@@ -1,0 +1,92 @@
+"""The claim: what an image's C2PA manifest says about it, as the manifest definition c2pa's
+Builder takes.
+
+The signer's own statements (actions, training-and-mining, the generation assertion) are
+*created* assertions; the product photo or earlier image a staged image was edited from is a
+gathered `parentOf` ingredient. The prompt appears only as its hash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.spec.schema import MODES
+
+SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+GENERATION_LABEL = "com.asset-pipeline.generation"
+# C2PA 2.x moved training-and-mining to the CAWG assertion; c2pa-rs validates it cleanly.
+TRAINING_MINING_LABEL = "cawg.training-mining"
+TRAINING_MINING_USES = (
+    "cawg.ai_training", "cawg.ai_generative_training", "cawg.data_mining", "cawg.ai_inference",
+)
+PARENT_ID = "parent"  # the parent ingredient's label, which the c2pa.opened action refers to
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the manifest says about one image. The prompt appears only as its hash."""
+
+    title: str
+    model: str
+    model_revision: str | None
+    seed: int
+    steps: int
+    guidance_scale: float
+    prompt_sha256: str
+    mode: str  # t2i | img2img | inpaint
+    item_id: str
+    software_agent: str  # "asset-pipeline 0.1.0"
+    parent: bytes | None = field(default=None, repr=False)  # the product photo (staging)
+    parent_mime: str | None = None
+    parent_title: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if (self.mode == "t2i") != (self.parent is None):
+            raise ValueError(f"mode {self.mode!r}: a parent image is needed for img2img/inpaint "
+                             "and not allowed for t2i")
+        if self.parent is not None and not self.parent_mime:
+            raise ValueError("parent_mime is required with a parent image")
+
+    def generation(self) -> dict[str, Any]:
+        keys = ("model", "model_revision", "seed", "steps", "guidance_scale", "prompt_sha256",
+                "mode", "item_id")
+        # seed_str: a JavaScript reader's numbers are doubles, exact only to 2**53; seeds are 63 bits.
+        return {**{k: getattr(self, k) for k in keys}, "seed_str": str(self.seed)}
+
+
+def build_manifest(claim: Claim) -> dict[str, Any]:
+    """The manifest definition c2pa's Builder takes for `claim`."""
+    name, _, version = claim.software_agent.rpartition(" ")
+    agent = {"name": name, "version": version} if name else {"name": claim.software_agent}
+    if claim.parent is None:
+        actions = [{"action": "c2pa.created", "softwareAgent": agent,
+                    "digitalSourceType": SOURCE_TYPE + "trainedAlgorithmicMedia"}]
+    else:  # staging: the product photo is opened, then edited by the model
+        actions = [{"action": "c2pa.opened", "softwareAgent": agent,
+                    "parameters": {"ingredientIds": [PARENT_ID]}},
+                   {"action": "c2pa.edited", "softwareAgent": agent,
+                    "description": f"{claim.mode} with {claim.model}",
+                    "digitalSourceType": SOURCE_TYPE + "compositeWithTrainedAlgorithmicMedia"}]
+    not_allowed = {use: {"use": "notAllowed"} for use in TRAINING_MINING_USES}
+    # "created": the signer itself makes these statements (C2PA 2.x created_assertions), so a
+    # validator holds the signer accountable for them; without it c2pa-rs files everything but
+    # the hash as gathered (information passed on from elsewhere). Ingredients stay gathered.
+    return {
+        "claim_generator_info": [agent],
+        "title": claim.title,
+        "assertions": [
+            {"label": "c2pa.actions.v2", "data": {"actions": actions}, "created": True},
+            {"label": TRAINING_MINING_LABEL, "data": {"entries": not_allowed}, "created": True},
+            {"label": GENERATION_LABEL, "data": claim.generation(), "created": True},
+        ],
+    }
+
+
+def parent_ingredient(claim: Claim) -> dict[str, Any] | None:
+    """The ingredient definition of `claim`'s parent image (`parentOf`), or None for t2i."""
+    if claim.parent is None:
+        return None
+    return {"title": claim.parent_title or "parent", "relationship": "parentOf", "label": PARENT_ID}
