@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.provenance.demo_ca import DEMO_SIGNER, make_demo_credentials
-from pipeline.provenance.verify import verify_bytes
+from pipeline.provenance.readback import verify_bytes
 from pipeline.run.job import EXIT_OK, run_job
 from pipeline.run.results import RESULTS
 from pipeline.spec.config import load_job

@@ -16,8 +16,8 @@ from PIL import Image
 from pipeline.provenance.claim import Claim
 from pipeline.provenance.demo_ca import make_demo_credentials
 from pipeline.provenance.keys import SignerError
+from pipeline.provenance.readback import UNTRUSTED, verify_bytes
 from pipeline.provenance.signer import Signer
-from pipeline.provenance.verify import UNTRUSTED, verify_bytes
 from pipeline.spec.config import SignerSection
 from pipeline.storage.write import encode_image
 

@@ -53,7 +53,7 @@ def read_anchors(out: Output, trust_anchors: str | None) -> bytes | None:
 
 def verify_output(output: Output | Path | str, trust_anchors: str | None = None) -> tuple[list[str], int]:
     """(problems, images checked). No problems means every promise of the table holds."""
-    from pipeline.provenance.verify import verify_bytes
+    from pipeline.provenance.readback import verify_bytes
     from pipeline.storage.write import sha256_hex
 
     out = as_output(output)
