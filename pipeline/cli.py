@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace):
-    from pipeline.spec.config import load_job
+    from pipeline.spec.load import load_job
 
     overrides = {("job", "manifest"): args.manifest, ("job", "styles"): args.styles}
     if getattr(args, "output", None) and args.command == "run":
@@ -231,8 +231,8 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "verify"
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from pipeline.run.job import EXIT_INCOMPLETE, EXIT_INVALID, JobError
+    from pipeline.spec.checks import ManifestError
     from pipeline.spec.config import ConfigError
-    from pipeline.spec.manifest import ManifestError
     from pipeline.storage.lock import LockLost
     from pipeline.storage.uris import StorageError
 

@@ -11,7 +11,7 @@ from pipeline.plan.build import derive_seed
 from pipeline.provenance.signing import SignerError, make_demo_credentials
 from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_INCOMPLETE, EXIT_OK, JobError, run_job
-from pipeline.spec.config import load_job
+from pipeline.spec.load import load_job
 from tests.helpers import write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a mug", "a shoe", "a lamp"]}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.spec.config import CHOICES
+from pipeline.spec.limits import CHOICES
 from pipeline.spec.schema import MODES
 
 if TYPE_CHECKING:
