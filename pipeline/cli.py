@@ -89,7 +89,7 @@ def _warn(warnings: tuple[str, ...]) -> None:
 
 def _long_prompts(plan, model: str) -> list[tuple[int, str, int, int]]:
     """(row, id, tokens, limit) of each row whose prompt runs past the text encoder's window."""
-    from pipeline.spec.tokens import over_limit
+    from pipeline.spec.tokens import over_limit, truncated
 
     first = plan.filter(plan["candidate"].to_numpy() == 0)
     found = over_limit(first["prompt"].to_pylist(), model)
@@ -97,7 +97,7 @@ def _long_prompts(plan, model: str) -> list[tuple[int, str, int, int]]:
         return []
     counts, limit = found
     return [(r, i, n, limit) for r, i, n in zip(first["row"].to_pylist(), first["id"].to_pylist(), counts,
-                                                strict=True) if n > limit]
+                                                strict=True) if truncated(n, limit)]
 
 
 def _warn_long_prompts(long_rows: list[tuple[int, str, int, int]]) -> None:
