@@ -61,7 +61,6 @@ def load_job(path: str | os.PathLike, overrides: dict[tuple[str, str], Any] | No
     return cfg
 
 
-
 def parse_job(data: dict[str, Any], *, base: Path, source: str) -> JobConfig:
     """The job spec of a parsed job file, or ConfigError naming every unknown section and key and
     every value of the wrong type."""
