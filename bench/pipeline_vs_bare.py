@@ -169,7 +169,7 @@ def pipeline(args, folder: Path) -> dict:
     import pyarrow.parquet as pq
 
     from pipeline.run.job import run_job
-    from pipeline.spec.config import load_job
+    from pipeline.spec.load import load_job
 
     pl.DataFrame(candidates(args.images)).write_parquet(folder / "manifest.parquet")
     (folder / "job.toml").write_text(f"""

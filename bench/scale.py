@@ -42,7 +42,7 @@ def write_inputs(folder: Path, rows: int, candidates: int, extra: str = "") -> P
 
 def child_plan(job: str) -> dict:
     from pipeline.plan.build import build_plan
-    from pipeline.spec.config import load_job
+    from pipeline.spec.load import load_job
     from pipeline.spec.manifest import load_inputs
 
     cfg = load_job(job)
@@ -100,7 +100,7 @@ def child_driver(job: str) -> dict:
     from pipeline.plan.work import rows_per_group, write_work
     from pipeline.run import results
     from pipeline.run.job import _pending, _work
-    from pipeline.spec.config import load_job
+    from pipeline.spec.load import load_job
     from pipeline.spec.manifest import load_inputs
 
     cfg = load_job(job)
@@ -136,7 +136,7 @@ def child_run(job: str) -> dict:
     import pyarrow.parquet as pq
 
     from pipeline.run.job import run_job
-    from pipeline.spec.config import load_job
+    from pipeline.spec.load import load_job
 
     report = run_job(load_job(job), backend="ray")
     res = pq.read_table(report.output_dir / "results.parquet", columns=["finished_at"])

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace):
-    from pipeline.spec.config import load_job
+    from pipeline.spec.load import load_job
 
     overrides = {("job", "manifest"): args.manifest, ("job", "styles"): args.styles}
     if getattr(args, "output", None) and args.command == "run":
@@ -89,7 +89,7 @@ def _warn(warnings: tuple[str, ...]) -> None:
 
 def _long_prompts(plan, model: str) -> list[tuple[int, str, int, int]]:
     """(row, id, tokens, limit) of each row whose prompt runs past the text encoder's window."""
-    from pipeline.spec.tokens import over_limit
+    from pipeline.spec.tokens import over_limit, truncated
 
     first = plan.filter(plan["candidate"].to_numpy() == 0)
     found = over_limit(first["prompt"].to_pylist(), model)
@@ -97,7 +97,7 @@ def _long_prompts(plan, model: str) -> list[tuple[int, str, int, int]]:
         return []
     counts, limit = found
     return [(r, i, n, limit) for r, i, n in zip(first["row"].to_pylist(), first["id"].to_pylist(), counts,
-                                                strict=True) if n > limit]
+                                                strict=True) if truncated(n, limit)]
 
 
 def _warn_long_prompts(long_rows: list[tuple[int, str, int, int]]) -> None:
@@ -231,8 +231,8 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "verify"
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from pipeline.run.job import EXIT_INCOMPLETE, EXIT_INVALID, JobError
+    from pipeline.spec.checks import ManifestError
     from pipeline.spec.config import ConfigError
-    from pipeline.spec.manifest import ManifestError
     from pipeline.storage.lock import LockLost
     from pipeline.storage.uris import StorageError
 

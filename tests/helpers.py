@@ -7,7 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.spec.config import JobConfig, load_job
+from pipeline.spec.config import JobConfig
+from pipeline.spec.load import load_job
 
 STYLES = {
     "style": ["studio", "brand"],

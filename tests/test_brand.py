@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.run.job import run_job
-from pipeline.spec.config import load_job
+from pipeline.spec.load import load_job
 from tests.helpers import write_job
 
 ROWS = {"id": ["s1", "s2", "s3", "b1", "b2", "n1"], "prompt": ["a mug", "a shoe", "a lamp", "a cup", "a hat", "a pen"],

@@ -5,7 +5,8 @@ import tomllib
 
 import pytest
 
-from pipeline.spec.config import ConfigError, load_job
+from pipeline.spec.config import ConfigError
+from pipeline.spec.load import load_job
 
 
 def write(tmp_path, text):
@@ -219,7 +220,7 @@ def test_signing_algorithms_are_the_ones_c2pa_signs_with():
     """[signer].algorithm is checked when the job is validated, against the list c2pa-python has."""
     import c2pa
 
-    from pipeline.spec.config import CHOICES
+    from pipeline.spec.limits import CHOICES
 
     assert sorted(CHOICES["algorithm"]) == sorted(a.name.lower() for a in c2pa.C2paSigningAlg)
 

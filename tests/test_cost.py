@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.review.cost import estimate, format_estimate
 from pipeline.run.job import EXIT_OK, run_job
-from pipeline.spec.config import ConfigError, load_job
+from pipeline.spec.config import ConfigError
+from pipeline.spec.load import load_job
 from tests.helpers import write_job
 from tests.test_cli import cli
 

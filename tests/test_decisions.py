@@ -19,8 +19,8 @@ from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_OK, run_job
 from pipeline.run.results import RESULTS
 from pipeline.spec import schema
-from pipeline.spec.config import load_job
-from pipeline.spec.manifest import ManifestError
+from pipeline.spec.checks import ManifestError
+from pipeline.spec.load import load_job
 from pipeline.stages.generate import prepare_inputs
 from pipeline.storage import tables
 from tests.helpers import save_cutout, write_job

@@ -81,9 +81,9 @@ def _keys() -> list[tuple[str, str, str]]:
     """(section, key, type) of every key the job spec has."""
     from dataclasses import fields
 
-    from pipeline.spec.config import _SECTION_TYPES
+    from pipeline.spec.config import SECTION_TYPES
 
-    return [(name, f.name, str(f.type).replace(" | None", "")) for name, cls in _SECTION_TYPES.items()
+    return [(name, f.name, str(f.type).replace(" | None", "")) for name, cls in SECTION_TYPES.items()
             for f in fields(cls)]
 
 

@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from pipeline.cli import _parser
-from pipeline.spec.config import _value_problems, parse_job
+from pipeline.spec.job_checks import value_problems
+from pipeline.spec.load import parse_job
 from pipeline.storage import uris
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +188,7 @@ def test_shared_volume_variant_writes_a_mounted_volume():
 def test_production_job_spec_fits_both_variants():
     path = ROOT / "jobs" / "production.toml"
     cfg = parse_job(tomllib.loads(path.read_text()), base=path.parent, source=str(path))
-    assert next(_value_problems(cfg), None) is None
+    assert next(value_problems(cfg), None) is None
     job = cfg.job
     assert cfg.cluster.address == "auto" and cfg.models.device == "cuda"
     # Object storage: the job file names the catalogue on the bucket, and confines inputs to it.

@@ -23,7 +23,7 @@ from pipeline.provenance.demo_ca import DEMO_SIGNER, make_demo_credentials
 from pipeline.provenance.readback import verify_bytes
 from pipeline.run.job import EXIT_OK, run_job
 from pipeline.run.results import RESULTS
-from pipeline.spec.config import load_job
+from pipeline.spec.load import load_job
 from tests.helpers import save_cutout, write_job
 
 INTEROP = Path(__file__).resolve().parent / "interop"

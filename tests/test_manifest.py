@@ -5,7 +5,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.spec.manifest import ManifestError, load_inputs
+from pipeline.spec.checks import ManifestError
+from pipeline.spec.manifest import load_inputs
 from tests.helpers import job, write_job
 
 GOOD = {"id": ["a", "b"], "prompt": ["a red mug", "a blue bottle"], "style": ["studio", "brand"]}
@@ -426,7 +427,7 @@ def test_manifest_and_styles_must_be_regular_files(tmp_path, fifo, flag, value, 
 
 
 def test_inputs_over_the_size_limit_are_refused_before_they_are_read(tmp_path, monkeypatch):
-    from pipeline.spec.config import LIMITS, Limit
+    from pipeline.spec.limits import LIMITS, Limit
 
     big = _png(tmp_path, "big.png", (64, 64))
     monkeypatch.setitem(LIMITS, "image_bytes", Limit(0, 100))
@@ -443,7 +444,7 @@ def test_manifest_read_from_a_store_closes_what_it_opens(tmp_path, monkeypatch):
     import fsspec
     import pyarrow.parquet as pq
 
-    from pipeline.spec.manifest import read_parquet
+    from pipeline.spec.parquet import read_parquet
 
     fs = fsspec.filesystem("memory")
     with fs.open("/hostile/m.parquet", "wb") as f:

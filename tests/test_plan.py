@@ -207,7 +207,7 @@ def test_rows_that_cannot_denoise_are_all_named_whichever_chunk_they_are_in(tmp_
     import pytest
 
     from pipeline.plan.build import check_plan
-    from pipeline.spec.manifest import ManifestError
+    from pipeline.spec.checks import ManifestError
 
     rows = {"id": [f"r{i}" for i in range(5)], "prompt": ["a"] * 5, "product_image": ["bottle.png"] * 5,
             "strength": [0.9, 0.1, 0.9, 0.1, 0.1]}

@@ -12,7 +12,7 @@ from pipeline.provenance.demo_ca import make_demo_credentials
 from pipeline.provenance.keys import SignerError
 from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_INCOMPLETE, EXIT_OK, JobError, run_job
-from pipeline.spec.config import load_job
+from pipeline.spec.load import load_job
 from tests.helpers import write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a mug", "a shoe", "a lamp"]}

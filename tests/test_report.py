@@ -21,7 +21,7 @@ from pipeline.cli import main
 from pipeline.review.report import PAGE_ROWS, REPORT, render
 from pipeline.run.job import EXIT_OK, run_job
 from pipeline.spec import schema
-from pipeline.spec.config import load_job
+from pipeline.spec.load import load_job
 from tests.helpers import save_cutout, write_job
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ from pipeline.provenance.keys import SignerError
 from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_OK, JobError, run_job
 from pipeline.run.results import RESULTS
-from pipeline.spec.config import load_job
-from pipeline.spec.manifest import ManifestError
+from pipeline.spec.checks import ManifestError
+from pipeline.spec.load import load_job
 from tests.helpers import write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a mug", "a shoe", "a lamp"]}

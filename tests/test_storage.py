@@ -13,8 +13,9 @@ from PIL import Image
 from pipeline.plan.build import build_plan
 from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_OK, run_job
-from pipeline.spec.config import load_job
-from pipeline.spec.manifest import ManifestError, load_inputs
+from pipeline.spec.checks import ManifestError
+from pipeline.spec.load import load_job
+from pipeline.spec.manifest import load_inputs
 from pipeline.storage import tables
 
 FAST = "[generate]\nsteps = 2\nwidth = 64\nheight = 64\nbatch_size = 4\n"

@@ -60,7 +60,7 @@ def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
 
 
 def test_reads_stop_at_the_limit(tmp_path, monkeypatch):
-    from pipeline.spec.config import LIMITS, Limit
+    from pipeline.spec.limits import LIMITS, Limit
 
     (tmp_path / "f").write_bytes(b"x" * 100)
     monkeypatch.setitem(LIMITS, "image_bytes", Limit(0, 100))

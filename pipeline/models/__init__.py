@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.models import embedded
-from pipeline.spec.config import EMBEDDED_PREFIX
-
-_DTYPES = ("float32", "float16", "bfloat16")
+from pipeline.spec.limits import DTYPES
+from pipeline.spec.paths import EMBEDDED_PREFIX
 
 
 class ModelLoadError(RuntimeError):
@@ -73,8 +72,8 @@ def resolve_dtype(spec: str, device: str):
 
     if spec == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
-    if spec not in _DTYPES:
-        raise ValueError(f"unknown dtype {spec!r} (known: auto, {', '.join(_DTYPES)})")
+    if spec not in DTYPES:
+        raise ValueError(f"unknown dtype {spec!r} (known: auto, {', '.join(DTYPES)})")
     return getattr(torch, spec)
 
 

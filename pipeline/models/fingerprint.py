@@ -15,7 +15,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from pipeline.spec.config import EMBEDDED_PREFIX
+from pipeline.spec.paths import EMBEDDED_PREFIX
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".gguf", ".onnx")
 CONFIG_MAX_BYTES = 1 << 20

@@ -30,10 +30,13 @@ from pipeline.plan.identity import derive_seed as derive_seed  # the one seed fu
 from pipeline.plan.identity import encoded, hex_ids, keys, literal, seeds
 from pipeline.review.decisions import Decisions
 from pipeline.spec import schema
+from pipeline.spec.checks import MAX_REPORTED, ManifestError, Problem
 from pipeline.spec.config import JobConfig
-from pipeline.spec.manifest import MAX_REPORTED, Inputs, ManifestError, Problem, uri_column
+from pipeline.spec.fallbacks import fallback, with_styles
+from pipeline.spec.inputs import uri_column
+from pipeline.spec.limits import FORMATS, denoises
+from pipeline.spec.manifest import Inputs
 
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 # Bump when what an item id hashes changes, so folders of older releases rerun cleanly.
 # v3: the canonical typed encoding of identity.py (v2 hashed polars' string formatting).
 ITEM_RECIPE = "item-v3"
@@ -46,31 +49,29 @@ ITEM_KEY_COLUMNS = ("id", "candidate", "prompt", "negative_prompt", "style", "se
 
 def image_path(item_id: str, fmt: str) -> str:
     """Where a candidate's image goes, relative to the output folder: from its item id only."""
-    return f"images/{item_id[:2]}/{item_id}.{EXTENSIONS[fmt]}"
+    return f"images/{item_id[:2]}/{item_id}.{FORMATS[fmt].extension}"
 
 
 def _image_path_expr(item_id: pl.Expr, fmt: str) -> pl.Expr:
     """`image_path` over a column (a Python call per candidate cost about 1 s per 2M)."""
     return pl.concat_str([pl.lit("images/"), item_id.str.slice(0, 2), pl.lit("/"), item_id,
-                          pl.lit(f".{EXTENSIONS[fmt]}")])
+                          pl.lit(f".{FORMATS[fmt].extension}")])
 
 
 def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
     """Per manifest row: values after the row → style → job fallbacks, resolved URIs, mode."""
     g, job = cfg.generate, cfg.job
     c, lit = pl.col, pl.lit
-    styles = inputs.styles.drop("__row").rename(
-        {k: f"s_{k}" for k in inputs.styles.columns if k != "style" and not k.startswith("__")})
-    df = inputs.manifest.join(styles, on="style", how="left", maintain_order="left").with_columns(
+    df = with_styles(inputs.manifest, inputs.styles).with_columns(
         _templated(c("s_prompt_template"), c("prompt")).alias("__prompt"),
-        c("negative_prompt").fill_null(c("s_negative_prompt")).fill_null("").alias("__negative"),
-        c("s_steps").fill_null(g.steps).alias("__steps"),
-        c("s_guidance_scale").fill_null(g.guidance_scale).cast(pl.Float64).alias("__guidance"),
-        c("width").fill_null(c("s_width")).fill_null(g.width).alias("__width"),
-        c("height").fill_null(c("s_height")).fill_null(g.height).alias("__height"),
-        c("num_candidates").fill_null(c("s_num_candidates")).fill_null(job.num_candidates).alias("__n"),
-        c("keep").fill_null(c("s_keep")).fill_null(job.keep).alias("__keep"),
-        c("s_clip_threshold").fill_null(cfg.filter.clip_threshold).cast(pl.Float64).alias("__clip"),
+        fallback("negative_prompt", "").alias("__negative"),
+        fallback("steps", g.steps).alias("__steps"),
+        fallback("guidance_scale", g.guidance_scale).cast(pl.Float64).alias("__guidance"),
+        fallback("width", g.width).alias("__width"),
+        fallback("height", g.height).alias("__height"),
+        fallback("num_candidates", job.num_candidates).alias("__n"),
+        fallback("keep", job.keep).alias("__keep"),
+        fallback("clip_threshold", cfg.filter.clip_threshold).cast(pl.Float64).alias("__clip"),
         c(uri_column("product_image")).alias("__product"),
         c(uri_column("mask")).alias("__mask"),
         c(uri_column("reference_image")).alias("__reference"),
@@ -86,10 +87,9 @@ def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
         pl.when(c("init_image").is_null()).then(lit("t2i"))
         .when(c("mask").is_not_null()).then(lit("inpaint")).otherwise(lit("img2img")).alias("mode")
     ).with_columns(
-        # row → style → the mode's default: staging repaints the whole background.
-        c("strength").fill_null(c("s_strength"))
-        .fill_null(pl.when(c("mode") == "inpaint").then(lit(g.inpaint_strength)).otherwise(lit(g.strength)))
-        .cast(pl.Float64).alias("__strength"))
+        # the job's default depends on the mode: staging repaints the whole background.
+        fallback("strength", pl.when(c("mode") == "inpaint").then(lit(g.inpaint_strength))
+                 .otherwise(lit(g.strength))).cast(pl.Float64).alias("__strength"))
 
 
 def _templated(template: pl.Expr, prompt: pl.Expr) -> pl.Expr:
@@ -126,7 +126,7 @@ def _denoising_problems(rows: pl.DataFrame, inputs: Inputs) -> tuple[list[Proble
     """Image-to-image and inpainting run int(steps × strength) denoising steps: a row with none
     would fail every candidate at generation, so it is refused before the run, by row and value."""
     c = pl.col
-    bad = rows.filter((c("mode") != "t2i") & ((c("__steps") * c("__strength")).floor() < 1))
+    bad = rows.filter((c("mode") != "t2i") & ~denoises(c("__steps"), c("__strength")))
     first = bad.select("__row", "id", "__strength", "__steps").head(MAX_REPORTED).iter_rows()
     return [Problem(inputs.manifest_uri, f"strength {s:g} × steps {n} gives no denoising step "
                     "(raise the strength or the steps)", row=int(r), id=i, column="strength")

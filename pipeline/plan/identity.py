@@ -32,7 +32,8 @@ import struct
 import polars as pl
 import pyarrow as pa
 
-SEED_MASK = 2**63 - 1
+from pipeline.spec.limits import SEED_MAX
+
 _NAN_BITS = 0x7FF8000000000000
 
 
@@ -72,7 +73,7 @@ def digest(key: bytes, size: int) -> bytes:
 
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from typed parts, the same in every process, release and library version."""
-    return int.from_bytes(digest(encode(*parts), 8), "big") & SEED_MASK
+    return int.from_bytes(digest(encode(*parts), 8), "big") & SEED_MAX
 
 
 def _fields(tag: str, payload: pl.Expr) -> pl.Expr:
@@ -179,4 +180,4 @@ def hex_ids(keys_: pl.Series, size: int = 16, distinct: bool = False) -> pl.Seri
 
 def seeds(keys_: pl.Series) -> pl.Series:
     """`derive_seed` of each key: 63 bits of its hash."""
-    return pl.Series([int.from_bytes(d, "big") & SEED_MASK for d in digests(keys_, 8)], dtype=pl.Int64)
+    return pl.Series([int.from_bytes(d, "big") & SEED_MAX for d in digests(keys_, 8)], dtype=pl.Int64)

@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 
 from pipeline.judge.select import passed
 from pipeline.spec import schema
-from pipeline.spec.manifest import MAX_REPORTED, ManifestError, Problem, refusal
+from pipeline.spec.checks import MAX_REPORTED, ManifestError, Problem, refusal
+from pipeline.spec.limits import denoises
 from pipeline.storage import tables, uris
 from pipeline.storage.store import Output
 
@@ -88,7 +89,7 @@ def _strength(value) -> float | None:
     gives none (null, blank); ValueError unless it is a number the job spec's own rule for a
     strength admits (LIMITS["strength"]): NaN, infinities, 0 and anything past 1 are refused,
     whichever format the file is."""
-    from pipeline.spec.config import LIMITS
+    from pipeline.spec.limits import LIMITS
 
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -126,7 +127,8 @@ def parse(records: list[dict], uri: str) -> tuple[list[dict], list[Problem]]:
             try:
                 d["strength"] = _strength(rec.get("strength"))
             except ValueError:
-                from pipeline.spec.config import LIMITS, show
+                from pipeline.spec.limits import LIMITS
+                from pipeline.spec.suggest import show
 
                 given = show(str(rec.get("strength")).strip())
                 problems.append(Problem(uri, f"strength {given} is not a number {LIMITS['strength']}", row=i,
@@ -277,7 +279,7 @@ def _problem(d: dict, result: dict | None, uri: str, refine_strength: float) -> 
             return Problem(uri, f"no image to refine (status {status or 'pending'}"
                                 + (f", {reason}" if reason else "") + ")", column="decision", **where)
         strength = d["strength"] if d["strength"] is not None else refine_strength
-        if math.floor(result["steps"] * strength) < 1:
+        if not denoises(result["steps"], strength):
             given = "" if d["strength"] is not None else " ([generate].refine_strength)"
             return Problem(uri, f"strength {strength:g}{given} × steps {result['steps']} gives no denoising "
                                 f"step (give a strength of at least {1 / result['steps']:g})", column="strength",

@@ -31,8 +31,9 @@ from pipeline.review import decisions as review
 from pipeline.run import results
 from pipeline.run.progress import Reporter
 from pipeline.spec import schema
+from pipeline.spec.checks import ManifestError, Problem
 from pipeline.spec.config import JobConfig
-from pipeline.spec.manifest import Inputs, ManifestError, Problem, load_inputs
+from pipeline.spec.manifest import Inputs, load_inputs
 from pipeline.storage.lock import LockLost, OutputLocked, acquire, holder_name
 from pipeline.storage.scratch import Scratch
 from pipeline.storage.store import Output

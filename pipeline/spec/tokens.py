@@ -1,8 +1,9 @@
 """Prompt length against the text encoder's window, without loading torch.
 
 Used by `validate` to warn before a run; the generation stage records `truncated` per
-candidate whatever happens here. Only the model's own `tokenizer/tokenizer.json` is used (the
-Rust `tokenizers` library loads it in milliseconds); without one, no warning is possible.
+candidate by the same rule (`truncated`) whatever happens here. Only the model's own
+`tokenizer/tokenizer.json` is used (the Rust `tokenizers` library loads it in milliseconds);
+without one, no warning is possible.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.spec.config import EMBEDDED_PREFIX
+from pipeline.spec.paths import EMBEDDED_PREFIX
+
+
+def truncated(tokens: int, window: int) -> bool:
+    """Whether a prompt of `tokens` tokens (its special tokens counted) is cut by a text encoder
+    that reads `window`: the rule `validate` warns by and the generate stage records."""
+    return tokens > window
 
 
 def _tokenizer_folder(model: str) -> Path | None:
@@ -41,7 +48,7 @@ def over_limit(prompts: list[str], model: str) -> tuple[list[int], int] | None:
     if not 0 < limit <= 100_000:  # "no limit" sentinel in some configs
         return None
     counts = [0] * len(prompts)
-    long_ones = [i for i, p in enumerate(prompts) if len(p.encode("utf-8")) + 2 > limit]
+    long_ones = [i for i, p in enumerate(prompts) if truncated(len(p.encode("utf-8")) + 2, limit)]
     if long_ones:
         from tokenizers import Tokenizer
 

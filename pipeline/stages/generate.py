@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline import faults
 from pipeline.spec.schema import GENERATE_ERROR
+from pipeline.spec.tokens import truncated
 from pipeline.storage.uris import load_image
 
 GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale")
@@ -146,7 +147,7 @@ class Generator:
         if tok is None:
             return [False] * len(prompts)
         ids = tok(prompts, truncation=False)["input_ids"]
-        return [len(x) > tok.model_max_length for x in ids]
+        return [truncated(len(x), tok.model_max_length) for x in ids]
 
     def _use_lora(self, path: str | None, scale: float | None) -> None:
         """The style's LoRA on (loaded on first use), or every LoRA off. The three pipelines

@@ -11,7 +11,7 @@ once, so what validation checks is exactly what the actors read:
 bucket prefix). `fingerprint` names the content, not the place, for item ids.
 
 Every input is read through `open_input`: only a regular file or an object, no larger than its
-limit in the one table of limits (`pipeline.spec.config.LIMITS`), and never more than that limit is
+limit in the one table of limits (`pipeline.spec.limits.LIMITS`), and never more than that limit is
 read, so a wrong path (/dev/zero, /dev/null, a named pipe, a folder) is refused by name instead
 of filling memory or hanging. `load_image` is the one way an input image's pixels are read.
 """
@@ -25,7 +25,7 @@ import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from pipeline.spec.config import LIMITS
+from pipeline.spec.limits import LIMITS
 
 LOCAL = "file"
 CHUNK = 1 << 20

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+from pipeline.spec.limits import FORMATS
+
 TEMP_PREFIX = ".tmp-"
 
 
@@ -38,8 +39,8 @@ def encode_image(
 
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected HxWx3 uint8 RGB pixels, got {pixels.dtype} {pixels.shape}")
-    if fmt not in MIME_TYPES:
-        raise ValueError(f"unknown image format {fmt!r} (known: {', '.join(MIME_TYPES)})")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown image format {fmt!r} (known: {', '.join(FORMATS)})")
     image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
     buffer = io.BytesIO()
     if fmt == "png":
@@ -50,7 +51,7 @@ def encode_image(
         image.save(buffer, "WEBP", lossless=True)
     else:
         image.save(buffer, "WEBP", quality=webp_quality)
-    return buffer.getvalue(), MIME_TYPES[fmt]
+    return buffer.getvalue(), FORMATS[fmt].mime
 
 
 def atomic_write(path: Path, data: bytes, before_replace=None) -> None:

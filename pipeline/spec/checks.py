@@ -1,0 +1,116 @@
+"""Problems in the user's tables and how vectorised checks find them.
+
+A `Problem` names the file, the row, the id, the column and the value; a `ManifestError` holds
+every problem found (the first `MAX_REPORTED`, and their count), never only the first. A `Check`
+is one rule over a polars frame: a million bad rows cost one filter, and only the reported
+rows' values are read. (The error types move to `pipeline/errors.py` with the error family.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from pipeline.spec.limits import LIMITS
+from pipeline.spec.suggest import show
+from pipeline.storage import uris
+
+MAX_REPORTED = 50
+
+
+class ManifestError(ValueError):
+    """The input cannot run. Holds every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem], total: int | None = None):
+        self.problems = problems
+        self.total = total if total is not None else len(problems)
+        lines = [str(p) for p in problems[:MAX_REPORTED]]
+        if self.total > len(lines):
+            lines.append(f"... and {self.total - len(lines)} more problem(s)")
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    message: str
+    row: int | None = None  # 0-based row number
+    id: str | None = None
+    column: str | None = None
+
+    def __str__(self) -> str:
+        where = [self.file]
+        if self.row is not None:
+            where.append(f"row {self.row}" + (f" (id {show(self.id)})" if self.id is not None else ""))
+        if self.column:
+            where.append(f"column {self.column!r}")
+        return ": ".join([", ".join(where), self.message])
+
+
+def refusal(e: Exception, uri: str, what: str, kind: str) -> str:
+    """Why an input cannot be read, in the same words for every input (a manifest or styles
+    table, a product photo, a mask, a reference image, a LoRA): missing, refused (not a regular
+    file or object, over its size limit, a scheme no storage answers to), not what it should be,
+    or out of reach (credentials, network)."""
+    if isinstance(e, FileNotFoundError):
+        return f"{what} not found: {uri}"
+    if isinstance(e, uris.Refused | uris.StorageError):
+        return f"{what} cannot be read: {e}"
+    if isinstance(e, OSError | ValueError | SyntaxError):  # decoders: PIL, Arrow (ArrowInvalid is a ValueError)
+        return f"not a readable {kind}: {uri} ({type(e).__name__}: {_short(e)})"
+    return f"{what} cannot be read: {uri} ({type(e).__name__}: {_short(e)})"
+
+
+def _short(e: Exception, limit: int = 160) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Check:
+    """One vectorised rule: the rows where `bad` holds break it. `message` says how: a rule
+    ('steps must be 1..1000') to which ', got <value>' is added, or a callable over the value
+    for wording of its own. `value` is what the message quotes (default: the column)."""
+
+    bad: pl.Expr
+    column: str
+    message: str | Callable[[Any], str]
+    value: pl.Expr | None = None
+
+    def explain(self, value: Any) -> str:
+        if callable(self.message):
+            return self.message(value)
+        return self.message if value is None else f"{self.message}, got {show(value)}"
+
+
+def collect(df: pl.DataFrame, checks: list[Check], uri: str, id_col: str = "id") -> tuple[list[Problem], int]:
+    """Every check over the frame: (first problems, total count)."""
+    found: list[Problem] = []
+    total = 0
+    for check in checks:
+        first, n = row_problems(df, check, uri, id_col)
+        found += first
+        total += n
+    return found, total
+
+
+def row_problems(df: pl.DataFrame, check: Check, uri: str, id_col: str = "id") -> tuple[list[Problem], int]:
+    """Problems for the rows that break `check`; returns (first few, total count). Only the
+    reported rows' values are read, so a million bad rows cost one filter."""
+    hit = df.filter(check.bad)
+    first = hit.head(MAX_REPORTED).select(
+        "__row",
+        (pl.col(id_col) if id_col in hit.columns else pl.lit(None)).alias("__id"),
+        (pl.col(check.column) if check.value is None else check.value).alias("__value"))
+    return [Problem(uri, check.explain(v), row=int(r), id=i, column=check.column)
+            for r, i, v in first.iter_rows()], len(hit)
+
+
+def limit_checks(*pairs: tuple[str, str]) -> list[Check]:
+    """(column, LIMITS key) → a check each (the job spec's table: one rule for both); a null
+    falls back to the style or the job."""
+    return [Check(pl.col(column).is_not_null() & ~LIMITS[limit].holds(pl.col(column)), column,
+                  f"{column} must be {LIMITS[limit]}") for column, limit in pairs]

@@ -1,0 +1,82 @@
+"""Input files named in the user's tables (product photos, masks, reference images, LoRAs):
+each value resolved to a URI once, confined to the job's allowed schemes and roots, and each
+distinct file read once (bounded, as every input) for its content fingerprint and, for an
+image, a decode check and whether it has transparency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from pipeline.spec.checks import MAX_REPORTED, Problem, refusal
+from pipeline.spec.config import JobConfig
+from pipeline.storage import uris
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """An input file as checked once: what its content is, and whether it has transparency."""
+
+    fingerprint: str
+    has_alpha: bool = False
+
+
+def uri_column(column: str) -> str:
+    """The column holding `column`'s values resolved (`pipeline.storage.uris.resolve`)."""
+    return f"__uri_{column}"
+
+
+def inspect_image(uri: str) -> InputFile:
+    """Read an input image once (bounded, as every input: `pipeline.storage.uris`): its content
+    fingerprint, and a decode check."""
+    import io
+
+    from PIL import Image
+
+    if uris.split(uri)[0] == uris.LOCAL:
+        data = uris.read_bytes(uri, uris.IMAGE)
+        fingerprint, source = uris.content_digest(data), io.BytesIO(data)
+    else:  # the store's own fingerprint (its listing: one object, within the limit); the header
+        # is read to check it is an image, with no second listing
+        fs, key = uris.filesystem(uri)
+        fingerprint, source = uris.fingerprint(uri, uris.IMAGE), fs.open(key, "rb")
+    with source, Image.open(source) as im:
+        alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+        im.verify()
+    return InputFile(fingerprint, alpha)
+
+
+def inspect_file(uri: str) -> InputFile:
+    return InputFile(uris.fingerprint(uri, uris.WEIGHTS))
+
+
+def check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, inspect, file: str,
+                  id_col: str, files: dict[str, InputFile]) -> tuple[pl.DataFrame, list[Problem], int]:
+    """Resolve `column`'s values into `uri_column(column)`, then check each distinct file once
+    (allowed scheme and roots, present, readable) and record it in `files`. Returns the frame,
+    the first problems (one per row using a bad file) and their count."""
+    why: dict[str, str] = {}
+    resolved: dict[str, str] = {}
+    for value in df[column].drop_nulls().unique().to_list():
+        try:
+            resolved[value] = uris.resolve(value, base)
+        except ValueError as e:
+            why[value] = str(e)
+    refused: dict[str, str] = {}  # resolved URI → why (two values may name one file)
+    for uri in set(resolved.values()) - set(files):
+        if (outside := uris.problem(uri, cfg.job.allowed_input_roots, cfg.job.allowed_input_schemes)):
+            refused[uri] = outside
+            continue
+        try:
+            files[uri] = inspect(uri)
+        except Exception as e:  # noqa: BLE001 — credentials, network, a missing fsspec backend: name it
+            refused[uri] = refusal(e, uri, "file", "image" if inspect is inspect_image else "file")
+    why.update((value, refused[uri]) for value, uri in resolved.items() if uri in refused)
+    df = df.with_columns(pl.col(column).replace_strict(resolved, default=None, return_dtype=pl.String)
+                         .alias(uri_column(column)))
+    bad = df.filter(pl.col(column).is_in(list(why))).select("__row", id_col, column)
+    found = [Problem(file, why[v], row=int(r), id=i, column=column)
+             for r, i, v in bad.head(MAX_REPORTED).iter_rows()]
+    return df, found, len(bad)
