@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.storage import uris
-from pipeline.storage.write import TEMP_PREFIX, atomic_write, fsync_dir, safe_join
+from pipeline.storage.layout import TEMP_PREFIX
+from pipeline.storage.write import atomic_write, fsync_dir, safe_join
 
 
 def _relative(rel: str) -> str:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.storage.layout import TEMP_PREFIX
+
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-TEMP_PREFIX = ".tmp-"
 
 
 def encode_image(
