@@ -13,9 +13,9 @@ from PIL import Image
 from pipeline.provenance.signing import SignerError, make_demo_credentials
 from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_OK, JobError, run_job
-from pipeline.run.results import RESULTS
 from pipeline.spec.config import load_job
 from pipeline.spec.manifest import ManifestError
+from pipeline.storage.layout import RESULTS
 from tests.helpers import write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a mug", "a shoe", "a lamp"]}

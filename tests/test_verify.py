@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.review.verify import verify_output
-from pipeline.run.results import RESULTS
+from pipeline.storage.layout import RESULTS
 from tests.test_cli import cli
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.spec.config import CHOICES
 from pipeline.spec.schema import MODES
+from pipeline.storage.layout import DEMO_FILES, DEMO_SIGNER, TEMP_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,7 +72,7 @@ def make_demo_credentials(folder: Path) -> DemoCredentials:
     creds = DemoCredentials(folder / "ca.pem", folder / "chain.pem", folder / "signer.key")
     if not creds.private_key.exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=".tmp-demo-signer-", dir=folder.parent))
+        temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}demo-signer-", dir=folder.parent))
         try:
             _write_demo_files(temp)
             os.rename(temp, folder)  # fails if another worker's folder is already there
@@ -86,10 +87,6 @@ def make_demo_credentials(folder: Path) -> DemoCredentials:
         raise SignerError(f"{folder}: incomplete demo credentials (missing {', '.join(missing)}); "
                           "delete the folder to make new ones")
     return creds
-
-
-DEMO_SIGNER = "_demo_signer"
-DEMO_FILES = ("ca.pem", "chain.pem", "signer.key")
 
 
 def demo_credentials(output: Any, *, make: bool = True) -> tuple[bytes, bytes, bytes, str]:

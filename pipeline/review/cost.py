@@ -23,7 +23,8 @@ def _configured(cfg: JobConfig) -> dict[tuple, float]:
 
 def _measured(cfg: JobConfig) -> dict[tuple, float]:
     """Seconds per image per step, per (model, width, height), from the output's earlier results."""
-    from pipeline.run.results import RESULTS, read_results
+    from pipeline.storage.layout import RESULTS
+    from pipeline.storage.records import read_results
     from pipeline.storage.store import as_output
 
     out = as_output(cfg.job.output)

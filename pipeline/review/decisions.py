@@ -27,9 +27,9 @@ from pipeline.judge.select import passed
 from pipeline.spec import schema
 from pipeline.spec.manifest import MAX_REPORTED, ManifestError, Problem, refusal
 from pipeline.storage import tables, uris
+from pipeline.storage.layout import DECISIONS, RESULTS
 from pipeline.storage.store import Output
 
-DECISIONS = "_decisions"
 COLUMNS = ("item_id", "decision", "note", "prompt", "strength")
 # What the output keeps of each decision: the file's columns, the manifest row it is about,
 # when it was applied, and whether it asked for a new round of candidates (a reject that left
@@ -233,7 +233,7 @@ def check(decisions: list[dict], uri: str, out: Output, latest: pa.Table, refine
           problems: list[Problem] | None = None) -> pa.Table:
     """The `decisions` that change something against the `latest` recorded (STORED_SCHEMA), or
     ManifestError naming every bad row (with the `problems` found before)."""
-    from pipeline.run.results import RESULTS, read_results
+    from pipeline.storage.records import read_results
 
     problems = list(problems or [])
     if not decisions and not problems:
