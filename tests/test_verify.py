@@ -60,7 +60,7 @@ def test_a_demo_run_whose_demo_ca_is_gone_is_an_error(output):
 
 
 def test_run_records_are_read_one_way_the_latest_by_start_and_a_torn_one_skipped(output):
-    """verify, report and the lock's message read `_runs/` through one reader: the latest run
+    """verify and report read `_runs/` through one reader (storage/records): the latest run
     by its start time counts, and a record that is not JSON (torn by hand) is skipped, not fatal."""
     from pipeline.storage.records import latest_run, run_records
 
