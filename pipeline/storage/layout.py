@@ -11,7 +11,7 @@ in an output takes its names from here and spells none itself:
     _work/                        a local run's driver files (plan, pending work), removed at its end
     results.parquet, summary.json, report.html, report_assets/
     _demo_signer/                 the throwaway CA and signer of demo mode
-    .lock                         the lock of the run that holds the output (object storage; flock locally)
+    .lock                         the lock of the one run that holds the output (flocked locally)
     .tmp-*                        what a local write in progress (or a killed one) leaves
 
 Pure names: no I/O and no heavy imports, so any module of any folder may import it.
