@@ -205,7 +205,7 @@ write_actors = {args.write_actors}
     t0 = time.time()
     report = run_job(cfg, backend=args.backend)
     wall = time.time() - t0
-    res = pq.read_table(report.output_dir / "results.parquet").to_pylist()
+    res = pq.read_table(report.results).to_pylist()
     done = sorted(r["finished_at"].timestamp() for r in res if r["finished_at"])
     b = min(args.batch_size, len(done) - 1)
     steady = (len(done) - b) / (done[-1] - done[b - 1]) if len(done) > b else float("nan")

@@ -98,10 +98,12 @@ def child_driver(job: str) -> dict:
     from bench.common import reset_peak_rss, rss_mb
     from pipeline.plan.build import write_plan
     from pipeline.plan.work import rows_per_group, write_work
-    from pipeline.run import results
+    from pipeline.run.compact import write_results
     from pipeline.run.job import _pending, _work
+    from pipeline.run.shards import ShardStore
     from pipeline.spec.load import load_job
     from pipeline.spec.manifest import load_inputs
+    from pipeline.storage.layout import WORK
 
     cfg = load_job(job)
     out = Path(cfg.job.output)
@@ -110,20 +112,20 @@ def child_driver(job: str) -> dict:
     gc.collect()
     t1, manifest_mb = time.perf_counter(), rss_mb()
     reset_peak_rss()
-    plan = write_plan(inputs, cfg, out / "_work" / "plan.parquet")
-    committed = results.ShardStore(out).committed()
+    plan = write_plan(inputs, cfg, out / WORK / "plan.parquet")
+    committed = ShardStore(out).committed()
     to_go, rows_to_go = _pending(plan, committed)
-    groups = write_work(_work(plan, committed), out / "_work" / "pending.arrow",
+    groups = write_work(_work(plan, committed), out / WORK / "pending.arrow",
                         rows_per_group(rows_to_go, to_go, cfg.generate.batch_size))
     t2, prepare_peak = time.perf_counter(), rss_mb("VmHWM")
-    store = results.ShardStore(out)
+    store = ShardStore(out)
     for chunk in plan.chunks(["item_id", "id", "scheduler", "truncated"]):
         store.write(synthetic_outcomes(chunk))
     gc.collect()
     t3 = time.perf_counter()
     reset_peak_rss()
     base = rss_mb()
-    summary = results.write_results(plan.chunks(), results.ShardStore(out).committed(), out)
+    summary = write_results(plan.chunks(), ShardStore(out).committed(), out)
     t4, compact_peak = time.perf_counter(), rss_mb("VmHWM")
     assert summary["planned"] == plan.num_rows == to_go and summary["rejected"] == plan.num_rows
     return {"candidates": plan.num_rows, "units": groups, "validate_s": t1 - t0, "manifest_rss_mb": manifest_mb,
@@ -139,7 +141,7 @@ def child_run(job: str) -> dict:
     from pipeline.spec.load import load_job
 
     report = run_job(load_job(job), backend="ray")
-    res = pq.read_table(report.output_dir / "results.parquet", columns=["finished_at"])
+    res = pq.read_table(report.results, columns=["finished_at"])
     done = sorted(t.timestamp() for t in res["finished_at"].to_pylist())
     skip = min(16, len(done) // 4)  # the first unit of work: actor start and warm-up
     return {"candidates": len(done), "steady_s_per_image": (done[-1] - done[skip]) / (len(done) - 1 - skip),

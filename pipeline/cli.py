@@ -205,7 +205,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     import json
 
     from pipeline.run.job import EXIT_INVALID, EXIT_OK
-    from pipeline.run.results import RESULTS, read_results, summarize
+    from pipeline.run.summary import summarize
+    from pipeline.storage.layout import RESULTS
+    from pipeline.storage.records import read_results
     from pipeline.storage.store import Output
 
     out = Output(args.output)

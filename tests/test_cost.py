@@ -152,3 +152,40 @@ def test_bad_cost_values_are_refused_naming_the_key(tmp_path, extra, key):
     with pytest.raises(ConfigError, match=None) as e:
         load_job(write_job(tmp_path, ROWS, extra=extra))
     assert key in str(e.value)
+
+
+def test_an_estimate_reads_only_the_columns_it_sums_of_results_on_object_storage(tmp_path, s3, monkeypatch):
+    """Measured throughput comes from five columns of `results.parquet`: on object storage only
+    their byte ranges are fetched, not a results table of every passthrough column."""
+    import numpy as np
+    import pyarrow as pa
+    import s3fs
+
+    from pipeline.plan.build import build_plan
+    from pipeline.spec.manifest import load_inputs
+    from pipeline.storage import tables
+
+    job = write_job(tmp_path, ROWS, extra=f"[cost]\ngpu_hour_usd = {PRICE}\n", output=f"s3://{s3.bucket}/out")
+    cfg = load_job(job)
+    plan = build_plan(load_inputs(cfg), cfg)
+    ran = plan.select(["model", "width", "height", "steps"])
+    results = ran.append_column("gpu_s", pa.array([0.25 * s for s in ran["steps"].to_pylist()]))
+    # a wide passthrough column, as a catalogue's descriptions or embeddings would be
+    results = results.append_column("blob", pa.array([np.random.default_rng(i).bytes(3_000_000)
+                                                      for i in range(results.num_rows)]))
+    data = tables.to_bytes(results)
+    s3.fs().pipe(f"{s3.bucket}/out/results.parquet", data)
+
+    fetched: list[int] = []
+    call_s3 = s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):
+        response = await call_s3(self, method, *args, **kwargs)
+        if method == "get_object":
+            fetched.append(response["ContentLength"])
+        return response
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+    total = estimate(plan, cfg)[-1]
+    assert total["gpu_s"] == pytest.approx(0.25 * sum(plan["steps"].to_pylist()))  # measured: 0.25 s a step
+    assert fetched and sum(fetched) < len(data) / 4, (sum(fetched), len(data))

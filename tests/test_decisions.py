@@ -14,15 +14,14 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.review.decisions import DECISIONS
 from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_OK, run_job
-from pipeline.run.results import RESULTS
 from pipeline.spec import schema
 from pipeline.spec.checks import ManifestError
 from pipeline.spec.load import load_job
 from pipeline.stages.generate import prepare_inputs
 from pipeline.storage import tables
+from pipeline.storage.layout import DECISIONS, RESULTS
 from tests.helpers import save_cutout, write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a red mug", "a blue shoe", "a desk lamp"], "sku": ["A1", "B2", "C3"]}

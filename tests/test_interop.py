@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.provenance.demo_ca import DEMO_SIGNER, make_demo_credentials
+from pipeline.provenance.demo_ca import make_demo_credentials
 from pipeline.provenance.readback import verify_bytes
 from pipeline.run.job import EXIT_OK, run_job
-from pipeline.run.results import RESULTS
 from pipeline.spec.load import load_job
+from pipeline.storage.layout import DEMO_SIGNER, RESULTS
 from tests.helpers import save_cutout, write_job
 
 INTEROP = Path(__file__).resolve().parent / "interop"

@@ -33,7 +33,8 @@ def run(job: Path, out: Path | str, faults: str | None = None, *args: str,
 
 def assert_complete(where: Path | str, candidates: int, retried: tuple[str, ...] = ()) -> None:
     """Every candidate once in the results; in the shards, once, or twice for `retried` errors."""
-    from pipeline.run.results import ShardStore, read_results
+    from pipeline.run.shards import ShardStore
+    from pipeline.storage.records import read_results
     from pipeline.storage.store import Output
 
     out = Output(str(where))
@@ -93,7 +94,7 @@ def test_driver_killed_while_applying_decisions_then_a_plain_rerun_finishes_them
     assert child["status"] == "written"
     assert len(table) == len({r["item_id"] for r in table}) == 13  # 12 candidates and the refinement
     assert all(r["status"] in ("written", "rejected") for r in table)
-    from pipeline.run.results import ShardStore
+    from pipeline.run.shards import ShardStore
 
     committed = ShardStore(out).read(["id", "item_id"]).to_pylist()
     assert sum(r["id"] == "r4" for r in committed) == 2  # a row no decision touched: committed once each

@@ -53,7 +53,7 @@ def test_templates_fallbacks_and_passthrough(tmp_path):
 
 
 def test_planned_paths_are_the_writers_paths(tmp_path):
-    from pipeline.plan.build import image_path
+    from pipeline.storage.layout import image_path
 
     for fmt in ("png", "jpeg", "webp"):
         plan = plan_of(tmp_path / fmt, {"id": ["a", "b"], "prompt": ["x", "y"]}, num_candidates=2, keep=1,

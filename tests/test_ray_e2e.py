@@ -122,7 +122,7 @@ def test_a_job_submitted_through_the_jobs_api_to_two_nodes_writes_to_s3(tmp_path
     output on local disk."""
     import io
 
-    from pipeline.run.results import read_results
+    from pipeline.storage.records import read_results
     from pipeline.storage.store import Output
 
     ray = str(Path(sys.executable).parent / "ray")

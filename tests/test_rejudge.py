@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 
 from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_OK, run_job
-from pipeline.run.results import RESULTS
 from pipeline.spec.load import load_job
+from pipeline.storage.layout import RESULTS
 from tests.helpers import write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a red mug", "a blue shoe", "a desk lamp"]}

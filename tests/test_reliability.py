@@ -265,7 +265,7 @@ def test_an_exception_in_a_stage_costs_only_its_unit(tmp_path, monkeypatch):
 
 
 def test_what_was_ready_is_committed_when_the_driver_is_interrupted(tmp_path, monkeypatch):
-    from pipeline.run.results import ShardStore
+    from pipeline.run.shards import ShardStore
 
     cfg = make_job(tmp_path).replace("generate", batch_size=1).replace("output", shard_rows=1000)
     monkeypatch.setenv("ASSET_PIPELINE_FAULTS", "driver.interrupt_after_units=2")

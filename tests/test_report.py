@@ -18,10 +18,11 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.review.report import PAGE_ROWS, REPORT, render
+from pipeline.review.report import PAGE_ROWS, render
 from pipeline.run.job import EXIT_OK, run_job
 from pipeline.spec import schema
 from pipeline.spec.load import load_job
+from pipeline.storage.layout import REPORT
 from tests.helpers import save_cutout, write_job
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,8 +3,8 @@ outcome committed so far, so it must cost the chunk's length, not the run's, and
 
 import pyarrow as pa
 
-import pipeline.run.results as results
-from pipeline.run.results import ItemIndex
+import pipeline.run.shards as shards
+from pipeline.run.shards import ItemIndex
 
 
 def test_lookup_finds_each_id_and_nulls_the_absent():
@@ -18,6 +18,6 @@ def test_lookup_finds_each_id_and_nulls_the_absent():
 
 def test_ids_whose_hashes_collide_are_still_told_apart(monkeypatch):
     # Every id gets the same 64-bit hash: only the full comparison can tell them apart.
-    monkeypatch.setattr(results, "_hash", lambda ids: __import__("numpy").zeros(len(ids), "uint64"))
+    monkeypatch.setattr(shards, "_hash", lambda ids: __import__("numpy").zeros(len(ids), "uint64"))
     index = ItemIndex(pa.array(["a", "b", "c"]))
     assert index.lookup(pa.array(["c", "x", "a", "b"])).to_pylist() == [2, None, 0, 1]

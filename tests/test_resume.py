@@ -14,9 +14,9 @@ from pipeline.provenance.demo_ca import make_demo_credentials
 from pipeline.provenance.keys import SignerError
 from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_OK, JobError, run_job
-from pipeline.run.results import RESULTS
 from pipeline.spec.checks import ManifestError
 from pipeline.spec.load import load_job
+from pipeline.storage.layout import RESULTS
 from tests.helpers import write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a mug", "a shoe", "a lamp"]}

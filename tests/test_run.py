@@ -10,9 +10,9 @@ from PIL import Image
 
 from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_OK, run_job
-from pipeline.run.results import SHARDS
 from pipeline.spec import schema
 from pipeline.spec.load import load_job
+from pipeline.storage.layout import SHARDS
 from tests.helpers import save_cutout, write_job
 
 ROWS = {

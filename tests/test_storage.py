@@ -111,7 +111,7 @@ def test_a_style_lora_on_s3_is_fetched_to_a_local_cache_and_applied(tmp_path, s3
 
 
 def test_output_on_s3_writes_verifies_and_resumes_with_nothing_on_local_disk(tmp_path, s3, monkeypatch):
-    from pipeline.run.results import RESULTS, SHARDS, SUMMARY
+    from pipeline.storage.layout import RESULTS, SHARDS, SUMMARY
     from pipeline.storage.store import Output
 
     monkeypatch.chdir(tmp_path)
@@ -275,7 +275,8 @@ def pause_run_past_its_lease_while_another_takes_over(tmp_path, s3, *args: str) 
     import sys
     import time
 
-    from pipeline.run.results import RESULTS, SHARDS, SUMMARY, read_results
+    from pipeline.storage.layout import RESULTS, SHARDS, SUMMARY
+    from pipeline.storage.records import read_results
     from pipeline.storage.store import Output
     from tests.helpers import write_job
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.review.verify import verify_output
-from pipeline.run.results import RESULTS
+from pipeline.storage.layout import RESULTS
 from tests.test_cli import cli
 
 
@@ -56,4 +56,23 @@ def test_configured_trust_anchors_that_are_gone_are_an_error_naming_them(output,
 def test_a_demo_run_whose_demo_ca_is_gone_is_an_error(output):
     run_record(output, mode="demo")
     problems, _ = verify_output(output)
+    assert len(problems) == 1 and "_demo_signer/ca.pem" in problems[0] and "not found" in problems[0]
+
+
+def test_run_records_are_read_one_way_the_latest_by_start_and_a_torn_one_skipped(output):
+    """verify and report read `_runs/` through one reader (storage/records): the latest run
+    by its start time counts, and a record that is not JSON (torn by hand) is skipped, not fatal."""
+    from pipeline.storage.records import latest_run, run_records
+
+    runs = output / "_runs"
+    runs.mkdir()
+    for name, day, mode in (("r2", "02", "demo"), ("r1", "01", "files")):
+        record = {"run_id": name, "started_at": f"2026-01-{day}T00:00:00+00:00",
+                  "config": {"signer": {"mode": mode, "trust_anchors": None}}}
+        (runs / f"{name}.json").write_text(json.dumps(record))
+    (runs / "r3.json").write_text('{"run_id": "r3", "started_at": "2026-01-0')  # a torn record
+    (runs / "r0.json").write_text(json.dumps({"started_at": "2025-12-31T00:00:00+00:00"}))  # no run id: its name
+    assert [r.run_id for r in run_records(output)] == ["r0", "r1", "r2"]
+    assert latest_run(output).run_id == "r2" and latest_run(output, other_than="r2").run_id == "r1"
+    problems, _ = verify_output(output)  # the latest run was a demo run: its CA is looked for
     assert len(problems) == 1 and "_demo_signer/ca.pem" in problems[0] and "not found" in problems[0]

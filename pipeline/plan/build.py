@@ -34,8 +34,9 @@ from pipeline.spec.checks import MAX_REPORTED, ManifestError, Problem
 from pipeline.spec.config import JobConfig
 from pipeline.spec.fallbacks import fallback, with_styles
 from pipeline.spec.inputs import uri_column
-from pipeline.spec.limits import FORMATS, denoises
+from pipeline.spec.limits import denoises
 from pipeline.spec.manifest import Inputs
+from pipeline.storage.layout import image_path_expr
 
 # Bump when what an item id hashes changes, so folders of older releases rerun cleanly.
 # v3: the canonical typed encoding of identity.py (v2 hashed polars' string formatting).
@@ -45,17 +46,6 @@ ITEM_RECIPE = "item-v3"
 ITEM_KEY_COLUMNS = ("id", "candidate", "prompt", "negative_prompt", "style", "seed", "__model_fp",
                     "model_revision", "scheduler", "mode", "steps", "guidance_scale", "strength",
                     "width", "height", "__init_fp", "__mask_fp", "__lora_fp", "lora_scale", "format", "parent")
-
-
-def image_path(item_id: str, fmt: str) -> str:
-    """Where a candidate's image goes, relative to the output folder: from its item id only."""
-    return f"images/{item_id[:2]}/{item_id}.{FORMATS[fmt].extension}"
-
-
-def _image_path_expr(item_id: pl.Expr, fmt: str) -> pl.Expr:
-    """`image_path` over a column (a Python call per candidate cost about 1 s per 2M)."""
-    return pl.concat_str([pl.lit("images/"), item_id.str.slice(0, 2), pl.lit("/"), item_id,
-                          pl.lit(f".{FORMATS[fmt].extension}")])
 
 
 def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
@@ -243,7 +233,7 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str, decisions: Decisio
         # not regenerate
         hex_ids(keys(df, literal(rules_key(cfg.filter)), "keep", "clip_threshold", "decision"), 8,
                 distinct=True).alias("judge_key"),
-        _image_path_expr(c("item_id"), cfg.output.format).alias("path"))
+        image_path_expr(c("item_id"), cfg.output.format).alias("path"))
     plan = df.select([f.name for f in schema.PLAN_FIELDS]).to_arrow().cast(schema.PLAN_SCHEMA)
     if inputs.passthrough:
         # Each candidate's manifest row's passthrough values, exact Arrow types kept.

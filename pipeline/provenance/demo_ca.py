@@ -16,10 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.provenance.keys import SignerError
-from pipeline.storage.write import TEMP_PREFIX
-
-DEMO_SIGNER = "_demo_signer"
-DEMO_FILES = ("ca.pem", "chain.pem", "signer.key")  # CA certificate, signer's chain, signer's key
+from pipeline.storage.layout import DEMO_FILES, DEMO_SIGNER, TEMP_PREFIX
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from collections import Counter, defaultdict
 
-from pipeline.run.results import FUNNEL, NO_STYLE
+from pipeline.run.summary import FUNNEL, NO_STYLE
 from pipeline.spec import schema
 
 COLOURS = {"written": "#2e7d32", "rejected": "#c77700", "error": "#c62828", "pending": "#777"}

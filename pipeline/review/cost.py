@@ -23,16 +23,17 @@ def _configured(cfg: JobConfig) -> dict[tuple, float]:
 
 def _measured(cfg: JobConfig) -> dict[tuple, float]:
     """Seconds per image per step, per (model, width, height), from the output's earlier results."""
-    from pipeline.run.results import RESULTS, read_results
+    from pipeline.storage.layout import RESULTS
+    from pipeline.storage.records import read_results
     from pipeline.storage.store import as_output
 
     out = as_output(cfg.job.output)
     if not out.exists(RESULTS):
         return {}
-    table = read_results(out)
+    table = read_results(out, [*KEY, "steps", "gpu_s"])  # these columns only, by ranges on object storage
     if "gpu_s" not in table.column_names:  # results of a release before costs
         return {}
-    ran = pl.from_arrow(table.select([*KEY, "steps", "gpu_s"])).filter(pl.col("gpu_s").is_not_null())
+    ran = pl.from_arrow(table).filter(pl.col("gpu_s").is_not_null())
     rates = ran.group_by(KEY).agg((pl.col("gpu_s") / pl.col("steps")).mean().alias("rate"))
     return {(r["model"], r["width"], r["height"]): r["rate"] for r in rates.iter_rows(named=True)}
 

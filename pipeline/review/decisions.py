@@ -28,9 +28,10 @@ from pipeline.spec import schema
 from pipeline.spec.checks import MAX_REPORTED, ManifestError, Problem, refusal
 from pipeline.spec.limits import denoises
 from pipeline.storage import tables, uris
+from pipeline.storage.layout import DECISIONS, RESULTS, is_part, part_name
+from pipeline.storage.records import read_parquet, read_results
 from pipeline.storage.store import Output
 
-DECISIONS = "_decisions"
 COLUMNS = ("item_id", "decision", "note", "prompt", "strength")
 # What the output keeps of each decision: the file's columns, the manifest row it is about,
 # when it was applied, and whether it asked for a new round of candidates (a reject that left
@@ -146,7 +147,7 @@ def parse(records: list[dict], uri: str) -> tuple[list[dict], list[Problem]]:
 
 def _parts(out: Output) -> list[str]:
     """The recorded parts, in the order they were recorded (their names sort so)."""
-    return sorted(p for p in out.files(DECISIONS) if posixpath.basename(p).startswith("part-"))
+    return sorted(p for p in out.files(DECISIONS) if is_part(p))
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def load(out: Output) -> Decisions:
     paths = _parts(out)
     if not paths:
         return Decisions.none()
-    return Decisions(pa.concat_tables([tables.read(out.get(p)).cast(STORED_SCHEMA) for p in paths]))
+    return Decisions(pa.concat_tables([read_parquet(out, p).cast(STORED_SCHEMA) for p in paths]))
 
 
 def read(uri: str, out: Output, latest: pa.Table, refine_strength: float) -> pa.Table:
@@ -235,8 +236,6 @@ def check(decisions: list[dict], uri: str, out: Output, latest: pa.Table, refine
           problems: list[Problem] | None = None) -> pa.Table:
     """The `decisions` that change something against the `latest` recorded (STORED_SCHEMA), or
     ManifestError naming every bad row (with the `problems` found before)."""
-    from pipeline.run.results import RESULTS, read_results
-
     problems = list(problems or [])
     if not decisions and not problems:
         return STORED_SCHEMA.empty_table()
@@ -327,7 +326,7 @@ def _ask_new_rounds(changed: list[dict], results: pa.Table, current: dict[str, d
 def record(out: Output, changed: pa.Table) -> None:
     """Keep the changed decisions in the output: the next runs apply them too."""
     if changed.num_rows:
-        name = f"part-{len(_parts(out)):06d}-{uuid.uuid4().hex[:8]}.parquet"
+        name = part_name(len(_parts(out)), uuid.uuid4().hex[:8])
         out.put(f"{DECISIONS}/{name}", tables.to_bytes(changed))
 
 

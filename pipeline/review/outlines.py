@@ -12,9 +12,8 @@ import io
 import pyarrow as pa
 
 from pipeline.plan.identity import digest, encode
+from pipeline.storage.layout import ASSETS
 from pipeline.storage.store import Output
-
-ASSETS = "report_assets"
 
 
 def outline_png(init_image: str, mask: str, width: int, height: int) -> bytes:

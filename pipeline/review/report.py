@@ -23,11 +23,12 @@ import pyarrow as pa
 
 from pipeline.review.charts import brand_svg, funnel_svg, reasons_list, style_svg
 from pipeline.review.outlines import make_outlines
-from pipeline.run.results import NO_STYLE, RUNS, SUMMARY, read_results
+from pipeline.run.summary import NO_STYLE
 from pipeline.spec import schema
+from pipeline.storage.layout import REPORT, SUMMARY
+from pipeline.storage.records import read_results, run_records
 from pipeline.storage.store import Output, as_output
 
-REPORT = "report.html"
 PAGE_ROWS = 24  # row groups per page of the contact sheet
 
 # Per-candidate columns the page shows (short keys keep the data island small at 10k rows).
@@ -118,22 +119,12 @@ def render(results: pa.Table, summary: dict, runs: dict[str, dict] | None = None
     return template
 
 
-def read_runs(out: Output) -> dict[str, dict]:
-    runs = {}
-    for rel in sorted(out.files(RUNS)):
-        if rel.endswith(".json"):
-            try:
-                record = json.loads(out.get(rel))
-            except (OSError, ValueError):
-                continue
-            runs[record.get("run_id") or Path(rel).stem] = record
-    return runs
 
 
 def write_report(output: Output | Path | str, results: pa.Table | None = None) -> tuple[str, list[str]]:
     """Write `report.html` (and its outlines) into the output; returns where, and any problems.
     The figures are the results' funnel, with what `summary.json` adds (brand consistency)."""
-    from pipeline.run.results import summarize
+    from pipeline.run.summary import summarize
 
     out = as_output(output)
     results = results if results is not None else read_results(out)
@@ -142,7 +133,8 @@ def write_report(output: Output | Path | str, results: pa.Table | None = None) -
         with contextlib.suppress(ValueError):  # an unreadable summary.json: the results' own funnel
             summary = {**summary, **{k: v for k, v in json.loads(out.get(SUMMARY)).items() if k not in summary}}
     outlines, problems = make_outlines(results, out)
-    page = render(results, summary, read_runs(out), outlines, title=f"{summary.get('job') or ''} · {out.uri}")
+    runs = {r.run_id: r.record for r in run_records(out)}
+    page = render(results, summary, runs, outlines, title=f"{summary.get('job') or ''} · {out.uri}")
     out.put(REPORT, page.encode("utf-8"))
     return out.where(REPORT), problems
 

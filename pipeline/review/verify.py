@@ -5,27 +5,18 @@ listed files that are gone, are problems too.
 
 from __future__ import annotations
 
-import json
 import mimetypes
-import posixpath
 from pathlib import Path
 
-from pipeline.provenance.demo_ca import DEMO_SIGNER
-from pipeline.run.results import RESULTS, RUNS, ShardStore, read_results
+from pipeline.run.shards import ShardStore
 from pipeline.spec import schema
+from pipeline.storage.layout import DEMO_CA, RESULTS
+from pipeline.storage.records import latest_run, read_results
 from pipeline.storage.store import Output, as_output
-
-DEMO_CA = f"{DEMO_SIGNER}/ca.pem"
 
 
 class MissingAnchors(ValueError):
     """A trust-anchor file that was asked for is gone: verifying without it would check less than asked."""
-
-
-def _latest_run(out: Output) -> tuple[dict, str] | None:
-    """The record of the latest run (by its start time) and its name, or None."""
-    runs = [(json.loads(out.get(rel)), rel) for rel in out.files(RUNS) if rel.endswith(".json")]
-    return max(runs, key=lambda r: r[0].get("started_at", "")) if runs else None
 
 
 def read_anchors(out: Output, trust_anchors: str | None) -> bytes | None:
@@ -36,8 +27,8 @@ def read_anchors(out: Output, trust_anchors: str | None) -> bytes | None:
         if not path.is_file():
             raise MissingAnchors(f"{path}: trust anchors not found (--trust-anchors)")
         return path.read_bytes()
-    latest = _latest_run(out)
-    signer = latest[0]["config"]["signer"] if latest else {}
+    latest = latest_run(out)
+    signer = latest.record["config"]["signer"] if latest else {}
     if out.exists(DEMO_CA) or signer.get("mode") == "demo":
         if not out.exists(DEMO_CA):
             raise MissingAnchors(f"{out.where(DEMO_CA)}: trust anchors not found (the run's demo CA)")
@@ -47,7 +38,7 @@ def read_anchors(out: Output, trust_anchors: str | None) -> bytes | None:
         return None
     if not Path(configured).is_file():
         raise MissingAnchors(f"{configured}: trust anchors not found ([signer].trust_anchors of "
-                             f"{posixpath.basename(latest[1])})")
+                             f"{latest.name})")
     return Path(configured).read_bytes()
 
 

@@ -28,19 +28,21 @@ from pipeline import faults
 from pipeline.plan.build import PlanFile, write_plan
 from pipeline.plan.work import PRIOR, candidates, rows_per_group, write_work
 from pipeline.review import decisions as review
-from pipeline.run import results
+from pipeline.run.compact import remove_strays, remove_temp, write_results
 from pipeline.run.progress import Reporter
+from pipeline.run.shards import Committed, ShardStore, row_ids
+from pipeline.run.summary import brand_consistency
 from pipeline.spec import schema
 from pipeline.spec.checks import ManifestError, Problem
 from pipeline.spec.config import JobConfig
 from pipeline.spec.manifest import Inputs, load_inputs
+from pipeline.storage import layout
 from pipeline.storage.lock import LockLost, OutputLocked, acquire, holder_name
+from pipeline.storage.records import write_json
 from pipeline.storage.scratch import Scratch
 from pipeline.storage.store import Output
-from pipeline.storage.write import TEMP_PREFIX
 
 EXIT_OK, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2
-WORK = "_work"
 
 
 class JobError(RuntimeError):
@@ -64,7 +66,7 @@ def prepare_output(out: Output) -> None:
         raise JobError(f"{out.uri}: outputs on {out.scheme}:// are not supported yet (two runs could write it at "
                        "once: the lock's conditional writes exist for s3:// only); write to s3:// or a local folder, "
                        f"and read inputs from {out.scheme}:// if they live there")
-    probe = f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"  # a crash leaves a temp file, cleaned like any other
+    probe = f"{layout.TEMP_PREFIX}probe-{uuid.uuid4().hex}"  # a crash leaves a temp file, cleaned like any other
     try:
         if out.local:
             Path(out.root).mkdir(parents=True, exist_ok=True)
@@ -77,9 +79,9 @@ def prepare_output(out: Output) -> None:
 
 def clear_results(out: Output) -> None:
     """--fresh: forget earlier results and images (the demo signer and run records stay)."""
-    for prefix in (results.SHARDS, results.EMBEDDINGS, review.DECISIONS, "images"):
+    for prefix in (layout.SHARDS, layout.EMBEDDINGS, layout.DECISIONS, layout.IMAGES):
         out.delete_prefix(prefix)
-    for name in (results.RESULTS, results.SUMMARY):
+    for name in (layout.RESULTS, layout.SUMMARY):
         out.delete(name)
 
 
@@ -118,11 +120,11 @@ def snapshot(cfg: JobConfig, run_id: str, out: Output, plan_rows: int) -> None:
         "moderation": {"spec": m.moderation, "fingerprint": fingerprint(m.moderation)},
         "prompt_classifier": {"spec": m.prompt_classifier, "fingerprint": fingerprint(m.prompt_classifier)},
     }
-    results.write_json({
+    write_json({
         "run_id": run_id, "started_at": datetime.now(UTC).isoformat(),
         "host": platform.node(), "pid": os.getpid(), "python": platform.python_version(), "versions": versions,
         "models": models, "planned_candidates": plan_rows, "config": cfg.to_dict(),
-    }, out, f"{results.RUNS}/{run_id}.json")
+    }, out, layout.run_record(run_id))
 
 
 class _Committer:
@@ -130,7 +132,7 @@ class _Committer:
     of work, so every shard holds whole manifest rows. `fence` (the lock's check) runs before
     each commit: a run that lost its output commits nothing more."""
 
-    def __init__(self, store: results.ShardStore, run_id: str, shard_rows: int, fence: Callable[[], None]):
+    def __init__(self, store: ShardStore, run_id: str, shard_rows: int, fence: Callable[[], None]):
         self.store, self.run_id, self.shard_rows, self.fence = store, run_id, shard_rows, fence
         self.ready: list[pa.Table] = []
         self.ready_rows = 0
@@ -156,7 +158,7 @@ class _Committer:
             self.ready, self.ready_rows = [], 0
 
 
-def _priors(chunk: pa.Table, committed: results.Committed, done: pa.Array, pending_rows: pa.Array) -> pa.Table | None:
+def _priors(chunk: pa.Table, committed: Committed, done: pa.Array, pending_rows: pa.Array) -> pa.Table | None:
     """Candidates of a plan chunk judged in earlier runs, of the rows that have pending ones:
     plan columns and their committed outcome, so the row is judged across attempts."""
     judged = chunk.filter(pc.and_(done, pc.is_in(chunk["id"], pending_rows)))
@@ -171,14 +173,14 @@ def _priors(chunk: pa.Table, committed: results.Committed, done: pa.Array, pendi
     return table
 
 
-def _to_do(chunk: pa.Table, committed: results.Committed) -> tuple[pa.Array, pa.Array]:
+def _to_do(chunk: pa.Table, committed: Committed) -> tuple[pa.Array, pa.Array]:
     """Of a plan chunk: which candidates are done, and the ids of the rows that need work (a
     candidate not done, or one judged under other rules: the row is judged again)."""
     done, other_rules = committed.judged(chunk)
     return done, pc.unique(chunk["id"].filter(pc.or_(pc.invert(done), other_rules)))
 
 
-def _pending(plan: PlanFile, committed: results.Committed) -> tuple[int, int]:
+def _pending(plan: PlanFile, committed: Committed) -> tuple[int, int]:
     """How many candidates have no finished outcome, and how many manifest rows need work."""
     candidates_to_go = rows_to_go = 0
     for chunk in plan.chunks(["item_id", "id", "judge_key"]):
@@ -188,7 +190,7 @@ def _pending(plan: PlanFile, committed: results.Committed) -> tuple[int, int]:
     return candidates_to_go, rows_to_go
 
 
-def _work(plan: PlanFile, committed: results.Committed) -> Iterator[pa.Table]:
+def _work(plan: PlanFile, committed: Committed) -> Iterator[pa.Table]:
     """The rows of each plan chunk that need work: their pending candidates with the earlier
     judged ones, so each row is judged across attempts (and under today's rules)."""
     for chunk in plan.chunks():
@@ -205,7 +207,7 @@ def work_folder(out: Output, run_id: str) -> Iterator[Path]:
     the run lives, where the results table is staged too (a killed run's is removed by the next
     run on that machine: `scratch`)."""
     if out.local:
-        work = Path(out.root) / WORK
+        work = Path(out.root) / layout.WORK
         shutil.rmtree(work, ignore_errors=True)
         try:
             yield work
@@ -265,7 +267,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             if fresh:
                 lock.check()
                 clear_results(out)
-            elif rows and (others := results.row_ids(out) - set(rows)):
+            elif rows and (others := row_ids(out) - set(rows)):
                 raise JobError(f"{out}: holds results of other rows ({len(others)}, e.g. {sorted(others)[0]!r}); "
                                "--rows would hide them, so give it a separate --output")
             if decisions:
@@ -289,7 +291,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
 def _latest_other_run(out: Output, run_id: str) -> str | None:
     """The run record of the latest run but this one, named as the lock names its holder."""
     records = []
-    for rel in out.files(results.RUNS):
+    for rel in out.files(layout.RUNS):
         try:
             record = json.loads(out.get(rel))
         except (OSError, ValueError):
@@ -324,10 +326,10 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
     from pipeline.run.runner import connect, execute, execute_in_process, size_pools
 
     started = time.monotonic()
-    results.remove_temp(out)
+    remove_temp(out)
     snapshot(cfg, run_id, out, plan.num_rows)
     # 2. resume: skip what earlier attempts committed (and whose files are still there)
-    store = results.ShardStore(out)
+    store = ShardStore(out)
     committed = store.committed()
     to_go, rows_to_go = _pending(plan, committed)
     reporter.log(f"run {run_id}: {plan.num_rows} candidates planned from {len(inputs.manifest)} rows, "
@@ -368,10 +370,10 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
     # 3. compact, clean up, summarise
     faults.kill_if("driver.kill_before_compact")
     committed = store.committed()
-    summary = results.write_results(plan.chunks(), committed, out,
+    summary = write_results(plan.chunks(), committed, out,
                                     gpu_hour_usd=cfg.cost.gpu_hour_usd if cfg.cost else None, before_commit=fence)
-    removed = results.remove_strays(committed, out, before_delete=fence)
-    summary["brand_consistency"] = results.brand_consistency(committed, out, summary.pop("reference_similarity"))
+    removed = remove_strays(committed, out, before_delete=fence)
+    summary["brand_consistency"] = brand_consistency(committed, out, summary.pop("reference_similarity"))
     summary.update(run_id=run_id, job=cfg.job.name, stopped=stopped, elapsed_s=round(time.monotonic() - started, 3),
                    this_run=dict(committer.counts) if committer else {})
     if committer and summary["elapsed_s"]:
@@ -382,10 +384,10 @@ def _run_locked(cfg: JobConfig, out: Output, backend: str, inputs: Inputs, plan:
                          "and were truncated (see the `truncated` column)",
                          truncated_prompts=summary["truncated_prompts"])
     fence()
-    results.write_json(summary, out, results.SUMMARY)
+    write_json(summary, out, layout.SUMMARY)
     code = EXIT_INCOMPLETE if stopped or summary["pending"] else EXIT_OK
     report = RunReport(run_id, Path(out.root) if out.local else out.uri, summary, code, stopped, removed,
-                       out.where(results.RESULTS))
+                       out.where(layout.RESULTS))
     reporter.end(describe(report), **summary, exit_code=code, results=report.results, removed_strays=len(removed))
     return report
 

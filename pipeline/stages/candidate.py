@@ -130,7 +130,7 @@ class CandidateStage:
         and the record is an error that says why, when that image cannot be read."""
         if r["parent"] is None:
             return True
-        from pipeline.plan.build import image_path
+        from pipeline.storage.layout import image_path
 
         rel = image_path(r["parent"], r["format"])
         try:

@@ -108,7 +108,7 @@ class WriteStage:
         """The image a candidate was made from, for its C2PA `parentOf` ingredient (bytes, type,
         title): a refinement's earlier image, signed, so the chain of review rounds is provable;
         else the product or reference photo; none for text-to-image."""
-        from pipeline.plan.build import image_path
+        from pipeline.storage.layout import image_path
 
         if r["parent"]:
             rel = image_path(r["parent"], r["format"])
@@ -119,8 +119,8 @@ class WriteStage:
 
     def _write(self, r: dict, pixels: bytes) -> bool:
         """True when the signed file is in place and verifies; else the row says why."""
-        from pipeline.plan.build import image_path
         from pipeline.provenance.claim import Claim
+        from pipeline.storage.layout import image_path
         from pipeline.storage.write import encode_image, sha256_hex
 
         o = self.cfg.output

@@ -31,9 +31,9 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline.storage.layout import LOCK
 from pipeline.storage.store import Output
 
-LOCK = ".lock"
 # How long a lock object holds without a heartbeat (a killed run blocks its output this long).
 LEASE_S = float(os.environ.get("ASSET_PIPELINE_LOCK_LEASE_S", "120"))
 

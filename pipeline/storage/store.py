@@ -25,7 +25,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.storage import uris
-from pipeline.storage.write import TEMP_PREFIX, atomic_write, fsync_dir, safe_join
+from pipeline.storage.layout import TEMP_PREFIX
+from pipeline.storage.write import atomic_write, fsync_dir, safe_join
+
+READ_AHEAD = 1 << 20  # bytes a ranged read on object storage fetches beyond what it asks for
 
 
 def _relative(rel: str) -> str:
@@ -119,8 +122,12 @@ class Output:
 
     def open(self, rel: str):
         """`rel` opened for reading (binary): readers such as Parquet fetch only the ranges they
-        need (on object storage, ranged GETs)."""
-        return open(self._local(rel), "rb") if self.local else self.fs.open(self._remote(rel), "rb")
+        need (on object storage, ranged GETs). A GET reads ahead at most `READ_AHEAD`: a small
+        shard comes in a request or two, a column of a large table without the rest (s3fs's own
+        50 MB would fetch a whole results table for one of its columns)."""
+        if self.local:
+            return open(self._local(rel), "rb")
+        return self.fs.open(self._remote(rel), "rb", block_size=READ_AHEAD)
 
     def get(self, rel: str) -> bytes:
         if self.local:

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.spec.limits import FORMATS
-
-TEMP_PREFIX = ".tmp-"
+from pipeline.storage.layout import TEMP_PREFIX
 
 
 def encode_image(

@@ -1,0 +1,150 @@
+"""What a run made, counted: the funnel, the reasons, times and cost, and brand consistency.
+
+The funnel planned → generated → passed moderation → passed CLIP → selected → signed → written,
+each step a subset of the one before, is counted a chunk of the results at a time, so a
+summary of any size costs the memory of one chunk.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.run.shards import Committed, latest_rows
+from pipeline.spec import schema
+from pipeline.storage import layout
+from pipeline.storage.store import Output, as_output
+
+NO_STYLE = "(no style)"  # figures of rows without a style
+FUNNEL = ("generated", "passed_moderation", "passed_filters", "selected", "signed", "written")
+
+
+def funnel(results: pa.Table) -> dict[str, pa.Array]:
+    """Each step of the funnel as a mask over the results, every one a subset of the one before:
+    generated (it has pixels) → passed moderation (its image was measured and judged safe) →
+    passed the CLIP threshold (it was ranked: ranks go to candidates that passed every filter) →
+    selected (picked for a place) → signed → written."""
+    def valid(name: str) -> pa.Array:
+        return pc.is_valid(results[name])
+
+    # model time and no generation error: a candidate whose generation failed on every attempt
+    # carries the time those attempts cost (it is paid for), not an image
+    failed = pc.and_(pc.equal(pc.fill_null(results["status"], ""), schema.ERROR),
+                     pc.starts_with(pc.fill_null(results["reason"], ""), f"{schema.GENERATE_ERROR}:"))
+    generated = pc.and_(valid("ms_generate"), pc.invert(failed))
+    moderated = pc.and_(pc.and_(generated, valid("image_unsafe_score")),
+                        pc.equal(pc.fill_null(results["moderation"], ""), "pass"))
+    ranked = pc.and_(moderated, valid("rank"))
+    selected = pc.and_(ranked, pc.fill_null(results["selected"], False))
+    signed = pc.and_(selected, valid("ms_sign"))
+    written = pc.and_(signed, pc.equal(pc.fill_null(results["status"], ""), schema.WRITTEN))
+    return {"generated": generated, "passed_moderation": moderated, "passed_filters": ranked,
+            "selected": selected, "signed": signed, "written": written}
+
+
+class Summary:
+    """The funnel, counted a chunk of the results at a time: planned → generated → passed
+    moderation → passed CLIP (`passed_filters`) → selected → signed → written, with counts per
+    status and reason, and the mean model and CPU time per image."""
+
+    # Per generated candidate: generate + score + moderate on the model actor (GPU-seconds on
+    # a GPU); per written image: encode + sign + write + verify on the CPU writers.
+    TIMES = {"model_s_per_candidate": ("ms_generate", "ms_score", "ms_moderate"),
+             "cpu_s_per_written_image": ("ms_encode", "ms_sign", "ms_write", "ms_verify")}
+
+    def __init__(self):
+        self.planned = 0
+        self.steps: Counter = Counter()
+        self.status: Counter = Counter()
+        self.reasons: Counter = Counter()
+        self.times = {name: [0.0, 0] for name in self.TIMES}  # total ms, rows counted
+        self.truncated = 0  # candidates whose prompt the text encoder cut
+        self.reference: dict[str, list] = {}  # style → [sum, count] of its written images' reference similarity
+        self.gpu_s = 0.0
+        self.cost: float | None = None  # None: no row was priced
+
+    def add(self, results: pa.Table) -> Summary:
+        self.planned += results.num_rows
+        self.status.update(results["status"].to_pylist())
+        self.truncated += pc.sum(pc.cast(pc.fill_null(results["truncated"], False), pa.int64())).as_py() or 0
+        if "reference_similarity" in results.column_names:  # results of older releases lack it
+            kept = results.filter(pc.and_(pc.equal(results["status"], schema.WRITTEN),
+                                          pc.is_valid(results["reference_similarity"])))
+            grouped = kept.group_by("style").aggregate([("reference_similarity", "sum"),
+                                                         ("reference_similarity", "count")])
+            for style, total, n in zip(*(grouped[c].to_pylist() for c in ("style", "reference_similarity_sum",
+                                                                          "reference_similarity_count")), strict=True):
+                entry = self.reference.setdefault(style if style is not None else NO_STYLE, [0.0, 0])
+                entry[0] += total
+                entry[1] += n
+        self.reasons.update(r.split(":")[0] for r in results["reason"].to_pylist() if r)
+        for name, mask in funnel(results).items():
+            self.steps[name] += pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
+        for name, columns in self.TIMES.items():
+            present = pc.is_valid(results[columns[0]])
+            self.times[name][0] += sum(pc.sum(results[c].filter(present)).as_py() or 0.0 for c in columns)
+            self.times[name][1] += pc.sum(pc.cast(present, pa.int64())).as_py() or 0
+        if "gpu_s" in results.column_names:  # results of a release before costs lack them
+            self.gpu_s += pc.sum(results["gpu_s"]).as_py() or 0.0
+            cost = pc.sum(results["cost_usd"]).as_py()
+            if cost is not None:
+                self.cost = (self.cost or 0.0) + cost
+        return self
+
+    def result(self) -> dict:
+        return {
+            "planned": self.planned,
+            "finished": self.planned - self.status.get(None, 0),
+            **{name: self.steps[name] for name in FUNNEL},
+            "rejected": self.status.get(schema.REJECTED, 0),
+            "error": self.status.get(schema.ERROR, 0),
+            "pending": self.status.get(None, 0),
+            "reasons": dict(self.reasons),
+            **{name: round(total / count / 1000, 6) if count else None for name, (total, count) in self.times.items()},
+            "truncated_prompts": self.truncated,
+            "reference_similarity": {s: round(total / n, 4) for s, (total, n) in sorted(self.reference.items())},
+            # every candidate that ran counts, so over-generation is in the cost per written image
+            "gpu_s_total": round(self.gpu_s, 6),
+            "cost_usd_total": self.cost,
+            "cost_per_written_image_usd": (self.cost / self.steps["written"]
+                                           if self.cost is not None and self.steps["written"] else None),
+        }
+
+
+def summarize(results: pa.Table) -> dict:
+    """The funnel of a whole results table (see `Summary`)."""
+    return Summary().add(results).result()
+
+
+def brand_consistency(committed: Committed, output: Output | Path | str, reference: dict | None = None) -> dict:
+    """Per style, how alike its written images are: the mean pairwise cosine of their CLIP image
+    embeddings, from the `_embeddings` sidecars. For unit vectors the mean over pairs is
+    (|Σe|² − n) / (n(n−1)), so it streams: a sum and a count per style, no pairwise matrix.
+    `reference`: the mean similarity of each style's written images to its reference image
+    (`Summary`), added where the style has one."""
+    out = as_output(output)
+    paths = sorted(p for p in out.files(layout.EMBEDDINGS) if layout.is_part(p))
+    column = schema.EMBEDDING_FIELD.name
+    sums: dict[str, tuple[np.ndarray, int]] = {}
+    # an item measured twice (a killed run's sidecar, then the rerun's) counts once: its latest
+    for table in latest_rows(out, paths, ["item_id", "style", column]):
+        status = committed.outcomes["status"].take(committed.index.lookup(table["item_id"])).cast(pa.string())
+        table = table.filter(pc.fill_null(pc.equal(status, schema.WRITTEN), False))
+        if not table.num_rows:
+            continue
+        vectors = np.stack(table[column].to_numpy(zero_copy_only=False)).astype(np.float64)
+        styles = np.array([s if s is not None else NO_STYLE for s in table["style"].to_pylist()], object)
+        for style in set(styles):
+            total, n = sums.get(style, (0.0, 0))
+            chosen = vectors[styles == style]
+            sums[style] = (total + chosen.sum(axis=0), n + len(chosen))
+    figures = {style: {"images": n, "mean_pairwise_cosine": (round(float((total @ total - n) / (n * (n - 1))), 4)
+                                                             if n > 1 else None)}
+               for style, (total, n) in sorted(sums.items())}
+    for style, similarity in (reference or {}).items():
+        figures.setdefault(style, {"images": 0, "mean_pairwise_cosine": None})["reference_similarity"] = similarity
+    return figures

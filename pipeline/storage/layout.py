@@ -1,0 +1,88 @@
+"""Every name in an output folder or prefix, defined once (DESIGN.md "Storage and exactly-once").
+
+A newcomer reads here what an output holds; every module that writes, lists, reads or deletes
+in an output takes its names from here and spells none itself:
+
+    images/<ab>/<item_id>.<ext>   the images, by the first two characters of their item id
+    _shards/part-*.parquet        committed outcomes: the commit points
+    _embeddings/part-*.parquet    the image embeddings of those outcomes (a shard's sidecar)
+    _decisions/part-*.parquet     a reviewer's decisions, as applied
+    _runs/<run_id>.json           one record per run: its config, versions and models
+    _work/                        a local run's driver files (plan, pending work), removed at its end
+    results.parquet, summary.json, report.html, report_assets/
+    _demo_signer/                 the throwaway CA and signer of demo mode
+    .lock                         the lock of the one run that holds the output (flocked locally)
+    .tmp-*                        what a local write in progress (or a killed one) leaves
+
+Pure names: no I/O and no heavy imports, so any module of any folder may import it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import TYPE_CHECKING
+
+from pipeline.spec.limits import FORMATS
+
+if TYPE_CHECKING:
+    import polars as pl
+
+IMAGES = "images"
+SHARDS = "_shards"
+EMBEDDINGS = "_embeddings"
+DECISIONS = "_decisions"
+RUNS = "_runs"
+WORK = "_work"
+RESULTS = "results.parquet"
+SUMMARY = "summary.json"
+REPORT = "report.html"
+ASSETS = "report_assets"
+DEMO_SIGNER = "_demo_signer"
+LOCK = ".lock"
+DEMO_FILES = ("ca.pem", "chain.pem", "signer.key")  # the CA, the signer's chain, its key
+DEMO_CA = f"{DEMO_SIGNER}/{DEMO_FILES[0]}"
+
+TEMP_PREFIX = ".tmp-"  # a local write's temp file (or folder) beside its target
+PART_PREFIX, PART_SUFFIX = "part-", ".parquet"  # shards, sidecars and decision parts
+
+# Where local writes leave temp files: the output folder itself (results, summary, the demo
+# signer's folder), the shard, sidecar and run-record folders, and each image folder. (A PUT to
+# object storage is whole or absent: it leaves no temp objects.)
+TEMP_GLOBS = (f"{TEMP_PREFIX}*", f"{SHARDS}/{TEMP_PREFIX}*", f"{EMBEDDINGS}/{TEMP_PREFIX}*",
+              f"{RUNS}/{TEMP_PREFIX}*", f"{IMAGES}/*/{TEMP_PREFIX}*")
+
+
+
+def image_path(item_id: str, fmt: str) -> str:
+    """Where a candidate's image goes, relative to the output: from its item id only."""
+    return f"{IMAGES}/{item_id[:2]}/{item_id}.{FORMATS[fmt].extension}"
+
+
+def image_path_expr(item_id: pl.Expr, fmt: str) -> pl.Expr:
+    """`image_path` over a column (a Python call per candidate cost about 1 s per 2M)."""
+    import polars as pl
+
+    return pl.concat_str([pl.lit(f"{IMAGES}/"), item_id.str.slice(0, 2), pl.lit("/"), item_id,
+                          pl.lit(f".{FORMATS[fmt].extension}")])
+
+
+def part_name(number: int, token: str) -> str:
+    """The name of the `number`th part of a folder: names sort in commit order, `token` keeps
+    two writers' parts apart."""
+    return f"{PART_PREFIX}{number:06d}-{token}{PART_SUFFIX}"
+
+
+def is_part(rel: str) -> bool:
+    """Whether `rel` is a committed part (not a temp file, not another file in the folder)."""
+    name = posixpath.basename(rel)
+    return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+
+
+def run_record(run_id: str) -> str:
+    """Where a run's record goes."""
+    return f"{RUNS}/{run_id}.json"
+
+
+def is_run_record(rel: str) -> bool:
+    """Whether `rel`, a file under `RUNS`, is a run's record."""
+    return rel.endswith(".json")
