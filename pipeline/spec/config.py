@@ -19,7 +19,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-EMBEDDED_PREFIX = "embedded:"
+from pipeline.storage import paths
+from pipeline.storage.paths import EMBEDDED_PREFIX
+
 SEED_MAX = 2**63 - 1
 
 
@@ -274,10 +276,6 @@ _MODEL_KEYS = {
     ("models", "moderation"),
     ("models", "prompt_classifier"),
 }
-# Model specs whose rest is always a local path (a moderation head file, an open_clip folder).
-_PATH_PREFIXES = ("clip-head:", "local-dir:")
-# 'name:' before anything else (s3://, embedded:, hf-hub:); two letters at least, so not C:\.
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 
 
 def show(value: Any, limit: int = 40) -> str:
@@ -303,10 +301,6 @@ def suggest(name: str, known: list[str], show=repr, limit: int = 12) -> str:
     return f"known: {shown}" + (f", ... ({len(known)} in all)" if len(known) > limit else "")
 
 
-def _is_local_path(value: str) -> bool:
-    return "://" not in value and not value.startswith(EMBEDDED_PREFIX)
-
-
 def _is_file(path: Path) -> bool:
     try:
         return path.is_file()
@@ -314,36 +308,14 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _exists(path: Path) -> bool:
-    """Whether something is at `path`; a name the system cannot look up (too long) is not."""
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return False
-
-
 def resolve_path(value: str, base: Path) -> str:
-    """A relative local path resolved against `base`; URIs and absolute paths unchanged."""
-    if not value or not _is_local_path(value):
-        return value
-    p = Path(os.path.expanduser(value))
-    return str(p if p.is_absolute() else (base / p).resolve())
+    """A job key's path or URI resolved against `base` (`pipeline.storage.paths.resolve_key`)."""
+    return paths.resolve_key(value, base)
 
 
 def resolve_model(value: str, base: Path) -> str:
-    """A model spec with its local path resolved against `base`; names pass unchanged.
-
-    'org/name' may be a hub id or a folder, so a relative spec is a path when it says so ('./',
-    '../', '~') or when it exists under `base`; anything else (a hub id, an open_clip tag or
-    architecture) is left for the loader, as are embedded: names and URIs.
-    """
-    prefix = next((p for p in _PATH_PREFIXES if value.startswith(p)), None)
-    if prefix:
-        return prefix + resolve_path(value.removeprefix(prefix), base)
-    if _SCHEME.match(value):
-        return value
-    says_path = value.startswith(("./", "../", "~")) or value in (".", "..")
-    return resolve_path(value, base) if says_path or _exists(base / value) else value
+    """A model spec with its local path resolved against `base` (`pipeline.storage.paths.resolve_model`)."""
+    return paths.resolve_model(value, base)
 
 
 def _resolve(where: str, section: str, key: str, value: Any, base: Path) -> Any:

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from pipeline.spec import schema
 from pipeline.spec.config import LIMITS, JobConfig, Limit, nearest, show, suggest
-from pipeline.storage import uris
+from pipeline.storage import paths, uris
 
 MAX_REPORTED = 50
 MAX_ID_CHARS = 200
@@ -78,7 +78,7 @@ class InputFile:
 
 
 def uri_column(column: str) -> str:
-    """The column holding `column`'s values resolved (`pipeline.storage.uris.resolve`)."""
+    """The column holding `column`'s values resolved (`pipeline.storage.paths.resolve`)."""
     return f"__uri_{column}"
 
 
@@ -101,26 +101,6 @@ def _short(e: Exception, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _parts(where: str) -> list[str]:
-    """The Parquet files a table URI names: itself, or the `.parquet` files under a folder or
-    prefix; each a regular file or object, all together within the table limit."""
-    scheme, path = uris.split(where)
-    if scheme == uris.LOCAL:
-        if os.path.isdir(path):
-            parts = sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names
-                           if n.endswith(".parquet"))
-        else:
-            parts = [path]
-    else:
-        fs, key = uris.filesystem(where)
-        found = sorted(p for p in fs.find(key) if p.endswith(".parquet")) if fs.isdir(key) else [key]
-        parts = [f"{scheme}://{p}" for p in found]
-    if not parts:
-        raise FileNotFoundError(where)
-    uris.within_limit(where, sum(uris.checked_size(p, uris.TABLE) for p in parts), uris.TABLE)  # all together
-    return parts
-
-
 def read_parquet(uri: str, what: str) -> pa.Table:
     """A whole Parquet table (a file, or a folder or prefix of parts) from a path or any fsspec
     URI, or ManifestError saying why not. The URI resolves and its parts are checked as every
@@ -129,20 +109,11 @@ def read_parquet(uri: str, what: str) -> pa.Table:
     from pipeline.storage import tables
 
     try:
-        where = uris.resolve(uri, os.getcwd())
+        where = paths.resolve(uri, os.getcwd())
     except ValueError as e:
         raise ManifestError([Problem(uri, f"{what} cannot be read: {e}")]) from None
     try:
-        read = []
-        for part in _parts(where):
-            if uris.split(part)[0] == uris.LOCAL:
-                read.append(tables.read(part))  # by path: Arrow's own file (see pipeline/storage/tables.py)
-            else:
-                # Through fsspec, like every other input: one client, one configuration (pyarrow's
-                # own S3 client does not read every standard AWS variable).
-                with uris.open_input(part, uris.TABLE) as f:
-                    read.append(tables.read(f))
-        table = pa.concat_tables(read, promote_options="default") if len(read) > 1 else read[0]
+        table = tables.read_input(where)
     except Exception as e:  # noqa: BLE001 — whatever stops the read (credentials, network, a driver) is named
         raise ManifestError([Problem(uri, refusal(e, uri, what, "Parquet file"))]) from None
     # pandas writes its index as a column; it is not the user's data.
@@ -418,13 +389,13 @@ def _inspect_image(uri: str) -> InputFile:
 
     from PIL import Image
 
-    if uris.split(uri)[0] == uris.LOCAL:
+    if paths.split(uri)[0] == paths.LOCAL:
         data = uris.read_bytes(uri, uris.IMAGE)
         fingerprint, source = uris.content_digest(data), io.BytesIO(data)
     else:  # the store's own fingerprint (its listing: one object, within the limit); the header
         # is read to check it is an image, with no second listing
-        fs, key = uris.filesystem(uri)
-        fingerprint, source = uris.fingerprint(uri, uris.IMAGE), fs.open(key, "rb")
+        listing = uris.info(uri, uris.IMAGE)
+        fingerprint, source = uris.fingerprint(uri, uris.IMAGE, listing), uris.open_input(uri, uris.IMAGE, listing)
     with source, Image.open(source) as im:
         alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
         im.verify()
@@ -444,12 +415,12 @@ def _check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, insp
     resolved: dict[str, str] = {}
     for value in df[column].drop_nulls().unique().to_list():
         try:
-            resolved[value] = uris.resolve(value, base)
+            resolved[value] = paths.resolve(value, base)
         except ValueError as e:
             why[value] = str(e)
     refused: dict[str, str] = {}  # resolved URI → why (two values may name one file)
     for uri in set(resolved.values()) - set(files):
-        if (outside := uris.problem(uri, cfg.job.allowed_input_roots, cfg.job.allowed_input_schemes)):
+        if (outside := paths.problem(uri, cfg.job.allowed_input_roots, cfg.job.allowed_input_schemes)):
             refused[uri] = outside
             continue
         try:
@@ -488,7 +459,7 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
     total += n
     files: dict[str, InputFile] = {}
     for column in ("product_image", "mask"):  # relative to the manifest's own folder or prefix
-        df, first, n = _check_inputs(df, column, uris.parent(uri), cfg, _inspect_image, uri, "id", files)
+        df, first, n = _check_inputs(df, column, paths.parent(uri), cfg, _inspect_image, uri, "id", files)
         found += first[:max(0, MAX_REPORTED - len(found))]
         total += n
     if total:
@@ -524,4 +495,4 @@ def load_inputs(cfg: JobConfig) -> Inputs:
 
 def styles_base_dir(cfg: JobConfig) -> str:
     """Relative style URIs (reference images, LoRAs) resolve against the styles file's folder."""
-    return uris.parent(cfg.job.styles) if cfg.job.styles else str(Path.cwd())
+    return paths.parent(cfg.job.styles) if cfg.job.styles else str(Path.cwd())

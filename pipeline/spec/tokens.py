@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.spec.config import EMBEDDED_PREFIX
+from pipeline.storage.paths import EMBEDDED_PREFIX
 
 
 def _tokenizer_folder(model: str) -> Path | None:
