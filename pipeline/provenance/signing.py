@@ -15,7 +15,6 @@ import io
 import json
 import os
 import re
-import shutil
 import socket
 import sys
 import tempfile
@@ -70,16 +69,9 @@ def make_demo_credentials(folder: Path) -> DemoCredentials:
     folder = Path(folder)
     creds = DemoCredentials(folder / "ca.pem", folder / "chain.pem", folder / "signer.key")
     if not creds.private_key.exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=".tmp-demo-signer-", dir=folder.parent))
-        try:
-            _write_demo_files(temp)
-            os.rename(temp, folder)  # fails if another worker's folder is already there
-        except OSError:
-            if not folder.is_dir():
-                raise
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
+        from pipeline.storage.write import atomic_folder
+
+        atomic_folder(folder, _write_demo_files, mode=0o700)  # another worker's folder, if there first, stands
     missing = [p.name for p in (creds.ca_cert, creds.cert_chain, creds.private_key)
                if not p.is_file()]
     if missing:
