@@ -116,7 +116,10 @@ def open_input(uri: str, limit: str = IMAGE, listing: dict | None = None) -> Bin
     if scheme != LOCAL:
         fs, key = filesystem(uri)
         listing = _object(uri, listing if listing is not None else fs.info(key), limit)
-        return fs.open(key, "rb", size=int(listing.get("size") or 0))
+        f = fs.open(key, "rb", size=int(listing.get("size") or 0))
+        if isinstance(getattr(type(f), "details", None), property):  # fsspec's buffered files
+            f.details = listing  # would ask the store for it again on their first read
+        return f
     if listing is None:
         info(uri, limit)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
