@@ -1,15 +1,17 @@
 """The output folder, local or on object storage: one way to put, get, list and delete output,
 with the same guarantees on both (DESIGN.md "Storage and exactly-once").
 
-- `put` is atomic: locally a temp file, fsync and rename; on object storage one whole-object
-  PUT, which readers see whole or not at all. Nothing is ever renamed on a bucket.
-- `create` is exclusive, for the lock: locally `O_EXCL`; on S3 a conditional PUT
+- `put` is atomic: locally the one atomic write (`pipeline.storage.write`: temp file, fsync,
+  rename, fsync of the folder); on object storage one whole-object PUT, which readers see whole
+  or not at all. Nothing is ever renamed on a bucket.
+- `create` is exclusive, for the lock: locally an exclusive atomic write (the temp file linked
+  to the name, which fails when something is there); on S3 a conditional PUT
   (`If-None-Match: *`). `replace` swaps an object only while it is still the version read
   (`If-Match`), so one run only takes over a lock whose lease ran out; `delete_if` removes it
   only while it is that version, so a run never removes the lock of the run that took over.
 - `files(prefix)` lists relative paths of what is there (temp files excluded).
 
-Paths are relative to the output root and never climb out of it. Results, shards, images, run
+Paths are relative to the output root and never climb out of it (`pipeline.storage.paths.confine`). Results, shards, images, run
 records, the summary, the demo signer, verify and report all go through here.
 """
 
