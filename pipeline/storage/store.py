@@ -11,8 +11,9 @@ with the same guarantees on both (DESIGN.md "Storage and exactly-once").
   only while it is that version, so a run never removes the lock of the run that took over.
 - `files(prefix)` lists relative paths of what is there (temp files excluded).
 
-Paths are relative to the output root and never climb out of it (`pipeline.storage.paths.confine`). Results, shards, images, run
-records, the summary, the demo signer, verify and report all go through here.
+Paths are relative to the output root and never climb out of it (`pipeline.storage.paths.confine`).
+Results, shards, images, run records, the summary, the demo signer, verify and report all go
+through here.
 """
 
 from __future__ import annotations
