@@ -24,7 +24,7 @@ import yaml
 from pipeline.cli import _parser
 from pipeline.spec.job_checks import value_problems
 from pipeline.spec.load import parse_job
-from pipeline.storage import uris
+from pipeline.storage import paths
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -193,14 +193,15 @@ def test_production_job_spec_fits_both_variants():
     assert cfg.cluster.address == "auto" and cfg.models.device == "cuda"
     # Object storage: the job file names the catalogue on the bucket, and confines inputs to it.
     for uri in (job.manifest, job.styles):
-        assert uri.startswith("s3://") and uris.problem(uri, job.allowed_input_roots, job.allowed_input_schemes) is None
+        assert uri.startswith("s3://")
+        assert paths.problem(uri, job.allowed_input_roots, job.allowed_input_schemes) is None
     # Shared volume: the RayJob names the catalogue on the volume; the job must accept it too.
     args = entry(rayjob(SHARED))
     for uri in (args.manifest, args.styles):
-        photo = uris.resolve("photos/a.png", uris.parent(uri))
-        assert uris.problem(photo, job.allowed_input_roots, job.allowed_input_schemes) is None, photo
-    signer_file = uris.resolve(cfg.signer.private_key, "/")
-    assert uris.problem(signer_file, job.allowed_input_roots, job.allowed_input_schemes), "inputs may read the key"
+        photo = paths.resolve("photos/a.png", paths.parent(uri))
+        assert paths.problem(photo, job.allowed_input_roots, job.allowed_input_schemes) is None, photo
+    signer_file = paths.resolve(cfg.signer.private_key, "/")
+    assert paths.problem(signer_file, job.allowed_input_roots, job.allowed_input_schemes), "inputs may read the key"
 
 
 # --- the nightly CronJob -------------------------------------------------------------------------

@@ -369,3 +369,31 @@ def test_a_ray_run_paused_past_its_lock_lease_stops_and_commits_nothing_after_th
     # Through Ray: the paused driver's actors go on with the units they hold; the resumed driver
     # hands out nothing more, commits nothing, and stops its actors.
     pause_run_past_its_lease_while_another_takes_over(tmp_path, s3)
+
+
+def test_remote_inputs_are_listed_once(s3, monkeypatch):
+    """One listing request per input, not one to check it and another to open it; a table of
+    parts is listed once for all of them."""
+    import fsspec.asyn
+
+    from pipeline.spec.parquet import read_parquet
+    from pipeline.storage import uris
+
+    fs = s3.fs()
+    fs.pipe(f"{s3.bucket}/x.png", b"abc")
+    for i in range(3):
+        fs.pipe(f"{s3.bucket}/m/part-{i}.parquet", tables.to_bytes(pa.table({"id": [str(i)], "prompt": ["p"]})))
+    asked = []
+    real_sync = fsspec.asyn.sync
+
+    def counted(loop, func, *args, **kw):  # every blocking call of any s3fs instance passes here
+        if getattr(func, "__name__", "") == "_info":
+            asked.append(args[0])
+        return real_sync(loop, func, *args, **kw)
+
+    monkeypatch.setattr(fsspec.asyn, "sync", counted)
+    assert uris.read_bytes(f"s3://{s3.bucket}/x.png") == b"abc"
+    assert len(asked) == 1, asked
+    asked.clear()
+    assert read_parquet(f"s3://{s3.bucket}/m", "manifest").num_rows == 3
+    assert len(asked) <= 1, asked  # the prefix; its parts come from its listing

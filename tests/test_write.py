@@ -1,4 +1,4 @@
-"""Encode, atomic write, hash and safe paths (pipeline/storage/write.py)."""
+"""Encode, atomic write and hash (pipeline/storage/write.py); safe paths (pipeline/storage/paths.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.storage.write import atomic_write, encode_image, safe_join, sha256_hex
+from pipeline.storage.paths import confined
+from pipeline.storage.write import atomic_folder, atomic_write, encode_image, sha256_hex, staged_file
 
 
 @pytest.fixture
@@ -88,14 +89,14 @@ def test_failed_overwrite_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_safe_join_accepts_paths_inside(tmp_path):
-    assert safe_join(tmp_path, "a/b.png") == tmp_path.resolve() / "a" / "b.png"
-    assert safe_join(tmp_path, "a/../b.png") == tmp_path.resolve() / "b.png"
+    assert confined(tmp_path, "a/b.png") == tmp_path.resolve() / "a" / "b.png"
+    assert confined(tmp_path, "a/../b.png") == tmp_path.resolve() / "b.png"
 
 
 @pytest.mark.parametrize("relative", ["../x", "/etc/passwd", "a/../../x", "", ".", "a\x00b"])
 def test_safe_join_rejects_escapes(tmp_path, relative):
     with pytest.raises(ValueError):
-        safe_join(tmp_path / "out", relative)
+        confined(tmp_path / "out", relative)
 
 
 def test_safe_join_rejects_symlink_escape(tmp_path):
@@ -104,4 +105,47 @@ def test_safe_join_rejects_symlink_escape(tmp_path):
     outside.mkdir()
     (root / "link").symlink_to(outside)
     with pytest.raises(ValueError, match="escapes"):
-        safe_join(root, "link/img.png")
+        confined(root, "link/img.png")
+
+
+def test_an_exclusive_write_never_replaces_what_is_there(tmp_path):
+    target = tmp_path / "lock.json"
+    assert atomic_write(target, b"first", exclusive=True) is True
+    assert atomic_write(target, b"second", exclusive=True) is False
+    assert target.read_bytes() == b"first" and os.listdir(tmp_path) == ["lock.json"]
+
+
+def test_a_staged_file_becomes_the_target_only_when_the_block_ends_well(tmp_path):
+    target = tmp_path / "big.parquet"
+    with pytest.raises(RuntimeError), staged_file(target) as temp:
+        temp.write_bytes(b"half")
+        raise RuntimeError("writer died")
+    assert os.listdir(tmp_path) == []
+
+    def lost_the_lock():
+        raise PermissionError("lock lost")
+
+    with pytest.raises(PermissionError), staged_file(target, before_commit=lost_the_lock) as temp:
+        temp.write_bytes(b"whole")
+    assert os.listdir(tmp_path) == []
+    with staged_file(target) as temp:
+        temp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole" and os.listdir(tmp_path) == ["big.parquet"]
+
+
+def test_a_folder_is_made_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "model"
+
+    def half(folder):
+        (folder / "config.json").write_text("{}")
+        raise OSError("disk full half-way")
+
+    with pytest.raises(OSError, match="half-way"):
+        atomic_folder(target, half)
+    assert os.listdir(tmp_path) == []  # neither the folder nor its temp sibling
+    assert atomic_folder(target, lambda f: (f / "weights").write_bytes(b"w")) is True
+    assert atomic_folder(target, lambda f: (f / "other").write_bytes(b"o")) is False  # the first one stands
+    assert os.listdir(target) == ["weights"] and os.listdir(tmp_path) == ["model"]
+    private = tmp_path / "keys"
+    atomic_folder(private, lambda f: None, mode=0o700)
+    assert private.stat().st_mode & 0o777 == 0o700 and (target.stat().st_mode & 0o777) == 0o755

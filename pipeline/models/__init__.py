@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pipeline.models import embedded
 from pipeline.spec.limits import DTYPES
-from pipeline.spec.paths import EMBEDDED_PREFIX
+from pipeline.storage.paths import EMBEDDED_PREFIX, HEAD_PREFIX, model_path
 
 
 class ModelLoadError(RuntimeError):
@@ -81,7 +80,7 @@ def _locate(spec: str) -> tuple[str, bool]:
     """(what to hand to from_pretrained, is_embedded) for a model spec."""
     if spec.startswith(EMBEDDED_PREFIX):
         return str(embedded.ensure(spec.removeprefix(EMBEDDED_PREFIX))), True
-    path = Path(os.path.expanduser(spec))
+    path = model_path(spec)
     return (str(path) if path.exists() else spec), False
 
 
@@ -240,9 +239,6 @@ def load_image_classifier(model: str, *, device: str) -> ClassifierBundle:
                             "image classifier", model, device)
 
 
-HEAD_PREFIX = "clip-head:"
-
-
 def is_embedding_head(model: str) -> bool:
     """A moderation spec that reads CLIP image embeddings rather than pixels."""
     return model.startswith(HEAD_PREFIX) or model == "embedded:tiny-clip-head"
@@ -261,7 +257,7 @@ def load_embedding_head(model: str, *, device: str) -> ClassifierBundle:
     if model.startswith(EMBEDDED_PREFIX):
         path = embedded.ensure(model.removeprefix(EMBEDDED_PREFIX)) / embedded.HEAD_WEIGHTS
     else:
-        path = Path(os.path.expanduser(model.removeprefix(HEAD_PREFIX)))
+        path = model_path(model)
     with _loading("moderation head", model):
         if path.suffix != ".safetensors":
             raise ValueError("a moderation head must be a .safetensors file")

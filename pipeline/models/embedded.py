@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 SEED = 20240601
@@ -236,25 +234,15 @@ def build(name: str, folder: Path) -> None:
 def ensure(name: str) -> Path:
     """The cached folder of embedded model `name`, built on first use.
 
-    Built in a temp folder beside the target and renamed into place: a folder that exists is
-    complete. When two processes race, the first rename wins and the loser drops its copy.
+    Built whole beside the target and renamed into place (`pipeline.storage.write.atomic_folder`):
+    a folder that exists is complete. When two processes race, the first rename wins and the
+    loser drops its copy.
     """
-    root = cache_root()
-    final = root / f"{name}-{recipe_tag(name)}"
-    if final.is_dir():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-    try:
-        build(name, tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():  # not a lost race: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    from pipeline.storage.write import atomic_folder
+
+    final = cache_root() / f"{name}-{recipe_tag(name)}"
+    if not final.is_dir():
+        atomic_folder(final, lambda folder: build(name, folder))
     return final
 
 

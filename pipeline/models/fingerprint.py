@@ -12,15 +12,13 @@ must not change every item id of the second. Pin `[models].diffusion_revision` f
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-from pipeline.spec.paths import EMBEDDED_PREFIX
+from pipeline.storage.paths import EMBEDDED_PREFIX, model_path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".gguf", ".onnx")
 CONFIG_MAX_BYTES = 1 << 20
 SAMPLE = 1 << 16
-PATH_PREFIXES = ("clip-head:", "local-dir:")  # specs that name a local file or folder
 
 
 def _sample(f: Path, h) -> None:
@@ -63,11 +61,8 @@ def fingerprint(spec: str | None, revision: str | None = None) -> str | None:
         name = spec.removeprefix(EMBEDDED_PREFIX)
         if name in VERSIONS:
             return f"embedded:{name}@{recipe_tag(name)}"
-    local = spec
-    for prefix in PATH_PREFIXES:
-        local = local.removeprefix(prefix)
     try:
-        path = Path(os.path.expanduser(local))
+        path = model_path(spec)
         if path.exists():
             return _local(path)
     except OSError:

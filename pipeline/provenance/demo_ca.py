@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.provenance.keys import SignerError
-from pipeline.storage.layout import DEMO_FILES, DEMO_SIGNER, TEMP_PREFIX
+from pipeline.storage.layout import DEMO_FILES, DEMO_SIGNER
+from pipeline.storage.write import atomic_folder
 
 
 @dataclass(frozen=True)
@@ -35,16 +35,7 @@ def make_demo_credentials(folder: Path) -> DemoCredentials:
     folder = Path(folder)
     creds = DemoCredentials(*(folder / name for name in DEMO_FILES))
     if not creds.private_key.exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}demo-signer-", dir=folder.parent))
-        try:
-            _write_demo_files(temp)
-            os.rename(temp, folder)  # fails if another worker's folder is already there
-        except OSError:
-            if not folder.is_dir():
-                raise
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
+        atomic_folder(folder, _write_demo_files, mode=0o700)  # another worker's folder, if there first, stands
     missing = [p.name for p in (creds.ca_cert, creds.cert_chain, creds.private_key)
                if not p.is_file()]
     if missing:

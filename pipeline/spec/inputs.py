@@ -12,7 +12,7 @@ import polars as pl
 
 from pipeline.spec.checks import MAX_REPORTED, Problem, refusal
 from pipeline.spec.config import JobConfig
-from pipeline.storage import uris
+from pipeline.storage import paths, uris
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class InputFile:
 
 
 def uri_column(column: str) -> str:
-    """The column holding `column`'s values resolved (`pipeline.storage.uris.resolve`)."""
+    """The column holding `column`'s values resolved (`pipeline.storage.paths.resolve`)."""
     return f"__uri_{column}"
 
 
@@ -35,13 +35,13 @@ def inspect_image(uri: str) -> InputFile:
 
     from PIL import Image
 
-    if uris.split(uri)[0] == uris.LOCAL:
+    if paths.split(uri)[0] == paths.LOCAL:
         data = uris.read_bytes(uri, uris.IMAGE)
         fingerprint, source = uris.content_digest(data), io.BytesIO(data)
     else:  # the store's own fingerprint (its listing: one object, within the limit); the header
         # is read to check it is an image, with no second listing
-        fs, key = uris.filesystem(uri)
-        fingerprint, source = uris.fingerprint(uri, uris.IMAGE), fs.open(key, "rb")
+        listing = uris.info(uri, uris.IMAGE)
+        fingerprint, source = uris.fingerprint(uri, uris.IMAGE, listing), uris.open_input(uri, uris.IMAGE, listing)
     with source, Image.open(source) as im:
         alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
         im.verify()
@@ -61,12 +61,12 @@ def check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, inspe
     resolved: dict[str, str] = {}
     for value in df[column].drop_nulls().unique().to_list():
         try:
-            resolved[value] = uris.resolve(value, base)
+            resolved[value] = paths.resolve(value, base)
         except ValueError as e:
             why[value] = str(e)
     refused: dict[str, str] = {}  # resolved URI → why (two values may name one file)
     for uri in set(resolved.values()) - set(files):
-        if (outside := uris.problem(uri, cfg.job.allowed_input_roots, cfg.job.allowed_input_schemes)):
+        if (outside := paths.problem(uri, cfg.job.allowed_input_roots, cfg.job.allowed_input_schemes)):
             refused[uri] = outside
             continue
         try:

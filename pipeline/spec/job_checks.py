@@ -12,8 +12,8 @@ from typing import Any
 
 from pipeline.spec.config import CostSection, JobConfig, ModelsSection
 from pipeline.spec.limits import CHOICES, DEVICE, LIMITS, Limit
-from pipeline.spec.paths import EMBEDDED_PREFIX, is_file
 from pipeline.spec.suggest import nearest, show, suggest
+from pipeline.storage.paths import EMBEDDED_PREFIX
 
 
 def _limited(cfg: JobConfig) -> list[tuple[str, Any, Limit]]:
@@ -127,3 +127,11 @@ def job_problems(cfg: JobConfig) -> list[str]:
             elif not path and env and env not in os.environ:
                 problems.append(f"{src}: [signer].{what}_env: environment variable {env} is not set")
     return problems
+
+
+def is_file(path: Path) -> bool:
+    """Whether `path` is a file; a name the system cannot look up (too long) is not."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False

@@ -17,8 +17,8 @@ from typing import Any
 from pipeline.spec.config import SECTION_TYPES, ConfigError, JobConfig, Throughput
 from pipeline.spec.job_checks import job_problems
 from pipeline.spec.job_file import read_job_file
-from pipeline.spec.paths import resolve_model, resolve_path
 from pipeline.spec.suggest import show, suggest
+from pipeline.storage.paths import resolve_key, resolve_model
 
 # Keys holding paths that resolve against the job file's folder.
 _PATH_KEYS = {
@@ -156,7 +156,7 @@ def _resolve(where: str, section: str, key: str, value: Any, base: Path) -> Any:
     if "\x00" in value and (section, key) in _PATH_KEYS | _MODEL_KEYS:
         raise ConfigError(f"{where}: a path or model name cannot hold a NUL byte, got {show(value)}")
     if (section, key) in _PATH_KEYS:
-        return resolve_path(value, base)
+        return resolve_key(value, base)
     return resolve_model(value, base) if (section, key) in _MODEL_KEYS else value
 
 

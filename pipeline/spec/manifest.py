@@ -24,7 +24,7 @@ from pipeline.spec.inputs import InputFile, check_inputs, inspect_image
 from pipeline.spec.parquet import read_parquet
 from pipeline.spec.styles import load_styles
 from pipeline.spec.suggest import show, suggest
-from pipeline.storage import uris
+from pipeline.storage import paths
 
 MAX_ID_CHARS = 200
 _BAD_ID = re.compile(r"[/\\\x00-\x1f]|^\.{1,2}$|\.\.")
@@ -67,7 +67,7 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
     total += n
     files: dict[str, InputFile] = {}
     for column in ("product_image", "mask"):  # relative to the manifest's own folder or prefix
-        df, first, n = check_inputs(df, column, uris.parent(uri), cfg, inspect_image, uri, "id", files)
+        df, first, n = check_inputs(df, column, paths.parent(uri), cfg, inspect_image, uri, "id", files)
         found += first[:max(0, MAX_REPORTED - len(found))]
         total += n
     if total:

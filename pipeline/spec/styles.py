@@ -18,7 +18,7 @@ from pipeline.spec.inputs import InputFile, check_inputs, inspect_file, inspect_
 from pipeline.spec.limits import LIMITS
 from pipeline.spec.parquet import read_parquet
 from pipeline.spec.suggest import show
-from pipeline.storage import uris
+from pipeline.storage import paths
 
 
 def load_styles(cfg: JobConfig) -> tuple[pl.DataFrame, dict[str, InputFile], list[str]]:
@@ -40,7 +40,7 @@ def load_styles(cfg: JobConfig) -> tuple[pl.DataFrame, dict[str, InputFile], lis
 
 def styles_base_dir(cfg: JobConfig) -> str:
     """Relative style URIs (reference images, LoRAs) resolve against the styles file's folder."""
-    return uris.parent(cfg.job.styles) if cfg.job.styles else str(Path.cwd())
+    return paths.parent(cfg.job.styles) if cfg.job.styles else str(Path.cwd())
 
 
 def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:

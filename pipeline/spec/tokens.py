@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.spec.paths import EMBEDDED_PREFIX
+from pipeline.storage.paths import EMBEDDED_PREFIX
 
 
 def truncated(tokens: int, window: int) -> bool:

@@ -1,16 +1,19 @@
 """The output folder, local or on object storage: one way to put, get, list and delete output,
 with the same guarantees on both (DESIGN.md "Storage and exactly-once").
 
-- `put` is atomic: locally a temp file, fsync and rename; on object storage one whole-object
-  PUT, which readers see whole or not at all. Nothing is ever renamed on a bucket.
-- `create` is exclusive, for the lock: locally `O_EXCL`; on S3 a conditional PUT
+- `put` is atomic: locally the one atomic write (`pipeline.storage.write`: temp file, fsync,
+  rename, fsync of the folder); on object storage one whole-object PUT, which readers see whole
+  or not at all. Nothing is ever renamed on a bucket.
+- `create` is exclusive, for the lock: locally an exclusive atomic write (the temp file linked
+  to the name, which fails when something is there); on S3 a conditional PUT
   (`If-None-Match: *`). `replace` swaps an object only while it is still the version read
   (`If-Match`), so one run only takes over a lock whose lease ran out; `delete_if` removes it
   only while it is that version, so a run never removes the lock of the run that took over.
 - `files(prefix)` lists relative paths of what is there (temp files excluded).
 
-Paths are relative to the output root and never climb out of it. Results, shards, images, run
-records, the summary, the demo signer, verify and report all go through here.
+Paths are relative to the output root and never climb out of it (`pipeline.storage.paths.confine`).
+Results, shards, images, run records, the summary, the demo signer, verify and report all go
+through here.
 """
 
 from __future__ import annotations
@@ -18,25 +21,16 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pipeline.storage import uris
+from pipeline.storage import paths, uris
 from pipeline.storage.layout import TEMP_PREFIX
-from pipeline.storage.write import atomic_write, fsync_dir, safe_join
+from pipeline.storage.write import atomic_write, staged_file
 
 READ_AHEAD = 1 << 20  # bytes a ranged read on object storage fetches beyond what it asks for
-
-
-def _relative(rel: str) -> str:
-    """A normalised relative path inside the root; ValueError for anything else."""
-    norm = posixpath.normpath(rel.replace("\\", "/")) if rel else ""
-    if not rel or "\x00" in rel or norm.startswith(("/", "..")) or norm == ".":
-        raise ValueError(f"not a relative path inside the output folder: {rel!r}")
-    return norm
 
 
 class Output:
@@ -46,13 +40,12 @@ class Output:
         # Where this process stages large files bound for object storage (`staged`): the run's
         # own temp folder, which the next run removes if this one is killed. None: the system's.
         self.scratch: Path | None = None
-        scheme, path = uris.split(uri)
-        self.local = scheme == uris.LOCAL
+        scheme, _ = paths.split(uri)
+        self.local = scheme == paths.LOCAL
+        self.uri = paths.resolve(uri, os.getcwd())
         if self.local:
-            self.root = str(Path(os.path.expanduser(path)).resolve())
-            self.uri, self.fs = self.root, None
+            self.root, self.fs = self.uri, None
         else:
-            self.uri = uris.resolve(uri, "")
             self.fs, root = uris.filesystem(self.uri)
             self.root = root.rstrip("/")
         self.scheme = scheme
@@ -70,13 +63,13 @@ class Output:
         """The full path or URI of `rel`, for messages and for readers outside this module."""
         if not rel:
             return self.uri
-        return str(self._local(rel)) if self.local else f"{self.uri}/{_relative(rel)}"
+        return str(self._local(rel)) if self.local else f"{self.uri}/{paths.confine(rel)}"
 
     def _local(self, rel: str) -> Path:
-        return safe_join(Path(self.root), _relative(rel))
+        return paths.confined(self.root, rel)
 
     def _remote(self, rel: str) -> str:
-        return f"{self.root}/{_relative(rel)}"
+        return f"{self.root}/{paths.confine(rel)}"
 
     def put(self, rel: str, data: bytes, kill_point: tuple[str, int] | None = None) -> None:
         """Write `rel` whole. `kill_point` (tests) fires with the data written but not committed:
@@ -99,26 +92,17 @@ class Output:
         (multipart) PUT. `before_commit` runs just before the rename or upload (a lock check):
         when it raises, `rel` is left as it was."""
         if self.local:
-            target = self._local(rel)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temp = target.with_name(f"{TEMP_PREFIX}{target.name}-{secrets.token_hex(6)}")
-        else:
-            temp = Path(tempfile.mkdtemp(prefix="asset-pipeline-staged-", dir=self.scratch)) / posixpath.basename(rel)
+            with staged_file(self._local(rel), before_commit) as temp:
+                yield temp
+            return
+        temp = Path(tempfile.mkdtemp(prefix="asset-pipeline-staged-", dir=self.scratch)) / posixpath.basename(rel)
         try:
             yield temp
             if before_commit:
                 before_commit()
-            if self.local:
-                with open(temp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(temp, target)
-                fsync_dir(target.parent)
-            else:
-                self.fs.put_file(str(temp), self._remote(rel))
+            self.fs.put_file(str(temp), self._remote(rel))
         finally:
-            temp.unlink(missing_ok=True)
-            if not self.local:
-                shutil.rmtree(temp.parent, ignore_errors=True)
+            shutil.rmtree(temp.parent, ignore_errors=True)
 
     def open(self, rel: str):
         """`rel` opened for reading (binary): readers such as Parquet fetch only the ranges they
@@ -198,17 +182,7 @@ class Output:
         """Write `rel` only if nothing is there: True when this call created it (`version` then
         says which version it made)."""
         if self.local:
-            path = self._local(rel)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            return True
+            return atomic_write(self._local(rel), data, exclusive=True)
         return self._conditional_put(rel, data, IfNoneMatch="*") is not None
 
     def version(self, rel: str) -> str | None:

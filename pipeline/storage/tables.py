@@ -6,6 +6,9 @@ fsspec file): with polars loaded too, the interpreter then aborts now and then a
 all its work exits 134. Measured here: 8 to 10 of 40 processes reading shards from bytes or
 a Python file with threads aborted; 0 of 40 reading the same by path, or single-threaded. So
 a local file is read by path (Arrow's own file, threaded) and anything else single-threaded.
+
+`read_input` reads a table the user hands us (a manifest, a styles table) as every input is
+read (`pipeline.storage.uris`): bounded, regular files or objects only, listed once.
 """
 
 from __future__ import annotations
@@ -42,3 +45,20 @@ def read(source: str | Path | bytes | BinaryIO, columns: list[str] | None = None
         with pq.ParquetFile(source, metadata=f.metadata,
                             read_dictionary=[c for c in dictionary if c in wanted]) as g:
             return g.read(columns=wanted, use_threads=native)
+
+
+def read_input(where: str) -> pa.Table:
+    """A whole Parquet input from a resolved URI: a file, or a folder or prefix of `.parquet`
+    parts (`uris.parts`), concatenated. A local part is read by path (see above); a remote one
+    through fsspec, like every other input: one client, one configuration (pyarrow's own S3
+    client does not read every standard AWS variable)."""
+    from pipeline.storage import paths, uris
+
+    read_parts = []
+    for uri, listing in uris.parts(where, ".parquet", uris.TABLE):
+        if paths.split(uri)[0] == paths.LOCAL:
+            read_parts.append(read(uri))
+        else:
+            with uris.open_input(uri, uris.TABLE, listing) as f:
+                read_parts.append(read(f))
+    return pa.concat_tables(read_parts, promote_options="default") if len(read_parts) > 1 else read_parts[0]

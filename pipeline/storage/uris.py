@@ -1,19 +1,14 @@
-"""The one way to name input data: resolve against a base, normalise, confine, fingerprint.
+"""Reading an input by its URI: the one way the bytes of a product photo, mask, reference image,
+LoRA file, table or job file are read, locally or from object storage (fsspec).
 
-Every input URI (product photos, masks, reference images, LoRA files) goes through `resolve`
-once, so what validation checks is exactly what the actors read:
-- a relative value joins its base (a folder, or a bucket prefix such as `s3://b/manifests`);
-- a local path (plain or `file://`) becomes an absolute real path: symlinks and `..` are
-  followed, so confinement sees where the data really is;
-- an object-store URI keeps its scheme, its key normalised (`a/../b` → `b`).
-
-`problem` confines a resolved URI to the job's allowed schemes and roots (a root may be a
-bucket prefix). `fingerprint` names the content, not the place, for item ids.
-
-Every input is read through `open_input`: only a regular file or an object, no larger than its
-limit in the one table of limits (`pipeline.spec.limits.LIMITS`), and never more than that limit is
-read, so a wrong path (/dev/zero, /dev/null, a named pipe, a folder) is refused by name instead
-of filling memory or hanging. `load_image` is the one way an input image's pixels are read.
+A URI is resolved first (`pipeline.storage.paths`). It is read only when it is a regular file or
+one object, no larger than its limit in the one table of limits (`pipeline.spec.limits.LIMITS`),
+and never more than that limit is read, so a wrong path (/dev/zero, /dev/null, a named pipe, a
+folder) is refused by name instead of filling memory or hanging. A remote input is listed once:
+`info` checks it and `open_input` takes that listing along instead of asking again.
+`load_image` is the one way an input image's pixels are read; `fingerprint` names the content,
+not the place, for item ids; `local_copy` hands a library that opens only local files a whole
+copy (`pipeline.storage.write.staged_file`).
 """
 
 from __future__ import annotations
@@ -26,83 +21,9 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from pipeline.spec.limits import LIMITS
+from pipeline.storage.paths import LOCAL, split
 
-LOCAL = "file"
 CHUNK = 1 << 20
-
-
-def split(uri: str) -> tuple[str, str]:
-    """(scheme, path): `file` and the path for local paths, the key part for the others."""
-    if "://" not in uri:
-        return LOCAL, uri
-    scheme, rest = uri.split("://", 1)
-    scheme = scheme.lower()
-    if scheme == LOCAL and not rest.startswith("/"):
-        host, _, path = rest.partition("/")
-        if host != "localhost":
-            raise ValueError(f"{uri!r} names a file on another host ({host!r})")
-        rest = "/" + path
-    return scheme, rest
-
-
-def resolve(value: str, base: str) -> str:
-    """A URI from a manifest or styles table, resolved against `base` and normalised."""
-    scheme, path = split(value)
-    if scheme == LOCAL:
-        path = os.path.expanduser(path)
-        if os.path.isabs(path):
-            return os.path.realpath(path)
-        base_scheme, base_path = split(base)
-        if base_scheme != LOCAL:
-            return resolve(f"{base_scheme}://{base_path.rstrip('/')}/{path}", "")
-        return os.path.realpath(os.path.join(base_path, path))
-    bucket, _, key = path.partition("/")
-    key = posixpath.normpath("/" + key).lstrip("/") if key else ""
-    if not bucket or bucket in (".", "..") or _climbs(path):
-        raise ValueError(f"{value!r} climbs out of its bucket or names none")
-    return f"{scheme}://{bucket}/{key}" if key else f"{scheme}://{bucket}"
-
-
-def _climbs(path: str) -> bool:
-    """Whether a bucket/key path's `..` segments reach above the bucket."""
-    depth = 0
-    for part in path.split("/")[1:]:
-        depth += -1 if part == ".." else (part not in ("", "."))
-        if depth < 0:
-            return True
-    return False
-
-
-def parent(uri: str) -> str:
-    """The folder (or prefix) a URI's relative neighbours resolve against."""
-    scheme, path = split(uri)
-    if scheme == LOCAL:
-        return os.path.dirname(os.path.abspath(path))
-    return f"{scheme}://{path.rsplit('/', 1)[0]}"
-
-
-def inside(uri: str, root: str) -> bool:
-    """Whether resolved `uri` is `root` or below it (a root is resolved like any URI)."""
-    scheme, path = split(uri)
-    try:
-        root_scheme, root_path = split(resolve(root, os.getcwd()))
-    except ValueError:  # a root that names nothing confines to nothing
-        return False
-    if scheme != root_scheme:
-        return False
-    root_path = root_path.rstrip("/")
-    return path == root_path or path.startswith(root_path + "/")
-
-
-def problem(uri: str, roots: tuple[str, ...], schemes: tuple[str, ...]) -> str | None:
-    """Why a resolved input URI may not be read by this job, or None."""
-    scheme, _ = split(uri)
-    if scheme not in {s.lower() for s in schemes}:
-        return (f"scheme {scheme!r} is not allowed (allowed: {', '.join(schemes)}; "
-                "[job].allowed_input_schemes)")
-    if roots and not any(inside(uri, r) for r in roots):
-        return f"outside [job].allowed_input_roots: {uri} is under none of {', '.join(roots)}"
-    return None
 
 
 class StorageError(RuntimeError):
@@ -163,37 +84,44 @@ def within_limit(uri: str, size: int, limit: str) -> int:
     return size
 
 
-def checked_size(uri: str, limit: str = IMAGE) -> int:
-    """The size of the regular file or object `uri`, which is not opened: FileNotFoundError when
-    absent, Refused when it is something else (a device, a pipe, a folder) or larger than
-    `LIMITS[limit]`."""
+def info(uri: str, limit: str = IMAGE) -> dict:
+    """The listing of the regular file or object `uri` (its `size`, and on object storage what
+    the store keeps: ETag, version…), which is not opened: FileNotFoundError when absent, Refused
+    when it is something else (a device, a pipe, a folder) or larger than `LIMITS[limit]`. Hand
+    it to `open_input` or `fingerprint` so they need not ask again."""
     scheme, path = split(uri)
     if scheme == LOCAL:
         st = os.stat(path)
         if (kind := _kind(st.st_mode)) is not None:
             raise Refused(f"{uri} is {kind}, not a regular file")
-        return within_limit(uri, st.st_size, limit)
+        return {"size": within_limit(uri, st.st_size, limit)}
     fs, key = filesystem(uri)
-    return int(_object(uri, fs.info(key), limit).get("size") or 0)
+    return _object(uri, fs.info(key), limit)
 
 
-def _object(uri: str, info: dict, limit: str) -> dict:
+def _object(uri: str, listing: dict, limit: str) -> dict:
     """An object store's listing of `uri`, once it is known to be one object within the limit."""
-    if info.get("type", "file") != "file":
-        raise Refused(f"{uri} is a {info.get('type')}, not a file")
-    within_limit(uri, int(info.get("size") or 0), limit)
-    return info
+    if listing.get("type", "file") != "file":
+        raise Refused(f"{uri} is a {listing.get('type')}, not a file")
+    within_limit(uri, int(listing.get("size") or 0), limit)
+    return listing
 
 
-def open_input(uri: str, limit: str = IMAGE) -> BinaryIO:
-    """`uri` open for reading, once `checked_size` admits it. A local file is opened without
-    blocking and checked again by its descriptor, so a pipe put in its place after the check
-    cannot hang the read."""
+def open_input(uri: str, limit: str = IMAGE, listing: dict | None = None) -> BinaryIO:
+    """`uri` open for reading, once `info` admits it (`listing`: what `info`, or a store's
+    listing of a folder, already said, so the store is not asked again). A local file is opened
+    without blocking and checked again by its descriptor, so a pipe put in its place after the
+    check cannot hang the read."""
     scheme, path = split(uri)
-    checked_size(uri, limit)
     if scheme != LOCAL:
         fs, key = filesystem(uri)
-        return fs.open(key, "rb")
+        listing = _object(uri, listing if listing is not None else fs.info(key), limit)
+        f = fs.open(key, "rb", size=int(listing.get("size") or 0))
+        if isinstance(getattr(type(f), "details", None), property):  # fsspec's buffered files
+            f.details = listing  # would ask the store for it again on their first read
+        return f
+    if listing is None:
+        info(uri, limit)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     try:
         st = os.fstat(fd)
@@ -204,6 +132,29 @@ def open_input(uri: str, limit: str = IMAGE) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def parts(where: str, suffix: str, limit: str) -> list[tuple[str, dict]]:
+    """The files a URI names, each with its listing: itself, or the files ending in `suffix`
+    under a folder or prefix (one listing for them all). Each a regular file or object, all
+    together within `LIMITS[limit]`; FileNotFoundError when there is none."""
+    scheme, path = split(where)
+    if scheme == LOCAL:
+        found = (sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names if n.endswith(suffix))
+                 if os.path.isdir(path) else [path])
+        listed = [(p, info(p, limit)) for p in found]
+    else:
+        fs, key = filesystem(where)
+        top = fs.info(key)
+        if top.get("type") == "directory":
+            found = sorted((p, d) for p, d in fs.find(key, detail=True).items() if p.endswith(suffix))
+            listed = [(f"{scheme}://{p}", _object(f"{scheme}://{p}", d, limit)) for p, d in found]
+        else:
+            listed = [(where, _object(where, top, limit))]
+    if not listed:
+        raise FileNotFoundError(where)
+    within_limit(where, sum(int(d.get("size") or 0) for _, d in listed), limit)  # all together
+    return listed
 
 
 def _chunks(f: BinaryIO, uri: str, limit: str) -> Iterator[bytes]:
@@ -242,16 +193,16 @@ def content_digest(data: bytes) -> str:
     return "b2:" + hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def fingerprint(uri: str, limit: str = WEIGHTS) -> str:
+def fingerprint(uri: str, limit: str = WEIGHTS, listing: dict | None = None) -> str:
     """What the content is, not where it lives: a hash of a local file's bytes; for an object
     store, the fingerprint it already keeps (ETag, MD5, version or generation) and the size,
-    so a million-object catalogue needs a listing, not a million downloads."""
+    so a million-object catalogue needs a listing, not a million downloads (`listing`: one
+    already made by `info`)."""
     if split(uri)[0] != LOCAL:
-        fs, path = filesystem(uri)
-        info = _object(uri, fs.info(path), limit)
+        listing = listing if listing is not None else info(uri, limit)
         for key in ("ETag", "etag", "md5Hash", "content_md5", "VersionId", "generation"):
-            if info.get(key):
-                return f"{key.lower()}:{str(info[key]).strip(chr(34))}:{info.get('size')}"
+            if listing.get(key):
+                return f"{key.lower()}:{str(listing[key]).strip(chr(34))}:{listing.get('size')}"
     h = hashlib.blake2b(digest_size=16)
     with open_input(uri, limit) as f:
         for chunk in _chunks(f, uri, limit):
@@ -268,16 +219,17 @@ def cache_root() -> str:
 def local_copy(uri: str) -> str:
     """A local path holding `uri`'s bytes, for libraries that only open local files (LoRA
     loading). Local paths are returned as they are; a remote object is fetched once per node
-    into a cache folder named by its fingerprint, so a changed object is fetched again."""
+    into a cache folder named by its fingerprint, so a changed object is fetched again. The copy
+    is staged and renamed (`staged_file`): a fetch that fails half-way leaves nothing."""
+    from pipeline.storage.write import staged_file
+
     scheme, path = split(uri)
     if scheme == LOCAL:
         return path
     key = hashlib.blake2b(fingerprint(uri).encode(), digest_size=16).hexdigest()
     target = os.path.join(cache_root(), key, posixpath.basename(path))
     if not os.path.isfile(target):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        temp = f"{target}.part-{os.getpid()}"
         fs, remote = filesystem(uri)
-        fs.get_file(remote, temp)
-        os.replace(temp, target)  # whole or absent: a racing fetch on the same node is harmless
+        with staged_file(target) as temp:  # whole or absent: a racing fetch on the same node is harmless
+            fs.get_file(remote, str(temp))
     return target
