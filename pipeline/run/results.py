@@ -368,7 +368,8 @@ class Summary:
                 entry = self.reference.setdefault(style if style is not None else NO_STYLE, [0.0, 0])
                 entry[0] += total
                 entry[1] += n
-        self.reasons.update(r.split(":")[0] for r in results["reason"].to_pylist() if r)
+        codes = [results[n] for n in ("reason_code", "reason") if n in results.column_names]  # by code, never text
+        self.reasons.update(c for c in pc.coalesce(*codes).to_pylist() if c)  # (rows from before codes: their reason)
         for name, mask in funnel(results).items():
             self.steps[name] += pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
         for name, columns in self.TIMES.items():
