@@ -324,7 +324,7 @@ def funnel(results: pa.Table) -> dict[str, pa.Array]:
                      pc.starts_with(pc.fill_null(results["reason"], ""), f"{schema.GENERATE_ERROR}:"))
     generated = pc.and_(valid("ms_generate"), pc.invert(failed))
     moderated = pc.and_(pc.and_(generated, valid("image_unsafe_score")),
-                        pc.equal(pc.fill_null(results["moderation"], ""), "pass"))
+                        pc.equal(pc.fill_null(results["moderation"], ""), schema.PASS))
     ranked = pc.and_(moderated, valid("rank"))
     selected = pc.and_(ranked, pc.fill_null(results["selected"], False))
     signed = pc.and_(selected, valid("ms_sign"))
