@@ -40,7 +40,6 @@ JUDGED_WITH = "judged_with"
 
 STAGE_OUT_SCHEMA = pa.schema(CANDIDATE_FIELDS + [schema.EMBEDDING_FIELD, pa.field(PIXELS, pa.large_binary())])
 WRITTEN_SCHEMA = pa.schema(CANDIDATE_FIELDS + [schema.EMBEDDING_FIELD])
-assert {PRIOR, JUDGED_WITH} <= set(WRITTEN_SCHEMA.names)
 SOFTWARE_AGENT = f"asset-pipeline {__version__}"
 
 
