@@ -126,8 +126,8 @@ class CandidateStage:
             # every attempt's model time, a failed candidate's too (it is paid for)
             r.update(ms_generate=g.ms, batch_size=g.batch_size, worker=self.worker,
                      batch_position=g.batch_position, attempt=g.attempt, truncated=g.truncated)
-            if g.error:
-                fail(r, schema.GENERATE_ERROR, g.error)
+            if g.error:  # "generate: <what failed>"
+                r.update(status=schema.ERROR, reason=g.error, reason_code=schema.GENERATE_ERROR)
             else:
                 r["scheduler"] = self.scheduler  # the class that ran, whatever was configured
                 images[r["item_id"]] = g.image

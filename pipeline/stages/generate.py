@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import faults
-from pipeline.spec.schema import IMG2IMG, INPAINT, T2I
+from pipeline.spec.schema import GENERATE_ERROR, IMG2IMG, INPAINT, T2I
 from pipeline.stages.contract import CANVAS
 from pipeline.storage.uris import load_image
 
@@ -134,7 +134,7 @@ class Generator:
                 self._run(cands[:half], slots[:half], out, attempt + 1, spent)
                 self._run(cands[half:], slots[half:], out, attempt + 1, spent)
                 return
-            out[slots[0]] = Generated(error=f"{type(e).__name__}: {e}", ms=spent, attempt=attempt)
+            out[slots[0]] = Generated(error=f"{GENERATE_ERROR}: {type(e).__name__}: {e}", ms=spent, attempt=attempt)
             return
         ms = spent + (time.perf_counter() - t0) * 1000 / len(cands)
         truncated = self._truncated([c["prompt"] for c in cands])
