@@ -11,6 +11,9 @@ Pure: works on candidate records (dicts). Two steps, because the second depends 
   pick whose write fails is an error and the next one takes its place; the rest are
   `rejected / not_selected`, an earlier pick outranked now included (its file goes).
 
+Before the writer, the model actor asks the same ranking which candidates `has_place` (an
+earlier one promoted is generated again) and which are `in_reserve` (their pixels travel).
+
 A record from an earlier run carries `prior = True` and its committed outcome: it is judged
 with the others but never measured again.
 """
