@@ -360,7 +360,7 @@ def test_a_strength_outside_the_one_rule_is_refused_whichever_the_format(tmp_pat
     """NaN, infinities, 0, negatives, past 1, text: refused by LIMITS["strength"] in CSV, JSON and
     Parquet alike, each named by row and column (NaN in JSON or Parquet was taken for 'no
     strength', and the refinement made at the default); strengths within it read alike."""
-    from pipeline.review.decisions import parse, read_file
+    from pipeline.review.decision_file import parse, read_file
 
     texts = [s for s in STRENGTHS if isinstance(s[0], str)]
     numbers = [s for s in STRENGTHS if not isinstance(s[0], str)]
@@ -394,7 +394,7 @@ def test_a_nan_strength_is_refused_and_nothing_recorded_or_generated(job, model_
 
 
 def test_a_json_decisions_file_nested_too_deep_is_named(tmp_path):
-    from pipeline.review.decisions import read_file
+    from pipeline.review.decision_file import read_file
 
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
@@ -467,7 +467,7 @@ def test_a_failed_refinement_is_never_made_and_a_rejected_image_never_kept_for_r
 def test_a_decisions_file_that_is_a_device_or_pipe_is_named_not_read(tmp_path):
     import os
 
-    from pipeline.review.decisions import read_file
+    from pipeline.review.decision_file import read_file
 
     os.mkfifo(tmp_path / "d.csv")
     for uri, needle in (("/dev/zero", "/dev/zero is a character device, not a regular file"),

@@ -84,3 +84,23 @@ def test_a_blocked_term_takes_the_pick_out_and_lifting_it_brings_the_same_image_
     assert after["b", shoe["candidate"]]["status"] == "written"
     assert after["b", shoe["candidate"]]["item_id"] == shoe["item_id"]
     assert verify_output(lifted.output_dir) == ([], 3)
+
+
+def test_shards_committed_before_reason_codes_existed_are_judged_as_they_were(tmp_path, model_calls):
+    """An output whose shards predate the `reason_code` column: a row blocked before it was ever
+    measured is generated once its term is lifted, and the summary counts old rows by code."""
+    import json
+
+    from pipeline.storage.layout import SHARDS, SUMMARY
+
+    blocked, during = run(tmp_path, extra='[filter]\nblocked_terms = ["shoe"]\n')
+    assert all(r["clip_score"] is None for (i, _), r in during.items() if i == "b")
+    for shard in (blocked.output_dir / SHARDS).glob("part-*.parquet"):  # as an earlier release wrote them
+        pq.write_table(pq.read_table(shard).drop_columns(["reason_code"]), shard)
+    model_calls.update(generated=0, measured=0)
+    lifted, after = run(tmp_path)
+    assert model_calls == {"generated": 3, "measured": 3}  # row b's candidates, never measured before
+    assert sum(r["status"] == "written" for (i, _), r in after.items() if i == "b") == 1
+    assert verify_output(lifted.output_dir) == ([], 3)
+    reasons = json.loads((lifted.output_dir / SUMMARY).read_text())["reasons"]
+    assert set(reasons) == {"not_selected"}, reasons

@@ -1,5 +1,7 @@
 """The run contract, in-process (fast): one row per candidate, signed files, verify, resume."""
 
+import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ from PIL import Image
 
 from pipeline.review.verify import verify_output
 from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.summary import summarize
 from pipeline.spec import schema
 from pipeline.spec.load import load_job
 from pipeline.storage.layout import SHARDS
@@ -62,6 +65,31 @@ def test_one_row_per_candidate_with_status(finished):
     blocked = by_id["blocked"]
     assert all(r["status"] == "rejected" and r["reason"].startswith("prompt_blocked") for r in blocked)
     assert all(r["ms_generate"] is None and r["path"] is None for r in blocked)
+
+
+def test_results_carry_the_reason_code_and_the_counts_read_it(finished):
+    # Code reads a reason's code from `reason_code`, never from the text of `reason`.
+    _, report, table = finished
+    rows = table.to_pylist()
+    with_reason = [r for r in rows if r["reason"]]
+    assert {r["reason_code"] for r in with_reason} >= {schema.PROMPT_BLOCKED, schema.NOT_SELECTED}
+    assert all(r["reason_code"] in schema.REJECT_REASONS + schema.ERROR_STAGES for r in with_reason)
+    assert all(r["reason"] == r["reason_code"] or r["reason"].startswith(f"{r['reason_code']}: ") for r in with_reason)
+    assert all(r["reason_code"] is None for r in rows if not r["reason"])
+    summary = json.loads((report.output_dir / "summary.json").read_text())
+    assert summary["reasons"] == dict(Counter(r["reason_code"] for r in with_reason))
+
+
+def test_reason_counts_go_by_code_not_by_the_words_of_the_message():
+    # The runner's failure sentences have no "<code>:" prefix, and a message may hold colons
+    # anywhere: the counts take the code as recorded.
+    reasons = ["worker died on this unit 4 times, the last time with no other unit beside it: OOM",
+               "unit failed: RuntimeError: boom", "prompt_blocked: term 'a: b'", "not_selected"]
+    codes = [schema.UNIT_ERROR, schema.UNIT_ERROR, schema.PROMPT_BLOCKED, schema.NOT_SELECTED]
+    rows = [{"status": schema.ERROR if c == schema.UNIT_ERROR else schema.REJECTED, "reason": r,
+             "reason_code": c} for r, c in zip(reasons, codes, strict=True)]
+    summary = summarize(pa.Table.from_pylist(rows, schema=schema.RESULTS_SCHEMA))
+    assert summary["reasons"] == {schema.UNIT_ERROR: 2, schema.PROMPT_BLOCKED: 1, schema.NOT_SELECTED: 1}
 
 
 def test_results_columns_and_passthrough(finished):

@@ -1,7 +1,7 @@
 """The filter rules, in one place: what rejects a candidate's prompt and its image, applied when
 a candidate is measured and again, from its stored scores, when the rules have changed since
-an earlier run judged it (re-judging without regenerating); and what a reviewer's decision
-does to a candidate (`review_reason`; an approval's lock is `select.passed`).
+an earlier run judged it (re-judging without regenerating), and the moderation verdict they
+give. (What a reviewer's decision does is judge/review.py's.)
 
 A candidate's outcome records the rules it was judged under (`judged_with`, the plan's
 `judge_key`: the filter settings and the row's keep and CLIP threshold). When they differ, the
@@ -10,13 +10,15 @@ row is judged again from what is stored: scores and embeddings are never measure
 
 from __future__ import annotations
 
+from pipeline.judge.outcome import Reason, code_of, reject
+from pipeline.judge.review import review_reason
 from pipeline.plan.identity import digest, encode
 from pipeline.spec import schema
 from pipeline.spec.config import FilterSection
 
 # The outcome of a measured candidate that a re-judging may reset, when its prompt was blocked
 # before and is not now: it was never generated, so it is generated as a new candidate.
-_UNMEASURED = ("status", "reason", "selected", "rank", "moderation", "prompt_unsafe_score", "clip_score",
+_UNMEASURED = ("status", "reason", "reason_code", "selected", "rank", "moderation", "prompt_unsafe_score", "clip_score",
                "image_unsafe_score", "clip_model", "moderation_model", "path", "sha256", "bytes", "c2pa_label",
                "c2pa_state", "run_id", "judged_with")
 
@@ -29,29 +31,29 @@ def rules_key(f: FilterSection) -> str:
                          len(terms), *terms), 6).hex()
 
 
-def prompt_reason(term: str | None, score: float | None, threshold: float) -> str | None:
+def prompt_reason(term: str | None, score: float | None, threshold: float) -> Reason | None:
     """Why a prompt is blocked (a blocked term, or the classifier's score), or None."""
     if term is not None:
-        return f"{schema.PROMPT_BLOCKED}: term {term!r}"
+        return Reason(schema.PROMPT_BLOCKED, f"term {term!r}")
     if score is not None and score >= threshold:
-        return f"{schema.PROMPT_BLOCKED}: classifier score {score:.3f} >= {threshold}"
+        return Reason(schema.PROMPT_BLOCKED, f"classifier score {score:.3f} >= {threshold}")
     return None
 
 
-def image_reason(clip_score: float, unsafe: float, clip_threshold: float, unsafe_threshold: float) -> str | None:
+def image_reason(clip_score: float, unsafe: float, clip_threshold: float, unsafe_threshold: float) -> Reason | None:
     """Why a generated image is rejected (unsafe, then below the CLIP threshold), or None."""
     if unsafe >= unsafe_threshold:
-        return f"{schema.IMAGE_UNSAFE}: score {unsafe:.3f} >= {unsafe_threshold}"
+        return Reason(schema.IMAGE_UNSAFE, f"score {unsafe:.3f} >= {unsafe_threshold}")
     if clip_score < clip_threshold:
-        return f"{schema.BELOW_CLIP_THRESHOLD}: {clip_score:.2f} < {clip_threshold}"
+        return Reason(schema.BELOW_CLIP_THRESHOLD, f"{clip_score:.2f} < {clip_threshold}")
     return None
 
 
-def review_reason(r: dict) -> str | None:
-    """Why a reviewer's decision takes a candidate out of the selection (a reject; the note is
-    its own column), or None. (A refined candidate gives its place to its refinement once that
-    passes: `select.refined_away`.)"""
-    return schema.REVIEWER_REJECTED if r.get("decision") == schema.REJECT else None
+def moderation(reason: Reason | None) -> str:
+    """The moderation verdict of a measured candidate: blocked when its prompt or its image was
+    (a CLIP score below the threshold is no moderation matter)."""
+    blocked = reason is not None and reason.code in (schema.PROMPT_BLOCKED, schema.IMAGE_UNSAFE)
+    return schema.BLOCK if blocked else schema.PASS
 
 
 def rejudge(r: dict, blocked_term: str | None, f: FilterSection) -> bool:
@@ -63,19 +65,18 @@ def rejudge(r: dict, blocked_term: str | None, f: FilterSection) -> bool:
     keeping its file while it stays among the best. A reviewer's reject takes it out; an
     approval sets the CLIP threshold aside, never moderation."""
     if reason := review_reason(r):
-        r.update(status=schema.REJECTED, reason=reason, selected=False, rank=None)
+        reject(r, reason, selected=False, rank=None)
         return True
     blocked = prompt_reason(blocked_term, r["prompt_unsafe_score"], f.prompt_unsafe_threshold)
     if blocked is None and r["clip_score"] is None:
-        if r["status"] == schema.REJECTED and (r["reason"] or "").startswith(schema.PROMPT_BLOCKED):
+        if r["status"] == schema.REJECTED and code_of(r) == schema.PROMPT_BLOCKED:
             r.update(dict.fromkeys(_UNMEASURED))
             return False
         return True  # nothing stored to judge again
     clip_threshold = r["clip_threshold"] if r.get("decision") != schema.APPROVE else float("-inf")
     reason = blocked or image_reason(r["clip_score"], r["image_unsafe_score"], clip_threshold, f.image_unsafe_threshold)
     if reason is not None:
-        r.update(status=schema.REJECTED, reason=reason, selected=False, rank=None,
-                 moderation="block" if reason.startswith((schema.PROMPT_BLOCKED, schema.IMAGE_UNSAFE)) else "pass")
+        reject(r, reason, selected=False, rank=None, moderation=moderation(reason))
     elif r["status"] != schema.WRITTEN:
-        r.update(status=schema.REJECTED, reason=schema.NOT_SELECTED, moderation="pass")
+        reject(r, schema.NOT_SELECTED, moderation=schema.PASS)
     return True

@@ -11,6 +11,9 @@ Pure: works on candidate records (dicts). Two steps, because the second depends 
   pick whose write fails is an error and the next one takes its place; the rest are
   `rejected / not_selected`, an earlier pick outranked now included (its file goes).
 
+Before the writer, the model actor asks the same ranking which candidates `has_place` (an
+earlier one promoted is generated again) and which are `in_reserve` (their pixels travel).
+
 A record from an earlier run carries `prior = True` and its committed outcome: it is judged
 with the others but never measured again.
 """
@@ -20,7 +23,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
+from pipeline.judge.outcome import code_of, reject, written
+from pipeline.judge.review import approvable
 from pipeline.spec import schema
+
+# Past its places, a row ships the pixels of as many runners-up again: a pick whose write fails
+# hands its place to the next, and the writer has its pixels at hand.
+RESERVE_PER_PLACE = 1
 
 
 def passed(r: dict) -> bool:
@@ -31,9 +40,9 @@ def passed(r: dict) -> bool:
     if decision == schema.REJECT:
         return False
     if decision == schema.APPROVE:
-        return status != schema.ERROR and r.get("moderation") != "block"
+        return approvable(r)
     return status is None or (bool(r.get("prior")) and (
-        status == schema.WRITTEN or (status == schema.REJECTED and r.get("reason") == schema.NOT_SELECTED)))
+        status == schema.WRITTEN or (status == schema.REJECTED and code_of(r) == schema.NOT_SELECTED)))
 
 
 def by_row(records: Iterable[dict]) -> list[list[dict]]:
@@ -47,6 +56,19 @@ def locked(r: dict) -> bool:
     """A reviewer approved it, or asked for it (a refinement): while it passes, it keeps a place
     whatever else is in the row (even past `keep`)."""
     return r.get("decision") == schema.APPROVE or r.get("parent") is not None
+
+
+def has_place(r: dict, ranks: dict[str, int]) -> bool:
+    """Ranked among the row's `keep` best, or locked in by a reviewer while it passes."""
+    rank_ = ranks.get(r["item_id"])
+    return rank_ is not None and (rank_ <= int(r["keep"]) or locked(r))
+
+
+def in_reserve(r: dict, ranks: dict[str, int]) -> bool:
+    """Has a place, or is among the runners-up next in line for one (`RESERVE_PER_PLACE` per
+    place): the writer may need its pixels."""
+    rank_ = ranks.get(r["item_id"])
+    return rank_ is not None and (rank_ <= (1 + RESERVE_PER_PLACE) * int(r["keep"]) or locked(r))
 
 
 def refined_away(cands: list[dict]) -> set[str]:
@@ -87,17 +109,17 @@ def fill_places(records: list[dict], write: Callable[[dict], bool], can_write: C
             if has_place and r.get("prior") and (r["status"] == schema.WRITTEN or r.get("path")):
                 # an earlier pick, or a runner-up whose signed image was kept for review: its
                 # file is already there, verified, and is the image
-                r.update(selected=True, status=schema.WRITTEN, reason=None)
+                written(r, selected=True)
                 places = max(places - 1, 0)
             elif has_place and can_write(r):
                 r["selected"] = True  # picked: written, or an error that says why not
                 if write(r):
-                    r["status"], r["reason"] = schema.WRITTEN, None
+                    written(r)
                     places = max(places - 1, 0)
             else:
-                r.update(selected=False, status=schema.REJECTED, reason=schema.NOT_SELECTED)
+                reject(r, schema.NOT_SELECTED, selected=False)
         for r in cands:
             if r["item_id"] in away:
-                r.update(selected=False, status=schema.REJECTED, reason=schema.REVIEWER_REFINED, rank=None)
+                reject(r, schema.REVIEWER_REFINED, selected=False, rank=None)
             if r.get("selected") is None:
                 r["selected"] = False

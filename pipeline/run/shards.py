@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.judge.outcome import reason_codes
 from pipeline.spec import schema
 from pipeline.storage import layout, tables
 from pipeline.storage.records import read_parquet, read_results
@@ -173,6 +174,7 @@ class ShardStore:
             if f.name not in latest.column_names:
                 latest = latest.append_column(f, pa.nulls(latest.num_rows, f.type))
         latest = latest.select(OUTCOME_SCHEMA.names)
+        latest = latest.set_column(latest.schema.get_field_index("reason_code"), "reason_code", reason_codes(latest))
         listed = frozenset(p for p in pc.unique(latest["path"]).to_pylist() if p)
         files = image_files(self.out)
         paths_ = latest["path"]

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.judge.outcome import reason_codes
 from pipeline.run.shards import Committed, latest_rows
 from pipeline.spec import schema
 from pipeline.storage import layout
@@ -34,10 +35,10 @@ def funnel(results: pa.Table) -> dict[str, pa.Array]:
     # model time and no generation error: a candidate whose generation failed on every attempt
     # carries the time those attempts cost (it is paid for), not an image
     failed = pc.and_(pc.equal(pc.fill_null(results["status"], ""), schema.ERROR),
-                     pc.starts_with(pc.fill_null(results["reason"], ""), f"{schema.GENERATE_ERROR}:"))
+                     pc.equal(pc.fill_null(reason_codes(results), ""), schema.GENERATE_ERROR))
     generated = pc.and_(valid("ms_generate"), pc.invert(failed))
     moderated = pc.and_(pc.and_(generated, valid("image_unsafe_score")),
-                        pc.equal(pc.fill_null(results["moderation"], ""), "pass"))
+                        pc.equal(pc.fill_null(results["moderation"], ""), schema.PASS))
     ranked = pc.and_(moderated, valid("rank"))
     selected = pc.and_(ranked, pc.fill_null(results["selected"], False))
     signed = pc.and_(selected, valid("ms_sign"))
@@ -81,7 +82,7 @@ class Summary:
                 entry = self.reference.setdefault(style if style is not None else NO_STYLE, [0.0, 0])
                 entry[0] += total
                 entry[1] += n
-        self.reasons.update(r.split(":")[0] for r in results["reason"].to_pylist() if r)
+        self.reasons.update(c for c in reason_codes(results).to_pylist() if c)  # by code, never by text
         for name, mask in funnel(results).items():
             self.steps[name] += pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
         for name, columns in self.TIMES.items():

@@ -59,7 +59,7 @@ PLAN_FIELDS = [
     pa.field("model", pa.string()),
     pa.field("model_revision", pa.string()),
     pa.field("scheduler", pa.string()),
-    pa.field("mode", pa.string()),  # t2i | img2img | inpaint
+    pa.field("mode", pa.string()),  # MODES
     pa.field("steps", pa.int64()),
     pa.field("guidance_scale", pa.float64()),
     pa.field("strength", pa.float64()),
@@ -94,11 +94,12 @@ OUTCOME_FIELDS = [
     pa.field("clip_model", pa.string()),
     pa.field("prompt_unsafe_score", pa.float64()),
     pa.field("image_unsafe_score", pa.float64()),
-    pa.field("moderation", pa.string()),  # pass | block
+    pa.field("moderation", pa.string()),  # PASS | BLOCK
     pa.field("moderation_model", pa.string()),  # the image moderation model that ran
     pa.field("reference_similarity", pa.float64()),  # CLIP cosine with the style's reference image
     pa.field("status", pa.string()),
-    pa.field("reason", pa.string()),
+    pa.field("reason", pa.string()),  # what results show: the bare code, or "<code>: <detail>"
+    pa.field("reason_code", pa.string()),  # the reason's code alone (REJECT_REASONS, ERROR_STAGES): what code reads
     pa.field("selected", pa.bool_()),
     pa.field("rank", pa.int64()),  # 1 = best passing candidate of the row
     pa.field("sha256", pa.string()),
@@ -141,7 +142,8 @@ REJECTED = "rejected"  # filtered or not among the best k; `reason` says which
 ERROR = "error"  # something failed; `reason` holds the message
 STATUSES = (WRITTEN, REJECTED, ERROR)
 
-# Reasons for REJECTED (ERROR reasons are free-form messages prefixed by the stage).
+# Reasons for REJECTED: `reason_code` holds the code, `reason` the code and any detail
+# ("prompt_blocked: term 'x'"). Code reads `reason_code`, never the text of `reason`.
 PROMPT_BLOCKED = "prompt_blocked"
 IMAGE_UNSAFE = "image_unsafe"
 BELOW_CLIP_THRESHOLD = "below_clip_threshold"
@@ -149,12 +151,26 @@ NOT_SELECTED = "not_selected"
 REVIEWER_REJECTED = "reviewer_rejected"  # a reviewer's `reject` (the note is its own column)
 REVIEWER_REFINED = "reviewer_refined"  # a reviewer refined it and the refinement passed: it takes the place
 REJECT_REASONS = (PROMPT_BLOCKED, IMAGE_UNSAFE, BELOW_CLIP_THRESHOLD, NOT_SELECTED, REVIEWER_REJECTED, REVIEWER_REFINED)
-# An error's reason starts with the stage that failed; generation's is the one whose row has no
-# image yet still carries model time (`ms_generate`: its failed attempts, paid for).
+# Reasons for ERROR: the stage that failed is the code, `reason` is "<stage>: <message>".
+# Generation's is the one whose row has no image yet still carries model time (`ms_generate`:
+# its failed attempts, paid for).
 GENERATE_ERROR = "generate"
+REFINE_ERROR = "refine"  # the image a refinement starts from cannot be read
+SCORE_ERROR = "score"  # CLIP score or image moderation
+WRITE_ERROR = "write"  # encode, sign or write
+VERIFY_ERROR = "verify"  # the written file does not verify
+UNIT_ERROR = "unit"  # a whole unit of work failed, or its worker died on every retry (the runner)
+ERROR_STAGES = (GENERATE_ERROR, REFINE_ERROR, SCORE_ERROR, WRITE_ERROR, VERIFY_ERROR, UNIT_ERROR)
+
+# Moderation verdicts (`moderation`): the prompt or the image was judged safe, or blocked.
+PASS, BLOCK = "pass", "block"
+MODERATION_VERDICTS = (PASS, BLOCK)
 
 # A reviewer's decisions (DESIGN: review round trip).
 APPROVE, REJECT, REFINE = "approve", "reject", "refine"
 DECISIONS = (APPROVE, REJECT, REFINE)
 
-MODES = ("t2i", "img2img", "inpaint")
+# Generation modes (`mode`): text to image, from a product or reference image, or repainting
+# inside a mask around the product.
+T2I, IMG2IMG, INPAINT = "t2i", "img2img", "inpaint"
+MODES = (T2I, IMG2IMG, INPAINT)

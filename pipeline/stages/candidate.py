@@ -12,12 +12,23 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import faults
-from pipeline.judge.rules import image_reason, prompt_reason, rejudge, review_reason
-from pipeline.judge.select import locked, rank
+from pipeline.judge.files import ships_pixels
+from pipeline.judge.outcome import fail, reject
+from pipeline.judge.review import review_reason
+from pipeline.judge.rules import image_reason, moderation, prompt_reason, rejudge
+from pipeline.judge.select import has_place, rank
 from pipeline.plan.work import PRIOR, unnest
 from pipeline.spec import schema
 from pipeline.spec.config import JobConfig
-from pipeline.stages.contract import EMBEDDING, PIXELS, STAGE_OUT_SCHEMA, die_if_armed, ms_each, worker_name
+from pipeline.stages.contract import (
+    CANVAS,
+    EMBEDDING,
+    PIXELS,
+    STAGE_OUT_SCHEMA,
+    die_if_armed,
+    ms_each,
+    worker_name,
+)
 
 
 class CandidateStage:
@@ -83,7 +94,7 @@ class CandidateStage:
         for r in new:
             r.update(job=self.cfg.job.name, worker=self.worker)
             if reason := review_reason(r):  # a reviewer took it out (its file is gone): not made again
-                r.update(status=schema.REJECTED, reason=reason)
+                reject(r, reason)
         # prompt moderation: blocked prompts are never generated
         self._moderate_prompts([r for r in new if r["status"] is None])
         # 3. generate
@@ -96,17 +107,14 @@ class CandidateStage:
         # ranking and the next moves up, until the places are filled or no candidate is left.
         tried: set[str] = set()
         while wanted := [r for r in records if r[PRIOR] and r["path"] is None and r["item_id"] not in tried
-                         and (ranks.get(r["item_id"], 1 << 30) <= int(r["keep"])
-                              or (locked(r) and r["item_id"] in ranks))]:
+                         and has_place(r, ranks)]:
             tried.update(r["item_id"] for r in wanted)
             images.update(self._generate(wanted))
             ranks = rank(records)
-        # 6. collect pixels for the picks and a reserve of as many runner-ups (a failed write
-        # hands its place on), every image when rejected ones are kept too
-        write_rejected = self.cfg.output.write_rejected
+        # 6. collect pixels for the picks and a reserve of runners-up (a failed write hands its
+        # place on), every image when rejected ones are kept too
         for r in records:
-            needed = ranks.get(r["item_id"], 1 << 30) <= 2 * int(r["keep"]) or (locked(r) and r["item_id"] in ranks)
-            img = images.get(r["item_id"]) if needed or write_rejected else None
+            img = images.get(r["item_id"]) if ships_pixels(r, ranks, self.cfg.output.write_rejected) else None
             r[PIXELS] = img.tobytes() if img is not None else None
         return pa.Table.from_pylist(records, schema=STAGE_OUT_SCHEMA)
 
@@ -118,8 +126,8 @@ class CandidateStage:
             # every attempt's model time, a failed candidate's too (it is paid for)
             r.update(ms_generate=g.ms, batch_size=g.batch_size, worker=self.worker,
                      batch_position=g.batch_position, attempt=g.attempt, truncated=g.truncated)
-            if g.error:
-                r.update(status=schema.ERROR, reason=g.error)
+            if g.error:  # "generate: <what failed>"
+                r.update(status=schema.ERROR, reason=g.error, reason_code=schema.GENERATE_ERROR)
             else:
                 r["scheduler"] = self.scheduler  # the class that ran, whatever was configured
                 images[r["item_id"]] = g.image
@@ -134,11 +142,10 @@ class CandidateStage:
 
         rel = image_path(r["parent"], r["format"])
         try:
-            r["canvas"] = self.out.get(rel)
+            r[CANVAS] = self.out.get(rel)
             return True
         except Exception as e:  # noqa: BLE001 — failures are rows
-            r.update(status=schema.ERROR, reason=f"refine: the image it refines ({rel}) cannot be read: "
-                                                 f"{type(e).__name__}: {e}")
+            fail(r, schema.REFINE_ERROR, f"the image it refines ({rel}) cannot be read: {type(e).__name__}: {e}")
             return False
 
     def _moderate_prompts(self, records: list[dict]) -> None:
@@ -153,9 +160,10 @@ class CandidateStage:
         for r, v in zip(records, verdicts, strict=True):
             r["prompt_unsafe_score"] = v.score
             r["ms_moderate"] = ms
-            if reason := prompt_reason(v.term, v.score, threshold):
-                r.update(status=schema.REJECTED, reason=reason)
-            r["moderation"] = "block" if r["status"] else "pass"
+            reason = prompt_reason(v.term, v.score, threshold)
+            if reason is not None:
+                reject(r, reason)
+            r["moderation"] = moderation(reason)
 
     def _score_and_moderate(self, made: list[dict], images: dict[str, np.ndarray]) -> None:
         if not made:
@@ -168,7 +176,7 @@ class CandidateStage:
                 try:
                     measured += self._measure([r], images)
                 except Exception as e:  # noqa: BLE001
-                    r.update(status=schema.ERROR, reason=f"score: {type(e).__name__}: {e}")
+                    fail(r, schema.SCORE_ERROR, f"{type(e).__name__}: {e}")
         threshold = self.cfg.filter.image_unsafe_threshold
         for r, s, u, e, ms_score, ms_mod in measured:
             r.update(clip_score=float(s), clip_model=self.scorer.model_id, image_unsafe_score=float(u),
@@ -176,10 +184,7 @@ class CandidateStage:
                      reference_similarity=self._reference_similarity(r["style_reference"], e),
                      ms_score=ms_score, ms_moderate=(r["ms_moderate"] or 0) + ms_mod)
             if reason := image_reason(float(s), float(u), r["clip_threshold"], threshold):
-                r.update(status=schema.REJECTED, reason=reason)
-                if reason.startswith(schema.IMAGE_UNSAFE):
-                    r["moderation"] = "block"
-
+                reject(r, reason, moderation=moderation(reason))
 
     def _reference_similarity(self, uri: str | None, embedding: list[float]) -> float | None:
         """Cosine of an image's CLIP embedding with its style's reference image's (embedded once

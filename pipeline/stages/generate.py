@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import faults
-from pipeline.spec.schema import GENERATE_ERROR
+from pipeline.spec.schema import GENERATE_ERROR, IMG2IMG, INPAINT, T2I
 from pipeline.spec.tokens import truncated
+from pipeline.stages.contract import CANVAS
 from pipeline.storage.uris import load_image
 
 GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale")
@@ -180,7 +181,7 @@ class Generator:
 
         first = cands[0]
         mode = first["mode"]
-        pipe = {"t2i": self.pipes.t2i, "img2img": self.pipes.img2img, "inpaint": self.pipes.inpaint}[mode]
+        pipe = {T2I: self.pipes.t2i, IMG2IMG: self.pipes.img2img, INPAINT: self.pipes.inpaint}[mode]
         if pipe is None:
             raise ValueError(f"model {self.pipes.model_id!r} has no {mode} pipeline")
         self._use_lora(first["lora"], first["lora_scale"])
@@ -194,26 +195,26 @@ class Generator:
         }
         if "negative_prompt" in params and first["negative_prompt"]:  # all or none (group_key)
             kwargs["negative_prompt"] = [c["negative_prompt"] for c in cands]
-        if mode == "t2i":
+        if mode == T2I:
             kwargs.update(width=int(first["width"]), height=int(first["height"]))
         else:
             # A refinement (`canvas`: its parent's image) starts from the earlier image: the whole
             # of it for image-to-image; its background for inpainting, the product kept as staged.
             w, h = int(first["width"]), int(first["height"])
-            refine = [c.get("canvas") for c in cands]
-            layers = [prepare_inputs(canvas if canvas and mode == "img2img" else c["init_image"], c["mask"], w, h)
+            refine = [c.get(CANVAS) for c in cands]
+            layers = [prepare_inputs(canvas if canvas and mode == IMG2IMG else c["init_image"], c["mask"], w, h)
                       for c, canvas in zip(cands, refine, strict=True)]
-            inputs = [pipeline_inputs(product, keep, _fitted(canvas, w, h) if canvas and mode == "inpaint" else None)
+            inputs = [pipeline_inputs(product, keep, _fitted(canvas, w, h) if canvas and mode == INPAINT else None)
                       for (product, keep), canvas in zip(layers, refine, strict=True)]
             kwargs.update(image=[i[0] for i in inputs], strength=float(first["strength"]))
-            if mode == "inpaint":
+            if mode == INPAINT:
                 kwargs.update(mask_image=[i[1] for i in inputs],
                               width=int(first["width"]), height=int(first["height"]))
         with torch.inference_mode():
             result = pipe(**kwargs).images
         _injected_faults(cands, after_model=True)
         images = [np.clip(np.rint(np.asarray(img) * 255), 0, 255).astype(np.uint8) for img in result]
-        if mode == "inpaint":
+        if mode == INPAINT:
             images = [_composite(img, *layer) for img, layer in zip(images, layers, strict=True)]
         return images
 

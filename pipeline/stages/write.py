@@ -14,25 +14,25 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import faults
+from pipeline.judge.files import keeps_file, written_for_review
+from pipeline.judge.outcome import fail
 from pipeline.judge.select import fill_places
 from pipeline.plan.work import PRIOR
 from pipeline.spec import schema
 from pipeline.spec.config import JobConfig
-from pipeline.stages.contract import PIXELS, SOFTWARE_AGENT, WRITTEN_SCHEMA, die_if_armed, worker_name
+from pipeline.stages.contract import (
+    JUDGED_WITH,
+    PIXELS,
+    SOFTWARE_AGENT,
+    WRITTEN_SCHEMA,
+    die_if_armed,
+    worker_name,
+)
 
 
 def _verdict(r: dict) -> tuple:
     """What a (re-)judging may change about a candidate, and the rules it was judged under."""
-    return r["status"], r["reason"], r["selected"], r["rank"], r["path"], r["judged_with"]
-
-
-def _keeps_file(r: dict, write_rejected: bool) -> bool:
-    """An earlier candidate that lost its place keeps its file when rejected images are kept for
-    review, and always when a reviewer refined it (its refinements start from it and name it);
-    never when a reviewer rejected it."""
-    if not (r[PRIOR] and r["path"] and r["status"] == schema.REJECTED):
-        return False
-    return r["decision"] == schema.REFINE or (write_rejected and r["decision"] != schema.REJECT)
+    return r["status"], r["reason"], r["selected"], r["rank"], r["path"], r[JUDGED_WITH]
 
 
 def _forget_file(r: dict) -> None:
@@ -60,22 +60,25 @@ class WriteStage:
         """Candidate records with pixels → outcomes: the best of each row written in rank order
         (a failed write hands its place on), the rest rejected. Earlier judged candidates come
         back only when their outcome changed (a pick outranked, a runner-up promoted)."""
+        # 1. check inputs: whole rows of candidates, the pixels of those the writer may need
         records = batch.to_pylist()
         die_if_armed([], "writer.exit_once")
         before = {r["item_id"]: _verdict(r) for r in records if r[PRIOR]}
-        for r in records:
-            r["judged_with"] = r["judge_key"]  # the rules this judging applied
         pixels = {r["item_id"]: r.pop(PIXELS) for r in records}
+        # 2. judge: fill each row's places in rank order, writing each pick as it gets one
+        for r in records:
+            r[JUDGED_WITH] = r["judge_key"]  # the rules this judging applied
         fill_places(records, lambda r: self._write_or_error(r, pixels[r["item_id"]]),
                     can_write=lambda r: pixels[r["item_id"]] is not None)
+        # 3. the files around the places: rejected images written for review, the rest forgotten
         write_rejected = self.cfg.output.write_rejected
         for r in records:
             kept = r["status"] == schema.WRITTEN
-            if (not kept and write_rejected and r["status"] == schema.REJECTED and r["decision"] != schema.REJECT
-                    and pixels[r["item_id"]] is not None):
-                kept = self._write_or_error(r, pixels[r["item_id"]])  # a rejected image kept for review
-            if not kept and not _keeps_file(r, write_rejected):
+            if not kept and written_for_review(r, write_rejected) and pixels[r["item_id"]] is not None:
+                kept = self._write_or_error(r, pixels[r["item_id"]])
+            if not kept and not keeps_file(r, write_rejected):
                 _forget_file(r)
+        # 4. the outcomes that changed, stamped
         now = datetime.now(UTC)
         changed = [r for r in records if r["item_id"] not in before or _verdict(r) != before[r["item_id"]]]
         for r in changed:
@@ -89,7 +92,7 @@ class WriteStage:
             if self._write(r, pixels):
                 return True
         except Exception as e:  # noqa: BLE001 — failures are rows
-            r.update(status=schema.ERROR, reason=f"write: {type(e).__name__}: {e}")
+            fail(r, schema.WRITE_ERROR, f"{type(e).__name__}: {e}")
         _forget_file(r)
         return False
 
@@ -113,7 +116,7 @@ class WriteStage:
         if r["parent"]:
             rel = image_path(r["parent"], r["format"])
             return self.out.get(rel), mimetypes.guess_type(rel)[0] or "image/png", os.path.basename(rel)
-        if r["mode"] == "t2i":
+        if r["mode"] == schema.T2I:
             return None, None, None
         return *self._parent(r["init_image"]), os.path.basename(r["init_image"])
 
@@ -155,5 +158,5 @@ class WriteStage:
                  bytes=len(on_disk), sha256=sha256_hex(on_disk))
         if not check.ok:
             self.out.delete(r["path"])
-            r.update(status=schema.ERROR, reason=f"verify: C2PA {check.state}: {', '.join(check.errors)}")
+            fail(r, schema.VERIFY_ERROR, f"C2PA {check.state}: {', '.join(check.errors)}")
         return check.ok

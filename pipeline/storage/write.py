@@ -13,7 +13,7 @@ fsync policy: every file is fsynced before its rename and every folder whose ent
 changed is fsynced after it, so after a power loss the name holds the old content or the new,
 never an empty or torn file. Nothing else is fsynced. A `kill -9` mid-write can leave a `.tmp-*`
 file or folder behind (nothing can clean up after it); such names are never a result, and
-`pipeline.run.results` removes them when a run starts.
+`pipeline.run.compact.remove_temp` removes them when a run starts.
 """
 
 from __future__ import annotations
