@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+from pipeline.errors import EXIT_INCOMPLETE, EXIT_INVALID, EXIT_OK, ConfigError, JobError, PipelineError, StorageError
+
 
 def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="job spec (jobs/*.toml)")
@@ -66,7 +68,6 @@ def _load(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.plan.build import plan_chunks
-    from pipeline.run.job import EXIT_OK
     from pipeline.spec.manifest import load_inputs
 
     cfg = _load(args)
@@ -116,7 +117,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from pipeline.plan.build import plan_chunks
     from pipeline.review.cost import estimate, format_estimate, shapes
-    from pipeline.run.job import EXIT_OK
     from pipeline.spec.manifest import load_inputs
 
     cfg = _load(args)
@@ -148,8 +148,6 @@ def _plan_writer(path: str, schema):
     """A Parquet writer of the plan at `path`, or JobError naming it (a folder, no such folder)."""
     import pyarrow.parquet as pq
 
-    from pipeline.run.job import JobError
-
     try:
         return pq.ParquetWriter(path, schema)
     except OSError as e:
@@ -161,7 +159,6 @@ def _recorded_decisions(output: str):
     (refinements, new rounds); none when the output cannot be read from here."""
     from pipeline.review import decisions
     from pipeline.storage.store import Output
-    from pipeline.storage.uris import StorageError
 
     try:
         return decisions.load(Output(output))
@@ -173,7 +170,6 @@ def _recorded_decisions(output: str):
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run.job import describe, run_job
     from pipeline.run.progress import Reporter
-    from pipeline.spec.config import ConfigError
 
     try:
         reporter = Reporter(args.log_format)
@@ -190,7 +186,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.review.verify import verify_output
-    from pipeline.run.job import EXIT_INVALID, EXIT_OK
 
     problems, checked = verify_output(args.output, args.trust_anchors)
     for p in problems[:100]:
@@ -204,7 +199,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.run.job import EXIT_INVALID, EXIT_OK
     from pipeline.run.results import RESULTS, read_results, summarize
     from pipeline.storage.store import Output
 
@@ -230,27 +224,11 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "verify"
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from pipeline.run.job import EXIT_INCOMPLETE, EXIT_INVALID, JobError
-    from pipeline.spec.config import ConfigError
-    from pipeline.spec.manifest import ManifestError
-    from pipeline.storage.lock import LockLost
-    from pipeline.storage.uris import StorageError
-
-    expected: tuple[type[BaseException], ...] = (ConfigError, ManifestError, JobError, StorageError)
-    try:
-        from pipeline.provenance.signing import SignerError
-
-        expected += (SignerError,)
-    except ImportError:
-        pass
     try:
         return COMMANDS[args.command](args)
-    except LockLost as e:  # another run holds the output now: this one committed nothing since
-        _error(args, f"stopped: {e}")
-        return EXIT_INCOMPLETE
-    except expected as e:
-        _error(args, f"error: {e}")
-        return EXIT_INVALID
+    except PipelineError as e:  # LockLost (exit 2): another run holds the output now; it committed nothing since
+        _error(args, f"{'stopped' if e.exit_code == EXIT_INCOMPLETE else 'error'}: {e}")
+        return e.exit_code
     except KeyboardInterrupt:
         _error(args, "interrupted: rerun the same command to resume")
         return 130

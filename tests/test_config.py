@@ -5,7 +5,8 @@ import tomllib
 
 import pytest
 
-from pipeline.spec.config import ConfigError, load_job
+from pipeline.errors import ConfigError
+from pipeline.spec.config import load_job
 
 
 def write(tmp_path, text):

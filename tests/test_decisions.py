@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
+from pipeline.errors import EXIT_OK, ManifestError
 from pipeline.review.decisions import DECISIONS
 from pipeline.review.verify import verify_output
-from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.job import run_job
 from pipeline.run.results import RESULTS
 from pipeline.spec import schema
 from pipeline.spec.config import load_job
-from pipeline.spec.manifest import ManifestError
 from pipeline.stages.generate import prepare_inputs
 from pipeline.storage import tables
 from tests.helpers import save_cutout, write_job

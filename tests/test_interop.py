@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import EXIT_OK
 from pipeline.provenance.signing import DEMO_SIGNER, make_demo_credentials, verify_bytes
-from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.job import run_job
 from pipeline.run.results import RESULTS
 from pipeline.spec.config import load_job
 from tests.helpers import save_cutout, write_job

@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
 
+from pipeline.errors import SignerError
 from pipeline.provenance.signing import (
     UNTRUSTED,
     Claim,
     Signer,
-    SignerError,
     make_demo_credentials,
     verify_bytes,
 )

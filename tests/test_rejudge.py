@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from pipeline.errors import EXIT_OK
 from pipeline.review.verify import verify_output
-from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.job import run_job
 from pipeline.run.results import RESULTS
 from pipeline.spec.config import load_job
 from tests.helpers import write_job

@@ -7,10 +7,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import EXIT_INCOMPLETE, EXIT_OK, JobError, SignerError
 from pipeline.plan.build import derive_seed
-from pipeline.provenance.signing import SignerError, make_demo_credentials
+from pipeline.provenance.signing import make_demo_credentials
 from pipeline.review.verify import verify_output
-from pipeline.run.job import EXIT_INCOMPLETE, EXIT_OK, JobError, run_job
+from pipeline.run.job import run_job
 from pipeline.spec.config import load_job
 from tests.helpers import write_job
 

@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
+from pipeline.errors import EXIT_OK
 from pipeline.review.report import PAGE_ROWS, REPORT, render
-from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.job import run_job
 from pipeline.spec import schema
 from pipeline.spec.config import load_job
 from tests.helpers import save_cutout, write_job

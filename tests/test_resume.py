@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.provenance.signing import SignerError, make_demo_credentials
+from pipeline.errors import EXIT_OK, JobError, ManifestError, SignerError
+from pipeline.provenance.signing import make_demo_credentials
 from pipeline.review.verify import verify_output
-from pipeline.run.job import EXIT_OK, JobError, run_job
+from pipeline.run.job import run_job
 from pipeline.run.results import RESULTS
 from pipeline.spec.config import load_job
-from pipeline.spec.manifest import ManifestError
 from tests.helpers import write_job
 
 ROWS = {"id": ["a", "b", "c"], "prompt": ["a mug", "a shoe", "a lamp"]}

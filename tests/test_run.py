@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.errors import EXIT_OK
 from pipeline.review.verify import verify_output
-from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.job import run_job
 from pipeline.run.results import SHARDS
 from pipeline.spec import schema
 from pipeline.spec.config import load_job

@@ -24,6 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import MAX_REPORTED, ManifestError, Problem
 from pipeline.judge.rules import rules_key
 from pipeline.models.fingerprint import fingerprint as model_fingerprint
 from pipeline.plan.identity import derive_seed as derive_seed  # the one seed function, re-exported
@@ -31,7 +32,7 @@ from pipeline.plan.identity import encoded, hex_ids, keys, literal, seeds
 from pipeline.review.decisions import Decisions
 from pipeline.spec import schema
 from pipeline.spec.config import JobConfig
-from pipeline.spec.manifest import MAX_REPORTED, Inputs, ManifestError, Problem, uri_column
+from pipeline.spec.manifest import Inputs, uri_column
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 # Bump when what an item id hashes changes, so folders of older releases rerun cleanly.

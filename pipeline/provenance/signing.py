@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import SignerError
 from pipeline.spec.config import CHOICES
 from pipeline.spec.schema import MODES
 
@@ -42,10 +43,6 @@ ALGORITHMS = CHOICES["algorithm"]  # the job spec's vocabulary: one list
 UNTRUSTED = "signingCredential.untrusted"
 _PARENT_ID = "parent"
 _SECRETS = re.compile(r"-----BEGIN[^-]*-----.*?(?:-----END[^-]*-----|$)|[A-Za-z0-9+/=]{40,}", re.S)
-
-
-class SignerError(RuntimeError):
-    """A signer that cannot sign; the message names the file or variable, never its contents."""
 
 
 def _redact(error: BaseException) -> str:

@@ -23,9 +23,9 @@ from functools import cached_property
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.errors import MAX_REPORTED, ManifestError, Problem, refusal, show
 from pipeline.judge.select import passed
 from pipeline.spec import schema
-from pipeline.spec.manifest import MAX_REPORTED, ManifestError, Problem, refusal
 from pipeline.storage import tables, uris
 from pipeline.storage.store import Output
 
@@ -126,7 +126,7 @@ def parse(records: list[dict], uri: str) -> tuple[list[dict], list[Problem]]:
             try:
                 d["strength"] = _strength(rec.get("strength"))
             except ValueError:
-                from pipeline.spec.config import LIMITS, show
+                from pipeline.spec.config import LIMITS
 
                 given = show(str(rec.get("strength")).strip())
                 problems.append(Problem(uri, f"strength {given} is not a number {LIMITS['strength']}", row=i,

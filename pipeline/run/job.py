@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import faults
+from pipeline.errors import EXIT_INCOMPLETE, EXIT_OK, JobError, LockLost, ManifestError, OutputLocked, Problem
 from pipeline.plan.build import PlanFile, write_plan
 from pipeline.plan.work import PRIOR, candidates, rows_per_group, write_work
 from pipeline.review import decisions as review
@@ -32,18 +33,13 @@ from pipeline.run import results
 from pipeline.run.progress import Reporter
 from pipeline.spec import schema
 from pipeline.spec.config import JobConfig
-from pipeline.spec.manifest import Inputs, ManifestError, Problem, load_inputs
-from pipeline.storage.lock import LockLost, OutputLocked, acquire, holder_name
+from pipeline.spec.manifest import Inputs, load_inputs
+from pipeline.storage.lock import acquire, holder_name
 from pipeline.storage.scratch import Scratch
 from pipeline.storage.store import Output
 from pipeline.storage.write import TEMP_PREFIX
 
-EXIT_OK, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2
 WORK = "_work"
-
-
-class JobError(RuntimeError):
-    """The job cannot start or must stop (output folder, signer, error budget)."""
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from pipeline.errors import JobError
 from pipeline.spec.config import JobConfig
 
 
@@ -168,8 +169,6 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
 
     def stop_if_init_failed(e: RayActorError) -> None:
         if e.actor_init_failed:  # models or signer failed to load: every unit would fail
-            from pipeline.run.job import JobError
-
             raise JobError(f"a pipeline actor could not start: {_root_message(e)}") from e
 
     next_group = 0

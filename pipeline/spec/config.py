@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import ConfigError, Refused, show
+
 EMBEDDED_PREFIX = "embedded:"
 SEED_MAX = 2**63 - 1
 
@@ -90,10 +92,6 @@ CHOICES = {
     "algorithm": ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"),
 }
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-class ConfigError(ValueError):
-    """A job spec that cannot run; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
@@ -278,13 +276,6 @@ _MODEL_KEYS = {
 _PATH_PREFIXES = ("clip-head:", "local-dir:")
 # 'name:' before anything else (s3://, embedded:, hf-hub:); two letters at least, so not C:\.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
-
-
-def show(value: Any, limit: int = 40) -> str:
-    """A value as an error message quotes it: its repr, shortened, so a message names the value
-    without pasting a whole prompt."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def nearest(name: str, known: list[str]) -> str | None:
@@ -590,7 +581,7 @@ def read_job_file(path: str | os.PathLike) -> str:
         data = uris.read_bytes(source, "job_bytes")
     except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"{source}: job file not found") from None
-    except uris.Refused as e:
+    except Refused as e:
         raise ConfigError(f"{e}: a job file must be a regular file") from None
     except OSError as e:
         raise ConfigError(f"{source}: cannot read the job file: {e.strerror or e}") from None

@@ -17,43 +17,14 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from pipeline.errors import MAX_REPORTED, ManifestError, Problem, refusal, show
 from pipeline.spec import schema
-from pipeline.spec.config import LIMITS, JobConfig, Limit, nearest, show, suggest
+from pipeline.spec.config import LIMITS, JobConfig, Limit, nearest, suggest
 from pipeline.storage import uris
 
-MAX_REPORTED = 50
 MAX_ID_CHARS = 200
 _PANDAS_INDEX = re.compile(r"__index_level_\d+__")
 _BAD_ID = re.compile(r"[/\\\x00-\x1f]|^\.{1,2}$|\.\.")
-
-
-class ManifestError(ValueError):
-    """The input cannot run. Holds every problem found, not only the first."""
-
-    def __init__(self, problems: list[Problem], total: int | None = None):
-        self.problems = problems
-        self.total = total if total is not None else len(problems)
-        lines = [str(p) for p in problems[:MAX_REPORTED]]
-        if self.total > len(lines):
-            lines.append(f"... and {self.total - len(lines)} more problem(s)")
-        super().__init__("\n".join(lines))
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    message: str
-    row: int | None = None  # 0-based row number
-    id: str | None = None
-    column: str | None = None
-
-    def __str__(self) -> str:
-        where = [self.file]
-        if self.row is not None:
-            where.append(f"row {self.row}" + (f" (id {show(self.id)})" if self.id is not None else ""))
-        if self.column:
-            where.append(f"column {self.column!r}")
-        return ": ".join([", ".join(where), self.message])
 
 
 @dataclass(frozen=True)
@@ -80,25 +51,6 @@ class InputFile:
 def uri_column(column: str) -> str:
     """The column holding `column`'s values resolved (`pipeline.storage.uris.resolve`)."""
     return f"__uri_{column}"
-
-
-def refusal(e: Exception, uri: str, what: str, kind: str) -> str:
-    """Why an input cannot be read, in the same words for every input (a manifest or styles
-    table, a product photo, a mask, a reference image, a LoRA): missing, refused (not a regular
-    file or object, over its size limit, a scheme no storage answers to), not what it should be,
-    or out of reach (credentials, network)."""
-    if isinstance(e, FileNotFoundError):
-        return f"{what} not found: {uri}"
-    if isinstance(e, uris.Refused | uris.StorageError):
-        return f"{what} cannot be read: {e}"
-    if isinstance(e, OSError | ValueError | SyntaxError):  # decoders: PIL, Arrow (ArrowInvalid is a ValueError)
-        return f"not a readable {kind}: {uri} ({type(e).__name__}: {_short(e)})"
-    return f"{what} cannot be read: {uri} ({type(e).__name__}: {_short(e)})"
-
-
-def _short(e: Exception, limit: int = 160) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _parts(where: str) -> list[str]:

@@ -25,6 +25,7 @@ import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from pipeline.errors import Refused, StorageError
 from pipeline.spec.config import LIMITS
 
 LOCAL = "file"
@@ -105,10 +106,6 @@ def problem(uri: str, roots: tuple[str, ...], schemes: tuple[str, ...]) -> str |
     return None
 
 
-class StorageError(RuntimeError):
-    """A storage scheme this installation cannot reach (its fsspec driver is missing)."""
-
-
 # The fsspec driver each object store needs, and how to get it.
 DRIVERS = {"s3": "s3fs (a dependency: reinstall the package)", "gs": "gcsfs: pip install 'asset-pipeline[gcs]'",
            "gcs": "gcsfs: pip install 'asset-pipeline[gcs]'", "az": "adlfs: pip install adlfs",
@@ -127,11 +124,6 @@ def filesystem(uri: str):
         return fsspec.core.url_to_fs(uri)
     except ImportError as e:
         raise StorageError(f"{uri}: {scheme}:// needs {DRIVERS.get(scheme, f'an fsspec driver ({e})')}") from None
-
-
-class Refused(OSError):
-    """An input that is not read: not a regular file or object (a device, a pipe, a folder), or
-    larger than its limit. The message names it and says which."""
 
 
 IMAGE, TABLE, WEIGHTS = "image_bytes", "table_bytes", "weights_bytes"  # keys of LIMITS
