@@ -1,8 +1,8 @@
 """Command line: `python -m pipeline run|validate|plan|verify|report`.
 
-Exit codes (scheduled jobs rely on them): 0 success; 1 invalid job, input, signer or a failed
-verification; 2 the run stopped early (error budget, or it lost its output to another run) or
-left candidates pending.
+Exit codes (scheduled jobs rely on them, pipeline/errors.py defines them): 0 success; 1 invalid
+job, input, signer or a failed verification; 2 the run stopped early (error budget, or it lost
+its output to another run) or left candidates pending.
 Heavy libraries load only inside the commands that need them, so `--help` is instant.
 """
 
@@ -168,7 +168,7 @@ def _recorded_decisions(output: str):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run.job import describe, run_job
+    from pipeline.run.job import run_job
     from pipeline.run.progress import Reporter
 
     try:
@@ -179,9 +179,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip()) if args.rows else ()
     report = run_job(cfg, fresh=args.fresh, backend="in-process" if args.in_process else "ray", rows=rows,
                      reporter=reporter, decisions=args.decisions)
+    reporter.end(describe(report), **report.summary, exit_code=report.exit_code, results=report.results,
+                 removed_strays=len(report.removed_strays))
     if reporter.mode != "json":  # in json mode the summary is the run_end event
         print(describe(report))
     return report.exit_code
+
+
+def describe(report) -> str:
+    """A run's report as the command line prints it: the funnel, the reasons, the speed, where
+    the results are, and why the run stopped early."""
+    s = report.summary
+    lines = [
+        f"run {report.run_id} → {report.output_dir}",
+        f"  planned {s['planned']} → generated {s['generated']} → passed moderation {s['passed_moderation']} "
+        f"→ passed CLIP {s['passed_filters']} → selected {s['selected']} → signed {s['signed']} "
+        f"→ written {s['written']}",
+        f"  rejected {s['rejected']}, error {s['error']}, pending {s['pending']}",
+    ]
+    if s.get("candidates_per_s") is not None:
+        model, cpu = s.get("model_s_per_candidate"), s.get("cpu_s_per_written_image")
+        lines.append(f"  {s['elapsed_s']:.1f} s: {s['candidates_per_s']:.2f} candidates/s, "
+                     f"{s['written_per_s']:.2f} written images/s"
+                     + (f"; model {model:.3f} s/candidate" if model is not None else "")
+                     + (f", CPU {cpu:.3f} s/written image" if cpu is not None else ""))
+    if s["reasons"]:
+        lines.append("  reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())))
+    if report.removed_strays:
+        lines.append(f"  removed {len(report.removed_strays)} file(s) no results row lists any more (images that lost "
+                     "their place or a reviewer rejected, or a killed run's leftovers)")
+    if report.stopped:
+        lines.append(f"  STOPPED: {report.stopped}")
+    lines.append(f"  results: {report.results}")
+    return "\n".join(lines)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -262,6 +262,9 @@ def test_an_exception_in_a_stage_costs_only_its_unit(tmp_path, monkeypatch):
     assert rows["b"]["status"] == "error" and "injected prompt-check failure" in rows["b"]["reason"]
     assert rows["a"]["status"] == rows["c"]["status"] == "written"
     assert report.exit_code == EXIT_OK
+    # Like every error reason, "<stage>: <message>": the counts show the stage's code, not a sentence.
+    assert rows["b"]["reason"].startswith("generate: unit failed: RuntimeError: injected prompt-check failure")
+    assert report.summary["reasons"].get("generate") and all(" " not in code for code in report.summary["reasons"])
 
 
 def test_what_was_ready_is_committed_when_the_driver_is_interrupted(tmp_path, monkeypatch):
