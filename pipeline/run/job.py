@@ -166,7 +166,8 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
                 review.record(out, changed)
                 _log_decisions(decisions, changed, reporter)
 
-            # 4. resume: skip what earlier attempts committed (and whose files are still there)
+            # 4. resume: the run recorded, a killed run's temp files gone; skip what earlier attempts
+            # committed (and whose files are still there)
             started = time.monotonic()
             results.remove_temp(out)
             record.write(cfg, run_id, out, plan.num_rows)
