@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from pipeline.errors import EXIT_INCOMPLETE, EXIT_INVALID, EXIT_OK, ConfigError, JobError, PipelineError, StorageError
+
+if TYPE_CHECKING:
+    from pipeline.run.job import RunReport
 
 
 def _job_args(p: argparse.ArgumentParser) -> None:
@@ -186,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def describe(report) -> str:
+def describe(report: RunReport) -> str:
     """A run's report as the command line prints it: the funnel, the reasons, the speed, where
     the results are, and why the run stopped early."""
     s = report.summary
