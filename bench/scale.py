@@ -98,8 +98,8 @@ def child_driver(job: str) -> dict:
     from bench.common import reset_peak_rss, rss_mb
     from pipeline.plan.build import write_plan
     from pipeline.plan.work import rows_per_group, write_work
+    from pipeline.run import resume
     from pipeline.run.compact import write_results
-    from pipeline.run.job import _pending, _work
     from pipeline.run.shards import ShardStore
     from pipeline.spec.load import load_job
     from pipeline.spec.manifest import load_inputs
@@ -114,9 +114,10 @@ def child_driver(job: str) -> dict:
     reset_peak_rss()
     plan = write_plan(inputs, cfg, out / WORK / "plan.parquet")
     committed = ShardStore(out).committed()
-    to_go, rows_to_go = _pending(plan, committed)
-    groups = write_work(_work(plan, committed), out / WORK / "pending.arrow",
-                        rows_per_group(rows_to_go, to_go, cfg.generate.batch_size))
+    todo = resume.to_do(plan, committed)
+    to_go = todo.candidates
+    groups = write_work(resume.work(plan, committed), out / WORK / "pending.arrow",
+                        rows_per_group(todo.rows, to_go, cfg.generate.batch_size))
     t2, prepare_peak = time.perf_counter(), rss_mb("VmHWM")
     store = ShardStore(out)
     for chunk in plan.chunks(["item_id", "id", "scheduler", "truncated"]):

@@ -1,8 +1,8 @@
 """Command line: `python -m pipeline run|validate|plan|verify|report`.
 
-Exit codes (scheduled jobs rely on them): 0 success; 1 invalid job, input, signer or a failed
-verification; 2 the run stopped early (error budget, or it lost its output to another run) or
-left candidates pending.
+Exit codes (scheduled jobs rely on them, pipeline/errors.py defines them): 0 success; 1 invalid
+job, input, signer or a failed verification; 2 the run stopped early (error budget, or it lost
+its output to another run) or left candidates pending.
 Heavy libraries load only inside the commands that need them, so `--help` is instant.
 """
 
@@ -11,6 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+from pipeline.errors import EXIT_INCOMPLETE, EXIT_INVALID, EXIT_OK, ConfigError, JobError, PipelineError, StorageError
+
+if TYPE_CHECKING:
+    from pipeline.run.job import RunReport
 
 
 def _job_args(p: argparse.ArgumentParser) -> None:
@@ -66,7 +72,6 @@ def _load(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.plan.build import plan_chunks
-    from pipeline.run.job import EXIT_OK
     from pipeline.spec.manifest import load_inputs
 
     cfg = _load(args)
@@ -116,7 +121,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from pipeline.plan.build import plan_chunks
     from pipeline.review.cost import estimate, format_estimate, shapes
-    from pipeline.run.job import EXIT_OK
     from pipeline.spec.manifest import load_inputs
 
     cfg = _load(args)
@@ -148,8 +152,6 @@ def _plan_writer(path: str, schema):
     """A Parquet writer of the plan at `path`, or JobError naming it (a folder, no such folder)."""
     import pyarrow.parquet as pq
 
-    from pipeline.run.job import JobError
-
     try:
         return pq.ParquetWriter(path, schema)
     except OSError as e:
@@ -161,7 +163,6 @@ def _recorded_decisions(output: str):
     (refinements, new rounds); none when the output cannot be read from here."""
     from pipeline.review import decisions
     from pipeline.storage.store import Output
-    from pipeline.storage.uris import StorageError
 
     try:
         return decisions.load(Output(output))
@@ -171,9 +172,8 @@ def _recorded_decisions(output: str):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run.job import describe, run_job
+    from pipeline.run.job import run_job
     from pipeline.run.progress import Reporter
-    from pipeline.spec.config import ConfigError
 
     try:
         reporter = Reporter(args.log_format)
@@ -183,14 +183,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip()) if args.rows else ()
     report = run_job(cfg, fresh=args.fresh, backend="in-process" if args.in_process else "ray", rows=rows,
                      reporter=reporter, decisions=args.decisions)
+    reporter.end(describe(report), **report.summary, exit_code=report.exit_code, results=report.results,
+                 removed_strays=len(report.removed_strays))
     if reporter.mode != "json":  # in json mode the summary is the run_end event
         print(describe(report))
     return report.exit_code
 
 
+def describe(report: RunReport) -> str:
+    """A run's report as the command line prints it: the funnel, the reasons, the speed, where
+    the results are, and why the run stopped early."""
+    s = report.summary
+    lines = [
+        f"run {report.run_id} → {report.output_dir}",
+        f"  planned {s['planned']} → generated {s['generated']} → passed moderation {s['passed_moderation']} "
+        f"→ passed CLIP {s['passed_filters']} → selected {s['selected']} → signed {s['signed']} "
+        f"→ written {s['written']}",
+        f"  rejected {s['rejected']}, error {s['error']}, pending {s['pending']}",
+    ]
+    if s.get("candidates_per_s") is not None:
+        model, cpu = s.get("model_s_per_candidate"), s.get("cpu_s_per_written_image")
+        lines.append(f"  {s['elapsed_s']:.1f} s: {s['candidates_per_s']:.2f} candidates/s, "
+                     f"{s['written_per_s']:.2f} written images/s"
+                     + (f"; model {model:.3f} s/candidate" if model is not None else "")
+                     + (f", CPU {cpu:.3f} s/written image" if cpu is not None else ""))
+    if s["reasons"]:
+        lines.append("  reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())))
+    if report.removed_strays:
+        lines.append(f"  removed {len(report.removed_strays)} file(s) no results row lists any more (images that lost "
+                     "their place or a reviewer rejected, or a killed run's leftovers)")
+    if report.stopped:
+        lines.append(f"  STOPPED: {report.stopped}")
+    lines.append(f"  results: {report.results}")
+    return "\n".join(lines)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.review.verify import verify_output
-    from pipeline.run.job import EXIT_INVALID, EXIT_OK
 
     problems, checked = verify_output(args.output, args.trust_anchors)
     for p in problems[:100]:
@@ -204,7 +233,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.run.job import EXIT_INVALID, EXIT_OK
+    from pipeline.errors import EXIT_INVALID, EXIT_OK
     from pipeline.run.summary import summarize
     from pipeline.storage.layout import RESULTS
     from pipeline.storage.records import read_results
@@ -232,27 +261,11 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "verify"
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from pipeline.run.job import EXIT_INCOMPLETE, EXIT_INVALID, JobError
-    from pipeline.spec.checks import ManifestError
-    from pipeline.spec.config import ConfigError
-    from pipeline.storage.lock import LockLost
-    from pipeline.storage.uris import StorageError
-
-    expected: tuple[type[BaseException], ...] = (ConfigError, ManifestError, JobError, StorageError)
-    try:
-        from pipeline.provenance.keys import SignerError
-
-        expected += (SignerError,)
-    except ImportError:
-        pass
     try:
         return COMMANDS[args.command](args)
-    except LockLost as e:  # another run holds the output now: this one committed nothing since
-        _error(args, f"stopped: {e}")
-        return EXIT_INCOMPLETE
-    except expected as e:
-        _error(args, f"error: {e}")
-        return EXIT_INVALID
+    except PipelineError as e:  # LockLost (exit 2): another run holds the output now; it committed nothing since
+        _error(args, f"{'stopped' if e.exit_code == EXIT_INCOMPLETE else 'error'}: {e}")
+        return e.exit_code
     except KeyboardInterrupt:
         _error(args, "interrupted: rerun the same command to resume")
         return 130

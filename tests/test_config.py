@@ -5,7 +5,7 @@ import tomllib
 
 import pytest
 
-from pipeline.spec.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.spec.load import load_job
 
 

@@ -7,9 +7,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import EXIT_OK, ConfigError
 from pipeline.review.cost import estimate, format_estimate
-from pipeline.run.job import EXIT_OK, run_job
-from pipeline.spec.config import ConfigError
+from pipeline.run.job import run_job
 from pipeline.spec.load import load_job
 from tests.helpers import write_job
 from tests.test_cli import cli

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
+from pipeline.errors import EXIT_OK, ManifestError
 from pipeline.review.verify import verify_output
-from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.job import run_job
 from pipeline.spec import schema
-from pipeline.spec.checks import ManifestError
 from pipeline.spec.load import load_job
 from pipeline.stages.generate import prepare_inputs
 from pipeline.storage import tables

@@ -19,9 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import EXIT_OK
 from pipeline.provenance.demo_ca import make_demo_credentials
 from pipeline.provenance.readback import verify_bytes
-from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.job import run_job
 from pipeline.spec.load import load_job
 from pipeline.storage.layout import DEMO_SIGNER, RESULTS
 from tests.helpers import save_cutout, write_job

@@ -2,6 +2,7 @@
 Ray runner; rerunning the same command must finish with exactly one row per candidate,
 intact signed files, no strays, and nothing committed twice."""
 
+import json
 import os
 import signal
 import subprocess
@@ -128,6 +129,9 @@ def test_unit_that_kills_its_actor_every_time_becomes_error_rows_then_rerun_comp
     assert first.returncode == 0, first.stderr[-3000:]  # one error of 6 is within the job's error budget
     table = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
     assert table["r3"]["status"] == "error" and "worker died" in table["r3"]["reason"], table["r3"]
+    # under the code of the stage whose actor died, like every error reason: counted as a code, not a sentence
+    assert table["r3"]["reason"].startswith("generate: worker died on this unit"), table["r3"]
+    assert json.loads((out / "summary.json").read_text())["reasons"] == {"generate": 1}
     assert table["r3"]["path"] is None
     assert all(table[f"r{i}"]["status"] == "written" for i in (0, 1, 2, 4, 5))
     second = run(job, out)  # the fault is gone: the rerun retries only the error row
@@ -146,6 +150,7 @@ def test_an_exception_in_a_stage_on_an_actor_costs_only_its_unit(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     table = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
     assert table["r2"]["status"] == "error" and "injected prompt-check failure" in table["r2"]["reason"]
+    assert table["r2"]["reason"].startswith("generate: unit failed: RuntimeError: injected prompt-check failure")
     assert all(table[f"r{i}"]["status"] == "written" for i in (0, 1, 3, 4, 5))
     second = run(job, out)
     assert second.returncode == 0 and "1 to go" in second.stdout + second.stderr

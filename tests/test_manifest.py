@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.spec.checks import ManifestError
+from pipeline.errors import ManifestError
 from pipeline.spec.manifest import load_inputs
 from tests.helpers import job, write_job
 
@@ -244,7 +244,7 @@ def test_job_spec_manifest_and_styles_share_one_table_of_limits(tmp_path, sectio
 
 
 def _passes(load) -> bool:
-    from pipeline.spec.config import ConfigError
+    from pipeline.errors import ConfigError
 
     try:
         load()

@@ -206,8 +206,8 @@ def test_a_plan_made_in_chunks_equals_the_plan_made_whole(tmp_path):
 def test_rows_that_cannot_denoise_are_all_named_whichever_chunk_they_are_in(tmp_path):
     import pytest
 
+    from pipeline.errors import ManifestError
     from pipeline.plan.build import check_plan
-    from pipeline.spec.checks import ManifestError
 
     rows = {"id": [f"r{i}" for i in range(5)], "prompt": ["a"] * 5, "product_image": ["bottle.png"] * 5,
             "strength": [0.9, 0.1, 0.9, 0.1, 0.1]}

@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
 
+from pipeline.errors import SignerError
 from pipeline.provenance.claim import Claim
 from pipeline.provenance.demo_ca import make_demo_credentials
-from pipeline.provenance.keys import SignerError
 from pipeline.provenance.readback import UNTRUSTED, verify_bytes
 from pipeline.provenance.signer import Signer
 from pipeline.spec.config import SignerSection

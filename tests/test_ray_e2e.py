@@ -220,7 +220,7 @@ def test_a_node_without_the_signer_keys_stops_the_run_before_generating(tmp_path
         run = cli("run", str(job), "--address", f"127.0.0.1:{port}", "--output", str(tmp_path / "out"),
                   env=driver_env, timeout=300)
         assert run.returncode == 1, run.stderr[-3000:]
-        assert ("a pipeline actor could not start: pipeline.provenance.keys.SignerError: [signer].cert_chain_env: "
+        assert ("a pipeline actor could not start: pipeline.errors.SignerError: [signer].cert_chain_env: "
                 "environment variable TEST_SIGNER_CHAIN is not set") in run.stderr, run.stderr[-3000:]
         secret_lines = [line for line in key_text.splitlines() if line and "-----" not in line]
         assert "PRIVATE KEY" not in run.stdout + run.stderr

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from pipeline.errors import EXIT_OK
 from pipeline.review.verify import verify_output
-from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.job import run_job
 from pipeline.spec.load import load_job
 from pipeline.storage.layout import RESULTS
 from tests.helpers import write_job

@@ -7,11 +7,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import EXIT_INCOMPLETE, EXIT_OK, JobError, SignerError
 from pipeline.plan.build import derive_seed
 from pipeline.provenance.demo_ca import make_demo_credentials
-from pipeline.provenance.keys import SignerError
 from pipeline.review.verify import verify_output
-from pipeline.run.job import EXIT_INCOMPLETE, EXIT_OK, JobError, run_job
+from pipeline.run.job import run_job
 from pipeline.spec.load import load_job
 from tests.helpers import write_job
 
@@ -262,6 +262,9 @@ def test_an_exception_in_a_stage_costs_only_its_unit(tmp_path, monkeypatch):
     assert rows["b"]["status"] == "error" and "injected prompt-check failure" in rows["b"]["reason"]
     assert rows["a"]["status"] == rows["c"]["status"] == "written"
     assert report.exit_code == EXIT_OK
+    # Like every error reason, "<stage>: <message>": the counts show the stage's code, not a sentence.
+    assert rows["b"]["reason"].startswith("generate: unit failed: RuntimeError: injected prompt-check failure")
+    assert report.summary["reasons"].get("generate") and all(" " not in code for code in report.summary["reasons"])
 
 
 def test_what_was_ready_is_committed_when_the_driver_is_interrupted(tmp_path, monkeypatch):

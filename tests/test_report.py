@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
+from pipeline.errors import EXIT_OK
 from pipeline.review.report import PAGE_ROWS, render
-from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.job import run_job
 from pipeline.spec import schema
 from pipeline.spec.load import load_job
 from pipeline.storage.layout import REPORT

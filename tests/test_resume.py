@@ -10,11 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.errors import EXIT_OK, JobError, ManifestError, SignerError
 from pipeline.provenance.demo_ca import make_demo_credentials
-from pipeline.provenance.keys import SignerError
 from pipeline.review.verify import verify_output
-from pipeline.run.job import EXIT_OK, JobError, run_job
-from pipeline.spec.checks import ManifestError
+from pipeline.run.job import run_job
 from pipeline.spec.load import load_job
 from pipeline.storage.layout import RESULTS
 from tests.helpers import write_job

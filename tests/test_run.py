@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.errors import EXIT_OK
 from pipeline.review.verify import verify_output
-from pipeline.run.job import EXIT_OK, run_job
+from pipeline.run.job import run_job
 from pipeline.run.summary import summarize
 from pipeline.spec import schema
 from pipeline.spec.load import load_job

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.errors import EXIT_OK, LockLost, ManifestError, OutputLocked
 from pipeline.plan.build import build_plan
 from pipeline.review.verify import verify_output
-from pipeline.run.job import EXIT_OK, run_job
-from pipeline.spec.checks import ManifestError
+from pipeline.run.job import run_job
 from pipeline.spec.load import load_job
 from pipeline.spec.manifest import load_inputs
 from pipeline.storage import tables
@@ -136,7 +136,7 @@ def test_a_second_run_on_the_same_prefix_is_refused_and_an_expired_lock_is_taken
     import json
     import time
 
-    from pipeline.run.job import JobError
+    from pipeline.errors import JobError
     from pipeline.storage import lock
     from pipeline.storage.store import Output
 
@@ -169,7 +169,7 @@ def test_the_lease_is_renewed_while_a_run_holds_the_lock(s3, monkeypatch):
         first = json.loads(out.get(lock.LOCK))["expires"]
         time.sleep(1.2)  # longer than the lease: only a renewal keeps it held
         assert json.loads(out.get(lock.LOCK))["expires"] > first
-        with pytest.raises(lock.OutputLocked):
+        with pytest.raises(OutputLocked):
             lock.acquire(out, "another")
     finally:
         held.close()
@@ -199,14 +199,14 @@ def test_a_run_whose_lock_was_taken_over_is_stopped_by_check_and_leaves_the_new_
     first.check()  # held: the check renews it
     time.sleep(0.8)  # paused past its lease
     second = lock.acquire(out, "run-b", "nightly")  # takes the expired lock over
-    with pytest.raises(lock.LockLost, match=f"run run-b of job 'nightly' on {socket.gethostname()}, pid {os.getpid()} "
+    with pytest.raises(LockLost, match=f"run run-b of job 'nightly' on {socket.gethostname()}, pid {os.getpid()} "
                                             "holds it now") as lost:
         first.check()
     assert lost.value.holder["run"] == "run-b"
-    with pytest.raises(lock.LockLost, match="run run-a no longer holds the output lock"):
+    with pytest.raises(LockLost, match="run run-a no longer holds the output lock"):
         lock.confirm_holder(out, "run-a")  # its writers write nothing more either
     lock.confirm_holder(out, "run-b")
-    with pytest.raises(lock.LockLost):
+    with pytest.raises(LockLost):
         first.check()  # and stays lost
     first.close()  # never removes the lock of the run that took over
     assert json.loads(out.get(lock.LOCK))["run"] == "run-b"
@@ -227,7 +227,7 @@ def test_a_lock_removed_under_a_run_is_lost_and_an_expired_one_nobody_took_is_st
     time.sleep(0.8)  # past its lease, but no other run came: the conditional renew confirms it
     held.check()
     assert json.loads(out.get(lock.LOCK))["expires"] > time.time()
-    with pytest.raises(lock.OutputLocked, match="run run-a"):
+    with pytest.raises(OutputLocked, match="run run-a"):
         lock.acquire(out, "run-b")
     held.close()
     assert not out.exists(lock.LOCK)
@@ -235,7 +235,7 @@ def test_a_lock_removed_under_a_run_is_lost_and_an_expired_one_nobody_took_is_st
     gone = lock.acquire(out, "run-c")
     time.sleep(0.8)
     lock.acquire(out, "run-d").close()  # took over, finished, removed its lock
-    with pytest.raises(lock.LockLost, match="run run-c .* lost the output lock, the lock object is gone") as lost:
+    with pytest.raises(LockLost, match="run run-c .* lost the output lock, the lock object is gone") as lost:
         gone.check()
     assert lost.value.holder is None
     gone.close()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import Refused
 from pipeline.storage import paths, uris
 
 
@@ -48,7 +49,7 @@ def test_roots_and_schemes():
                                         ("/tmp", "a folder")])
 def test_only_regular_files_are_read(path, kind):
     for read in (uris.read_bytes, uris.fingerprint, uris.load_image):
-        with pytest.raises(uris.Refused, match=f"{path} is {kind}, not a regular file"):
+        with pytest.raises(Refused, match=f"{path} is {kind}, not a regular file"):
             read(path)
 
 
@@ -57,7 +58,7 @@ def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
 
     os.mkfifo(tmp_path / "pipe")
     for read in (uris.read_bytes, uris.fingerprint):
-        with pytest.raises(uris.Refused, match="is a named pipe, not a regular file"):
+        with pytest.raises(Refused, match="is a named pipe, not a regular file"):
             read(str(tmp_path / "pipe"))
 
 
@@ -68,7 +69,7 @@ def test_reads_stop_at_the_limit(tmp_path, monkeypatch):
     monkeypatch.setitem(LIMITS, "image_bytes", Limit(0, 100))
     assert uris.read_bytes(str(tmp_path / "f")) == b"x" * 100
     monkeypatch.setitem(LIMITS, "image_bytes", Limit(0, 99))
-    with pytest.raises(uris.Refused, match="100 bytes, larger than the limit of 99 bytes"):
+    with pytest.raises(Refused, match="100 bytes, larger than the limit of 99 bytes"):
         uris.read_bytes(str(tmp_path / "f"))
     with pytest.raises(FileNotFoundError):
         uris.read_bytes(str(tmp_path / "missing"))

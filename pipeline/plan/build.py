@@ -24,13 +24,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import MAX_REPORTED, ManifestError, Problem
 from pipeline.judge.rules import rules_key
 from pipeline.models.fingerprint import fingerprint as model_fingerprint
 from pipeline.plan.identity import derive_seed as derive_seed  # the one seed function, re-exported
 from pipeline.plan.identity import encoded, hex_ids, keys, literal, seeds
 from pipeline.review.decisions import Decisions
 from pipeline.spec import schema
-from pipeline.spec.checks import MAX_REPORTED, ManifestError, Problem
 from pipeline.spec.config import JobConfig
 from pipeline.spec.fallbacks import fallback, with_styles
 from pipeline.spec.inputs import uri_column

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.provenance.keys import SignerError
+from pipeline.errors import SignerError
 from pipeline.storage.layout import DEMO_FILES, DEMO_SIGNER
 from pipeline.storage.write import atomic_folder
 

@@ -13,11 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import SignerError
+
 _SECRETS = re.compile(r"-----BEGIN[^-]*-----.*?(?:-----END[^-]*-----|$)|[A-Za-z0-9+/=]{40,}", re.S)
-
-
-class SignerError(RuntimeError):
-    """A signer that cannot sign; the message names the file or variable, never its contents."""
 
 
 def redact(error: BaseException) -> str:

@@ -16,9 +16,10 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import SignerError
 from pipeline.provenance.claim import Claim, build_manifest, parent_ingredient
 from pipeline.provenance.demo_ca import demo_credentials
-from pipeline.provenance.keys import SignerError, load_chain, load_key, public_der, read_file, read_secret, redact
+from pipeline.provenance.keys import load_chain, load_key, public_der, read_file, read_secret, redact
 from pipeline.provenance.readback import UNTRUSTED, Verification, read_manifest, verify_settings
 from pipeline.spec.limits import CHOICES
 

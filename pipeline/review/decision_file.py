@@ -13,8 +13,8 @@ import posixpath
 
 import pyarrow as pa
 
+from pipeline.errors import ManifestError, Problem, refusal
 from pipeline.spec import schema
-from pipeline.spec.checks import ManifestError, Problem, refusal
 from pipeline.storage import tables, uris
 
 COLUMNS = ("item_id", "decision", "note", "prompt", "strength")
@@ -104,8 +104,8 @@ def parse(records: list[dict], uri: str) -> tuple[list[dict], list[Problem]]:
             try:
                 d["strength"] = _strength(rec.get("strength"))
             except ValueError:
+                from pipeline.errors import show
                 from pipeline.spec.limits import LIMITS
-                from pipeline.spec.suggest import show
 
                 given = show(str(rec.get("strength")).strip())
                 problems.append(Problem(uri, f"strength {given} is not a number {LIMITS['strength']}", row=i,

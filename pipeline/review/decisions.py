@@ -21,11 +21,11 @@ from functools import cached_property
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.errors import MAX_REPORTED, ManifestError, Problem
 from pipeline.judge.review import why_not
 from pipeline.judge.rounds import ask_new_rounds, new_rejects
 from pipeline.review.decision_file import SAME, parse, read_file
 from pipeline.spec import schema
-from pipeline.spec.checks import MAX_REPORTED, ManifestError, Problem
 from pipeline.storage import tables
 from pipeline.storage.layout import DECISIONS, RESULTS, is_part, part_name
 from pipeline.storage.records import read_parquet, read_results

@@ -1,8 +1,13 @@
 """Ray wiring: the only module that imports Ray.
 
-Units of work (whole manifest rows, read from the work file by the driver) → `CandidateStage`
-on GPU actors (fractional-CPU actors on a CPU machine) → `WriteStage` on CPU actors → the
+Units of work (whole manifest rows, read from the work file by the driver) → a generate stage
+on GPU actors (fractional-CPU actors on a CPU machine) → a write stage on CPU actors → the
 outcome tables stream back to the driver, which commits results shards as they arrive.
+
+The runner knows no stage by name (img2dataset's distributor knows nothing of images): the job
+hands it `Stages` (run/units.py), factories that build the stages on each actor and a callback
+that turns a unit that failed whole (its worker died on every retry, a stage raised) into error
+rows, under the reason code of the stage that failed.
 
 Plain Ray actors, not Ray Data: the stage output goes from the generating actor straight to a
 writer as an object reference, and the driver sleeps in `ray.wait`. Ray Data's executor polls
@@ -21,6 +26,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from pipeline.errors import JobError
+from pipeline.run.units import Chain, StageFailed, Stages, one_line
 from pipeline.spec.config import JobConfig
 
 
@@ -93,26 +100,23 @@ QUEUE_PER_ACTOR = 2
 TASK_RETRIES = 3
 
 
-class _StageActor:
-    """Stages held by one Ray actor: built once (models load here), then applied in turn to
-    each unit of work."""
+class _StageActor(Chain):
+    """The stages of one Ray actor: built once (models load here), then applied to each unit."""
 
-    def __init__(self, stages: list[tuple]):
-        self.stages = [factory(*args) for factory, args in stages]
+    def ready(self) -> str:
+        """This actor's id, once every stage is built (a failed build raises here)."""
+        import ray
 
-    def run(self, table: pa.Table) -> pa.Table:
-        for stage in self.stages:
-            table = stage(table)
-        return table
+        return ray.get_runtime_context().get_actor_id()
 
 
-def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools: Pools,
-            fence: Callable[[], None] = lambda: None, run_id: str | None = None) -> Iterator[pa.Table]:
+def execute(work_path: str, groups: int, stages: Stages, pools: Pools,
+            fence: Callable[[], None] = lambda: None) -> Iterator[pa.Table]:
     """Stream outcome tables back to the driver, one per unit of work, as they finish.
 
     `fence` (the output lock's check) runs before each hand-out of work: a driver that lost its
-    output (paused past its lease, then taken over) raises there. The writers check that the
-    lock still names `run_id` before each image they write.
+    output (paused past its lease, then taken over) raises there. (The write stage checks that the lock
+    still names its run before each image it writes.)
 
     With writer actors, a unit is two calls: generate on a generate actor, then write on a
     writer, chained by reference. Without them (`pools.write_actors == 0`, a CPU node), the
@@ -122,7 +126,9 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
     take the units queued behind it down with it. When a unit has used up Ray's retries, it is
     a suspect: the driver lets the units in flight finish, then runs each suspect alone, once.
     A suspect that dies alone becomes `error` rows (a rerun retries it); one that succeeds had
-    only been queued behind the culprit.
+    only been queued behind the culprit. A unit's error rows (`stages.failed`) name the stage
+    that failed: the one that raised, or the one whose actor died (a generate actor that also
+    writes counts as the generate stage's).
 
     No unit is submitted before every actor has started: an actor that cannot (models that do
     not load, signer keys its node does not have: they are read there, never shipped) would
@@ -133,20 +139,17 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
     from ray.exceptions import RayActorError
 
     from pipeline.plan.work import WorkFile
-    from pipeline.stages.candidate import CandidateStage
-    from pipeline.stages.contract import failed_outcomes
-    from pipeline.stages.write import WriteStage
 
     work = WorkFile(work_path)
     actor = ray.remote(_StageActor)
     restart = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}
-    write_stage = (WriteStage, (cfg, output_dir, run_id))
     fused = pools.write_actors == 0
     gens = [actor.options(num_cpus=pools.cpus_per_actor, num_gpus=pools.gpus_per_actor, **restart)
-            .remote([(CandidateStage, (cfg,))] + ([write_stage] if fused else []))
+            .remote([stages.generate] + ([stages.write] if fused else []))
             for _ in range(pools.generate_actors)]
-    writers = [actor.options(num_cpus=pools.cpus_per_writer, **restart).remote([write_stage])
+    writers = [actor.options(num_cpus=pools.cpus_per_writer, **restart).remote([stages.write])
                for _ in range(pools.write_actors)]
+    code_of: dict[str, str] = {}  # actor id → the code of the stage it fails under (its first)
     gen_queue, write_queue = [0] * len(gens), [0] * len(writers)
     generating: dict = {}  # a generate call whose output goes on to a writer → generate actor
     finishing: dict = {}  # the last call of a unit → (generate actor or None, writer or None, unit, alone)
@@ -168,17 +171,28 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
 
     def stop_if_init_failed(e: RayActorError) -> None:
         if e.actor_init_failed:  # models or signer failed to load: every unit would fail
-            from pipeline.run.job import JobError
-
             raise JobError(f"a pipeline actor could not start: {_root_message(e)}") from e
+
+    def failed(group: int, error: Exception) -> pa.Table:
+        """The error rows of a unit that failed whole, under the code of the stage that failed."""
+        if isinstance(error, RayActorError):
+            return stages.failed(work.unit(group), code_of.get(error.actor_id, stages.generate.code),
+                                 f"worker died on this unit {TASK_RETRIES + 2} times, the last time with no other "
+                                 f"unit beside it: {_root_message(error)}")
+        cause = getattr(error, "cause", None)  # a RayTaskError holds what the actor raised
+        if isinstance(cause, StageFailed):
+            return stages.failed(work.unit(group), cause.code, f"unit failed: {cause.message}")
+        return stages.failed(work.unit(group), stages.generate.code, f"unit failed: {_root_message(error)}")
 
     next_group = 0
     try:
         try:  # every actor constructed (models loaded, signer read), or the first failure
-            ray.get([a.__ray_ready__.remote() for a in gens + writers])
+            ids = ray.get([a.ready.remote() for a in gens + writers])
         except RayActorError as e:
             stop_if_init_failed(e)
             raise
+        code_of.update(zip(ids, [stages.generate.code] * len(gens) + [stages.write.code] * len(writers),
+                           strict=True))
         while next_group < groups or finishing or suspects:
             if suspects:
                 if not finishing:  # drained: the suspect runs with nothing beside it
@@ -209,12 +223,9 @@ def execute(work_path: str, groups: int, cfg: JobConfig, output_dir: str, pools:
                     if not alone:
                         suspects.append(group)
                         continue
-                    outcome = failed_outcomes(work.unit(group), cfg.job.name,
-                                              f"worker died on this unit {TASK_RETRIES + 2} times, the last time "
-                                              f"with no other unit beside it: {_root_message(e)}")
+                    outcome = failed(group, e)
                 except Exception as e:  # noqa: BLE001 — a stage raised, an object was lost: this unit only
-                    outcome = failed_outcomes(work.unit(group), cfg.job.name,
-                                              f"unit failed: {_root_message(e)}")
+                    outcome = failed(group, e)
                 yield outcome
     finally:
         work.close()
@@ -227,27 +238,4 @@ def _root_message(error: Exception) -> str:
     `SomeError: message` line, and the message may go on over more lines."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     starts = [i for i, line in enumerate(lines) if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", line)]
-    text = " ".join(lines[starts[-1]:]) if starts else (lines[-1] if lines else type(error).__name__)
-    return text[:500]
-
-
-def execute_in_process(work_path: str, cfg: JobConfig, output_dir: str,
-                       fence: Callable[[], None] = lambda: None, run_id: str | None = None) -> Iterator[pa.Table]:
-    """The same stages without Ray: for debugging and fast tests. `fence` runs before each unit."""
-    from pipeline.plan.work import WorkFile
-    from pipeline.stages.candidate import CandidateStage
-    from pipeline.stages.contract import failed_outcomes
-    from pipeline.stages.write import WriteStage
-
-    generate, write = CandidateStage(cfg), WriteStage(cfg, output_dir, run_id)
-    work = WorkFile(work_path)
-    try:
-        for unit in work:
-            fence()
-            try:
-                outcome = write(generate(unit))
-            except Exception as e:  # noqa: BLE001 — as on Ray: a failing unit is error rows, the run goes on
-                outcome = failed_outcomes(unit, cfg.job.name, f"unit failed: {type(e).__name__}: {e}")
-            yield outcome
-    finally:
-        work.close()
+    return one_line(lines[starts[-1]:] if starts else (lines[-1:] or [type(error).__name__]))

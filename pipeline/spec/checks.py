@@ -1,9 +1,9 @@
 """Problems in the user's tables and how vectorised checks find them.
 
-A `Problem` names the file, the row, the id, the column and the value; a `ManifestError` holds
-every problem found (the first `MAX_REPORTED`, and their count), never only the first. A `Check`
-is one rule over a polars frame: a million bad rows cost one filter, and only the reported
-rows' values are read. (The error types move to `pipeline/errors.py` with the error family.)
+A `Problem` (pipeline/errors.py) names the file, the row, the id, the column and the value; a
+`ManifestError` holds every problem found (the first `MAX_REPORTED`, and their count), never only
+the first. A `Check` is one rule over a polars frame: a million bad rows cost one filter, and only
+the reported rows' values are read.
 """
 
 from __future__ import annotations
@@ -14,59 +14,8 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.errors import MAX_REPORTED, Problem, show
 from pipeline.spec.limits import LIMITS
-from pipeline.spec.suggest import show
-from pipeline.storage import uris
-
-MAX_REPORTED = 50
-
-
-class ManifestError(ValueError):
-    """The input cannot run. Holds every problem found, not only the first."""
-
-    def __init__(self, problems: list[Problem], total: int | None = None):
-        self.problems = problems
-        self.total = total if total is not None else len(problems)
-        lines = [str(p) for p in problems[:MAX_REPORTED]]
-        if self.total > len(lines):
-            lines.append(f"... and {self.total - len(lines)} more problem(s)")
-        super().__init__("\n".join(lines))
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    message: str
-    row: int | None = None  # 0-based row number
-    id: str | None = None
-    column: str | None = None
-
-    def __str__(self) -> str:
-        where = [self.file]
-        if self.row is not None:
-            where.append(f"row {self.row}" + (f" (id {show(self.id)})" if self.id is not None else ""))
-        if self.column:
-            where.append(f"column {self.column!r}")
-        return ": ".join([", ".join(where), self.message])
-
-
-def refusal(e: Exception, uri: str, what: str, kind: str) -> str:
-    """Why an input cannot be read, in the same words for every input (a manifest or styles
-    table, a product photo, a mask, a reference image, a LoRA): missing, refused (not a regular
-    file or object, over its size limit, a scheme no storage answers to), not what it should be,
-    or out of reach (credentials, network)."""
-    if isinstance(e, FileNotFoundError):
-        return f"{what} not found: {uri}"
-    if isinstance(e, uris.Refused | uris.StorageError):
-        return f"{what} cannot be read: {e}"
-    if isinstance(e, OSError | ValueError | SyntaxError):  # decoders: PIL, Arrow (ArrowInvalid is a ValueError)
-        return f"not a readable {kind}: {uri} ({type(e).__name__}: {_short(e)})"
-    return f"{what} cannot be read: {uri} ({type(e).__name__}: {_short(e)})"
-
-
-def _short(e: Exception, limit: int = 160) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)

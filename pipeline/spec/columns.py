@@ -12,8 +12,9 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
-from pipeline.spec.checks import MAX_REPORTED, Check, ManifestError, Problem, collect
-from pipeline.spec.suggest import nearest, show, suggest
+from pipeline.errors import MAX_REPORTED, ManifestError, Problem, show
+from pipeline.spec.checks import Check, collect
+from pipeline.spec.suggest import nearest, suggest
 
 
 def typed(table: pa.Table, spec: dict[str, pa.DataType], uri: str, required: dict, id_col: str,

@@ -12,10 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class ConfigError(ValueError):
-    """A job spec that cannot run; the message names the file and the key."""
-
-
 @dataclass(frozen=True)
 class JobSection:
     name: str = "job"

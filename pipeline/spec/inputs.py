@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.spec.checks import MAX_REPORTED, Problem, refusal
+from pipeline.errors import MAX_REPORTED, Problem, refusal
 from pipeline.spec.config import JobConfig
 from pipeline.storage import paths, uris
 

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import show
 from pipeline.spec.config import CostSection, JobConfig, ModelsSection
 from pipeline.spec.limits import CHOICES, DEVICE, LIMITS, Limit
-from pipeline.spec.suggest import nearest, show, suggest
+from pipeline.spec.suggest import nearest, suggest
 from pipeline.storage.paths import EMBEDDED_PREFIX
 
 

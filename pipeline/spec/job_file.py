@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.spec.config import ConfigError
-from pipeline.spec.suggest import show
+from pipeline.errors import ConfigError, Refused, show
 from pipeline.storage import uris
 
 # Byte-order marks of the encodings a job file is sometimes saved in by mistake.
@@ -32,7 +31,7 @@ def read_job_file(path: str | os.PathLike) -> str:
         data = uris.read_bytes(source, "job_bytes")
     except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"{source}: job file not found") from None
-    except uris.Refused as e:
+    except Refused as e:
         raise ConfigError(f"{e}: a job file must be a regular file") from None
     except OSError as e:
         raise ConfigError(f"{source}: cannot read the job file: {e.strerror or e}") from None

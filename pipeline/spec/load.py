@@ -14,10 +14,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.spec.config import SECTION_TYPES, ConfigError, JobConfig, Throughput
+from pipeline.errors import ConfigError, show
+from pipeline.spec.config import SECTION_TYPES, JobConfig, Throughput
 from pipeline.spec.job_checks import job_problems
 from pipeline.spec.job_file import read_job_file
-from pipeline.spec.suggest import show, suggest
+from pipeline.spec.suggest import suggest
 from pipeline.storage.paths import resolve_key, resolve_model
 
 # Keys holding paths that resolve against the job file's folder.

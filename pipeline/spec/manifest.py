@@ -15,15 +15,16 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
+from pipeline.errors import MAX_REPORTED, ManifestError, Problem, show
 from pipeline.spec import schema
-from pipeline.spec.checks import MAX_REPORTED, Check, ManifestError, Problem, collect, limit_checks, row_problems
+from pipeline.spec.checks import Check, collect, limit_checks, row_problems
 from pipeline.spec.columns import typed, unread_columns, with_missing
 from pipeline.spec.config import JobConfig
 from pipeline.spec.fallbacks import fallback, with_styles
 from pipeline.spec.inputs import InputFile, check_inputs, inspect_image
 from pipeline.spec.parquet import read_parquet
 from pipeline.spec.styles import load_styles
-from pipeline.spec.suggest import show, suggest
+from pipeline.spec.suggest import suggest
 from pipeline.storage import paths
 
 MAX_ID_CHARS = 200

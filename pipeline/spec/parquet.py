@@ -10,7 +10,7 @@ import re
 
 import pyarrow as pa
 
-from pipeline.spec.checks import ManifestError, Problem, refusal
+from pipeline.errors import ManifestError, Problem, refusal
 from pipeline.storage import paths
 
 _PANDAS_INDEX = re.compile(r"__index_level_\d+__")

@@ -10,14 +10,14 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from pipeline.errors import ManifestError, show
 from pipeline.spec import schema
-from pipeline.spec.checks import Check, ManifestError, collect, limit_checks
+from pipeline.spec.checks import Check, collect, limit_checks
 from pipeline.spec.columns import typed, unread_columns, with_missing
 from pipeline.spec.config import JobConfig
 from pipeline.spec.inputs import InputFile, check_inputs, inspect_file, inspect_image
 from pipeline.spec.limits import LIMITS
 from pipeline.spec.parquet import read_parquet
-from pipeline.spec.suggest import show
 from pipeline.storage import paths
 
 

@@ -8,14 +8,6 @@ names the value and what is allowed in these words.
 from __future__ import annotations
 
 import difflib
-from typing import Any
-
-
-def show(value: Any, limit: int = 40) -> str:
-    """A value as an error message quotes it: its repr, shortened, so a message names the value
-    without pasting a whole prompt."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def nearest(name: str, known: list[str]) -> str | None:

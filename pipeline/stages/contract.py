@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline import __version__, faults
+from pipeline.judge.outcome import fail
 from pipeline.plan.work import CANDIDATE_FIELDS, PRIOR, unnest
 from pipeline.spec import schema
 
@@ -64,14 +65,13 @@ def die_if_armed(records: list[dict], point: str = "actor.exit_once") -> None:
         os._exit(1)
 
 
-def failed_outcomes(batch: pa.Table, job: str, reason: str, stage: str = schema.UNIT_ERROR) -> pa.Table:
+def failed_outcomes(batch: pa.Table, job: str, stage: str, message: str) -> pa.Table:
     """Work records → one `error` outcome per new candidate: a unit that could not be processed
     (an exception in a stage, its worker died on every retry) is recorded, never dropped, and a
-    rerun retries it. Candidates judged in earlier runs keep their outcomes. `reason` is the
-    runner's sentence as it is; `stage` (schema.ERROR_STAGES) its code, which is what counts."""
+    rerun retries it. Candidates judged in earlier runs keep their outcomes. `stage`
+    (schema.ERROR_STAGES) is the code that counts; `message` the runner's sentence."""
     records = [r for r in unnest(batch).to_pylist() if not r[PRIOR]]
     finished = datetime.now(UTC)
     for r in records:
-        r.update(job=job, status=schema.ERROR, reason=reason, reason_code=stage, selected=False, rank=None,
-                 path=None, finished_at=finished)
+        fail(r, stage, message, job=job, selected=False, rank=None, path=None, finished_at=finished)
     return pa.Table.from_pylist(records, schema=WRITTEN_SCHEMA)

@@ -31,24 +31,12 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline.errors import LockLost, OutputLocked
 from pipeline.storage.layout import LOCK
 from pipeline.storage.store import Output
 
 # How long a lock object holds without a heartbeat (a killed run blocks its output this long).
 LEASE_S = float(os.environ.get("ASSET_PIPELINE_LOCK_LEASE_S", "120"))
-
-
-class OutputLocked(RuntimeError):
-    """Another run holds the output."""
-
-
-class LockLost(RuntimeError):
-    """This run no longer holds its output: another run took it over (or the store could not
-    confirm, with the lease run out). Nothing more may be committed; the run exits 2."""
-
-    def __init__(self, message: str, holder: dict | None = None):
-        super().__init__(message)
-        self.holder = holder  # the lock object's owner now, None when it is gone
 
 
 def acquire(out: Output, run: str, job: str = ""):

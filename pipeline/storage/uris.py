@@ -20,14 +20,11 @@ import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from pipeline.errors import Refused, StorageError
 from pipeline.spec.limits import LIMITS
 from pipeline.storage.paths import LOCAL, split
 
 CHUNK = 1 << 20
-
-
-class StorageError(RuntimeError):
-    """A storage scheme this installation cannot reach (its fsspec driver is missing)."""
 
 
 # The fsspec driver each object store needs, and how to get it.
@@ -48,11 +45,6 @@ def filesystem(uri: str):
         return fsspec.core.url_to_fs(uri)
     except ImportError as e:
         raise StorageError(f"{uri}: {scheme}:// needs {DRIVERS.get(scheme, f'an fsspec driver ({e})')}") from None
-
-
-class Refused(OSError):
-    """An input that is not read: not a regular file or object (a device, a pipe, a folder), or
-    larger than its limit. The message names it and says which."""
 
 
 IMAGE, TABLE, WEIGHTS = "image_bytes", "table_bytes", "weights_bytes"  # keys of LIMITS
