@@ -17,7 +17,7 @@ from pipeline.cli import main
 from pipeline.errors import EXIT_OK, ManifestError
 from pipeline.review.verify import verify_output
 from pipeline.run.job import run_job
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 from pipeline.spec.load import load_job
 from pipeline.stages.generate import prepare_inputs
 from pipeline.storage import tables
@@ -67,7 +67,7 @@ def apply(job: Path, decisions: list[dict], name: str = "decisions.json", **over
 
 
 def pick(rows: dict, row_id: str) -> dict:
-    (r,) = [r for (i, _), r in rows.items() if i == row_id and r["status"] == schema.WRITTEN]
+    (r,) = [r for (i, _), r in rows.items() if i == row_id and r["status"] == vocabulary.WRITTEN]
     return r
 
 
@@ -75,7 +75,7 @@ def test_reject_promotes_the_runner_up_approve_is_untouched_and_the_file_again_c
     out = job.parent / "out"
     before, files_before = results(out), images(out)
     rejected, approved = pick(before, "a"), pick(before, "b")
-    (runner_up,) = [r for (i, _), r in before.items() if i == "a" and r["status"] != schema.WRITTEN]
+    (runner_up,) = [r for (i, _), r in before.items() if i == "a" and r["status"] != vocabulary.WRITTEN]
     # as a spreadsheet saves it: a byte-order mark, capitals, spaces around values
     (job.parent / "decisions.csv").write_bytes("\ufeffitem_id,decision,note,prompt,strength\r\n".encode()
                                                + f" {rejected['item_id']} ,Reject,off brand,,\r\n".encode()
@@ -140,7 +140,7 @@ def test_approval_locks_an_image_against_rejudging_and_takes_a_place_first(job, 
     out = job.parent / "out"
     before = results(out)
     top = pick(before, "a")
-    (runner_up,) = [r for (i, _), r in before.items() if i == "a" and r["status"] != schema.WRITTEN]
+    (runner_up,) = [r for (i, _), r in before.items() if i == "a" and r["status"] != vocabulary.WRITTEN]
     report, after = apply(job, [{"item_id": top["item_id"], "decision": "approve"},
                                 {"item_id": runner_up["item_id"], "decision": "approve"}])
     assert report.exit_code == EXIT_OK

@@ -14,7 +14,7 @@ from pipeline.errors import EXIT_OK
 from pipeline.review.verify import verify_output
 from pipeline.run.job import run_job
 from pipeline.run.summary import summarize
-from pipeline.spec import schema
+from pipeline.spec import schema, vocabulary
 from pipeline.spec.load import load_job
 from pipeline.storage.layout import SHARDS
 from tests.helpers import save_cutout, write_job
@@ -54,9 +54,9 @@ def test_one_row_per_candidate_with_status(finished):
     assert report.exit_code == EXIT_OK
     rows = table.to_pylist()
     assert [(r["id"], r["candidate"]) for r in rows] == [(i, k) for i in ROWS["id"] for k in range(2)]
-    assert {r["status"] for r in rows} <= set(schema.STATUSES)
+    assert {r["status"] for r in rows} <= set(vocabulary.STATUSES)
     assert all(r["status"] for r in rows)
-    assert {r["reason"].split(":")[0] for r in rows if r["status"] == "rejected"} <= set(schema.REJECT_REASONS)
+    assert {r["reason"].split(":")[0] for r in rows if r["status"] == "rejected"} <= set(vocabulary.REJECT_REASONS)
     by_id = {}
     for r in rows:
         by_id.setdefault(r["id"], []).append(r)
@@ -73,8 +73,8 @@ def test_results_carry_the_reason_code_and_the_counts_read_it(finished):
     _, report, table = finished
     rows = table.to_pylist()
     with_reason = [r for r in rows if r["reason"]]
-    assert {r["reason_code"] for r in with_reason} >= {schema.PROMPT_BLOCKED, schema.NOT_SELECTED}
-    assert all(r["reason_code"] in schema.REJECT_REASONS + schema.ERROR_STAGES for r in with_reason)
+    assert {r["reason_code"] for r in with_reason} >= {vocabulary.PROMPT_BLOCKED, vocabulary.NOT_SELECTED}
+    assert all(r["reason_code"] in vocabulary.REJECT_REASONS + vocabulary.ERROR_STAGES for r in with_reason)
     assert all(r["reason"] == r["reason_code"] or r["reason"].startswith(f"{r['reason_code']}: ") for r in with_reason)
     assert all(r["reason_code"] is None for r in rows if not r["reason"])
     summary = json.loads((report.output_dir / "summary.json").read_text())
@@ -86,11 +86,11 @@ def test_reason_counts_go_by_code_not_by_the_words_of_the_message():
     # anywhere: the counts take the code as recorded.
     reasons = ["worker died on this unit 4 times, the last time with no other unit beside it: OOM",
                "unit failed: RuntimeError: boom", "prompt_blocked: term 'a: b'", "not_selected"]
-    codes = [schema.UNIT_ERROR, schema.UNIT_ERROR, schema.PROMPT_BLOCKED, schema.NOT_SELECTED]
-    rows = [{"status": schema.ERROR if c == schema.UNIT_ERROR else schema.REJECTED, "reason": r,
+    codes = [vocabulary.UNIT_ERROR, vocabulary.UNIT_ERROR, vocabulary.PROMPT_BLOCKED, vocabulary.NOT_SELECTED]
+    rows = [{"status": vocabulary.ERROR if c == vocabulary.UNIT_ERROR else vocabulary.REJECTED, "reason": r,
              "reason_code": c} for r, c in zip(reasons, codes, strict=True)]
     summary = summarize(pa.Table.from_pylist(rows, schema=schema.RESULTS_SCHEMA))
-    assert summary["reasons"] == {schema.UNIT_ERROR: 2, schema.PROMPT_BLOCKED: 1, schema.NOT_SELECTED: 1}
+    assert summary["reasons"] == {vocabulary.UNIT_ERROR: 2, vocabulary.PROMPT_BLOCKED: 1, vocabulary.NOT_SELECTED: 1}
 
 
 def test_results_columns_and_passthrough(finished):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pipeline.judge.select import in_reserve
 from pipeline.plan.work import PRIOR
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 
 
 def ships_pixels(r: dict, ranks: dict[str, int], write_rejected: bool) -> bool:
@@ -23,13 +23,13 @@ def ships_pixels(r: dict, ranks: dict[str, int], write_rejected: bool) -> bool:
 def written_for_review(r: dict, write_rejected: bool) -> bool:
     """A rejected candidate whose image is written all the same, for a reviewer to see: when
     rejected images are kept, unless a reviewer rejected it."""
-    return write_rejected and r["status"] == schema.REJECTED and r["decision"] != schema.REJECT
+    return write_rejected and r["status"] == vocabulary.REJECTED and r["decision"] != vocabulary.REJECT
 
 
 def keeps_file(r: dict, write_rejected: bool) -> bool:
     """An earlier candidate that lost its place keeps its file when rejected images are kept for
     review, and always when a reviewer refined it (its refinements start from it and name it);
     never when a reviewer rejected it."""
-    if not (r[PRIOR] and r["path"] and r["status"] == schema.REJECTED):
+    if not (r[PRIOR] and r["path"] and r["status"] == vocabulary.REJECTED):
         return False
-    return r["decision"] == schema.REFINE or (write_rejected and r["decision"] != schema.REJECT)
+    return r["decision"] == vocabulary.REFINE or (write_rejected and r["decision"] != vocabulary.REJECT)

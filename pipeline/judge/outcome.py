@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Reason:
-    """Why a candidate is rejected or failed: a code (schema.REJECT_REASONS, schema.ERROR_STAGES)
+    """Why a candidate is rejected or failed: a code (vocabulary.REJECT_REASONS, vocabulary.ERROR_STAGES)
     and what a person reads besides (a matched term, a score, an exception)."""
 
     code: str
@@ -39,17 +39,17 @@ def code_of(r: dict) -> str | None:
 def reject(r: dict, reason: Reason | str, **also) -> None:
     """The candidate is rejected for `reason` (a Reason, or a bare code)."""
     reason = reason if isinstance(reason, Reason) else Reason(reason)
-    r.update(status=schema.REJECTED, reason=reason.text, reason_code=reason.code, **also)
+    r.update(status=vocabulary.REJECTED, reason=reason.text, reason_code=reason.code, **also)
 
 
 def fail(r: dict, stage: str, detail: str, **also) -> None:
-    """The candidate is an error of `stage` (schema.ERROR_STAGES): a rerun retries it."""
-    r.update(status=schema.ERROR, reason=Reason(stage, detail).text, reason_code=stage, **also)
+    """The candidate is an error of `stage` (vocabulary.ERROR_STAGES): a rerun retries it."""
+    r.update(status=vocabulary.ERROR, reason=Reason(stage, detail).text, reason_code=stage, **also)
 
 
 def written(r: dict, **also) -> None:
     """The candidate's image is written and verified: no reason."""
-    r.update(status=schema.WRITTEN, reason=None, reason_code=None, **also)
+    r.update(status=vocabulary.WRITTEN, reason=None, reason_code=None, **also)
 
 
 def reason_codes(table: pa.Table) -> pa.Array:

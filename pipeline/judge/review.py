@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 from pipeline.spec.limits import denoises
 
 
@@ -19,19 +19,19 @@ def review_reason(r: dict) -> str | None:
     """Why a reviewer's decision takes a candidate out of the selection (a reject; the note is
     its own column), or None. (A refined candidate gives its place to its refinement once that
     passes: `select.refined_away`.)"""
-    return schema.REVIEWER_REJECTED if r.get("decision") == schema.REJECT else None
+    return vocabulary.REVIEWER_REJECTED if r.get("decision") == vocabulary.REJECT else None
 
 
 def blocked_by_moderation(r: dict) -> bool:
     """Moderation blocked its prompt or its image (whatever its reason says now: a reviewer's
     reject may have replaced it)."""
-    return r.get("moderation") == schema.BLOCK
+    return r.get("moderation") == vocabulary.BLOCK
 
 
 def approvable(r: dict) -> bool:
     """A reviewer's approval can pass this candidate: it was measured without an error, and
     moderation did not block it."""
-    return r.get("status") != schema.ERROR and not blocked_by_moderation(r)
+    return r.get("status") != vocabulary.ERROR and not blocked_by_moderation(r)
 
 
 def why_not(decision: str, result: dict, strength: float | None, refine_strength: float) -> tuple[str, str] | None:
@@ -39,12 +39,12 @@ def why_not(decision: str, result: dict, strength: float | None, refine_strength
     decisions file's column at fault, what is wrong), or None. `strength`: the refine's own,
     else `refine_strength` ([generate].refine_strength) applies."""
     status, reason = result["status"], result["reason"] or ""
-    if decision in (schema.APPROVE, schema.REFINE) and blocked_by_moderation(result):
+    if decision in (vocabulary.APPROVE, vocabulary.REFINE) and blocked_by_moderation(result):
         return "decision", f"cannot {decision} a candidate moderation blocked"
-    if decision == schema.APPROVE and status in (None, schema.ERROR):
+    if decision == vocabulary.APPROVE and status in (None, vocabulary.ERROR):
         return "decision", (f"nothing to approve: the candidate is {status or 'pending'}"
                             + (f" ({reason})" if reason else ""))
-    if decision == schema.REFINE:
+    if decision == vocabulary.REFINE:
         if not result["path"]:
             return "decision", (f"no image to refine (status {status or 'pending'}"
                                 + (f", {reason}" if reason else "") + ")")

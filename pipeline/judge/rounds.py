@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from pipeline.judge.outcome import code_of
 from pipeline.judge.select import passed
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 
 
 def new_rejects(changed: list[dict], current: dict[str, dict]) -> list[dict]:
     """The rejects among the `changed` decisions that are new: a reject whose note alone changed
     asks for nothing."""
-    return [d for d in changed
-            if d["decision"] == schema.REJECT and current.get(d["item_id"], {}).get("decision") != schema.REJECT]
+    reject = vocabulary.REJECT
+    return [d for d in changed if d["decision"] == reject and current.get(d["item_id"], {}).get("decision") != reject]
 
 
 def ask_new_rounds(changed: list[dict], rows: list[dict], current: dict[str, dict]) -> None:
@@ -35,10 +35,10 @@ def ask_new_rounds(changed: list[dict], rows: list[dict], current: dict[str, dic
 
     def able(r: dict) -> bool:
         """The selection's own rule, on the candidate as it was judged, under the decisions to come."""
-        if code_of(r) == schema.REVIEWER_REFINED:  # its place comes back unless a refinement keeps it
+        if code_of(r) == vocabulary.REVIEWER_REFINED:  # its place comes back unless a refinement keeps it
             if any(able(child) for child in children.get(r["item_id"], [])):
                 return False
-            r = {**r, "reason": schema.NOT_SELECTED, "reason_code": schema.NOT_SELECTED}
+            r = {**r, "reason": vocabulary.NOT_SELECTED, "reason_code": vocabulary.NOT_SELECTED}
         return passed({**r, "prior": r["status"] is not None, "decision": after.get(r["item_id"])})
 
     count: dict[str, int] = {}
@@ -47,7 +47,7 @@ def ask_new_rounds(changed: list[dict], rows: list[dict], current: dict[str, dic
         keep[r["id"]] = r["keep"]
         count[r["id"]] = count.get(r["id"], 0) + able(r)
     for d in changed:
-        if d["decision"] == schema.REFINE:  # each makes one, to come
+        if d["decision"] == vocabulary.REFINE:  # each makes one, to come
             count[d["id"]] = count.get(d["id"], 0) + 1
     flagged: set[str] = set()
     for d in rejects:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pipeline.judge.outcome import Reason, code_of, reject
 from pipeline.judge.review import review_reason
 from pipeline.plan.identity import digest, encode
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 from pipeline.spec.config import FilterSection
 
 # The outcome of a measured candidate that a re-judging may reset, when its prompt was blocked
@@ -34,26 +34,26 @@ def rules_key(f: FilterSection) -> str:
 def prompt_reason(term: str | None, score: float | None, threshold: float) -> Reason | None:
     """Why a prompt is blocked (a blocked term, or the classifier's score), or None."""
     if term is not None:
-        return Reason(schema.PROMPT_BLOCKED, f"term {term!r}")
+        return Reason(vocabulary.PROMPT_BLOCKED, f"term {term!r}")
     if score is not None and score >= threshold:
-        return Reason(schema.PROMPT_BLOCKED, f"classifier score {score:.3f} >= {threshold}")
+        return Reason(vocabulary.PROMPT_BLOCKED, f"classifier score {score:.3f} >= {threshold}")
     return None
 
 
 def image_reason(clip_score: float, unsafe: float, clip_threshold: float, unsafe_threshold: float) -> Reason | None:
     """Why a generated image is rejected (unsafe, then below the CLIP threshold), or None."""
     if unsafe >= unsafe_threshold:
-        return Reason(schema.IMAGE_UNSAFE, f"score {unsafe:.3f} >= {unsafe_threshold}")
+        return Reason(vocabulary.IMAGE_UNSAFE, f"score {unsafe:.3f} >= {unsafe_threshold}")
     if clip_score < clip_threshold:
-        return Reason(schema.BELOW_CLIP_THRESHOLD, f"{clip_score:.2f} < {clip_threshold}")
+        return Reason(vocabulary.BELOW_CLIP_THRESHOLD, f"{clip_score:.2f} < {clip_threshold}")
     return None
 
 
 def moderation(reason: Reason | None) -> str:
     """The moderation verdict of a measured candidate: blocked when its prompt or its image was
     (a CLIP score below the threshold is no moderation matter)."""
-    blocked = reason is not None and reason.code in (schema.PROMPT_BLOCKED, schema.IMAGE_UNSAFE)
-    return schema.BLOCK if blocked else schema.PASS
+    blocked = reason is not None and reason.code in (vocabulary.PROMPT_BLOCKED, vocabulary.IMAGE_UNSAFE)
+    return vocabulary.BLOCK if blocked else vocabulary.PASS
 
 
 def rejudge(r: dict, blocked_term: str | None, f: FilterSection) -> bool:
@@ -69,14 +69,14 @@ def rejudge(r: dict, blocked_term: str | None, f: FilterSection) -> bool:
         return True
     blocked = prompt_reason(blocked_term, r["prompt_unsafe_score"], f.prompt_unsafe_threshold)
     if blocked is None and r["clip_score"] is None:
-        if r["status"] == schema.REJECTED and code_of(r) == schema.PROMPT_BLOCKED:
+        if r["status"] == vocabulary.REJECTED and code_of(r) == vocabulary.PROMPT_BLOCKED:
             r.update(dict.fromkeys(_UNMEASURED))
             return False
         return True  # nothing stored to judge again
-    clip_threshold = r["clip_threshold"] if r.get("decision") != schema.APPROVE else float("-inf")
+    clip_threshold = r["clip_threshold"] if r.get("decision") != vocabulary.APPROVE else float("-inf")
     reason = blocked or image_reason(r["clip_score"], r["image_unsafe_score"], clip_threshold, f.image_unsafe_threshold)
     if reason is not None:
         reject(r, reason, selected=False, rank=None, moderation=moderation(reason))
-    elif r["status"] != schema.WRITTEN:
-        reject(r, schema.NOT_SELECTED, moderation=schema.PASS)
+    elif r["status"] != vocabulary.WRITTEN:
+        reject(r, vocabulary.NOT_SELECTED, moderation=vocabulary.PASS)
     return True

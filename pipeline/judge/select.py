@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 
 from pipeline.judge.outcome import code_of, reject, written
 from pipeline.judge.review import approvable
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 
 # Past its places, a row ships the pixels of as many runners-up again: a pick whose write fails
 # hands its place to the next, and the writer has its pixels at hand.
@@ -37,12 +37,12 @@ def passed(r: dict) -> bool:
     only outranked. A reviewer's approval passes it whatever the CLIP threshold says, never past
     moderation; a reviewer's reject takes it out."""
     status, decision = r.get("status"), r.get("decision")
-    if decision == schema.REJECT:
+    if decision == vocabulary.REJECT:
         return False
-    if decision == schema.APPROVE:
+    if decision == vocabulary.APPROVE:
         return approvable(r)
     return status is None or (bool(r.get("prior")) and (
-        status == schema.WRITTEN or (status == schema.REJECTED and code_of(r) == schema.NOT_SELECTED)))
+        status == vocabulary.WRITTEN or (status == vocabulary.REJECTED and code_of(r) == vocabulary.NOT_SELECTED)))
 
 
 def by_row(records: Iterable[dict]) -> list[list[dict]]:
@@ -55,7 +55,7 @@ def by_row(records: Iterable[dict]) -> list[list[dict]]:
 def locked(r: dict) -> bool:
     """A reviewer approved it, or asked for it (a refinement): while it passes, it keeps a place
     whatever else is in the row (even past `keep`)."""
-    return r.get("decision") == schema.APPROVE or r.get("parent") is not None
+    return r.get("decision") == vocabulary.APPROVE or r.get("parent") is not None
 
 
 def has_place(r: dict, ranks: dict[str, int]) -> bool:
@@ -74,14 +74,14 @@ def in_reserve(r: dict, ranks: dict[str, int]) -> bool:
 def refined_away(cands: list[dict]) -> set[str]:
     """The candidates of a row a reviewer refined whose refinement passed: it takes their place.
     Until one passes (or when the reviewer rejects it), the refined candidate competes as before."""
-    refined = {r["item_id"] for r in cands if r.get("decision") == schema.REFINE}
+    refined = {r["item_id"] for r in cands if r.get("decision") == vocabulary.REFINE}
     return {r["parent"] for r in cands if r.get("parent") in refined and passed(r)}
 
 
 def _order(r: dict) -> tuple:
     """Approved first, then a reviewer's refinements, then by CLIP score (ties: the lower
     candidate index)."""
-    tier = 0 if r.get("decision") == schema.APPROVE else 1 if r.get("parent") is not None else 2
+    tier = 0 if r.get("decision") == vocabulary.APPROVE else 1 if r.get("parent") is not None else 2
     return tier, -(r["clip_score"] if r["clip_score"] is not None else -1.0), r["candidate"]
 
 
@@ -106,7 +106,7 @@ def fill_places(records: list[dict], write: Callable[[dict], bool], can_write: C
         places, away = int(cands[0]["keep"]), refined_away(cands)
         for r in sorted((r for r in cands if r["rank"] is not None), key=lambda r: r["rank"]):
             has_place = places > 0 or locked(r)
-            if has_place and r.get("prior") and (r["status"] == schema.WRITTEN or r.get("path")):
+            if has_place and r.get("prior") and (r["status"] == vocabulary.WRITTEN or r.get("path")):
                 # an earlier pick, or a runner-up whose signed image was kept for review: its
                 # file is already there, verified, and is the image
                 written(r, selected=True)
@@ -117,9 +117,9 @@ def fill_places(records: list[dict], write: Callable[[dict], bool], can_write: C
                     written(r)
                     places = max(places - 1, 0)
             else:
-                reject(r, schema.NOT_SELECTED, selected=False)
+                reject(r, vocabulary.NOT_SELECTED, selected=False)
         for r in cands:
             if r["item_id"] in away:
-                reject(r, schema.REVIEWER_REFINED, selected=False, rank=None)
+                reject(r, vocabulary.REVIEWER_REFINED, selected=False, rank=None)
             if r.get("selected") is None:
                 r["selected"] = False

@@ -30,7 +30,7 @@ from pipeline.models.fingerprint import fingerprint as model_fingerprint
 from pipeline.plan.identity import derive_seed as derive_seed  # the one seed function, re-exported
 from pipeline.plan.identity import encoded, hex_ids, keys, literal, seeds
 from pipeline.review.decisions import Decisions
-from pipeline.spec import schema
+from pipeline.spec import schema, vocabulary
 from pipeline.spec.config import JobConfig
 from pipeline.spec.fallbacks import fallback, with_styles
 from pipeline.spec.inputs import uri_column
@@ -74,11 +74,11 @@ def _rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
         pl.when(c("__mask").is_not_null()).then(c("__mask"))
         .when(c("__product").is_in(with_alpha)).then(lit("alpha")).alias("mask"),
     ).with_columns(
-        pl.when(c("init_image").is_null()).then(lit(schema.T2I))
-        .when(c("mask").is_not_null()).then(lit(schema.INPAINT)).otherwise(lit(schema.IMG2IMG)).alias("mode")
+        pl.when(c("init_image").is_null()).then(lit(vocabulary.T2I))
+        .when(c("mask").is_not_null()).then(lit(vocabulary.INPAINT)).otherwise(lit(vocabulary.IMG2IMG)).alias("mode")
     ).with_columns(
         # the job's default depends on the mode: staging repaints the whole background.
-        fallback("strength", pl.when(c("mode") == schema.INPAINT).then(lit(g.inpaint_strength))
+        fallback("strength", pl.when(c("mode") == vocabulary.INPAINT).then(lit(g.inpaint_strength))
                  .otherwise(lit(g.strength))).cast(pl.Float64).alias("__strength"))
 
 
@@ -116,7 +116,7 @@ def _denoising_problems(rows: pl.DataFrame, inputs: Inputs) -> tuple[list[Proble
     """Image-to-image and inpainting run int(steps × strength) denoising steps: a row with none
     would fail every candidate at generation, so it is refused before the run, by row and value."""
     c = pl.col
-    bad = rows.filter((c("mode") != schema.T2I) & ~denoises(c("__steps"), c("__strength")))
+    bad = rows.filter((c("mode") != vocabulary.T2I) & ~denoises(c("__steps"), c("__strength")))
     first = bad.select("__row", "id", "__strength", "__steps").head(MAX_REPORTED).iter_rows()
     return [Problem(inputs.manifest_uri, f"strength {s:g} × steps {n} gives no denoising step "
                     "(raise the strength or the steps)", row=int(r), id=i, column="strength")
@@ -213,7 +213,7 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str, decisions: Decisio
         lit(m.diffusion_revision, dtype=pl.String).alias("model_revision"),
         lit(m.scheduler, dtype=pl.String).alias("scheduler"), "mode", c("__steps").alias("steps"),
         c("__guidance").alias("guidance_scale"),
-        pl.when(c("mode") == schema.T2I).then(None).otherwise(c("__strength")).alias("strength"),
+        pl.when(c("mode") == vocabulary.T2I).then(None).otherwise(c("__strength")).alias("strength"),
         c("__width").alias("width"), c("__height").alias("height"), c("__n").alias("num_candidates"),
         c("__keep").alias("keep"), c("__clip").alias("clip_threshold"), "init_image", "mask",
         c("__reference").alias("style_reference"),
@@ -277,7 +277,8 @@ def _with_refinements(df: pl.DataFrame, asked: pa.Table, inputs: Inputs, cfg: Jo
             c("__new_prompt").fill_null(c("source_prompt")).alias("source_prompt"),
             pl.when(c("__new_prompt").is_null()).then(c("prompt"))
             .otherwise(_templated(c("prompt_template"), c("__new_prompt").fill_null(""))).alias("prompt"),
-            pl.when(c("mode") == schema.INPAINT).then(lit(schema.INPAINT)).otherwise(lit(schema.IMG2IMG)).alias("mode"),
+            pl.when(c("mode") == vocabulary.INPAINT).then(lit(vocabulary.INPAINT))
+            .otherwise(lit(vocabulary.IMG2IMG)).alias("mode"),
             c("__new_strength").fill_null(cfg.generate.refine_strength).cast(pl.Float64).alias("strength"),
             c("item_id").alias("parent"), lit("refine").alias("seed_source"))
         made = made.with_columns(seeds(keys(made, literal("refine"), "parent", "prompt", "strength")).alias("seed"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.spec.schema import MODES
+from pipeline.spec.vocabulary import MODES, T2I
 
 SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 GENERATION_LABEL = "com.asset-pipeline.generation"
@@ -44,7 +44,7 @@ class Claim:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if (self.mode == "t2i") != (self.parent is None):
+        if (self.mode == T2I) != (self.parent is None):
             raise ValueError(f"mode {self.mode!r}: a parent image is needed for img2img/inpaint "
                              "and not allowed for t2i")
         if self.parent is not None and not self.parent_mime:

@@ -22,6 +22,7 @@ from pipeline.provenance.demo_ca import demo_credentials
 from pipeline.provenance.keys import load_chain, load_key, public_der, read_file, read_secret, redact
 from pipeline.provenance.readback import UNTRUSTED, Verification, read_manifest, verify_settings
 from pipeline.spec.limits import CHOICES
+from pipeline.spec.vocabulary import T2I
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -192,7 +193,7 @@ class Signer:
                               "certificate (the first certificate of the chain)")
         data, mime = encode_image(np.full((8, 8, 3), (200, 120, 40), np.uint8), fmt)
         claim = Claim(title=f"self-test.{fmt}", model="self-test", model_revision=None, seed=0,
-                      steps=0, guidance_scale=0.0, prompt_sha256="0" * 64, mode="t2i",
+                      steps=0, guidance_scale=0.0, prompt_sha256="0" * 64, mode=T2I,
                       item_id="self-test", software_agent="asset-pipeline self-test")
         try:
             result = self.verify(self.sign(data, mime, claim), mime)

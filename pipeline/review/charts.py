@@ -10,9 +10,10 @@ import html
 from collections import Counter, defaultdict
 
 from pipeline.run.summary import FUNNEL, NO_STYLE
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 
-COLOURS = {"written": "#2e7d32", "rejected": "#c77700", "error": "#c62828", "pending": "#777"}
+COLOURS = {vocabulary.WRITTEN: "#2e7d32", vocabulary.REJECTED: "#c77700", vocabulary.ERROR: "#c62828",
+           vocabulary.PENDING: "#777"}
 WIDTH, LABEL_W, BAR_H, GAP = 560, 170, 20, 6  # every chart's geometry (px): one column of bars
 
 
@@ -55,7 +56,7 @@ def style_svg(groups: list[dict]) -> str:
     for g in groups:
         for c in g["c"]:
             counts[g["style"]][c.get("status", "pending")] += 1
-            if c.get("status") == schema.WRITTEN and c.get("clip") is not None:
+            if c.get("status") == vocabulary.WRITTEN and c.get("clip") is not None:
                 clip[g["style"]].append(c["clip"])
     styles = list(counts)
     most = max((sum(c.values()) for c in counts.values()), default=0)
@@ -63,7 +64,7 @@ def style_svg(groups: list[dict]) -> str:
     for i, style in enumerate(styles):
         y, x = GAP + i * (BAR_H + GAP), float(LABEL_W)
         out.append(_label(y, style))
-        for status in ("written", "rejected", "error", "pending"):
+        for status in (*vocabulary.STATUSES, vocabulary.PENDING):
             n = counts[style][status]
             if not n:
                 continue

@@ -14,7 +14,7 @@ import posixpath
 import pyarrow as pa
 
 from pipeline.errors import ManifestError, Problem, refusal
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 from pipeline.storage import tables, uris
 
 COLUMNS = ("item_id", "decision", "note", "prompt", "strength")
@@ -96,11 +96,11 @@ def parse(records: list[dict], uri: str) -> tuple[list[dict], list[Problem]]:
         if item is None:
             problems.append(Problem(uri, "empty item_id", row=i, column="item_id"))
             continue
-        if decision not in schema.DECISIONS:
+        if decision not in vocabulary.DECISIONS:
             problems.append(Problem(uri, f"{rec.get('decision')!r} is not a decision (one of "
-                                         f"{', '.join(schema.DECISIONS)})", row=i, id=item, column="decision"))
+                                         f"{', '.join(vocabulary.DECISIONS)})", row=i, id=item, column="decision"))
             continue
-        if decision == schema.REFINE:
+        if decision == vocabulary.REFINE:
             try:
                 d["strength"] = _strength(rec.get("strength"))
             except ValueError:
@@ -111,7 +111,7 @@ def parse(records: list[dict], uri: str) -> tuple[list[dict], list[Problem]]:
                 problems.append(Problem(uri, f"strength {given} is not a number {LIMITS['strength']}", row=i,
                                         id=item, column="strength"))
                 continue
-        if decision != schema.REFINE:
+        if decision != vocabulary.REFINE:
             d["prompt"] = None  # a prompt change or a strength only mean something to a refine
         if item in parsed and {k: parsed[item][1][k] for k in SAME} != {k: d[k] for k in SAME}:
             problems.append(Problem(uri, f"item {item} is decided twice, differently (first in row "

@@ -25,7 +25,7 @@ from pipeline.errors import MAX_REPORTED, ManifestError, Problem
 from pipeline.judge.review import why_not
 from pipeline.judge.rounds import ask_new_rounds, new_rejects
 from pipeline.review.decision_file import SAME, parse, read_file
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 from pipeline.storage import tables
 from pipeline.storage.layout import DECISIONS, RESULTS, is_part, part_name
 from pipeline.storage.records import read_parquet, read_results
@@ -84,9 +84,9 @@ class Decisions:
     @cached_property
     def in_force(self) -> pa.Table:
         latest = self.latest
-        judged = self._last(self.history.filter(pc.not_equal(self.history["decision"], schema.REFINE)))
-        approved = judged.filter(pc.equal(judged["decision"], schema.APPROVE))["item_id"]
-        refined_after_approval = pc.and_(pc.equal(latest["decision"], schema.REFINE),
+        judged = self._last(self.history.filter(pc.not_equal(self.history["decision"], vocabulary.REFINE)))
+        approved = judged.filter(pc.equal(judged["decision"], vocabulary.APPROVE))["item_id"]
+        refined_after_approval = pc.and_(pc.equal(latest["decision"], vocabulary.REFINE),
                                          pc.is_in(latest["item_id"], approved))
         if not pc.any(refined_after_approval).as_py():
             return latest
@@ -104,7 +104,7 @@ class Decisions:
     def refines(self) -> pa.Table:
         import polars as pl
 
-        asked = pl.from_arrow(self.history.filter(pc.equal(self.history["decision"], schema.REFINE)).select(
+        asked = pl.from_arrow(self.history.filter(pc.equal(self.history["decision"], vocabulary.REFINE)).select(
             ["item_id", "prompt", "strength", "decided_at"]))
         return asked.group_by(["item_id", "prompt", "strength"], maintain_order=True).agg(
             pl.col("decided_at").min()).to_arrow()

@@ -12,6 +12,7 @@ import io
 import pyarrow as pa
 
 from pipeline.plan.identity import digest, encode
+from pipeline.spec import vocabulary
 from pipeline.storage.layout import ASSETS
 from pipeline.storage.store import Output
 
@@ -44,7 +45,7 @@ def make_outlines(results: pa.Table, out: Output) -> tuple[dict[str, str], list[
     seen: dict[tuple, str] = {}
     outlines, problems = {}, []
     for r in results.select(wanted).to_pylist():
-        if r["id"] in outlines or r["mode"] != "inpaint" or not r["init_image"] or not r["mask"]:
+        if r["id"] in outlines or r["mode"] != vocabulary.INPAINT or not r["init_image"] or not r["mask"]:
             continue
         key = (r["init_image"], r["mask"], r["width"], r["height"])
         if key not in seen:

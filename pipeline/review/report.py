@@ -24,7 +24,7 @@ import pyarrow as pa
 from pipeline.review.charts import brand_svg, funnel_svg, reasons_list, style_svg
 from pipeline.review.outlines import make_outlines
 from pipeline.run.summary import NO_STYLE
-from pipeline.spec import schema
+from pipeline.spec import schema, vocabulary
 from pipeline.storage.layout import REPORT, SUMMARY
 from pipeline.storage.records import read_results, run_records
 from pipeline.storage.store import Output, as_output
@@ -109,7 +109,7 @@ def render(results: pa.Table, summary: dict, runs: dict[str, dict] | None = None
     data = {"groups": groups, "runs": runs, "passthrough": passthrough, "page_rows": page_rows,
             "summary": {k: v for k, v in summary.items() if isinstance(v, int | float | str) or v is None}}
     counts = " · ".join(f'{k} <b data-summary="{k}">{int(summary.get(k) or 0)}</b>'
-                        for k in ("planned", "written", "rejected", "error", "pending"))
+                        for k in ("planned", *vocabulary.STATUSES, vocabulary.PENDING))
     template = resources.files("pipeline.review").joinpath("report_template.html").read_text(encoding="utf-8")
     parts = {"TITLE": html.escape(title or "asset pipeline report"), "COUNTS": counts,
              "FUNNEL": funnel_svg(summary), "STYLES": style_svg(groups), "BRAND": brand_svg(summary, styles),

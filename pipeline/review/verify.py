@@ -9,7 +9,7 @@ import mimetypes
 from pathlib import Path
 
 from pipeline.run.shards import ShardStore
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 from pipeline.storage.layout import DEMO_CA, RESULTS
 from pipeline.storage.records import latest_run, read_results
 from pipeline.storage.store import Output, as_output
@@ -60,7 +60,7 @@ def verify_output(output: Output | Path | str, trust_anchors: str | None = None)
     listed = set()
     for item, status, rel, digest, label in zip(*(table[c].to_pylist() for c in table.column_names),
                                                 strict=True):
-        if status == schema.WRITTEN and not rel:
+        if status == vocabulary.WRITTEN and not rel:
             problems.append(f"{item}: status written but no path")
         if not rel:
             continue

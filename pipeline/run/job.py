@@ -33,7 +33,7 @@ from pipeline.run.progress import Reporter
 from pipeline.run.shards import ShardStore, row_ids
 from pipeline.run.stream import stream_and_commit
 from pipeline.run.summary import brand_consistency
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 from pipeline.spec.config import JobConfig
 from pipeline.spec.manifest import Inputs, load_inputs
 from pipeline.storage import layout
@@ -238,7 +238,7 @@ def _add_run(summary: dict, run_id: str, cfg: JobConfig, stopped: str | None, el
                    this_run=dict(this_run) if this_run is not None else {})
     if this_run is not None and summary["elapsed_s"]:
         summary["candidates_per_s"] = round(sum(this_run.values()) / summary["elapsed_s"], 4)
-        summary["written_per_s"] = round(this_run[schema.WRITTEN] / summary["elapsed_s"], 4)
+        summary["written_per_s"] = round(this_run[vocabulary.WRITTEN] / summary["elapsed_s"], 4)
 
 
 def _warn_unplanned(decided: review.Decisions, plan: PlanFile, inputs: Inputs, out: Output,

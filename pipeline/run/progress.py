@@ -24,11 +24,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from pipeline.spec.vocabulary import STATUSES
+
 FORMATS = ("auto", "text", "json")
 FORMAT_ENV = "ASSET_PIPELINE_LOG_FORMAT"  # the default of `run --log-format`
 INTERVAL_ENV = "ASSET_PIPELINE_LOG_INTERVAL"  # seconds between progress lines (plain and json)
 DEFAULT_INTERVAL = 10.0
-STATUSES = ("written", "rejected", "error")  # schema.STATUSES, without importing pyarrow here
 
 
 def choose_mode(fmt: str, stream: TextIO) -> str:

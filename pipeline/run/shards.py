@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.judge.outcome import reason_codes
-from pipeline.spec import schema
+from pipeline.spec import schema, vocabulary
 from pipeline.storage import layout, tables
 from pipeline.storage.records import read_parquet, read_results
 from pipeline.storage.store import Output, as_output
@@ -90,7 +90,7 @@ class Committed:
         """Which plan rows have a finished outcome (errors are not done: a rerun retries them),
         and which of those were judged under other rules than the plan's (`judge_key`)."""
         o = self.outcomes.select(["status", "judged_with"]).take(self.index.lookup(plan["item_id"]))
-        done = pc.fill_null(pc.not_equal(o["status"].cast(pa.string()), schema.ERROR), False)
+        done = pc.fill_null(pc.not_equal(o["status"].cast(pa.string()), vocabulary.ERROR), False)
         other_rules = pc.fill_null(pc.not_equal(o["judged_with"].cast(pa.string()), plan["judge_key"]), True)
         return done, pc.and_(done, other_rules)
 

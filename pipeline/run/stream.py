@@ -23,7 +23,7 @@ from pipeline.run.progress import Reporter
 from pipeline.run.runner import connect, execute, size_pools
 from pipeline.run.shards import ShardStore
 from pipeline.run.units import Factory, Stages, execute_in_process
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 from pipeline.spec.config import JobConfig
 
 
@@ -38,8 +38,8 @@ def stages(cfg: JobConfig, run_id: str) -> Stages:
     def failed(unit: pa.Table, code: str, message: str) -> pa.Table:
         return failed_outcomes(unit, cfg.job.name, code, message)
 
-    return Stages(generate=Factory(schema.GENERATE_ERROR, partial(CandidateStage, cfg)),
-                  write=Factory(schema.WRITE_ERROR, partial(WriteStage, cfg, cfg.job.output, run_id)),
+    return Stages(generate=Factory(vocabulary.GENERATE_ERROR, partial(CandidateStage, cfg)),
+                  write=Factory(vocabulary.WRITE_ERROR, partial(WriteStage, cfg, cfg.job.output, run_id)),
                   failed=failed)
 
 
@@ -89,8 +89,8 @@ def _consume(stream: Iterator[pa.Table], committer: Committer, reporter: Reporte
         if faults.arg("driver.interrupt_after_units") == str(units):
             raise KeyboardInterrupt
         c = committer.counts
-        if c[schema.ERROR] > budget:
-            return (f"error budget exceeded: {c[schema.ERROR]} errors > "
+        if c[vocabulary.ERROR] > budget:
+            return (f"error budget exceeded: {c[vocabulary.ERROR]} errors > "
                     f"{cfg.job.max_failed_fraction:.0%} of {planned} candidates")
     return None
 

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from pipeline.judge.outcome import reason_codes
 from pipeline.run.shards import Committed, latest_rows
-from pipeline.spec import schema
+from pipeline.spec import schema, vocabulary
 from pipeline.storage import layout
 from pipeline.storage.store import Output, as_output
 
@@ -34,15 +34,15 @@ def funnel(results: pa.Table) -> dict[str, pa.Array]:
 
     # model time and no generation error: a candidate whose generation failed on every attempt
     # carries the time those attempts cost (it is paid for), not an image
-    failed = pc.and_(pc.equal(pc.fill_null(results["status"], ""), schema.ERROR),
-                     pc.equal(pc.fill_null(reason_codes(results), ""), schema.GENERATE_ERROR))
+    failed = pc.and_(pc.equal(pc.fill_null(results["status"], ""), vocabulary.ERROR),
+                     pc.equal(pc.fill_null(reason_codes(results), ""), vocabulary.GENERATE_ERROR))
     generated = pc.and_(valid("ms_generate"), pc.invert(failed))
     moderated = pc.and_(pc.and_(generated, valid("image_unsafe_score")),
-                        pc.equal(pc.fill_null(results["moderation"], ""), schema.PASS))
+                        pc.equal(pc.fill_null(results["moderation"], ""), vocabulary.PASS))
     ranked = pc.and_(moderated, valid("rank"))
     selected = pc.and_(ranked, pc.fill_null(results["selected"], False))
     signed = pc.and_(selected, valid("ms_sign"))
-    written = pc.and_(signed, pc.equal(pc.fill_null(results["status"], ""), schema.WRITTEN))
+    written = pc.and_(signed, pc.equal(pc.fill_null(results["status"], ""), vocabulary.WRITTEN))
     return {"generated": generated, "passed_moderation": moderated, "passed_filters": ranked,
             "selected": selected, "signed": signed, "written": written}
 
@@ -73,7 +73,7 @@ class Summary:
         self.status.update(results["status"].to_pylist())
         self.truncated += pc.sum(pc.cast(pc.fill_null(results["truncated"], False), pa.int64())).as_py() or 0
         if "reference_similarity" in results.column_names:  # results of older releases lack it
-            kept = results.filter(pc.and_(pc.equal(results["status"], schema.WRITTEN),
+            kept = results.filter(pc.and_(pc.equal(results["status"], vocabulary.WRITTEN),
                                           pc.is_valid(results["reference_similarity"])))
             grouped = kept.group_by("style").aggregate([("reference_similarity", "sum"),
                                                          ("reference_similarity", "count")])
@@ -101,9 +101,9 @@ class Summary:
             "planned": self.planned,
             "finished": self.planned - self.status.get(None, 0),
             **{name: self.steps[name] for name in FUNNEL},
-            "rejected": self.status.get(schema.REJECTED, 0),
-            "error": self.status.get(schema.ERROR, 0),
-            "pending": self.status.get(None, 0),
+            vocabulary.REJECTED: self.status.get(vocabulary.REJECTED, 0),
+            vocabulary.ERROR: self.status.get(vocabulary.ERROR, 0),
+            vocabulary.PENDING: self.status.get(None, 0),
             "reasons": dict(self.reasons),
             **{name: round(total / count / 1000, 6) if count else None for name, (total, count) in self.times.items()},
             "truncated_prompts": self.truncated,
@@ -134,7 +134,7 @@ def brand_consistency(committed: Committed, output: Output | Path | str, referen
     # an item measured twice (a killed run's sidecar, then the rerun's) counts once: its latest
     for table in latest_rows(out, paths, ["item_id", "style", column]):
         status = committed.outcomes["status"].take(committed.index.lookup(table["item_id"])).cast(pa.string())
-        table = table.filter(pc.fill_null(pc.equal(status, schema.WRITTEN), False))
+        table = table.filter(pc.fill_null(pc.equal(status, vocabulary.WRITTEN), False))
         if not table.num_rows:
             continue
         vectors = np.stack(table[column].to_numpy(zero_copy_only=False)).astype(np.float64)

@@ -18,7 +18,7 @@ from pipeline.judge.review import review_reason
 from pipeline.judge.rules import image_reason, moderation, prompt_reason, rejudge
 from pipeline.judge.select import has_place, rank
 from pipeline.plan.work import PRIOR, unnest
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 from pipeline.spec.config import JobConfig
 from pipeline.stages.contract import (
     CANVAS,
@@ -127,7 +127,7 @@ class CandidateStage:
             r.update(ms_generate=g.ms, batch_size=g.batch_size, worker=self.worker,
                      batch_position=g.batch_position, attempt=g.attempt, truncated=g.truncated)
             if g.error:  # "generate: <what failed>"
-                r.update(status=schema.ERROR, reason=g.error, reason_code=schema.GENERATE_ERROR)
+                r.update(status=vocabulary.ERROR, reason=g.error, reason_code=vocabulary.GENERATE_ERROR)
             else:
                 r["scheduler"] = self.scheduler  # the class that ran, whatever was configured
                 images[r["item_id"]] = g.image
@@ -145,7 +145,7 @@ class CandidateStage:
             r[CANVAS] = self.out.get(rel)
             return True
         except Exception as e:  # noqa: BLE001 — failures are rows
-            fail(r, schema.REFINE_ERROR, f"the image it refines ({rel}) cannot be read: {type(e).__name__}: {e}")
+            fail(r, vocabulary.REFINE_ERROR, f"the image it refines ({rel}) cannot be read: {type(e).__name__}: {e}")
             return False
 
     def _moderate_prompts(self, records: list[dict]) -> None:
@@ -176,7 +176,7 @@ class CandidateStage:
                 try:
                     measured += self._measure([r], images)
                 except Exception as e:  # noqa: BLE001
-                    fail(r, schema.SCORE_ERROR, f"{type(e).__name__}: {e}")
+                    fail(r, vocabulary.SCORE_ERROR, f"{type(e).__name__}: {e}")
         threshold = self.cfg.filter.image_unsafe_threshold
         for r, s, u, e, ms_score, ms_mod in measured:
             r.update(clip_score=float(s), clip_model=self.scorer.model_id, image_unsafe_score=float(u),

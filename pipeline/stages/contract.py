@@ -69,7 +69,7 @@ def failed_outcomes(batch: pa.Table, job: str, stage: str, message: str) -> pa.T
     """Work records → one `error` outcome per new candidate: a unit that could not be processed
     (an exception in a stage, its worker died on every retry) is recorded, never dropped, and a
     rerun retries it. Candidates judged in earlier runs keep their outcomes. `stage`
-    (schema.ERROR_STAGES) is the code that counts; `message` the runner's sentence."""
+    (vocabulary.ERROR_STAGES) is the code that counts; `message` the runner's sentence."""
     records = [r for r in unnest(batch).to_pylist() if not r[PRIOR]]
     finished = datetime.now(UTC)
     for r in records:

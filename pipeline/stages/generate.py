@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import faults
-from pipeline.spec.schema import GENERATE_ERROR, IMG2IMG, INPAINT, T2I
 from pipeline.spec.tokens import truncated
+from pipeline.spec.vocabulary import GENERATE_ERROR, IMG2IMG, INPAINT, T2I
 from pipeline.stages.contract import CANVAS
 from pipeline.storage.uris import load_image
 

@@ -18,7 +18,7 @@ from pipeline.judge.files import keeps_file, written_for_review
 from pipeline.judge.outcome import fail
 from pipeline.judge.select import fill_places
 from pipeline.plan.work import PRIOR
-from pipeline.spec import schema
+from pipeline.spec import vocabulary
 from pipeline.spec.config import JobConfig
 from pipeline.stages.contract import (
     JUDGED_WITH,
@@ -73,7 +73,7 @@ class WriteStage:
         # 3. the files around the places: rejected images written for review, the rest forgotten
         write_rejected = self.cfg.output.write_rejected
         for r in records:
-            kept = r["status"] == schema.WRITTEN
+            kept = r["status"] == vocabulary.WRITTEN
             if not kept and written_for_review(r, write_rejected) and pixels[r["item_id"]] is not None:
                 kept = self._write_or_error(r, pixels[r["item_id"]])
             if not kept and not keeps_file(r, write_rejected):
@@ -92,7 +92,7 @@ class WriteStage:
             if self._write(r, pixels):
                 return True
         except Exception as e:  # noqa: BLE001 — failures are rows
-            fail(r, schema.WRITE_ERROR, f"{type(e).__name__}: {e}")
+            fail(r, vocabulary.WRITE_ERROR, f"{type(e).__name__}: {e}")
         _forget_file(r)
         return False
 
@@ -116,7 +116,7 @@ class WriteStage:
         if r["parent"]:
             rel = image_path(r["parent"], r["format"])
             return self.out.get(rel), mimetypes.guess_type(rel)[0] or "image/png", os.path.basename(rel)
-        if r["mode"] == schema.T2I:
+        if r["mode"] == vocabulary.T2I:
             return None, None, None
         return *self._parent(r["init_image"]), os.path.basename(r["init_image"])
 
@@ -158,5 +158,5 @@ class WriteStage:
                  bytes=len(on_disk), sha256=sha256_hex(on_disk))
         if not check.ok:
             self.out.delete(r["path"])
-            fail(r, schema.VERIFY_ERROR, f"C2PA {check.state}: {', '.join(check.errors)}")
+            fail(r, vocabulary.VERIFY_ERROR, f"C2PA {check.state}: {', '.join(check.errors)}")
         return check.ok
