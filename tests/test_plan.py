@@ -4,7 +4,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.plan.build import build_plan, derive_seed
+from pipeline.plan.build import build_plan
+from pipeline.plan.identity import derive_seed
 from pipeline.spec.manifest import load_inputs
 from tests.helpers import job
 

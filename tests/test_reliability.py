@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import EXIT_INCOMPLETE, EXIT_OK, JobError, SignerError
-from pipeline.plan.build import derive_seed
+from pipeline.plan.identity import derive_seed
 from pipeline.provenance.demo_ca import make_demo_credentials
 from pipeline.review.verify import verify_output
 from pipeline.run.job import run_job

@@ -20,7 +20,7 @@ another, UTF-8: no two different tuples of values share a key (7.5 is not "7.5",
 (vectorised: a million-row plan must not call Python per value), and checks once per process
 that it still agrees with `encode_field` on awkward values, so that a polars release that
 formats numbers differently stops a plan instead of renaming every item.
-Changing anything here changes every item id: bump `plan.ITEM_RECIPE` with it.
+Changing anything here changes every item id: bump `ITEM_RECIPE` (below) with it.
 """
 
 from __future__ import annotations
@@ -181,3 +181,23 @@ def hex_ids(keys_: pl.Series, size: int = 16, distinct: bool = False) -> pl.Seri
 def seeds(keys_: pl.Series) -> pl.Series:
     """`derive_seed` of each key: 63 bits of its hash."""
     return pl.Series([int.from_bytes(d, "big") & SEED_MAX for d in digests(keys_, 8)], dtype=pl.Int64)
+
+
+# Bump when what an item id hashes changes, so folders of older releases rerun cleanly.
+# v3: the canonical typed encoding above (v2 hashed polars' string formatting).
+ITEM_RECIPE = "item-v3"
+# What shapes an image and its file. Inputs count by content (fingerprints), never by path:
+# a replaced product photo regenerates, the same catalogue on another mount does not.
+ITEM_KEY_COLUMNS = ("id", "candidate", "prompt", "negative_prompt", "style", "seed", "__model_fp",
+                    "model_revision", "scheduler", "mode", "steps", "guidance_scale", "strength",
+                    "width", "height", "__init_fp", "__mask_fp", "__lora_fp", "lora_scale", "format", "parent")
+
+
+def with_item_ids(df: pl.DataFrame, fingerprints: dict[str, str], model_fp: str) -> pl.DataFrame:
+    """`item_id` of each candidate: everything that shapes its image and file, inputs by content.
+    A refinement's starting image is its parent's image, which its parent's item id names."""
+    c, lit = pl.col, pl.lit
+    fp = lambda col: c(col).replace_strict(fingerprints, return_dtype=pl.String)  # noqa: E731 — every URI was checked
+    named = df.with_columns(lit(model_fp, dtype=pl.String).alias("__model_fp"), fp("init_image").alias("__init_fp"),
+                            fp("mask").alias("__mask_fp"), fp("lora").alias("__lora_fp"))
+    return df.with_columns(hex_ids(keys(named, literal(ITEM_RECIPE), *ITEM_KEY_COLUMNS)).alias("item_id"))
