@@ -19,7 +19,7 @@ from pipeline.review.verify import verify_output
 from pipeline.run.job import run_job
 from pipeline.spec import vocabulary
 from pipeline.spec.load import load_job
-from pipeline.stages.generate import prepare_inputs
+from pipeline.stages.product import prepare_inputs
 from pipeline.storage import tables
 from pipeline.storage.layout import DECISIONS, RESULTS
 from tests.helpers import save_cutout, write_job

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from pipeline import models
-from pipeline.stages.generate import Generator, prepare_inputs
+from pipeline.stages.generate import Generator
+from pipeline.stages.product import prepare_inputs
 
 
 @pytest.fixture(scope="module")
@@ -147,20 +148,20 @@ def soft_cutout(path, size=64):
 
 def test_soft_cutout_is_composited_once(tmp_path):
     """Staging layers the product over the generated image once: p·a + g·(1−a), fringe included."""
-    from pipeline.stages.generate import _composite
+    from pipeline.stages.product import composite
 
     rgb, a = soft_cutout(tmp_path / "cut.png")
     assert a.min() == 0 and a.max() == 1 and len(np.unique(a)) > 20  # transparent, opaque, a real ramp
     generated = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
     product, keep = prepare_inputs(str(tmp_path / "cut.png"), "alpha", 64, 64)
-    out = _composite(generated, product, keep).astype(float)
+    out = composite(generated, product, keep).astype(float)
     expected = rgb * a + generated * (1 - a)
     assert np.abs(out - expected).max() <= 1
 
 
 def test_user_mask_keeps_the_inverted_mask(tmp_path):
     """A drawn mask (white = repaint, soft edge) composites like an alpha of 255 − mask."""
-    from pipeline.stages.generate import _composite
+    from pipeline.stages.product import composite
 
     photo = np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8)
     Image.fromarray(photo).save(tmp_path / "p.png")
@@ -170,7 +171,7 @@ def test_user_mask_keeps_the_inverted_mask(tmp_path):
     product, keep = prepare_inputs(str(tmp_path / "p.png"), str(tmp_path / "m.png"), 64, 64)
     a = (255 - ramp.astype(float))[..., None] / 255
     expected = photo * a + generated * (1 - a)
-    assert np.abs(_composite(generated, product, keep).astype(float) - expected).max() <= 1
+    assert np.abs(composite(generated, product, keep).astype(float) - expected).max() <= 1
 
 
 def test_staged_cutout_is_product_over_the_raw_generated_image(generator, tmp_path):

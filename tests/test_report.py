@@ -360,7 +360,7 @@ def test_regenerate_command_quotes_what_a_shell_would_split():
 
 def test_outline_is_the_edge_of_what_generation_kept(tmp_path):
     from pipeline.review.outlines import outline_png
-    from pipeline.stages.generate import prepare_inputs
+    from pipeline.stages.product import prepare_inputs
 
     im = Image.new("RGBA", (48, 32), (0, 0, 0, 0))
     im.paste((20, 200, 20, 255), (10, 5, 30, 28))

@@ -23,7 +23,7 @@ def outline_png(init_image: str, mask: str, width: int, height: int) -> bytes:
     import numpy as np
     from PIL import Image
 
-    from pipeline.stages.generate import prepare_inputs
+    from pipeline.stages.product import prepare_inputs
 
     _, keep = prepare_inputs(init_image, mask, width, height)
     inside = np.asarray(keep) >= 128

@@ -3,7 +3,8 @@
 A candidate's starting noise comes from its own `torch.Generator("cpu").manual_seed(seed)`,
 so its image does not depend on the batch, the actor or the GPU it ran on. A batch that
 fails with out-of-memory is split in half and retried; a candidate that still fails becomes
-an error with its message, and the rest of the batch goes on.
+an error with its message, and the rest of the batch goes on. What an image-to-image or
+inpainting candidate starts from, and the product pasted back, is `product.py`'s.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import numpy as np
 from pipeline import faults
 from pipeline.spec.tokens import truncated
 from pipeline.spec.vocabulary import GENERATE_ERROR, IMG2IMG, INPAINT, T2I
-from pipeline.stages.contract import CANVAS
-from pipeline.storage.uris import load_image
+from pipeline.stages.product import composite, starting_images
 
 GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale")
 
@@ -48,53 +48,6 @@ def is_oom(error: BaseException) -> bool:
     import torch
 
     return isinstance(error, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(error).lower()
-
-
-
-
-FILL = (127, 127, 127)  # neutral grey, 0 in the pipelines' [-1, 1] range: "nothing here yet"
-
-
-def prepare_inputs(init: str | bytes, mask_uri: str | None, width: int, height: int):
-    """The product fitted into the target size (RGBA, straight colours) and its keep alpha.
-
-    The product is letterboxed (aspect kept, never cropped); the padding is background to
-    repaint. A mask of "alpha" keeps the product's own transparency; a drawn mask (white =
-    repaint) keeps its inverse. Keep is None for image-to-image (nothing is pasted back).
-    """
-    from PIL import Image, ImageChops, ImageOps
-
-    src = load_image(init)
-    rgba = src.convert("RGBA")
-    fitted = ImageOps.pad(rgba, (width, height), color=(0, 0, 0, 0), method=Image.Resampling.LANCZOS)
-    if mask_uri is None:
-        return fitted, None
-    if mask_uri == "alpha":
-        return fitted, fitted.getchannel("A")
-    # A mask is drawn over the product photo: bring it to the photo's size, then fit it
-    # exactly like the product; padding is repaint (white). Invisible pixels are never kept.
-    user_mask = load_image(mask_uri).convert("L").resize(src.size, Image.Resampling.NEAREST)
-    user_mask = ImageOps.pad(user_mask, (width, height), color=255, method=Image.Resampling.NEAREST)
-    return fitted, ImageChops.multiply(ImageOps.invert(user_mask), fitted.getchannel("A"))
-
-
-def pipeline_inputs(product, keep, canvas=None):
-    """What the diffusion pipeline starts from: init image and mask (white = repaint, or None).
-
-    Only fully kept pixels are kept as they are; everything else, soft edges included, is
-    background to generate, so that `_composite` can layer the product over it exactly once.
-    The background starts as neutral grey, or as `canvas` (a refinement of a staged product
-    starts from the earlier image's background).
-    """
-    from PIL import Image, ImageOps
-
-    init = canvas.copy() if canvas is not None else Image.new("RGB", product.size, FILL)
-    if keep is None:
-        init.paste(product, mask=product.getchannel("A"))
-        return init, None
-    solid = keep.point(lambda v: 255 if v == 255 else 0)
-    init.paste(product.convert("RGB"), mask=solid)
-    return init, ImageOps.invert(solid)
 
 
 class Generator:
@@ -198,14 +151,7 @@ class Generator:
         if mode == T2I:
             kwargs.update(width=int(first["width"]), height=int(first["height"]))
         else:
-            # A refinement (`canvas`: its parent's image) starts from the earlier image: the whole
-            # of it for image-to-image; its background for inpainting, the product kept as staged.
-            w, h = int(first["width"]), int(first["height"])
-            refine = [c.get(CANVAS) for c in cands]
-            layers = [prepare_inputs(canvas if canvas and mode == IMG2IMG else c["init_image"], c["mask"], w, h)
-                      for c, canvas in zip(cands, refine, strict=True)]
-            inputs = [pipeline_inputs(product, keep, _fitted(canvas, w, h) if canvas and mode == INPAINT else None)
-                      for (product, keep), canvas in zip(layers, refine, strict=True)]
+            layers, inputs = starting_images(cands, mode, int(first["width"]), int(first["height"]))
             kwargs.update(image=[i[0] for i in inputs], strength=float(first["strength"]))
             if mode == INPAINT:
                 kwargs.update(mask_image=[i[1] for i in inputs],
@@ -215,16 +161,8 @@ class Generator:
         _injected_faults(cands, after_model=True)
         images = [np.clip(np.rint(np.asarray(img) * 255), 0, 255).astype(np.uint8) for img in result]
         if mode == INPAINT:
-            images = [_composite(img, *layer) for img, layer in zip(images, layers, strict=True)]
+            images = [composite(img, *layer) for img, layer in zip(images, layers, strict=True)]
         return images
-
-
-def _fitted(image: bytes, width: int, height: int):
-    """An earlier output image as an RGB canvas of the target size (it is that size already)."""
-    from PIL import Image, ImageOps
-
-    return ImageOps.pad(load_image(image).convert("RGB"), (width, height), color=FILL,
-                        method=Image.Resampling.LANCZOS)
 
 
 def _injected_faults(cands: list[dict], after_model: bool = False) -> None:
@@ -240,17 +178,6 @@ def _injected_faults(cands: list[dict], after_model: bool = False) -> None:
         raise RuntimeError(f"injected failure for seed {bad[0]}")
     if faults.arg("candidate.oom") is not None and len(cands) > 1:
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-
-
-def _composite(generated: np.ndarray, product, keep) -> np.ndarray:
-    """Layer the fitted product over the generated image, once: product·a + generated·(1−a).
-
-    `product` holds straight (not premultiplied) colours, so opaque pixels come back exact and
-    soft edges blend with the new background, not with the placeholder behind the product.
-    """
-    a = np.asarray(keep, dtype=np.float32)[..., None] / 255.0
-    p = np.asarray(product.convert("RGB"), dtype=np.float32)
-    return np.clip(np.rint(p * a + generated.astype(np.float32) * (1 - a)), 0, 255).astype(np.uint8)
 
 
 def _free_memory() -> None:
