@@ -56,15 +56,16 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from pipeline import models
+    from pipeline.models.diffusion import load_diffusion
+    from pipeline.models.loading import quiet_libraries, resolve_device, resolve_dtype
     from pipeline.stages.generate import Generator
 
     args = parse()
-    models.quiet_libraries()
-    device = models.resolve_device(args.device)
-    dtype = models.resolve_dtype(args.dtype, device)
+    quiet_libraries()
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     t0 = time.perf_counter()
-    pipes = models.load_diffusion(args.model, revision=None, scheduler=None, device=device, dtype=dtype)
+    pipes = load_diffusion(args.model, revision=None, scheduler=None, device=device, dtype=dtype)
     load_s = time.perf_counter() - t0
     cands = [candidate(i, args) for i in range(args.batch_size)]
 

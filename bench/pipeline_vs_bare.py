@@ -100,13 +100,14 @@ class GpuSampler:
 
 
 def load(args):
-    from pipeline import models
+    from pipeline.models.diffusion import load_diffusion, optimize
+    from pipeline.models.loading import quiet_libraries, resolve_device, resolve_dtype
 
-    models.quiet_libraries()
-    device = models.resolve_device(args.device)
-    dtype = models.resolve_dtype(args.dtype, device)
-    pipes = models.load_diffusion(args.model, revision=None, scheduler=None, device=device, dtype=dtype)
-    models.optimize(pipes, **optimizations(args))
+    quiet_libraries()
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    pipes = load_diffusion(args.model, revision=None, scheduler=None, device=device, dtype=dtype)
+    optimize(pipes, **optimizations(args))
     return pipes, device
 
 

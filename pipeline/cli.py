@@ -1,8 +1,10 @@
 """Command line: `python -m pipeline run|validate|plan|verify|report`.
 
+The command line's surface: its arguments, and how an error ends a command (one message on
+stderr, no traceback, its exit code). What each command does is in commands.py.
 Exit codes (scheduled jobs rely on them, pipeline/errors.py defines them): 0 success; 1 invalid
-job, input, signer or a failed verification; 2 the run stopped early (error budget, or it lost
-its output to another run) or left candidates pending.
+job, input, model, signer or a failed verification; 2 the run stopped early (error budget, or it
+lost its output to another run) or left candidates pending.
 Heavy libraries load only inside the commands that need them, so `--help` is instant.
 """
 
@@ -11,12 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
 
-from pipeline.errors import EXIT_INCOMPLETE, EXIT_INVALID, EXIT_OK, ConfigError, JobError, PipelineError, StorageError
-
-if TYPE_CHECKING:
-    from pipeline.run.job import RunReport
+from pipeline import commands
+from pipeline.errors import EXIT_INCOMPLETE, PipelineError
 
 
 def _job_args(p: argparse.ArgumentParser) -> None:
@@ -59,204 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _load(args: argparse.Namespace):
-    from pipeline.spec.load import load_job
-
-    overrides = {("job", "manifest"): args.manifest, ("job", "styles"): args.styles}
-    if getattr(args, "output", None) and args.command == "run":
-        overrides[("job", "output")] = args.output
-    if getattr(args, "address", None):
-        overrides[("cluster", "address")] = args.address
-    return load_job(args.job, overrides)
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline.plan.build import plan_chunks
-    from pipeline.spec.manifest import load_inputs
-
-    cfg = _load(args)
-    inputs = load_inputs(cfg)
-    _warn(inputs.warnings)
-    candidates, long_prompts = 0, []
-    for chunk in plan_chunks(inputs, cfg):  # a chunk at a time: a long manifest is never planned whole
-        candidates += chunk.num_rows
-        long_prompts += _long_prompts(chunk, cfg.models.diffusion)
-    _warn_long_prompts(long_prompts)
-    print(f"OK: {len(inputs.manifest)} rows, {candidates} candidates, "
-          f"{len(inputs.styles)} styles; passthrough columns: {', '.join(inputs.passthrough) or 'none'}")
-    return EXIT_OK
-
-
-def _warn(warnings: tuple[str, ...]) -> None:
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-
-
-def _long_prompts(plan, model: str) -> list[tuple[int, str, int, int]]:
-    """(row, id, tokens, limit) of each row whose prompt runs past the text encoder's window."""
-    from pipeline.spec.tokens import over_limit, truncated
-
-    first = plan.filter(plan["candidate"].to_numpy() == 0)
-    found = over_limit(first["prompt"].to_pylist(), model)
-    if found is None:
-        return []
-    counts, limit = found
-    return [(r, i, n, limit) for r, i, n in zip(first["row"].to_pylist(), first["id"].to_pylist(), counts,
-                                                strict=True) if truncated(n, limit)]
-
-
-def _warn_long_prompts(long_rows: list[tuple[int, str, int, int]]) -> None:
-    """Prompts past the text encoder's window still run (truncated); say which, by row."""
-    for r, i, n, limit in long_rows[:20]:
-        print(f"warning: row {r} (id {i!r}), column 'prompt': {n} tokens after the style template; the "
-              f"text encoder reads {limit}, the rest is truncated", file=sys.stderr)
-    if len(long_rows) > 20:
-        print(f"warning: ... and {len(long_rows) - 20} more long prompts", file=sys.stderr)
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from collections import Counter
-
-    import polars as pl
-
-    from pipeline.plan.build import plan_chunks
-    from pipeline.review.cost import estimate, format_estimate, shapes
-    from pipeline.spec.manifest import load_inputs
-
-    cfg = _load(args)
-    candidates, modes, counted, writer = 0, Counter(), [], None
-    inputs = load_inputs(cfg)
-    _warn(inputs.warnings)
-    try:
-        # A chunk at a time: the plan of a long manifest is written and counted, never held whole.
-        for chunk in plan_chunks(inputs, cfg, decisions=_recorded_decisions(cfg.job.output)):
-            if args.out:
-                writer = writer or _plan_writer(args.out, chunk.schema)
-                writer.write_table(chunk)
-            candidates += chunk.num_rows
-            modes.update(chunk["mode"].to_pylist())
-            counted.append(shapes(chunk))
-    finally:
-        if writer:
-            writer.close()
-    if args.out:
-        print(f"wrote {candidates} candidates to {args.out}")
-    else:
-        print(f"{candidates} candidates; modes: " + ", ".join(f"{k} {v}" for k, v in modes.items()))
-    if cfg.cost is not None:
-        print(format_estimate(estimate(pl.concat(counted), cfg), cfg))
-    return EXIT_OK
-
-
-def _plan_writer(path: str, schema):
-    """A Parquet writer of the plan at `path`, or JobError naming it (a folder, no such folder)."""
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetWriter(path, schema)
-    except OSError as e:
-        raise JobError(f"--out {path}: cannot write the plan there ({e.strerror or e})") from None
-
-
-def _recorded_decisions(output: str):
-    """The reviewer's decisions recorded in the job's output, which its next run plans with
-    (refinements, new rounds); none when the output cannot be read from here."""
-    from pipeline.review import decisions
-    from pipeline.storage.store import Output
-
-    try:
-        return decisions.load(Output(output))
-    except (OSError, StorageError, ValueError) as e:
-        print(f"note: the decisions recorded in {output} are left out: {e}", file=sys.stderr)
-        return decisions.Decisions.none()
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run.job import run_job
-    from pipeline.run.progress import Reporter
-
-    try:
-        reporter = Reporter(args.log_format)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    cfg = _load(args)
-    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip()) if args.rows else ()
-    report = run_job(cfg, fresh=args.fresh, backend="in-process" if args.in_process else "ray", rows=rows,
-                     reporter=reporter, decisions=args.decisions)
-    reporter.end(describe(report), **report.summary, exit_code=report.exit_code, results=report.results,
-                 removed_strays=len(report.removed_strays))
-    if reporter.mode != "json":  # in json mode the summary is the run_end event
-        print(describe(report))
-    return report.exit_code
-
-
-def describe(report: RunReport) -> str:
-    """A run's report as the command line prints it: the funnel, the reasons, the speed, where
-    the results are, and why the run stopped early."""
-    s = report.summary
-    lines = [
-        f"run {report.run_id} → {report.output_dir}",
-        f"  planned {s['planned']} → generated {s['generated']} → passed moderation {s['passed_moderation']} "
-        f"→ passed CLIP {s['passed_filters']} → selected {s['selected']} → signed {s['signed']} "
-        f"→ written {s['written']}",
-        f"  rejected {s['rejected']}, error {s['error']}, pending {s['pending']}",
-    ]
-    if s.get("candidates_per_s") is not None:
-        model, cpu = s.get("model_s_per_candidate"), s.get("cpu_s_per_written_image")
-        lines.append(f"  {s['elapsed_s']:.1f} s: {s['candidates_per_s']:.2f} candidates/s, "
-                     f"{s['written_per_s']:.2f} written images/s"
-                     + (f"; model {model:.3f} s/candidate" if model is not None else "")
-                     + (f", CPU {cpu:.3f} s/written image" if cpu is not None else ""))
-    if s["reasons"]:
-        lines.append("  reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())))
-    if report.removed_strays:
-        lines.append(f"  removed {len(report.removed_strays)} file(s) no results row lists any more (images that lost "
-                     "their place or a reviewer rejected, or a killed run's leftovers)")
-    if report.stopped:
-        lines.append(f"  STOPPED: {report.stopped}")
-    lines.append(f"  results: {report.results}")
-    return "\n".join(lines)
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.review.verify import verify_output
-
-    problems, checked = verify_output(args.output, args.trust_anchors)
-    for p in problems[:100]:
-        print(p, file=sys.stderr)
-    if len(problems) > 100:
-        print(f"... and {len(problems) - 100} more", file=sys.stderr)
-    print(f"verified {checked} image(s): {'OK' if not problems else f'{len(problems)} problem(s)'}")
-    return EXIT_OK if not problems else EXIT_INVALID
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    import json
-
-    from pipeline.errors import EXIT_INVALID, EXIT_OK
-    from pipeline.run.summary import summarize
-    from pipeline.storage.layout import RESULTS
-    from pipeline.storage.records import read_results
-    from pipeline.storage.store import Output
-
-    out = Output(args.output)
-    if not out.exists(RESULTS):
-        print(f"{out.where(RESULTS)}: no results table (has the run finished?)", file=sys.stderr)
-        return EXIT_INVALID
-    from pipeline.review.report import write_report
-
-    results = read_results(out)
-    summary = summarize(results)
-    print(json.dumps(summary, indent=2))
-    where, problems = write_report(out, results)
-    for p in problems:
-        print(f"warning: {p}", file=sys.stderr)
-    print(f"wrote {where}", file=sys.stderr)
-    return EXIT_OK
-
-
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "verify": cmd_verify,
-            "report": cmd_report}
+COMMANDS = {"run": commands.cmd_run, "validate": commands.cmd_validate, "plan": commands.cmd_plan,
+            "verify": commands.cmd_verify, "report": commands.cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,12 @@
 """The pipeline's errors, one family, and the exit codes they end a command with.
 
-Every error a user can cause or fix (a job spec, an input, a signer, the storage, the job as a
-whole) is a `PipelineError` that carries its exit code, so the command line maps each to its
+Every error a user can cause or fix (a job spec, an input, a model, a signer, the storage, the job
+as a whole) is a `PipelineError` that carries its exit code, so the command line maps each to its
 code in one place and any module can raise one without importing the module above it (the
 runner raises `JobError` without importing the job). A message names the file, key, row or
 variable, and what to do; never a secret.
 
-Exit codes (scheduled jobs rely on them): 0 ok; 1 invalid job, input, signer or a failed
+Exit codes (scheduled jobs rely on them): 0 ok; 1 invalid job, input, model, signer or a failed
 verification; 2 the run stopped early (error budget, its output lost to another run) or left
 candidates pending.
 
@@ -94,6 +94,11 @@ def refusal(e: Exception, uri: str, what: str, kind: str) -> str:
 def _short(e: Exception, limit: int = 160) -> str:
     text = " ".join(str(e).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ── models ──────────────────────────────────────────────────────────────────
+class ModelLoadError(PipelineError, RuntimeError):
+    """A model that cannot be loaded; the message names the spec and what was tried."""
 
 
 # ── signer ──────────────────────────────────────────────────────────────────

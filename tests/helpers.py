@@ -61,10 +61,10 @@ def make_lora(path: Path, seed: int = 0) -> Path:
     from diffusers import StableDiffusionPipeline
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from pipeline import models
+    from pipeline.models.diffusion import load_diffusion
 
-    pipes = models.load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
-                                  dtype=torch.float32)
+    pipes = load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
+                           dtype=torch.float32)
     unet = pipes.t2i.unet
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     with torch.no_grad():  # peft starts B at zero (no effect): give it weights that matter

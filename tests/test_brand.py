@@ -18,7 +18,7 @@ FAST = "[generate]\nsteps = 2\nwidth = 64\nheight = 64\nbatch_size = 4\n"
 
 
 def test_each_styles_written_images_are_compared_by_their_kept_embeddings(tmp_path):
-    from pipeline import models
+    from pipeline.models.clip import load_clip
     from pipeline.stages.score import ClipScorer
 
     # The brand style has a reference image: its images are also compared with it.
@@ -33,7 +33,7 @@ def test_each_styles_written_images_are_compared_by_their_kept_embeddings(tmp_pa
     sidecar = pq.read_table(out / "_embeddings").to_pylist()
     assert len(sidecar) == 12 and {len(r["clip_embedding"]) for r in sidecar} == {len(sidecar[0]["clip_embedding"])}
     # The figure, recomputed the slow way: embed the written files again, average every pair.
-    scorer = ClipScorer(models.load_clip(cfg.models.clip, cfg.models.clip_pretrained, device="cpu"))
+    scorer = ClipScorer(load_clip(cfg.models.clip, cfg.models.clip_pretrained, device="cpu"))
     expected, reference = {}, {}
     ref = scorer.embed_images([np.asarray(Image.open(tmp_path / "ref.png").convert("RGB"))]).numpy()[0]
     for style, group in itertools.groupby(sorted(written, key=lambda r: r["style"] or ""),

@@ -135,3 +135,19 @@ def test_plan_out_to_a_folder_or_nowhere_exits_1_naming_it(tmp_path, capsys):
         assert main(["plan", str(job), "--out", str(out)]) == 1
         err = capsys.readouterr().err
         assert f"error: --out {out}: cannot write the plan there" in err and "Traceback" not in err
+
+
+def test_a_model_that_cannot_load_in_process_exits_1_with_its_message_and_no_traceback(tmp_path, capsys):
+    """A model load failure is one of the pipeline's errors: the command line names the model and
+    exits 1 (on Ray the runner reports it as an actor that could not start, also exit 1)."""
+    from pipeline.cli import main
+
+    model = tmp_path / "broken-model"  # looks like a diffusers pipeline to validation; no weights
+    model.mkdir()
+    (model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", '
+                                            '"unet": ["diffusers", "UNet2DConditionModel"]}')
+    job = write_job(tmp_path, {"id": ["a"], "prompt": ["a mug"]}, styles=None,
+                    extra=f'[models]\ndiffusion = "{model}"\n')
+    assert main(["run", str(job), "--in-process", "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot load diffusion model '{model}'" in err and "Traceback" not in err, err[-2000:]

@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import models
+from pipeline.models.diffusion import load_diffusion, optimize
+from pipeline.models.loading import resolve_dtype
 from pipeline.stages.generate import Generator
 from pipeline.stages.product import prepare_inputs
 
 
 @pytest.fixture(scope="module")
 def generator():
-    pipes = models.load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
-                                  dtype=models.resolve_dtype("float32", "cpu"))
+    pipes = load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
+                           dtype=resolve_dtype("float32", "cpu"))
     return Generator(pipes, batch_size=2)
 
 
@@ -72,9 +73,9 @@ def test_exif_rotated_product_is_used_upright(tmp_path):
 def test_throughput_options_keep_the_pixels(options):
     """The options change memory layout and decoding, not the image (within 2/255)."""
     def make(**kw):
-        pipes = models.load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
-                                      dtype=models.resolve_dtype("float32", "cpu"))
-        models.optimize(pipes, **kw)
+        pipes = load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
+                               dtype=resolve_dtype("float32", "cpu"))
+        optimize(pipes, **kw)
         return Generator(pipes, batch_size=2)([cand(3), cand(4)])
 
     plain, tuned = make(), make(**options)
@@ -84,9 +85,9 @@ def test_throughput_options_keep_the_pixels(options):
 
 def test_vae_tiling_decodes_in_tiles_and_stays_reproducible():
     """At 128 px the tiny VAE's latent (16) is past its tile size (8): the tiled path runs."""
-    pipes = models.load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
-                                  dtype=models.resolve_dtype("float32", "cpu"))
-    models.optimize(pipes, vae_tiling=True)
+    pipes = load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
+                           dtype=resolve_dtype("float32", "cpu"))
+    optimize(pipes, vae_tiling=True)
     vae, calls = pipes.t2i.vae, []
     tiled = vae.tiled_decode
     vae.tiled_decode = lambda *a, **kw: calls.append(1) or tiled(*a, **kw)
@@ -99,10 +100,10 @@ def test_vae_tiling_decodes_in_tiles_and_stays_reproducible():
 
 @pytest.mark.slow
 def test_compiled_unet_gives_the_same_images():
-    pipes = models.load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
-                                  dtype=models.resolve_dtype("float32", "cpu"))
+    pipes = load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
+                           dtype=resolve_dtype("float32", "cpu"))
     eager = Generator(pipes, batch_size=1)([cand(9)])[0].image.astype(int)
-    models.optimize(pipes, compile=True)
+    optimize(pipes, compile=True)
     assert pipes.img2img.unet is pipes.t2i.unet  # one compiled module serves every mode
     compiled = Generator(pipes, batch_size=1)([cand(9)])[0].image.astype(int)
     assert np.abs(eager - compiled).max() <= 2
@@ -238,8 +239,8 @@ def test_inpaint_keeps_the_product_pixels_and_repaints_everything_else(generator
 
 @pytest.fixture(scope="module")
 def sdxl():
-    pipes = models.load_diffusion("embedded:tiny-sdxl", revision=None, scheduler=None, device="cpu",
-                                  dtype=models.resolve_dtype("float32", "cpu"))
+    pipes = load_diffusion("embedded:tiny-sdxl", revision=None, scheduler=None, device="cpu",
+                           dtype=resolve_dtype("float32", "cpu"))
     return Generator(pipes, batch_size=4)
 
 

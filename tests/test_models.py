@@ -11,8 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import models
+from pipeline.errors import ModelLoadError
 from pipeline.models import embedded
+from pipeline.models.classifiers import load_image_classifier
+from pipeline.models.clip import load_clip
+from pipeline.models.diffusion import load_diffusion
+from pipeline.models.loading import resolve_device, resolve_dtype
 from pipeline.models.tokenizer import build_clip_tokenizer
 
 PROMPTS = [
@@ -30,8 +34,8 @@ def _digests(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def sd():
-    return models.load_diffusion("embedded:tiny-sd", revision=None, scheduler=None,
-                                 device="cpu", dtype=torch.float32)
+    return load_diffusion("embedded:tiny-sd", revision=None, scheduler=None,
+                          device="cpu", dtype=torch.float32)
 
 
 def _generators(*seeds: int) -> list[torch.Generator]:
@@ -80,15 +84,15 @@ def test_ensure_caches_and_loser_of_race_discards(tmp_path, monkeypatch):
 
 
 def test_resolve_device_and_dtype():
-    assert models.resolve_device("cpu") == "cpu"
+    assert resolve_device("cpu") == "cpu"
     import torch
 
-    assert models.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert models.resolve_dtype("auto", "cpu") == torch.float32
-    assert models.resolve_dtype("auto", "cuda:1") == torch.float16
-    assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "cuda:1") == torch.float16
+    assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError):
-        models.resolve_dtype("int8", "cpu")
+        resolve_dtype("int8", "cpu")
 
 
 def test_diffusion_pipelines_share_weights(sd):
@@ -101,8 +105,8 @@ def test_diffusion_pipelines_share_weights(sd):
 def test_tiny_sdxl_loads_as_sdxl_with_all_three_modes():
     """The SDXL recipe loads through the same AutoPipeline calls as a real SDXL checkpoint,
     and image-to-image and inpainting derive from it sharing its weights."""
-    xl = models.load_diffusion("embedded:tiny-sdxl", revision=None, scheduler=None, device="cpu",
-                               dtype=torch.float32)
+    xl = load_diffusion("embedded:tiny-sdxl", revision=None, scheduler=None, device="cpu",
+                        dtype=torch.float32)
     assert type(xl.t2i).__name__ == "StableDiffusionXLPipeline"
     assert type(xl.img2img).__name__ == "StableDiffusionXLImg2ImgPipeline"
     assert type(xl.inpaint).__name__ == "StableDiffusionXLInpaintPipeline"
@@ -134,39 +138,39 @@ def test_img2img_and_inpaint_run(sd):
 
 def test_scheduler_swap():
     name = "EulerAncestralDiscreteScheduler"
-    sd = models.load_diffusion("embedded:tiny-sd", revision=None, scheduler=name, device="cpu",
-                               dtype=torch.float32)
+    sd = load_diffusion("embedded:tiny-sd", revision=None, scheduler=name, device="cpu",
+                        dtype=torch.float32)
     assert sd.scheduler_name == name and sd.inpaint.scheduler is sd.t2i.scheduler
     with pytest.raises(ValueError, match="NoSuchScheduler"):
-        models.load_diffusion("embedded:tiny-sd", revision=None, scheduler="NoSuchScheduler",
-                              device="cpu", dtype=torch.float32)
+        load_diffusion("embedded:tiny-sd", revision=None, scheduler="NoSuchScheduler",
+                       device="cpu", dtype=torch.float32)
 
 
 def test_pickle_weights_are_refused(tmp_path, sd):
     sd.t2i.save_pretrained(tmp_path / "sd", safe_serialization=False)
     assert [p.name for p in (tmp_path / "sd" / "unet").glob("*.bin")]  # unet + vae as pickle
     assert not list((tmp_path / "sd" / "unet").glob("*.safetensors"))
-    with pytest.raises(models.ModelLoadError):
-        models.load_diffusion(str(tmp_path / "sd"), revision=None, scheduler=None,
-                              device="cpu", dtype=torch.float32)
+    with pytest.raises(ModelLoadError):
+        load_diffusion(str(tmp_path / "sd"), revision=None, scheduler=None,
+                       device="cpu", dtype=torch.float32)
     # transformers 5 only writes safetensors, so write the pickle by hand.
-    net = models.load_image_classifier("embedded:tiny-nsfw", device="cpu").model
+    net = load_image_classifier("embedded:tiny-nsfw", device="cpu").model
     net.config.save_pretrained(tmp_path / "nsfw")
     torch.save(net.state_dict(), tmp_path / "nsfw" / "pytorch_model.bin")
-    with pytest.raises(models.ModelLoadError, match="nsfw"):
-        models.load_image_classifier(str(tmp_path / "nsfw"), device="cpu")
+    with pytest.raises(ModelLoadError, match="nsfw"):
+        load_image_classifier(str(tmp_path / "nsfw"), device="cpu")
 
 
 def test_uncached_hub_id_fails_clearly():
-    with pytest.raises(models.ModelLoadError, match="nothing is downloaded"):
-        models.load_image_classifier("no-such-org/no-such-model", device="cpu")
+    with pytest.raises(ModelLoadError, match="nothing is downloaded"):
+        load_image_classifier("no-such-org/no-such-model", device="cpu")
 
 
 def test_loaders_for_clip_and_classifier():
-    clip = models.load_clip("embedded:tiny-clip", None, device="cpu")
+    clip = load_clip("embedded:tiny-clip", None, device="cpu")
     assert clip.model_id == "embedded:tiny-clip"
     assert tuple(clip.tokenizer(["a shoe"]).shape) == (1, 77)
-    cls = models.load_image_classifier("embedded:tiny-nsfw", device="cpu")
+    cls = load_image_classifier("embedded:tiny-nsfw", device="cpu")
     assert cls.id2label == {0: "normal", 1: "nsfw"} and not cls.model.training
-    with pytest.raises(models.ModelLoadError, match="safetensors"):
-        models.load_clip("ViT-B-32", str(Path(__file__)), device="cpu")  # not safetensors
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_clip("ViT-B-32", str(Path(__file__)), device="cpu")  # not safetensors

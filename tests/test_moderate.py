@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import models
+from pipeline.errors import ModelLoadError
+from pipeline.models.classifiers import load_embedding_head, load_image_classifier, load_text_classifier
+from pipeline.models.clip import load_clip
 from pipeline.models.tokenizer import build_clip_tokenizer
 from pipeline.stages.moderate import ImageModerator, PromptModerator, PromptVerdict
 
 
 @pytest.fixture(scope="module")
 def nsfw():
-    return models.load_image_classifier("embedded:tiny-nsfw", device="cpu")
+    return load_image_classifier("embedded:tiny-nsfw", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def text_classifier(tmp_path_factory):
             id2label={0: "safe", 1: "NSFW"}, label2id={"safe": 0, "NSFW": 1}))
     net.save_pretrained(folder)
     build_clip_tokenizer(folder).save_pretrained(folder)
-    return models.load_text_classifier(str(folder), device="cpu")
+    return load_text_classifier(str(folder), device="cpu")
 
 
 def test_image_scores_are_probabilities_that_vary(nsfw):
@@ -93,8 +95,8 @@ def test_embedding_head_scores_shared_clip_embeddings(tmp_path):
     from pipeline.stages.moderate import EmbeddingModerator
     from pipeline.stages.score import ClipScorer
 
-    scorer = ClipScorer(models.load_clip("embedded:tiny-clip", device="cpu"))
-    head = EmbeddingModerator(models.load_embedding_head("embedded:tiny-clip-head", device="cpu"), ("nsfw",))
+    scorer = ClipScorer(load_clip("embedded:tiny-clip", device="cpu"))
+    head = EmbeddingModerator(load_embedding_head("embedded:tiny-clip-head", device="cpu"), ("nsfw",))
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(6)]
     emb = scorer.embed_images(images)
@@ -105,10 +107,10 @@ def test_embedding_head_scores_shared_clip_embeddings(tmp_path):
     texts = ["a mug"] * 6
     assert np.allclose(scorer.score(emb, texts), scorer(images, texts))
     with pytest.raises(ValueError, match="not among the model's labels"):
-        EmbeddingModerator(models.load_embedding_head("embedded:tiny-clip-head", device="cpu"), ("gore",))
+        EmbeddingModerator(load_embedding_head("embedded:tiny-clip-head", device="cpu"), ("gore",))
     save_file({"weight": torch.zeros(3, 32), "bias": torch.zeros(3)}, str(tmp_path / "bad.safetensors"),
               metadata={"labels": '["normal", "nsfw"]'})
-    with pytest.raises(models.ModelLoadError, match="2 labels in the metadata for 3 outputs"):
-        models.load_embedding_head(f"clip-head:{tmp_path / 'bad.safetensors'}", device="cpu")
-    with pytest.raises(models.ModelLoadError, match="must be a .safetensors file"):
-        models.load_embedding_head(f"clip-head:{tmp_path / 'head.bin'}", device="cpu")
+    with pytest.raises(ModelLoadError, match="2 labels in the metadata for 3 outputs"):
+        load_embedding_head(f"clip-head:{tmp_path / 'bad.safetensors'}", device="cpu")
+    with pytest.raises(ModelLoadError, match="must be a .safetensors file"):
+        load_embedding_head(f"clip-head:{tmp_path / 'head.bin'}", device="cpu")

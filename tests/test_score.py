@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import models
+from pipeline.models.clip import load_clip
 from pipeline.stages.score import ClipScorer
 
 
 @pytest.fixture(scope="module")
 def scorer():
-    return ClipScorer(models.load_clip("embedded:tiny-clip", None, device="cpu"), batch_size=3)
+    return ClipScorer(load_clip("embedded:tiny-clip", None, device="cpu"), batch_size=3)
 
 
 def _images(n: int, seed: int = 0) -> list[np.ndarray]:

@@ -204,7 +204,7 @@ def _build_tiny_nsfw(folder: Path) -> None:
 
 def _build_tiny_clip_head(folder: Path) -> None:
     """A linear moderation head over tiny-clip's normalised image embedding: labels
-    {normal, nsfw}, the format `models.load_embedding_head` reads (a real one would be trained
+    {normal, nsfw}, the format `models.classifiers.load_embedding_head` reads (a real one would be trained
     on CLIP embeddings, as NeMo Curator's and LAION's safety heads are). Untrained: a seeded
     direction with a bias of [+3, −3], so 'nsfw' scores are low yet vary by image."""
     import torch

@@ -5,7 +5,7 @@ Ray-free (the runner owns Ray), so the whole flow also runs in-process. The orde
 everything that can reject the job (spec, manifest, signer, output folder) happens before
 any model is loaded, and every outcome is committed in whole-row shards as it arrives. What
 is left to do lives in run/resume.py, the run record in run/record.py, streaming and
-committing in run/stream.py; how a run is described is the command line's (cli.py).
+committing in run/stream.py; how a run is described is the command line's (commands.py).
 """
 
 from __future__ import annotations

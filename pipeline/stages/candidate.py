@@ -35,37 +35,38 @@ class CandidateStage:
     """Everything that needs the models, on the actor that holds them."""
 
     def __init__(self, cfg: JobConfig):
-        from pipeline import models
+        from pipeline.models import classifiers, clip, diffusion, loading
         from pipeline.stages.generate import Generator
         from pipeline.stages.moderate import EmbeddingModerator, ImageModerator, PromptModerator
         from pipeline.stages.score import ClipScorer
 
-        models.quiet_libraries()
+        loading.quiet_libraries()
         m = cfg.models
-        device = models.resolve_device(m.device)
-        dtype = models.resolve_dtype(m.dtype, device)
+        device = loading.resolve_device(m.device)
+        dtype = loading.resolve_dtype(m.dtype, device)
         self.cpu_threads = (cfg.cluster.torch_threads or os.cpu_count() or 1) if device == "cpu" else 0
         self.cfg = cfg
-        pipes = models.load_diffusion(m.diffusion, revision=m.diffusion_revision, scheduler=m.scheduler,
-                                      device=device, dtype=dtype)
-        models.optimize(pipes, channels_last=m.channels_last, compile=m.compile, vae_slicing=m.vae_slicing,
-                        vae_tiling=m.vae_tiling)
+        pipes = diffusion.load_diffusion(m.diffusion, revision=m.diffusion_revision, scheduler=m.scheduler,
+                                         device=device, dtype=dtype)
+        diffusion.optimize(pipes, channels_last=m.channels_last, compile=m.compile, vae_slicing=m.vae_slicing,
+                           vae_tiling=m.vae_tiling)
         self.generator = Generator(pipes, batch_size=cfg.generate.batch_size)
         self.scheduler = pipes.scheduler_name  # the class that runs, whatever was configured
-        self.scorer = ClipScorer(models.load_clip(m.clip, m.clip_pretrained, device=device))
-        self.shared_embedding = models.is_embedding_head(m.moderation)
+        self.scorer = ClipScorer(clip.load_clip(m.clip, m.clip_pretrained, device=device))
+        self.shared_embedding = classifiers.is_embedding_head(m.moderation)
         if self.shared_embedding:
-            self.image_moderator = EmbeddingModerator(models.load_embedding_head(m.moderation, device=device),
-                                                      m.unsafe_labels)
+            self.image_moderator = EmbeddingModerator(
+                classifiers.load_embedding_head(m.moderation, device=device), m.unsafe_labels)
             clip_dim = self.scorer.embed_images([np.zeros((8, 8, 3), np.uint8)]).shape[1]
             if clip_dim != self.image_moderator.embed_dim:
                 raise ValueError(f"[models].moderation {m.moderation!r} reads {self.image_moderator.embed_dim}-d "
                                  f"embeddings but [models].clip {m.clip!r} makes {clip_dim}-d ones")
         else:
-            self.image_moderator = ImageModerator(models.load_image_classifier(m.moderation, device=device),
-                                                  m.unsafe_labels)
+            self.image_moderator = ImageModerator(
+                classifiers.load_image_classifier(m.moderation, device=device), m.unsafe_labels)
         self.moderation_model = m.moderation
-        text_clf = models.load_text_classifier(m.prompt_classifier, device=device) if m.prompt_classifier else None
+        text_clf = (classifiers.load_text_classifier(m.prompt_classifier, device=device)
+                    if m.prompt_classifier else None)
         self.prompt_moderator = PromptModerator(cfg.filter.blocked_terms, text_clf, m.unsafe_labels)
         self.worker = worker_name()
         self._references: dict[str, np.ndarray] = {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.models import ClassifierBundle
+from pipeline.models.classifiers import ClassifierBundle
 
 
 def _unsafe_indices(id2label: dict[int, str], unsafe_labels: tuple[str, ...]) -> list[int]:

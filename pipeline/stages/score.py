@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.models import ClipBundle
+from pipeline.models.clip import ClipBundle
 
 
 class ClipScorer:

@@ -1,0 +1,81 @@
+"""What every model loader shares: where a spec's weights are, what a failed load says, the
+device and dtype it lands on, and quiet libraries.
+
+A model spec is `embedded:<name>` (a tiny model built offline, see `embedded.py`), a local
+folder, or a hub id already in the local Hugging Face cache: nothing is downloaded. The
+loaders (`diffusion.py`, `clip.py`, `classifiers.py`) resolve specs and report failures through
+these helpers, so each rule is written once.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from pipeline.errors import ModelLoadError
+from pipeline.models import embedded
+from pipeline.spec.limits import DTYPES
+from pipeline.storage.paths import EMBEDDED_PREFIX, model_path
+
+
+def resolve_device(spec: str) -> str:
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; anything else unchanged."""
+    if spec != "auto":
+        return spec
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(spec: str, device: str):
+    """'auto' → float16 on CUDA, float32 elsewhere (CPU half precision is slow and lossy)."""
+    import torch
+
+    if spec == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if spec not in DTYPES:
+        raise ValueError(f"unknown dtype {spec!r} (known: auto, {', '.join(DTYPES)})")
+    return getattr(torch, spec)
+
+
+def quiet_libraries() -> None:
+    """Batch runs print their own progress: silence the libraries' per-load progress bars."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+
+
+def locate(spec: str) -> tuple[str, bool]:
+    """(what to hand to from_pretrained, is_embedded) for a model spec."""
+    if spec.startswith(EMBEDDED_PREFIX):
+        return str(embedded.ensure(spec.removeprefix(EMBEDDED_PREFIX))), True
+    path = model_path(spec)
+    return (str(path) if path.exists() else spec), False
+
+
+@contextmanager
+def loading(what: str, spec: str):
+    """Re-raise a loader's OSError/ValueError/RuntimeError naming the spec that failed."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ModelLoadError(
+            f"cannot load {what} {spec!r}: {err}\n(a model is embedded:<name>, a local folder "
+            "with safetensors weights, or a hub id already in the local Hugging Face cache; "
+            "nothing is downloaded)") from err
+
+
+@contextmanager
+def hub_offline():
+    """open_clip fetches pretrained tags with huggingface_hub and has no `local_files_only`:
+    switch the hub to offline mode for the call, so a tag only loads from the local cache."""
+    from huggingface_hub import constants
+
+    before, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
