@@ -75,9 +75,11 @@ def _warn_long_prompts(long_rows: list[tuple[int, str, int, int]]) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    import contextlib
     from collections import Counter
 
     import polars as pl
+    import pyarrow.parquet as pq
 
     from pipeline.plan.build import plan_chunks
     from pipeline.review.cost import estimate, format_estimate, shapes
@@ -87,18 +89,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     candidates, modes, counted, writer = 0, Counter(), [], None
     inputs = load_inputs(cfg)
     _warn(inputs.warnings)
-    try:
+    with contextlib.ExitStack() as files:  # the writer closes first, then the file becomes --out, whole
         # A chunk at a time: the plan of a long manifest is written and counted, never held whole.
         for chunk in plan_chunks(inputs, cfg, decisions=_recorded_decisions(cfg.job.output)):
             if args.out:
-                writer = writer or _plan_writer(args.out, chunk.schema)
+                writer = writer or files.enter_context(pq.ParquetWriter(files.enter_context(_plan_file(args.out)),
+                                                                        chunk.schema))
                 writer.write_table(chunk)
             candidates += chunk.num_rows
             modes.update(chunk["mode"].to_pylist())
             counted.append(shapes(chunk))
-    finally:
-        if writer:
-            writer.close()
     if args.out:
         print(f"wrote {candidates} candidates to {args.out}")
     else:
@@ -108,14 +108,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _plan_writer(path: str, schema):
-    """A Parquet writer of the plan at `path`, or JobError naming it (a folder, no such folder)."""
-    import pyarrow.parquet as pq
+def _plan_file(path: str):
+    """Where to write the plan for `--out`: a temp file that becomes `path` only when the whole
+    plan is written (`storage.write.staged_file`), so a plan cut short never replaces one that
+    was there; JobError naming `path` when it is a folder or its folder does not exist."""
+    from pathlib import Path
 
-    try:
-        return pq.ParquetWriter(path, schema)
-    except OSError as e:
-        raise JobError(f"--out {path}: cannot write the plan there ({e.strerror or e})") from None
+    from pipeline.storage.write import staged_file
+
+    target = Path(path)
+    if target.is_dir() or not target.parent.is_dir():
+        why = "Is a directory" if target.is_dir() else "No such file or directory"
+        raise JobError(f"--out {path}: cannot write the plan there ({why})")
+    return staged_file(target)
 
 
 def _recorded_decisions(output: str):

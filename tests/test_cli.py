@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.models import embedded
 from tests.helpers import write_job
@@ -151,3 +152,25 @@ def test_a_model_that_cannot_load_in_process_exits_1_with_its_message_and_no_tra
     assert main(["run", str(job), "--in-process", "--output", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert f"error: cannot load diffusion model '{model}'" in err and "Traceback" not in err, err[-2000:]
+
+
+def test_a_plan_cut_short_leaves_the_earlier_plan_file_as_it_was(tmp_path, monkeypatch, capsys):
+    """`plan --out` writes a temp file that becomes the plan only when the whole plan is written."""
+    import pipeline.plan.build as build
+    from pipeline.cli import main
+
+    job = write_job(tmp_path, {"id": ["a", "b"], "prompt": ["a mug", "a lamp"]}, styles=None)
+    out = tmp_path / "plan.parquet"
+    assert main(["plan", str(job), "--out", str(out)]) == 0
+    before = out.read_bytes()
+    planned = build.plan_chunks
+
+    def cut_short(*args, **kwargs):
+        yield next(iter(planned(*args, **kwargs))).slice(0, 1)  # the first rows, then the end
+        raise MemoryError("killed half-way")
+
+    monkeypatch.setattr(build, "plan_chunks", cut_short)
+    with pytest.raises(MemoryError):
+        main(["plan", str(job), "--out", str(out)])
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")) == []
