@@ -6,13 +6,19 @@
   moderation (`approvable`: the one place that rule lives, for checking a decisions file and
   for the selection alike);
 - a refine needs an image to start from and a strength that gives a denoising step
-  (`why_not`, which review/decisions.py turns into a named problem).
+  (`why_not`, which review/decisions.py turns into a named problem);
+- which decision is in force when several were recorded (`in_force`).
 """
 
 from __future__ import annotations
 
-from pipeline.spec import vocabulary
+from typing import TYPE_CHECKING
+
+from pipeline.spec import fallbacks, vocabulary
 from pipeline.spec.limits import denoises
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def review_reason(r: dict) -> str | None:
@@ -48,9 +54,36 @@ def why_not(decision: str, result: dict, strength: float | None, refine_strength
         if not result["path"]:
             return "decision", (f"no image to refine (status {status or 'pending'}"
                                 + (f", {reason}" if reason else "") + ")")
-        used = strength if strength is not None else refine_strength
+        used = fallbacks.refine_strength(strength, refine_strength)
         if not denoises(result["steps"], used):
             given = "" if strength is not None else " ([generate].refine_strength)"
             return "strength", (f"strength {used:g}{given} × steps {result['steps']} gives no denoising "
                                 f"step (give a strength of at least {1 / result['steps']:g})")
     return None
+
+
+def last_per_item(history: pa.Table) -> pa.Table:
+    """The last row of each item id of `history` (decisions, in the order recorded)."""
+    import pyarrow as pa
+
+    order = pa.array(range(history.num_rows), pa.int64())
+    last = history.append_column("__order", order).group_by("item_id").aggregate([("__order", "max")])
+    return history.take(pa.array(sorted(last["__order_max"].to_pylist()), pa.int64()))
+
+
+def in_force(history: pa.Table) -> pa.Table:
+    """The decision each decided item is judged by: its latest, except that a refine after an
+    approval leaves the approval standing (the refinement is made; the approved image stays
+    locked until a reviewer rejects it)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    latest = last_per_item(history)
+    judged = last_per_item(history.filter(pc.not_equal(history["decision"], vocabulary.REFINE)))
+    approved = judged.filter(pc.equal(judged["decision"], vocabulary.APPROVE))["item_id"]
+    refined_after_approval = pc.and_(pc.equal(latest["decision"], vocabulary.REFINE),
+                                     pc.is_in(latest["item_id"], approved))
+    if not pc.any(refined_after_approval).as_py():
+        return latest
+    standing = judged.filter(pc.is_in(judged["item_id"], latest["item_id"].filter(refined_after_approval)))
+    return pa.concat_tables([latest.filter(pc.invert(refined_after_approval)), standing])

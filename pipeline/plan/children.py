@@ -16,6 +16,7 @@ from pipeline.plan.identity import keys, literal, seeds, with_item_ids
 from pipeline.plan.rows import templated
 from pipeline.spec import vocabulary
 from pipeline.spec.config import JobConfig
+from pipeline.spec.fallbacks import refine_strength
 from pipeline.spec.manifest import Inputs
 
 
@@ -45,7 +46,7 @@ def with_refinements(df: pl.DataFrame, asked: pa.Table, inputs: Inputs, cfg: Job
             .otherwise(templated(c("prompt_template"), c("__new_prompt").fill_null(""))).alias("prompt"),
             pl.when(c("mode") == vocabulary.INPAINT).then(lit(vocabulary.INPAINT))
             .otherwise(lit(vocabulary.IMG2IMG)).alias("mode"),
-            c("__new_strength").fill_null(cfg.generate.refine_strength).cast(pl.Float64).alias("strength"),
+            refine_strength(c("__new_strength"), cfg.generate.refine_strength).cast(pl.Float64).alias("strength"),
             c("item_id").alias("parent"), lit("refine").alias("seed_source"))
         made = made.with_columns(seeds(keys(made, literal("refine"), "parent", "prompt", "strength")).alias("seed"))
         # the parent's item id is replaced by the refinement's own

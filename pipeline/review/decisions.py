@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import MAX_REPORTED, ManifestError, Problem
-from pipeline.judge.review import why_not
+from pipeline.judge.review import in_force, last_per_item, why_not
 from pipeline.judge.rounds import ask_new_rounds, new_rejects
 from pipeline.review.decision_file import SAME, parse, read_file
 from pipeline.spec import vocabulary
@@ -70,28 +70,13 @@ class Decisions:
     def none(cls) -> Decisions:
         return cls(STORED_SCHEMA.empty_table())
 
-    @staticmethod
-    def _last(of: pa.Table) -> pa.Table:
-        """The last row of each item id of `of` (rows of the history, in order)."""
-        order = pa.array(range(of.num_rows), pa.int64())
-        last = of.append_column("__order", order).group_by("item_id").aggregate([("__order", "max")])
-        return of.take(pa.array(sorted(last["__order_max"].to_pylist()), pa.int64()))
-
     @cached_property
     def latest(self) -> pa.Table:
-        return self._last(self.history)
+        return last_per_item(self.history)
 
     @cached_property
     def in_force(self) -> pa.Table:
-        latest = self.latest
-        judged = self._last(self.history.filter(pc.not_equal(self.history["decision"], vocabulary.REFINE)))
-        approved = judged.filter(pc.equal(judged["decision"], vocabulary.APPROVE))["item_id"]
-        refined_after_approval = pc.and_(pc.equal(latest["decision"], vocabulary.REFINE),
-                                         pc.is_in(latest["item_id"], approved))
-        if not pc.any(refined_after_approval).as_py():
-            return latest
-        standing = judged.filter(pc.is_in(judged["item_id"], latest["item_id"].filter(refined_after_approval)))
-        return pa.concat_tables([latest.filter(pc.invert(refined_after_approval)), standing])
+        return in_force(self.history)
 
     @cached_property
     def rounds(self) -> dict[str, int]:

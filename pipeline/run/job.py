@@ -11,7 +11,6 @@ committing in run/stream.py; how a run is described is the command line's (comma
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 import time
 import uuid
@@ -23,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline import faults
-from pipeline.errors import EXIT_INCOMPLETE, EXIT_OK, JobError, LockLost, ManifestError, OutputLocked, Problem
+from pipeline.errors import EXIT_INCOMPLETE, EXIT_OK, JobError, LockLost, OutputLocked
 from pipeline.plan.build import PlanFile, write_plan
 from pipeline.plan.work import rows_per_group, write_work
 from pipeline.review import decisions as review
@@ -79,18 +78,6 @@ def clear_results(out: Output) -> None:
         out.delete(name)
 
 
-def select_rows(inputs: Inputs, rows: tuple[str, ...]) -> Inputs:
-    """The inputs limited to some ids; an unknown id is an error, not an empty run."""
-    if not rows:
-        return inputs
-    import polars as pl
-
-    unknown = sorted(set(rows) - set(inputs.manifest["id"].to_list()))
-    if unknown:
-        raise ManifestError([Problem(inputs.manifest_uri, f"--rows: no such id(s): {', '.join(unknown)}")])
-    return dataclasses.replace(inputs, manifest=inputs.manifest.filter(pl.col("id").is_in(list(rows))))
-
-
 @contextlib.contextmanager
 def work_folder(out: Output, run_id: str) -> Iterator[Path]:
     """The driver's temp files of a run (the plan, the pending work), removed when it ends: in
@@ -141,7 +128,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
         raise JobError(str(e)) from None
     try:
         # 2. validate: everything that can reject the job, before any model loads and before --fresh
-        inputs = select_rows(load_inputs(cfg), rows)
+        inputs = load_inputs(cfg).only(rows)
         for warning in inputs.warnings:
             reporter.warning(warning)
         if fresh and decisions:

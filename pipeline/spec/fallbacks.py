@@ -2,7 +2,8 @@
 and one its style leaves empty from the job spec.
 
 One rule for the checks (keep ≤ num_candidates once the fallbacks are applied) and for the plan
-(every setting a candidate runs with). Which levels a setting has is read from the schemas: a
+(every setting a candidate runs with). A refinement's strength falls back the same way, from the
+reviewer's to the job's (`refine_strength`). Which levels a setting has is read from the schemas: a
 row can give it where the manifest has such a column, a style where the styles table has one.
 """
 
@@ -35,3 +36,11 @@ def fallback(column: str, job_value: Any) -> pl.Expr:
     for name in levels[1:]:
         value = value.fill_null(pl.col(name))
     return value.fill_null(job_value)
+
+
+def refine_strength(asked, job_value: float):
+    """A refinement's strength: the reviewer's (`asked`), else the job's `[generate].refine_strength`.
+    On a number (checking a decisions file) or a polars expression (planning the refinements) alike."""
+    if isinstance(asked, pl.Expr):
+        return asked.fill_null(job_value)
+    return job_value if asked is None else asked

@@ -43,6 +43,16 @@ class Inputs:
     files: dict[str, InputFile]  # every input file, by resolved URI (`uri_column`), checked once
     warnings: tuple[str, ...] = ()  # what runs anyway but looks wrong (a column name close to a known one)
 
+    def only(self, rows: tuple[str, ...]) -> Inputs:
+        """These inputs limited to the manifest ids `rows` (all when empty); an unknown id is an
+        error, not an empty run."""
+        if not rows:
+            return self
+        unknown = sorted(set(rows) - set(self.manifest["id"].to_list()))
+        if unknown:
+            raise ManifestError([Problem(self.manifest_uri, f"--rows: no such id(s): {', '.join(unknown)}")])
+        return dataclasses.replace(self, manifest=self.manifest.filter(pl.col("id").is_in(list(rows))))
+
 
 def load_inputs(cfg: JobConfig) -> Inputs:
     """Read and validate the job's manifest and styles; raises ManifestError. Columns that are
