@@ -89,16 +89,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     candidates, modes, counted, writer = 0, Counter(), [], None
     inputs = load_inputs(cfg)
     _warn(inputs.warnings)
-    with contextlib.ExitStack() as files:  # the writer closes first, then the file becomes --out, whole
-        # A chunk at a time: the plan of a long manifest is written and counted, never held whole.
-        for chunk in plan_chunks(inputs, cfg, decisions=_recorded_decisions(cfg.job.output)):
-            if args.out:
-                writer = writer or files.enter_context(pq.ParquetWriter(files.enter_context(_plan_file(args.out)),
-                                                                        chunk.schema))
-                writer.write_table(chunk)
-            candidates += chunk.num_rows
-            modes.update(chunk["mode"].to_pylist())
-            counted.append(shapes(chunk))
+    decided = _recorded_decisions(cfg.job.output)
+    try:
+        with contextlib.ExitStack() as files:  # the writer closes first, then the file becomes --out, whole
+            # A chunk at a time: the plan of a long manifest is written and counted, never held whole.
+            for chunk in plan_chunks(inputs, cfg, decisions=decided):
+                if args.out:
+                    writer = writer or files.enter_context(
+                        pq.ParquetWriter(files.enter_context(_plan_file(args.out)), chunk.schema))
+                    writer.write_table(chunk)
+                candidates += chunk.num_rows
+                modes.update(chunk["mode"].to_pylist())
+                counted.append(shapes(chunk))
+    except OSError as e:  # planning reads nothing (the inputs were read above): this is --out's
+        if not args.out:
+            raise
+        raise JobError(f"--out {args.out}: cannot write the plan there ({e.strerror or e})") from None
     if args.out:
         print(f"wrote {candidates} candidates to {args.out}")
     else:

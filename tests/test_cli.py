@@ -132,7 +132,7 @@ def test_plan_out_to_a_folder_or_nowhere_exits_1_naming_it(tmp_path, capsys):
     from pipeline.cli import main
 
     job = write_job(tmp_path, {"id": ["a"], "prompt": ["a mug"]}, styles=None)
-    for out in (tmp_path, tmp_path / "no" / "such" / "plan.parquet"):
+    for out in (tmp_path, tmp_path / "no" / "such" / "plan.parquet", Path("/proc/plan.parquet")):  # /proc: no files
         assert main(["plan", str(job), "--out", str(out)]) == 1
         err = capsys.readouterr().err
         assert f"error: --out {out}: cannot write the plan there" in err and "Traceback" not in err

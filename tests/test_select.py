@@ -6,13 +6,13 @@ from pipeline.spec import vocabulary
 
 def cand(k, score, status=None, keep=2, row="r", prior=False, reason=None):
     return {"id": row, "item_id": f"{row}{k}", "candidate": k, "clip_score": score, "status": status, "reason": reason,
-            "keep": keep, "prior": prior, "selected": None, "path": None}
+            "reason_code": reason, "keep": keep, "prior": prior, "selected": None, "path": None}  # bare codes
 
 
 def judge(rs, fails=()):
     def write(r):
         if r["candidate"] in fails:
-            r.update(status=vocabulary.ERROR, reason="write: boom")
+            r.update(status=vocabulary.ERROR, reason="write: boom", reason_code=vocabulary.WRITE_ERROR)
             return False
         return True
 

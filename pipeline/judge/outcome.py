@@ -30,10 +30,8 @@ class Reason:
 
 
 def code_of(r: dict) -> str | None:
-    """A record's reason code. A record committed before `reason_code` existed has only its
-    `reason`, which for the bare-code reasons (not_selected, reviewer_…) is the code itself; a
-    reason with a detail stays unknown (its text is never parsed)."""
-    return r.get("reason_code") or r.get("reason")
+    """A record's reason code (tables read from an output carry it for every row: `reason_codes`)."""
+    return r.get("reason_code")
 
 
 def reject(r: dict, reason: Reason | str, **also) -> None:
@@ -65,3 +63,11 @@ def reason_codes(table: pa.Table) -> pa.Array:
     written_before = pc.list_element(pc.split_pattern(reason, ": ", max_splits=1), 0)
     return pc.coalesce(table["reason_code"].cast(pa.string()), written_before) if "reason_code" in names \
         else written_before
+
+
+def with_reason_codes(table: pa.Table) -> pa.Table:
+    """`table` with a `reason_code` for every row (`reason_codes`), in place of the column it had."""
+    codes = reason_codes(table)
+    if "reason_code" in table.column_names:
+        return table.set_column(table.schema.get_field_index("reason_code"), "reason_code", codes)
+    return table.append_column("reason_code", codes)

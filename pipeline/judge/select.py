@@ -105,13 +105,13 @@ def fill_places(records: list[dict], write: Callable[[dict], bool], can_write: C
     for cands in by_row(records):
         places, away = int(cands[0]["keep"]), refined_away(cands)
         for r in sorted((r for r in cands if r["rank"] is not None), key=lambda r: r["rank"]):
-            has_place = places > 0 or locked(r)
-            if has_place and r.get("prior") and (r["status"] == vocabulary.WRITTEN or r.get("path")):
+            gets_place = places > 0 or locked(r)
+            if gets_place and r.get("prior") and (r["status"] == vocabulary.WRITTEN or r.get("path")):
                 # an earlier pick, or a runner-up whose signed image was kept for review: its
                 # file is already there, verified, and is the image
                 written(r, selected=True)
                 places = max(places - 1, 0)
-            elif has_place and can_write(r):
+            elif gets_place and can_write(r):
                 r["selected"] = True  # picked: written, or an error that says why not
                 if write(r):
                     written(r)

@@ -9,8 +9,7 @@ a job runs end to end offline and a real checkpoint is a one-line change of the 
 
 Builds are cached under `$ASSET_PIPELINE_MODELS` (default `~/.cache/asset-pipeline/models`) in
 a folder named with the recipe's version tag: change a recipe, bump its version.
-
-    python -m pipeline.models.embedded          # build them all, print where
+`python -m pipeline.models.embedded` builds them all and prints where.
 """
 
 from __future__ import annotations

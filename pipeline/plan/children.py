@@ -47,7 +47,7 @@ def with_refinements(df: pl.DataFrame, asked: pa.Table, inputs: Inputs, cfg: Job
             pl.when(c("mode") == vocabulary.INPAINT).then(lit(vocabulary.INPAINT))
             .otherwise(lit(vocabulary.IMG2IMG)).alias("mode"),
             refine_strength(c("__new_strength"), cfg.generate.refine_strength).cast(pl.Float64).alias("strength"),
-            c("item_id").alias("parent"), lit("refine").alias("seed_source"))
+            c("item_id").alias("parent"), lit(vocabulary.REFINE_SEED).alias("seed_source"))
         made = made.with_columns(seeds(keys(made, literal("refine"), "parent", "prompt", "strength")).alias("seed"))
         # the parent's item id is replaced by the refinement's own
         made = with_item_ids(made, fingerprints, model_fp).select(*df.columns, c("decided_at").alias("__decided"))

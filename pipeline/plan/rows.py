@@ -74,8 +74,8 @@ def with_seeds(df: pl.DataFrame, job_seed: int) -> pl.DataFrame:
         pl.when(row_seeded & (k == 0)).then(c("seed"))
         .when(style_seeded & (k < n_pinned)).then(c("s_seeds").list.get(k, null_on_oob=True)).alias("__seed"),
         c("s_seeds").list.first().alias("__first_pinned"),
-        pl.when(row_seeded).then(lit("row")).when(style_seeded).then(lit("style"))
-        .otherwise(lit("derived")).alias("seed_source"),
+        pl.when(row_seeded).then(lit(vocabulary.ROW_SEED)).when(style_seeded).then(lit(vocabulary.STYLE_SEED))
+        .otherwise(lit(vocabulary.DERIVED_SEED)).alias("seed_source"),
     )
     # Hash only the candidates whose seed is derived (not given by the row or the style): the
     # key derive_seed("row", seed, k), ("style", first pinned seed, k) or ("job", job seed, id, k).

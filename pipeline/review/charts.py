@@ -55,7 +55,7 @@ def style_svg(groups: list[dict]) -> str:
     clip: dict[str, list[float]] = defaultdict(list)
     for g in groups:
         for c in g["c"]:
-            counts[g["style"]][c.get("status", "pending")] += 1
+            counts[g["style"]][c.get("status", vocabulary.PENDING)] += 1
             if c.get("status") == vocabulary.WRITTEN and c.get("clip") is not None:
                 clip[g["style"]].append(c["clip"])
     styles = list(counts)

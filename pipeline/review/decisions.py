@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import MAX_REPORTED, ManifestError, Problem
+from pipeline.judge.outcome import with_reason_codes
 from pipeline.judge.review import in_force, last_per_item, why_not
 from pipeline.judge.rounds import ask_new_rounds, new_rejects
 from pipeline.review.decision_file import SAME, parse, read_file
@@ -125,7 +126,7 @@ def check(decisions: list[dict], uri: str, out: Output, latest: pa.Table, refine
     if not out.exists(RESULTS):
         raise ManifestError([Problem(uri, f"{out.where(RESULTS)}: no results to apply decisions to "
                                           "(run the job first, then review its report)")])
-    results = read_results(out, _RESULTS_COLUMNS)
+    results = with_reason_codes(read_results(out, _RESULTS_COLUMNS))
     wanted = pa.array([d["item_id"] for d in decisions], pa.string())
     found = results.filter(pc.is_in(results["item_id"], wanted))
     by_item = {r["item_id"]: r for r in found.to_pylist()}

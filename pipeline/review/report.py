@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline.judge.outcome import with_reason_codes
 from pipeline.review.charts import brand_svg, funnel_svg, reasons_list, style_svg
 from pipeline.review.outlines import make_outlines
 from pipeline.run.summary import NO_STYLE
@@ -33,7 +34,7 @@ PAGE_ROWS = 24  # row groups per page of the contact sheet
 
 # Per-candidate columns the page shows (short keys keep the data island small at 10k rows).
 CANDIDATE_KEYS = {"candidate": "k", "item_id": "item", "seed": "seed", "model": "model", "path": "path",
-                  "status": "status", "reason": "reason", "rank": "rank", "selected": "sel",
+                  "status": "status", "reason": "reason", "reason_code": "code", "rank": "rank", "selected": "sel",
                   "clip_score": "clip", "clip_threshold": "clip_thr", "image_unsafe_score": "img_unsafe",
                   "prompt_unsafe_score": "prompt_unsafe", "moderation": "moderation", "c2pa_state": "c2pa",
                   "run_id": "run", "width": "w", "height": "h", "decision": "decision", "note": "note",
@@ -73,6 +74,7 @@ def groups_of(results: pa.Table, runs: dict[str, dict], outlines: dict[str, str]
     by style, then manifest row."""
     outlines = outlines or {}
     passthrough = [c for c in results.column_names if c not in schema.RESERVED_NAMES]
+    results = with_reason_codes(results)  # results written before the column: by their code
     names = [c for c in {*CANDIDATE_KEYS, *ROW_KEYS, *passthrough} if c in results.column_names]
     by_id: dict[str, dict] = {}
     for r in results.select(names).to_pylist():

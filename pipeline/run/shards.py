@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.judge.outcome import reason_codes
+from pipeline.judge.outcome import with_reason_codes
 from pipeline.spec import schema, vocabulary
 from pipeline.storage import layout, tables
 from pipeline.storage.records import read_parquet, read_results
@@ -174,7 +174,7 @@ class ShardStore:
             if f.name not in latest.column_names:
                 latest = latest.append_column(f, pa.nulls(latest.num_rows, f.type))
         latest = latest.select(OUTCOME_SCHEMA.names)
-        latest = latest.set_column(latest.schema.get_field_index("reason_code"), "reason_code", reason_codes(latest))
+        latest = with_reason_codes(latest)  # shards committed before the column: by their code
         listed = frozenset(p for p in pc.unique(latest["path"]).to_pylist() if p)
         files = image_files(self.out)
         paths_ = latest["path"]

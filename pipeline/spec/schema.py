@@ -55,7 +55,7 @@ PLAN_FIELDS = [
     pa.field("negative_prompt", pa.string()),
     pa.field("style", pa.string()),
     pa.field("seed", pa.int64()),
-    pa.field("seed_source", pa.string()),  # row | style | derived
+    pa.field("seed_source", pa.string()),  # vocabulary.SEED_SOURCES
     pa.field("model", pa.string()),
     pa.field("model_revision", pa.string()),
     pa.field("scheduler", pa.string()),

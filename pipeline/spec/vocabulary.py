@@ -30,12 +30,11 @@ REFINE_ERROR = "refine"  # the image a refinement starts from cannot be read
 SCORE_ERROR = "score"  # CLIP score or image moderation
 WRITE_ERROR = "write"  # encode, sign or write
 VERIFY_ERROR = "verify"  # the written file does not verify
-UNIT_ERROR = "unit"  # a whole unit of work failed, or its worker died on every retry (the runner)
+UNIT_ERROR = "unit"  # a unit that failed with no stage to name (the runner names the stage whose actor failed)
 ERROR_STAGES = (GENERATE_ERROR, REFINE_ERROR, SCORE_ERROR, WRITE_ERROR, VERIFY_ERROR, UNIT_ERROR)
 
 # Moderation verdicts (`moderation`): the prompt or the image was judged safe, or blocked.
 PASS, BLOCK = "pass", "block"
-MODERATION_VERDICTS = (PASS, BLOCK)
 
 # A reviewer's decisions (DESIGN: review round trip).
 APPROVE, REJECT, REFINE = "approve", "reject", "refine"
@@ -45,3 +44,8 @@ DECISIONS = (APPROVE, REJECT, REFINE)
 # inside a mask around the product.
 T2I, IMG2IMG, INPAINT = "t2i", "img2img", "inpaint"
 MODES = (T2I, IMG2IMG, INPAINT)
+
+# Where a candidate's seed came from (`seed_source`): the row's `seed`, its style's pinned `seeds`,
+# derived by hashing (plan/identity.py), or a refinement's own.
+ROW_SEED, STYLE_SEED, DERIVED_SEED, REFINE_SEED = "row", "style", "derived", "refine"
+SEED_SOURCES = (ROW_SEED, STYLE_SEED, DERIVED_SEED, REFINE_SEED)

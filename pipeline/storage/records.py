@@ -43,7 +43,7 @@ def write_json(obj: dict, output: Output | Path | str, rel: str) -> None:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One run's record (`snapshot`): where it is and what it says."""
+    """One run's record (written by `pipeline.run.record.write`): where it is and what it says."""
 
     rel: str
     record: dict
