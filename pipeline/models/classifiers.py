@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.models import embedded
+from pipeline.models import embedded, tiny_judges
 from pipeline.models.loading import loading, locate
 from pipeline.storage.paths import EMBEDDED_PREFIX, HEAD_PREFIX, model_path
 
@@ -69,7 +69,7 @@ def load_embedding_head(model: str, *, device: str) -> ClassifierBundle:
     from safetensors import safe_open
 
     if model.startswith(EMBEDDED_PREFIX):
-        path = embedded.ensure(model.removeprefix(EMBEDDED_PREFIX)) / embedded.HEAD_WEIGHTS
+        path = embedded.ensure(model.removeprefix(EMBEDDED_PREFIX)) / tiny_judges.HEAD_WEIGHTS
     else:
         path = model_path(model)
     with loading("moderation head", model):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import ModelLoadError
-from pipeline.models import embedded
+from pipeline.models import embedded, tiny_judges
 from pipeline.models.loading import hub_offline, loading
 from pipeline.storage.paths import EMBEDDED_PREFIX
 
@@ -42,7 +42,7 @@ def load_clip(model: str, pretrained: str | None = None, *, device: str,
         if model != f"{EMBEDDED_PREFIX}tiny-clip":
             raise ValueError(f"unknown embedded CLIP model {model!r} (known: embedded:tiny-clip)")
         folder = embedded.ensure("tiny-clip")
-        arch, weights = embedded.CLIP_ARCH, str(folder / embedded.CLIP_WEIGHTS)
+        arch, weights = tiny_judges.CLIP_ARCH, str(folder / tiny_judges.CLIP_WEIGHTS)
         if arch not in open_clip.list_models():
             open_clip.add_model_config(folder / f"{arch}.json")
     elif weights and os.path.isfile(os.path.expanduser(weights)):
