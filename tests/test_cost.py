@@ -31,9 +31,9 @@ seconds_per_image = {SECONDS}
 
 
 def _lines(stdout: str) -> dict[tuple[str, str], list[str]]:
-    """The estimate table by (style, mode)."""
+    """The estimate table by (style, mode), the model column left out."""
     table = stdout[stdout.index("style"):].splitlines()[1:]
-    return {(c[0], c[1] if c[0] != "total" else ""): c[2:] if c[0] != "total" else c[1:]
+    return {(c[0], c[1] if c[0] != "total" else ""): c[3:] if c[0] != "total" else c[1:]
             for c in (line.split() for line in table)}
 
 

@@ -33,7 +33,7 @@ def test_nest_unnest_round_trip_with_earlier_candidates_in_their_rows():
 def test_units_of_work_hold_whole_rows(tmp_path):
     flat = pending([3, 1, 4, 2, 2, 5])
     for rows in (1, 2, 4, 100):
-        groups = write_work([candidates(flat)], tmp_path / f"w{rows}.arrow", rows)
+        groups = len(write_work([candidates(flat)], tmp_path / f"w{rows}.arrow", rows))
         units = list(WorkFile(tmp_path / f"w{rows}.arrow"))
         assert len(units) == groups == -(-6 // rows)
         seen = []
@@ -58,7 +58,7 @@ def test_the_work_file_is_written_a_chunk_at_a_time_and_units_hold_whole_rows(tm
     row = flat["row"].to_pylist()
     cut = [row.index(3), row.index(6)]  # chunk boundaries between rows
     chunks = [flat.slice(0, cut[0]), flat.slice(cut[0], cut[1] - cut[0]), flat.slice(cut[1])]
-    groups = write_work(iter(chunks), tmp_path / "w.arrow", 2)
+    groups = len(write_work(iter(chunks), tmp_path / "w.arrow", 2))
     units = [unnest(u) for u in WorkFile(tmp_path / "w.arrow")]
     assert groups == len(units) == 2 + 2 + 1  # 3 rows → 2 units, 3 rows → 2, 1 row → 1
     assert [c for u in units for c in u["item_id"].to_pylist()] == flat["item_id"].to_pylist()

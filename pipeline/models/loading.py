@@ -56,14 +56,41 @@ def locate(spec: str) -> tuple[str, bool]:
     return (str(path) if path.exists() else spec), False
 
 
+def unavailable(spec: str, revision: str | None = None) -> str | None:
+    """Why diffusion model `spec` cannot be found on this machine without loading it (None when
+    it can): a local folder that is not there, a hub id not in the local Hugging Face cache.
+    Cheap and torch-free, so a style naming a missing model is refused before any work;
+    whether the weights load is for the loader (`loading`)."""
+    if spec.startswith(EMBEDDED_PREFIX):
+        return None  # built on first use; its name is checked against the embedded roles
+    path = model_path(spec)
+    if path.is_absolute() or spec.startswith(("./", "../", "~")):
+        return None if path.exists() else "no such folder or file"
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(spec, "model_index.json", revision=revision)
+    except HFValidationError:
+        return "neither a local folder nor a hub id"
+    if isinstance(cached, str):
+        return None
+    return ("not a local folder, and not in the local Hugging Face cache"
+            + (f" at revision {revision!r}" if revision else "") + " (nothing is downloaded)")
+
+
 @contextmanager
 def loading(what: str, spec: str):
-    """Re-raise a loader's OSError/ValueError/RuntimeError naming the spec that failed."""
+    """Re-raise whatever a loader raises naming the spec that failed: a folder that is not a
+    model fails inside the library in many ways (a missing file, a config without the key it
+    reads: KeyError, an unknown class: AttributeError), and each is the same news for the user."""
     try:
         yield
-    except (OSError, ValueError, RuntimeError) as err:
+    except ModelLoadError:
+        raise
+    except Exception as err:  # noqa: BLE001 — see above; the library's error is kept as the cause
         raise ModelLoadError(
-            f"cannot load {what} {spec!r}: {err}\n(a model is embedded:<name>, a local folder "
+            f"cannot load {what} {spec!r}: {type(err).__name__}: {err}\n(a model is embedded:<name>, a local folder "
             "with safetensors weights, or a hub id already in the local Hugging Face cache; "
             "nothing is downloaded)") from err
 

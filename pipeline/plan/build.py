@@ -21,9 +21,10 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import MAX_REPORTED, ManifestError
 from pipeline.judge.rules import rules_key
-from pipeline.models.fingerprint import fingerprint as model_fingerprint
 from pipeline.plan.children import with_decisions, with_refinements
 from pipeline.plan.identity import hex_ids, keys, literal, with_item_ids
+from pipeline.plan.models import fingerprints as model_fingerprints
+from pipeline.plan.models import model_columns, planned_models
 from pipeline.plan.rows import denoising_problems, resolved_rows, with_seeds
 from pipeline.review.decisions import Decisions
 from pipeline.spec import schema, vocabulary
@@ -59,9 +60,9 @@ def plan_chunks(inputs: Inputs, cfg: JobConfig, chunk_rows: int | None = None,
     """The plan, one table per chunk of whole manifest rows, in manifest order (candidates in
     order within each row), under a reviewer's `decisions` (none by default)."""
     check_plan(inputs, cfg, chunk_rows)
-    model_fp = model_fingerprint(cfg.models.diffusion, cfg.models.diffusion_revision)
+    model_fps = model_fingerprints(planned_models(inputs.styles, cfg))
     for part in _chunks(inputs, chunk_rows):
-        yield _plan_rows(part, cfg, model_fp, decisions or Decisions.none())
+        yield _plan_rows(part, cfg, model_fps, decisions or Decisions.none())
 
 
 def build_plan(inputs: Inputs, cfg: JobConfig, decisions: Decisions | None = None) -> pa.Table:
@@ -100,12 +101,12 @@ def write_plan(inputs: Inputs, cfg: JobConfig, path: Path, chunk_rows: int | Non
     return PlanFile(path, rows)
 
 
-def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str, decisions: Decisions) -> pa.Table:
+def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fps: dict, decisions: Decisions) -> pa.Table:
     """One row per candidate of these manifest rows (a round of `num_candidates`, and one more
     for each new round a reviewer's reject asked for; a candidate per refinement asked for),
     with passthrough columns at the end."""
     c, lit, m = pl.col, pl.lit, cfg.models
-    rows = resolved_rows(inputs, cfg)
+    rows = resolved_rows(inputs, cfg).with_columns(model_columns(cfg))
     if decisions.rounds:
         extra = pl.DataFrame({"id": list(decisions.rounds), "__rounds": list(decisions.rounds.values())},
                              schema={"id": pl.String, "__rounds": pl.Int64})
@@ -117,8 +118,8 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str, decisions: Decisio
     df = with_seeds(df, cfg.job.seed).select(
         "id", c("__row").cast(pl.Int64).alias("row"), "candidate", c("prompt").alias("source_prompt"),
         c("__prompt").alias("prompt"), c("__negative").alias("negative_prompt"), "style",
-        c("__seed").alias("seed"), "seed_source", lit(m.diffusion).alias("model"),
-        lit(m.diffusion_revision, dtype=pl.String).alias("model_revision"),
+        c("__seed").alias("seed"), "seed_source", c("__model").alias("model"),
+        c("__model_revision").alias("model_revision"),
         lit(m.scheduler, dtype=pl.String).alias("scheduler"), "mode", c("__steps").alias("steps"),
         c("__guidance").alias("guidance_scale"),
         pl.when(c("mode") == vocabulary.T2I).then(None).otherwise(c("__strength")).alias("strength"),
@@ -132,8 +133,8 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fp: str, decisions: Decisio
     # again for every chunk, would cost the catalogue's size per chunk.
     used = pl.concat([df[col].drop_nulls() for col in ("init_image", "mask", "lora")]).unique().to_list()
     fingerprints = {uri: "alpha" if uri == "alpha" else inputs.files[uri].fingerprint for uri in used}
-    df = with_item_ids(df, fingerprints, model_fp)
-    df = with_refinements(df, decisions.refines, inputs, cfg, fingerprints, model_fp)
+    df = with_item_ids(df, fingerprints, model_fps)
+    df = with_refinements(df, decisions.refines, inputs, cfg, fingerprints, model_fps)
     df = with_decisions(df, decisions.in_force)
     df = df.with_columns(
         lit(None, dtype=pl.Boolean).alias("truncated"),

@@ -21,7 +21,7 @@ from pipeline.spec.manifest import Inputs
 
 
 def with_refinements(df: pl.DataFrame, asked: pa.Table, inputs: Inputs, cfg: JobConfig,
-                     fingerprints: dict[str, str], model_fp: str) -> pl.DataFrame:
+                     fingerprints: dict[str, str], model_fps: dict) -> pl.DataFrame:
     """The candidates reviewers' `refine` decisions ask for, added to their rows (a refinement
     of a refinement too): the parent's settings, the changed prompt (through the style's
     template) and strength, image-to-image from the parent's image (inpainting for a staged
@@ -50,7 +50,7 @@ def with_refinements(df: pl.DataFrame, asked: pa.Table, inputs: Inputs, cfg: Job
             c("item_id").alias("parent"), lit(vocabulary.REFINE_SEED).alias("seed_source"))
         made = made.with_columns(seeds(keys(made, literal("refine"), "parent", "prompt", "strength")).alias("seed"))
         # the parent's item id is replaced by the refinement's own
-        made = with_item_ids(made, fingerprints, model_fp).select(*df.columns, c("decided_at").alias("__decided"))
+        made = with_item_ids(made, fingerprints, model_fps).select(*df.columns, c("decided_at").alias("__decided"))
         found.append(made)
         frontier = made.drop("__decided")
     # two asks that resolve alike (no strength, and the default given) are one refinement

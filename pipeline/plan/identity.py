@@ -193,11 +193,14 @@ ITEM_KEY_COLUMNS = ("id", "candidate", "prompt", "negative_prompt", "style", "se
                     "width", "height", "__init_fp", "__mask_fp", "__lora_fp", "lora_scale", "format", "parent")
 
 
-def with_item_ids(df: pl.DataFrame, fingerprints: dict[str, str], model_fp: str) -> pl.DataFrame:
-    """`item_id` of each candidate: everything that shapes its image and file, inputs by content.
+def with_item_ids(df: pl.DataFrame, fingerprints: dict[str, str], model_fps: dict) -> pl.DataFrame:
+    """`item_id` of each candidate: everything that shapes its image and file, inputs by content
+    (`fingerprints` of its files by URI, `model_fps` of its model by `plan.models.ModelRef`).
     A refinement's starting image is its parent's image, which its parent's item id names."""
-    c, lit = pl.col, pl.lit
+    from pipeline.plan.models import fingerprint_column
+
+    c = pl.col
     fp = lambda col: c(col).replace_strict(fingerprints, return_dtype=pl.String)  # noqa: E731 — every URI was checked
-    named = df.with_columns(lit(model_fp, dtype=pl.String).alias("__model_fp"), fp("init_image").alias("__init_fp"),
+    named = df.with_columns(fingerprint_column(df, model_fps), fp("init_image").alias("__init_fp"),
                             fp("mask").alias("__mask_fp"), fp("lora").alias("__lora_fp"))
     return df.with_columns(hex_ids(keys(named, literal(ITEM_RECIPE), *ITEM_KEY_COLUMNS)).alias("item_id"))

@@ -14,12 +14,14 @@ starts, and a unit is read straight from a memory map. (A Parquet work file's fo
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.plan.models import ModelRef
 from pipeline.spec import schema
 
 # A candidate as the stages see it: its plan, its outcome so far (null for a new one), and
@@ -64,18 +66,74 @@ def unnest(batch: pa.Table) -> pa.Table:
     return pa.Table.from_struct_array(flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat)
 
 
-def write_work(chunks: Iterable[pa.Table], path: Path, rows_per_group: int) -> int:
+@dataclass
+class WorkIndex:
+    """What the runner needs to route units: each unit's model (an index into `models`), and
+    each model's share of the work (`weight`: Σ steps × width × height of its new candidates,
+    GPU-seconds' proxy within a family, by which generate pools are sized)."""
+
+    models: list[ModelRef] = field(default_factory=list)
+    unit_model: list[int] = field(default_factory=list)
+    weight: list[float] = field(default_factory=list)
+    used_by: list[list[str]] = field(default_factory=list)  # per model: the styles whose units need it
+
+    def __len__(self) -> int:
+        return len(self.unit_model)
+
+    def add(self, ref: ModelRef, units: int, weight: float, styles: list[str]) -> None:
+        if ref not in self.models:
+            self.models.append(ref)
+            self.weight.append(0.0)
+            self.used_by.append([])
+        i = self.models.index(ref)
+        self.unit_model += [i] * units
+        self.weight[i] += weight
+        self.used_by[i] = sorted({*self.used_by[i], *styles})
+
+
+# Rows of one chunk are ordered by these before they are cut into units: a unit holds one model
+# (an actor holds it), and an actor's units come a style at a time (its LoRA and images switch once).
+UNIT_ORDER = ("model", "model_revision", "style")
+
+
+def write_work(chunks: Iterable[pa.Table], path: Path, rows_per_group: int) -> WorkIndex:
     """Write the work file from candidate tables of whole rows (CANDIDATE_SCHEMA, a chunk of the
-    plan at a time), one record batch per unit of work; returns the number of units."""
+    plan at a time), one record batch per unit of work, each unit of one model; returns the
+    units' index."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    units = 0
+    index = WorkIndex()
     with pa.ipc.new_file(path, WORK_SCHEMA, options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
         for flat in chunks:
-            if flat.num_rows:
-                for batch in nest(flat).to_batches(max_chunksize=rows_per_group):
+            if not flat.num_rows:
+                continue
+            rows = nest(flat)
+            first = pa.Table.from_struct_array(pc.list_element(rows["candidates"], 0)).select(UNIT_ORDER)
+            order = pc.sort_indices(first, [(k, "ascending") for k in UNIT_ORDER])  # stable
+            rows, first = rows.take(order), first.take(order)
+            model = pc.binary_join_element_wise(first["model"], pc.fill_null(first["model_revision"], ""), "\x1f")
+            work = flat.filter(pc.invert(flat[PRIOR]))
+            pixel_steps = pc.multiply(pc.multiply(work["steps"], work["width"]), work["height"])
+            for start, stop in _runs(model):
+                ref = ModelRef(first["model"][start].as_py(), first["model_revision"][start].as_py())
+                weight = pc.sum(pixel_steps.filter(pc.and_(pc.equal(work["model"], ref.spec), _same(
+                    work["model_revision"], ref.revision)))).as_py() or 0
+                batches = rows.slice(start, stop - start).to_batches(max_chunksize=rows_per_group)
+                for batch in batches:
                     writer.write_batch(batch)
-                    units += 1
-    return units
+                styles = first["style"].slice(start, stop - start).unique().fill_null("(none)").to_pylist()
+                index.add(ref, len(batches), float(weight), styles)
+    return index
+
+
+def _runs(values: pa.ChunkedArray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of equal values."""
+    v = values.to_pylist()
+    starts = [i for i in range(len(v)) if i == 0 or v[i] != v[i - 1]]
+    return list(zip(starts, [*starts[1:], len(v)], strict=True))
+
+
+def _same(column: pa.ChunkedArray, value: str | None) -> pa.ChunkedArray:
+    return pc.is_null(column) if value is None else pc.fill_null(pc.equal(column, value), False)
 
 
 def rows_per_group(rows: int, candidates: int, batch_size: int, max_groups: int = MAX_GROUPS) -> int:

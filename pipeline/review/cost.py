@@ -1,4 +1,5 @@
-"""What a job costs before it runs: GPU-seconds, wall time and money per style and mode.
+"""What a job costs before it runs: GPU-seconds, wall time and money per style, mode and model
+(each model priced at its own throughput).
 
 Seconds per image come from `[[cost.throughput]]` (model, shape, steps: a benchmark's measured
 figure) or, for a shape it does not give, from earlier runs in the same output (the mean
@@ -49,7 +50,7 @@ def shapes(plan: pa.Table) -> pl.DataFrame:
 
 
 def estimate(plan: pa.Table | pl.DataFrame, cfg: JobConfig) -> list[dict]:
-    """One line per (style, mode) in plan order of first appearance, then a total: candidates,
+    """One line per (style, mode, model) in plan order of first appearance, then a total: candidates,
     gpu_s (None when a shape's throughput is unknown), wall_s on the cluster's GPUs, cost_usd.
     `plan`: the plan, or its `shapes` (those of its chunks, concatenated)."""
     rates = {**_measured(cfg), **_configured(cfg)}  # a configured figure wins over a measured one
@@ -59,12 +60,12 @@ def estimate(plan: pa.Table | pl.DataFrame, cfg: JobConfig) -> list[dict]:
     shapes_ = counted.group_by(SHAPE, maintain_order=True).agg(pl.col("len").sum())
     lines: dict[tuple, dict] = {}
     for r in shapes_.iter_rows(named=True):
-        line = lines.setdefault((r["style"], r["mode"]), {"style": r["style"], "mode": r["mode"],
-                                                          "candidates": 0, "gpu_s": 0.0})
+        line = lines.setdefault((r["style"], r["mode"], r["model"]), {
+            "style": r["style"], "mode": r["mode"], "model": r["model"], "candidates": 0, "gpu_s": 0.0})
         line["candidates"] += r["len"]
         rate = rates.get((r["model"], r["width"], r["height"]))
         line["gpu_s"] = None if rate is None or line["gpu_s"] is None else line["gpu_s"] + rate * r["steps"] * r["len"]
-    total = {"style": "total", "mode": "", "candidates": sum(v["candidates"] for v in lines.values()),
+    total = {"style": "total", "mode": "", "model": "", "candidates": sum(v["candidates"] for v in lines.values()),
              "gpu_s": None if any(v["gpu_s"] is None for v in lines.values())
              else sum(v["gpu_s"] for v in lines.values())}
     out = [*lines.values(), total]
@@ -79,10 +80,10 @@ def format_estimate(lines: list[dict], cfg: JobConfig) -> str:
     gpus, price = cfg.cost.gpu_count(cfg.cluster), cfg.cost.gpu_hour_usd
     head = (f"estimate on {gpus:g} GPU(s)" + (f" at ${price:g}/GPU-hour" if price is not None else
                                                " (no [cost].gpu_hour_usd: no cost)"))
-    rows = [("style", "mode", "candidates", "gpu_s", "wall", "cost_usd")]
+    rows = [("style", "mode", "model", "candidates", "gpu_s", "wall", "cost_usd")]
     for line in lines:
         g = line["gpu_s"]
-        rows.append((line["style"], line["mode"], str(line["candidates"]),
+        rows.append((line["style"], line["mode"], line["model"], str(line["candidates"]),
                      "unknown" if g is None else f"{g:.1f}",
                      "unknown" if g is None else _duration(line["wall_s"]),
                      "unknown" if g is None else "-" if line["cost_usd"] is None else f"{line['cost_usd']:.4f}"))

@@ -159,7 +159,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             # committed (and whose files are still there)
             started = time.monotonic()
             remove_temp(out)
-            record.write(cfg, run_id, out, plan.num_rows)
+            record.write(cfg, run_id, out, plan.num_rows, inputs.styles)
             store = ShardStore(out)
             committed = store.committed()
             todo = resume.to_do(plan, committed)
@@ -175,9 +175,9 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             stopped, this_run = None, None
             if todo.rows:
                 pending = work / f"pending-{run_id}.arrow"
-                groups = write_work(resume.work(plan, committed), pending,
-                                    rows_per_group(todo.rows, todo.candidates, cfg.generate.batch_size))
-                stopped, this_run = stream_and_commit(cfg, backend, pending, groups, store=store, run_id=run_id,
+                index = write_work(resume.work(plan, committed), pending,
+                                   rows_per_group(todo.rows, todo.candidates, cfg.generate.batch_size))
+                stopped, this_run = stream_and_commit(cfg, backend, pending, index, store=store, run_id=run_id,
                                                       to_go=todo.candidates, planned=plan.num_rows,
                                                       reporter=reporter, fence=lock.check)
                 pending.unlink(missing_ok=True)

@@ -11,6 +11,8 @@ import os
 import platform
 from datetime import UTC, datetime
 
+import polars as pl
+
 from pipeline.spec.config import JobConfig
 from pipeline.storage import layout
 from pipeline.storage.lock import holder_name
@@ -21,12 +23,12 @@ PACKAGES = ("asset-pipeline", "torch", "diffusers", "transformers", "open_clip_t
             "pyarrow", "polars")
 
 
-def write(cfg: JobConfig, run_id: str, out: Output, planned: int) -> None:
-    """The record of run `run_id` of `cfg`, which planned `planned` candidates."""
+def write(cfg: JobConfig, run_id: str, out: Output, planned: int, styles: pl.DataFrame) -> None:
+    """The record of run `run_id` of `cfg`, which planned `planned` candidates with `styles`."""
     write_json({
         "run_id": run_id, "started_at": datetime.now(UTC).isoformat(),
         "host": platform.node(), "pid": os.getpid(), "python": platform.python_version(), "versions": _versions(),
-        "models": _models(cfg), "planned_candidates": planned, "config": cfg.to_dict(),
+        "models": _models(cfg, styles), "planned_candidates": planned, "config": cfg.to_dict(),
     }, out, layout.run_record(run_id))
 
 
@@ -42,11 +44,15 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-def _models(cfg: JobConfig) -> dict[str, dict]:
+def _models(cfg: JobConfig, styles: pl.DataFrame) -> dict[str, dict]:
+    """Every model with its fingerprint: the job's, and each style's own diffusion model."""
     from pipeline.models.fingerprint import fingerprint
 
     m = cfg.models
+    own = styles.filter(pl.col("model").is_not_null()).select("style", "model", "model_revision")
     return {
+        "styles": {name: {"spec": spec, "revision": rev, "fingerprint": fingerprint(spec, rev)}
+                   for name, spec, rev in own.iter_rows()},
         "diffusion": {"spec": m.diffusion, "revision": m.diffusion_revision,
                       "fingerprint": fingerprint(m.diffusion, m.diffusion_revision)},
         "clip": {"spec": m.clip, "pretrained": m.clip_pretrained,

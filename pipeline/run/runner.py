@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from pipeline.errors import JobError
+from pipeline.run.routing import Router
 from pipeline.run.units import Chain, StageFailed, Stages, one_line
 from pipeline.spec.config import JobConfig
 
@@ -110,9 +111,12 @@ class _StageActor(Chain):
         return ray.get_runtime_context().get_actor_id()
 
 
-def execute(work_path: str, groups: int, stages: Stages, pools: Pools,
+def execute(work_path: str, unit_model: list[int], held: list[list[int]], stages: Stages, pools: Pools,
             fence: Callable[[], None] = lambda: None) -> Iterator[pa.Table]:
     """Stream outcome tables back to the driver, one per unit of work, as they finish.
+
+    Each unit needs one model (`unit_model`, an index); generate actor `a` holds the models
+    `held[a]` (run/routing.py) and gets only units of those, a model at a time.
 
     `fence` (the output lock's check) runs before each hand-out of work: a driver that lost its
     output (paused past its lease, then taken over) raises there. (The write stage checks that the lock
@@ -144,9 +148,10 @@ def execute(work_path: str, groups: int, stages: Stages, pools: Pools,
     actor = ray.remote(_StageActor)
     restart = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}
     fused = pools.write_actors == 0
+    router = Router(unit_model, held)
     gens = [actor.options(num_cpus=pools.cpus_per_actor, num_gpus=pools.gpus_per_actor, **restart)
-            .remote([stages.generate] + ([stages.write] if fused else []))
-            for _ in range(pools.generate_actors)]
+            .remote([stages.generate_for(models)] + ([stages.write] if fused else []))
+            for models in held]
     writers = [actor.options(num_cpus=pools.cpus_per_writer, **restart).remote([stages.write])
                for _ in range(pools.write_actors)]
     code_of: dict[str, str] = {}  # actor id → the code of the stage it fails under (its first)
@@ -156,8 +161,7 @@ def execute(work_path: str, groups: int, stages: Stages, pools: Pools,
     limit = QUEUE_PER_ACTOR * (len(gens) + len(writers))  # units in flight, writers included
     suspects: list[int] = []
 
-    def submit(group: int, alone: bool) -> None:
-        g = gen_queue.index(min(gen_queue))
+    def submit(group: int, g: int, alone: bool) -> None:
         once = {"max_task_retries": 0} if alone else {}
         staged = gens[g].run.options(**once).remote(work.unit(group))
         gen_queue[g] += 1
@@ -184,7 +188,24 @@ def execute(work_path: str, groups: int, stages: Stages, pools: Pools,
             return stages.failed(work.unit(group), cause.code, f"unit failed: {cause.message}")
         return stages.failed(work.unit(group), stages.generate.code, f"unit failed: {_root_message(error)}")
 
-    next_group = 0
+    def takers() -> list[int]:
+        """The generate actors with room in their queue and units of their models left."""
+        if len(finishing) >= limit:
+            return []
+        return [g for g in range(len(gens)) if gen_queue[g] < QUEUE_PER_ACTOR and router.has_for(g)]
+
+    def hand_out(actors: list[int]) -> None:
+        """Fill these actors' queues with units of the models each holds, emptiest first."""
+        for g in sorted(actors, key=lambda i: gen_queue[i]):
+            while gen_queue[g] < QUEUE_PER_ACTOR and len(finishing) < limit:
+                group = router.next_for(g)
+                if group is None:
+                    break
+                submit(group, g, alone=False)
+
+    def idle_holder(group: int) -> int:
+        return min(router.holders(unit_model[group]), key=lambda a: gen_queue[a])
+
     try:
         try:  # every actor constructed (models loaded, signer read), or the first failure
             ids = ray.get([a.ready.remote() for a in gens + writers])
@@ -193,17 +214,15 @@ def execute(work_path: str, groups: int, stages: Stages, pools: Pools,
             raise
         code_of.update(zip(ids, [stages.generate.code] * len(gens) + [stages.write.code] * len(writers),
                            strict=True))
-        while next_group < groups or finishing or suspects:
+        while router.left() or finishing or suspects:
             if suspects:
                 if not finishing:  # drained: the suspect runs with nothing beside it
                     fence()
-                    submit(suspects.pop(0), alone=True)
-            else:
-                if next_group < groups and min(gen_queue) < QUEUE_PER_ACTOR and len(finishing) < limit:
-                    fence()
-                while next_group < groups and min(gen_queue) < QUEUE_PER_ACTOR and len(finishing) < limit:
-                    submit(next_group, alone=False)
-                    next_group += 1
+                    group = suspects.pop(0)
+                    submit(group, idle_holder(group), alone=True)
+            elif actors := takers():
+                fence()
+                hand_out(actors)
             # fetch_local=False: a finished generation is only counted here; its pixels go
             # from the generating actor to the writer, never through the driver.
             ready, _ = ray.wait([*generating, *finishing], num_returns=1, fetch_local=False)

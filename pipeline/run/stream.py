@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import faults
-from pipeline.plan.work import PRIOR
+from pipeline.plan.work import PRIOR, WorkIndex
 from pipeline.run.progress import Reporter
+from pipeline.run.routing import assign
 from pipeline.run.runner import connect, execute, size_pools
 from pipeline.run.shards import ShardStore
 from pipeline.run.units import Factory, Stages, execute_in_process
@@ -27,10 +28,11 @@ from pipeline.spec import vocabulary
 from pipeline.spec.config import JobConfig
 
 
-def stages(cfg: JobConfig, run_id: str) -> Stages:
+def stages(cfg: JobConfig, run_id: str, index: WorkIndex) -> Stages:
     """The stages of a run as the runner places them: built on each actor from the job (never key
-    material: the signer reads its keys there), and a failed unit's error rows, under the code of
-    the stage that failed ("<stage>: <message>", like every error reason)."""
+    material: the signer reads its keys there; a generate actor loads the models it holds, each
+    named by the styles that use it), and a failed unit's error rows, under the code of the
+    stage that failed ("<stage>: <message>", like every error reason)."""
     from pipeline.stages.candidate import CandidateStage
     from pipeline.stages.contract import failed_outcomes
     from pipeline.stages.write import WriteStage
@@ -38,21 +40,25 @@ def stages(cfg: JobConfig, run_id: str) -> Stages:
     def failed(unit: pa.Table, code: str, message: str) -> pa.Table:
         return failed_outcomes(unit, cfg.job.name, code, message)
 
-    return Stages(generate=Factory(vocabulary.GENERATE_ERROR, partial(CandidateStage, cfg)),
+    def generate_for(held: list[int]) -> Factory:
+        models = {index.models[i]: index.used_by[i] for i in held}
+        return Factory(vocabulary.GENERATE_ERROR, partial(CandidateStage, cfg, models))
+
+    return Stages(generate_for=generate_for,
                   write=Factory(vocabulary.WRITE_ERROR, partial(WriteStage, cfg, cfg.job.output, run_id)),
-                  failed=failed)
+                  failed=failed, models=len(index.models))
 
 
-def stream_and_commit(cfg: JobConfig, backend: str, pending: Path, groups: int, *, store: ShardStore,
+def stream_and_commit(cfg: JobConfig, backend: str, pending: Path, index: WorkIndex, *, store: ShardStore,
                       run_id: str, to_go: int, planned: int, reporter: Reporter,
                       fence: Callable[[], None]) -> tuple[str | None, Counter]:
-    """Run the `groups` units of the work file `pending` and commit their outcomes: why the run
+    """Run the units of the work file `pending` (`index`) and commit their outcomes: why the run
     stopped early (None when it did not), and this run's new outcomes by status."""
     committer = Committer(store, run_id, cfg.output.shard_rows, fence)
     budget = int(cfg.job.max_failed_fraction * planned)
     reporter.start(to_go)  # progress from here: the actors' start-up counts, as it is waited for
     try:
-        stream = _start(cfg, backend, pending, groups, run_id, reporter, fence)
+        stream = _start(cfg, backend, pending, index, run_id, reporter, fence)
         try:
             stopped = _consume(stream, committer, reporter, budget, cfg, planned)
         finally:
@@ -65,11 +71,11 @@ def stream_and_commit(cfg: JobConfig, backend: str, pending: Path, groups: int, 
     return stopped, committer.counts
 
 
-def _start(cfg: JobConfig, backend: str, pending: Path, groups: int, run_id: str, reporter: Reporter,
+def _start(cfg: JobConfig, backend: str, pending: Path, index: WorkIndex, run_id: str, reporter: Reporter,
            fence: Callable[[], None]) -> Iterator[pa.Table]:
     """The outcome tables of the pending units, from Ray's actors or in this process."""
     if backend != "ray":
-        return execute_in_process(str(pending), stages(cfg, run_id), fence)
+        return execute_in_process(str(pending), stages(cfg, run_id, index), fence)
     resources = connect(cfg.cluster.address)
     pools = size_pools(cfg, resources)
     reporter.log(f"cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; "
@@ -77,7 +83,13 @@ def _start(cfg: JobConfig, backend: str, pending: Path, groups: int, run_id: str
                  + (f"{pools.write_actors} writer(s)" if pools.write_actors else "each writing its own images"),
                  cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0),
                  generate_actors=pools.generate_actors, write_actors=pools.write_actors)
-    return execute(str(pending), groups, stages(cfg, run_id), pools, fence)
+    held = assign(pools.generate_actors, index.weight)
+    if len(index.models) > 1:
+        reporter.log(f"models: {len(index.models)}; " + "; ".join(
+            f"{ref} on {sum(i in h for h in held)} actor(s)" for i, ref in enumerate(index.models)),
+            models=[str(m) for m in index.models], actors_per_model=[sum(i in h for h in held)
+                                                                      for i in range(len(index.models))])
+    return execute(str(pending), index.unit_model, held, stages(cfg, run_id, index), pools, fence)
 
 
 def _consume(stream: Iterator[pa.Table], committer: Committer, reporter: Reporter, budget: int, cfg: JobConfig,

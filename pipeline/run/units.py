@@ -31,11 +31,18 @@ class Factory:
 @dataclass(frozen=True)
 class Stages:
     """What the runner places on its actors, and what becomes of a unit that failed whole:
-    `failed(unit, code, message)` returns its error rows (on the driver)."""
+    `failed(unit, code, message)` returns its error rows (on the driver). `generate_for(models)`
+    is the generate stage of an actor that holds these models (indices into the work index's);
+    `generate` holds them all."""
 
-    generate: Factory
+    generate_for: Callable[[list[int]], Factory]
     write: Factory
     failed: Callable[[pa.Table, str, str], pa.Table]
+    models: int = 1  # how many models the units need
+
+    @property
+    def generate(self) -> Factory:
+        return self.generate_for(list(range(self.models)))
 
 
 class StageFailed(Exception):

@@ -114,6 +114,10 @@ class ClusterSection:
     # fractional-CPU actor one thread, halving CPU generation on a small machine).
     torch_threads: int = 0
     cpus_per_writer: float = 0.5
+    # Diffusion models a generate actor keeps loaded when a job mixes models (styles' own
+    # `model`): past this many, the least recently used is dropped. Raise it where a node's
+    # GPU memory holds several; an actor's units come a model at a time, so it switches rarely.
+    models_per_actor: int = 1
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def _limited(cfg: JobConfig) -> list[tuple[str, Any, Limit]]:
         ("[cluster].generate_actors", c.generate_actors, LIMITS["count"]),
         ("[cluster].write_actors", c.write_actors, LIMITS["count"]),
         ("[cluster].torch_threads", c.torch_threads, LIMITS["count"]),
+        ("[cluster].models_per_actor", c.models_per_actor, LIMITS["at_least_one"]),
         *_cost_limited(cfg.cost),
     ]
 
@@ -87,28 +88,35 @@ def value_problems(cfg: JobConfig) -> Iterator[str]:
 def _embedded_problems(models: ModelsSection) -> Iterator[str]:
     """An `embedded:` model spec must name an embedded model made for its key (tokens, the
     fingerprint and the loaders look the name up and would fail far from the job file)."""
+    for key in ("diffusion", "clip", "moderation", "prompt_classifier"):
+        if problem := embedded_problem(getattr(models, key), key):
+            yield f"[models].{key}: {problem}"
+
+
+def embedded_problem(spec: str | None, role: str) -> str | None:
+    """What is wrong with `spec` as the `role` model when it names an embedded model (None when
+    it does not, or names one made for the role): the job's keys and the styles' `model` alike."""
     from pipeline.models.embedded import ROLES
+
+    if not spec or not spec.startswith(EMBEDDED_PREFIX):
+        return None
+    name = spec.removeprefix(EMBEDDED_PREFIX)
+    if ROLES.get(name) == role:
+        return None
 
     def named(n: str) -> str:
         return EMBEDDED_PREFIX + n
 
-    for key in ("diffusion", "clip", "moderation", "prompt_classifier"):
-        spec = getattr(models, key)
-        if not spec or not spec.startswith(EMBEDDED_PREFIX):
-            continue
-        name = spec.removeprefix(EMBEDDED_PREFIX)
-        if ROLES.get(name) == key:
-            continue
-        fits = [n for n, role in ROLES.items() if role == key]
-        if not fits:
-            known = f"there is no embedded {key} model: give a local folder or a hub id"
-        elif name in ROLES:
-            known = f"known: {', '.join(map(named, fits))}"
-        else:
-            known = suggest(name, fits, show=lambda n: repr(named(n)))
-        what = (f"{named(name)} is the embedded {ROLES[name]} model, not a {key} model" if name in ROLES
-                else f"unknown embedded model {name!r}")
-        yield f"[models].{key}: {what} ({known})"
+    fits = [n for n, r in ROLES.items() if r == role]
+    if not fits:
+        known = f"there is no embedded {role} model: give a local folder or a hub id"
+    elif name in ROLES:
+        known = f"known: {', '.join(map(named, fits))}"
+    else:
+        known = suggest(name, fits, show=lambda n: repr(named(n)))
+    what = (f"{named(name)} is the embedded {ROLES[name]} model, not a {role} model" if name in ROLES
+            else f"unknown embedded model {name!r}")
+    return f"{what} ({known})"
 
 
 def job_problems(cfg: JobConfig) -> list[str]:

@@ -36,7 +36,8 @@ STYLES_OPTIONAL = {
     "strength": pa.float64(),
     "num_candidates": pa.int64(),
     "keep": pa.int64(),
-    "model": pa.string(),
+    "model": pa.string(),  # this style's diffusion model, else the job's [models].diffusion
+    "model_revision": pa.string(),  # the hub revision of the style's own model
     "lora": pa.string(),
     "lora_scale": pa.float64(),
     "reference_image": pa.string(),

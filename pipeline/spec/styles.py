@@ -1,6 +1,6 @@
 """The styles table: read, typed and checked (names once each, a template with `{prompt}`,
 settings in the job spec's limits, pinned seeds, LoRAs as .safetensors only), and its reference
-images and LoRAs checked once each; every problem by row, style name, column and value.
+images, LoRAs and models checked once each; every problem by row, style name, column and value.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from pipeline.errors import ManifestError, show
+from pipeline.errors import MAX_REPORTED, ManifestError, Problem, show
 from pipeline.spec import schema
 from pipeline.spec.checks import Check, collect, limit_checks
 from pipeline.spec.columns import typed, unread_columns, with_missing
 from pipeline.spec.config import JobConfig
 from pipeline.spec.inputs import InputFile, check_inputs, inspect_file, inspect_image
+from pipeline.spec.job_checks import embedded_problem
 from pipeline.spec.limits import LIMITS
 from pipeline.spec.parquet import read_parquet
 from pipeline.storage import paths
@@ -33,9 +34,32 @@ def load_styles(cfg: JobConfig) -> tuple[pl.DataFrame, dict[str, InputFile], lis
                                         "style", files)
         problems += first
         total += n
+    styles, first, n = _with_models(styles, cfg)
+    problems += first
+    total += n
     if total:
         raise ManifestError(problems, total)
     return styles, files, unread_columns(table, schema.STYLES_COLUMNS, cfg.job.styles, all_of_them=True)
+
+
+def _with_models(styles: pl.DataFrame, cfg: JobConfig) -> tuple[pl.DataFrame, list[Problem], int]:
+    """Each style's own diffusion model resolved (a relative folder against the styles file's)
+    and found on this machine: an embedded diffusion model, a local folder, or a hub id in the
+    local cache. A missing one stops the job here, naming the style, not at the first unit."""
+    from pipeline.models.loading import unavailable
+
+    resolved, why = {}, {}
+    for model, revision in styles.select("model", "model_revision").unique().drop_nulls("model").iter_rows():
+        resolved[model] = paths.resolve_model(model, styles_base_dir(cfg))
+        problem = embedded_problem(model, "diffusion") or unavailable(resolved[model], revision)
+        if problem:
+            pinned = f" at revision {show(revision)}" if revision else ""
+            why[(model, revision)] = f"model {show(model)}{pinned}: {problem}"
+    found = [Problem(cfg.job.styles, why[(m, v)], row=int(r), id=name, column="model")
+             for r, name, m, v in styles.select("__row", "style", "model", "model_revision").iter_rows()
+             if (m, v) in why]
+    styles = styles.with_columns(pl.col("model").replace_strict(resolved, default=None, return_dtype=pl.String))
+    return styles, found[:MAX_REPORTED], len(found)
 
 
 def styles_base_dir(cfg: JobConfig) -> str:
@@ -69,8 +93,9 @@ def _style_checks() -> list[Check]:
         Check(c("seeds").is_not_null() & c("seeds").list.eval(
             ~LIMITS["seed"].holds(pl.element()) | pl.element().is_null()).list.any(), "seeds",
             f"seeds must be {LIMITS['seed']}"),
-        Check(c("model").is_not_null(), "model",
-              lambda v: f"model {show(v)}: per-style models are not supported yet; run one job per model"),
+        Check(c("model_revision").is_not_null() & c("model").is_null(), "model_revision",
+              "model_revision pins the style's own model: give its model too (the job's model's "
+              "revision is [models].diffusion_revision)"),
         Check(c("lora").is_not_null() & ~c("lora").str.ends_with(".safetensors"), "lora",
               "a LoRA must be a .safetensors file (pickle weights are never loaded)"),
     ]

@@ -17,6 +17,7 @@ from pipeline.judge.outcome import fail, reject
 from pipeline.judge.review import review_reason
 from pipeline.judge.rules import image_reason, moderation, prompt_reason, rejudge
 from pipeline.judge.select import has_place, rank
+from pipeline.plan.models import ModelRef, job_model
 from pipeline.plan.work import PRIOR, unnest
 from pipeline.spec import vocabulary
 from pipeline.spec.config import JobConfig
@@ -34,9 +35,13 @@ from pipeline.stages.contract import (
 class CandidateStage:
     """Everything that needs the models, on the actor that holds them."""
 
-    def __init__(self, cfg: JobConfig):
-        from pipeline.models import classifiers, clip, diffusion, loading
-        from pipeline.stages.generate import Generator
+    def __init__(self, cfg: JobConfig, models: dict[ModelRef, list[str]] | None = None):
+        """`models`: the diffusion models this actor holds, each with the styles that use it
+        (default: the job's model). Each is loaded here, so one that cannot load stops the run
+        before any work, named with its styles; past `[cluster].models_per_actor` the least
+        recently used is dropped again (and loaded again when its units come)."""
+        from pipeline.models import classifiers, clip, loading
+        from pipeline.models.held import HeldModels
         from pipeline.stages.moderate import EmbeddingModerator, ImageModerator, PromptModerator
         from pipeline.stages.score import ClipScorer
 
@@ -45,13 +50,11 @@ class CandidateStage:
         device = loading.resolve_device(m.device)
         dtype = loading.resolve_dtype(m.dtype, device)
         self.cpu_threads = (cfg.cluster.torch_threads or os.cpu_count() or 1) if device == "cpu" else 0
-        self.cfg = cfg
-        pipes = diffusion.load_diffusion(m.diffusion, revision=m.diffusion_revision, scheduler=m.scheduler,
-                                         device=device, dtype=dtype)
-        diffusion.optimize(pipes, channels_last=m.channels_last, compile=m.compile, vae_slicing=m.vae_slicing,
-                           vae_tiling=m.vae_tiling)
-        self.generator = Generator(pipes, batch_size=cfg.generate.batch_size)
-        self.scheduler = pipes.scheduler_name  # the class that runs, whatever was configured
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self.used_by = models or {job_model(cfg): ["(the job's [models].diffusion)"]}
+        self.generators = HeldModels(self._load_generator, capacity=cfg.cluster.models_per_actor)
+        for ref in reversed(list(self.used_by)):  # the first model's units come first: it stays loaded
+            self.generators.get(ref)
         self.scorer = ClipScorer(clip.load_clip(m.clip, m.clip_pretrained, device=device))
         self.shared_embedding = classifiers.is_embedding_head(m.moderation)
         if self.shared_embedding:
@@ -73,6 +76,24 @@ class CandidateStage:
         from pipeline.storage.store import Output
 
         self.out = Output(cfg.job.output)  # where a refinement's parent image is
+
+    def _load_generator(self, ref: ModelRef):
+        """A Generator over model `ref`'s pipelines, with the job's throughput options."""
+        from pipeline.errors import ModelLoadError
+        from pipeline.models import diffusion
+        from pipeline.stages.generate import Generator
+
+        m = self.cfg.models
+        try:
+            pipes = diffusion.load_diffusion(ref.spec, revision=ref.revision, scheduler=m.scheduler,
+                                             device=self.device, dtype=self.dtype)
+        except ModelLoadError as e:
+            if ref == job_model(self.cfg):
+                raise  # the job file's [models].diffusion: its message names it
+            raise ModelLoadError(f"style(s) {', '.join(self.used_by.get(ref, []))}: {e}") from e
+        diffusion.optimize(pipes, channels_last=m.channels_last, compile=m.compile, vae_slicing=m.vae_slicing,
+                           vae_tiling=m.vae_tiling)
+        return Generator(pipes, batch_size=self.cfg.generate.batch_size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Work records (manifest rows with nested candidates) → one record per candidate, its
@@ -123,16 +144,23 @@ class CandidateStage:
         """Generate `todo`; failures become error records. Item id → pixels of the others."""
         images: dict[str, np.ndarray] = {}
         todo = [r for r in todo if self._with_parent_image(r)]
-        for r, g in zip(todo, self.generator(todo), strict=True):
+        by_model: dict[ModelRef, list[dict]] = {}
+        for r in todo:  # a unit holds one model (plan/work.py); grouped all the same
+            by_model.setdefault(ModelRef(r["model"], r["model_revision"]), []).append(r)
+        for ref, records in by_model.items():
+            self._generate_with(self.generators.get(ref), records, images)
+        return images
+
+    def _generate_with(self, generator, todo: list[dict], images: dict[str, np.ndarray]) -> None:
+        for r, g in zip(todo, generator(todo), strict=True):
             # every attempt's model time, a failed candidate's too (it is paid for)
             r.update(ms_generate=g.ms, batch_size=g.batch_size, worker=self.worker,
                      batch_position=g.batch_position, attempt=g.attempt, truncated=g.truncated)
             if g.error:  # "generate: <what failed>"
                 r.update(status=vocabulary.ERROR, reason=g.error, reason_code=vocabulary.GENERATE_ERROR)
             else:
-                r["scheduler"] = self.scheduler  # the class that ran, whatever was configured
+                r["scheduler"] = generator.pipes.scheduler_name  # the class that ran, whatever was configured
                 images[r["item_id"]] = g.image
-        return images
 
     def _with_parent_image(self, r: dict) -> bool:
         """A refinement starts from its parent's image, read from the output (`canvas`); False,

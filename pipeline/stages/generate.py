@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import faults
+from pipeline.models.held import free_memory
 from pipeline.spec.tokens import truncated
 from pipeline.spec.vocabulary import GENERATE_ERROR, IMG2IMG, INPAINT, T2I
 from pipeline.stages.product import composite, starting_images
@@ -84,7 +85,7 @@ class Generator:
             if len(cands) > 1:
                 half = (len(cands) + 1) // 2
                 if is_oom(e):
-                    _free_memory()
+                    free_memory()
                 self._run(cands[:half], slots[:half], out, attempt + 1, spent)
                 self._run(cands[half:], slots[half:], out, attempt + 1, spent)
                 return
@@ -179,12 +180,3 @@ def _injected_faults(cands: list[dict], after_model: bool = False) -> None:
     if faults.arg("candidate.oom") is not None and len(cands) > 1:
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
-
-def _free_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

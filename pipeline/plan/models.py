@@ -1,0 +1,58 @@
+"""Which diffusion model makes each candidate: its style's own `model` (with that style's
+`model_revision`), else the job's `[models].diffusion` (with `diffusion_revision`).
+
+A model is named by a `ModelRef` (spec, revision) everywhere it travels: in the plan's `model`
+and `model_revision` columns, the item ids (by fingerprint, `identity.py`), the work file's
+units (one model each, so the runner routes a unit to an actor that holds it) and the run
+record. The revisions never mix: a style's revision pins its own model, the job's the job's.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import polars as pl
+
+from pipeline.spec.config import JobConfig
+from pipeline.spec.fallbacks import STYLE
+
+
+class ModelRef(NamedTuple):
+    spec: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return self.spec + (f"@{self.revision}" if self.revision else "")
+
+
+def job_model(cfg: JobConfig) -> ModelRef:
+    return ModelRef(cfg.models.diffusion, cfg.models.diffusion_revision)
+
+
+def model_columns(cfg: JobConfig) -> list[pl.Expr]:
+    """`__model` and `__model_revision` of each row, in a frame `fallbacks.with_styles` made."""
+    own = pl.col(STYLE + "model").is_not_null()
+    job = job_model(cfg)
+    return [pl.when(own).then(pl.col(STYLE + "model")).otherwise(pl.lit(job.spec)).alias("__model"),
+            pl.when(own).then(pl.col(STYLE + "model_revision"))
+            .otherwise(pl.lit(job.revision, dtype=pl.String)).alias("__model_revision")]
+
+
+def planned_models(styles: pl.DataFrame, cfg: JobConfig) -> list[ModelRef]:
+    """The job's model, then every style's own, once each: all a plan can name."""
+    own = styles.filter(pl.col("model").is_not_null()).select("model", "model_revision")
+    return list(dict.fromkeys([job_model(cfg), *(ModelRef(*r) for r in own.iter_rows())]))
+
+
+def fingerprints(refs: list[ModelRef]) -> dict[ModelRef, str]:
+    """Each model's fingerprint (what it is, cheaply: `models.fingerprint`)."""
+    from pipeline.models.fingerprint import fingerprint
+
+    return {ref: fingerprint(ref.spec, ref.revision) for ref in refs}
+
+
+def fingerprint_column(df: pl.DataFrame, fps: dict[ModelRef, str]) -> pl.Series:
+    """The fingerprint of each row's model (`model`, `model_revision` columns)."""
+    key = pl.concat_str(pl.col("model"), pl.col("model_revision").fill_null(""), separator="\x1f")
+    mapping = {f"{r.spec}\x1f{r.revision or ''}": fp for r, fp in fps.items()}
+    return df.select(key.replace_strict(mapping, return_dtype=pl.String).alias("__model_fp")).to_series()

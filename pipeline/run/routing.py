@@ -1,0 +1,81 @@
+"""Which generate actor holds which model, and which unit an actor gets next.
+
+A job whose styles name their own models has units of several models (each unit holds one:
+plan/work.py). Pools are sized by each model's share of the planned work (`WorkIndex.weight`),
+with at least one actor per model; with fewer actors than models, an actor holds several and
+takes their units a model at a time, so it switches each model once (its models stay loaded up
+to `[cluster].models_per_actor`, the least recently used dropped past that). Ray-free: the runner
+asks, this answers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+def assign(actors: int, weights: list[float]) -> list[list[int]]:
+    """The models (indices into `weights`) each of `actors` actors holds.
+
+    At least as many actors as models: each model gets one actor, and the rest are shared out
+    by weight (largest remainder; ties to the earlier model). Fewer: each actor holds several,
+    the heaviest model first going to the least-loaded actor."""
+    models = len(weights)
+    if models == 0:
+        return [[] for _ in range(actors)]
+    if actors >= models:
+        extra = actors - models
+        total = sum(weights)
+        shares = [w / total for w in weights] if total > 0 else [1 / models] * models
+        quotas = [extra * share for share in shares]
+        counts = [1 + int(q) for q in quotas]
+        by_remainder = sorted(range(models), key=lambda i: (-(quotas[i] - int(quotas[i])), i))
+        for i in by_remainder[:actors - sum(counts)]:
+            counts[i] += 1
+        return [[m] for m in range(models) for _ in range(counts[m])]
+    held: list[list[int]] = [[] for _ in range(actors)]
+    load = [0.0] * actors
+    for m in sorted(range(models), key=lambda i: (-weights[i], i)):
+        a = min(range(actors), key=lambda i: (load[i], i))
+        held[a].append(m)
+        load[a] += weights[m]
+    for models_of in held:
+        models_of.sort()  # in the work file's order: the first model's units come first
+    return held
+
+
+class Router:
+    """The units still to hand out, by model, and each actor's next one: a unit of the model it
+    took last while there are any, else of its next model that has units left."""
+
+    def __init__(self, unit_model: list[int], held: list[list[int]]):
+        self.held = held
+        self.todo: dict[int, deque[int]] = {}
+        for unit, model in enumerate(unit_model):
+            self.todo.setdefault(model, deque()).append(unit)
+        self.current: list[int | None] = [None] * len(held)
+        unheld = set(self.todo) - {m for models in held for m in models}
+        if unheld:
+            raise ValueError(f"no actor holds model(s) {sorted(unheld)}")
+
+    def left(self) -> int:
+        return sum(map(len, self.todo.values()))
+
+    def next_for(self, actor: int) -> int | None:
+        """The unit `actor` takes next, or None when none of its models has units left."""
+        order = self.held[actor]
+        if self.current[actor] in order:
+            start = order.index(self.current[actor])
+            order = order[start:] + order[:start]
+        for model in order:
+            if self.todo.get(model):
+                self.current[actor] = model
+                return self.todo[model].popleft()
+        return None
+
+    def has_for(self, actor: int) -> bool:
+        """Whether any model `actor` holds has units left."""
+        return any(self.todo.get(m) for m in self.held[actor])
+
+    def holders(self, model: int) -> list[int]:
+        """The actors that hold `model`."""
+        return [a for a, models in enumerate(self.held) if model in models]

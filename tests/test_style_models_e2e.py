@@ -1,0 +1,55 @@
+"""One job, two models (a style on embedded:tiny-sdxl beside the job's embedded:tiny-sd), through
+the real CLI and real Ray: both styles written and verified, any row regenerated alone to the
+same pixels, and a driver killed mid-run then rerun leaves every candidate exactly once."""
+
+import signal
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import write_job
+from tests.test_kill_rerun import assert_complete, run
+from tests.test_ray_e2e import cli, pixels
+
+pytestmark = pytest.mark.slow
+ROWS = {"id": ["mug", "lamp", "shoe", "bag"], "prompt": ["a red mug", "a desk lamp", "running shoes", "a bag"],
+        "style": ["studio", "lifestyle", "studio", "lifestyle"]}
+STYLES = {"style": ["studio", "lifestyle"], "model": ["embedded:tiny-sdxl", None],
+          "prompt_template": ["{prompt}, studio photo", None]}
+
+
+def test_two_models_in_one_job_on_two_actors_written_verified_and_regenerated_alone(tmp_path):
+    job = write_job(tmp_path, ROWS, styles=STYLES, num_candidates=2, keep=1,
+                    extra="[output]\nwrite_rejected = true\n[cluster]\ngenerate_actors = 2\n")
+    full = cli("run", str(job), "--output", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert "models: 2; embedded:tiny-sd on 1 actor(s); embedded:tiny-sdxl on 1 actor(s)" in full.stderr
+    ver = cli("verify", str(tmp_path / "full"))
+    assert ver.returncode == 0 and "verified 8 image(s): OK" in ver.stdout, ver.stdout + ver.stderr
+    table = pq.read_table(tmp_path / "full" / "results.parquet")
+    made = {(r["style"], r["model"], r["status"]) for r in table.to_pylist()}
+    assert {(s, m) for s, m, _ in made} == {("studio", "embedded:tiny-sdxl"), ("lifestyle", "embedded:tiny-sd")}
+    assert {s for s, _, status in made if status == "written"} == {"studio", "lifestyle"}
+
+    # a row of each model alone, in its own output: the same item ids and the same pixels
+    alone = cli("run", str(job), "--rows", "mug,lamp", "--output", str(tmp_path / "alone"))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    one = pq.read_table(tmp_path / "alone" / "results.parquet")
+    a, b = pixels(tmp_path / "full", table), pixels(tmp_path / "alone", one)
+    assert len(b) == 4 and set(b) <= set(a)
+    for item, img in b.items():
+        assert np.abs(img - a[item]).max() <= 2, item
+
+
+def test_a_driver_killed_in_a_two_model_job_then_rerun_completes_exactly_once(tmp_path):
+    extra = "[generate]\nsteps = 1\nwidth = 64\nheight = 64\nbatch_size = 1\n[output]\nshard_rows = 2\n"
+    job = write_job(tmp_path, ROWS, styles=STYLES, extra=extra, num_candidates=2, keep=1)
+    out = tmp_path / "out"
+    first = run(job, out, "driver.kill_after_shard=2")
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    second = run(job, out)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert_complete(out, 8)
+    models = {r["style"]: r["model"] for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert models == {"studio": "embedded:tiny-sdxl", "lifestyle": "embedded:tiny-sd"}
