@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -75,4 +76,29 @@ def make_lora(path: Path, seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(path, unet_lora_layers=get_peft_model_state_dict(unet),
                                               safe_serialization=True)
+    return path / "pytorch_lora_weights.safetensors"
+
+
+def make_transformer_lora(path: Path, model: str, seed: int = 0, scale: float = 1.0) -> Path:
+    """A small LoRA on the attention projections of an embedded diffusion transformer
+    (`tiny-flux`, `tiny-sd3`), saved by its pipeline class's `save_lora_weights` (diffusers'
+    format, safetensors), as a LoRA trained with diffusers' scripts is."""
+    import diffusers
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from pipeline.models import embedded
+
+    folder = embedded.ensure(model)
+    index = json.loads((folder / "model_index.json").read_text())
+    transformer = getattr(diffusers, index["transformer"][1]).from_pretrained(folder, subfolder="transformer")
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():  # peft starts B at zero (no effect): give it weights that matter
+        gen = torch.Generator().manual_seed(seed)
+        for name, param in transformer.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
+    path.mkdir(parents=True, exist_ok=True)
+    getattr(diffusers, index["_class_name"]).save_lora_weights(
+        path, transformer_lora_layers=get_peft_model_state_dict(transformer), safe_serialization=True)
     return path / "pytorch_lora_weights.safetensors"

@@ -117,7 +117,8 @@ def test_bad_specs_name_the_key(tmp_path, text, needle):
     ("signer", "algorithm", '"ps265"', "got 'ps265' (did you mean 'ps256'?)"),
     ("output", "format", '"PNG"', "got 'PNG' (did you mean 'png'?)"),
     ("models", "diffusion", '"embedded:no-such-model"',
-     "[models].diffusion: unknown embedded model 'no-such-model' (known: 'embedded:tiny-sd', 'embedded:tiny-sdxl')"),
+     "[models].diffusion: unknown embedded model 'no-such-model' (known: 'embedded:tiny-sd', 'embedded:tiny-sdxl', "
+     "'embedded:tiny-flux', 'embedded:tiny-flux-schnell', 'embedded:tiny-sd3')"),
     ("models", "diffusion", '"embedded:tiny-sdd"',
      "unknown embedded model 'tiny-sdd' (did you mean 'embedded:tiny-sd'?)"),
     ("models", "diffusion", '"embedded:"', "[models].diffusion: unknown embedded model ''"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.models import embedded
+from pipeline.models.families import Family, describe
 from pipeline.models.loading import loading, locate
 from pipeline.storage.paths import EMBEDDED_PREFIX
 
@@ -31,7 +32,8 @@ class DiffusionPipelines:
     revision: str | None  # the requested revision; for embedded models the recipe tag
     scheduler_name: str
     vae_scale_factor: int
-    max_prompt_tokens: int  # the tokenizer's model_max_length (77 for SD)
+    max_prompt_tokens: int  # the first tokenizer's model_max_length (CLIP's 77 in every family)
+    family: Family | None  # modes, guidance, each text encoder's window (families.py); None if unknown
 
 
 def load_diffusion(model: str, *, revision: str | None, scheduler: str | None, device: str,
@@ -71,7 +73,7 @@ def load_diffusion(model: str, *, revision: str | None, scheduler: str | None, d
         t2i=t2i, img2img=img2img, inpaint=inpaint, model_id=model, revision=revision or tag,
         scheduler_name=type(t2i.scheduler).__name__,
         vae_scale_factor=int(t2i.vae_scale_factor),
-        max_prompt_tokens=int(t2i.tokenizer.model_max_length),
+        max_prompt_tokens=int(t2i.tokenizer.model_max_length), family=describe(t2i),
     )
 
 
