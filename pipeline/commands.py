@@ -40,7 +40,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     candidates, long_prompts = 0, []
     for chunk in plan_chunks(inputs, cfg):  # a chunk at a time: a long manifest is never planned whole
         candidates += chunk.num_rows
-        long_prompts += _long_prompts(chunk, cfg.models.diffusion)
+        long_prompts += _long_prompts(chunk)
     _warn_long_prompts(long_prompts)
     print(f"OK: {len(inputs.manifest)} rows, {candidates} candidates, "
           f"{len(inputs.styles)} styles; passthrough columns: {', '.join(inputs.passthrough) or 'none'}")
@@ -52,17 +52,23 @@ def _warn(warnings: tuple[str, ...]) -> None:
         print(f"warning: {w}", file=sys.stderr)
 
 
-def _long_prompts(plan, model: str) -> list[tuple[int, str, int, int]]:
-    """(row, id, tokens, limit) of each row whose prompt runs past the text encoder's window."""
+def _long_prompts(plan) -> list[tuple[int, str, int, int]]:
+    """(row, id, tokens, limit) of each row whose prompt runs past its model's first text encoder's
+    window (every model of the chunk: styles may name their own)."""
+    import pyarrow.compute as pc
+
     from pipeline.spec.tokens import over_limit, truncated
 
-    first = plan.filter(plan["candidate"].to_numpy() == 0)
-    found = over_limit(first["prompt"].to_pylist(), model)
-    if found is None:
-        return []
-    counts, limit = found
-    return [(r, i, n, limit) for r, i, n in zip(first["row"].to_pylist(), first["id"].to_pylist(), counts,
-                                                strict=True) if truncated(n, limit)]
+    first = plan.filter(pc.equal(plan["candidate"], 0))
+    long_rows = []
+    for model in pc.unique(first["model"]).to_pylist():
+        mine = first.filter(pc.equal(first["model"], model))
+        found = over_limit(mine["prompt"].to_pylist(), model)
+        if found is not None:
+            counts, limit = found
+            long_rows += [(r, i, n, limit) for r, i, n in zip(mine["row"].to_pylist(), mine["id"].to_pylist(), counts,
+                                                              strict=True) if truncated(n, limit)]
+    return sorted(long_rows)
 
 
 def _warn_long_prompts(long_rows: list[tuple[int, str, int, int]]) -> None:

@@ -29,6 +29,8 @@ from pipeline.plan.rows import denoising_problems, resolved_rows, with_seeds
 from pipeline.review.decisions import Decisions
 from pipeline.spec import schema, vocabulary
 from pipeline.spec.config import JobConfig
+from pipeline.spec.fallbacks import fallback
+from pipeline.spec.families import mode_problems
 from pipeline.spec.manifest import Inputs
 from pipeline.storage.layout import image_path_expr
 
@@ -48,9 +50,10 @@ def check_plan(inputs: Inputs, cfg: JobConfig, chunk_rows: int | None = None) ->
     """Every row can be planned and generated, or ManifestError naming all that cannot (capped)."""
     problems, total = [], 0
     for part in _chunks(inputs, chunk_rows):
-        found, n = denoising_problems(resolved_rows(part, cfg), part)
-        problems += found[:MAX_REPORTED - len(problems)]
-        total += n
+        rows = resolved_rows(part, cfg)
+        for found, n in (denoising_problems(rows, part), mode_problems(rows, part.styles, cfg, part.manifest_uri)):
+            problems += found[:MAX_REPORTED - len(problems)]
+            total += n
     if total:
         raise ManifestError(problems, total)
 
@@ -128,16 +131,23 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fps: dict, decisions: Decis
         c("__reference").alias("style_reference"),
         c("__lora").alias("lora"),
         pl.when(c("__lora").is_not_null()).then(c("s_lora_scale").fill_null(1.0).cast(pl.Float64)).alias("lora_scale"),
+        c("__style_image").alias("style_image"),
+        pl.when(c("__style_image").is_not_null()).then(fallback("style_image_scale", cfg.generate.style_image_scale)
+                                                        .cast(pl.Float64)).alias("style_image_scale"),
+        c("__structure_image").alias("structure_image"),
+        pl.when(c("__structure_image").is_not_null()).then(fallback("structure_scale", cfg.generate.structure_scale)
+                                                            .cast(pl.Float64)).alias("structure_scale"),
         lit(cfg.output.format).alias("format"), lit(None, dtype=pl.String).alias("parent"))
     # The fingerprints of this chunk's files only: a mapping of the whole catalogue, hashed
     # again for every chunk, would cost the catalogue's size per chunk.
-    used = pl.concat([df[col].drop_nulls() for col in ("init_image", "mask", "lora")]).unique().to_list()
+    used = pl.concat([df[col].drop_nulls() for col in ("init_image", "mask", "lora", "style_image", "structure_image")]
+                     ).unique().to_list()
     fingerprints = {uri: "alpha" if uri == "alpha" else inputs.files[uri].fingerprint for uri in used}
     df = with_item_ids(df, fingerprints, model_fps)
     df = with_refinements(df, decisions.refines, inputs, cfg, fingerprints, model_fps)
     df = with_decisions(df, decisions.in_force)
     df = df.with_columns(
-        lit(None, dtype=pl.Boolean).alias("truncated"),
+        lit(None, dtype=pl.Boolean).alias("truncated"), lit(None, dtype=pl.String).alias("truncated_by"),
         # not in the item id: a change of rules (or of a reviewer's decision) re-judges, it does
         # not regenerate
         hex_ids(keys(df, literal(rules_key(cfg.filter)), "keep", "clip_threshold", "decision"), 8,

@@ -191,6 +191,10 @@ ITEM_RECIPE = "item-v3"
 ITEM_KEY_COLUMNS = ("id", "candidate", "prompt", "negative_prompt", "style", "seed", "__model_fp",
                     "model_revision", "scheduler", "mode", "steps", "guidance_scale", "strength",
                     "width", "height", "__init_fp", "__mask_fp", "__lora_fp", "lora_scale", "format", "parent")
+# Conditioning added after ITEM_RECIPE item-v3: its fields follow the others only in a row that
+# has any of it, so every item without a style or structure image keeps its id (a catalogue made
+# before does not regenerate), and one with them is named by their content and weights.
+CONDITIONING_KEY_COLUMNS = ("__style_image_fp", "style_image_scale", "__structure_fp", "structure_scale")
 
 
 def with_item_ids(df: pl.DataFrame, fingerprints: dict[str, str], model_fps: dict) -> pl.DataFrame:
@@ -202,5 +206,11 @@ def with_item_ids(df: pl.DataFrame, fingerprints: dict[str, str], model_fps: dic
     c = pl.col
     fp = lambda col: c(col).replace_strict(fingerprints, return_dtype=pl.String)  # noqa: E731 — every URI was checked
     named = df.with_columns(fingerprint_column(df, model_fps), fp("init_image").alias("__init_fp"),
-                            fp("mask").alias("__mask_fp"), fp("lora").alias("__lora_fp"))
-    return df.with_columns(hex_ids(keys(named, literal(ITEM_RECIPE), *ITEM_KEY_COLUMNS)).alias("item_id"))
+                            fp("mask").alias("__mask_fp"), fp("lora").alias("__lora_fp"),
+                            fp("style_image").alias("__style_image_fp"), fp("structure_image").alias("__structure_fp"))
+    base = keys(named, literal(ITEM_RECIPE), *ITEM_KEY_COLUMNS)
+    conditioned = pl.any_horizontal(c(k).is_not_null() for k in CONDITIONING_KEY_COLUMNS)
+    if named.select(conditioned.any()).item():
+        extra = keys(named, *CONDITIONING_KEY_COLUMNS)
+        base = named.select(pl.when(conditioned).then(pl.concat_str(base, extra)).otherwise(base)).to_series()
+    return df.with_columns(hex_ids(base).alias("item_id"))

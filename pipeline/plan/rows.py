@@ -43,6 +43,8 @@ def resolved_rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
         c(uri_column("mask")).alias("__mask"),
         c(uri_column("reference_image")).alias("__reference"),
         c(uri_column("lora")).alias("__lora"),
+        c(uri_column("style_image")).alias("__style_image"),
+        c(uri_column("structure_image")).alias("__structure_image"),
     )
     # A product photo with transparency and no mask: stage it with its alpha as the mask.
     with_alpha = [uri for uri, f in inputs.files.items() if f.has_alpha]

@@ -39,7 +39,7 @@ def compact(plan: pa.Table, committed: Committed, gpu_hour_usd: float | None = N
     # (lists, structs, dictionaries) rides along untouched and plan order is kept.
     outcome = committed.outcome_of(plan)
     table = plan
-    for name in ("path", "truncated"):  # the written path (null when none) replaces the planned one
+    for name in ("path", "truncated", "truncated_by"):  # the written path (null when none) replaces the planned one
         table = table.set_column(table.schema.get_field_index(name), name, outcome[name])
     # The scheduler class that ran; the configured name (or null) for what has not run yet.
     ran = pc.coalesce(outcome["scheduler"], plan["scheduler"])

@@ -103,6 +103,7 @@ DICTIONARY_COLUMNS = ("scheduler", "run_id", "job", "clip_model", "moderation", 
 # The columns of a committed outcome that the results table takes (the rest comes from the plan).
 OUTCOME_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("id", pa.string()),
                             pa.field("path", pa.string()), pa.field("truncated", pa.bool_()),
+                            pa.field("truncated_by", pa.string()),
                             pa.field("scheduler", pa.string()), *schema.OUTCOME_FIELDS])
 
 

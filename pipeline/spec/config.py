@@ -43,6 +43,10 @@ class ModelsSection:
     # transformers image classifier for image moderation.
     moderation: str = "embedded:tiny-nsfw"
     unsafe_labels: tuple[str, ...] = ("nsfw",)
+    # Adapters, loaded only when a style asks for them: an IP-Adapter folder (its image encoder
+    # in image_encoder/) for styles' `style_image`, a ControlNet for their `structure_image`.
+    ip_adapter: str | None = None
+    controlnet: str | None = None
     # Optional transformers text classifier for prompt moderation.
     prompt_classifier: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -66,6 +70,12 @@ class GenerateSection:
     inpaint_strength: float = 1.0
     # A reviewer's `refine` without a strength: how far the new image moves from the chosen one.
     refine_strength: float = 0.5
+    # A style image's weight through the IP-Adapter, and a structure image's through the
+    # ControlNet, where the style does not give its own.
+    # FLUX reads a negative prompt only in a second, true classifier-free pass: above 1 it runs.
+    true_cfg_scale: float = 1.0
+    style_image_scale: float = 0.6
+    structure_scale: float = 1.0
     batch_size: int = 4
 
 

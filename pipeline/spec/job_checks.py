@@ -33,6 +33,9 @@ def _limited(cfg: JobConfig) -> list[tuple[str, Any, Limit]]:
         ("[generate].width", g.width, LIMITS["size"]),
         ("[generate].height", g.height, LIMITS["size"]),
         ("[generate].batch_size", g.batch_size, LIMITS["at_least_one"]),
+        ("[generate].true_cfg_scale", g.true_cfg_scale, LIMITS["guidance_scale"]),
+        ("[generate].style_image_scale", g.style_image_scale, LIMITS["style_image_scale"]),
+        ("[generate].structure_scale", g.structure_scale, LIMITS["structure_scale"]),
         ("[filter].clip_threshold", f.clip_threshold, LIMITS["clip_threshold"]),
         ("[filter].image_unsafe_threshold", f.image_unsafe_threshold, LIMITS["unsafe_threshold"]),
         ("[filter].prompt_unsafe_threshold", f.prompt_unsafe_threshold, LIMITS["unsafe_threshold"]),
@@ -88,7 +91,7 @@ def value_problems(cfg: JobConfig) -> Iterator[str]:
 def _embedded_problems(models: ModelsSection) -> Iterator[str]:
     """An `embedded:` model spec must name an embedded model made for its key (tokens, the
     fingerprint and the loaders look the name up and would fail far from the job file)."""
-    for key in ("diffusion", "clip", "moderation", "prompt_classifier"):
+    for key in ("diffusion", "clip", "moderation", "prompt_classifier", "ip_adapter", "controlnet"):
         if problem := embedded_problem(getattr(models, key), key):
             yield f"[models].{key}: {problem}"
 

@@ -60,6 +60,8 @@ LIMITS = {
     "strength": Limit(0, 1, lo_open=True),
     "guidance_scale": Limit(0, 100),  # CFG past ~30 only saturates; 100 catches 750 typed for 7.5
     "lora_scale": Limit(0, 4),
+    "style_image_scale": Limit(0, 2),  # IP-Adapter scale: 1 is the adapter's full strength
+    "structure_scale": Limit(0, 2),  # controlnet_conditioning_scale
     "clip_threshold": Limit(0, 100),  # a CLIP score is 100 * max(cos, 0) (stages/score.py)
     "unsafe_threshold": Limit(0, 1),  # unsafe scores are probabilities (stages/moderate.py)
     # the job spec's own keys

@@ -38,6 +38,8 @@ _MODEL_KEYS = {
     ("models", "clip_pretrained"),
     ("models", "moderation"),
     ("models", "prompt_classifier"),
+    ("models", "ip_adapter"),
+    ("models", "controlnet"),
 }
 
 

@@ -60,6 +60,9 @@ def load_inputs(cfg: JobConfig) -> Inputs:
     styles, files, warnings = load_styles(cfg)
     table = read_parquet(cfg.job.manifest, "manifest")
     inputs = validate_manifest(table, styles, cfg, cfg.job.manifest)
+    from pipeline.spec.families import family_warnings
+
+    warnings += family_warnings(inputs.manifest, styles, cfg)
     return dataclasses.replace(inputs, files={**files, **inputs.files}, warnings=(*warnings, *inputs.warnings))
 
 

@@ -41,6 +41,10 @@ STYLES_OPTIONAL = {
     "lora": pa.string(),
     "lora_scale": pa.float64(),
     "reference_image": pa.string(),
+    "style_image": pa.string(),  # a brand look through an IP-Adapter ([models].ip_adapter)
+    "style_image_scale": pa.float64(),
+    "structure_image": pa.string(),  # a layout through a ControlNet on its edge map ([models].controlnet)
+    "structure_scale": pa.float64(),
     "clip_threshold": pa.float64(),
 }
 STYLES_COLUMNS = {**STYLES_REQUIRED, **STYLES_OPTIONAL}
@@ -74,9 +78,14 @@ PLAN_FIELDS = [
     pa.field("style_reference", pa.string()),  # the style's reference image URI: brand consistency
     pa.field("lora", pa.string()),
     pa.field("lora_scale", pa.float64()),
+    pa.field("style_image", pa.string()),  # resolved URI; null: no IP-Adapter
+    pa.field("style_image_scale", pa.float64()),
+    pa.field("structure_image", pa.string()),  # resolved URI; null: no ControlNet
+    pa.field("structure_scale", pa.float64()),
     pa.field("format", pa.string()),
     pa.field("path", pa.string()),  # planned output path, relative to the output folder
-    pa.field("truncated", pa.bool_()),  # prompt longer than the text encoder's window
+    pa.field("truncated", pa.bool_()),  # prompt longer than a text encoder's window
+    pa.field("truncated_by", pa.string()),  # which: "<component>:<clip|t5>", comma-separated
     pa.field("judge_key", pa.string()),  # the rules that judge it: filter settings, keep, CLIP threshold, decision
     pa.field("parent", pa.string()),  # the item id a reviewer's `refine` made this candidate from
     # A reviewer's decision on this candidate in force (applied with `run --decisions`), its note

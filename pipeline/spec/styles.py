@@ -27,9 +27,11 @@ def load_styles(cfg: JobConfig) -> tuple[pl.DataFrame, dict[str, InputFile], lis
     checked once): (the table, its files by URI, warnings for the columns no one reads)."""
     table = read_parquet(cfg.job.styles, "styles table") if cfg.job.styles else None
     styles = validate_styles(table, cfg.job.styles)
+    found, n = collect(styles, _adapter_checks(cfg), cfg.job.styles, id_col="style")
     files: dict[str, InputFile] = {}
-    problems, total = [], 0
-    for column, inspect in (("reference_image", inspect_image), ("lora", inspect_file)):
+    problems, total = found, n
+    for column, inspect in (("reference_image", inspect_image), ("lora", inspect_file), ("style_image", inspect_image),
+                            ("structure_image", inspect_image)):
         styles, first, n = check_inputs(styles, column, styles_base_dir(cfg), cfg, inspect, cfg.job.styles,
                                         "style", files)
         problems += first
@@ -62,6 +64,17 @@ def _with_models(styles: pl.DataFrame, cfg: JobConfig) -> tuple[pl.DataFrame, li
     return styles, found[:MAX_REPORTED], len(found)
 
 
+def _adapter_checks(cfg: JobConfig) -> list[Check]:
+    """A style image needs an IP-Adapter and a structure image a ControlNet: the job names them."""
+    c, m = pl.col, cfg.models
+    return [Check(c(column).is_not_null() & pl.lit(adapter is None), column,
+                  lambda v, key=key, name=name: f"{show(v)} needs [models].{key} (the {name}; "
+                  f"embedded:tiny-{key.replace('_', '-')} for the embedded models)")
+            for column, key, adapter, name in (
+                ("style_image", "ip_adapter", m.ip_adapter, "IP-Adapter and its image encoder"),
+                ("structure_image", "controlnet", m.controlnet, "ControlNet"))]
+
+
 def styles_base_dir(cfg: JobConfig) -> str:
     """Relative style URIs (reference images, LoRAs) resolve against the styles file's folder."""
     return paths.parent(cfg.job.styles) if cfg.job.styles else str(Path.cwd())
@@ -89,7 +102,8 @@ def _style_checks() -> list[Check]:
               "prompt_template", "template must contain {prompt}"),
         *limit_checks(("steps", "steps"), ("guidance_scale", "guidance_scale"), ("strength", "strength"),
                        ("width", "size"), ("height", "size"), ("num_candidates", "num_candidates"),
-                       ("keep", "keep"), ("lora_scale", "lora_scale"), ("clip_threshold", "clip_threshold")),
+                       ("keep", "keep"), ("lora_scale", "lora_scale"), ("clip_threshold", "clip_threshold"),
+                       ("style_image_scale", "style_image_scale"), ("structure_scale", "structure_scale")),
         Check(c("seeds").is_not_null() & c("seeds").list.eval(
             ~LIMITS["seed"].holds(pl.element()) | pl.element().is_null()).list.any(), "seeds",
             f"seeds must be {LIMITS['seed']}"),

@@ -93,7 +93,8 @@ class CandidateStage:
             raise ModelLoadError(f"style(s) {', '.join(self.used_by.get(ref, []))}: {e}") from e
         diffusion.optimize(pipes, channels_last=m.channels_last, compile=m.compile, vae_slicing=m.vae_slicing,
                            vae_tiling=m.vae_tiling)
-        return Generator(pipes, batch_size=self.cfg.generate.batch_size)
+        return Generator(pipes, batch_size=self.cfg.generate.batch_size,
+                         true_cfg_scale=self.cfg.generate.true_cfg_scale)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Work records (manifest rows with nested candidates) → one record per candidate, its
@@ -155,7 +156,8 @@ class CandidateStage:
         for r, g in zip(todo, generator(todo), strict=True):
             # every attempt's model time, a failed candidate's too (it is paid for)
             r.update(ms_generate=g.ms, batch_size=g.batch_size, worker=self.worker,
-                     batch_position=g.batch_position, attempt=g.attempt, truncated=g.truncated)
+                     batch_position=g.batch_position, attempt=g.attempt, truncated=g.truncated,
+                     truncated_by=g.truncated_by)
             if g.error:  # "generate: <what failed>"
                 r.update(status=vocabulary.ERROR, reason=g.error, reason_code=vocabulary.GENERATE_ERROR)
             else:

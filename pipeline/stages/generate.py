@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import faults
+from pipeline.models.families import count_tokens, truncated_by
 from pipeline.models.held import free_memory
 from pipeline.spec.tokens import truncated
 from pipeline.spec.vocabulary import GENERATE_ERROR, IMG2IMG, INPAINT, T2I
@@ -43,6 +44,7 @@ class Generated:
     batch_position: int = 0
     attempt: int = 1
     truncated: bool = False
+    truncated_by: str | None = None  # the text encoders that cut the prompt ("text_encoder_2:t5")
 
 
 def is_oom(error: BaseException) -> bool:
@@ -54,9 +56,10 @@ def is_oom(error: BaseException) -> bool:
 class Generator:
     """Runs the diffusion pipelines over candidate records (dicts with plan columns)."""
 
-    def __init__(self, pipelines, batch_size: int):
+    def __init__(self, pipelines, batch_size: int, true_cfg_scale: float = 1.0):
         self.pipes = pipelines
         self.batch_size = batch_size
+        self.true_cfg_scale = true_cfg_scale  # FLUX: > 1 runs a real second pass for the negative prompt
         self._adapters: dict[str, str] = {}  # LoRA file → adapter name, loaded once per actor
         self._active: tuple[str, float] | None = None
 
@@ -92,17 +95,25 @@ class Generator:
             out[slots[0]] = Generated(error=f"{GENERATE_ERROR}: {type(e).__name__}: {e}", ms=spent, attempt=attempt)
             return
         ms = spent + (time.perf_counter() - t0) * 1000 / len(cands)
-        truncated = self._truncated([c["prompt"] for c in cands])
+        cut = self._truncated_by([c["prompt"] for c in cands])
         for pos, (slot, image) in enumerate(zip(slots, images, strict=True)):
-            out[slot] = Generated(image=image, ms=ms, batch_size=len(cands), batch_position=pos,
-                                  attempt=attempt, truncated=truncated[pos])
+            out[slot] = Generated(image=image, ms=ms, batch_size=len(cands), batch_position=pos, attempt=attempt,
+                                  truncated=bool(cut[pos]), truncated_by=",".join(cut[pos]) or None)
 
-    def _truncated(self, prompts: list[str]) -> list[bool]:
-        tok = getattr(self.pipes.t2i, "tokenizer", None)
-        if tok is None:
-            return [False] * len(prompts)
-        ids = tok(prompts, truncation=False)["input_ids"]
-        return [truncated(len(x), tok.model_max_length) for x in ids]
+    def _truncated_by(self, prompts: list[str]) -> list[tuple[str, ...]]:
+        """For each prompt, the text encoders that cut it ("<component>:<clip|t5>"), each by its own
+        window (CLIP 77, T5 256 or 512: models/families.py); the first tokenizer's when the family
+        is unknown."""
+        family = self.pipes.family
+        if family is None:
+            tok = getattr(self.pipes.t2i, "tokenizer", None)
+            if tok is None:
+                return [()] * len(prompts)
+            ids = tok(prompts, truncation=False)["input_ids"]
+            return [("tokenizer",) if truncated(len(x), tok.model_max_length) else () for x in ids]
+        kinds = {e.name: e.kind for e in family.encoders}
+        cut = truncated_by(family, count_tokens(self.pipes.t2i, family, prompts))
+        return [tuple(f"{name}:{kinds[name]}" for name in names) for names in cut]
 
     def _use_lora(self, path: str | None, scale: float | None) -> None:
         """The style's LoRA on (loaded on first use), or every LoRA off. The three pipelines
@@ -149,14 +160,15 @@ class Generator:
         }
         if "negative_prompt" in params and first["negative_prompt"]:  # all or none (group_key)
             kwargs["negative_prompt"] = [c["negative_prompt"] for c in cands]
-        if mode == T2I:
+            if "true_cfg_scale" in params:  # FLUX reads a negative prompt only in a true CFG pass
+                kwargs["true_cfg_scale"] = self.true_cfg_scale
+        if "width" in params:  # FLUX and SD3 image-to-image too: else they make 1024 px
             kwargs.update(width=int(first["width"]), height=int(first["height"]))
-        else:
+        if mode != T2I:
             layers, inputs = starting_images(cands, mode, int(first["width"]), int(first["height"]))
             kwargs.update(image=[i[0] for i in inputs], strength=float(first["strength"]))
             if mode == INPAINT:
-                kwargs.update(mask_image=[i[1] for i in inputs],
-                              width=int(first["width"]), height=int(first["height"]))
+                kwargs.update(mask_image=[i[1] for i in inputs])
         with torch.inference_mode():
             result = pipe(**kwargs).images
         _injected_faults(cands, after_model=True)
