@@ -2,8 +2,8 @@
 image-to-image and inpainting pipelines, and the throughput options applied to it.
 
 The only place a diffusion model's `from_pretrained` is called (safetensors only, local files
-only, never remote code). What else conditions generation (per-style models, IP-Adapter,
-ControlNet) belongs here too.
+only, never remote code). Per-style models belong here too; the IP-Adapter and ControlNet
+that condition generation over these weights load in `adapters.py`.
 """
 
 from __future__ import annotations

@@ -4,12 +4,13 @@
 text encoders, micro-conditioning; for tests of what SDXL does differently), `embedded:tiny-flux`,
 `embedded:tiny-flux-schnell` and `embedded:tiny-sd3` the diffusion-transformer families (CLIP and
 T5 text encoders, flow matching), `embedded:tiny-clip` an open_clip config + safetensors file,
-`embedded:tiny-nsfw` a ViT image classifier folder. Each is built from a config under a fixed
-seed, saved with safetensors, and loaded back through the same `from_pretrained` /
-`create_model` calls as SD-turbo, FLUX.1, ViT-L-14 or an NSFW ViT classifier, so a job runs end
-to end offline and a real checkpoint is a one-line change of the job file. The recipes live by
-family (`tiny_unet.py`, `tiny_transformers.py`, `tiny_judges.py`); this module is their registry
-and cache.
+`embedded:tiny-nsfw` a ViT image classifier folder, `embedded:tiny-ip-adapter` an IP-Adapter and
+`embedded:tiny-controlnet` a ControlNet for both UNet bases. Each is built from a config under a
+fixed seed, saved with safetensors, and loaded back through the same `from_pretrained` /
+`create_model` / `load_ip_adapter` calls as SD-turbo, FLUX.1, ViT-L-14, an NSFW ViT classifier or
+h94/IP-Adapter, so a job runs end to end offline and a real checkpoint is a one-line change of the
+job file. The recipes live by family (`tiny_unet.py`, `tiny_transformers.py`, `tiny_adapters.py`,
+`tiny_judges.py`); this module is their registry and cache.
 
 Builds are cached under `$ASSET_PIPELINE_MODELS` (default `~/.cache/asset-pipeline/models`) in
 a folder named with the recipe's version tag: change a recipe, bump its version.
@@ -23,11 +24,11 @@ from pathlib import Path
 
 # name → recipe version; bump a version whenever that build function changes.
 VERSIONS = {"tiny-sd": 1, "tiny-sdxl": 1, "tiny-flux": 1, "tiny-flux-schnell": 1, "tiny-sd3": 1,
-            "tiny-clip": 1, "tiny-nsfw": 1, "tiny-clip-head": 1}
+            "tiny-clip": 1, "tiny-nsfw": 1, "tiny-clip-head": 1, "tiny-ip-adapter": 1, "tiny-controlnet": 1}
 # name → the [models] key it serves: what the job spec admits as `embedded:<name>` there.
-ROLES = {"tiny-sd": "diffusion", "tiny-sdxl": "diffusion", "tiny-flux": "diffusion",
-         "tiny-flux-schnell": "diffusion", "tiny-sd3": "diffusion", "tiny-clip": "clip",
-         "tiny-nsfw": "moderation", "tiny-clip-head": "moderation"}
+ROLES = {"tiny-sd": "diffusion", "tiny-sdxl": "diffusion", "tiny-flux": "diffusion", "tiny-flux-schnell": "diffusion",
+         "tiny-sd3": "diffusion", "tiny-clip": "clip", "tiny-nsfw": "moderation", "tiny-clip-head": "moderation",
+         "tiny-ip-adapter": "ip_adapter", "tiny-controlnet": "controlnet"}
 
 
 def cache_root() -> Path:
@@ -44,14 +45,16 @@ def recipe_tag(name: str) -> str:
 
 def _builders() -> dict:
     """name → build function (imported here: the families' modules import torch lazily too)."""
-    from pipeline.models import tiny_judges, tiny_transformers, tiny_unet
+    from pipeline.models import tiny_adapters, tiny_judges, tiny_transformers, tiny_unet
 
     return {"tiny-sd": tiny_unet.build_tiny_sd, "tiny-sdxl": tiny_unet.build_tiny_sdxl,
             "tiny-flux": tiny_transformers.build_tiny_flux,
             "tiny-flux-schnell": tiny_transformers.build_tiny_flux_schnell,
             "tiny-sd3": tiny_transformers.build_tiny_sd3,
             "tiny-clip": tiny_judges.build_tiny_clip, "tiny-nsfw": tiny_judges.build_tiny_nsfw,
-            "tiny-clip-head": tiny_judges.build_tiny_clip_head}
+            "tiny-clip-head": tiny_judges.build_tiny_clip_head,
+            "tiny-ip-adapter": tiny_adapters.build_tiny_ip_adapter,
+            "tiny-controlnet": tiny_adapters.build_tiny_controlnet}
 
 
 def build(name: str, folder: Path) -> None:

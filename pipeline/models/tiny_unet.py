@@ -37,22 +37,50 @@ def _tiny_scheduler():
     )
 
 
+def sd_unet():
+    """tiny-sd's UNet (SD 1.x blocks, 32-wide cross-attention), drawn from the current RNG state.
+    The builds seed before calling it, so a recipe built from it (the ControlNet, the
+    IP-Adapter's layout) gets exactly tiny-sd's weights."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), norm_num_groups=32,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8,
+    )
+
+
+def sdxl_unet():
+    """tiny-sdxl's UNet (SDXL's `text_time` micro-conditioning, 64-wide cross-attention), drawn
+    from the current RNG state like `sd_unet`."""
+    from diffusers import UNet2DConditionModel
+
+    time_dim = 8
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), norm_num_groups=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=64,
+        transformer_layers_per_block=(1, 2), addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        # six size/crop numbers, each embedded to time_dim, plus the pooled text projection
+        projection_class_embeddings_input_dim=6 * time_dim + TINY_TEXT["projection_dim"],
+    )
+
+
 def build_tiny_sd(folder: Path) -> None:
     import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from pipeline.models.tokenizer import build_clip_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        unet = UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(32, 64), norm_num_groups=32,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=8,
-        )
+        unet = sd_unet()
         vae = _tiny_vae()
         text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
     # vocab.json + merges.txt stay beside the tokenizer.json that save_pretrained adds.
@@ -71,26 +99,15 @@ def build_tiny_sdxl(folder: Path) -> None:
     embedding, and `force_zeros_for_empty_prompt` as in SDXL base: an absent negative prompt
     is a zero embedding, an empty one is an encoded "" (the two differ)."""
     import torch
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from pipeline.models.tokenizer import build_clip_tokenizer
 
     text = TINY_TEXT
-    time_dim = 8
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        unet = UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(32, 64), norm_num_groups=32,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=64,
-            transformer_layers_per_block=(1, 2), addition_embed_type="text_time",
-            addition_time_embed_dim=time_dim,
-            # six size/crop numbers, each embedded to time_dim, plus the pooled text projection
-            projection_class_embeddings_input_dim=6 * time_dim + text["projection_dim"],
-        )
+        unet = sdxl_unet()
         vae = _tiny_vae()
         text_encoder = CLIPTextModel(CLIPTextConfig(**text))
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text, hidden_act="gelu"))
