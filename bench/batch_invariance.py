@@ -39,9 +39,11 @@ def parse() -> argparse.Namespace:
 
 def candidate(i: int, args) -> dict:
     """A plan row as the pipeline's Generator reads it (text-to-image, no LoRA, no negative)."""
-    return {"id": f"inv-{i:03d}", "prompt": PROMPTS[i % len(PROMPTS)], "seed": 5000 + i, "mode": "t2i",
-            "width": args.width, "height": args.height, "steps": args.steps, "guidance_scale": args.guidance,
-            "strength": None, "lora": None, "lora_scale": None, "negative_prompt": None}
+    from pipeline.spec.schema import PLAN_FIELDS
+
+    return {f.name: None for f in PLAN_FIELDS} | {
+        "id": f"inv-{i:03d}", "prompt": PROMPTS[i % len(PROMPTS)], "seed": 5000 + i, "mode": "t2i",
+        "width": args.width, "height": args.height, "steps": args.steps, "guidance_scale": args.guidance}
 
 
 def compare(a, b) -> dict:

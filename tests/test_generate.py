@@ -6,6 +6,7 @@ from PIL import Image
 
 from pipeline.models.diffusion import load_diffusion, optimize
 from pipeline.models.loading import resolve_dtype
+from pipeline.spec.schema import PLAN_FIELDS
 from pipeline.stages.generate import Generator
 from pipeline.stages.product import prepare_inputs
 
@@ -18,9 +19,9 @@ def generator():
 
 
 def cand(seed, width=64, height=64, prompt="a red mug", **kw):
-    return {"prompt": prompt, "negative_prompt": "", "seed": seed, "mode": "t2i", "width": width,
-            "height": height, "steps": 2, "guidance_scale": 3.0, "strength": None, "init_image": None,
-            "mask": None, "lora": None, "lora_scale": None, **kw}
+    return {f.name: None for f in PLAN_FIELDS} | {
+        "prompt": prompt, "negative_prompt": "", "seed": seed, "mode": "t2i", "width": width, "height": height,
+        "steps": 2, "guidance_scale": 3.0, **kw}
 
 
 def test_mixed_shapes_are_batched_apart_and_keep_their_order(generator):

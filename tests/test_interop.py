@@ -29,12 +29,16 @@ from tests.helpers import save_cutout, write_job
 
 INTEROP = Path(__file__).resolve().parent / "interop"
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
-KINDS = ("plain", "staged", "refined")
+KINDS = ("plain", "staged", "refined", "steered")
 SEED = 5721422897711132026  # a JavaScript number reads it as 5721422897711132000
 OWN = ["c2pa.actions.v2", "cawg.training-mining", "com.asset-pipeline.generation", "c2pa.hash.data"]
 FAST = "[generate]\nsteps = 2\nwidth = 32\nheight = 32\nbatch_size = 2\n"
-ROWS = {"id": ["plain", "staged"], "prompt": ["a red mug", "a bottle on a beach"],
-        "product_image": [None, "cutout.png"], "seed": pa.array([SEED, None], pa.int64())}
+ROWS = {"id": ["plain", "staged", "steered"], "prompt": ["a red mug", "a bottle on a beach", "a lamp"],
+        "product_image": [None, "cutout.png", None], "seed": pa.array([SEED, None, None], pa.int64()),
+        "style": [None, None, "look"]}
+# A style image (IP-Adapter) and a structure image (ControlNet): `inputTo` ingredients.
+STYLES = {"style": ["look"], "style_image": ["look.png"], "structure_image": ["layout.png"]}
+ADAPTERS = '[models]\nip_adapter = "embedded:tiny-ip-adapter"\ncontrolnet = "embedded:tiny-controlnet"\n'
 
 
 def _unavailable(why: str):
@@ -81,7 +85,14 @@ def run(folder: Path, fmt: str) -> dict[str, dict]:
     written rows by kind."""
     folder.mkdir()
     save_cutout(folder / "cutout.png")
-    job = write_job(folder, ROWS, styles=None, extra=f'[output]\nformat = "{fmt}"\n{FAST}', num_candidates=1, keep=1)
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (30, 90, 200)).save(folder / "look.png")
+    layout = Image.new("RGB", (40, 40), (0, 0, 0))
+    layout.paste((255, 255, 255), (8, 8, 30, 30))
+    layout.save(folder / "layout.png")
+    job = write_job(folder, ROWS, styles=STYLES, extra=f'[output]\nformat = "{fmt}"\n{FAST}{ADAPTERS}',
+                    num_candidates=1, keep=1)
     first = run_job(load_job(job), backend="in-process")
     assert first.exit_code == EXIT_OK
     rows = {r["id"]: r for r in pq.read_table(first.output_dir / RESULTS).to_pylist()}
@@ -92,9 +103,10 @@ def run(folder: Path, fmt: str) -> dict[str, dict]:
     assert second.exit_code == EXIT_OK
     after = pq.read_table(second.output_dir / RESULTS).to_pylist()
     (refined,) = [r for r in after if r["parent"] == rows["plain"]["item_id"]]
-    written = {"plain": rows["plain"], "staged": rows["staged"], "refined": refined}
+    written = {"plain": rows["plain"], "staged": rows["staged"], "refined": refined, "steered": rows["steered"]}
     assert {k: (r["status"], r["mode"]) for k, r in written.items()} == {
-        "plain": ("written", "t2i"), "staged": ("written", "inpaint"), "refined": ("written", "img2img")}
+        "plain": ("written", "t2i"), "staged": ("written", "inpaint"), "refined": ("written", "img2img"),
+        "steered": ("written", "t2i")}
     return {k: {**r, "file": second.output_dir / r["path"], "ca": second.output_dir / DEMO_SIGNER / "ca.pem"}
             for k, r in written.items()}
 
@@ -145,6 +157,9 @@ def test_the_pipelines_own_assertions_are_created_and_the_seed_is_exact(checked,
     if kind == "plain":
         assert generation["seed_str"] == "5721422897711132026"
         assert result["gathered_assertions"] == [] and result["ingredients"] == []
+    elif kind == "steered":  # what steered the model: its style's images, inputs to the generation
+        assert result["ingredients"] == [{"relationship": "inputTo", "title": "look.png"},
+                                         {"relationship": "inputTo", "title": "layout.png"}], result
     else:  # what the image was made from is gathered: the product photo, the earlier round's image
         assert result["gathered_assertions"] == ["c2pa.ingredient.v3"]
         title = "cutout.png" if kind == "staged" else Path(written[fmt]["plain"]["path"]).name

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.errors import ManifestError, ModelLoadError
 from pipeline.plan.build import build_plan
-from pipeline.plan.models import ModelRef
+from pipeline.plan.models import ModelRef, ModelUse
 from pipeline.plan.work import WorkFile, candidates, unnest, write_work
 from pipeline.run.job import run_job
 from pipeline.run.routing import Router, assign
@@ -90,7 +90,8 @@ def test_units_hold_one_model_each_and_come_a_model_then_a_style_at_a_time(tmp_p
     assert styles_in_order == ["s2"] * 6 + ["s1"] * 6 + ["s3"] * 6  # a model, then a style, at a time
     assert sorted(c["item_id"] for u in units for c in u) == sorted(plan["item_id"].to_pylist())
     assert index.weight == [3 * 2 * 2 * 64 * 64, 6 * 2 * 2 * 64 * 64]  # rows × candidates × steps × pixels
-    assert index.used_by == [["s2"], ["s1", "s3"]]
+    assert [u.styles for u in index.uses] == [("s2",), ("s1", "s3")]
+    assert not any(u.style_images or u.structure_images for u in index.uses)
 
 
 @pytest.mark.parametrize("actors, weights, held", [
@@ -138,7 +139,8 @@ def test_an_actor_holding_more_models_than_it_keeps_loads_each_again_only_when_n
     from pipeline.stages.candidate import CandidateStage
 
     cfg = job(tmp_path, ROWS, styles=STYLES, num_candidates=1, keep=1)
-    refs = {ModelRef("embedded:tiny-sd"): ["lifestyle"], ModelRef("embedded:tiny-sdxl"): ["studio"]}
+    refs = {ModelRef("embedded:tiny-sd"): ModelUse(("lifestyle",)),
+            ModelRef("embedded:tiny-sdxl"): ModelUse(("studio",))}
     stage = CandidateStage(cfg, refs)  # loads both (each must load), keeps the first one needed
     assert stage.generators.loads == 2 and stage.generators.held() == [ModelRef("embedded:tiny-sd")]
     plan = build_plan(load_inputs(cfg), cfg)

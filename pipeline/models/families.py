@@ -40,6 +40,10 @@ CLASS_FAMILIES = {
 # The modes diffusers 0.42's AutoPipelines derive for each family (tests check against them).
 MODES = {SD: (T2I, IMG2IMG, INPAINT), SDXL: (T2I, IMG2IMG, INPAINT), FLUX: (T2I, IMG2IMG, INPAINT),
          SD3: (T2I, IMG2IMG, INPAINT)}
+# What steers a family besides its prompt, as the pipeline wires it: a style image (IP-Adapter,
+# models/adapters.py) and a structure image (ControlNet). The transformer families' adapters
+# (FLUX IP-Adapter and ControlNet, SD3 ControlNet) load differently in diffusers 0.42: not yet.
+STEERING = {SD: ("style_image", "structure_image"), SDXL: ("style_image", "structure_image"), FLUX: (), SD3: ()}
 # The call argument that must exceed 1 for `negative_prompt` to change anything.
 NEGATIVE_SCALE = {SD: "guidance_scale", SDXL: "guidance_scale", SD3: "guidance_scale", FLUX: "true_cfg_scale"}
 # `__call__`'s default `max_sequence_length` (T5's window), in every mode (tests check the signatures).

@@ -9,6 +9,7 @@ record. The revisions never mix: a style's revision pins its own model, the job'
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import polars as pl
@@ -23,6 +24,20 @@ class ModelRef(NamedTuple):
 
     def __str__(self) -> str:
         return self.spec + (f"@{self.revision}" if self.revision else "")
+
+
+@dataclass(frozen=True)
+class ModelUse:
+    """What a run asks of one model: the styles whose units need it, and whether any of them has
+    a style image (its IP-Adapter is loaded) or a structure image (its ControlNet is)."""
+
+    styles: tuple[str, ...] = ()
+    style_images: bool = False
+    structure_images: bool = False
+
+    def __or__(self, other: ModelUse) -> ModelUse:
+        return ModelUse(tuple(sorted({*self.styles, *other.styles})), self.style_images or other.style_images,
+                        self.structure_images or other.structure_images)
 
 
 def job_model(cfg: JobConfig) -> ModelRef:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.plan.models import ModelRef
+from pipeline.plan.models import ModelRef, ModelUse
 from pipeline.spec import schema
 
 # A candidate as the stages see it: its plan, its outcome so far (null for a new one), and
@@ -75,20 +75,20 @@ class WorkIndex:
     models: list[ModelRef] = field(default_factory=list)
     unit_model: list[int] = field(default_factory=list)
     weight: list[float] = field(default_factory=list)
-    used_by: list[list[str]] = field(default_factory=list)  # per model: the styles whose units need it
+    uses: list[ModelUse] = field(default_factory=list)  # per model: what its units need
 
     def __len__(self) -> int:
         return len(self.unit_model)
 
-    def add(self, ref: ModelRef, units: int, weight: float, styles: list[str]) -> None:
+    def add(self, ref: ModelRef, units: int, weight: float, use: ModelUse) -> None:
         if ref not in self.models:
             self.models.append(ref)
             self.weight.append(0.0)
-            self.used_by.append([])
+            self.uses.append(ModelUse())
         i = self.models.index(ref)
         self.unit_model += [i] * units
         self.weight[i] += weight
-        self.used_by[i] = sorted({*self.used_by[i], *styles})
+        self.uses[i] = self.uses[i] | use
 
 
 # Rows of one chunk are ordered by these before they are cut into units: a unit holds one model
@@ -120,8 +120,11 @@ def write_work(chunks: Iterable[pa.Table], path: Path, rows_per_group: int) -> W
                 batches = rows.slice(start, stop - start).to_batches(max_chunksize=rows_per_group)
                 for batch in batches:
                     writer.write_batch(batch)
-                styles = first["style"].slice(start, stop - start).unique().fill_null("(none)").to_pylist()
-                index.add(ref, len(batches), float(weight), styles)
+                mine = pa.Table.from_struct_array(pc.list_flatten(rows["candidates"].slice(start, stop - start)))
+                index.add(ref, len(batches), float(weight), ModelUse(
+                    tuple(sorted(mine["style"].unique().fill_null("(none)").to_pylist())),
+                    pc.any(pc.is_valid(mine["style_image"])).as_py(),
+                    pc.any(pc.is_valid(mine["structure_image"])).as_py()))
     return index
 
 

@@ -3,7 +3,8 @@ Builder takes.
 
 The signer's own statements (actions, training-and-mining, the generation assertion) are
 *created* assertions; the product photo or earlier image a staged image was edited from is a
-gathered `parentOf` ingredient. The prompt appears only as its hash.
+gathered `parentOf` ingredient, and a style's style image and structure image, which steered the
+model, are `inputTo` ingredients its action names. The prompt appears only as its hash.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ PARENT_ID = "parent"  # the parent ingredient's label, which the c2pa.opened act
 
 
 @dataclass(frozen=True)
+class Input:
+    """An image that steered the model without being edited (`inputTo`): a style image, a structure image."""
+
+    label: str  # the ingredient's label, which the action names ("style_image", "structure_image")
+    data: bytes = field(repr=False)
+    mime: str
+    title: str
+
+
+@dataclass(frozen=True)
 class Claim:
     """What the manifest says about one image. The prompt appears only as its hash."""
 
@@ -40,6 +51,7 @@ class Claim:
     parent: bytes | None = field(default=None, repr=False)  # the product photo (staging)
     parent_mime: str | None = None
     parent_title: str | None = None
+    inputs: tuple[Input, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -61,15 +73,16 @@ def build_manifest(claim: Claim) -> dict[str, Any]:
     """The manifest definition c2pa's Builder takes for `claim`."""
     name, _, version = claim.software_agent.rpartition(" ")
     agent = {"name": name, "version": version} if name else {"name": claim.software_agent}
+    steered = {"parameters": {"ingredientIds": [i.label for i in claim.inputs]}} if claim.inputs else {}
     if claim.parent is None:
         actions = [{"action": "c2pa.created", "softwareAgent": agent,
-                    "digitalSourceType": SOURCE_TYPE + "trainedAlgorithmicMedia"}]
+                    "digitalSourceType": SOURCE_TYPE + "trainedAlgorithmicMedia", **steered}]
     else:  # staging: the product photo is opened, then edited by the model
         actions = [{"action": "c2pa.opened", "softwareAgent": agent,
                     "parameters": {"ingredientIds": [PARENT_ID]}},
                    {"action": "c2pa.edited", "softwareAgent": agent,
                     "description": f"{claim.mode} with {claim.model}",
-                    "digitalSourceType": SOURCE_TYPE + "compositeWithTrainedAlgorithmicMedia"}]
+                    "digitalSourceType": SOURCE_TYPE + "compositeWithTrainedAlgorithmicMedia", **steered}]
     not_allowed = {use: {"use": "notAllowed"} for use in TRAINING_MINING_USES}
     # "created": the signer itself makes these statements (C2PA 2.x created_assertions), so a
     # validator holds the signer accountable for them; without it c2pa-rs files everything but
@@ -90,3 +103,8 @@ def parent_ingredient(claim: Claim) -> dict[str, Any] | None:
     if claim.parent is None:
         return None
     return {"title": claim.parent_title or "parent", "relationship": "parentOf", "label": PARENT_ID}
+
+
+def input_ingredients(claim: Claim) -> list[tuple[dict[str, Any], Input]]:
+    """The ingredient definition of each image that steered the model (`inputTo`), with it."""
+    return [({"title": i.title, "relationship": "inputTo", "label": i.label}, i) for i in claim.inputs]

@@ -17,7 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import SignerError
-from pipeline.provenance.claim import Claim, build_manifest, parent_ingredient
+from pipeline.provenance.claim import Claim, build_manifest, input_ingredients, parent_ingredient
 from pipeline.provenance.demo_ca import demo_credentials
 from pipeline.provenance.keys import load_chain, load_key, public_der, read_file, read_secret, redact
 from pipeline.provenance.readback import UNTRUSTED, Verification, read_manifest, verify_settings
@@ -170,6 +170,8 @@ class Signer:
             with c2pa.Builder(build_manifest(claim), context=context) as builder:
                 if (ingredient := parent_ingredient(claim)) is not None:
                     builder.add_ingredient(ingredient, claim.parent_mime, io.BytesIO(claim.parent))
+                for definition, steering in input_ingredients(claim):
+                    builder.add_ingredient(definition, steering.mime, io.BytesIO(steering.data))
                 builder.sign(signer, mime, io.BytesIO(data), out)
         except c2pa.C2paError as e:
             raise SignerError(f"signing a {mime} asset failed: {redact(e)}") from None

@@ -100,9 +100,12 @@ def brand_svg(summary: dict, styles: list[str]) -> str:
             w = (WIDTH - LABEL_W - 70) * min(max(value, 0.0), 1.0)
             out.append(f'<rect x="{LABEL_W}" y="{y}" width="{w:.1f}" height="{BAR_H}" rx="2"/>'
                        f'<text x="{LABEL_W + w + 6:.1f}" y="{y + 15}">{value:.3f}</text>')
-        if figure.get("reference_similarity") is not None:  # how close to the style's reference image
-            out.append(f'<text x="{WIDTH - 4}" y="{y + 15}" text-anchor="end" class="muted">'
-                       f'ref {figure["reference_similarity"]:.3f}</text>')
+        # how close to the style's reference image and style image
+        near = [f"{label} {figure[key]:.3f}" for key, label in (("reference_similarity", "ref"),
+                                                                 ("style_image_similarity", "look"))
+                if figure.get(key) is not None]
+        if near:
+            out.append(f'<text x="{WIDTH - 4}" y="{y + 15}" text-anchor="end" class="muted">{" · ".join(near)}</text>')
     return _svg(max(1, len(keys)) * (BAR_H + GAP) + GAP, "brand-chart", out)
 
 

@@ -190,7 +190,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             removed = remove_strays(committed, out, before_delete=lock.check)
 
             # 7. summarise: summary.json, and the report whose exit code says whether all is done
-            similarity = summary.pop("reference_similarity")
+            similarity = summary.pop("similarity")
             summary["brand_consistency"] = brand_consistency(committed, out, similarity)
             _add_run(summary, run_id, cfg, stopped, time.monotonic() - started, this_run)
             if summary["truncated_prompts"]:

@@ -41,7 +41,7 @@ def stages(cfg: JobConfig, run_id: str, index: WorkIndex) -> Stages:
         return failed_outcomes(unit, cfg.job.name, code, message)
 
     def generate_for(held: list[int]) -> Factory:
-        models = {index.models[i]: index.used_by[i] for i in held}
+        models = {index.models[i]: index.uses[i] for i in held}
         return Factory(vocabulary.GENERATE_ERROR, partial(CandidateStage, cfg, models))
 
     return Stages(generate_for=generate_for,

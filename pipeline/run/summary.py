@@ -64,7 +64,8 @@ class Summary:
         self.reasons: Counter = Counter()
         self.times = {name: [0.0, 0] for name in self.TIMES}  # total ms, rows counted
         self.truncated = 0  # candidates whose prompt the text encoder cut
-        self.reference: dict[str, list] = {}  # style → [sum, count] of its written images' reference similarity
+        # similarity column → style → [sum, count] over its written images (SIMILARITIES)
+        self.similarity: dict[str, dict[str, list]] = {column: {} for column in SIMILARITIES}
         self.gpu_s = 0.0
         self.cost: float | None = None  # None: no row was priced
 
@@ -72,14 +73,15 @@ class Summary:
         self.planned += results.num_rows
         self.status.update(results["status"].to_pylist())
         self.truncated += pc.sum(pc.cast(pc.fill_null(results["truncated"], False), pa.int64())).as_py() or 0
-        if "reference_similarity" in results.column_names:  # results of older releases lack it
-            kept = results.filter(pc.and_(pc.equal(results["status"], vocabulary.WRITTEN),
-                                          pc.is_valid(results["reference_similarity"])))
-            grouped = kept.group_by("style").aggregate([("reference_similarity", "sum"),
-                                                         ("reference_similarity", "count")])
-            for style, total, n in zip(*(grouped[c].to_pylist() for c in ("style", "reference_similarity_sum",
-                                                                          "reference_similarity_count")), strict=True):
-                entry = self.reference.setdefault(style if style is not None else NO_STYLE, [0.0, 0])
+        for column in SIMILARITIES:
+            if column not in results.column_names:  # results of older releases lack it
+                continue
+            written = pc.equal(results["status"], vocabulary.WRITTEN)
+            kept = results.filter(pc.and_(written, pc.is_valid(results[column])))
+            grouped = kept.group_by("style").aggregate([(column, "sum"), (column, "count")])
+            for style, total, n in zip(*(grouped[c].to_pylist() for c in ("style", f"{column}_sum", f"{column}_count")),
+                                       strict=True):
+                entry = self.similarity[column].setdefault(style if style is not None else NO_STYLE, [0.0, 0])
                 entry[0] += total
                 entry[1] += n
         self.reasons.update(c for c in reason_codes(results).to_pylist() if c)  # by code, never by text
@@ -107,7 +109,8 @@ class Summary:
             "reasons": dict(self.reasons),
             **{name: round(total / count / 1000, 6) if count else None for name, (total, count) in self.times.items()},
             "truncated_prompts": self.truncated,
-            "reference_similarity": {s: round(total / n, 4) for s, (total, n) in sorted(self.reference.items())},
+            "similarity": {column: {s: round(total / n, 4) for s, (total, n) in sorted(by_style.items())}
+                           for column, by_style in self.similarity.items()},
             # every candidate that ran counts, so over-generation is in the cost per written image
             "gpu_s_total": round(self.gpu_s, 6),
             "cost_usd_total": self.cost,
@@ -121,12 +124,17 @@ def summarize(results: pa.Table) -> dict:
     return Summary().add(results).result()
 
 
-def brand_consistency(committed: Committed, output: Output | Path | str, reference: dict | None = None) -> dict:
+# Per-image similarities to a style's images that the brand figures average: its reference image
+# (the image-to-image start) and its style image (the IP-Adapter's), CLIP cosines.
+SIMILARITIES = ("reference_similarity", "style_image_similarity")
+
+
+def brand_consistency(committed: Committed, output: Output | Path | str, similarity: dict | None = None) -> dict:
     """Per style, how alike its written images are: the mean pairwise cosine of their CLIP image
     embeddings, from the `_embeddings` sidecars. For unit vectors the mean over pairs is
     (|Σe|² − n) / (n(n−1)), so it streams: a sum and a count per style, no pairwise matrix.
-    `reference`: the mean similarity of each style's written images to its reference image
-    (`Summary`), added where the style has one."""
+    `similarity`: per column of SIMILARITIES, the mean similarity of each style's written images
+    to its reference / style image (`Summary`), added where the style has one."""
     out = as_output(output)
     paths = sorted(p for p in out.files(layout.EMBEDDINGS) if layout.is_part(p))
     column = schema.EMBEDDING_FIELD.name
@@ -146,6 +154,7 @@ def brand_consistency(committed: Committed, output: Output | Path | str, referen
     figures = {style: {"images": n, "mean_pairwise_cosine": (round(float((total @ total - n) / (n * (n - 1))), 4)
                                                              if n > 1 else None)}
                for style, (total, n) in sorted(sums.items())}
-    for style, similarity in (reference or {}).items():
-        figures.setdefault(style, {"images": 0, "mean_pairwise_cosine": None})["reference_similarity"] = similarity
+    for column, by_style in (similarity or {}).items():
+        for style, mean in by_style.items():
+            figures.setdefault(style, {"images": 0, "mean_pairwise_cosine": None})[column] = mean
     return figures

@@ -72,6 +72,23 @@ def family_warnings(manifest: pl.DataFrame, styles: pl.DataFrame, cfg: JobConfig
     return found
 
 
+def steering_problems(styles: pl.DataFrame, cfg: JobConfig, uri: str) -> tuple[list[Problem], int]:
+    """Styles with a style or structure image on a model whose family does not take it here."""
+    from pipeline.models.families import STEERING
+
+    found = []
+    models = style_models(styles, cfg)
+    for r, style, *images in styles.select("__row", "style", "style_image", "structure_image").iter_rows():
+        family = family_of(*models[style])
+        for column, value in zip(("style_image", "structure_image"), images, strict=True):
+            if value is not None and family is not None and column not in STEERING[family.name]:
+                takes = ", ".join(f for f, cols in STEERING.items() if column in cols)
+                what = column.replace("_", " ")
+                found.append(Problem(uri, f"model {show(models[style][0])} ({family.name}) takes no {what} here "
+                                     f"(the {takes} families do)", row=int(r), id=style, column=column))
+    return found[:MAX_REPORTED], len(found)
+
+
 def mode_problems(rows: pl.DataFrame, styles: pl.DataFrame, cfg: JobConfig, uri: str) -> tuple[list[Problem], int]:
     """Rows (resolved: `mode`, `__row`) whose model's family has no pipeline for their mode."""
     found, total = [], 0

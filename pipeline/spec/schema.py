@@ -107,6 +107,7 @@ OUTCOME_FIELDS = [
     pa.field("moderation", pa.string()),  # PASS | BLOCK
     pa.field("moderation_model", pa.string()),  # the image moderation model that ran
     pa.field("reference_similarity", pa.float64()),  # CLIP cosine with the style's reference image
+    pa.field("style_image_similarity", pa.float64()),  # CLIP cosine with the style's style image
     pa.field("status", pa.string()),
     pa.field("reason", pa.string()),  # what results show: the bare code, or "<code>: <detail>"
     pa.field("reason_code", pa.string()),  # the reason's code alone (REJECT_REASONS, ERROR_STAGES): what code reads

@@ -17,7 +17,7 @@ from pipeline.judge.outcome import fail, reject
 from pipeline.judge.review import review_reason
 from pipeline.judge.rules import image_reason, moderation, prompt_reason, rejudge
 from pipeline.judge.select import has_place, rank
-from pipeline.plan.models import ModelRef, job_model
+from pipeline.plan.models import ModelRef, ModelUse, job_model
 from pipeline.plan.work import PRIOR, unnest
 from pipeline.spec import vocabulary
 from pipeline.spec.config import JobConfig
@@ -35,11 +35,12 @@ from pipeline.stages.contract import (
 class CandidateStage:
     """Everything that needs the models, on the actor that holds them."""
 
-    def __init__(self, cfg: JobConfig, models: dict[ModelRef, list[str]] | None = None):
-        """`models`: the diffusion models this actor holds, each with the styles that use it
-        (default: the job's model). Each is loaded here, so one that cannot load stops the run
-        before any work, named with its styles; past `[cluster].models_per_actor` the least
-        recently used is dropped again (and loaded again when its units come)."""
+    def __init__(self, cfg: JobConfig, models: dict[ModelRef, ModelUse] | None = None):
+        """`models`: the diffusion models this actor holds, each with what its units need (the
+        styles that use it; whether any has a style or structure image). Default: the job's model.
+        Each is loaded here, so one that cannot load stops the run before any work, named with its
+        styles; past `[cluster].models_per_actor` the least recently used is dropped again (and
+        loaded again when its units come)."""
         from pipeline.models import classifiers, clip, loading
         from pipeline.models.held import HeldModels
         from pipeline.stages.moderate import EmbeddingModerator, ImageModerator, PromptModerator
@@ -51,7 +52,7 @@ class CandidateStage:
         dtype = loading.resolve_dtype(m.dtype, device)
         self.cpu_threads = (cfg.cluster.torch_threads or os.cpu_count() or 1) if device == "cpu" else 0
         self.cfg, self.device, self.dtype = cfg, device, dtype
-        self.used_by = models or {job_model(cfg): ["(the job's [models].diffusion)"]}
+        self.used_by = models or {job_model(cfg): ModelUse()}
         self.generators = HeldModels(self._load_generator, capacity=cfg.cluster.models_per_actor)
         for ref in reversed(list(self.used_by)):  # the first model's units come first: it stays loaded
             self.generators.get(ref)
@@ -83,18 +84,20 @@ class CandidateStage:
         from pipeline.models import diffusion
         from pipeline.stages.generate import Generator
 
-        m = self.cfg.models
+        m, use = self.cfg.models, self.used_by.get(ref, ModelUse())
         try:
             pipes = diffusion.load_diffusion(ref.spec, revision=ref.revision, scheduler=m.scheduler,
                                              device=self.device, dtype=self.dtype)
+            diffusion.optimize(pipes, channels_last=m.channels_last, compile=m.compile, vae_slicing=m.vae_slicing,
+                               vae_tiling=m.vae_tiling)
+            return Generator(pipes, batch_size=self.cfg.generate.batch_size,
+                             true_cfg_scale=self.cfg.generate.true_cfg_scale,
+                             ip_adapter=m.ip_adapter if use.style_images else None,
+                             controlnet=m.controlnet if use.structure_images else None)
         except ModelLoadError as e:
-            if ref == job_model(self.cfg):
-                raise  # the job file's [models].diffusion: its message names it
-            raise ModelLoadError(f"style(s) {', '.join(self.used_by.get(ref, []))}: {e}") from e
-        diffusion.optimize(pipes, channels_last=m.channels_last, compile=m.compile, vae_slicing=m.vae_slicing,
-                           vae_tiling=m.vae_tiling)
-        return Generator(pipes, batch_size=self.cfg.generate.batch_size,
-                         true_cfg_scale=self.cfg.generate.true_cfg_scale)
+            if ref == job_model(self.cfg) or not use.styles:
+                raise  # the job file's [models] keys: its message names them
+            raise ModelLoadError(f"style(s) {', '.join(use.styles)}: {e}") from e
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Work records (manifest rows with nested candidates) → one record per candidate, its
@@ -213,13 +216,14 @@ class CandidateStage:
             r.update(clip_score=float(s), clip_model=self.scorer.model_id, image_unsafe_score=float(u),
                      moderation_model=self.moderation_model, **{EMBEDDING: e},
                      reference_similarity=self._reference_similarity(r["style_reference"], e),
+                     style_image_similarity=self._reference_similarity(r["style_image"], e),
                      ms_score=ms_score, ms_moderate=(r["ms_moderate"] or 0) + ms_mod)
             if reason := image_reason(float(s), float(u), r["clip_threshold"], threshold):
                 reject(r, reason, moderation=moderation(reason))
 
     def _reference_similarity(self, uri: str | None, embedding: list[float]) -> float | None:
-        """Cosine of an image's CLIP embedding with its style's reference image's (embedded once
-        per actor and reference)."""
+        """Cosine of an image's CLIP embedding with one of its style's images' (the reference image,
+        the style image: embedded once per actor and image)."""
         if uri is None:
             return None
         if uri not in self._references:

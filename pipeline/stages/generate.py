@@ -23,14 +23,18 @@ from pipeline.spec.tokens import truncated
 from pipeline.spec.vocabulary import GENERATE_ERROR, IMG2IMG, INPAINT, T2I
 from pipeline.stages.product import composite, starting_images
 
-GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale")
+GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale",
+              "style_image", "style_image_scale", "structure_scale")
 
 
 def group_key(candidate: dict) -> tuple:
     """What must be equal within one pipeline call, so that no candidate's conditioning depends
     on its batch mates. That includes whether a negative prompt is given: a call takes one for
-    all or none, and SDXL-class pipelines encode an absent one as zeros but "" as text."""
-    return (*(candidate[k] for k in GROUP_KEYS), bool(candidate["negative_prompt"]))
+    all or none, and SDXL-class pipelines encode an absent one as zeros but "" as text. A style
+    image is one per call (diffusers gives a call's every prompt all the images it is handed);
+    structure images may differ within a call, but not whether there is one, nor their weight."""
+    return (*(candidate[k] for k in GROUP_KEYS), bool(candidate["negative_prompt"]),
+            candidate["structure_image"] is not None)
 
 
 @dataclass
@@ -56,10 +60,16 @@ def is_oom(error: BaseException) -> bool:
 class Generator:
     """Runs the diffusion pipelines over candidate records (dicts with plan columns)."""
 
-    def __init__(self, pipelines, batch_size: int, true_cfg_scale: float = 1.0):
+    def __init__(self, pipelines, batch_size: int, true_cfg_scale: float = 1.0, ip_adapter: str | None = None,
+                 controlnet: str | None = None):
+        """`ip_adapter` / `controlnet`: loaded when some candidate of this model has a style /
+        structure image (`stages/conditioning.py` prepares both)."""
+        from pipeline.stages.conditioning import Conditioning
+
         self.pipes = pipelines
         self.batch_size = batch_size
         self.true_cfg_scale = true_cfg_scale  # FLUX: > 1 runs a real second pass for the negative prompt
+        self.conditioning = Conditioning(pipelines, ip_adapter, controlnet)
         self._adapters: dict[str, str] = {}  # LoRA file → adapter name, loaded once per actor
         self._active: tuple[str, float] | None = None
 
@@ -146,9 +156,11 @@ class Generator:
 
         first = cands[0]
         mode = first["mode"]
-        pipe = {T2I: self.pipes.t2i, IMG2IMG: self.pipes.img2img, INPAINT: self.pipes.inpaint}[mode]
+        pipes = self.conditioning.pipelines(first)  # ControlNet ones for a structure image
+        pipe = {T2I: pipes.t2i, IMG2IMG: pipes.img2img, INPAINT: pipes.inpaint}[mode]
         if pipe is None:
-            raise ValueError(f"model {self.pipes.model_id!r} has no {mode} pipeline")
+            raise ValueError(f"model {self.pipes.model_id!r} has no {mode} pipeline"
+                             + (" with a ControlNet" if pipes is not self.pipes else ""))
         self._use_lora(first["lora"], first["lora_scale"])
         params = inspect.signature(pipe.__call__).parameters
         kwargs = {
@@ -169,6 +181,7 @@ class Generator:
             kwargs.update(image=[i[0] for i in inputs], strength=float(first["strength"]))
             if mode == INPAINT:
                 kwargs.update(mask_image=[i[1] for i in inputs])
+        kwargs.update(self.conditioning.arguments(pipe, cands, mode))
         with torch.inference_mode():
             result = pipe(**kwargs).images
         _injected_faults(cands, after_model=True)

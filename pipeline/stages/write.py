@@ -107,6 +107,13 @@ class WriteStage:
                 self._parents.pop(next(iter(self._parents)))
         return self._parents[uri]
 
+    def _inputs(self, r: dict) -> tuple:
+        """The style and structure images that steered a candidate, for its `inputTo` ingredients."""
+        from pipeline.provenance.claim import Input
+
+        return tuple(Input(column, *self._parent(r[column]), os.path.basename(r[column]))
+                     for column in ("style_image", "structure_image") if r[column] is not None)
+
     def _made_from(self, r: dict) -> tuple[bytes | None, str | None, str | None]:
         """The image a candidate was made from, for its C2PA `parentOf` ingredient (bytes, type,
         title): a refinement's earlier image, signed, so the chain of review rounds is provable;
@@ -141,7 +148,7 @@ class WriteStage:
             seed=int(r["seed"]), steps=int(r["steps"]), guidance_scale=float(r["guidance_scale"]),
             prompt_sha256=hashlib.sha256(r["prompt"].encode("utf-8")).hexdigest(), mode=r["mode"],
             item_id=r["item_id"], software_agent=SOFTWARE_AGENT, parent=parent, parent_mime=parent_mime,
-            parent_title=parent_title)
+            parent_title=parent_title, inputs=self._inputs(r))
         signed = self.signer.sign(data, mime, claim)
         t2 = time.perf_counter()
         if self.run_id is not None:
