@@ -5,6 +5,7 @@ same pixels, and a driver killed mid-run then rerun leaves every candidate exact
 import signal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -42,14 +43,45 @@ def test_two_models_in_one_job_on_two_actors_written_verified_and_regenerated_al
         assert np.abs(img - a[item]).max() <= 2, item
 
 
-def test_a_driver_killed_in_a_two_model_job_then_rerun_completes_exactly_once(tmp_path):
-    extra = "[generate]\nsteps = 1\nwidth = 64\nheight = 64\nbatch_size = 1\n[output]\nshard_rows = 2\n"
-    job = write_job(tmp_path, ROWS, styles=STYLES, extra=extra, num_candidates=2, keep=1)
+def test_a_mixed_job_resumes_after_a_kill_regenerates_any_row_alone_and_verifies(tmp_path):
+    """Several styles: two UNet models and a transformer family, style and structure images, a
+    LoRA and pinned seeds, in one job, through Ray; the driver killed mid-run, then rerun."""
+    from PIL import Image
+
+    from tests.helpers import make_lora
+
+    lora = make_lora(tmp_path / "lora")
+    Image.new("RGB", (48, 48), (220, 120, 30)).save(tmp_path / "warm.png")
+    layout = Image.new("RGB", (64, 64), (0, 0, 0))
+    layout.paste((255, 255, 255), (12, 12, 52, 52))
+    layout.save(tmp_path / "layout.png")
+    styles = {"style": ["studio", "lifestyle", "flux", "sd3"],
+              "model": ["embedded:tiny-sdxl", None, "embedded:tiny-flux", "embedded:tiny-sd3"],
+              "style_image": ["warm.png", "warm.png", None, None], "structure_image": [None, "layout.png", None, None],
+              "lora": [None, str(lora), None, None],
+              "seeds": pa.array([None, [11, 22], None, None], pa.list_(pa.int64())),
+              "guidance_scale": [None, None, 3.5, None]}
+    rows = {"id": [f"r{i}" for i in range(8)], "prompt": [f"product photo {i}" for i in range(8)],
+            "style": ["studio", "lifestyle", "flux", "sd3"] * 2}
+    extra = ("[generate]\nsteps = 2\nwidth = 64\nheight = 64\nbatch_size = 2\n[output]\nshard_rows = 2\n"
+             '[models]\nip_adapter = "embedded:tiny-ip-adapter"\ncontrolnet = "embedded:tiny-controlnet"\n')
+    job = write_job(tmp_path, rows, styles=styles, extra=extra, num_candidates=2, keep=1)
     out = tmp_path / "out"
     first = run(job, out, "driver.kill_after_shard=2")
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     second = run(job, out)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert_complete(out, 8)
-    models = {r["style"]: r["model"] for r in pq.read_table(out / "results.parquet").to_pylist()}
-    assert models == {"studio": "embedded:tiny-sdxl", "lifestyle": "embedded:tiny-sd"}
+    assert_complete(out, 16)  # exactly once, every file verified, no strays
+    table = pq.read_table(out / "results.parquet")
+    got = table.to_pylist()
+    assert {r["style"]: r["model"] for r in got} == {"studio": "embedded:tiny-sdxl", "lifestyle": "embedded:tiny-sd",
+                                                      "flux": "embedded:tiny-flux", "sd3": "embedded:tiny-sd3"}
+    assert {r["seed"] for r in got if r["style"] == "lifestyle"} == {11, 22}
+    # a row of each style alone, in its own output: the same items and the same pixels
+    alone = cli("run", str(job), "--rows", "r0,r1,r2,r3", "--output", str(tmp_path / "alone"))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    one = pq.read_table(tmp_path / "alone" / "results.parquet")
+    a, b = pixels(out, table), pixels(tmp_path / "alone", one)
+    assert len(b) == 4 and set(b) <= set(a)  # the kept one of each row
+    for item, img in b.items():
+        assert np.abs(img - a[item]).max() <= 2, item
