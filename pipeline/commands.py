@@ -52,9 +52,9 @@ def _warn(warnings: tuple[str, ...]) -> None:
         print(f"warning: {w}", file=sys.stderr)
 
 
-def _long_prompts(plan) -> list[tuple[int, str, int, int]]:
-    """(row, id, tokens, limit) of each row whose prompt runs past its model's first text encoder's
-    window (every model of the chunk: styles may name their own)."""
+def _long_prompts(plan) -> list[tuple[int, str, str, int, int]]:
+    """(row, id, encoder, tokens, window) of each row whose prompt runs past one of its model's
+    text encoders' windows (every model of the chunk: styles may name their own)."""
     import pyarrow.compute as pc
 
     from pipeline.spec.tokens import over_limit, truncated
@@ -63,19 +63,17 @@ def _long_prompts(plan) -> list[tuple[int, str, int, int]]:
     long_rows = []
     for model in pc.unique(first["model"]).to_pylist():
         mine = first.filter(pc.equal(first["model"], model))
-        found = over_limit(mine["prompt"].to_pylist(), model)
-        if found is not None:
-            counts, limit = found
-            long_rows += [(r, i, n, limit) for r, i, n in zip(mine["row"].to_pylist(), mine["id"].to_pylist(), counts,
-                                                              strict=True) if truncated(n, limit)]
+        for encoder, counts, limit in over_limit(mine["prompt"].to_pylist(), model):
+            long_rows += [(r, i, encoder, n, limit) for r, i, n in zip(mine["row"].to_pylist(), mine["id"].to_pylist(),
+                                                                      counts, strict=True) if truncated(n, limit)]
     return sorted(long_rows)
 
 
-def _warn_long_prompts(long_rows: list[tuple[int, str, int, int]]) -> None:
-    """Prompts past the text encoder's window still run (truncated); say which, by row."""
-    for r, i, n, limit in long_rows[:20]:
+def _warn_long_prompts(long_rows: list[tuple[int, str, str, int, int]]) -> None:
+    """Prompts past a text encoder's window still run (truncated); say which, by row and encoder."""
+    for r, i, encoder, n, limit in long_rows[:20]:
         print(f"warning: row {r} (id {i!r}), column 'prompt': {n} tokens after the style template; the "
-              f"text encoder reads {limit}, the rest is truncated", file=sys.stderr)
+              f"text encoder {encoder} reads {limit}, the rest is truncated", file=sys.stderr)
     if len(long_rows) > 20:
         print(f"warning: ... and {len(long_rows) - 20} more long prompts", file=sys.stderr)
 

@@ -52,3 +52,18 @@ def test_flux_and_sd3_rows_run_every_mode_at_the_planned_size_and_name_the_encod
     assert (got["long-sd"]["truncated"], got["long-sd"]["truncated_by"]) == (True, "text_encoder:clip")
     assert (got["t2i-flux"]["truncated"], got["t2i-flux"]["truncated_by"]) == (False, None)
     assert got["stage-flux"]["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+
+
+def test_validate_warns_of_each_text_encoder_that_will_cut_a_prompt(tmp_path, capsys):
+    from pipeline.cli import main
+
+    huge = " ".join(["a very detailed product photograph of a ceramic mug"] * 70)  # past T5's 512 too
+    rows = {"id": ["short", "long", "huge"], "prompt": ["a mug", LONG, huge], "style": ["flux"] * 3}
+    from tests.helpers import write_job
+
+    path = write_job(tmp_path, rows, styles={"style": ["flux"], "model": ["embedded:tiny-flux"]}, max_prompt_chars=5000)
+    assert main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "row 1 (id 'long'), column 'prompt'" in err and "text encoder text_encoder:clip reads 77" in err
+    assert "row 2 (id 'huge')" in err and "text encoder text_encoder_2:t5 reads 512" in err
+    assert "id 'short'" not in err and err.count("text_encoder_2:t5") == 1
