@@ -125,6 +125,26 @@ def test_style_lora_changes_only_its_candidates_and_switches_back(generator, tmp
     assert np.abs(generator([cand(5)])[0].image.astype(int) - base).max() <= 2  # off again
 
 
+def test_loras_loaded_at_start_give_the_pixels_of_loras_loaded_on_first_use(tmp_path):
+    """An actor loads its styles' LoRAs when it starts: switching style then only switches
+    adapters. A candidate's pixels must not depend on which other LoRAs are loaded beside its own."""
+    from tests.helpers import make_lora
+
+    brand, other = str(make_lora(tmp_path / "brand", seed=1)), str(make_lora(tmp_path / "other", seed=2))
+
+    def fresh(**kw):
+        pipes = load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
+                               dtype=resolve_dtype("float32", "cpu"))
+        return Generator(pipes, batch_size=2, **kw)
+
+    lazy = fresh()([cand(5), cand(5, lora=brand, lora_scale=1.0)])
+    preloaded = fresh(loras=(other, brand))
+    assert list(preloaded._adapters) == [other, brand]
+    early = preloaded([cand(5), cand(5, lora=brand, lora_scale=1.0)])
+    for a, b in zip(lazy, early, strict=True):
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 2
+
+
 class Spy:
     """A pipeline stand-in that calls the real one and keeps its raw output (0..1 floats)."""
 

@@ -28,16 +28,18 @@ class ModelRef(NamedTuple):
 
 @dataclass(frozen=True)
 class ModelUse:
-    """What a run asks of one model: the styles whose units need it, and whether any of them has
-    a style image (its IP-Adapter is loaded) or a structure image (its ControlNet is)."""
+    """What a run asks of one model: the styles whose units need it, their LoRAs (loaded when the
+    actor starts), and whether any has a style image (its IP-Adapter is loaded) or a structure
+    image (its ControlNet is)."""
 
     styles: tuple[str, ...] = ()
     style_images: bool = False
     structure_images: bool = False
+    loras: tuple[str, ...] = ()
 
     def __or__(self, other: ModelUse) -> ModelUse:
         return ModelUse(tuple(sorted({*self.styles, *other.styles})), self.style_images or other.style_images,
-                        self.structure_images or other.structure_images)
+                        self.structure_images or other.structure_images, tuple(sorted({*self.loras, *other.loras})))
 
 
 def job_model(cfg: JobConfig) -> ModelRef:

@@ -124,7 +124,8 @@ def write_work(chunks: Iterable[pa.Table], path: Path, rows_per_group: int) -> W
                 index.add(ref, len(batches), float(weight), ModelUse(
                     tuple(sorted(mine["style"].unique().fill_null("(none)").to_pylist())),
                     pc.any(pc.is_valid(mine["style_image"])).as_py(),
-                    pc.any(pc.is_valid(mine["structure_image"])).as_py()))
+                    pc.any(pc.is_valid(mine["structure_image"])).as_py(),
+                    tuple(sorted(mine["lora"].drop_null().unique().to_pylist()))))
     return index
 
 

@@ -93,7 +93,7 @@ class CandidateStage:
             return Generator(pipes, batch_size=self.cfg.generate.batch_size,
                              true_cfg_scale=self.cfg.generate.true_cfg_scale,
                              ip_adapter=m.ip_adapter if use.style_images else None,
-                             controlnet=m.controlnet if use.structure_images else None)
+                             controlnet=m.controlnet if use.structure_images else None, loras=use.loras)
         except ModelLoadError as e:
             if ref == job_model(self.cfg) or not use.styles:
                 raise  # the job file's [models] keys: its message names them

@@ -23,6 +23,7 @@ from pipeline.spec.tokens import truncated
 from pipeline.spec.vocabulary import GENERATE_ERROR, IMG2IMG, INPAINT, T2I
 from pipeline.stages.product import composite, starting_images
 
+PRELOADED_LORAS = 32  # LoRAs an actor loads at start, per model: a few MB each for SD, tens for SDXL
 GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale",
               "style_image", "style_image_scale", "structure_scale")
 
@@ -61,9 +62,11 @@ class Generator:
     """Runs the diffusion pipelines over candidate records (dicts with plan columns)."""
 
     def __init__(self, pipelines, batch_size: int, true_cfg_scale: float = 1.0, ip_adapter: str | None = None,
-                 controlnet: str | None = None):
+                 controlnet: str | None = None, loras: tuple[str, ...] = ()):
         """`ip_adapter` / `controlnet`: loaded when some candidate of this model has a style /
-        structure image (`stages/conditioning.py` prepares both)."""
+        structure image (`stages/conditioning.py` prepares both). `loras`: the styles' LoRAs,
+        loaded now (up to PRELOADED_LORAS; others on first use), so switching style mid-run only
+        switches adapters (about 16 ms on the tiny model) instead of reading weights (about 140 ms)."""
         from pipeline.stages.conditioning import Conditioning
 
         self.pipes = pipelines
@@ -72,6 +75,10 @@ class Generator:
         self.conditioning = Conditioning(pipelines, ip_adapter, controlnet)
         self._adapters: dict[str, str] = {}  # LoRA file → adapter name, loaded once per actor
         self._active: tuple[str, float] | None = None
+        for path in loras[:PRELOADED_LORAS]:
+            self._load_lora(path)
+        if self._adapters:
+            self.pipes.t2i.disable_lora()
 
     def __call__(self, candidates: list[dict]) -> list[Generated]:
         # 1. group by everything that must be equal within one pipeline call
@@ -135,19 +142,24 @@ class Generator:
         if wanted is None:
             pipe.disable_lora()
         else:
-            if path not in self._adapters:
-                import os
-
-                from pipeline.storage.uris import local_copy
-
-                local = local_copy(path)  # a LoRA on object storage is fetched once per node
-                name = f"style_lora_{len(self._adapters)}"
-                pipe.load_lora_weights(os.path.dirname(local), weight_name=os.path.basename(local),
-                                       adapter_name=name, use_safetensors=True)
-                self._adapters[path] = name
+            self._load_lora(path)
             pipe.enable_lora()
             pipe.set_adapters([self._adapters[path]], [wanted[1]])
         self._active = wanted
+
+    def _load_lora(self, path: str) -> None:
+        """A style's LoRA as an adapter of the shared modules, once per actor."""
+        if path in self._adapters:
+            return
+        import os
+
+        from pipeline.storage.uris import local_copy
+
+        local = local_copy(path)  # a LoRA on object storage is fetched once per node
+        name = f"style_lora_{len(self._adapters)}"
+        self.pipes.t2i.load_lora_weights(os.path.dirname(local), weight_name=os.path.basename(local),
+                                         adapter_name=name, use_safetensors=True)
+        self._adapters[path] = name
 
     def _generate(self, cands: list[dict]) -> list[np.ndarray]:
         import torch
