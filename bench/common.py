@@ -85,3 +85,12 @@ def add_generation_args(ap) -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--batch-size", type=int, default=4)
+
+
+def job_toml(sections: dict[str, dict]) -> str:
+    """A job file's text from {section: {key: value}}: strings quoted, booleans in TOML's case."""
+    def value(v) -> str:
+        return str(v).lower() if isinstance(v, bool) else f'"{v}"' if isinstance(v, str) else str(v)
+
+    return "".join(f"[{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in keys.items())
+                   for name, keys in sections.items() if keys)

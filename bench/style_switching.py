@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PROMPTS, emit, machine, table  # noqa: E402
+from bench.common import PROMPTS, emit, job_toml, machine, table  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
@@ -56,20 +56,12 @@ def write_job(folder: Path, args, styles: int) -> Path:
     pl.DataFrame({"id": [f"r{i}" for i in range(args.rows)],
                   "prompt": [PROMPTS[i % len(PROMPTS)] for i in range(args.rows)],
                   "style": [names[i % styles] for i in range(args.rows)]}).write_parquet(folder / "manifest.parquet")
-    adapter = '[models]\nip_adapter = "embedded:tiny-ip-adapter"\n' if args.style_images else ""
-    (folder / "job.toml").write_text(f"""[job]
-name = "styles-{styles}"
-manifest = "manifest.parquet"
-styles = "styles.parquet"
-output = "out"
-{adapter}[generate]
-steps = {args.steps}
-width = {args.size}
-height = {args.size}
-batch_size = {args.batch_size}
-[filter]
-image_unsafe_threshold = 1.0
-""")
+    (folder / "job.toml").write_text(job_toml({
+        "job": {"name": f"styles-{styles}", "manifest": "manifest.parquet", "styles": "styles.parquet",
+                "output": "out"},
+        "models": {"ip_adapter": "embedded:tiny-ip-adapter"} if args.style_images else {},
+        "generate": {"steps": args.steps, "width": args.size, "height": args.size, "batch_size": args.batch_size},
+        "filter": {"image_unsafe_threshold": 1.0}}))
     return folder / "job.toml"
 
 

@@ -50,11 +50,16 @@ def test_run_verify_and_regenerate_one_row_alone(tmp_path):
     assert all(r["writer"] == r["worker"] for r in written)  # one actor made and wrote each image
 
     # One row alone, in its own output folder: the same item ids and the same pixels.
-    alone = cli("run", str(job), "--rows", "mug-jp", "--output", str(tmp_path / "alone"))
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    one = pq.read_table(tmp_path / "alone" / "results.parquet")
-    a, b = pixels(tmp_path / "full", full), pixels(tmp_path / "alone", one)
-    assert len(b) == 2 and set(b) <= set(a)
+    assert_regenerated_alike(job, tmp_path / "full", full, "mug-jp", tmp_path / "alone", files=2)
+
+
+def assert_regenerated_alike(job: Path, out: Path, table, rows: str, alone: Path, files: int) -> None:
+    """`rows` (comma-separated ids) run alone into `alone`: `files` images, each one of the full
+    run's items (`out`, `table`) with the same pixels (≤ 2/255)."""
+    run = cli("run", str(job), "--rows", rows, "--output", str(alone))
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = pixels(out, table), pixels(alone, pq.read_table(alone / "results.parquet"))
+    assert len(b) == files and set(b) <= set(a)
     for item, img in b.items():
         assert np.abs(img - a[item]).max() <= 2, item
 

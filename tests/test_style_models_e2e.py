@@ -4,14 +4,13 @@ same pixels, and a driver killed mid-run then rerun leaves every candidate exact
 
 import signal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import write_job
 from tests.test_kill_rerun import assert_complete, run
-from tests.test_ray_e2e import cli, pixels
+from tests.test_ray_e2e import assert_regenerated_alike, cli
 
 pytestmark = pytest.mark.slow
 ROWS = {"id": ["mug", "lamp", "shoe", "bag"], "prompt": ["a red mug", "a desk lamp", "running shoes", "a bag"],
@@ -34,13 +33,7 @@ def test_two_models_in_one_job_on_two_actors_written_verified_and_regenerated_al
     assert {s for s, _, status in made if status == "written"} == {"studio", "lifestyle"}
 
     # a row of each model alone, in its own output: the same item ids and the same pixels
-    alone = cli("run", str(job), "--rows", "mug,lamp", "--output", str(tmp_path / "alone"))
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    one = pq.read_table(tmp_path / "alone" / "results.parquet")
-    a, b = pixels(tmp_path / "full", table), pixels(tmp_path / "alone", one)
-    assert len(b) == 4 and set(b) <= set(a)
-    for item, img in b.items():
-        assert np.abs(img - a[item]).max() <= 2, item
+    assert_regenerated_alike(job, tmp_path / "full", table, "mug,lamp", tmp_path / "alone", files=4)
 
 
 def test_a_mixed_job_resumes_after_a_kill_regenerates_any_row_alone_and_verifies(tmp_path):
@@ -77,11 +70,5 @@ def test_a_mixed_job_resumes_after_a_kill_regenerates_any_row_alone_and_verifies
     assert {r["style"]: r["model"] for r in got} == {"studio": "embedded:tiny-sdxl", "lifestyle": "embedded:tiny-sd",
                                                       "flux": "embedded:tiny-flux", "sd3": "embedded:tiny-sd3"}
     assert {r["seed"] for r in got if r["style"] == "lifestyle"} == {11, 22}
-    # a row of each style alone, in its own output: the same items and the same pixels
-    alone = cli("run", str(job), "--rows", "r0,r1,r2,r3", "--output", str(tmp_path / "alone"))
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    one = pq.read_table(tmp_path / "alone" / "results.parquet")
-    a, b = pixels(out, table), pixels(tmp_path / "alone", one)
-    assert len(b) == 4 and set(b) <= set(a)  # the kept one of each row
-    for item, img in b.items():
-        assert np.abs(img - a[item]).max() <= 2, item
+    # a row of each style alone, in its own output: the same items and the same pixels (the kept one each)
+    assert_regenerated_alike(job, out, table, "r0,r1,r2,r3", tmp_path / "alone", files=4)
