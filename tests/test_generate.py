@@ -319,3 +319,35 @@ def test_exif_rotated_style_reference_is_compared_upright(tmp_path):
         upright = np.asarray(ImageOps.exif_transpose(shown).convert("RGB"))
     assert len(seen) == 1 and seen[0].shape == upright.shape == (80, 40, 3)
     assert np.array_equal(seen[0], upright)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_swaps_style_loras_in_place_without_recompiling(tmp_path):
+    """With [models].compile, a model's styles' LoRAs share one hot-swapped adapter slot: switching
+    style replaces its weights (the compiled graph stays), no LoRA is the slot at scale 0, and the
+    pixels are those of the LoRAs loaded the ordinary way."""
+    from torch._dynamo.utils import counters
+
+    from pipeline.models.adapters import enable_lora_hotswap
+    from tests.helpers import make_lora
+
+    a, b = str(make_lora(tmp_path / "a", seed=1)), str(make_lora(tmp_path / "b", seed=2))
+    order = [cand(5, lora=a, lora_scale=1.0), cand(5, lora=b, lora_scale=1.0), cand(5), cand(5, lora=a, lora_scale=1.0)]
+
+    def fresh():
+        return load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
+                              dtype=resolve_dtype("float32", "cpu"))
+
+    plain = Generator(fresh(), batch_size=1)
+    expected = [plain([c])[0].image.astype(int) for c in order]
+    pipes = fresh()
+    enable_lora_hotswap(pipes, (a, b))
+    hot = Generator(pipes, batch_size=1, loras=(a, b), hotswap=True)  # the first LoRA in place, then compile
+    optimize(pipes, compile=True)
+    got = [hot([order[0]])[0].image.astype(int)]
+    graphs = counters["stats"]["unique_graphs"]
+    got += [hot([c])[0].image.astype(int) for c in order[1:]]
+    assert counters["stats"]["unique_graphs"] - graphs <= 1  # at most the first change of scale (to 0)
+    for want, have in zip(expected, got, strict=True):
+        assert np.abs(want - have).max() <= 2
+    assert np.abs(got[0] - got[1]).max() > 10  # the swap did change the LoRA

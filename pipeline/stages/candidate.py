@@ -88,12 +88,20 @@ class CandidateStage:
         try:
             pipes = diffusion.load_diffusion(ref.spec, revision=ref.revision, scheduler=m.scheduler,
                                              device=self.device, dtype=self.dtype)
+            hotswap = m.compile and bool(use.loras)
+            if hotswap:  # before the first LoRA and compiling: style switches swap weights, never recompile
+                from pipeline.models.adapters import enable_lora_hotswap
+
+                enable_lora_hotswap(pipes, use.loras)
+            # adapters and the first LoRA in place first: compiling is the last change to the modules
+            generator = Generator(pipes, batch_size=self.cfg.generate.batch_size,
+                                  true_cfg_scale=self.cfg.generate.true_cfg_scale,
+                                  ip_adapter=m.ip_adapter if use.style_images else None,
+                                  controlnet=m.controlnet if use.structure_images else None, loras=use.loras,
+                                  hotswap=hotswap)
             diffusion.optimize(pipes, channels_last=m.channels_last, compile=m.compile, vae_slicing=m.vae_slicing,
                                vae_tiling=m.vae_tiling)
-            return Generator(pipes, batch_size=self.cfg.generate.batch_size,
-                             true_cfg_scale=self.cfg.generate.true_cfg_scale,
-                             ip_adapter=m.ip_adapter if use.style_images else None,
-                             controlnet=m.controlnet if use.structure_images else None, loras=use.loras)
+            return generator
         except ModelLoadError as e:
             if ref == job_model(self.cfg) or not use.styles:
                 raise  # the job file's [models] keys: its message names them

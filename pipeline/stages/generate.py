@@ -23,6 +23,7 @@ from pipeline.spec.tokens import truncated
 from pipeline.spec.vocabulary import GENERATE_ERROR, IMG2IMG, INPAINT, T2I
 from pipeline.stages.product import composite, starting_images
 
+SLOT = "style_lora"  # the one adapter of a hot-swapping (compiled) model
 PRELOADED_LORAS = 32  # LoRAs an actor loads at start, per model: a few MB each for SD, tens for SDXL
 GROUP_KEYS = ("mode", "width", "height", "steps", "guidance_scale", "strength", "lora", "lora_scale",
               "style_image", "style_image_scale", "structure_scale")
@@ -62,11 +63,14 @@ class Generator:
     """Runs the diffusion pipelines over candidate records (dicts with plan columns)."""
 
     def __init__(self, pipelines, batch_size: int, true_cfg_scale: float = 1.0, ip_adapter: str | None = None,
-                 controlnet: str | None = None, loras: tuple[str, ...] = ()):
+                 controlnet: str | None = None, loras: tuple[str, ...] = (), hotswap: bool = False):
         """`ip_adapter` / `controlnet`: loaded when some candidate of this model has a style /
         structure image (`stages/conditioning.py` prepares both). `loras`: the styles' LoRAs,
         loaded now (up to PRELOADED_LORAS; others on first use), so switching style mid-run only
-        switches adapters (about 16 ms on the tiny model) instead of reading weights (about 140 ms)."""
+        switches adapters (about 16 ms on the tiny model) instead of reading weights (about 140 ms).
+        `hotswap` (a compiled model, `models.adapters.enable_lora_hotswap` called): one adapter
+        slot whose weights are swapped in place, and "no LoRA" is that slot at scale 0 (the
+        same pixels as without it), so a style switch never recompiles."""
         from pipeline.stages.conditioning import Conditioning
 
         self.pipes = pipelines
@@ -75,9 +79,10 @@ class Generator:
         self.conditioning = Conditioning(pipelines, ip_adapter, controlnet)
         self._adapters: dict[str, str] = {}  # LoRA file → adapter name, loaded once per actor
         self._active: tuple[str, float] | None = None
-        for path in loras[:PRELOADED_LORAS]:
+        self.hotswap = hotswap
+        for path in loras[:1 if hotswap else PRELOADED_LORAS]:
             self._load_lora(path)
-        if self._adapters:
+        if self._adapters and not hotswap:
             self.pipes.t2i.disable_lora()
 
     def __call__(self, candidates: list[dict]) -> list[Generated]:
@@ -139,12 +144,27 @@ class Generator:
         wanted = (path, float(scale)) if path else None
         if wanted == self._active:
             return
-        if wanted is None:
+        if self.hotswap:
+            self._swap_lora(wanted)
+        elif wanted is None:
             pipe.disable_lora()
         else:
             self._load_lora(path)
             pipe.enable_lora()
             pipe.set_adapters([self._adapters[path]], [wanted[1]])
+        self._active = wanted
+
+    def _swap_lora(self, wanted: tuple[str, float] | None) -> None:
+        """Under hot-swap: the slot's weights replaced by the wanted LoRA's, or its scale set to 0."""
+        if wanted is None:
+            if self._adapters:  # nothing loaded yet: the model runs as it is
+                self.pipes.t2i.set_adapters([SLOT], [0.0])
+            self._active = None
+            return
+        path, scale = wanted
+        if path not in self._adapters:
+            self._load_lora(path)
+        self.pipes.t2i.set_adapters([SLOT], [scale])
         self._active = wanted
 
     def _load_lora(self, path: str) -> None:
@@ -156,9 +176,12 @@ class Generator:
         from pipeline.storage.uris import local_copy
 
         local = local_copy(path)  # a LoRA on object storage is fetched once per node
-        name = f"style_lora_{len(self._adapters)}"
+        swap = self.hotswap and bool(self._adapters)
+        name = SLOT if self.hotswap else f"style_lora_{len(self._adapters)}"
         self.pipes.t2i.load_lora_weights(os.path.dirname(local), weight_name=os.path.basename(local),
-                                         adapter_name=name, use_safetensors=True)
+                                         adapter_name=name, use_safetensors=True, hotswap=swap)
+        if swap:
+            self._adapters.clear()  # the slot holds this LoRA now, no other
         self._adapters[path] = name
 
     def _generate(self, cands: list[dict]) -> list[np.ndarray]:
