@@ -1,6 +1,6 @@
 """Actor pools sized from the cluster: what runs where, before any actor starts."""
 
-from pipeline.run.runner import size_pools
+from pipeline.run.routing import size_pools
 from tests.helpers import job
 
 ROWS = {"id": ["a"], "prompt": ["a mug"]}

@@ -1,4 +1,8 @@
-"""Which generate actor holds which model, and which unit an actor gets next.
+"""How many actors a run gets, which generate actor holds which model, and which unit an actor
+gets next.
+
+Pool sizes come from the job's [cluster] section and the cluster's resources, never a fixed
+count: on 2 cores an actor that asked for a whole CPU would starve everything else.
 
 A job whose styles name their own models has units of several models (each unit holds one:
 plan/work.py). Pools are sized by each model's share of the planned work (`WorkIndex.weight`),
@@ -11,6 +15,35 @@ asks, this answers.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
+
+from pipeline.spec.config import JobConfig
+
+
+@dataclass(frozen=True)
+class Pools:
+    generate_actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+    write_actors: int  # 0: the generate actors write their own units
+    cpus_per_writer: float
+
+
+def size_pools(cfg: JobConfig, resources: dict[str, float]) -> Pools:
+    """Actor counts from the job's [cluster] section and what the cluster has."""
+    c = cfg.cluster
+    gpus = resources.get("GPU", 0.0)
+    cpus = resources.get("CPU", 1.0)
+    on_gpu = gpus > 0 and cfg.models.device != "cpu"
+    gpus_per_actor = c.gpus_per_actor if on_gpu else 0.0
+    generate = c.generate_actors or (max(1, int(gpus // gpus_per_actor)) if on_gpu else 1)
+    spare = cpus - generate * c.cpus_per_actor
+    # A CPU generate actor that uses every core of its node leaves nothing for writers to run
+    # on: a writer beside it only preempts its threads mid-step. It writes its own units then,
+    # between batches (measured on 2 cores: bench/RESULTS.md).
+    all_cores = not on_gpu and c.torch_threads == 0
+    write = c.write_actors or (0 if all_cores else max(1, min(32, int(spare))))
+    return Pools(generate, gpus_per_actor, c.cpus_per_actor, write, c.cpus_per_writer)
 
 
 def assign(actors: int, weights: list[float]) -> list[list[int]]:

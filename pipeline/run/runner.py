@@ -13,7 +13,7 @@ Plain Ray actors, not Ray Data: the stage output goes from the generating actor 
 writer as an object reference, and the driver sleeps in `ray.wait`. Ray Data's executor polls
 (a scheduling step every 0.1 s, the consumer every 10 ms) and runs helper actors; on a 2-core
 machine that control plane took about 13% of a core away from generation (bench/RESULTS.md).
-Pool sizes come from the cluster's resources, never a fixed count: on 2 cores an actor that
+Pool sizes (run/routing.py) come from the cluster's resources, never a fixed count: on 2 cores an actor that
 asked for a whole CPU would starve everything else.
 """
 
@@ -22,41 +22,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pyarrow as pa
 
 from pipeline.errors import JobError
-from pipeline.run.routing import Router
+from pipeline.run.routing import Pools, Router
 from pipeline.run.units import Chain, StageFailed, Stages, one_line
-from pipeline.spec.config import JobConfig
-
-
-@dataclass(frozen=True)
-class Pools:
-    generate_actors: int
-    gpus_per_actor: float
-    cpus_per_actor: float
-    write_actors: int  # 0: the generate actors write their own units
-    cpus_per_writer: float
-
-
-def size_pools(cfg: JobConfig, resources: dict[str, float]) -> Pools:
-    """Actor counts from the job's [cluster] section and what the cluster has."""
-    c = cfg.cluster
-    gpus = resources.get("GPU", 0.0)
-    cpus = resources.get("CPU", 1.0)
-    on_gpu = gpus > 0 and cfg.models.device != "cpu"
-    gpus_per_actor = c.gpus_per_actor if on_gpu else 0.0
-    generate = c.generate_actors or (max(1, int(gpus // gpus_per_actor)) if on_gpu else 1)
-    spare = cpus - generate * c.cpus_per_actor
-    # A CPU generate actor that uses every core of its node leaves nothing for writers to run
-    # on: a writer beside it only preempts its threads mid-step. It writes its own units then,
-    # between batches (measured on 2 cores: bench/RESULTS.md).
-    all_cores = not on_gpu and c.torch_threads == 0
-    write = c.write_actors or (0 if all_cores else max(1, min(32, int(spare))))
-    return Pools(generate, gpus_per_actor, c.cpus_per_actor, write, c.cpus_per_writer)
-
 
 # What the actors need from the driver's environment on a cluster whose nodes have their own:
 # caches, offline switches, where the object store is. Never credentials: those come from each

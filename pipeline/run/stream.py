@@ -20,8 +20,8 @@ import pyarrow.compute as pc
 from pipeline import faults
 from pipeline.plan.work import PRIOR, WorkIndex
 from pipeline.run.progress import Reporter
-from pipeline.run.routing import assign
-from pipeline.run.runner import connect, execute, size_pools
+from pipeline.run.routing import assign, size_pools
+from pipeline.run.runner import connect, execute
 from pipeline.run.shards import ShardStore
 from pipeline.run.units import Factory, Stages, execute_in_process
 from pipeline.spec import vocabulary

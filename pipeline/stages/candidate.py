@@ -43,6 +43,7 @@ class CandidateStage:
         loaded again when its units come)."""
         from pipeline.models import classifiers, clip, loading
         from pipeline.models.held import HeldModels
+        from pipeline.stages.generator_setup import load_generator
         from pipeline.stages.moderate import EmbeddingModerator, ImageModerator, PromptModerator
         from pipeline.stages.score import ClipScorer
 
@@ -51,9 +52,12 @@ class CandidateStage:
         device = loading.resolve_device(m.device)
         dtype = loading.resolve_dtype(m.dtype, device)
         self.cpu_threads = (cfg.cluster.torch_threads or os.cpu_count() or 1) if device == "cpu" else 0
-        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self.cfg = cfg
         self.used_by = models or {job_model(cfg): ModelUse()}
-        self.generators = HeldModels(self._load_generator, capacity=cfg.cluster.models_per_actor)
+        def load(ref: ModelRef):
+            return load_generator(cfg, ref, self.used_by.get(ref, ModelUse()), device, dtype)
+
+        self.generators = HeldModels(load, capacity=cfg.cluster.models_per_actor)
         for ref in reversed(list(self.used_by)):  # the first model's units come first: it stays loaded
             self.generators.get(ref)
         self.scorer = ClipScorer(clip.load_clip(m.clip, m.clip_pretrained, device=device))
@@ -77,35 +81,6 @@ class CandidateStage:
         from pipeline.storage.store import Output
 
         self.out = Output(cfg.job.output)  # where a refinement's parent image is
-
-    def _load_generator(self, ref: ModelRef):
-        """A Generator over model `ref`'s pipelines, with the job's throughput options."""
-        from pipeline.errors import ModelLoadError
-        from pipeline.models import diffusion
-        from pipeline.stages.generate import Generator
-
-        m, use = self.cfg.models, self.used_by.get(ref, ModelUse())
-        try:
-            pipes = diffusion.load_diffusion(ref.spec, revision=ref.revision, scheduler=m.scheduler,
-                                             device=self.device, dtype=self.dtype)
-            hotswap = m.compile and bool(use.loras)
-            if hotswap:  # before the first LoRA and compiling: style switches swap weights, never recompile
-                from pipeline.models.adapters import enable_lora_hotswap
-
-                enable_lora_hotswap(pipes, use.loras)
-            # adapters and the first LoRA in place first: compiling is the last change to the modules
-            generator = Generator(pipes, batch_size=self.cfg.generate.batch_size,
-                                  true_cfg_scale=self.cfg.generate.true_cfg_scale,
-                                  ip_adapter=m.ip_adapter if use.style_images else None,
-                                  controlnet=m.controlnet if use.structure_images else None, loras=use.loras,
-                                  hotswap=hotswap)
-            diffusion.optimize(pipes, channels_last=m.channels_last, compile=m.compile, vae_slicing=m.vae_slicing,
-                               vae_tiling=m.vae_tiling)
-            return generator
-        except ModelLoadError as e:
-            if ref == job_model(self.cfg) or not use.styles:
-                raise  # the job file's [models] keys: its message names them
-            raise ModelLoadError(f"style(s) {', '.join(use.styles)}: {e}") from e
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Work records (manifest rows with nested candidates) → one record per candidate, its
