@@ -163,3 +163,14 @@ def test_a_transformer_family_with_a_style_or_structure_image_is_refused_by_row(
     assert found["style_image"] == ("model 'embedded:tiny-flux' (flux) takes no style image here "
                                     "(the sd, sdxl families do)")
     assert "takes no structure image here" in found["structure_image"]
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("style_image_scale", 3.0, "[generate].style_image_scale must be 0..2, got 3.0"),
+    ("structure_scale", -0.5, "[generate].structure_scale must be 0..2, got -0.5"),
+    ("true_cfg_scale", 500.0, "[generate].true_cfg_scale must be 0..100, got 500.0"),
+])
+def test_the_job_defaults_of_the_new_weights_are_checked_by_key_and_value(tmp_path, key, value, needle):
+    with pytest.raises(ConfigError) as e:
+        job(tmp_path, ROWS, extra=f"[generate]\nsteps = 2\nwidth = 64\nheight = 64\n{key} = {value}\n")
+    assert needle in str(e.value)
