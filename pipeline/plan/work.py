@@ -111,16 +111,14 @@ def write_work(chunks: Iterable[pa.Table], path: Path, rows_per_group: int) -> W
             order = pc.sort_indices(first, [(k, "ascending") for k in UNIT_ORDER])  # stable
             rows, first = rows.take(order), first.take(order)
             model = pc.binary_join_element_wise(first["model"], pc.fill_null(first["model_revision"], ""), "\x1f")
-            work = flat.filter(pc.invert(flat[PRIOR]))
-            pixel_steps = pc.multiply(pc.multiply(work["steps"], work["width"]), work["height"])
             for start, stop in _runs(model):
                 ref = ModelRef(first["model"][start].as_py(), first["model_revision"][start].as_py())
-                weight = pc.sum(pixel_steps.filter(pc.and_(pc.equal(work["model"], ref.spec), _same(
-                    work["model_revision"], ref.revision)))).as_py() or 0
                 batches = rows.slice(start, stop - start).to_batches(max_chunksize=rows_per_group)
                 for batch in batches:
                     writer.write_batch(batch)
                 mine = pa.Table.from_struct_array(pc.list_flatten(rows["candidates"].slice(start, stop - start)))
+                new = mine.filter(pc.invert(mine[PRIOR]))
+                weight = pc.sum(pc.multiply(pc.multiply(new["steps"], new["width"]), new["height"])).as_py() or 0
                 index.add(ref, len(batches), float(weight), ModelUse(
                     tuple(sorted(mine["style"].unique().fill_null("(none)").to_pylist())),
                     pc.any(pc.is_valid(mine["style_image"])).as_py(),
@@ -134,10 +132,6 @@ def _runs(values: pa.ChunkedArray) -> list[tuple[int, int]]:
     v = values.to_pylist()
     starts = [i for i in range(len(v)) if i == 0 or v[i] != v[i - 1]]
     return list(zip(starts, [*starts[1:], len(v)], strict=True))
-
-
-def _same(column: pa.ChunkedArray, value: str | None) -> pa.ChunkedArray:
-    return pc.is_null(column) if value is None else pc.fill_null(pc.equal(column, value), False)
 
 
 def rows_per_group(rows: int, candidates: int, batch_size: int, max_groups: int = MAX_GROUPS) -> int:
