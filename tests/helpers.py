@@ -56,16 +56,15 @@ def job(folder: Path, rows: dict | pa.Table, **kw) -> JobConfig:
     return load_job(write_job(folder, rows, **kw))
 
 
-def make_lora(path: Path, seed: int = 0) -> Path:
-    """A small LoRA for the embedded tiny SD UNet, saved as diffusers saves LoRAs (safetensors)."""
+def make_lora(path: Path, seed: int = 0, model: str = "embedded:tiny-sd") -> Path:
+    """A small LoRA for an embedded tiny UNet (SD or SDXL), saved as diffusers saves LoRAs
+    (safetensors, by the model's own pipeline class)."""
     import torch
-    from diffusers import StableDiffusionPipeline
     from peft import LoraConfig, get_peft_model_state_dict
 
     from pipeline.models.diffusion import load_diffusion
 
-    pipes = load_diffusion("embedded:tiny-sd", revision=None, scheduler=None, device="cpu",
-                           dtype=torch.float32)
+    pipes = load_diffusion(model, revision=None, scheduler=None, device="cpu", dtype=torch.float32)
     unet = pipes.t2i.unet
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     with torch.no_grad():  # peft starts B at zero (no effect): give it weights that matter
@@ -74,8 +73,8 @@ def make_lora(path: Path, seed: int = 0) -> Path:
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
     path.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(path, unet_lora_layers=get_peft_model_state_dict(unet),
-                                              safe_serialization=True)
+    type(pipes.t2i).save_lora_weights(path, unet_lora_layers=get_peft_model_state_dict(unet),
+                                      safe_serialization=True)
     return path / "pytorch_lora_weights.safetensors"
 
 

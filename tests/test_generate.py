@@ -276,6 +276,18 @@ def test_sdxl_candidate_is_independent_of_its_batch_mates_negative_prompts(sdxl)
     assert np.abs(mixed[0].image.astype(int) - with_negative).max() <= 2
 
 
+def test_an_sdxl_style_lora_changes_its_candidates_and_switches_back(sdxl, tmp_path):
+    from tests.helpers import make_lora
+
+    lora = str(make_lora(tmp_path / "xl", model="embedded:tiny-sdxl"))
+    base = sdxl([cand(5)])[0].image.astype(int)
+    plain, styled = (o.image.astype(int) for o in sdxl([cand(5), cand(5, lora=lora, lora_scale=1.0)]))
+    assert np.abs(plain - base).max() <= 2 and np.abs(styled - base).max() > 10
+    again = sdxl([cand(5, lora=lora, lora_scale=1.0)])[0].image.astype(int)
+    assert np.abs(again - styled).max() <= 2
+    assert np.abs(sdxl([cand(5)])[0].image.astype(int) - base).max() <= 2  # off again
+
+
 def test_sdxl_runs_every_mode_and_a_missing_mode_is_an_error_row(sdxl, tmp_path):
     """Image-to-image and staging run on SDXL's derived pipelines; a model without a mode's
     pipeline fails only the candidates of that mode, with a message, not the batch or the run."""
