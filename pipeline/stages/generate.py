@@ -82,8 +82,11 @@ class Generator:
         self.hotswap = hotswap
         for path in loras[:1 if hotswap else PRELOADED_LORAS]:
             self._load_lora(path)
-        if self._adapters and not hotswap:
-            self.pipes.t2i.disable_lora()
+        if self._adapters:  # loaded, not on: a candidate without a LoRA runs as the bare model
+            if hotswap:
+                self.pipes.t2i.set_adapters([SLOT], [0.0])
+            else:
+                self.pipes.t2i.disable_lora()
 
     def __call__(self, candidates: list[dict]) -> list[Generated]:
         # 1. group by everything that must be equal within one pipeline call
@@ -132,7 +135,7 @@ class Generator:
             if tok is None:
                 return [()] * len(prompts)
             ids = tok(prompts, truncation=False)["input_ids"]
-            return [("tokenizer",) if truncated(len(x), tok.model_max_length) else () for x in ids]
+            return [("text_encoder",) if truncated(len(x), tok.model_max_length) else () for x in ids]
         kinds = {e.name: e.kind for e in family.encoders}
         cut = truncated_by(family, count_tokens(self.pipes.t2i, family, prompts))
         return [tuple(f"{name}:{kinds[name]}" for name in names) for names in cut]
