@@ -57,8 +57,9 @@ def model_columns(cfg: JobConfig) -> list[pl.Expr]:
 
 def planned_models(styles: pl.DataFrame, cfg: JobConfig) -> list[ModelRef]:
     """The job's model, then every style's own, once each: all a plan can name."""
-    own = styles.filter(pl.col("model").is_not_null()).select("model", "model_revision")
-    return list(dict.fromkeys([job_model(cfg), *(ModelRef(*r) for r in own.iter_rows())]))
+    from pipeline.spec.families import style_models
+
+    return list(dict.fromkeys(ModelRef(*ref) for ref in style_models(styles, cfg).values()))
 
 
 def fingerprints(refs: list[ModelRef]) -> dict[ModelRef, str]:
