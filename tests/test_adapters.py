@@ -181,7 +181,7 @@ def test_adapter_build_is_deterministic(tmp_path, name):
     assert built == _digests(embedded.ensure(name))
     assert all(f.endswith((".json", ".safetensors")) for f in built)
     if name == "tiny-controlnet":
-        assert sorted(built) == [f"{base}/{f}" for base in ("tiny-sd", "tiny-sdxl")
+        assert sorted(built) == [f"{base}/{f}" for base in ("tiny-flux", "tiny-sd", "tiny-sd3", "tiny-sdxl")
                                  for f in ("config.json", "diffusion_pytorch_model.safetensors")]
         return
     assert {"image_encoder/config.json", "image_encoder/model.safetensors",
@@ -224,21 +224,20 @@ def test_style_image_steers_every_mode(sd_ip, mode):
 @pytest.mark.parametrize("guidance", [5.0, 1.0])
 def test_style_embedded_once_equals_the_image(sd_ip, guidance):
     pipes = sd_ip[0]
-    embeds = embed_style_image(pipes.t2i, PRODUCT)
+    embeds = embed_style_image(pipes.t2i, PRODUCT, "sd")
     assert tuple(embeds.shape) == (2, 1, 32)
     kw = dict(guidance_scale=guidance)
     by_image = _run(pipes, "img2img", ["a red shoe"], [1], ip_adapter_image=PRODUCT, **kw)
-    by_embeds = _run(pipes, "img2img", ["a red shoe"], [1],
-                     ip_adapter_image_embeds=style_embeds(pipes.t2i, embeds, guidance), **kw)
+    by_embeds = _run(pipes, "img2img", ["a red shoe"], [1], **style_embeds(pipes.t2i, embeds, guidance, "sd"), **kw)
     assert np.abs(by_image - by_embeds).max() <= 1e-6
 
 
 def test_batch_sharing_a_style_image_matches_single(sd_ip):
     pipes = sd_ip[0]
-    embeds = style_embeds(pipes.t2i, embed_style_image(pipes.t2i, PRODUCT), KW["guidance_scale"])
-    pair = _run(pipes, "t2i", ["a red shoe", "a blue bag"], [1, 2], ip_adapter_image_embeds=embeds)
+    embeds = style_embeds(pipes.t2i, embed_style_image(pipes.t2i, PRODUCT, "sd"), KW["guidance_scale"], "sd")
+    pair = _run(pipes, "t2i", ["a red shoe", "a blue bag"], [1, 2], **embeds)
     for k, (prompt, seed) in enumerate([("a red shoe", 1), ("a blue bag", 2)]):
-        alone = _run(pipes, "t2i", [prompt], [seed], ip_adapter_image_embeds=embeds)
+        alone = _run(pipes, "t2i", [prompt], [seed], **embeds)
         assert np.abs(pair[k] - alone[0]).max() <= 2 / 255
 
 
@@ -247,7 +246,7 @@ def test_per_sample_style_embeds_mix_batch_mates(sd_ip):
     over the batch, so one row per prompt does not fail, but every prompt then attends to all
     the rows: each candidate gets its batch mates' style images too."""
     pipes = sd_ip[0]
-    (neg_a, pos_a), (neg_b, pos_b) = (embed_style_image(pipes.t2i, im) for im in (PRODUCT, OTHER_STYLE))
+    (neg_a, pos_a), (neg_b, pos_b) = (embed_style_image(pipes.t2i, im, "sd") for im in (PRODUCT, OTHER_STYLE))
     per_sample = torch.stack([neg_a, neg_b, pos_a, pos_b])  # (4, 1, D): rows of a and b
     pair = _run(pipes, "t2i", ["a red shoe", "a blue bag"], [1, 2], ip_adapter_image_embeds=[per_sample])
     own = _run(pipes, "t2i", ["a red shoe"], [1], ip_adapter_image=PRODUCT)
@@ -317,7 +316,7 @@ def test_controlnet_conditioning_scale_is_honoured(sd_cn):
 def test_adapter_specs_that_do_not_fit_fail_clearly(sd_cn, tmp_path):
     base = sd_cn[0]
     ip, cn = embedded.ensure("tiny-ip-adapter"), embedded.ensure("tiny-controlnet")
-    with pytest.raises(ModelLoadError, match="cross-attentions, 32 wide"):
+    with pytest.raises(ModelLoadError, match=r"7 attentions taking an image, to_k_ip \(32, 32\)"):
         load_ip_adapter(base, "embedded:tiny-ip-adapter", weight_name="ip-adapter_tiny-sdxl.safetensors")
     shutil.copytree(ip, tmp_path / "two")
     shutil.copy(ip / "ip-adapter_tiny-sd.safetensors", tmp_path / "two" / "ip-adapter_copy.safetensors")

@@ -155,14 +155,47 @@ def test_a_staged_product_takes_a_style_image_and_keeps_its_pixels(tmp_path):
     assert (out == [20, 200, 20]).all(axis=2).sum() >= (product[:, :, 3] == 255).sum()
 
 
-def test_a_transformer_family_with_a_style_or_structure_image_is_refused_by_row(tmp_path):
+def _plan_problems(tmp_path, rows, styles):
+    with pytest.raises(ManifestError) as e:
+        cfg = job(tmp_path, rows, styles=styles, extra=ADAPTERS)
+        build_plan(load_inputs(cfg), cfg)
+    return e.value
+
+
+def test_a_structure_image_in_a_mode_the_family_does_not_steer_is_named_by_row_column_and_value(tmp_path):
+    """SD3 has a ControlNet pipeline for text-to-image only; FLUX's image-to-image and inpainting
+    ControlNet pipelines take no IP-Adapter, so not on a model that carries one."""
+    from tests.helpers import save_cutout
+
     image(tmp_path / "look.png")
-    err = problems(tmp_path, {"style": ["a"], "model": ["embedded:tiny-flux"], "style_image": ["look.png"],
-                              "structure_image": ["look.png"]})
-    found = {p.column: p.message for p in err.problems}
-    assert found["style_image"] == ("model 'embedded:tiny-flux' (flux) takes no style image here "
-                                    "(the sd, sdxl families do)")
-    assert "takes no structure image here" in found["structure_image"]
+    cutout = save_cutout(tmp_path / "cutout.png")
+    rows = {"id": ["t", "s", "f", "g"], "prompt": ["a mug"] * 4, "style": ["sd3", "sd3", "flux", "flux-look"],
+            "product_image": [None, str(cutout), str(cutout), None]}
+    styles = {"style": ["sd3", "flux", "flux-look"], "model": ["embedded:tiny-sd3", "embedded:tiny-flux",
+                                                               "embedded:tiny-flux"],
+              "structure_image": ["look.png", "look.png", "look.png"], "style_image": [None, None, "look.png"]}
+    err = _plan_problems(tmp_path, rows, styles)
+    found = {p.id: p for p in err.problems}
+    assert set(found) == {"s", "f"}, err  # text-to-image rows of either family are taken
+    assert (found["s"].row, found["s"].column) == (1, "structure_image")
+    assert found["s"].message.startswith("model 'embedded:tiny-sd3' (sd3) takes a structure image in t2i only, "
+                                         "and this row is inpaint: '")  # then the value (shortened when long)
+    assert (found["f"].row, found["f"].column) == (2, "structure_image")
+    assert ("model 'embedded:tiny-flux' (flux) takes a structure image while it carries an IP-Adapter "
+            "(style 'flux-look' has a style image) in t2i only, and this row is inpaint") in found["f"].message
+
+
+def test_flux_takes_a_structure_image_in_every_mode_without_an_ip_adapter(tmp_path):
+    from tests.helpers import save_cutout
+
+    image(tmp_path / "look.png")
+    cutout = save_cutout(tmp_path / "cutout.png")
+    rows = {"id": ["t", "f"], "prompt": ["a mug"] * 2, "style": ["flux"] * 2, "product_image": [None, str(cutout)]}
+    styles = {"style": ["flux", "unused"], "model": ["embedded:tiny-flux"] * 2,
+              "structure_image": ["look.png", None], "style_image": [None, "look.png"]}  # "unused" loads nothing
+    cfg = job(tmp_path, rows, styles=styles, extra=ADAPTERS)
+    plan = build_plan(load_inputs(cfg), cfg)
+    assert sorted(set(plan["mode"].to_pylist())) == ["inpaint", "t2i"]
 
 
 @pytest.mark.parametrize("key, value, needle", [

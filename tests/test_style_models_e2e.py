@@ -37,8 +37,9 @@ def test_two_models_in_one_job_on_two_actors_written_verified_and_regenerated_al
 
 
 def test_a_mixed_job_resumes_after_a_kill_regenerates_any_row_alone_and_verifies(tmp_path):
-    """Several styles: two UNet models and a transformer family, style and structure images, a
-    LoRA and pinned seeds, in one job, through Ray; the driver killed mid-run, then rerun."""
+    """Several styles: two UNet models and both transformer families, style and structure images
+    on either kind, a LoRA and pinned seeds, in one job, through Ray; the driver killed mid-run,
+    then rerun."""
     from PIL import Image
 
     from tests.helpers import make_lora
@@ -50,7 +51,8 @@ def test_a_mixed_job_resumes_after_a_kill_regenerates_any_row_alone_and_verifies
     layout.save(tmp_path / "layout.png")
     styles = {"style": ["studio", "lifestyle", "flux", "sd3"],
               "model": ["embedded:tiny-sdxl", None, "embedded:tiny-flux", "embedded:tiny-sd3"],
-              "style_image": ["warm.png", "warm.png", None, None], "structure_image": [None, "layout.png", None, None],
+              "style_image": ["warm.png", "warm.png", "warm.png", None],
+              "structure_image": [None, "layout.png", "layout.png", "layout.png"],
               "lora": [None, str(lora), None, None],
               "seeds": pa.array([None, [11, 22], None, None], pa.list_(pa.int64())),
               "guidance_scale": [None, None, 3.5, None]}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.models.diffusion import DiffusionPipelines
+from pipeline.models.families import FLUX, SD3
 from pipeline.models.loading import loading, locate
 
 IMAGE_ENCODER = "image_encoder"  # the folder name diffusers and h94 use for the image encoder
@@ -46,11 +47,24 @@ class IPAdapter:
     image_encoder: str  # relative to the spec's folder
 
 
-def _ip_layout(unet) -> list[tuple[str, tuple[int, int]]]:
-    """The `to_k_ip` keys and shapes an IP-Adapter for this UNet has: diffusers numbers the
-    cross-attention processors 1, 3, 5, … and each `to_k_ip` has its attention's `to_k` shape."""
-    names = [n.removesuffix(".processor") for n in unet.attn_processors if n.endswith("attn2.processor")]
-    return [(f"ip_adapter.{1 + 2 * j}.to_k_ip.weight", tuple(unet.get_submodule(n).to_k.weight.shape))
+def denoiser(pipe):
+    """The pipeline's denoising network: its UNet, or its transformer (FLUX, SD3)."""
+    return getattr(pipe, "unet", None) or pipe.transformer
+
+
+def _ip_layout(net) -> list[tuple[str, tuple[int, int]]]:
+    """The `to_k_ip` keys and shapes an IP-Adapter for this denoiser has. A UNet: diffusers
+    numbers the cross-attention processors 1, 3, 5, … and each `to_k_ip` has its attention's
+    `to_k` shape. FLUX: one per double-stream block, T5's width → the transformer's. SD3: one
+    per joint attention, the transformer's width both ways."""
+    if hasattr(net, "single_transformer_blocks"):  # FLUX
+        shape = (net.inner_dim, net.config.joint_attention_dim)
+        return [(f"ip_adapter.{j}.to_k_ip.weight", shape) for j in range(len(net.transformer_blocks))]
+    if hasattr(net, "transformer_blocks"):  # SD3
+        width = net.config.attention_head_dim * net.config.num_attention_heads
+        return [(f"ip_adapter.{j}.to_k_ip.weight", (width, width)) for j in range(len(net.attn_processors))]
+    names = [n.removesuffix(".processor") for n in net.attn_processors if n.endswith("attn2.processor")]
+    return [(f"ip_adapter.{1 + 2 * j}.to_k_ip.weight", tuple(net.get_submodule(n).to_k.weight.shape))
             for j, n in enumerate(names)]
 
 
@@ -68,11 +82,14 @@ def _fits_ip(file: Path, layout: list) -> bool:
     return has_proj and ip_keys == {k for k, _ in layout} and shapes == [s for _, s in layout]
 
 
-def _ip_weight(folder: Path, unet, weight_name: str | None) -> str:
-    """`weight_name` when it fits this UNet's cross-attention, else the one file that does."""
-    layout = _ip_layout(unet)
+def _ip_weight(folder: Path, net, weight_name: str | None) -> str:
+    """`weight_name` when it fits this denoiser's attentions, else the one file that does
+    (a named file that is not safetensors, such as InstantX's ip-adapter.bin, is taken as named)."""
+    layout = _ip_layout(net)
     if weight_name and not (folder / weight_name).is_file():
         raise FileNotFoundError(f"no IP-Adapter weights {weight_name} in {folder}")
+    if weight_name and not weight_name.endswith(".safetensors"):
+        return weight_name
     named = [folder / weight_name] if weight_name else sorted(folder.rglob("*.safetensors"))
     fits = [str(f.relative_to(folder)) for f in named if _fits_ip(f, layout)]
     if len(fits) == 1:
@@ -81,8 +98,8 @@ def _ip_weight(folder: Path, unet, weight_name: str | None) -> str:
         raise ValueError(f"several IP-Adapter weight files fit this model: {', '.join(fits)}; name one")
     what = (f"{weight_name} in {folder} does not" if weight_name else
             f"no IP-Adapter weights (*.safetensors with image_proj.* and ip_adapter.* keys) in {folder}")
-    raise ValueError(f"{what} fit this model ({len(layout)} cross-attentions, "
-                     f"{unet.config.cross_attention_dim} wide)")
+    width = layout[0][1] if layout else "?"
+    raise ValueError(f"{what} fit this model ({len(layout)} attentions taking an image, to_k_ip {width})")
 
 
 def _image_encoder(folder: Path, weight_name: str) -> str:
@@ -97,45 +114,67 @@ def _image_encoder(folder: Path, weight_name: str) -> str:
 
 def load_ip_adapter(pipes: DiffusionPipelines, spec: str, *, weight_name: str | None = None,
                     scale: float = 1.0) -> IPAdapter:
-    """Load an IP-Adapter into the model's UNet and its image encoder into all three pipelines.
+    """Load an IP-Adapter into the model's denoiser and its image encoder into all three pipelines.
 
     `weight_name` (relative to the folder) picks the file; by default the one whose layers fit
-    the UNet. Once loaded, every call must pass a style image or its embeds: for a candidate
+    the denoiser. Once loaded, every call must pass a style image or its embeds: for a candidate
     without one, pass any embeds with `set_ip_adapter_scale(0)` (the adapter is then skipped).
     Load it before `load_controlnet`, whose pipelines take the image encoder from `pipes.t2i`.
+    Each family's loader takes the image encoder its own way: the UNet one as a folder relative
+    to the weights' subfolder, FLUX's as a model path (its dtype given: it defaults to fp16),
+    SD3's as a path it reads directly (SigLIP, with its image processor).
     """
     t2i = pipes.t2i
     with loading("IP-Adapter", spec):
         folder = _folder(spec)
-        weight = _ip_weight(folder, t2i.unet, weight_name)
+        weight = _ip_weight(folder, denoiser(t2i), weight_name)
         encoder = _image_encoder(folder, weight)
         subfolder = "" if (parent := Path(weight).parent.as_posix()) == "." else parent
-        # diffusers reads a bare folder name as relative to `subfolder`, a path as from the root
-        t2i.load_ip_adapter(str(folder), subfolder=subfolder, weight_name=Path(weight).name,
-                            image_encoder_folder=encoder if "/" in encoder or not subfolder else f"./{encoder}",
-                            local_files_only=True)
+        name, family = Path(weight).name, pipes.family.name if pipes.family else None
+        if family == FLUX:
+            t2i.load_ip_adapter(str(folder), weight_name=name, subfolder=subfolder,
+                                image_encoder_pretrained_model_name_or_path=str(folder / encoder),
+                                image_encoder_dtype=t2i.transformer.dtype, local_files_only=True)
+        elif family == SD3:
+            t2i.load_ip_adapter(str(folder), weight_name=name, subfolder=subfolder or None,
+                                image_encoder_folder=str((folder / encoder).absolute()), local_files_only=True)
+        else:  # diffusers reads a bare folder name as relative to `subfolder`, a path as from the root
+            t2i.load_ip_adapter(str(folder), subfolder=subfolder, weight_name=name,
+                                image_encoder_folder=encoder if "/" in encoder or not subfolder else f"./{encoder}",
+                                local_files_only=True)
     for pipe in (pipes.img2img, pipes.inpaint):
         if pipe is not None:
             pipe.register_modules(image_encoder=t2i.image_encoder, feature_extractor=t2i.feature_extractor)
-    t2i.set_ip_adapter_scale(scale)  # the processors are the shared UNet's: all pipelines follow
+    t2i.set_ip_adapter_scale(scale)  # the processors are the shared denoiser's: all pipelines follow
     return IPAdapter(spec=spec, weight_name=weight, image_encoder=encoder)
 
 
-def embed_style_image(pipe, image) -> Any:
-    """A style image's IP-Adapter embeds, once per distinct image: a (2, 1, D) tensor, the
-    unconditional row then the image's (diffusers' layout for classifier-free guidance)."""
+def embed_style_image(pipe, image, family: str | None) -> Any:
+    """A style image's IP-Adapter embeds, once per distinct image. UNet families and SD3: the
+    unconditional row then the image's (diffusers' layout for classifier-free guidance; SD3's
+    unconditional row is zeros). FLUX: the image's alone, as the one adapter's list."""
     import torch
 
     with torch.no_grad():
+        if family == FLUX:
+            return pipe.prepare_ip_adapter_image_embeds(image, None, pipe.device, 1)
+        if family == SD3:  # one tensor, not a list per adapter
+            return pipe.prepare_ip_adapter_image_embeds(image, None, pipe.device, 1, True)
         (embeds,) = pipe.prepare_ip_adapter_image_embeds(image, None, pipe.device, 1, True)
     return embeds
 
 
-def style_embeds(pipe, embeds, guidance_scale: float) -> list:
-    """`ip_adapter_image_embeds=` for a call whose prompts all share the style image `embeds`
-    (from `embed_style_image`): without classifier-free guidance the unconditional row goes."""
+def style_embeds(pipe, embeds, guidance_scale: float, family: str | None, blank=None) -> dict[str, Any]:
+    """The call arguments for prompts that all share the style image `embeds` (from
+    `embed_style_image`): without classifier-free guidance the unconditional row goes. FLUX
+    takes the unconditional image apart (`negative_…`, read by true CFG; left to itself the
+    pipeline encodes a black image in every call): `blank`, a black image's embeds."""
+    if family == FLUX:
+        return {"ip_adapter_image_embeds": embeds, "negative_ip_adapter_image_embeds": blank}
+    if family == SD3:
+        return {"ip_adapter_image_embeds": embeds if guidance_scale > 1 else embeds[1:]}
     guided = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
-    return [embeds if guided else embeds[1:]]
+    return {"ip_adapter_image_embeds": [embeds if guided else embeds[1:]]}
 
 
 # ---- LoRA under torch.compile -------------------------------------------------------------
@@ -169,65 +208,104 @@ def enable_lora_hotswap(pipes: DiffusionPipelines, loras: tuple[str, ...]) -> No
 # ---- ControlNet ---------------------------------------------------------------------------
 
 
-def _fits_controlnet(config: dict, unet) -> bool:
-    """A ControlNet mirrors its base UNet's encoder: same widths, cross-attention, embeddings."""
-    return all(config.get(k) == unet.config.get(k) for k in
-               ("cross_attention_dim", "addition_embed_type", "in_channels")) \
-        and list(config.get("block_out_channels", ())) == list(unet.config.block_out_channels)
+# The ControlNet class that steers each denoiser (config `_class_name`s).
+CONTROLNET_CLASSES = {"UNet2DConditionModel": "ControlNetModel", "FluxTransformer2DModel": "FluxControlNetModel",
+                      "SD3Transformer2DModel": "SD3ControlNetModel"}
+# What a ControlNet shares with its base, by class: the UNet one mirrors the base's encoder;
+# a transformer one adds its block outputs to the base's hidden states (same widths).
+_SHARED = {"ControlNetModel": ("cross_attention_dim", "addition_embed_type", "in_channels", "block_out_channels"),
+           "FluxControlNetModel": ("in_channels", "joint_attention_dim", "pooled_projection_dim",
+                                   "attention_head_dim", "num_attention_heads"),
+           "SD3ControlNetModel": ("in_channels", "patch_size", "joint_attention_dim", "caption_projection_dim",
+                                  "pooled_projection_dim", "attention_head_dim", "num_attention_heads")}
 
 
-def _controlnet_folder(folder: Path, unet) -> Path:
-    """`folder` itself when it holds one ControlNet, else its one subfolder that fits the UNet."""
+def _fits_controlnet(config: dict, net) -> bool:
+    """A ControlNet of the class for this denoiser, with the widths it shares with it."""
+    cls = CONTROLNET_CLASSES.get(type(net).__name__)
+    return config.get("_class_name") == cls and all(
+        _plain(config.get(k)) == _plain(net.config.get(k)) for k in _SHARED[cls])
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _controlnet_folder(folder: Path, net) -> Path:
+    """`folder` itself when it holds one ControlNet, else its one subfolder that fits the denoiser."""
     import json
 
     def config(f: Path) -> dict | None:
         c = json.loads((f / "config.json").read_text()) if (f / "config.json").is_file() else None
-        return c if c and c.get("_class_name") == "ControlNetModel" else None
+        return c if c and c.get("_class_name") in _SHARED else None
 
     if (root := config(folder)) is not None:
-        if not _fits_controlnet(root, unet):
-            raise ValueError(f"the ControlNet in {folder} is for another base model (cross-attention "
-                             f"{root.get('cross_attention_dim')} wide, this model's is "
-                             f"{unet.config.cross_attention_dim})")
+        if not _fits_controlnet(root, net):
+            raise ValueError(f"the ControlNet in {folder} ({root['_class_name']}) is for another base model "
+                             f"than this {type(net).__name__}")
         return folder
-    fits = sorted(f for f in folder.iterdir() if f.is_dir() and (c := config(f)) and _fits_controlnet(c, unet))
+    fits = sorted(f for f in folder.iterdir() if f.is_dir() and (c := config(f)) and _fits_controlnet(c, net))
     if len(fits) != 1:
         found = "none" if not fits else ", ".join(f.name for f in fits)
         raise ValueError(f"{folder} should hold one ControlNet for this model, found {found}")
     return fits[0]
 
 
+# Families whose ControlNet pipelines (diffusers 0.42) encode the control image with
+# `latent_dist.sample()` from the global RNG, not the call's generators: pixels that differ from
+# run to run, and a candidate's noise that depends on its batch mates.
+SAMPLES_CONTROL_UNSEEDED = (SD3,)
+
+
+def _posterior_mean(vae):
+    """The same VAE (a shallow copy: its modules and weights are shared, nothing is copied) whose
+    `encode` gives the posterior's mean where a sample is asked for: the control image's latents
+    then depend on the image alone. (The real VAEs' posteriors are narrow: the mean is what a
+    sample is, up to noise.)"""
+    import copy
+
+    view = copy.copy(vae)
+
+    def encode(x, return_dict: bool = True):
+        out = type(vae).encode(vae, x, return_dict=return_dict)
+        dist = out.latent_dist if return_dict else out[0]
+        dist.sample = lambda generator=None: dist.mode()
+        return out
+
+    view.encode = encode
+    return view
+
+
 def load_controlnet(pipes: DiffusionPipelines, spec: str) -> DiffusionPipelines:
-    """Text-to-image, image-to-image and inpainting ControlNet pipelines over the model's own
-    modules (`from_pipe` copies no tensors) and one ControlNet, fitted to the model. Their
-    `image` / `control_image` is the structure image (an edge map: `stages/structure.py`);
-    `controlnet_conditioning_scale` says how strongly it steers."""
-    from diffusers import (
-        AutoPipelineForImage2Image,
-        AutoPipelineForInpainting,
-        AutoPipelineForText2Image,
-        ControlNetModel,
-    )
+    """ControlNet pipelines over the model's own modules (`from_pipe` copies no tensors) and one
+    ControlNet, fitted to the model, for each mode the family steers by a structure image
+    (`families.STEERING`; None for the others). Their `image` / `control_image` is the
+    structure image (an edge map: `stages/structure.py`); `controlnet_conditioning_scale` says
+    how strongly it steers."""
+    import diffusers
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 
-    t2i = pipes.t2i
+    from pipeline.models.families import STRUCTURE_IMAGE, steering_modes
+    from pipeline.spec.vocabulary import IMG2IMG, INPAINT
+
+    t2i, base = pipes.t2i, denoiser(pipes.t2i)
     with loading("ControlNet", spec):
-        folder = _controlnet_folder(_folder(spec), t2i.unet)
-        net = ControlNetModel.from_pretrained(folder, dtype=t2i.unet.dtype, use_safetensors=True,
-                                              local_files_only=True)
+        folder = _controlnet_folder(_folder(spec), base)
+        cls = getattr(diffusers, CONTROLNET_CLASSES[type(base).__name__])
+        net = cls.from_pretrained(folder, dtype=base.dtype, use_safetensors=True, local_files_only=True)
     net.to(t2i.device)
+    modes = steering_modes(pipes.family.name, (STRUCTURE_IMAGE,)) if pipes.family else ()
 
-    def derived(auto):
-        pipe = auto.from_pipe(t2i, controlnet=net)
+    own = {"vae": _posterior_mean(t2i.vae)} if pipes.family and pipes.family.name in SAMPLES_CONTROL_UNSEEDED else {}
+
+    def derived(auto, mode=None):
+        if mode is not None and mode not in modes:
+            return None
+        pipe = auto.from_pipe(t2i, controlnet=net, **own)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def optional(auto):
-        try:
-            return derived(auto)
-        except ValueError:  # no such ControlNet pipeline for this architecture
-            return None
-
     with loading("ControlNet", spec):
-        cn_t2i = derived(AutoPipelineForText2Image)
-    return dataclasses.replace(pipes, t2i=cn_t2i, img2img=optional(AutoPipelineForImage2Image),
-                               inpaint=optional(AutoPipelineForInpainting))
+        return dataclasses.replace(pipes, t2i=derived(AutoPipelineForText2Image),
+                                   img2img=derived(AutoPipelineForImage2Image, IMG2IMG),
+                                   inpaint=derived(AutoPipelineForInpainting, INPAINT))

@@ -5,7 +5,7 @@ text encoders, micro-conditioning; for tests of what SDXL does differently), `em
 `embedded:tiny-flux-schnell` and `embedded:tiny-sd3` the diffusion-transformer families (CLIP and
 T5 text encoders, flow matching), `embedded:tiny-clip` an open_clip config + safetensors file,
 `embedded:tiny-nsfw` a ViT image classifier folder, `embedded:tiny-ip-adapter` an IP-Adapter and
-`embedded:tiny-controlnet` a ControlNet for both UNet bases. Each is built from a config under a
+`embedded:tiny-controlnet` a ControlNet for every embedded base. Each is built from a config under a
 fixed seed, saved with safetensors, and loaded back through the same `from_pretrained` /
 `create_model` / `load_ip_adapter` calls as SD-turbo, FLUX.1, ViT-L-14, an NSFW ViT classifier or
 h94/IP-Adapter, so a job runs end to end offline and a real checkpoint is a one-line change of the
@@ -24,7 +24,7 @@ from pathlib import Path
 
 # name → recipe version; bump a version whenever that build function changes.
 VERSIONS = {"tiny-sd": 1, "tiny-sdxl": 1, "tiny-flux": 1, "tiny-flux-schnell": 1, "tiny-sd3": 1,
-            "tiny-clip": 1, "tiny-nsfw": 1, "tiny-clip-head": 1, "tiny-ip-adapter": 1, "tiny-controlnet": 1}
+            "tiny-clip": 1, "tiny-nsfw": 1, "tiny-clip-head": 1, "tiny-ip-adapter": 2, "tiny-controlnet": 2}
 # name → the [models] key it serves: what the job spec admits as `embedded:<name>` there.
 ROLES = {"tiny-sd": "diffusion", "tiny-sdxl": "diffusion", "tiny-flux": "diffusion", "tiny-flux-schnell": "diffusion",
          "tiny-sd3": "diffusion", "tiny-clip": "clip", "tiny-nsfw": "moderation", "tiny-clip-head": "moderation",

@@ -40,10 +40,29 @@ CLASS_FAMILIES = {
 # The modes diffusers 0.42's AutoPipelines derive for each family (tests check against them).
 MODES = {SD: (T2I, IMG2IMG, INPAINT), SDXL: (T2I, IMG2IMG, INPAINT), FLUX: (T2I, IMG2IMG, INPAINT),
          SD3: (T2I, IMG2IMG, INPAINT)}
-# What steers a family besides its prompt, as the pipeline wires it: a style image (IP-Adapter,
-# models/adapters.py) and a structure image (ControlNet). The transformer families' adapters
-# (FLUX IP-Adapter and ControlNet, SD3 ControlNet) load differently in diffusers 0.42: not yet.
-STEERING = {SD: ("style_image", "structure_image"), SDXL: ("style_image", "structure_image"), FLUX: (), SD3: ()}
+# What steers a family besides its prompt, in which modes, as diffusers 0.42's pipelines wire it:
+# a style image (an IP-Adapter, models/adapters.py), a structure image (a ControlNet), or both
+# in one call. FLUX's ControlNet image-to-image and inpainting pipelines take no IP-Adapter, and
+# a FLUX transformer with one loaded needs its embeds in every call: there a structure image
+# works in those modes only on a model that carries no IP-Adapter. SD3 has a ControlNet
+# pipeline for text-to-image only (its inpainting one needs an inpainting-trained ControlNet).
+STYLE_IMAGE, STRUCTURE_IMAGE = "style_image", "structure_image"
+BOTH = (STYLE_IMAGE, STRUCTURE_IMAGE)
+_EVERY = (T2I, IMG2IMG, INPAINT)
+STEERING = {
+    SD: {(STYLE_IMAGE,): _EVERY, (STRUCTURE_IMAGE,): _EVERY, BOTH: _EVERY},
+    SDXL: {(STYLE_IMAGE,): _EVERY, (STRUCTURE_IMAGE,): _EVERY, BOTH: _EVERY},
+    FLUX: {(STYLE_IMAGE,): _EVERY, (STRUCTURE_IMAGE,): _EVERY, BOTH: (T2I,)},
+    SD3: {(STYLE_IMAGE,): _EVERY, (STRUCTURE_IMAGE,): (T2I,), BOTH: (T2I,)},
+}
+
+
+def steering_modes(family: str, steering: tuple[str, ...]) -> tuple[str, ...]:
+    """The modes in which `family` runs a call steered by `steering` (a key of STEERING; a model
+    carrying an IP-Adapter counts as steered by a style image in every call)."""
+    return STEERING[family][steering] if steering else MODES[family]
+
+
 # The call argument that must exceed 1 for `negative_prompt` to change anything.
 NEGATIVE_SCALE = {SD: "guidance_scale", SDXL: "guidance_scale", SD3: "guidance_scale", FLUX: "true_cfg_scale"}
 # `__call__`'s default `max_sequence_length` (T5's window), in every mode (tests check the signatures).

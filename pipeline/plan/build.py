@@ -30,7 +30,7 @@ from pipeline.review.decisions import Decisions
 from pipeline.spec import schema, vocabulary
 from pipeline.spec.config import JobConfig
 from pipeline.spec.fallbacks import fallback
-from pipeline.spec.families import mode_problems
+from pipeline.spec.families import mode_problems, steering_problems
 from pipeline.spec.manifest import Inputs
 from pipeline.storage.layout import image_path_expr
 
@@ -49,9 +49,11 @@ def _chunks(inputs: Inputs, chunk_rows: int | None) -> Iterator[Inputs]:
 def check_plan(inputs: Inputs, cfg: JobConfig, chunk_rows: int | None = None) -> None:
     """Every row can be planned and generated, or ManifestError naming all that cannot (capped)."""
     problems, total = [], 0
+    used = set(inputs.manifest["style"].unique().to_list()) if "style" in inputs.manifest.columns else {None}
     for part in _chunks(inputs, chunk_rows):
         rows = resolved_rows(part, cfg)
-        for found, n in (denoising_problems(rows, part), mode_problems(rows, part.styles, cfg, part.manifest_uri)):
+        for found, n in (denoising_problems(rows, part), mode_problems(rows, part.styles, cfg, part.manifest_uri),
+                         steering_problems(rows, part.styles, cfg, part.manifest_uri, used)):
             problems += found[:MAX_REPORTED - len(problems)]
             total += n
     if total:

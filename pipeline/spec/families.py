@@ -72,21 +72,40 @@ def family_warnings(manifest: pl.DataFrame, styles: pl.DataFrame, cfg: JobConfig
     return found
 
 
-def steering_problems(styles: pl.DataFrame, cfg: JobConfig, uri: str) -> tuple[list[Problem], int]:
-    """Styles with a style or structure image on a model whose family does not take it here."""
-    from pipeline.models.families import STEERING
+def steering_problems(rows: pl.DataFrame, styles: pl.DataFrame, cfg: JobConfig, uri: str,
+                      used: set[str | None]) -> tuple[list[Problem], int]:
+    """Rows (resolved: `mode`, `__structure_image`, `__row`) with a structure image in a mode
+    their model's family does not steer by one (`models.families.STEERING`). A model that
+    carries an IP-Adapter (a style on it that the manifest `used` has a style image) is steered
+    by a style image in every call, so that is the steering a row's mode must allow."""
+    from pipeline.models.families import STRUCTURE_IMAGE, STYLE_IMAGE, steering_modes
 
-    found = []
+    found, total = [], 0
     models = style_models(styles, cfg)
-    for r, style, *images in styles.select("__row", "style", "style_image", "structure_image").iter_rows():
-        family = family_of(*models[style])
-        for column, value in zip(("style_image", "structure_image"), images, strict=True):
-            if value is not None and family is not None and column not in STEERING[family.name]:
-                takes = ", ".join(f for f, cols in STEERING.items() if column in cols)
-                what = column.replace("_", " ")
-                found.append(Problem(uri, f"model {show(models[style][0])} ({family.name}) takes no {what} here "
-                                     f"(the {takes} families do)", row=int(r), id=style, column=column))
-    return found[:MAX_REPORTED], len(found)
+    with_style_image = set(styles.filter(pl.col("style_image").is_not_null())["style"].to_list()) & used
+    for model in set(models.values()):
+        family = family_of(*model)
+        if family is None:
+            continue
+        mine = [s for s, m in models.items() if m == model]
+        carriers = sorted(s for s in mine if s in with_style_image)
+        steering = ((STYLE_IMAGE,) if carriers else ()) + (STRUCTURE_IMAGE,)
+        allowed = steering_modes(family.name, steering)
+        on_model = pl.col("style").is_in([s for s in mine if s is not None])
+        if None in mine:
+            on_model = on_model | pl.col("style").is_null()
+        bad = rows.filter(on_model & pl.col("__structure_image").is_not_null() & ~pl.col("mode").is_in(allowed))
+        total += len(bad)
+        for r, i, style, mode, image in bad.select("__row", "id", "style", "mode", "__structure_image") \
+                .head(MAX_REPORTED).iter_rows():
+            why = ""
+            if carriers:
+                why = (" with a style image" if style in carriers else
+                       f" while it carries an IP-Adapter (style {show(carriers[0])} has a style image)")
+            found.append(Problem(uri, f"model {show(model[0])} ({family.name}) takes a structure image{why} in "
+                                 f"{', '.join(allowed)} only, and this row is {mode}: {show(image)}",
+                                 row=int(r), id=i, column=STRUCTURE_IMAGE))
+    return found[:MAX_REPORTED], total
 
 
 def mode_problems(rows: pl.DataFrame, styles: pl.DataFrame, cfg: JobConfig, uri: str) -> tuple[list[Problem], int]:

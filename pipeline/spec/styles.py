@@ -15,7 +15,6 @@ from pipeline.spec import schema
 from pipeline.spec.checks import Check, collect, limit_checks
 from pipeline.spec.columns import typed, unread_columns, with_missing
 from pipeline.spec.config import JobConfig
-from pipeline.spec.families import steering_problems
 from pipeline.spec.inputs import InputFile, check_inputs, inspect_file, inspect_image
 from pipeline.spec.job_checks import embedded_problem
 from pipeline.spec.limits import LIMITS
@@ -40,10 +39,6 @@ def load_styles(cfg: JobConfig) -> tuple[pl.DataFrame, dict[str, InputFile], lis
     styles, first, n = _with_models(styles, cfg)
     problems += first
     total += n
-    if not n:  # every model found: what each family takes
-        first, n = steering_problems(styles, cfg, cfg.job.styles)
-        problems += first
-        total += n
     if total:
         raise ManifestError(problems, total)
     return styles, files, unread_columns(table, schema.STYLES_COLUMNS, cfg.job.styles, all_of_them=True)

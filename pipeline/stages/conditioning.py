@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.spec.vocabulary import T2I
+BLANK = ""  # the key of the black image's embeds (an empty URI is never a style image)
+
+
+def _control_argument(pipe) -> str:
+    """Where a ControlNet pipeline takes the structure image: `control_image`, except the UNet
+    text-to-image one, whose `image` is it (it has no starting image)."""
+    import inspect
+
+    return "control_image" if "control_image" in inspect.signature(pipe.__call__).parameters else "image"
 
 
 class Conditioning:
@@ -23,6 +31,7 @@ class Conditioning:
             adapters.load_ip_adapter(pipes, ip_adapter)
         if controlnet:
             self.controlled = adapters.load_controlnet(pipes, controlnet)
+        self.family = pipes.family.name if pipes.family else None
         self._embeds: dict[str | None, Any] = {}
         self._edges: dict[tuple[str, int, int], Any] = {}
 
@@ -42,25 +51,28 @@ class Conditioning:
         if self.ip:
             uri = first["style_image"]
             self.base.t2i.set_ip_adapter_scale(float(first["style_image_scale"]) if uri else 0.0)
-            kwargs["ip_adapter_image_embeds"] = style_embeds(pipe, self._embed(uri), float(first["guidance_scale"]))
+            kwargs.update(style_embeds(pipe, self._embed(uri), float(first["guidance_scale"]), self.family,
+                                       blank=self._embed(BLANK)))
         elif first["style_image"] is not None:
             raise ValueError("a style image needs [models].ip_adapter, and it was not loaded")
         if first["structure_image"] is not None:
             edges = [self._edge_map(c["structure_image"], int(c["width"]), int(c["height"])) for c in cands]
-            kwargs["image" if mode == T2I else "control_image"] = edges
+            kwargs[_control_argument(pipe)] = edges
             kwargs["controlnet_conditioning_scale"] = float(first["structure_scale"])
         return kwargs
 
     def _embed(self, uri: str | None):
-        """A style image's embeds, once per image; any image's for a call without one (scale 0)."""
+        """A style image's embeds, once per image; a grey image's for a call without one (scale
+        0), a black one's for FLUX's unconditional image (BLANK)."""
         if uri not in self._embeds:
             from PIL import Image
 
             from pipeline.models.adapters import embed_style_image
             from pipeline.storage.uris import load_image
 
-            image = load_image(uri, "RGB") if uri else Image.new("RGB", (64, 64), (127, 127, 127))
-            self._embeds[uri] = embed_style_image(self.base.t2i, image)
+            fill = {None: (127, 127, 127), BLANK: (0, 0, 0)}
+            image = Image.new("RGB", (64, 64), fill[uri]) if uri in fill else load_image(uri, "RGB")
+            self._embeds[uri] = embed_style_image(self.base.t2i, image, self.family)
         return self._embeds[uri]
 
     def _edge_map(self, uri: str, width: int, height: int):
