@@ -140,9 +140,10 @@ def _as_expected(column: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray 
         if pa.types.is_decimal(t):
             return column.cast(pa.float64())
         return column if pa.types.is_integer(t) or pa.types.is_floating(t) and t != pa.float16() else None
-    if pa.types.is_list(want):
+    if pa.types.is_list(want):  # a list of whole numbers (seeds) or of text (formats), whatever its item's name
+        items = _TEXT if want.value_type == pa.string() else (pa.types.is_integer,)
         ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
-            pa.types.is_integer(t.value_type) or pa.types.is_null(t.value_type))
+            any(f(t.value_type) for f in items) or pa.types.is_null(t.value_type))
         return column if ok else None
     raise AssertionError(f"no rule for {want}")
 

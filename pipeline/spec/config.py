@@ -98,6 +98,16 @@ class OutputSection:
 
 
 @dataclass(frozen=True)
+class FormatsSection:
+    """Channel formats of each image (spec/channel_formats.py): every written image's, or only
+    the approved ones' (`from`), each a child candidate outpainted from it."""
+
+    sizes: tuple[str, ...] = ()  # "9:16", "1.91:1", "300x250"; a style's `formats` column replaces them
+    placement: str = "center"  # where the source sits on the canvas: center, left, right, top, bottom
+    source: str = field(default="written", metadata={"key": "from"})  # "written" or "approved"
+
+
+@dataclass(frozen=True)
 class SignerSection:
     # demo: a throwaway CA + signer made in the output folder. files: real keys.
     mode: str = "demo"
@@ -163,6 +173,7 @@ class JobConfig:
     output: OutputSection = field(default_factory=OutputSection)
     signer: SignerSection = field(default_factory=SignerSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
+    formats: FormatsSection = field(default_factory=FormatsSection)
     cost: CostSection | None = None  # None: no [cost] section, no estimate
     source: str = ""  # the job file this came from
 
@@ -183,5 +194,6 @@ SECTION_TYPES = {  # [section] name → its typed section
     "output": OutputSection,
     "signer": SignerSection,
     "cluster": ClusterSection,
+    "formats": FormatsSection,
     "cost": CostSection,
 }

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import show
+from pipeline.spec import channel_formats
 from pipeline.spec.config import CostSection, JobConfig, ModelsSection
 from pipeline.spec.limits import CHOICES, DEVICE, LIMITS, Limit
 from pipeline.spec.suggest import nearest, suggest
@@ -76,12 +77,16 @@ def value_problems(cfg: JobConfig) -> Iterator[str]:
     for key, value, allowed in (("[output].format", cfg.output.format, CHOICES["format"]),
                                 ("[signer].mode", cfg.signer.mode, CHOICES["mode"]),
                                 ("[signer].algorithm", cfg.signer.algorithm, CHOICES["algorithm"]),
-                                ("[models].dtype", cfg.models.dtype, CHOICES["dtype"])):
+                                ("[models].dtype", cfg.models.dtype, CHOICES["dtype"]),
+                                ("[formats].placement", cfg.formats.placement, CHOICES["placement"]),
+                                ("[formats].from", cfg.formats.source, CHOICES["formats_from"])):
         if value not in allowed:
             close = nearest(value.lower(), list(allowed))
             yield (f"{key} must be one of {', '.join(allowed)}, got {show(value)}"
                    + (f" (did you mean {close!r}?)" if close else ""))
     yield from _embedded_problems(cfg.models)
+    for problem in channel_formats.problems(cfg.formats.sizes):
+        yield f"[formats].sizes: {problem}"
     if not DEVICE.fullmatch(cfg.models.device):
         yield f"[models].device must be auto, cpu, mps, cuda or cuda:N, got {show(cfg.models.device)}"
     if not 1 <= cfg.job.keep <= cfg.job.num_candidates:

@@ -62,6 +62,7 @@ LIMITS = {
     "lora_scale": Limit(0, 4),
     "style_image_scale": Limit(0, 2),  # IP-Adapter scale: 1 is the adapter's full strength
     "structure_scale": Limit(0, 2),  # controlnet_conditioning_scale
+    "format_side": Limit(16, 8192),  # an exact channel size's sides ("728x90": a leaderboard banner)
     "clip_threshold": Limit(0, 100),  # a CLIP score is 100 * max(cos, 0) (stages/score.py)
     "unsafe_threshold": Limit(0, 1),  # unsafe scores are probabilities (stages/moderate.py)
     # the job spec's own keys
@@ -106,6 +107,10 @@ CHOICES = {
     "format": tuple(FORMATS),
     "mode": ("demo", "files"),
     "dtype": ("auto", *DTYPES),
+    # [formats]: where the source sits on a channel format's canvas (the margins go elsewhere),
+    # and which images get formats (every written one, or only those a reviewer approved)
+    "placement": ("center", "left", "right", "top", "bottom"),
+    "formats_from": ("written", "approved"),
     # the signing algorithms c2pa-python signs with (c2pa.C2paSigningAlg), as [signer].algorithm names them
     "algorithm": ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"),
 }

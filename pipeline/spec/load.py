@@ -82,7 +82,7 @@ def _build_section(name: str, raw: Any, base: Path, source: str, problems: list[
     if not isinstance(raw, dict):
         problems.append(f"{source}: [{name}] must be a table")
         return cls()
-    known = {f.name: f for f in fields(cls)}
+    known = {f.metadata.get("key", f.name): f for f in fields(cls)}  # a key a Python name cannot spell: `from`
     values = {}
     for key, value in raw.items():
         where = f"{source}: [{name}].{key}"
@@ -93,7 +93,7 @@ def _build_section(name: str, raw: Any, base: Path, source: str, problems: list[
             if (name, key) == ("cost", "throughput"):
                 values[key] = _throughput(where, value, base, source)
             else:
-                values[key] = _resolve(where, name, key, _coerce(where, value, str(known[key].type)), base)
+                values[known[key].name] = _resolve(where, name, key, _coerce(where, value, str(known[key].type)), base)
         except ConfigError as e:
             problems.append(str(e))
     return cls(**values)

@@ -46,6 +46,7 @@ STYLES_OPTIONAL = {
     "structure_image": pa.string(),  # a layout through a ControlNet on its edge map ([models].controlnet)
     "structure_scale": pa.float64(),
     "clip_threshold": pa.float64(),
+    "formats": pa.list_(pa.string()),  # channel formats of this style's images, else the job's [formats].sizes
 }
 STYLES_COLUMNS = {**STYLES_REQUIRED, **STYLES_OPTIONAL}
 

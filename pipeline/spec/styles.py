@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.errors import MAX_REPORTED, ManifestError, Problem, show
-from pipeline.spec import schema
+from pipeline.spec import channel_formats, schema
 from pipeline.spec.checks import Check, collect, limit_checks
 from pipeline.spec.columns import typed, unread_columns, with_missing
 from pipeline.spec.config import JobConfig
@@ -110,6 +110,9 @@ def _style_checks() -> list[Check]:
         Check(c("model_revision").is_not_null() & c("model").is_null(), "model_revision",
               "model_revision pins the style's own model: give its model too (the job's model's "
               "revision is [models].diffusion_revision)"),
+        Check(c("formats").map_elements(lambda v: bool(channel_formats.problems(v.to_list())), pl.Boolean,
+                                        skip_nulls=True).fill_null(False), "formats",
+              lambda v: "; ".join(channel_formats.problems(v))),
         Check(c("lora").is_not_null() & ~c("lora").str.ends_with(".safetensors"), "lora",
               "a LoRA must be a .safetensors file (pickle weights are never loaded)"),
     ]

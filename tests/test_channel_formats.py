@@ -1,0 +1,144 @@
+"""Channel formats: their names (job and styles, bad ones named by key or by row, column and
+value), the canvas an aspect extends a source to, and the pixels of a format."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import ConfigError, ManifestError
+from pipeline.spec.channel_formats import parse, parse_all, problems
+from pipeline.spec.manifest import load_inputs
+from pipeline.stages.outpaint import canvas_for, finish, margin_mask, start_image
+from tests.helpers import job
+
+ROWS = {"id": ["x"], "prompt": ["a mug"], "style": ["a"]}
+
+
+@pytest.mark.parametrize("text, name, aspect, size", [
+    ("9:16", "9:16", Fraction(9, 16), None),
+    (" 1.91 : 1", "1.91:1", Fraction(191, 100), None),
+    ("300x250", "300x250", Fraction(6, 5), (300, 250)),
+    ("728X90", "728x90", Fraction(728, 90), (728, 90)),
+    ("3.0:1", "3:1", Fraction(3), None),
+])
+def test_format_names_are_read_one_way(text, name, aspect, size):
+    f = parse(text)
+    assert (f.name, f.aspect, f.size, f.exact) == (name, aspect, size, size is not None)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("wide", "not a format"), ("0:1", "above 0"), ("1:20", "more than 10:1"), ("10x10", "sides must be 16..8192"),
+    ("9:16:1", "not a format"), ("-9:16", "not a format"),
+])
+def test_bad_format_names_say_what_is_allowed(text, needle):
+    with pytest.raises(ValueError, match=needle):
+        parse(text)
+
+
+def test_two_names_of_one_format_are_one_too_many():
+    assert problems(["9:16", "18:32", "300x250", "600x500"]) == [
+        "'18:32' is the same format as '9:16'"]  # an exact size is its pixels, not its aspect
+    assert [f.name for f in parse_all(["16:9", "300x250"])] == ["16:9", "300x250"]
+
+
+def test_the_job_section_is_checked_by_key_and_value(tmp_path):
+    cfg = job(tmp_path, ROWS, extra='[formats]\nsizes = ["9:16", "300x250"]\nplacement = "top"\nfrom = "approved"\n')
+    assert (cfg.formats.sizes, cfg.formats.placement, cfg.formats.source) == (("9:16", "300x250"), "top", "approved")
+    assert job(tmp_path, ROWS).formats.sizes == ()  # no section: no formats
+    with pytest.raises(ConfigError) as e:
+        job(tmp_path, ROWS, extra='[formats]\nsizes = ["9:16", "wide", "16:9", "32:18"]\nplacement = "middle"\n'
+                                  'from = "aproved"\n')
+    lines = str(e.value).splitlines()
+    assert any(line.endswith("[formats].placement must be one of center, left, right, top, bottom, got 'middle'")
+               for line in lines)
+    assert any("[formats].from must be one of written, approved, got 'aproved' (did you mean 'approved'?)" in line
+               for line in lines)
+    assert any("[formats].sizes: 'wide': not a format" in line for line in lines)
+    assert any("[formats].sizes: '32:18' is the same format as '16:9'" in line for line in lines)
+
+
+def test_a_styles_formats_are_checked_by_row_column_and_value(tmp_path):
+    styles = {"style": ["a", "b", "c"], "formats": [["9:16", "banner"], None, []]}
+    with pytest.raises(ManifestError) as e:
+        load_inputs(job(tmp_path, ROWS, styles=styles))
+    (p,) = [p for p in e.value.problems if p.column == "formats"]
+    assert (p.row, p.id) == (0, "a") and p.message.startswith("'banner': not a format"), p
+
+
+# ---- the canvas --------------------------------------------------------------------------------
+
+SOURCES = [(64, 64), (512, 512), (512, 768), (768, 512), (1024, 1024), (640, 360), (96, 512)]
+ASPECTS = ["1:1", "4:5", "9:16", "16:9", "1.91:1", "3:1", "1:3", "300x250", "728x90"]
+
+
+@pytest.mark.parametrize("fmt", ASPECTS)
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_canvas_extends_the_source_on_the_grid_to_the_aspect(source, fmt):
+    f, (w, h) = parse(fmt), source
+    c = canvas_for(w, h, f)
+    assert c.width % 8 == 0 and c.height % 8 == 0 and c.left % 8 == 0 and c.top % 8 == 0
+    assert c.width >= w and c.height >= h and (c.width == w or c.height == h)  # never cropped, one side kept
+    left, top, right, bottom = c.box
+    assert left >= 0 and right <= c.width and top >= 0 and bottom <= c.height
+    error = abs(Fraction(c.width, c.height) / f.aspect - 1)
+    if min(w, h) >= 512:
+        assert error <= Fraction(1, 100), (c, float(error))
+    # no other canvas on the grid that keeps the source is closer to the aspect
+    for dw in (-8, 8):
+        other = (c.width + dw, c.height) if c.height == h else (c.width, c.height + dw)
+        if other[0] >= w and other[1] >= h:
+            assert abs(Fraction(*other) / f.aspect - 1) >= error
+
+
+@pytest.mark.parametrize("placement, box", [
+    ("center", (0, 24, 64, 88)), ("top", (0, 0, 64, 64)), ("bottom", (0, 48, 64, 112)),
+    ("left", (0, 24, 64, 88)),  # along the axis that does not grow: centred
+])
+def test_placement_puts_the_source_against_its_edge(placement, box):
+    c = canvas_for(64, 64, parse("9:16"), placement)  # 64 / (9/16) = 113.8: 112 is the nearest on the grid
+    assert ((c.width, c.height), c.box) == ((64, 112), box)
+
+
+def test_an_aspect_the_source_already_has_adds_nothing():
+    c = canvas_for(512, 768, parse("2:3"))
+    assert (c.width, c.height, c.left, c.top, c.extends) == (512, 768, 0, 0, False)
+    assert canvas_for(512, 768, parse("9:16")).extends
+
+
+# ---- the pixels --------------------------------------------------------------------------------
+
+def _source(w=64, h=48):
+    rng = np.random.default_rng(0)
+    base = np.linspace(40, 220, w, dtype=np.float32)[None, :, None] * np.ones((h, 1, 3), np.float32)
+    return Image.fromarray(np.clip(base + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def test_the_margins_start_from_the_sources_edges_and_the_mask_covers_only_them():
+    src = _source()
+    c = canvas_for(*src.size, parse("16:9"))
+    start, mask = np.asarray(start_image(src, c)).astype(float), np.asarray(margin_mask(c))
+    left, top, right, bottom = c.box
+    assert start.shape == (c.height, c.width, 3) and mask.shape == (c.height, c.width)
+    assert np.array_equal(start[top:bottom, left:right], np.asarray(src))  # the source, exact
+    assert (mask[top:bottom, left:right] == 0).all() and (mask == 255).sum() == c.width * c.height - 64 * 48
+    # the margins carry the source's own colours on: dark beside its dark edge, light beside its light one
+    assert start[top:bottom, :left].mean() < 80 < 180 < start[top:bottom, right:].mean()
+    assert start[top:bottom, :left].std() < np.asarray(src).std()  # blurred: no copied detail
+
+
+@pytest.mark.parametrize("fmt", ["9:16", "1.91:1", "300x250"])
+def test_a_format_keeps_the_source_exact_and_an_exact_size_is_its_pixels(fmt):
+    src, f = _source(), parse(fmt)
+    c = canvas_for(*src.size, f)
+    painted = Image.new("RGB", (c.width, c.height), (0, 0, 255))  # whatever the model painted
+    out = finish(painted, src, c, f)
+    if f.exact:
+        assert out.size == f.size
+        return
+    left, top, right, bottom = c.box
+    assert out.size == (c.width, c.height)
+    assert np.array_equal(np.asarray(out)[top:bottom, left:right], np.asarray(src))
