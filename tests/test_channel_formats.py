@@ -142,3 +142,67 @@ def test_a_format_keeps_the_source_exact_and_an_exact_size_is_its_pixels(fmt):
     left, top, right, bottom = c.box
     assert out.size == (c.width, c.height)
     assert np.array_equal(np.asarray(out)[top:bottom, left:right], np.asarray(src))
+
+
+# ---- outpainting on the embedded models ---------------------------------------------------------
+
+def _encoded(image: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module", params=["embedded:tiny-sd", "embedded:tiny-flux"], ids=["sd", "flux"])
+def generator(request):
+    import torch
+
+    from pipeline.models.diffusion import load_diffusion
+    from pipeline.stages.generate import Generator
+
+    pipes = load_diffusion(request.param, revision=None, scheduler=None, device="cpu", dtype=torch.float32)
+    return Generator(pipes, batch_size=2)
+
+
+def _format(source: Image.Image, variant: str, seed: int, placement: str = "center", **kw):
+    """A format candidate as the plan hands it to the generator (its parent's image attached)."""
+    from pipeline.spec.schema import PLAN_FIELDS
+    from pipeline.stages.contract import CANVAS
+
+    c = canvas_for(*source.size, parse(variant), placement)
+    return {f.name: None for f in PLAN_FIELDS} | {
+        "prompt": "a red mug on a table", "negative_prompt": "", "seed": seed, "mode": "outpaint", "steps": 2,
+        "guidance_scale": 3.0, "strength": 0.9, "width": c.width, "height": c.height, "variant": variant,
+        "placement": placement, CANVAS: _encoded(source), **kw}
+
+
+@pytest.mark.parametrize("variant", ["9:16", "16:9", "300x250"])
+def test_outpainting_paints_the_margins_and_gives_the_source_back_exact(generator, variant):
+    src = _source(64, 64)
+    (out,) = generator([_format(src, variant, 5)])
+    assert out.error is None, out.error
+    f, c = parse(variant), canvas_for(64, 64, parse(variant))
+    if f.exact:
+        assert out.image.shape == (250, 300, 3)
+        return
+    left, top, right, bottom = c.box
+    assert out.image.shape == (c.height, c.width, 3)
+    assert np.array_equal(out.image[top:bottom, left:right], np.asarray(src))
+    margin = np.asarray(margin_mask(c)) == 255
+    start = np.asarray(start_image(src, c))
+    assert np.abs(out.image[margin].astype(int) - start[margin]).max() > 8  # the model painted the margins
+
+
+def test_a_format_regenerated_alone_matches_its_batch_and_the_seed_matters(generator):
+    src = _source(64, 64)
+    pair = generator([_format(src, "9:16", 5), _format(src, "9:16", 6)])
+    alone = generator([_format(src, "9:16", 6)])[0]
+    assert pair[1].batch_size == 2 and np.abs(pair[1].image.astype(int) - alone.image).max() <= 2
+    assert not np.array_equal(pair[0].image, pair[1].image)
+
+
+def test_a_source_that_is_not_the_planned_one_is_an_error_row(generator):
+    cand = _format(_source(64, 64), "9:16", 5) | {"height": 200}
+    (out,) = generator([cand])
+    assert out.image is None and "the 9:16 canvas of a 64x64 source is 64x112, planned 64x200" in out.error

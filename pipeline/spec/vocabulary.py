@@ -41,9 +41,11 @@ APPROVE, REJECT, REFINE = "approve", "reject", "refine"
 DECISIONS = (APPROVE, REJECT, REFINE)
 
 # Generation modes (`mode`): text to image, from a product or reference image, or repainting
-# inside a mask around the product.
+# inside a mask around the product. A channel format of an image extends it by painting
+# margins (outpainting, on the inpainting pipeline); it is a child, never a manifest row's mode.
 T2I, IMG2IMG, INPAINT = "t2i", "img2img", "inpaint"
 MODES = (T2I, IMG2IMG, INPAINT)
+OUTPAINT = "outpaint"
 
 # Where a candidate's seed came from (`seed_source`): the row's `seed`, its style's pinned `seeds`,
 # derived by hashing (plan/identity.py), or a refinement's own.

@@ -20,7 +20,9 @@ from pipeline import faults
 from pipeline.models.families import count_tokens, truncated_by
 from pipeline.models.held import free_memory
 from pipeline.spec.tokens import truncated
-from pipeline.spec.vocabulary import GENERATE_ERROR, IMG2IMG, INPAINT, T2I
+from pipeline.spec.vocabulary import GENERATE_ERROR, IMG2IMG, INPAINT, OUTPAINT, T2I
+from pipeline.stages import outpaint
+from pipeline.stages.contract import CANVAS
 from pipeline.stages.product import composite, starting_images
 
 SLOT = "style_lora"  # the one adapter of a hot-swapping (compiled) model
@@ -195,7 +197,7 @@ class Generator:
         first = cands[0]
         mode = first["mode"]
         pipes = self.conditioning.pipelines(first)  # ControlNet ones for a structure image
-        pipe = {T2I: pipes.t2i, IMG2IMG: pipes.img2img, INPAINT: pipes.inpaint}[mode]
+        pipe = {T2I: pipes.t2i, IMG2IMG: pipes.img2img, INPAINT: pipes.inpaint, OUTPAINT: pipes.inpaint}[mode]
         if pipe is None:
             raise ValueError(f"model {self.pipes.model_id!r} has no {mode} pipeline"
                              + (" with a ControlNet" if pipes is not self.pipes else ""))
@@ -214,7 +216,12 @@ class Generator:
                 kwargs["true_cfg_scale"] = self.true_cfg_scale
         if "width" in params:  # FLUX and SD3 image-to-image too: else they make 1024 px
             kwargs.update(width=int(first["width"]), height=int(first["height"]))
-        if mode != T2I:
+        if mode == OUTPAINT:  # a channel format: margins painted around its parent's image
+            made = [outpaint.prepare(c[CANVAS], c["variant"], c["placement"], (c["width"], c["height"]))
+                    for c in cands]
+            kwargs.update(image=[m.start for m in made], mask_image=[m.mask for m in made],
+                          strength=float(first["strength"]))
+        elif mode != T2I:
             layers, inputs = starting_images(cands, mode, int(first["width"]), int(first["height"]))
             kwargs.update(image=[i[0] for i in inputs], strength=float(first["strength"]))
             if mode == INPAINT:
@@ -226,6 +233,10 @@ class Generator:
         images = [np.clip(np.rint(np.asarray(img) * 255), 0, 255).astype(np.uint8) for img in result]
         if mode == INPAINT:
             images = [composite(img, *layer) for img, layer in zip(images, layers, strict=True)]
+        elif mode == OUTPAINT:  # the source back exact; an exact size resized to its pixels
+            from PIL import Image
+
+            images = [np.asarray(m.finish(Image.fromarray(img))) for img, m in zip(images, made, strict=True)]
         return images
 
 

@@ -104,6 +104,36 @@ def margin_mask(canvas: Canvas):
     return mask
 
 
+@dataclass(frozen=True)
+class Outpainting:
+    """One candidate's outpainting: the source, the format and its canvas, what the inpainting
+    pipeline is given (the start image and the margin mask)."""
+
+    source: object  # PIL RGB image
+    fmt: ChannelFormat
+    canvas: Canvas
+    start: object  # PIL RGB image, canvas-sized
+    mask: object  # PIL L image, canvas-sized, white = paint
+
+    def finish(self, painted):
+        return finish(painted, self.source, self.canvas, self.fmt)
+
+
+def prepare(source: bytes, variant: str, placement: str, planned: tuple[int, int]) -> Outpainting:
+    """A format's outpainting from its source image's bytes; ValueError when the canvas is not
+    the size the plan gave the candidate (the source is not the image it was planned from)."""
+    from pipeline.spec.channel_formats import parse
+    from pipeline.storage.uris import load_image
+
+    image = load_image(source).convert("RGB")
+    fmt = parse(variant)
+    canvas = canvas_for(*image.size, fmt, placement)
+    if (canvas.width, canvas.height) != tuple(planned):
+        raise ValueError(f"the {variant} canvas of a {image.size[0]}x{image.size[1]} source is "
+                         f"{canvas.width}x{canvas.height}, planned {planned[0]}x{planned[1]}")
+    return Outpainting(image, fmt, canvas, start_image(image, canvas), margin_mask(canvas))
+
+
 def finish(painted, source, canvas: Canvas, fmt: ChannelFormat):
     """The format: the source pasted back exact over the painted canvas; an exact size then
     resized to its pixels."""
