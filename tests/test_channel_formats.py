@@ -206,3 +206,161 @@ def test_a_source_that_is_not_the_planned_one_is_an_error_row(generator):
     cand = _format(_source(64, 64), "9:16", 5) | {"height": 200}
     (out,) = generator([cand])
     assert out.image is None and "the 9:16 canvas of a 64x64 source is 64x112, planned 64x200" in out.error
+
+
+# ---- formats in a run ----------------------------------------------------------------------------
+
+RUN_ROWS = {"id": ["mug", "staged"], "prompt": ["a red mug on a table", "a bottle"], "style": ["story", None],
+            "product_image": [None, "cutout.png"], "sku": ["S-1", "S-2"]}
+RUN_STYLES = {"style": ["story"], "formats": [["9:16", "1.91:1"]]}
+FORMATS = '[formats]\nsizes = ["16:9", "300x250"]\n'
+PLAIN = {"style": ["story"]}  # a style without its own formats: the job's
+
+
+def _run_formats(folder, extra=FORMATS, styles=RUN_STYLES, **kw):
+    import pyarrow.parquet as pq
+
+    from pipeline.run.job import run_job
+    from pipeline.spec.load import load_job
+    from tests.helpers import save_cutout, write_job
+
+    if not (folder / "cutout.png").exists():
+        save_cutout(folder / "cutout.png")
+    cfg = load_job(write_job(folder, RUN_ROWS, styles=styles, extra=extra, num_candidates=2, keep=1))
+    report = run_job(cfg, backend="in-process", **kw)
+    return report, pq.read_table(report.output_dir / "results.parquet").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def formatted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("formats")
+    return folder, *_run_formats(folder)
+
+
+def test_every_written_image_gets_its_styles_formats_as_judged_children(formatted):
+    _, report, rows = formatted
+    assert report.exit_code == 0, report.summary
+    sources = {r["item_id"]: r for r in rows if r["variant"] is None and r["status"] == "written"}
+    children = [r for r in rows if r["variant"] is not None]
+    assert len(sources) == 2  # keep 1 of each row
+    by_parent = {}
+    for r in children:
+        by_parent.setdefault(r["parent"], []).append(r["variant"])
+    # the style's own formats for the styled row, the job's for the row without a style
+    assert {sources[p]["id"]: sorted(v) for p, v in by_parent.items()} == {
+        "mug": ["1.91:1", "9:16"], "staged": ["16:9", "300x250"]}
+    for r in children:
+        parent = sources[r["parent"]]
+        assert r["status"] in ("written", "rejected") and r["reason_code"] != "not_selected", r
+        assert (r["mode"], r["seed_source"], r["id"], r["sku"], r["prompt"]) == (
+            "outpaint", "format", parent["id"], parent["sku"], parent["prompt"])
+        assert r["clip_score"] is not None and r["moderation"] is not None  # judged like any candidate
+        assert r["candidate"] >= 2 and r["seed"] != parent["seed"]
+    assert len({r["item_id"] for r in rows}) == len({(r["id"], r["candidate"]) for r in rows}) == len(rows)
+
+
+def test_an_aspect_format_keeps_the_source_and_the_staged_product_exact(formatted):
+    folder, report, rows = formatted
+    out = report.output_dir
+    by_item = {r["item_id"]: r for r in rows}
+    for r in (r for r in rows if r["variant"] is not None and r["status"] == "written"):
+        image = np.asarray(Image.open(out / r["path"]).convert("RGB"))
+        source = np.asarray(Image.open(out / by_item[r["parent"]]["path"]).convert("RGB"))
+        if r["variant"] == "300x250":
+            assert image.shape == (250, 300, 3)
+            continue
+        c = canvas_for(source.shape[1], source.shape[0], parse(r["variant"]))
+        left, top, right, bottom = c.box
+        assert image.shape == (c.height, c.width, 3) == (r["height"], r["width"], 3)
+        assert np.array_equal(image[top:bottom, left:right], source), r["variant"]
+
+
+def test_formats_carry_their_source_as_a_parent_ingredient_and_verify(formatted):
+    import json
+
+    import c2pa
+
+    from pipeline.review.verify import verify_output
+
+    _, report, rows = formatted
+    problems, checked = verify_output(report.output_dir)
+    assert problems == [] and checked == len([r for r in rows if r["status"] == "written"])
+    r = next(r for r in rows if r["variant"] == "9:16" and r["status"] == "written")
+    store = json.loads(c2pa.Reader(str(report.output_dir / r["path"])).json())
+    active = store["manifests"][store["active_manifest"]]
+    (parent,) = [i for i in active["ingredients"] if i["relationship"] == "parentOf"]
+    assert parent.get("active_manifest") in store["manifests"]  # the source's own manifest, embedded
+    actions = next(a for a in active["assertions"] if a["label"].startswith("c2pa.actions"))["data"]["actions"]
+    assert [a["action"] for a in actions] == ["c2pa.opened", "c2pa.edited"]
+
+
+def test_a_rerun_with_a_format_added_makes_only_that_format(tmp_path):
+    first, rows = _run_formats(tmp_path, extra='[formats]\nsizes = ["16:9"]\n', styles=PLAIN)
+    assert sorted(r["variant"] for r in rows if r["variant"]) == ["16:9", "16:9"]
+    again, more = _run_formats(tmp_path, extra='[formats]\nsizes = ["16:9", "4:5"]\n', styles=PLAIN)
+    assert again.summary["this_run"] in ({"written": 2}, {"written": 1, "rejected": 1}, {"rejected": 2}), again.summary
+    assert sorted(r["variant"] for r in more if r["variant"]) == ["16:9", "16:9", "4:5", "4:5"]
+    kept = {r["item_id"]: r["sha256"] for r in rows}
+    assert all(kept[r["item_id"]] == r["sha256"] for r in more if r["item_id"] in kept)
+    same, _ = _run_formats(tmp_path, extra='[formats]\nsizes = ["16:9", "4:5"]\n', styles=PLAIN)
+    assert same.summary["this_run"] == {}
+
+
+def test_approved_only_makes_formats_of_what_a_reviewer_approved(tmp_path):
+    report, rows = _run_formats(tmp_path, extra='[formats]\nsizes = ["16:9"]\nfrom = "approved"\n', styles=PLAIN)
+    assert not [r for r in rows if r["variant"]]
+    pick = next(r for r in rows if r["status"] == "written" and r["id"] == "mug")
+    (tmp_path / "decisions.csv").write_text(f"item_id,decision\n{pick['item_id']},approve\n")
+    _, rows = _run_formats(tmp_path, extra='[formats]\nsizes = ["16:9"]\nfrom = "approved"\n', styles=PLAIN,
+                           decisions=str(tmp_path / "decisions.csv"))
+    assert [(r["parent"], r["variant"]) for r in rows if r["variant"]] == [(pick["item_id"], "16:9")]
+
+
+def test_a_rejected_format_is_made_again_with_a_fresh_seed(tmp_path):
+    _, rows = _run_formats(tmp_path, extra='[formats]\nsizes = ["16:9"]\n', styles=PLAIN)
+    fmt = next(r for r in rows if r["variant"] and r["id"] == "mug")
+    (tmp_path / "decisions.csv").write_text(f"item_id,decision\n{fmt['item_id']},reject\n")
+    _, rows = _run_formats(tmp_path, extra='[formats]\nsizes = ["16:9"]\n', styles=PLAIN,
+                           decisions=str(tmp_path / "decisions.csv"))
+    mine = [r for r in rows if r["variant"] and r["parent"] == fmt["parent"]]
+    assert len(mine) == 2 and len([r for r in rows if r["id"] == "mug" and r["variant"] is None]) == 2  # no new round
+    old, new = sorted(mine, key=lambda r: r["item_id"] != fmt["item_id"])
+    assert (old["status"], old["reason_code"]) == ("rejected", "reviewer_rejected")
+    assert new["seed"] != old["seed"] and new["status"] in ("written", "rejected") and new["decision"] is None
+
+
+def test_formats_neither_fill_a_rows_places_nor_ask_for_rounds():
+    from pipeline.judge.rounds import ask_new_rounds
+
+    def row(item, variant=None, parent=None):
+        return {"item_id": item, "id": "mug", "keep": 2, "status": "written", "reason": None, "reason_code": None,
+                "moderation": "pass", "parent": parent, "variant": variant}
+
+    rows = [row("a"), row("b"), row("a916", "9:16", "a"), row("b916", "9:16", "b")]
+    both = [{"item_id": "a", "id": "mug", "decision": "reject"}, {"item_id": "b", "id": "mug", "decision": "reject"}]
+    ask_new_rounds(both, rows, {})
+    assert both[0].get("new_round") is True  # the formats that pass are no places of the row
+    fmt = [{"item_id": "a916", "id": "mug", "decision": "reject"}]
+    ask_new_rounds(fmt, [row("a"), row("a916", "9:16", "a")], {})
+    assert not fmt[0].get("new_round")
+
+
+def test_the_report_shows_each_sources_formats_beside_it(formatted):
+    from pipeline.review.report import write_report
+    from tests.test_report import _open, browser
+
+    _, report, rows = formatted
+    write_report(report.output_dir)
+    sources = {r["parent"] for r in rows if r["variant"]}
+    with browser() as b:
+        page, seen = _open(b, report.output_dir / "report.html", report.output_dir)
+        for source in sources:
+            group = page.locator(f'#sheet .source[data-source="{source}"]')
+            assert group.locator(".card").first.get_attribute("data-item") == source
+            shown = group.locator(".formats .card")
+            assert shown.count() == len([r for r in rows if r["parent"] == source])
+            assert group.locator(".formats dd.format").first.text_content().endswith(f" of {source}")
+            assert group.locator(".formats img.shot").count() == len(
+                [r for r in rows if r["parent"] == source and r["path"]])
+            assert group.locator(".formats img.outline").count() == 0  # the product outline fits the source only
+        assert not seen["errors"]

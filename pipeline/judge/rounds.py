@@ -24,8 +24,12 @@ def new_rejects(changed: list[dict], current: dict[str, dict]) -> list[dict]:
 def ask_new_rounds(changed: list[dict], rows: list[dict], current: dict[str, dict]) -> None:
     """Flag (`new_round`) the first new reject of each row that, once the `changed` decisions
     apply over the `current` ones, leaves the row fewer candidates able to take a place than it
-    keeps. `rows`: the stored outcomes of every candidate of the rows the new rejects are on."""
-    rejects = new_rejects(changed, current)
+    keeps. `rows`: the stored outcomes of every candidate of the rows the new rejects are on.
+    Channel formats neither take a row's places nor ask for rounds: a rejected format is made
+    again on its own (plan/formats.py)."""
+    formats = {r["item_id"] for r in rows if r.get("variant") is not None}
+    rows = [r for r in rows if r["item_id"] not in formats]
+    rejects = [d for d in new_rejects(changed, current) if d["item_id"] not in formats]
     if not rejects:
         return
     after = {k: v["decision"] for k, v in current.items()} | {d["item_id"]: d["decision"] for d in changed}

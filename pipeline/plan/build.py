@@ -106,6 +106,18 @@ def write_plan(inputs: Inputs, cfg: JobConfig, path: Path, chunk_rows: int | Non
     return PlanFile(path, rows)
 
 
+def with_judging(df: pl.DataFrame, cfg: JobConfig) -> pl.DataFrame:
+    """The columns a planned candidate gets once its item id and decision are known: its judge
+    key and planned path, and no truncation measured yet."""
+    return df.with_columns(
+        pl.lit(None, dtype=pl.Boolean).alias("truncated"), pl.lit(None, dtype=pl.String).alias("truncated_by"),
+        # not in the item id: a change of rules (or of a reviewer's decision) re-judges, it does
+        # not regenerate
+        hex_ids(keys(df, literal(rules_key(cfg.filter)), "keep", "clip_threshold", "decision"), 8,
+                distinct=True).alias("judge_key"),
+        image_path_expr(pl.col("item_id"), cfg.output.format).alias("path"))
+
+
 def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fps: dict, decisions: Decisions) -> pa.Table:
     """One row per candidate of these manifest rows (a round of `num_candidates`, and one more
     for each new round a reviewer's reject asked for; a candidate per refinement asked for),
@@ -139,7 +151,8 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fps: dict, decisions: Decis
         c("__structure_image").alias("structure_image"),
         pl.when(c("__structure_image").is_not_null()).then(fallback("structure_scale", cfg.generate.structure_scale)
                                                             .cast(pl.Float64)).alias("structure_scale"),
-        lit(cfg.output.format).alias("format"), lit(None, dtype=pl.String).alias("parent"))
+        lit(cfg.output.format).alias("format"), lit(None, dtype=pl.String).alias("parent"),
+        lit(None, dtype=pl.String).alias("variant"), lit(None, dtype=pl.String).alias("placement"))
     # The fingerprints of this chunk's files only: a mapping of the whole catalogue, hashed
     # again for every chunk, would cost the catalogue's size per chunk.
     used = pl.concat([df[col].drop_nulls() for col in ("init_image", "mask", "lora", "style_image", "structure_image")]
@@ -147,14 +160,7 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fps: dict, decisions: Decis
     fingerprints = {uri: "alpha" if uri == "alpha" else inputs.files[uri].fingerprint for uri in used}
     df = with_item_ids(df, fingerprints, model_fps)
     df = with_refinements(df, decisions.refines, inputs, cfg, fingerprints, model_fps)
-    df = with_decisions(df, decisions.in_force)
-    df = df.with_columns(
-        lit(None, dtype=pl.Boolean).alias("truncated"), lit(None, dtype=pl.String).alias("truncated_by"),
-        # not in the item id: a change of rules (or of a reviewer's decision) re-judges, it does
-        # not regenerate
-        hex_ids(keys(df, literal(rules_key(cfg.filter)), "keep", "clip_threshold", "decision"), 8,
-                distinct=True).alias("judge_key"),
-        image_path_expr(c("item_id"), cfg.output.format).alias("path"))
+    df = with_judging(with_decisions(df, decisions.in_force), cfg)
     plan = df.select([f.name for f in schema.PLAN_FIELDS]).to_arrow().cast(schema.PLAN_SCHEMA)
     if inputs.passthrough:
         # Each candidate's manifest row's passthrough values, exact Arrow types kept.

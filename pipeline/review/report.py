@@ -38,7 +38,7 @@ CANDIDATE_KEYS = {"candidate": "k", "item_id": "item", "seed": "seed", "model": 
                   "clip_score": "clip", "clip_threshold": "clip_thr", "image_unsafe_score": "img_unsafe",
                   "prompt_unsafe_score": "prompt_unsafe", "moderation": "moderation", "c2pa_state": "c2pa",
                   "run_id": "run", "width": "w", "height": "h", "decision": "decision", "note": "note",
-                  "parent": "parent", "source_prompt": "words", "strength": "strength"}
+                  "parent": "parent", "source_prompt": "words", "strength": "strength", "variant": "fmt"}
 ROW_KEYS = ("id", "row", "style", "source_prompt", "prompt", "negative_prompt", "mode", "init_image", "mask",
             "steps", "guidance_scale", "strength")
 
@@ -87,7 +87,7 @@ def groups_of(results: pa.Table, runs: dict[str, dict], outlines: dict[str, str]
         c = {short: r[col] for col, short in CANDIDATE_KEYS.items() if r.get(col) is not None}  # nulls left out
         if "seed" in c:
             c["seed"] = str(c["seed"])  # 63 bits: past what a JS number holds exactly
-        if "parent" not in c:  # a refinement's own words and strength; the others share the row's
+        if "parent" not in c or "fmt" in c:  # a refinement's own words and strength; the others share the row's
             c.pop("words", None)
             c.pop("strength", None)
         g["c"].append(c)

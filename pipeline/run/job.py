@@ -11,6 +11,7 @@ committing in run/stream.py; how a run is described is the command line's (comma
 from __future__ import annotations
 
 import contextlib
+import itertools
 import shutil
 import time
 import uuid
@@ -23,6 +24,7 @@ import pyarrow as pa
 
 from pipeline import faults
 from pipeline.errors import EXIT_INCOMPLETE, EXIT_OK, JobError, LockLost, OutputLocked
+from pipeline.plan import formats
 from pipeline.plan.build import PlanFile, write_plan
 from pipeline.plan.work import rows_per_group, write_work
 from pipeline.review import decisions as review
@@ -141,8 +143,6 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             # signer's self-test, the last check, and what --fresh, --rows and --decisions change
             decided = recorded.then(changed)
             plan = write_plan(inputs, cfg, work / f"plan-{run_id}.parquet", decisions=decided)
-            if decided.history.num_rows:
-                _warn_unplanned(decided, plan, inputs, out, reporter)
             Signer.from_section(cfg.signer, out, warn=reporter.warning).self_test(cfg.output.format)
             if fresh:
                 lock.check()
@@ -182,10 +182,24 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
                                                       reporter=reporter, fence=lock.check)
                 pending.unlink(missing_ok=True)
 
+            # 5b. channel formats: children of what is written now (or approved), planned from the
+            # committed outcomes, then streamed and committed the same way (planned even when the
+            # run stopped: the results list the formats made before, so their files stay)
+            plans = [plan]
+            if formats.wanted(cfg, inputs.styles):
+                committed = store.committed()
+                plans.append(formats.plan_formats(plan, lambda chunk: committed.outcome_of(chunk)["status"], cfg,
+                                                  inputs.styles, decided.in_force, work / f"formats-{run_id}.parquet"))
+                stopped, this_run = _run_formats(plans[-1], committed, cfg, backend, store, run_id, work, reporter,
+                                                 lock.check, stopped, this_run)
+            if decided.history.num_rows:
+                _warn_unplanned(decided, plans, inputs, out, reporter)
+
             # 6. compact: the results table from every committed shard; files no row lists removed
             faults.kill_if("driver.kill_before_compact")
             committed = store.committed()
-            summary = write_results(plan.chunks(), committed, out, before_commit=lock.check,
+            summary = write_results(itertools.chain(*(p.chunks() for p in plans)), committed, out,
+                                    before_commit=lock.check,
                                     gpu_hour_usd=cfg.cost.gpu_hour_usd if cfg.cost else None)
             removed = remove_strays(committed, out, before_delete=lock.check)
 
@@ -210,6 +224,23 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
         lock.close()
 
 
+def _run_formats(plan: PlanFile, committed, cfg: JobConfig, backend: str, store: ShardStore, run_id: str, work: Path,
+                 reporter: Reporter, fence, stopped: str | None, this_run: Counter | None):
+    """Stream and commit the channel formats left to make (none when the run already stopped)."""
+    todo = resume.to_do(plan, committed)
+    if stopped or not todo.rows:
+        return stopped, this_run
+    reporter.log(f"formats: {plan.num_rows} planned, {todo.candidates} to go", event="formats_start",
+                 planned=plan.num_rows, to_go=todo.candidates, rows_to_judge=todo.rows)
+    pending = work / f"pending-formats-{run_id}.arrow"
+    index = write_work(resume.work(plan, committed), pending,
+                       rows_per_group(todo.rows, todo.candidates, cfg.generate.batch_size))
+    stopped, made = stream_and_commit(cfg, backend, pending, index, store=store, run_id=run_id, to_go=todo.candidates,
+                                      planned=plan.num_rows, reporter=reporter, fence=fence)
+    pending.unlink(missing_ok=True)
+    return stopped, (this_run or Counter()) + made if made is not None else this_run
+
+
 def _log_decisions(decisions: str, changed: pa.Table, reporter: Reporter) -> None:
     counts = Counter(changed["decision"].to_pylist())
     reporter.log(f"decisions {decisions}: {changed.num_rows} new or changed ("
@@ -228,10 +259,10 @@ def _add_run(summary: dict, run_id: str, cfg: JobConfig, stopped: str | None, el
         summary["written_per_s"] = round(this_run[vocabulary.WRITTEN] / summary["elapsed_s"], 4)
 
 
-def _warn_unplanned(decided: review.Decisions, plan: PlanFile, inputs: Inputs, out: Output,
+def _warn_unplanned(decided: review.Decisions, plans: list[PlanFile], inputs: Inputs, out: Output,
                     reporter: Reporter) -> None:
     """Say so when recorded decisions no longer apply: their candidates are not planned now."""
-    gone = review.unplanned(decided, (c["item_id"] for c in plan.chunks(["item_id"])),
+    gone = review.unplanned(decided, (c["item_id"] for p in plans for c in p.chunks(["item_id"])),
                             set(inputs.manifest["id"].to_list()))
     if gone.num_rows:
         first = gone.slice(0, 1).to_pylist()[0]

@@ -66,6 +66,14 @@ def _number(x: Fraction) -> str:
     return str(x.numerator) if x.denominator == 1 else format(float(x), "g")
 
 
+def delivered_size(width: int, height: int, variant: str | None) -> tuple[int, int]:
+    """The pixels of a candidate's image: its planned (generated) size, except an exact-size
+    format's, which is resized to its own after outpainting."""
+    if variant is not None and (f := parse(variant)).exact:
+        return f.size
+    return int(width), int(height)
+
+
 def problems(names: list[str] | tuple[str, ...]) -> list[str]:
     """What is wrong with a list of formats, one line per bad or repeated name (two names of one
     format, such as "9:16" and "18:32", are one image: the second is refused)."""

@@ -104,6 +104,8 @@ class FormatsSection:
 
     sizes: tuple[str, ...] = ()  # "9:16", "1.91:1", "300x250"; a style's `formats` column replaces them
     placement: str = "center"  # where the source sits on the canvas: center, left, right, top, bottom
+    # How far the margins move from the source's mirrored, blurred edges (1.0: from noise alone)
+    strength: float = 0.9
     source: str = field(default="written", metadata={"key": "from"})  # "written" or "approved"
 
 

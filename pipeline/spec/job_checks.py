@@ -31,6 +31,7 @@ def _limited(cfg: JobConfig) -> list[tuple[str, Any, Limit]]:
         ("[generate].strength", g.strength, LIMITS["strength"]),
         ("[generate].inpaint_strength", g.inpaint_strength, LIMITS["strength"]),
         ("[generate].refine_strength", g.refine_strength, LIMITS["strength"]),
+        ("[formats].strength", cfg.formats.strength, LIMITS["strength"]),
         ("[generate].width", g.width, LIMITS["size"]),
         ("[generate].height", g.height, LIMITS["size"]),
         ("[generate].batch_size", g.batch_size, LIMITS["at_least_one"]),

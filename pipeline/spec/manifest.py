@@ -63,10 +63,6 @@ def load_inputs(cfg: JobConfig) -> Inputs:
     from pipeline.spec.families import family_warnings
 
     warnings += family_warnings(inputs.manifest, styles, cfg)
-    if cfg.formats.sizes or styles["formats"].list.len().fill_null(0).sum():
-        # TODO(issue 19): outpainted children; until then the names are checked and nothing is made
-        warnings.append("channel formats ([formats].sizes, the styles' formats) are checked but not made yet "
-                        "in this version: no format images will be written")
     return dataclasses.replace(inputs, files={**files, **inputs.files}, warnings=(*warnings, *inputs.warnings))
 
 

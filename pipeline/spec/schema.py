@@ -88,7 +88,9 @@ PLAN_FIELDS = [
     pa.field("truncated", pa.bool_()),  # prompt longer than a text encoder's window
     pa.field("truncated_by", pa.string()),  # which: "<component>:<clip|t5>", comma-separated
     pa.field("judge_key", pa.string()),  # the rules that judge it: filter settings, keep, CLIP threshold, decision
-    pa.field("parent", pa.string()),  # the item id a reviewer's `refine` made this candidate from
+    pa.field("parent", pa.string()),  # the item id this child was made from (a refinement, a channel format)
+    pa.field("variant", pa.string()),  # a channel format's name ("9:16", "300x250"); null for any other candidate
+    pa.field("placement", pa.string()),  # where a channel format's source sits on its canvas
     # A reviewer's decision on this candidate in force (applied with `run --decisions`), its note
     # and when it was made: part of the plan, so a new decision re-judges the row.
     pa.field("decision", pa.string()),  # approve | reject | refine, or null

@@ -44,10 +44,10 @@ DECISIONS = (APPROVE, REJECT, REFINE)
 # inside a mask around the product. A channel format of an image extends it by painting
 # margins (outpainting, on the inpainting pipeline); it is a child, never a manifest row's mode.
 T2I, IMG2IMG, INPAINT = "t2i", "img2img", "inpaint"
-MODES = (T2I, IMG2IMG, INPAINT)
 OUTPAINT = "outpaint"
+MODES = (T2I, IMG2IMG, INPAINT, OUTPAINT)
 
 # Where a candidate's seed came from (`seed_source`): the row's `seed`, its style's pinned `seeds`,
-# derived by hashing (plan/identity.py), or a refinement's own.
-ROW_SEED, STYLE_SEED, DERIVED_SEED, REFINE_SEED = "row", "style", "derived", "refine"
-SEED_SOURCES = (ROW_SEED, STYLE_SEED, DERIVED_SEED, REFINE_SEED)
+# derived by hashing (plan/identity.py), a refinement's own, or a channel format's own.
+ROW_SEED, STYLE_SEED, DERIVED_SEED, REFINE_SEED, FORMAT_SEED = "row", "style", "derived", "refine", "format"
+SEED_SOURCES = (ROW_SEED, STYLE_SEED, DERIVED_SEED, REFINE_SEED, FORMAT_SEED)

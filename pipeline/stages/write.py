@@ -19,6 +19,7 @@ from pipeline.judge.outcome import fail
 from pipeline.judge.select import fill_places
 from pipeline.plan.work import PRIOR
 from pipeline.spec import vocabulary
+from pipeline.spec.channel_formats import delivered_size
 from pipeline.spec.config import JobConfig
 from pipeline.stages.contract import (
     JUDGED_WITH,
@@ -137,7 +138,8 @@ class WriteStage:
         if faults.arg("write.error") == str(r["seed"]):
             raise OSError(f"injected write failure for seed {r['seed']}")
         t0 = time.perf_counter()
-        img = np.frombuffer(pixels, dtype=np.uint8).reshape(int(r["height"]), int(r["width"]), 3)
+        width, height = delivered_size(r["width"], r["height"], r.get("variant"))
+        img = np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3)
         data, mime = encode_image(img, o.format, png_compress_level=o.png_compress_level,
                                   jpeg_quality=o.jpeg_quality, webp_quality=o.webp_quality)
         t1 = time.perf_counter()
