@@ -29,15 +29,16 @@ from tests.helpers import save_cutout, write_job
 
 INTEROP = Path(__file__).resolve().parent / "interop"
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
-KINDS = ("plain", "staged", "refined", "steered")
+KINDS = ("plain", "staged", "refined", "steered", "format")
 SEED = 5721422897711132026  # a JavaScript number reads it as 5721422897711132000
 OWN = ["c2pa.actions.v2", "cawg.training-mining", "com.asset-pipeline.generation", "c2pa.hash.data"]
 FAST = "[generate]\nsteps = 2\nwidth = 32\nheight = 32\nbatch_size = 2\n"
 ROWS = {"id": ["plain", "staged", "steered"], "prompt": ["a red mug", "a bottle on a beach", "a lamp"],
         "product_image": [None, "cutout.png", None], "seed": pa.array([SEED, None, None], pa.int64()),
         "style": [None, None, "look"]}
-# A style image (IP-Adapter) and a structure image (ControlNet): `inputTo` ingredients.
-STYLES = {"style": ["look"], "style_image": ["look.png"], "structure_image": ["layout.png"]}
+# A style image (IP-Adapter) and a structure image (ControlNet): `inputTo` ingredients; and a
+# channel format of the style's image, outpainted from it (its `parentOf`).
+STYLES = {"style": ["look"], "style_image": ["look.png"], "structure_image": ["layout.png"], "formats": [["16:9"]]}
 ADAPTERS = '[models]\nip_adapter = "embedded:tiny-ip-adapter"\ncontrolnet = "embedded:tiny-controlnet"\n'
 
 
@@ -95,7 +96,7 @@ def run(folder: Path, fmt: str) -> dict[str, dict]:
                     num_candidates=1, keep=1)
     first = run_job(load_job(job), backend="in-process")
     assert first.exit_code == EXIT_OK
-    rows = {r["id"]: r for r in pq.read_table(first.output_dir / RESULTS).to_pylist()}
+    rows = {r["id"]: r for r in pq.read_table(first.output_dir / RESULTS).to_pylist() if r["variant"] is None}
     decisions = folder / "decisions.json"
     decisions.write_text(json.dumps([{"item_id": rows["plain"]["item_id"], "decision": "refine",
                                       "prompt": "a red mug at dusk", "strength": 0.5}]))
@@ -103,10 +104,12 @@ def run(folder: Path, fmt: str) -> dict[str, dict]:
     assert second.exit_code == EXIT_OK
     after = pq.read_table(second.output_dir / RESULTS).to_pylist()
     (refined,) = [r for r in after if r["parent"] == rows["plain"]["item_id"]]
-    written = {"plain": rows["plain"], "staged": rows["staged"], "refined": refined, "steered": rows["steered"]}
+    (formatted,) = [r for r in after if r["parent"] == rows["steered"]["item_id"]]
+    written = {"plain": rows["plain"], "staged": rows["staged"], "refined": refined, "steered": rows["steered"],
+               "format": formatted}
     assert {k: (r["status"], r["mode"]) for k, r in written.items()} == {
         "plain": ("written", "t2i"), "staged": ("written", "inpaint"), "refined": ("written", "img2img"),
-        "steered": ("written", "t2i")}
+        "steered": ("written", "t2i"), "format": ("written", "outpaint")}
     return {k: {**r, "file": second.output_dir / r["path"], "ca": second.output_dir / DEMO_SIGNER / "ca.pem"}
             for k, r in written.items()}
 
@@ -160,6 +163,10 @@ def test_the_pipelines_own_assertions_are_created_and_the_seed_is_exact(checked,
     elif kind == "steered":  # what steered the model: its style's images, inputs to the generation
         assert result["ingredients"] == [{"relationship": "inputTo", "title": "look.png"},
                                          {"relationship": "inputTo", "title": "layout.png"}], result
+    elif kind == "format":  # outpainted from the style's image (its manifest embedded), the style image still steering
+        assert result["ingredients"] == [{"relationship": "parentOf",
+                                          "title": Path(written[fmt]["steered"]["path"]).name},
+                                         {"relationship": "inputTo", "title": "look.png"}], result
     else:  # what the image was made from is gathered: the product photo, the earlier round's image
         assert result["gathered_assertions"] == ["c2pa.ingredient.v3"]
         title = "cutout.png" if kind == "staged" else Path(written[fmt]["plain"]["path"]).name
