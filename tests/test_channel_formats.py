@@ -364,3 +364,24 @@ def test_the_report_shows_each_sources_formats_beside_it(formatted):
                 [r for r in rows if r["parent"] == source and r["path"]])
             assert group.locator(".formats img.outline").count() == 0  # the product outline fits the source only
         assert not seen["errors"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_making_formats_completes_exactly_once_on_rerun(tmp_path):
+    import signal
+
+    from tests.helpers import save_cutout, write_job
+    from tests.test_kill_rerun import assert_complete, run
+
+    save_cutout(tmp_path / "cutout.png")
+    job = write_job(tmp_path, RUN_ROWS, styles=RUN_STYLES, num_candidates=2, keep=1,
+                    extra=FORMATS + "[output]\nshard_rows = 1\n")
+    out = tmp_path / "out"
+    # the rows' outcomes commit as the run's first shard (one unit here); killed before the formats' shard
+    first = run(job, out, "driver.kill_before_shard=2")
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert "formats: 4 planned, 4 to go" in first.stderr
+    second = run(job, out)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "0 already done" not in second.stderr and "formats: 4 planned, 4 to go" in second.stderr
+    assert_complete(out, 8)

@@ -141,6 +141,7 @@ class ShardStore:
     def __init__(self, output: Output | Path | str):
         self.out = as_output(output)
         self._next = len(self.paths())  # names sort in commit order; the suffix keeps them unique
+        self.written = 0  # shards this store committed (one run: its manifest rows', then its formats')
 
     def paths(self) -> list[str]:
         return sorted(p for p in self.out.files(layout.SHARDS) if layout.is_part(p))
@@ -164,6 +165,7 @@ class ShardStore:
         rel = f"{layout.SHARDS}/{name}"
         self.out.put(rel, tables.to_bytes(table), kill_point=kill_point)
         self._next += 1
+        self.written += 1
         return rel
 
     def committed(self) -> Committed:

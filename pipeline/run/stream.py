@@ -117,7 +117,6 @@ class Committer:
         self.ready: list[pa.Table] = []
         self.ready_rows = 0
         self.counts: Counter = Counter()  # outcomes of this run's new candidates, by status
-        self.shards = 0
 
     def add(self, batch: pa.Table) -> None:
         batch = batch.set_column(batch.schema.get_field_index("run_id"), "run_id",
@@ -130,9 +129,9 @@ class Committer:
 
     def flush(self) -> None:
         if self.ready:
-            self.shards += 1
-            faults.kill_if("driver.kill_before_shard", self.shards)
+            shard = self.store.written + 1  # the run's n-th shard (kill points count across its passes)
+            faults.kill_if("driver.kill_before_shard", shard)
             self.fence()
-            self.store.write(pa.concat_tables(self.ready), kill_point=("driver.kill_mid_shard", self.shards))
-            faults.kill_if("driver.kill_after_shard", self.shards)
+            self.store.write(pa.concat_tables(self.ready), kill_point=("driver.kill_mid_shard", shard))
+            faults.kill_if("driver.kill_after_shard", shard)
             self.ready, self.ready_rows = [], 0
