@@ -31,6 +31,7 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.plan import formats
     from pipeline.plan.build import plan_chunks
     from pipeline.spec.manifest import load_inputs
 
@@ -44,6 +45,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     _warn_long_prompts(long_prompts)
     print(f"OK: {len(inputs.manifest)} rows, {candidates} candidates, "
           f"{len(inputs.styles)} styles; passthrough columns: {', '.join(inputs.passthrough) or 'none'}")
+    if formats.wanted(cfg, inputs.styles):
+        by_style = formats.style_formats(cfg, inputs.styles).group_by("style", maintain_order=True).agg("variant")
+        which = "; ".join(f"{style or '(no style)'}: {', '.join(names)}" for style, names in by_style.iter_rows())
+        print(f"channel formats of each {cfg.formats.source} image, made once it is written: {which}")
     return EXIT_OK
 
 

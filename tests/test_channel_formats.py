@@ -385,3 +385,14 @@ def test_a_run_killed_while_making_formats_completes_exactly_once_on_rerun(tmp_p
     assert second.returncode == 0, second.stderr[-3000:]
     assert "0 already done" not in second.stderr and "formats: 4 planned, 4 to go" in second.stderr
     assert_complete(out, 8)
+
+
+def test_validate_says_which_formats_each_style_gets(tmp_path, capsys):
+    from pipeline.cli import main
+    from tests.helpers import save_cutout, write_job
+
+    save_cutout(tmp_path / "cutout.png")
+    job = write_job(tmp_path, RUN_ROWS, styles=RUN_STYLES, extra=FORMATS, num_candidates=2, keep=1)
+    assert main(["validate", str(job)]) == 0
+    assert ("channel formats of each written image, made once it is written: story: 9:16, 1.91:1; "
+            "(no style): 16:9, 300x250") in capsys.readouterr().out
