@@ -195,3 +195,27 @@ def test_results_and_run_record_name_the_models_that_ran(finished):
                                    "fingerprint": "embedded:tiny-sd@v1"}
     assert models["clip"]["fingerprint"] == "embedded:tiny-clip@v1"
     assert models["moderation"]["fingerprint"] == "embedded:tiny-nsfw@v1"
+
+
+def test_an_image_a_killed_run_left_is_kept_when_it_verifies_and_replaced_when_it_does_not(tmp_path):
+    """Files written but never committed (a run killed between its write and its shard, or on a
+    bucket a run paused past its lease while another took over): the rerun's write creates an
+    image only where none is, keeps one that verifies (the same item's), replaces one that does not."""
+    import shutil
+
+    cfg = load_job(write_job(tmp_path, {"id": ["a", "b"], "prompt": ["a red mug", "a lamp"]}, styles=None,
+                             num_candidates=1, keep=1))
+    first = run_job(cfg, backend="in-process")
+    rows = pq.read_table(first.output_dir / "results.parquet").to_pylist()
+    kept, torn = (first.output_dir / r["path"] for r in rows)
+    before = kept.read_bytes()
+    torn.write_bytes(b"not an image any more")
+    for name in (SHARDS, "results.parquet", "summary.json"):  # as if no outcome was ever committed
+        target = first.output_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    again = run_job(cfg, backend="in-process")
+    assert again.exit_code == EXIT_OK and again.summary["this_run"] == {"written": 2}
+    after = {r["id"]: r for r in pq.read_table(again.output_dir / "results.parquet").to_pylist()}
+    assert kept.read_bytes() == before and after["a"]["sha256"] == rows[0]["sha256"]  # kept, not signed anew
+    assert torn.read_bytes() != b"not an image any more" and after["b"]["c2pa_state"] is not None
+    assert verify_output(again.output_dir)[0] == []

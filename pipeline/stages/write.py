@@ -157,10 +157,19 @@ class WriteStage:
             from pipeline.storage.lock import confirm_holder
 
             confirm_holder(self.out, self.run_id)  # LockLost: an error row, nothing written
-        self.out.put(r["path"], signed)  # whole or absent: temp + rename locally, one PUT on a bucket
+        # Created only where nothing is (whole or absent: temp + link locally, one conditional PUT
+        # on a bucket). A file already at this item's path is this item's image when it verifies:
+        # a killed run's, or, on a bucket, the run that took the output over while this one was
+        # paused between its lock check and its write. It is kept, never overwritten; only one
+        # that does not verify is replaced.
+        created = self.out.create(r["path"], signed)
         t3 = time.perf_counter()
         on_disk = self.out.get(r["path"])
         check = self.signer.verify(on_disk, mime)
+        if not created and not check.ok:
+            self.out.put(r["path"], signed)
+            on_disk = self.out.get(r["path"])
+            check = self.signer.verify(on_disk, mime)
         t4 = time.perf_counter()
         r.update(ms_encode=(t1 - t0) * 1000, ms_sign=(t2 - t1) * 1000, ms_write=(t3 - t2) * 1000,
                  ms_verify=(t4 - t3) * 1000, c2pa_label=check.label, c2pa_state=check.state,
