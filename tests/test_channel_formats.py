@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import ConfigError, ManifestError
+from pipeline.plan.canvas import canvas_for
 from pipeline.spec.channel_formats import parse, parse_all, problems
 from pipeline.spec.manifest import load_inputs
-from pipeline.stages.outpaint import canvas_for, finish, margin_mask, start_image
+from pipeline.stages.outpaint import finish, margin_mask, start_image
 from tests.helpers import job
 
 ROWS = {"id": ["x"], "prompt": ["a mug"], "style": ["a"]}

@@ -23,11 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.plan.build import PlanFile, with_judging
+from pipeline.plan.canvas import canvas_for
 from pipeline.plan.children import with_decisions
 from pipeline.plan.identity import hex_ids, keys, literal, seeds
 from pipeline.spec import channel_formats, vocabulary
 from pipeline.spec.config import JobConfig
-from pipeline.stages.outpaint import canvas_for
 
 FORMAT_RECIPE = "format-v1"  # bump when what a format's item id hashes changes
 
