@@ -397,3 +397,18 @@ def test_validate_says_which_formats_each_style_gets(tmp_path, capsys):
     assert main(["validate", str(job)]) == 0
     assert ("channel formats of each written image, made once it is written: story: 9:16, 1.91:1; "
             "(no style): 16:9, 300x250") in capsys.readouterr().out
+
+
+def test_refining_a_format_is_refused_by_row_with_what_to_do_instead(tmp_path):
+    from pipeline.errors import ManifestError
+    from pipeline.review import decisions as review
+    from pipeline.storage.store import Output
+
+    report, rows = _run_formats(tmp_path, extra='[formats]\nsizes = ["16:9"]\n', styles=PLAIN)
+    fmt = next(r for r in rows if r["variant"])
+    (tmp_path / "decisions.csv").write_text(f"item_id,decision,prompt\n{fmt['item_id']},refine,at dusk\n")
+    out = Output(str(report.output_dir))
+    with pytest.raises(ManifestError) as e:
+        review.read(str(tmp_path / "decisions.csv"), out, review.load(out).latest, 0.5)
+    (p,) = e.value.problems
+    assert (p.row, p.column) == (0, "decision") and "a channel format (16:9) cannot be refined" in p.message

@@ -51,6 +51,9 @@ def why_not(decision: str, result: dict, strength: float | None, refine_strength
         return "decision", (f"nothing to approve: the candidate is {status or 'pending'}"
                             + (f" ({reason})" if reason else ""))
     if decision == vocabulary.REFINE:
+        if result.get("variant") is not None:  # its pixels are its source's and margins around them
+            return "decision", (f"a channel format ({result['variant']}) cannot be refined: refine the image it "
+                                "was made from (its formats follow), or reject it for a fresh one")
         if not result["path"]:
             return "decision", (f"no image to refine (status {status or 'pending'}"
                                 + (f", {reason}" if reason else "") + ")")
