@@ -29,16 +29,19 @@ from tests.helpers import save_cutout, write_job
 
 INTEROP = Path(__file__).resolve().parent / "interop"
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
-KINDS = ("plain", "staged", "refined", "steered", "format")
+KINDS = ("plain", "staged", "refined", "steered", "format", "overlaid")
 SEED = 5721422897711132026  # a JavaScript number reads it as 5721422897711132000
 OWN = ["c2pa.actions.v2", "cawg.training-mining", "com.asset-pipeline.generation", "c2pa.hash.data"]
 FAST = "[generate]\nsteps = 2\nwidth = 32\nheight = 32\nbatch_size = 2\n"
-ROWS = {"id": ["plain", "staged", "steered"], "prompt": ["a red mug", "a bottle on a beach", "a lamp"],
-        "product_image": [None, "cutout.png", None], "seed": pa.array([SEED, None, None], pa.int64()),
-        "style": [None, None, "look"]}
+ROWS = {"id": ["plain", "staged", "steered", "overlaid"],
+        "prompt": ["a red mug", "a bottle on a beach", "a lamp", "a chair"],
+        "product_image": [None, "cutout.png", None, None], "seed": pa.array([SEED, None, None, None], pa.int64()),
+        "style": [None, None, "look", "brand"]}
 # A style image (IP-Adapter) and a structure image (ControlNet): `inputTo` ingredients; and a
 # channel format of the style's image, outpainted from it (its `parentOf`).
-STYLES = {"style": ["look"], "style_image": ["look.png"], "structure_image": ["layout.png"], "formats": [["16:9"]]}
+# A brand overlay: its logo a `componentOf` ingredient (a 32 px image has no room for a headline).
+STYLES = {"style": ["look", "brand"], "style_image": ["look.png", None], "structure_image": ["layout.png", None],
+          "formats": [["16:9"], []], "logo": [None, "look.png"]}
 ADAPTERS = '[models]\nip_adapter = "embedded:tiny-ip-adapter"\ncontrolnet = "embedded:tiny-controlnet"\n'
 
 
@@ -106,10 +109,10 @@ def run(folder: Path, fmt: str) -> dict[str, dict]:
     (refined,) = [r for r in after if r["parent"] == rows["plain"]["item_id"]]
     (formatted,) = [r for r in after if r["parent"] == rows["steered"]["item_id"]]
     written = {"plain": rows["plain"], "staged": rows["staged"], "refined": refined, "steered": rows["steered"],
-               "format": formatted}
+               "format": formatted, "overlaid": rows["overlaid"]}
     assert {k: (r["status"], r["mode"]) for k, r in written.items()} == {
         "plain": ("written", "t2i"), "staged": ("written", "inpaint"), "refined": ("written", "img2img"),
-        "steered": ("written", "t2i"), "format": ("written", "outpaint")}
+        "steered": ("written", "t2i"), "format": ("written", "outpaint"), "overlaid": ("written", "t2i")}
     return {k: {**r, "file": second.output_dir / r["path"], "ca": second.output_dir / DEMO_SIGNER / "ca.pem"}
             for k, r in written.items()}
 
@@ -153,7 +156,8 @@ def test_every_image_validates_and_is_trusted_in_c2pa_ts(checked, fmt, kind):
 def test_the_pipelines_own_assertions_are_created_and_the_seed_is_exact(checked, fmt, kind):
     written, results, _ = checked
     result, row = results[fmt, kind], written[fmt][kind]
-    assert result["created_assertions"] == OWN
+    overlay = ["com.asset-pipeline.overlay"] if kind == "overlaid" else []  # the exact headline, a created assertion
+    assert result["created_assertions"] == OWN[:3] + overlay + OWN[3:]
     generation = result["generation"]
     assert generation["seed_str"] == str(row["seed"]) and generation["item_id"] == row["item_id"]
     assert generation["mode"] == row["mode"]
@@ -163,6 +167,8 @@ def test_the_pipelines_own_assertions_are_created_and_the_seed_is_exact(checked,
     elif kind == "steered":  # what steered the model: its style's images, inputs to the generation
         assert result["ingredients"] == [{"relationship": "inputTo", "title": "look.png"},
                                          {"relationship": "inputTo", "title": "layout.png"}], result
+    elif kind == "overlaid":  # the brand's logo drawn on it: a component
+        assert result["ingredients"] == [{"relationship": "componentOf", "title": "look.png"}], result
     elif kind == "format":  # outpainted from the style's image (its manifest embedded), the style image still steering
         assert result["ingredients"] == [{"relationship": "parentOf",
                                           "title": Path(written[fmt]["steered"]["path"]).name},

@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.stages.overlay import (
-    MIN_TEXT_PX,
-    HeadlineDoesNotFit,
-    Overlay,
-    layout,
-    load_font,
-    render,
-    safe_area,
-)
+from pipeline.spec.inputs import load_font
+from pipeline.stages.overlay import MIN_TEXT_PX, HeadlineDoesNotFit, Overlay, layout, render, safe_area
 
 LATIN = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 CJK = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")  # Debian's fonts-wqy-microhei (.ci/run installs it)
@@ -107,3 +100,138 @@ def test_a_chinese_headline_renders_broken_between_characters():
 def test_a_file_that_is_not_a_font_is_named():
     with pytest.raises(ValueError, match="not a TrueType or OpenType font file"):
         load_font(b"not a font", 12)
+
+
+# ---- in a job ------------------------------------------------------------------------------------
+
+def _files(folder: Path) -> None:
+    (folder / "logo.png").write_bytes(_logo())
+    (folder / "font.ttf").write_bytes(_font(LATIN))
+
+
+ROWS = {"id": ["mug", "lamp", "long"], "prompt": ["a red mug", "a desk lamp", "a shoe"],
+        "style": ["brand", "brand", "brand"],
+        "headline": ["Summer sale", None, "an endless headline that goes on " * 30]}
+STYLES = {"style": ["brand"], "logo": ["logo.png"], "logo_position": ["bottom-right"], "logo_size": [0.25],
+          "headline_font": ["font.ttf"], "headline_color": ["#FFFF00"]}
+
+
+@pytest.mark.parametrize("column, value, needle", [
+    ("logo", "missing.png", "missing.png"),
+    ("headline_font", "logo.png", "not a readable font"),
+    ("logo_position", "upper-left", "'upper-left' is not a position: one of top-left, top"),
+    ("headline_position", "middle", "'middle' is not a position"),
+    ("headline_color", "yellow", "'yellow' is not a colour: \"#RRGGBB\""),
+    ("logo_size", 0.9, "logo_size must be in (0, 0.5], got 0.9"),
+])
+def test_bad_overlay_settings_are_named_by_row_column_and_value(tmp_path, column, value, needle):
+    from pipeline.errors import ManifestError
+    from pipeline.spec.manifest import load_inputs
+    from tests.helpers import job
+
+    _files(tmp_path)
+    styles = {**STYLES, column: [value]}
+    with pytest.raises(ManifestError) as e:
+        load_inputs(job(tmp_path, {"id": ["x"], "prompt": ["y"], "style": ["brand"]}, styles=styles))
+    (p,) = [p for p in e.value.problems if p.column == column]
+    assert p.row == 0 and p.id == "brand" and needle in p.message, p
+
+
+def test_a_headline_without_a_font_is_named_by_row(tmp_path):
+    from pipeline.errors import ManifestError
+    from pipeline.spec.manifest import load_inputs
+    from tests.helpers import job
+
+    _files(tmp_path)
+    with pytest.raises(ManifestError) as e:
+        load_inputs(job(tmp_path, {"id": ["x", "y"], "prompt": ["a", "b"], "style": ["plain", "plain"],
+                                   "headline": [None, "Big sale"]}, styles={"style": ["plain"]}))
+    (p,) = e.value.problems
+    assert (p.row, p.id, p.column) == (1, "y", "headline") and "'Big sale': a headline needs its style's" in p.message
+
+
+@pytest.fixture(scope="module")
+def overlaid(tmp_path_factory):
+    import pyarrow.parquet as pq
+
+    from pipeline.run.job import run_job
+    from pipeline.spec.load import load_job
+    from tests.helpers import write_job
+
+    runs = {}
+    for name, styles in (("overlay", STYLES), ("plain", {"style": ["brand"]})):
+        folder = tmp_path_factory.mktemp(name)
+        _files(folder)
+        rows = ROWS if name == "overlay" else {k: v for k, v in ROWS.items() if k != "headline"}
+        cfg = load_job(write_job(folder, rows, styles=styles, num_candidates=1, keep=1, max_failed_fraction=1.0,
+                                 extra="[generate]\nsteps = 2\nwidth = 128\nheight = 128\nbatch_size = 4\n"))
+        report = run_job(cfg, backend="in-process")
+        runs[name] = (folder, report, pq.read_table(report.output_dir / "results.parquet").to_pylist())
+    return runs
+
+
+def test_the_overlay_is_drawn_on_each_image_in_its_safe_area(overlaid):
+    folder, report, rows = overlaid["overlay"]
+    drawn = [r for r in rows if r["status"] == "written"]
+    assert {r["id"] for r in drawn} == {"mug", "lamp"}
+    for r in drawn:
+        image = Image.open(report.output_dir / r["path"]).convert("RGB")
+        plan = layout(*image.size, Overlay(logo=_logo(), logo_size=0.25, headline=r["headline"],
+                                           font=_font(LATIN)))
+        x0, y0, x1, y1 = plan.logo_box
+        logo = Image.open(io.BytesIO(_logo())).convert("RGBA").resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS)
+        opaque = np.asarray(logo)[..., 3] == 255
+        patch = np.asarray(image)[y0:y1, x0:x1]
+        assert np.array_equal(patch[opaque], np.asarray(logo)[..., :3][opaque]), (r["id"], r["variant"])
+        if r["headline"]:  # the yellow headline drawn in its band
+            band = np.asarray(image)[plan.text_top:plan.text_top + len(plan.lines) * plan.text_px]
+            yellow = (band[..., 0] > 200) & (band[..., 1] > 200) & (band[..., 2] < 90)
+            assert yellow.sum() > 20, yellow.sum()
+    assert next(r for r in drawn if r["id"] == "lamp")["headline"] is None  # a row without one: the logo alone
+
+
+def test_the_judged_image_is_the_one_without_the_overlay(overlaid):
+    _, _, with_overlay = overlaid["overlay"]
+    _, _, without = overlaid["plain"]
+    scores = {(r["id"], r["variant"]): r["clip_score"] for r in without if r["id"] != "long"}
+    mine = {(r["id"], r["variant"]): r["clip_score"] for r in with_overlay if r["id"] != "long"}
+    assert mine == scores and all(v is not None for v in mine.values())
+    assert {r["item_id"] for r in with_overlay}.isdisjoint({r["item_id"] for r in without})  # the overlay names them
+
+
+def test_a_headline_that_cannot_fit_is_an_error_row_naming_the_column_and_value(overlaid):
+    _, _, rows = overlaid["overlay"]
+    (r,) = [r for r in rows if r["id"] == "long"]
+    assert (r["status"], r["reason_code"]) == ("error", "overlay")
+    assert r["reason"].startswith("overlay: column 'headline' 'an endless headline") and "does not fit" in r["reason"]
+
+
+def test_the_manifest_names_the_logo_as_a_component_and_keeps_the_exact_headline(overlaid):
+    import json
+
+    import c2pa
+
+    _, report, rows = overlaid["overlay"]
+    r = next(r for r in rows if r["id"] == "mug" and r["variant"] is None)
+    store = json.loads(c2pa.Reader(str(report.output_dir / r["path"])).json())
+    active = store["manifests"][store["active_manifest"]]
+    assert [(i["relationship"], i["title"]) for i in active["ingredients"]] == [("componentOf", "logo.png")]
+    overlay = next(a for a in active["assertions"] if a["label"] == "com.asset-pipeline.overlay")["data"]
+    assert overlay == {"headline": "Summer sale", "font": "font.ttf", "logo": "logo.png"}
+    actions = next(a for a in active["assertions"] if a["label"].startswith("c2pa.actions"))["data"]["actions"]
+    assert [a["action"] for a in actions] == ["c2pa.created", "c2pa.edited"]
+    assert actions[1]["description"] == "brand overlay: logo and headline"
+
+
+def test_formats_of_overlaid_images_are_refused_until_the_clean_image_is_kept(tmp_path):
+    """A format is outpainted from its source: from an overlaid one it would carry two overlays."""
+    from pipeline.errors import ManifestError
+    from pipeline.spec.manifest import load_inputs
+    from tests.helpers import job
+
+    _files(tmp_path)
+    for extra, styles in (('[formats]\nsizes = ["9:16"]\n', STYLES), ("", {**STYLES, "formats": [["16:9"]]})):
+        with pytest.raises(ManifestError) as e:
+            load_inputs(job(tmp_path, {"id": ["x"], "prompt": ["y"], "style": ["brand"]}, styles=styles, extra=extra))
+        (p,) = [p for p in e.value.problems if p.column == "formats"]
+        assert p.row == 0 and p.id == "brand" and "cannot have channel formats yet" in p.message

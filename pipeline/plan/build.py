@@ -106,6 +106,23 @@ def write_plan(inputs: Inputs, cfg: JobConfig, path: Path, chunk_rows: int | Non
     return PlanFile(path, rows)
 
 
+def overlay_columns() -> list[pl.Expr]:
+    """A row's brand overlay (its style's logo and font, the row's headline), with the defaults
+    where the style leaves a setting empty; all null where the style draws nothing."""
+    c, lit = pl.col, pl.lit
+    text = pl.when(c("s_headline_font").is_not_null() & (c("headline").fill_null("").str.strip_chars() != "")) \
+        .then(c("headline"))
+    logo = c("__logo").is_not_null()
+    drawn = text.is_not_null()
+    return [c("__logo").alias("logo"),
+            pl.when(logo).then(c("s_logo_position").fill_null(lit("bottom-right"))).alias("logo_position"),
+            pl.when(logo).then(c("s_logo_size").fill_null(lit(0.15))).cast(pl.Float64).alias("logo_size"),
+            text.alias("headline"),
+            pl.when(drawn).then(c("__headline_font")).alias("headline_font"),
+            pl.when(drawn).then(c("s_headline_color").fill_null(lit("#FFFFFF"))).alias("headline_color"),
+            pl.when(drawn).then(c("s_headline_position").fill_null(lit("top"))).alias("headline_position")]
+
+
 def with_judging(df: pl.DataFrame, cfg: JobConfig) -> pl.DataFrame:
     """The columns a planned candidate gets once its item id and decision are known: its judge
     key and planned path, and no truncation measured yet."""
@@ -152,10 +169,12 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fps: dict, decisions: Decis
         pl.when(c("__structure_image").is_not_null()).then(fallback("structure_scale", cfg.generate.structure_scale)
                                                             .cast(pl.Float64)).alias("structure_scale"),
         lit(cfg.output.format).alias("format"), lit(None, dtype=pl.String).alias("parent"),
-        lit(None, dtype=pl.String).alias("variant"), lit(None, dtype=pl.String).alias("placement"))
+        lit(None, dtype=pl.String).alias("variant"), lit(None, dtype=pl.String).alias("placement"),
+        *overlay_columns())
     # The fingerprints of this chunk's files only: a mapping of the whole catalogue, hashed
     # again for every chunk, would cost the catalogue's size per chunk.
-    used = pl.concat([df[col].drop_nulls() for col in ("init_image", "mask", "lora", "style_image", "structure_image")]
+    used = pl.concat([df[col].drop_nulls() for col in ("init_image", "mask", "lora", "style_image", "structure_image",
+                                                       "logo", "headline_font")]
                      ).unique().to_list()
     fingerprints = {uri: "alpha" if uri == "alpha" else inputs.files[uri].fingerprint for uri in used}
     df = with_item_ids(df, fingerprints, model_fps)

@@ -195,6 +195,11 @@ ITEM_KEY_COLUMNS = ("id", "candidate", "prompt", "negative_prompt", "style", "se
 # has any of it, so every item without a style or structure image keeps its id (a catalogue made
 # before does not regenerate), and one with them is named by their content and weights.
 CONDITIONING_KEY_COLUMNS = ("__style_image_fp", "style_image_scale", "__structure_fp", "structure_scale")
+# A brand overlay, added after conditioning the same way: only items that have one (its files by content).
+OVERLAY_KEY_COLUMNS = ("__logo_fp", "logo_position", "logo_size", "headline", "__font_fp", "headline_color",
+                       "headline_position")
+# Each group of fields an item's key takes only where the item has any of them.
+OPTIONAL_KEY_GROUPS = (CONDITIONING_KEY_COLUMNS, OVERLAY_KEY_COLUMNS)
 
 
 def with_item_ids(df: pl.DataFrame, fingerprints: dict[str, str], model_fps: dict) -> pl.DataFrame:
@@ -207,10 +212,12 @@ def with_item_ids(df: pl.DataFrame, fingerprints: dict[str, str], model_fps: dic
     fp = lambda col: c(col).replace_strict(fingerprints, return_dtype=pl.String)  # noqa: E731 — every URI was checked
     named = df.with_columns(fingerprint_column(df, model_fps), fp("init_image").alias("__init_fp"),
                             fp("mask").alias("__mask_fp"), fp("lora").alias("__lora_fp"),
-                            fp("style_image").alias("__style_image_fp"), fp("structure_image").alias("__structure_fp"))
+                            fp("style_image").alias("__style_image_fp"), fp("structure_image").alias("__structure_fp"),
+                            fp("logo").alias("__logo_fp"), fp("headline_font").alias("__font_fp"))
     base = keys(named, literal(ITEM_RECIPE), *ITEM_KEY_COLUMNS)
-    conditioned = pl.any_horizontal(c(k).is_not_null() for k in CONDITIONING_KEY_COLUMNS)
-    if named.select(conditioned.any()).item():
-        extra = keys(named, *CONDITIONING_KEY_COLUMNS)
-        base = named.select(pl.when(conditioned).then(pl.concat_str(base, extra)).otherwise(base)).to_series()
+    for group in OPTIONAL_KEY_GROUPS:
+        present = pl.any_horizontal(c(k).is_not_null() for k in group)
+        if named.select(present.any()).item():
+            extra = keys(named, *group)
+            base = named.select(pl.when(present).then(pl.concat_str(base, extra)).otherwise(base)).to_series()
     return df.with_columns(hex_ids(base).alias("item_id"))

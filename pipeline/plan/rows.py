@@ -45,6 +45,8 @@ def resolved_rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
         c(uri_column("lora")).alias("__lora"),
         c(uri_column("style_image")).alias("__style_image"),
         c(uri_column("structure_image")).alias("__structure_image"),
+        c(uri_column("logo")).alias("__logo"),
+        c(uri_column("headline_font")).alias("__headline_font"),
     )
     # A product photo with transparency and no mask: stage it with its alpha as the mask.
     with_alpha = [uri for uri, f in inputs.files.items() if f.has_alpha]

@@ -35,6 +35,24 @@ class Input:
 
 
 @dataclass(frozen=True)
+class Overlaid:
+    """A brand overlay drawn on the image after it was made: its logo (a `componentOf`
+    ingredient) and the exact headline text, with the font's file name."""
+
+    logo: Input | None = None
+    headline: str | None = None
+    font: str | None = None
+
+    def assertion(self) -> dict[str, Any]:
+        return {k: v for k, v in (("headline", self.headline), ("font", self.font),
+                                  ("logo", self.logo.title if self.logo else None)) if v is not None}
+
+
+OVERLAY_LABEL = "com.asset-pipeline.overlay"
+LOGO_ID = "logo"  # the logo ingredient's label, which the overlay's edit action names
+
+
+@dataclass(frozen=True)
 class Claim:
     """What the manifest says about one image. The prompt appears only as its hash."""
 
@@ -52,6 +70,7 @@ class Claim:
     parent_mime: str | None = None
     parent_title: str | None = None
     inputs: tuple[Input, ...] = ()
+    overlay: Overlaid | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -83,6 +102,10 @@ def build_manifest(claim: Claim) -> dict[str, Any]:
                    {"action": "c2pa.edited", "softwareAgent": agent,
                     "description": f"{claim.mode} with {claim.model}",
                     "digitalSourceType": SOURCE_TYPE + "compositeWithTrainedAlgorithmicMedia", **steered}]
+    if claim.overlay is not None:  # then the brand's logo and headline were drawn on it
+        logo = {"parameters": {"ingredientIds": [LOGO_ID]}} if claim.overlay.logo else {}
+        actions.append({"action": "c2pa.edited", "softwareAgent": agent, "description": "brand overlay: "
+                        + " and ".join(k for k in ("logo", "headline") if getattr(claim.overlay, k)), **logo})
     not_allowed = {use: {"use": "notAllowed"} for use in TRAINING_MINING_USES}
     # "created": the signer itself makes these statements (C2PA 2.x created_assertions), so a
     # validator holds the signer accountable for them; without it c2pa-rs files everything but
@@ -94,6 +117,7 @@ def build_manifest(claim: Claim) -> dict[str, Any]:
             {"label": "c2pa.actions.v2", "data": {"actions": actions}, "created": True},
             {"label": TRAINING_MINING_LABEL, "data": {"entries": not_allowed}, "created": True},
             {"label": GENERATION_LABEL, "data": claim.generation(), "created": True},
+            *([{"label": OVERLAY_LABEL, "data": claim.overlay.assertion(), "created": True}] if claim.overlay else []),
         ],
     }
 
@@ -106,5 +130,9 @@ def parent_ingredient(claim: Claim) -> dict[str, Any] | None:
 
 
 def input_ingredients(claim: Claim) -> list[tuple[dict[str, Any], Input]]:
-    """The ingredient definition of each image that steered the model (`inputTo`), with it."""
-    return [({"title": i.title, "relationship": "inputTo", "label": i.label}, i) for i in claim.inputs]
+    """The ingredient definition of each image that steered the model (`inputTo`), and of an
+    overlay's logo (`componentOf`), with it."""
+    found = [({"title": i.title, "relationship": "inputTo", "label": i.label}, i) for i in claim.inputs]
+    if claim.overlay is not None and (logo := claim.overlay.logo) is not None:
+        found.append(({"title": logo.title, "relationship": "componentOf", "label": LOGO_ID}, logo))
+    return found

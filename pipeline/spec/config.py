@@ -110,6 +110,14 @@ class FormatsSection:
 
 
 @dataclass(frozen=True)
+class OverlaySection:
+    """Brand overlays: the manifest column a row's headline is read from (a style's
+    `headline_font` draws it; its `logo` is placed beside it)."""
+
+    headline_column: str = "headline"
+
+
+@dataclass(frozen=True)
 class SignerSection:
     # demo: a throwaway CA + signer made in the output folder. files: real keys.
     mode: str = "demo"
@@ -176,6 +184,7 @@ class JobConfig:
     signer: SignerSection = field(default_factory=SignerSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
     formats: FormatsSection = field(default_factory=FormatsSection)
+    overlay: OverlaySection = field(default_factory=OverlaySection)
     cost: CostSection | None = None  # None: no [cost] section, no estimate
     source: str = ""  # the job file this came from
 
@@ -197,5 +206,6 @@ SECTION_TYPES = {  # [section] name → its typed section
     "signer": SignerSection,
     "cluster": ClusterSection,
     "formats": FormatsSection,
+    "overlay": OverlaySection,
     "cost": CostSection,
 }

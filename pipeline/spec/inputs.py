@@ -6,6 +6,7 @@ image, a decode check and whether it has transparency.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import polars as pl
@@ -17,10 +18,12 @@ from pipeline.storage import paths, uris
 
 @dataclass(frozen=True)
 class InputFile:
-    """An input file as checked once: what its content is, and whether it has transparency."""
+    """An input file as checked once per use: what its content is, whether it has transparency,
+    and what it was checked as (a file named as a logo and as a font is checked as both)."""
 
     fingerprint: str
     has_alpha: bool = False
+    checked_as: tuple[str, ...] = ()
 
 
 def uri_column(column: str) -> str:
@@ -52,6 +55,25 @@ def inspect_file(uri: str) -> InputFile:
     return InputFile(uris.fingerprint(uri, uris.WEIGHTS))
 
 
+def load_font(data: bytes, size: int):
+    """A TrueType / OpenType font at `size` px, or ValueError saying the file is not one."""
+    import io
+
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(io.BytesIO(data), size)
+    except OSError:
+        raise ValueError("not a TrueType or OpenType font file") from None
+
+
+def inspect_font(uri: str) -> InputFile:
+    """A headline font: read once (bounded, as an image is), its content fingerprint, and a load check."""
+    data = uris.read_bytes(uri, uris.IMAGE)
+    load_font(data, 12)
+    return InputFile(uris.content_digest(data))
+
+
 def check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, inspect, file: str,
                   id_col: str, files: dict[str, InputFile]) -> tuple[pl.DataFrame, list[Problem], int]:
     """Resolve `column`'s values into `uri_column(column)`, then check each distinct file once
@@ -65,14 +87,18 @@ def check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, inspe
         except ValueError as e:
             why[value] = str(e)
     refused: dict[str, str] = {}  # resolved URI → why (two values may name one file)
-    for uri in set(resolved.values()) - set(files):
+    kind = {inspect_image: "image", inspect_font: "font"}.get(inspect, "file")
+    for uri in {u for u in resolved.values() if u not in files or kind not in files[u].checked_as}:
         if (outside := paths.problem(uri, cfg.job.allowed_input_roots, cfg.job.allowed_input_schemes)):
             refused[uri] = outside
             continue
         try:
-            files[uri] = inspect(uri)
+            found = files.get(uri) or inspect(uri)
+            if uri in files:  # read before for another use: checked for this one too
+                inspect(uri)
+            files[uri] = dataclasses.replace(found, checked_as=(*found.checked_as, kind))
         except Exception as e:  # noqa: BLE001 — credentials, network, a missing fsspec backend: name it
-            refused[uri] = refusal(e, uri, "file", "image" if inspect is inspect_image else "file")
+            refused[uri] = refusal(e, uri, "file", kind)
     why.update((value, refused[uri]) for value, uri in resolved.items() if uri in refused)
     df = df.with_columns(pl.col(column).replace_strict(resolved, default=None, return_dtype=pl.String)
                          .alias(uri_column(column)))

@@ -63,6 +63,7 @@ LIMITS = {
     "style_image_scale": Limit(0, 2),  # IP-Adapter scale: 1 is the adapter's full strength
     "structure_scale": Limit(0, 2),  # controlnet_conditioning_scale
     "format_side": Limit(16, 8192),  # an exact channel size's sides ("728x90": a leaderboard banner)
+    "logo_size": Limit(0, 0.5, lo_open=True),  # a logo's longer side, as a fraction of the image's shorter side
     "clip_threshold": Limit(0, 100),  # a CLIP score is 100 * max(cos, 0) (stages/score.py)
     "unsafe_threshold": Limit(0, 1),  # unsafe scores are probabilities (stages/moderate.py)
     # the job spec's own keys
@@ -111,6 +112,9 @@ CHOICES = {
     # and which images get formats (every written one, or only those a reviewer approved)
     "placement": ("center", "left", "right", "top", "bottom"),
     "formats_from": ("written", "approved"),
+    # where a style's logo or headline sits in an image's safe area (a headline takes a band
+    # across it: the vertical part counts)
+    "position": ("top-left", "top", "top-right", "left", "center", "right", "bottom-left", "bottom", "bottom-right"),
     # the signing algorithms c2pa-python signs with (c2pa.C2paSigningAlg), as [signer].algorithm names them
     "algorithm": ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"),
 }

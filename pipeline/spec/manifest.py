@@ -66,9 +66,20 @@ def load_inputs(cfg: JobConfig) -> Inputs:
     return dataclasses.replace(inputs, files={**files, **inputs.files}, warnings=(*warnings, *inputs.warnings))
 
 
+def _with_headline(table: pa.Table, column: str) -> pa.Table:
+    """The manifest with its headlines as `headline`, when [overlay].headline_column names another
+    column (which stays a passthrough column too)."""
+    if column == "headline" or column not in table.column_names:
+        return table
+    if "headline" in table.column_names:
+        table = table.drop_columns(["headline"])
+    return table.append_column("headline", table.column(column))
+
+
 def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri: str) -> Inputs:
     """Type and check every row; raise ManifestError listing all problems (capped)."""
-    passthrough = tuple(c for c in table.column_names if c not in schema.CONSUMED_MANIFEST_COLUMNS)
+    source, table = table, _with_headline(table, cfg.overlay.headline_column)
+    passthrough = tuple(c for c in source.column_names if c not in schema.CONSUMED_MANIFEST_COLUMNS)
     reserved = [Problem(uri, "name is reserved by the results table; rename the column", column=name)
                 for name in passthrough if name in schema.RESERVED_NAMES or name.startswith("__")]
     df = typed(table, schema.MANIFEST_COLUMNS, uri, schema.MANIFEST_REQUIRED, "id", reserved)
@@ -76,6 +87,9 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
         raise ManifestError([Problem(uri, "the manifest has no rows")])
     df = with_missing(df, schema.MANIFEST_OPTIONAL)
     found, total = collect(df, _manifest_checks(cfg, styles["style"].drop_nulls().to_list()), uri)
+    first, n = row_problems(with_styles(df, styles, ("headline_font",)), _headline_check(cfg), uri)
+    found += first
+    total += n
     first, n = row_problems(with_styles(df, styles, ("num_candidates", "keep")), _keep_check(cfg), uri)
     found += first
     total += n
@@ -89,10 +103,18 @@ def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri
         raise ManifestError(found, total)
     # The passthrough columns as read, their types exact; metadata (pandas', or bytes that are
     # not UTF-8) is not the user's data and is not carried into the results.
-    raw = table.select(list(passthrough))
+    raw = source.select(list(passthrough))
     raw = pa.Table.from_arrays(raw.columns, schema=pa.schema([f.remove_metadata() for f in raw.schema]))
     warnings = unread_columns(table, schema.MANIFEST_COLUMNS, uri, all_of_them=False)
     return Inputs(df, styles, uri, passthrough, raw, files, tuple(warnings))
+
+
+def _headline_check(cfg: JobConfig) -> Check:
+    """A headline is drawn with its style's font: a row with one needs a style that has one."""
+    c, name = pl.col, cfg.overlay.headline_column
+    return Check((c("headline").fill_null("").str.strip_chars() != "") & c("s_headline_font").is_null(), "headline",
+                 lambda v: f"{show(v)}: a headline needs its style's headline_font (a TrueType or OpenType file)"
+                 + (f" ([overlay].headline_column = {name!r})" if name != "headline" else ""))
 
 
 def _keep_check(cfg: JobConfig) -> Check:

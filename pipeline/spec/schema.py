@@ -20,6 +20,7 @@ MANIFEST_OPTIONAL = {
     "strength": pa.float64(),
     "product_image": pa.string(),
     "mask": pa.string(),
+    "headline": pa.string(),  # the text a style's brand overlay draws ([overlay].headline_column names another)
 }
 MANIFEST_COLUMNS = {**MANIFEST_REQUIRED, **MANIFEST_OPTIONAL}
 
@@ -47,6 +48,13 @@ STYLES_OPTIONAL = {
     "structure_scale": pa.float64(),
     "clip_threshold": pa.float64(),
     "formats": pa.list_(pa.string()),  # channel formats of this style's images, else the job's [formats].sizes
+    # A brand overlay, drawn on each written image (stages/overlay.py): a logo, and the row's headline
+    "logo": pa.string(),  # an image with alpha (a PNG)
+    "logo_position": pa.string(),  # limits.CHOICES["position"]; default bottom-right
+    "logo_size": pa.float64(),  # its longer side as a fraction of the image's shorter side; default 0.15
+    "headline_font": pa.string(),  # a TrueType / OpenType file
+    "headline_color": pa.string(),  # "#RRGGBB"; default white
+    "headline_position": pa.string(),  # default top
 }
 STYLES_COLUMNS = {**STYLES_REQUIRED, **STYLES_OPTIONAL}
 
@@ -91,6 +99,14 @@ PLAN_FIELDS = [
     pa.field("parent", pa.string()),  # the item id this child was made from (a refinement, a channel format)
     pa.field("variant", pa.string()),  # a channel format's name ("9:16", "300x250"); null for any other candidate
     pa.field("placement", pa.string()),  # where a channel format's source sits on its canvas
+    # A brand overlay drawn after judgement, before signing (null where the style has none)
+    pa.field("logo", pa.string()),  # resolved URI
+    pa.field("logo_position", pa.string()),
+    pa.field("logo_size", pa.float64()),
+    pa.field("headline", pa.string()),  # the row's headline text (from [overlay].headline_column)
+    pa.field("headline_font", pa.string()),  # resolved URI
+    pa.field("headline_color", pa.string()),
+    pa.field("headline_position", pa.string()),
     # A reviewer's decision on this candidate in force (applied with `run --decisions`), its note
     # and when it was made: part of the plan, so a new decision re-judges the row.
     pa.field("decision", pa.string()),  # approve | reject | refine, or null

@@ -15,9 +15,9 @@ from pipeline.spec import channel_formats, schema
 from pipeline.spec.checks import Check, collect, limit_checks
 from pipeline.spec.columns import typed, unread_columns, with_missing
 from pipeline.spec.config import JobConfig
-from pipeline.spec.inputs import InputFile, check_inputs, inspect_file, inspect_image
+from pipeline.spec.inputs import InputFile, check_inputs, inspect_file, inspect_font, inspect_image
 from pipeline.spec.job_checks import embedded_problem
-from pipeline.spec.limits import LIMITS
+from pipeline.spec.limits import CHOICES, LIMITS
 from pipeline.spec.parquet import read_parquet
 from pipeline.storage import paths
 
@@ -26,12 +26,13 @@ def load_styles(cfg: JobConfig) -> tuple[pl.DataFrame, dict[str, InputFile], lis
     """The job's styles table read and checked, with its reference images and LoRAs (each file
     checked once): (the table, its files by URI, warnings for the columns no one reads)."""
     table = read_parquet(cfg.job.styles, "styles table") if cfg.job.styles else None
-    styles = validate_styles(table, cfg.job.styles)
+    styles = validate_styles(table, cfg.job.styles, cfg.formats.sizes)
     found, n = collect(styles, _adapter_checks(cfg), cfg.job.styles, id_col="style")
     files: dict[str, InputFile] = {}
     problems, total = found, n
     for column, inspect in (("reference_image", inspect_image), ("lora", inspect_file), ("style_image", inspect_image),
-                            ("structure_image", inspect_image)):
+                            ("structure_image", inspect_image), ("logo", inspect_image),
+                            ("headline_font", inspect_font)):
         styles, first, n = check_inputs(styles, column, styles_base_dir(cfg), cfg, inspect, cfg.job.styles,
                                         "style", files)
         problems += first
@@ -80,19 +81,19 @@ def styles_base_dir(cfg: JobConfig) -> str:
     return paths.parent(cfg.job.styles) if cfg.job.styles else str(Path.cwd())
 
 
-def validate_styles(table: pa.Table | None, uri: str) -> pl.DataFrame:
+def validate_styles(table: pa.Table | None, uri: str, job_formats: tuple[str, ...] = ()) -> pl.DataFrame:
     """The styles table, typed and checked; an empty table when the job has none."""
     if table is None:
         table = pa.schema(list(schema.STYLES_COLUMNS.items())).empty_table()
     df = with_missing(typed(table, schema.STYLES_COLUMNS, uri, schema.STYLES_REQUIRED, "style"),
                       schema.STYLES_COLUMNS)
-    found, total = collect(df, _style_checks(), uri, id_col="style")
+    found, total = collect(df, _style_checks(job_formats), uri, id_col="style")
     if total:
         raise ManifestError(found, total)
     return df
 
 
-def _style_checks() -> list[Check]:
+def _style_checks(job_formats: tuple[str, ...] = ()) -> list[Check]:
     c = pl.col
     return [
         Check(c("style").is_null() | (c("style").str.strip_chars() == ""), "style", "empty style name"),
@@ -113,6 +114,18 @@ def _style_checks() -> list[Check]:
         Check(c("formats").map_elements(lambda v: bool(channel_formats.problems(v.to_list())), pl.Boolean,
                                         skip_nulls=True).fill_null(False), "formats",
               lambda v: "; ".join(channel_formats.problems(v))),
+        *[Check(c(col).is_not_null() & ~c(col).is_in(CHOICES["position"]), col,
+                lambda v: f"{show(v)} is not a position: one of {', '.join(CHOICES['position'])}")
+          for col in ("logo_position", "headline_position")],
+        Check(c("headline_color").is_not_null() & ~c("headline_color").str.contains(r"^#[0-9A-Fa-f]{6}$"),
+              "headline_color", lambda v: f"{show(v)} is not a colour: \"#RRGGBB\", such as \"#FFFFFF\""),
+        *limit_checks(("logo_size", "logo_size")),
+        # TODO(issue 19): keep each overlaid image's clean one, and outpaint formats from it
+        Check((c("logo").is_not_null() | c("headline_font").is_not_null())
+              & (c("formats").list.len() > 0).fill_null(pl.lit(bool(job_formats))), "formats",
+              lambda v: "a style with a brand overlay (logo, headline_font) cannot have channel formats yet: a format "
+                        "is outpainted from its source image, and this version keeps only the overlaid one",
+              pl.col("formats").cast(pl.List(pl.String)).list.join(", ").fill_null(", ".join(job_formats))),
         Check(c("lora").is_not_null() & ~c("lora").str.ends_with(".safetensors"), "lora",
               "a LoRA must be a .safetensors file (pickle weights are never loaded)"),
     ]

@@ -30,8 +30,9 @@ REFINE_ERROR = "refine"  # the image a refinement starts from cannot be read
 SCORE_ERROR = "score"  # CLIP score or image moderation
 WRITE_ERROR = "write"  # encode, sign or write
 VERIFY_ERROR = "verify"  # the written file does not verify
+OVERLAY_ERROR = "overlay"  # the brand overlay cannot be drawn (a headline that does not fit the image)
 UNIT_ERROR = "unit"  # a unit that failed with no stage to name (the runner names the stage whose actor failed)
-ERROR_STAGES = (GENERATE_ERROR, REFINE_ERROR, SCORE_ERROR, WRITE_ERROR, VERIFY_ERROR, UNIT_ERROR)
+ERROR_STAGES = (GENERATE_ERROR, REFINE_ERROR, SCORE_ERROR, WRITE_ERROR, VERIFY_ERROR, OVERLAY_ERROR, UNIT_ERROR)
 
 # Moderation verdicts (`moderation`): the prompt or the image was judged safe, or blocked.
 PASS, BLOCK = "pass", "block"

@@ -16,13 +16,12 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+from pipeline.spec.inputs import load_font
+
 SAFE_AREA = 0.05  # of each side kept clear: the platforms' own buttons and crops sit there
 MIN_TEXT_PX = 10  # below this a headline is not legible: it does not fit
 TEXT_BAND = 0.34  # the most of the safe area's height a headline may take
 LINE_SPACING = 1.15
-# Where a logo or a headline sits in the safe area (a headline takes a band across it: its
-# vertical part counts).
-POSITIONS = ("top-left", "top", "top-right", "left", "center", "right", "bottom-left", "bottom", "bottom-right")
 
 
 class HeadlineDoesNotFit(ValueError):
@@ -51,16 +50,6 @@ class Layout:
     text_px: int | None = None
     lines: tuple[str, ...] = ()
     text_top: int | None = None
-
-
-def load_font(data: bytes, size: int):
-    """A TrueType / OpenType font at `size` px, or ValueError saying the file is not one."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.truetype(io.BytesIO(data), size)
-    except OSError:
-        raise ValueError("not a TrueType or OpenType font file") from None
 
 
 def safe_area(width: int, height: int) -> tuple[int, int, int, int]:

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import faults
+from pipeline.errors import show
 from pipeline.judge.files import keeps_file, written_for_review
 from pipeline.judge.outcome import fail
 from pipeline.judge.select import fill_places
@@ -115,6 +116,29 @@ class WriteStage:
         return tuple(Input(column, *self._parent(r[column]), os.path.basename(r[column]))
                      for column in ("style_image", "structure_image") if r[column] is not None)
 
+    def _overlay(self, r: dict):
+        """The brand overlay of a candidate (stages/overlay.py), or None where its style draws none."""
+        if r.get("logo") is None and r.get("headline") is None:
+            return None
+        from pipeline.stages.overlay import Overlay
+
+        color = r["headline_color"] or "#FFFFFF"
+        return Overlay(logo=self._parent(r["logo"])[0], logo_position=r["logo_position"] or "bottom-right",
+                       logo_size=r["logo_size"] or 0.15, headline=r["headline"],
+                       font=self._parent(r["headline_font"])[0],
+                       color=tuple(int(color[i:i + 2], 16) for i in (1, 3, 5)),
+                       headline_position=r["headline_position"] or "top")
+
+    def _overlay_claim(self, r: dict):
+        """What the manifest says of the overlay: the logo (a `componentOf` ingredient), the exact headline."""
+        from pipeline.provenance.claim import Input, Overlaid
+
+        if r.get("logo") is None and r.get("headline") is None:
+            return None
+        logo = Input("logo", *self._parent(r["logo"]), os.path.basename(r["logo"])) if r.get("logo") else None
+        font = os.path.basename(r["headline_font"]) if r.get("headline_font") else None
+        return Overlaid(logo=logo, headline=r.get("headline"), font=font)
+
     def _made_from(self, r: dict) -> tuple[bytes | None, str | None, str | None]:
         """The image a candidate was made from, for its C2PA `parentOf` ingredient (bytes, type,
         title): a refinement's earlier image, signed, so the chain of review rounds is provable;
@@ -140,6 +164,17 @@ class WriteStage:
         t0 = time.perf_counter()
         width, height = delivered_size(r["width"], r["height"], r.get("variant"))
         img = np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3)
+        overlay = self._overlay(r)
+        if overlay is not None:  # judged as generated; the brand's logo and headline drawn now
+            from PIL import Image
+
+            from pipeline.stages.overlay import HeadlineDoesNotFit, render
+
+            try:
+                img = np.asarray(render(Image.fromarray(img), overlay))
+            except HeadlineDoesNotFit as e:
+                fail(r, vocabulary.OVERLAY_ERROR, f"column 'headline' {show(r['headline'])}: {e}")
+                return False
         data, mime = encode_image(img, o.format, png_compress_level=o.png_compress_level,
                                   jpeg_quality=o.jpeg_quality, webp_quality=o.webp_quality)
         t1 = time.perf_counter()
@@ -150,7 +185,7 @@ class WriteStage:
             seed=int(r["seed"]), steps=int(r["steps"]), guidance_scale=float(r["guidance_scale"]),
             prompt_sha256=hashlib.sha256(r["prompt"].encode("utf-8")).hexdigest(), mode=r["mode"],
             item_id=r["item_id"], software_agent=SOFTWARE_AGENT, parent=parent, parent_mime=parent_mime,
-            parent_title=parent_title, inputs=self._inputs(r))
+            parent_title=parent_title, inputs=self._inputs(r), overlay=self._overlay_claim(r))
         signed = self.signer.sign(data, mime, claim)
         t2 = time.perf_counter()
         if self.run_id is not None:
