@@ -167,8 +167,9 @@ def test_the_pipelines_own_assertions_are_created_and_the_seed_is_exact(checked,
     elif kind == "steered":  # what steered the model: its style's images, inputs to the generation
         assert result["ingredients"] == [{"relationship": "inputTo", "title": "look.png"},
                                          {"relationship": "inputTo", "title": "layout.png"}], result
-    elif kind == "overlaid":  # the brand's logo drawn on it: a component
-        assert result["ingredients"] == [{"relationship": "componentOf", "title": "look.png"}], result
+    elif kind == "overlaid":  # the brand's logo drawn over the clean image kept beside it: a component
+        assert result["ingredients"] == [{"relationship": "parentOf", "title": Path(row["clean_path"]).name},
+                                         {"relationship": "componentOf", "title": "look.png"}], result
     elif kind == "format":  # outpainted from the style's image (its manifest embedded), the style image still steering
         assert result["ingredients"] == [{"relationship": "parentOf",
                                           "title": Path(written[fmt]["steered"]["path"]).name},

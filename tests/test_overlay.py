@@ -215,15 +215,42 @@ def test_the_manifest_names_the_logo_as_a_component_and_keeps_the_exact_headline
     r = next(r for r in rows if r["id"] == "mug" and r["variant"] is None)
     store = json.loads(c2pa.Reader(str(report.output_dir / r["path"])).json())
     active = store["manifests"][store["active_manifest"]]
-    assert [(i["relationship"], i["title"]) for i in active["ingredients"]] == [("componentOf", "logo.png")]
+    clean = Path(r["clean_path"]).name
+    assert [(i["relationship"], i["title"]) for i in active["ingredients"]] == [("parentOf", clean),
+                                                                               ("componentOf", "logo.png")]
+    parent = next(i for i in active["ingredients"] if i["relationship"] == "parentOf")
+    assert parent["active_manifest"] in store["manifests"]  # the clean image's own manifest, embedded
     overlay = next(a for a in active["assertions"] if a["label"] == "com.asset-pipeline.overlay")["data"]
     assert overlay == {"headline": "Summer sale", "font": "font.ttf", "logo": "logo.png"}
     actions = next(a for a in active["assertions"] if a["label"].startswith("c2pa.actions"))["data"]["actions"]
-    assert [a["action"] for a in actions] == ["c2pa.created", "c2pa.edited"]
+    assert [a["action"] for a in actions] == ["c2pa.opened", "c2pa.edited"]
     assert actions[1]["description"] == "brand overlay: logo and headline"
+    # the clean image: the generation itself, created, with no overlay
+    store = json.loads(c2pa.Reader(str(report.output_dir / r["clean_path"])).json())
+    active = store["manifests"][store["active_manifest"]]
+    labels = [a["label"] for a in active["assertions"]]
+    assert "com.asset-pipeline.overlay" not in labels and not active.get("ingredients")
 
 
-def test_formats_of_overlaid_images_are_refused_until_the_clean_image_is_kept(tmp_path):
+def test_the_clean_image_is_kept_beside_the_overlaid_one_and_verified(overlaid):
+    import hashlib
+
+    from pipeline.review.verify import verify_output
+
+    _, report, rows = overlaid["overlay"]
+    _, plain_report, plain_rows = overlaid["plain"]
+    for r in (r for r in rows if r["status"] == "written"):
+        clean = report.output_dir / r["clean_path"]
+        assert hashlib.sha256(clean.read_bytes()).hexdigest() == r["clean_sha256"]
+        same = next(p for p in plain_rows if p["id"] == r["id"])  # the same generation without an overlay
+        assert np.array_equal(np.asarray(Image.open(clean)), np.asarray(Image.open(plain_report.output_dir
+                                                                                   / same["path"])))
+        assert not np.array_equal(np.asarray(Image.open(clean)), np.asarray(Image.open(report.output_dir / r["path"])))
+    problems, checked = verify_output(report.output_dir)
+    assert problems == [] and checked == 2 * len([r for r in rows if r["status"] == "written"])
+
+
+def test_formats_of_overlaid_images_need_the_clean_image_kept(tmp_path):
     """A format is outpainted from its source: from an overlaid one it would carry two overlays."""
     from pipeline.errors import ManifestError
     from pipeline.spec.manifest import load_inputs
@@ -232,6 +259,47 @@ def test_formats_of_overlaid_images_are_refused_until_the_clean_image_is_kept(tm
     _files(tmp_path)
     for extra, styles in (('[formats]\nsizes = ["9:16"]\n', STYLES), ("", {**STYLES, "formats": [["16:9"]]})):
         with pytest.raises(ManifestError) as e:
-            load_inputs(job(tmp_path, {"id": ["x"], "prompt": ["y"], "style": ["brand"]}, styles=styles, extra=extra))
+            load_inputs(job(tmp_path, {"id": ["x"], "prompt": ["y"], "style": ["brand"]}, styles=styles,
+                            extra=extra + "[overlay]\nkeep_clean = false\n"))
         (p,) = [p for p in e.value.problems if p.column == "formats"]
-        assert p.row == 0 and p.id == "brand" and "cannot have channel formats yet" in p.message
+        assert p.row == 0 and p.id == "brand" and "set [overlay].keep_clean = true" in p.message
+
+
+def test_a_format_of_an_overlaid_image_starts_from_its_clean_image_and_gets_its_own_overlay(tmp_path):
+    import json
+
+    import c2pa
+    import pyarrow.parquet as pq
+
+    from pipeline.plan.canvas import canvas_for
+    from pipeline.run.job import run_job
+    from pipeline.spec.channel_formats import parse
+    from pipeline.spec.load import load_job
+    from tests.helpers import write_job
+
+    _files(tmp_path)
+    styles = {"style": ["brand"], "logo": ["logo.png"], "logo_size": [0.25], "formats": [["9:16"]]}
+    cfg = load_job(write_job(tmp_path, {"id": ["mug"], "prompt": ["a red mug"], "style": ["brand"]}, styles=styles,
+                             num_candidates=1, keep=1,
+                             extra="[generate]\nsteps = 2\nwidth = 128\nheight = 128\nbatch_size = 4\n"))
+    report = run_job(cfg, backend="in-process")
+    rows = pq.read_table(report.output_dir / "results.parquet").to_pylist()
+    source = next(r for r in rows if r["variant"] is None)
+    fmt = next(r for r in rows if r["variant"] == "9:16")
+    assert fmt["status"] == "written" and fmt["clean_path"] is not None
+    image = np.asarray(Image.open(report.output_dir / fmt["path"]).convert("RGB"))
+    clean = np.asarray(Image.open(report.output_dir / source["clean_path"]).convert("RGB"))
+    c = canvas_for(128, 128, parse("9:16"))
+    left, top, right, bottom = c.box
+    x0, y0, x1, y1 = layout(c.width, c.height, Overlay(logo=_logo(), logo_size=0.25)).logo_box
+    untouched = np.ones(image.shape[:2], bool)
+    untouched[y0:y1, x0:x1] = False  # the format's own logo, laid out for its own canvas
+    inside = untouched[top:bottom, left:right]
+    assert np.array_equal(image[top:bottom, left:right][inside], clean[inside])  # the clean source, not the overlaid
+    # the format's own clean image is exactly the clean source in the middle
+    own_clean = np.asarray(Image.open(report.output_dir / fmt["clean_path"]).convert("RGB"))
+    assert np.array_equal(own_clean[top:bottom, left:right], clean)
+    store = json.loads(c2pa.Reader(str(report.output_dir / fmt["clean_path"])).json())
+    active = store["manifests"][store["active_manifest"]]
+    assert [(i["relationship"], i["title"]) for i in active["ingredients"]] == [
+        ("parentOf", Path(source["clean_path"]).name)]

@@ -54,6 +54,9 @@ def why_not(decision: str, result: dict, strength: float | None, refine_strength
         if result.get("variant") is not None:  # its pixels are its source's and margins around them
             return "decision", (f"a channel format ({result['variant']}) cannot be refined: refine the image it "
                                 "was made from (its formats follow), or reject it for a fresh one")
+        if result.get("clean_path") is None and (result.get("logo") or result.get("headline")) and result["path"]:
+            return "decision", ("a refinement starts from the image as generated, and this one's was not kept beside "
+                                "its brand overlay ([overlay].keep_clean = false when it was written)")
         if not result["path"]:
             return "decision", (f"no image to refine (status {status or 'pending'}"
                                 + (f", {reason}" if reason else "") + ")")

@@ -42,6 +42,7 @@ class Overlaid:
     logo: Input | None = None
     headline: str | None = None
     font: str | None = None
+    over_clean: bool = False  # drawn over the clean image kept beside it: that image is the claim's parent
 
     def assertion(self) -> dict[str, Any]:
         return {k: v for k, v in (("headline", self.headline), ("font", self.font),
@@ -75,7 +76,10 @@ class Claim:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if (self.mode == T2I) != (self.parent is None):
+        over_clean = self.overlay is not None and self.overlay.over_clean
+        if over_clean and self.parent is None:
+            raise ValueError("an overlay drawn over the clean image needs that image as its parent")
+        if not over_clean and (self.mode == T2I) != (self.parent is None):
             raise ValueError(f"mode {self.mode!r}: a parent image is needed for img2img/inpaint "
                              "and not allowed for t2i")
         if self.parent is not None and not self.parent_mime:
@@ -93,7 +97,9 @@ def build_manifest(claim: Claim) -> dict[str, Any]:
     name, _, version = claim.software_agent.rpartition(" ")
     agent = {"name": name, "version": version} if name else {"name": claim.software_agent}
     steered = {"parameters": {"ingredientIds": [i.label for i in claim.inputs]}} if claim.inputs else {}
-    if claim.parent is None:
+    if claim.overlay is not None and claim.overlay.over_clean:  # the clean image opened, the overlay drawn
+        actions = [{"action": "c2pa.opened", "softwareAgent": agent, "parameters": {"ingredientIds": [PARENT_ID]}}]
+    elif claim.parent is None:
         actions = [{"action": "c2pa.created", "softwareAgent": agent,
                     "digitalSourceType": SOURCE_TYPE + "trainedAlgorithmicMedia", **steered}]
     else:  # staging: the product photo is opened, then edited by the model

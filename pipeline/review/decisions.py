@@ -41,7 +41,7 @@ STORED_SCHEMA = pa.schema([
     pa.field("decided_at", pa.timestamp("ms", tz="UTC")), pa.field("new_round", pa.bool_()),
 ])
 _RESULTS_COLUMNS = ["item_id", "id", "keep", "status", "reason", "reason_code", "path", "steps", "moderation",
-                    "parent", "variant"]
+                    "parent", "variant", "logo", "headline", "clean_path"]
 
 
 def _parts(out: Output) -> list[str]:

@@ -69,8 +69,9 @@ class Committed:
     - the *latest* committed outcome of an item id is its outcome (a retry or a re-judging
       commits a newer one);
     - a file that a latest outcome lists is never deleted (`listed`);
-    - an outcome that lists a file which is gone is not an outcome at all: the item is pending
-      again and reruns (`outcomes` leaves it out).
+    - an outcome that lists a file which is gone (its image, or the clean one beside an
+      overlaid image) is not an outcome at all: the item is pending again and reruns
+      (`outcomes` leaves it out).
     """
 
     outcomes: pa.Table  # one row per item id: its latest outcome, files present
@@ -178,10 +179,11 @@ class ShardStore:
                 latest = latest.append_column(f, pa.nulls(latest.num_rows, f.type))
         latest = latest.select(OUTCOME_SCHEMA.names)
         latest = with_reason_codes(latest)  # shards committed before the column: by their code
-        listed = frozenset(p for p in pc.unique(latest["path"]).to_pylist() if p)
+        listed = frozenset(p for column in ("path", "clean_path") for p in pc.unique(latest[column]).to_pylist() if p)
         files = image_files(self.out)
-        paths_ = latest["path"]
-        intact = pc.or_(pc.is_null(paths_), pc.is_in(paths_, pa.array(sorted(listed & files), pa.string())))
+        present = pa.array(sorted(listed & files), pa.string())
+        intact = pc.and_(*(pc.or_(pc.is_null(latest[column]), pc.is_in(latest[column], present))
+                           for column in ("path", "clean_path")))
         return Committed(latest if pc.all(intact).as_py() is not False else latest.filter(intact),
                          listed, frozenset(files))
 

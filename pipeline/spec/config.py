@@ -115,6 +115,10 @@ class OverlaySection:
     `headline_font` draws it; its `logo` is placed beside it)."""
 
     headline_column: str = "headline"
+    # The image as generated is kept beside the overlaid one (`clean_path`), signed, as the overlaid
+    # one's parent: refinements and channel formats start from it. Off: the overlaid image alone,
+    # and no refinement or format of an overlaid image.
+    keep_clean: bool = True
 
 
 @dataclass(frozen=True)

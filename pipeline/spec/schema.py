@@ -136,6 +136,8 @@ OUTCOME_FIELDS = [
     pa.field("bytes", pa.int64()),
     pa.field("c2pa_label", pa.string()),
     pa.field("c2pa_state", pa.string()),
+    pa.field("clean_path", pa.string()),  # the image as generated, where a brand overlay was drawn on `path`
+    pa.field("clean_sha256", pa.string()),
     pa.field("ms_generate", pa.float64()),
     pa.field("ms_score", pa.float64()),
     pa.field("ms_moderate", pa.float64()),

@@ -26,7 +26,7 @@ def load_styles(cfg: JobConfig) -> tuple[pl.DataFrame, dict[str, InputFile], lis
     """The job's styles table read and checked, with its reference images and LoRAs (each file
     checked once): (the table, its files by URI, warnings for the columns no one reads)."""
     table = read_parquet(cfg.job.styles, "styles table") if cfg.job.styles else None
-    styles = validate_styles(table, cfg.job.styles, cfg.formats.sizes)
+    styles = validate_styles(table, cfg.job.styles, cfg.formats.sizes, cfg.overlay.keep_clean)
     found, n = collect(styles, _adapter_checks(cfg), cfg.job.styles, id_col="style")
     files: dict[str, InputFile] = {}
     problems, total = found, n
@@ -81,19 +81,20 @@ def styles_base_dir(cfg: JobConfig) -> str:
     return paths.parent(cfg.job.styles) if cfg.job.styles else str(Path.cwd())
 
 
-def validate_styles(table: pa.Table | None, uri: str, job_formats: tuple[str, ...] = ()) -> pl.DataFrame:
+def validate_styles(table: pa.Table | None, uri: str, job_formats: tuple[str, ...] = (),
+                    keep_clean: bool = True) -> pl.DataFrame:
     """The styles table, typed and checked; an empty table when the job has none."""
     if table is None:
         table = pa.schema(list(schema.STYLES_COLUMNS.items())).empty_table()
     df = with_missing(typed(table, schema.STYLES_COLUMNS, uri, schema.STYLES_REQUIRED, "style"),
                       schema.STYLES_COLUMNS)
-    found, total = collect(df, _style_checks(job_formats), uri, id_col="style")
+    found, total = collect(df, _style_checks(job_formats, keep_clean), uri, id_col="style")
     if total:
         raise ManifestError(found, total)
     return df
 
 
-def _style_checks(job_formats: tuple[str, ...] = ()) -> list[Check]:
+def _style_checks(job_formats: tuple[str, ...] = (), keep_clean: bool = True) -> list[Check]:
     c = pl.col
     return [
         Check(c("style").is_null() | (c("style").str.strip_chars() == ""), "style", "empty style name"),
@@ -120,11 +121,10 @@ def _style_checks(job_formats: tuple[str, ...] = ()) -> list[Check]:
         Check(c("headline_color").is_not_null() & ~c("headline_color").str.contains(r"^#[0-9A-Fa-f]{6}$"),
               "headline_color", lambda v: f"{show(v)} is not a colour: \"#RRGGBB\", such as \"#FFFFFF\""),
         *limit_checks(("logo_size", "logo_size")),
-        # TODO(issue 19): keep each overlaid image's clean one, and outpaint formats from it
-        Check((c("logo").is_not_null() | c("headline_font").is_not_null())
+        Check((c("logo").is_not_null() | c("headline_font").is_not_null()) & pl.lit(not keep_clean)
               & (c("formats").list.len() > 0).fill_null(pl.lit(bool(job_formats))), "formats",
-              lambda v: "a style with a brand overlay (logo, headline_font) cannot have channel formats yet: a format "
-                        "is outpainted from its source image, and this version keeps only the overlaid one",
+              lambda v: "channel formats of a style with a brand overlay are outpainted from the clean image: "
+                        "set [overlay].keep_clean = true",
               pl.col("formats").cast(pl.List(pl.String)).list.join(", ").fill_null(", ".join(job_formats))),
         Check(c("lora").is_not_null() & ~c("lora").str.ends_with(".safetensors"), "lora",
               "a LoRA must be a .safetensors file (pickle weights are never loaded)"),

@@ -30,6 +30,7 @@ from pipeline.stages.contract import (
     ms_each,
     worker_name,
 )
+from pipeline.stages.overlay import drawn
 
 
 class CandidateStage:
@@ -155,9 +156,9 @@ class CandidateStage:
         and the record is an error that says why, when that image cannot be read."""
         if r["parent"] is None:
             return True
-        from pipeline.storage.layout import image_path
+        from pipeline.storage.layout import source_path
 
-        rel = image_path(r["parent"], r["format"])
+        rel = source_path(r["parent"], r["format"], drawn(r))
         try:
             r[CANVAS] = self.out.get(rel)
             return True

@@ -24,6 +24,12 @@ TEXT_BAND = 0.34  # the most of the safe area's height a headline may take
 LINE_SPACING = 1.15
 
 
+def drawn(r: dict) -> bool:
+    """Whether a candidate gets a brand overlay (its style's logo, or a headline in its style's
+    font): a child of an overlaid image inherits it, and starts from its parent's clean image."""
+    return r.get("logo") is not None or r.get("headline") is not None
+
+
 class HeadlineDoesNotFit(ValueError):
     """The headline needs more room than the image's safe area has, even at the smallest size."""
 

@@ -30,6 +30,7 @@ from pipeline.stages.contract import (
     die_if_armed,
     worker_name,
 )
+from pipeline.stages.overlay import drawn
 
 
 def _verdict(r: dict) -> tuple:
@@ -39,7 +40,7 @@ def _verdict(r: dict) -> tuple:
 
 def _forget_file(r: dict) -> None:
     """No file for this candidate: nothing of a file is recorded."""
-    r.update(path=None, sha256=None, bytes=None, c2pa_label=None, c2pa_state=None)
+    r.update(path=None, sha256=None, bytes=None, c2pa_label=None, c2pa_state=None, clean_path=None, clean_sha256=None)
 
 
 class WriteStage:
@@ -118,7 +119,7 @@ class WriteStage:
 
     def _overlay(self, r: dict):
         """The brand overlay of a candidate (stages/overlay.py), or None where its style draws none."""
-        if r.get("logo") is None and r.get("headline") is None:
+        if not drawn(r):
             return None
         from pipeline.stages.overlay import Overlay
 
@@ -133,7 +134,7 @@ class WriteStage:
         """What the manifest says of the overlay: the logo (a `componentOf` ingredient), the exact headline."""
         from pipeline.provenance.claim import Input, Overlaid
 
-        if r.get("logo") is None and r.get("headline") is None:
+        if not drawn(r):
             return None
         logo = Input("logo", *self._parent(r["logo"]), os.path.basename(r["logo"])) if r.get("logo") else None
         font = os.path.basename(r["headline_font"]) if r.get("headline_font") else None
@@ -141,21 +142,26 @@ class WriteStage:
 
     def _made_from(self, r: dict) -> tuple[bytes | None, str | None, str | None]:
         """The image a candidate was made from, for its C2PA `parentOf` ingredient (bytes, type,
-        title): a refinement's earlier image, signed, so the chain of review rounds is provable;
-        else the product or reference photo; none for text-to-image."""
-        from pipeline.storage.layout import image_path
+        title): a child's source (a refinement's earlier image, a format's image; the clean one
+        beside an overlaid image), signed, so the chain of review rounds is provable; else the
+        product or reference photo; none for text-to-image."""
+        from pipeline.storage.layout import source_path
 
         if r["parent"]:
-            rel = image_path(r["parent"], r["format"])
+            rel = source_path(r["parent"], r["format"], drawn(r))
             return self.out.get(rel), mimetypes.guess_type(rel)[0] or "image/png", os.path.basename(rel)
         if r["mode"] == vocabulary.T2I:
             return None, None, None
         return *self._parent(r["init_image"]), os.path.basename(r["init_image"])
 
     def _write(self, r: dict, pixels: bytes) -> bool:
-        """True when the signed file is in place and verifies; else the row says why."""
+        """True when the signed file is in place and verifies; else the row says why. Where a
+        brand overlay is drawn, the image as generated is signed and kept first (`clean_path`,
+        with `[overlay].keep_clean`), and the overlaid image names it as its parent."""
+        import dataclasses
+
         from pipeline.provenance.claim import Claim
-        from pipeline.storage.layout import image_path
+        from pipeline.storage.layout import clean_path, image_path
         from pipeline.storage.write import encode_image, sha256_hex
 
         o = self.cfg.output
@@ -165,19 +171,22 @@ class WriteStage:
         width, height = delivered_size(r["width"], r["height"], r.get("variant"))
         img = np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3)
         overlay = self._overlay(r)
+        drawn_img = None
         if overlay is not None:  # judged as generated; the brand's logo and headline drawn now
             from PIL import Image
 
             from pipeline.stages.overlay import HeadlineDoesNotFit, render
 
             try:
-                img = np.asarray(render(Image.fromarray(img), overlay))
+                drawn_img = np.asarray(render(Image.fromarray(img), overlay))
             except HeadlineDoesNotFit as e:
                 fail(r, vocabulary.OVERLAY_ERROR, f"column 'headline' {show(r['headline'])}: {e}")
                 return False
-        data, mime = encode_image(img, o.format, png_compress_level=o.png_compress_level,
-                                  jpeg_quality=o.jpeg_quality, webp_quality=o.webp_quality)
-        t1 = time.perf_counter()
+
+        def encoded(pixels_):
+            return encode_image(pixels_, o.format, png_compress_level=o.png_compress_level,
+                                jpeg_quality=o.jpeg_quality, webp_quality=o.webp_quality)
+
         parent, parent_mime, parent_title = self._made_from(r)
         r["path"] = image_path(r["item_id"], r["format"])
         claim = Claim(
@@ -185,31 +194,55 @@ class WriteStage:
             seed=int(r["seed"]), steps=int(r["steps"]), guidance_scale=float(r["guidance_scale"]),
             prompt_sha256=hashlib.sha256(r["prompt"].encode("utf-8")).hexdigest(), mode=r["mode"],
             item_id=r["item_id"], software_agent=SOFTWARE_AGENT, parent=parent, parent_mime=parent_mime,
-            parent_title=parent_title, inputs=self._inputs(r), overlay=self._overlay_claim(r))
+            parent_title=parent_title, inputs=self._inputs(r))
+        data, mime = encoded(img if drawn_img is None else drawn_img)
+        t1 = time.perf_counter()
+        spent = {"ms_write": 0.0, "ms_verify": 0.0}
+        if drawn_img is not None and self.cfg.overlay.keep_clean:
+            clean_rel = clean_path(r["item_id"], r["format"])
+            clean_data, _ = encoded(img)
+            clean, check = self._put(clean_rel, self.signer.sign(clean_data, mime, dataclasses.replace(
+                claim, title=os.path.basename(clean_rel))), mime, spent)
+            if not check.ok:
+                fail(r, vocabulary.VERIFY_ERROR, f"the clean image: C2PA {check.state}: {', '.join(check.errors)}")
+                return False
+            r.update(clean_path=clean_rel, clean_sha256=sha256_hex(clean))
+            claim = dataclasses.replace(claim, parent=clean, parent_mime=mime, parent_title=os.path.basename(clean_rel),
+                                        inputs=(), overlay=dataclasses.replace(self._overlay_claim(r), over_clean=True))
+        elif drawn_img is not None:
+            claim = dataclasses.replace(claim, overlay=self._overlay_claim(r))
         signed = self.signer.sign(data, mime, claim)
         t2 = time.perf_counter()
-        if self.run_id is not None:
-            from pipeline.storage.lock import confirm_holder
-
-            confirm_holder(self.out, self.run_id)  # LockLost: an error row, nothing written
-        # Created only where nothing is (whole or absent: temp + link locally, one conditional PUT
-        # on a bucket). A file already at this item's path is this item's image when it verifies:
-        # a killed run's, or, on a bucket, the run that took the output over while this one was
-        # paused between its lock check and its write. It is kept, never overwritten; only one
-        # that does not verify is replaced.
-        created = self.out.create(r["path"], signed)
-        t3 = time.perf_counter()
-        on_disk = self.out.get(r["path"])
-        check = self.signer.verify(on_disk, mime)
-        if not created and not check.ok:
-            self.out.put(r["path"], signed)
-            on_disk = self.out.get(r["path"])
-            check = self.signer.verify(on_disk, mime)
-        t4 = time.perf_counter()
-        r.update(ms_encode=(t1 - t0) * 1000, ms_sign=(t2 - t1) * 1000, ms_write=(t3 - t2) * 1000,
-                 ms_verify=(t4 - t3) * 1000, c2pa_label=check.label, c2pa_state=check.state,
-                 bytes=len(on_disk), sha256=sha256_hex(on_disk))
+        on_disk, check = self._put(r["path"], signed, mime, spent)
+        r.update(ms_encode=(t1 - t0) * 1000, ms_sign=(t2 - t1) * 1000, **spent, c2pa_label=check.label,
+                 c2pa_state=check.state, bytes=len(on_disk), sha256=sha256_hex(on_disk))
         if not check.ok:
             self.out.delete(r["path"])
             fail(r, vocabulary.VERIFY_ERROR, f"C2PA {check.state}: {', '.join(check.errors)}")
         return check.ok
+
+    def _put(self, rel: str, signed: bytes, mime: str, spent: dict[str, float]):
+        """Put a signed image at `rel`, read it back and verify it: (the bytes there, the check);
+        the milliseconds each took are added to `spent` (`ms_write`, `ms_verify`).
+
+        Created only where nothing is (whole or absent: temp + link locally, one conditional PUT on
+        a bucket). A file already at this item's path is this item's image when it verifies: a
+        killed run's, or, on a bucket, the run that took the output over while this one was paused
+        between its lock check and its write. It is kept, never overwritten; only one that does not
+        verify is replaced."""
+        if self.run_id is not None:
+            from pipeline.storage.lock import confirm_holder
+
+            confirm_holder(self.out, self.run_id)  # LockLost: an error row, nothing written
+        t0 = time.perf_counter()
+        created = self.out.create(rel, signed)
+        t1 = time.perf_counter()
+        on_disk = self.out.get(rel)
+        check = self.signer.verify(on_disk, mime)
+        if not created and not check.ok:
+            self.out.put(rel, signed)
+            on_disk = self.out.get(rel)
+            check = self.signer.verify(on_disk, mime)
+        spent["ms_write"] += (t1 - t0) * 1000
+        spent["ms_verify"] += (time.perf_counter() - t1) * 1000  # a replaced file's second write included
+        return on_disk, check

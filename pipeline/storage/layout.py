@@ -58,6 +58,17 @@ def image_path(item_id: str, fmt: str) -> str:
     return f"{IMAGES}/{item_id[:2]}/{item_id}.{FORMATS[fmt].extension}"
 
 
+def clean_path(item_id: str, fmt: str) -> str:
+    """Where the image as generated goes when a brand overlay is drawn on the one at `image_path`."""
+    return f"{IMAGES}/{item_id[:2]}/{item_id}.clean.{FORMATS[fmt].extension}"
+
+
+def source_path(parent: str, fmt: str, overlaid: bool) -> str:
+    """The file a child (a refinement, a channel format) starts from: its parent's image as
+    generated, the clean one where a brand overlay was drawn on it."""
+    return clean_path(parent, fmt) if overlaid else image_path(parent, fmt)
+
+
 def image_path_expr(item_id: pl.Expr, fmt: str) -> pl.Expr:
     """`image_path` over a column (a Python call per candidate cost about 1 s per 2M)."""
     import polars as pl
