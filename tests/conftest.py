@@ -78,3 +78,13 @@ def model_calls(monkeypatch):
     monkeypatch.setattr(Generator, "__call__", counted_generate)
     monkeypatch.setattr(CandidateStage, "_measure", counted_measure)
     return calls
+
+
+@pytest.fixture
+def tsa(tmp_path_factory):
+    """A timestamp authority on loopback (tests/tsa_server.py), recording its requests."""
+    from tests.tsa_server import LoopbackTSA
+
+    server = LoopbackTSA(tmp_path_factory.mktemp("tsa"))
+    yield server
+    server.close()
