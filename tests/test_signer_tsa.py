@@ -6,10 +6,16 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import c2pa
 import numpy as np
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -63,3 +69,40 @@ def test_a_trusted_timestamp_keeps_a_signature_valid_after_its_certificate_expir
     assert expired in verify_bytes(plain, "image/png", ca + tsa.ca_pem).errors
     # An untrusted TSA's time counts for nothing: the signature expires with its certificate.
     assert expired in verify_bytes(stamped, "image/png", ca).errors
+
+
+SIGN_AND_VERIFY = """import sys
+from pipeline.provenance.signer import Signer
+from pipeline.spec.config import SignerSection
+section = SignerSection(tsa_url=sys.argv[2] or None, trust_anchors=sys.argv[3] or None)
+Signer.from_section(section, sys.argv[1], quiet=True).self_test("png")
+"""
+
+
+def internet_calls(tmp_path, tsa_url: str | None, anchors: str | None) -> tuple[list[str], str]:
+    """The IPv4/IPv6 socket calls (socket, connect, sendto, sendmsg) of a process that signs and
+    verifies an image, seen through strace (c2pa's network code is Rust, out of reach of a Python
+    socket patch), and its error output if it failed."""
+    trace = tmp_path / "strace.txt"
+    command = [sys.executable, "-c", SIGN_AND_VERIFY, str(tmp_path / "out"), tsa_url or "", anchors or ""]
+    run = subprocess.run(["strace", "-f", "-qq", "-e", "trace=socket,connect,sendto,sendmsg",
+                          "-o", str(trace), *command], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    calls = [line for line in trace.read_text().splitlines() if "AF_INET" in line]
+    return calls, run.stderr if run.returncode else ""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None or subprocess.run(
+    ["strace", "-qq", "-o", os.devnull, "true"], capture_output=True).returncode != 0,
+    reason="needs strace, allowed to trace (ptrace)")
+def test_without_tsa_url_signing_and_verifying_make_no_network_call(tsa, tmp_path):
+    # The same watch sees the signer reach a TSA when there is one, so it can see c2pa's calls ...
+    (tmp_path / "tsa-root.pem").write_bytes(tsa.ca_pem)
+    calls, failed = internet_calls(tmp_path, tsa.url, str(tmp_path / "tsa-root.pem"))
+    assert not failed
+    port = tsa.url.split(":")[2].split("/")[0]
+    assert any(f"sin_port=htons({port})" in c and "connect(" in c for c in calls), calls
+    assert len(tsa.requests) == 1
+    # ... and without one, not a single IPv4 or IPv6 socket is even opened.
+    assert internet_calls(tmp_path, None, None) == ([], "")
+    assert len(tsa.requests) == 1
