@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from pipeline.errors import SignerError
 from pipeline.provenance.readback import verify_bytes, verify_settings
 from pipeline.provenance.signer import Signer
 from pipeline.spec.config import SignerSection
@@ -46,12 +47,24 @@ def test_tsa_url_timestamps_each_signature_and_a_trusted_tsa_validates_it(tsa, t
     assert [(path, kind) for path, kind, _ in tsa.requests] == [("/tsa", "application/timestamp-query")] * 2
     for data in signed:
         result = signer.verify(data, "image/png")  # what the pipeline records
-        assert (result.state, result.errors) == ("Trusted", ())
+        assert (result.state, result.errors) == ("Trusted", ()) and result.timestamp
         s = store(data, signer.trust_anchors_pem)
         assert s["manifests"][s["active_manifest"]]["signature_info"]["time"]
         codes = {c["code"] for c in s["validation_results"]["activeManifest"]["success"]}
         assert {"timeStamp.validated", "timeStamp.trusted"} <= codes
     assert len(tsa.requests) == 2
+    signer.self_test("png")
+
+
+def test_the_self_test_refuses_a_timestamp_authority_nobody_trusts(tsa, tmp_path):
+    """c2pa calls an untrusted timestamp informational (the state stays Trusted), but the
+    signature would expire with its certificate all the same: the job stops before GPU work."""
+    signer = Signer.from_section(SignerSection(tsa_url=tsa.url), tmp_path / "out", quiet=True)
+    result = signer.verify(signer.sign(PNG, "image/png", claim()), "image/png")
+    assert (result.state, result.errors, result.timestamp) == ("Trusted", (), None)
+    with pytest.raises(SignerError, match=rf"\[signer\].tsa_url = '{tsa.url}' .* not trusted.*"
+                                          r"\[signer\].trust_anchors"):
+        signer.self_test("png")
 
 
 def test_a_trusted_timestamp_keeps_a_signature_valid_after_its_certificate_expires(tsa):

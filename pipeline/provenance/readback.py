@@ -16,6 +16,7 @@ from pipeline.provenance.claim import GENERATION_LABEL
 from pipeline.provenance.keys import redact
 
 UNTRUSTED = "signingCredential.untrusted"
+TIMESTAMP_TRUSTED = "timeStamp.trusted"
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class Verification:
     label: str | None  # active manifest label
     errors: tuple[str, ...]  # failure status codes
     generation: dict | None  # the com.asset-pipeline.generation assertion
+    # The signature's time from a trusted RFC 3161 timestamp ([signer].tsa_url): only a trusted
+    # one keeps the signature valid after its certificate expires.
+    timestamp: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -59,8 +63,10 @@ def read_manifest(context: Any, data: bytes, mime: str) -> Verification:
                 for f in r.get("failure", [])]
     generation = next((a.get("data") for a in manifest.get("assertions", [])
                        if a.get("label") == GENERATION_LABEL), None)
+    trusted = {s.get("code") for s in (results.get("activeManifest") or {}).get("success", [])}
+    timestamp = (manifest.get("signature_info") or {}).get("time") if TIMESTAMP_TRUSTED in trusted else None
     return Verification(store.get("validation_state", "Invalid"), label, tuple(failures),
-                        generation)
+                        generation, timestamp)
 
 
 def verify_bytes(data: bytes, mime: str, trust_anchors_pem: bytes | None) -> Verification:

@@ -183,7 +183,8 @@ class Signer:
 
     def self_test(self, fmt: str) -> None:
         """Sign and verify a tiny image in the job's output format ([output].format), so a bad key
-        or chain, or a format c2pa cannot sign, stops the job before any GPU work."""
+        or chain, or a format c2pa cannot sign, or a timestamp authority not trusted ([signer].tsa_url),
+        stops the job before any GPU work."""
         import numpy as np
 
         from pipeline.storage.write import encode_image
@@ -201,6 +202,13 @@ class Signer:
             result = self.verify(self.sign(data, mime, claim), mime)
         except SignerError as e:
             raise SignerError(f"signer self-test ([output].format = {fmt!r}): {e}") from None
+        if result.ok and self.tsa_url and not result.timestamp:
+            # c2pa reports an untrusted timestamp as informational only, yet it does not do what
+            # tsa_url is for: the signature still expires with its certificate.
+            raise SignerError(f"signer self-test: [signer].tsa_url = {self.tsa_url!r} timestamps "
+                              "signatures but its timestamp authority is not trusted, so they "
+                              "would expire with the signing certificate (add the TSA's root CA "
+                              "to [signer].trust_anchors)")
         if result.ok:
             return
         hint = (" (set [signer].trust_anchors to the CA that issued the certificate)"
