@@ -84,6 +84,12 @@ def test_cli_overrides_resolve_against_the_working_directory(tmp_path, monkeypat
      "[signer].cert_chain: file not found"),
     ('[job]\nmanifest = "m"\n[signer]\nmode = "files"\ncert_chain_env = "NO_SUCH_VAR_X"\n'
      'private_key_env = "NO_SUCH_VAR_Y"\n', "environment variable NO_SUCH_VAR_X is not set"),
+    ('[job]\nmanifest = "m"\n[signer]\ntsa_url = "timestamp.example.com"\n',
+     "[signer].tsa_url must be an http:// or https:// URL of an RFC 3161 timestamp authority, "
+     "got 'timestamp.example.com'"),
+    ('[job]\nmanifest = "m"\n[signer]\ntsa_url = "ftp://tsa.example.com/"\n',
+     "[signer].tsa_url must be an http:// or https:// URL"),
+    ('[job]\nmanifest = "m"\n[signer]\ntsa_url = "http://"\n', "got 'http://'"),
 ])
 def test_bad_specs_name_the_key(tmp_path, text, needle):
     with pytest.raises(ConfigError) as e:
@@ -140,6 +146,7 @@ def test_out_of_range_values_are_named_with_what_is_allowed(tmp_path, section, k
     ("filter", "image_unsafe_threshold", "1.0"), ("filter", "prompt_unsafe_threshold", "0"),
     ("filter", "clip_threshold", "100"), ("cluster", "gpus_per_actor", "0.25"), ("cluster", "torch_threads", "0"),
     ("signer", "algorithm", '"ed25519"'), ("signer", "algorithm", '"ps512"'),
+    ("signer", "tsa_url", '"http://127.0.0.1:8318/tsa"'), ("signer", "tsa_url", '"https://tsa.example.com"'),
     ("models", "diffusion", '"embedded:tiny-sdxl"'), ("models", "moderation", '"embedded:tiny-clip-head"'),
 ])
 def test_edge_values_are_accepted(tmp_path, section, key, value):

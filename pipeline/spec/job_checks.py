@@ -1,6 +1,7 @@
 """The rules a job spec's values obey once their types are right: ranges (the one table of
-limits), vocabularies, an embedded model made for its key, keep ≤ num_candidates, and the
-signer's files or variables. Each problem names the key, the value and what is allowed.
+limits), vocabularies, an embedded model made for its key, keep ≤ num_candidates, the signer's
+files or variables and its timestamp authority's URL. Each problem names the key, the value and
+what is allowed.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.errors import show
 from pipeline.spec import channel_formats
@@ -134,6 +136,10 @@ def job_problems(cfg: JobConfig) -> list[str]:
     problems = [f"{src}: {problem}" for problem in value_problems(cfg)]
     if not cfg.job.manifest:
         problems.append(f"{src}: [job].manifest is required (or pass --manifest)")
+    url = cfg.signer.tsa_url
+    if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+        problems.append(f"{src}: [signer].tsa_url must be an http:// or https:// URL of an RFC 3161 "
+                        f"timestamp authority, got {url!r}")
     if cfg.signer.mode == "files":
         for what in ("cert_chain", "private_key"):
             path = getattr(cfg.signer, what)
