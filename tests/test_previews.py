@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -17,8 +18,9 @@ from pipeline.judge.files import previewed
 from pipeline.run.job import run_job
 from pipeline.spec import vocabulary
 from pipeline.spec.load import load_job
-from pipeline.storage.layout import PREVIEWS, preview_path
+from pipeline.storage.layout import PREVIEWS, REPORT, preview_path
 from tests.helpers import write_job
+from tests.test_report import _open, browser
 
 ROWS = {"id": ["mug", "shoe"], "prompt": ["a red mug", "a blue shoe"]}
 TINY = "[generate]\nsteps = 2\nwidth = 64\nheight = 64\nbatch_size = 4\n"
@@ -58,10 +60,12 @@ def test_every_judged_candidate_gets_a_small_unsigned_preview(previewed_run):
     assert main(["verify", str(out)]) == EXIT_OK
 
 
-def test_a_missing_preview_reruns_nothing_and_a_stray_one_goes(previewed_run, capsys):
+def test_a_missing_preview_reruns_nothing_and_a_stray_one_goes(previewed_run, tmp_path, capsys):
     """A preview is disposable: one that is gone is no reason to rerun; one no outcome lists is a
     stray and goes; the listed ones stay, and none counts as a removed image."""
     job_path, out, results = previewed_run
+    shutil.copytree(job_path.parent, tmp_path / "run")  # the job, its manifest and its output
+    job_path, out = tmp_path / "run" / job_path.name, tmp_path / "run" / out.relative_to(job_path.parent)
     gone = next(r for r in results if r["reason_code"] == vocabulary.NOT_SELECTED)
     (out / gone["preview_path"]).unlink()
     stray = out / preview_path("ff" + "0" * 30)
@@ -114,3 +118,44 @@ def test_report_data_names_the_preview(previewed_run):
     cands = [c for g in groups for c in g["c"]]
     assert all(c["preview"].startswith(f"{PREVIEWS}/") for c in cands)
     assert json.dumps(groups)  # plain data for the page
+
+
+def test_runners_up_show_their_previews_and_a_row_compares_side_by_side(previewed_run, capsys):
+    """In a real browser: a runner-up (no asset) shows its preview, not a placeholder; a click on
+    a card's image opens every candidate of its row side by side with rank, status, reason and
+    CLIP score; Escape closes it."""
+    _, out, results = previewed_run
+    assert main(["report", str(out)]) == EXIT_OK
+    capsys.readouterr()
+    runner_up = next(r for r in results if r["reason_code"] == vocabulary.NOT_SELECTED)
+    row = [r for r in results if r["id"] == runner_up["id"]]
+    with browser() as b:
+        page, seen = _open(b, out / REPORT, out)
+        item = runner_up["item_id"]
+        card = page.locator(f'.card[data-item="{item}"]')
+        assert card.locator("[data-placeholder]").count() == 0
+        shot = card.locator("img.shot.preview")
+        assert shot.get_attribute("src") == runner_up["preview_path"]
+        shot.scroll_into_view_if_needed()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=shot.element_handle())
+
+        dialog = page.locator("dialog#compare")
+        assert not dialog.is_visible()
+        card.locator(".frame").click()
+        assert dialog.is_visible()
+        cells = dialog.locator(".cell")
+        assert cells.evaluate_all("cs => cs.map(c => c.dataset.item)") == [r["item_id"] for r in row]
+        assert dialog.locator(".cell.current").get_attribute("data-item") == runner_up["item_id"]
+        for i, r in enumerate(row):
+            text = cells.nth(i).text_content()
+            assert f"#{r['rank']}" in text and r["status"] in text and f"{r['clip_score']:.2f}" in text
+            assert (r["reason"] or "") in text
+            image = cells.nth(i).locator("img")
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+            assert image.get_attribute("src") == (r["path"] or r["preview_path"])
+        page.keyboard.press("Escape")
+        assert not dialog.is_visible()
+        assert not page.evaluate("document.getElementById('compare').open")
+        assert not seen["errors"]
+        outside = [u for u in seen["requests"] if not u.startswith(out.as_uri() + "/")]
+        assert not outside, outside  # offline: nothing fetched from anywhere else
