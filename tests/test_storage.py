@@ -126,9 +126,11 @@ def test_output_on_s3_writes_verifies_and_resumes_with_nothing_on_local_disk(tmp
     assert {RESULTS, SUMMARY} <= files and any(f.startswith(SHARDS + "/") for f in files)
     table = tables.read(out.get(RESULTS)).to_pylist()
     assert all(out.exists(r["path"]) for r in table if r["status"] == "written")
+    assert all(r["preview_path"].startswith("_previews/") and out.exists(r["preview_path"]) for r in table)
     assert verify_output(out.where()) == ([], 2)
     again = run_job(cfg, backend="in-process")
     assert again.exit_code == EXIT_OK and again.summary["this_run"] == {}
+    assert all(out.exists(r["preview_path"]) for r in table)  # listed previews are no strays
     assert set(tmp_path.rglob("*")) == before  # nothing of the output on local disk
 
 

@@ -2,9 +2,11 @@
 
 The page works offline and can be copied or served as is: inline CSS, JS and SVG charts
 (`charts.py`), the candidates as a JSON data island, images referenced by their relative
-`images/xx/<id>.png` paths, and one small outline PNG per staged product in `report_assets/`
-(`outlines.py`). The browser builds one page of row groups at a time, so a 10,000-row table
-opens as fast as a small one.
+`images/xx/<id>.png` paths (a candidate with no image by its preview, `_previews/xx/<id>.webp`),
+and one small outline PNG per staged product in `report_assets/` (`outlines.py`). A click on an
+image opens the row's candidates side by side (a modal dialog), each with its rank, status,
+reason and CLIP score. The browser builds one page of row groups at a time, so a 10,000-row
+table opens as fast as a small one.
 
 `render` is pure (results + summary + run records → HTML); `write_report` reads and writes
 through `Output`, so local and object-storage outputs work alike.
@@ -34,6 +36,7 @@ PAGE_ROWS = 24  # row groups per page of the contact sheet
 
 # Per-candidate columns the page shows (short keys keep the data island small at 10k rows).
 CANDIDATE_KEYS = {"candidate": "k", "item_id": "item", "seed": "seed", "model": "model", "path": "path",
+                  "preview_path": "preview",
                   "status": "status", "reason": "reason", "reason_code": "code", "rank": "rank", "selected": "sel",
                   "clip_score": "clip", "clip_threshold": "clip_thr", "image_unsafe_score": "img_unsafe",
                   "prompt_unsafe_score": "prompt_unsafe", "moderation": "moderation", "c2pa_state": "c2pa",

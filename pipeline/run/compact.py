@@ -1,8 +1,8 @@
 """Compaction: one results table from the plan and the committed shards, and the clean-up after.
 
 The results table joins the current plan with the latest committed outcome of each of its item
-ids, a plan chunk at a time, and replaces the old table whole. Then every image file no latest
-outcome lists goes, and every temp file killed local writes left.
+ids, a plan chunk at a time, and replaces the old table whole. Then every image file (and
+preview) no latest outcome lists goes, and every temp file killed local writes left.
 """
 
 from __future__ import annotations
@@ -82,10 +82,13 @@ def remove_strays(committed: Committed, output: Output | Path | str,
     """Delete image files no latest committed outcome lists (a killed run's unlisted writes, an
     image a re-judging replaced) and the temp files killed writes leave. A listed file is never
     deleted. `before_delete` (the lock's check) runs before each file goes: a stray of this
-    run's view may be a file that a run which took the output over has listed since."""
+    run's view may be a file that a run which took the output over has listed since.
+
+    Previews (`_previews/`) no latest outcome lists go too (a killed run's, a candidate's that
+    moderation now blocks), but they are not images: never in the list this returns."""
     out = as_output(output)
     removed = sorted(committed.files - committed.listed)
-    for rel in removed:
+    for rel in [*removed, *sorted(out.files(layout.PREVIEWS) - committed.previews)]:
         if before_delete:
             before_delete()
         out.delete(rel)

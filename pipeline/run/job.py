@@ -73,8 +73,8 @@ def prepare_output(out: Output) -> None:
 
 
 def clear_results(out: Output) -> None:
-    """--fresh: forget earlier results and images (the demo signer and run records stay)."""
-    for prefix in (layout.SHARDS, layout.EMBEDDINGS, layout.DECISIONS, layout.IMAGES):
+    """--fresh: forget earlier results, images and previews (the demo signer and run records stay)."""
+    for prefix in (layout.SHARDS, layout.EMBEDDINGS, layout.DECISIONS, layout.IMAGES, layout.PREVIEWS):
         out.delete_prefix(prefix)
     for name in (layout.RESULTS, layout.SUMMARY):
         out.delete(name)

@@ -71,12 +71,14 @@ class Committed:
     - a file that a latest outcome lists is never deleted (`listed`);
     - an outcome that lists a file which is gone (its image, or the clean one beside an
       overlaid image) is not an outcome at all: the item is pending again and reruns
-      (`outcomes` leaves it out).
+      (`outcomes` leaves it out). A preview is no such file: derived and disposable, one that
+      is gone changes nothing; only the previews no latest outcome lists are strays (`previews`).
     """
 
     outcomes: pa.Table  # one row per item id: its latest outcome, files present
-    listed: frozenset[str]  # every path a latest outcome lists (present or not)
+    listed: frozenset[str]  # every image path a latest outcome lists (present or not)
     files: frozenset[str]  # the image files present when it was read
+    previews: frozenset[str] = frozenset()  # every preview a latest outcome lists (never an image)
 
     @cached_property
     def index(self) -> ItemIndex:
@@ -184,8 +186,9 @@ class ShardStore:
         present = pa.array(sorted(listed & files), pa.string())
         intact = pc.and_(*(pc.or_(pc.is_null(latest[column]), pc.is_in(latest[column], present))
                            for column in ("path", "clean_path")))
+        previews = frozenset(p for p in pc.unique(latest["preview_path"]).to_pylist() if p)
         return Committed(latest if pc.all(intact).as_py() is not False else latest.filter(intact),
-                         listed, frozenset(files))
+                         listed, frozenset(files), previews)
 
 
 def row_ids(output: Output | Path | str) -> set[str]:

@@ -94,6 +94,9 @@ class OutputSection:
     jpeg_quality: int = 92
     webp_quality: int = 90
     write_rejected: bool = False
+    # A small unsigned WebP of every judged candidate (`_previews/`), so the report shows the
+    # runners-up a reviewer chooses from; never an asset (stages/preview.py).
+    previews: bool = True
     shard_rows: int = 256
 
 

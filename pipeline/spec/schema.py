@@ -138,6 +138,8 @@ OUTCOME_FIELDS = [
     pa.field("c2pa_state", pa.string()),
     pa.field("clean_path", pa.string()),  # the image as generated, where a brand overlay was drawn on `path`
     pa.field("clean_sha256", pa.string()),
+    # a small unsigned preview for review (`[output].previews`): not an asset, never checked, disposable
+    pa.field("preview_path", pa.string()),
     pa.field("ms_generate", pa.float64()),
     pa.field("ms_score", pa.float64()),
     pa.field("ms_moderate", pa.float64()),

@@ -122,9 +122,10 @@ class CandidateStage:
             images.update(self._generate(wanted))
             ranks = rank(records)
         # 6. collect pixels for the picks and a reserve of runners-up (a failed write hands its
-        # place on), every image when rejected ones are kept too
+        # place on), every image when rejected ones are kept too, every viewable one for previews
         for r in records:
-            img = images.get(r["item_id"]) if ships_pixels(r, ranks, self.cfg.output.write_rejected) else None
+            img = images.get(r["item_id"]) if ships_pixels(r, ranks, self.cfg.output.write_rejected,
+                                                            self.cfg.output.previews) else None
             r[PIXELS] = img.tobytes() if img is not None else None
         return pa.Table.from_pylist(records, schema=STAGE_OUT_SCHEMA)
 

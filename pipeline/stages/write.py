@@ -31,6 +31,7 @@ from pipeline.stages.contract import (
     worker_name,
 )
 from pipeline.stages.overlay import drawn
+from pipeline.stages.preview import write_preview
 
 
 def _verdict(r: dict) -> tuple:
@@ -73,7 +74,8 @@ class WriteStage:
             r[JUDGED_WITH] = r["judge_key"]  # the rules this judging applied
         fill_places(records, lambda r: self._write_or_error(r, pixels[r["item_id"]]),
                     can_write=lambda r: pixels[r["item_id"]] is not None)
-        # 3. the files around the places: rejected images written for review, the rest forgotten
+        # 3. the files around the places: rejected images written for review, the rest forgotten;
+        # a preview of each judged candidate (stages/preview.py)
         write_rejected = self.cfg.output.write_rejected
         for r in records:
             kept = r["status"] == vocabulary.WRITTEN
@@ -81,6 +83,7 @@ class WriteStage:
                 kept = self._write_or_error(r, pixels[r["item_id"]])
             if not kept and not keeps_file(r, write_rejected):
                 _forget_file(r)
+            write_preview(self.out, r, pixels[r["item_id"]], self.cfg.output.previews)  # every judged candidate's
         # 4. the outcomes that changed, stamped
         now = datetime.now(UTC)
         changed = [r for r in records if r["item_id"] not in before or _verdict(r) != before[r["item_id"]]]

@@ -4,6 +4,8 @@ A newcomer reads here what an output holds; every module that writes, lists, rea
 in an output takes its names from here and spells none itself:
 
     images/<ab>/<item_id>.<ext>   the images, by the first two characters of their item id
+    _previews/<ab>/<item_id>.webp small unsigned previews of judged candidates, for review only:
+                                  never an asset, never `path`, disposable (`preview_path`)
     _shards/part-*.parquet        committed outcomes: the commit points
     _embeddings/part-*.parquet    the image embeddings of those outcomes (a shard's sidecar)
     _decisions/part-*.parquet     a reviewer's decisions, as applied
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     import polars as pl
 
 IMAGES = "images"
+PREVIEWS = "_previews"
 SHARDS = "_shards"
 EMBEDDINGS = "_embeddings"
 DECISIONS = "_decisions"
@@ -46,10 +49,10 @@ TEMP_PREFIX = ".tmp-"  # a local write's temp file (or folder) beside its target
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"  # shards, sidecars and decision parts
 
 # Where local writes leave temp files: the output folder itself (results, summary, the demo
-# signer's folder), the shard, sidecar and run-record folders, and each image folder. (A PUT to
+# signer's folder), the shard, sidecar and run-record folders, and each image and preview folder. (A PUT to
 # object storage is whole or absent: it leaves no temp objects.)
 TEMP_GLOBS = (f"{TEMP_PREFIX}*", f"{SHARDS}/{TEMP_PREFIX}*", f"{EMBEDDINGS}/{TEMP_PREFIX}*",
-              f"{RUNS}/{TEMP_PREFIX}*", f"{IMAGES}/*/{TEMP_PREFIX}*")
+              f"{RUNS}/{TEMP_PREFIX}*", f"{IMAGES}/*/{TEMP_PREFIX}*", f"{PREVIEWS}/*/{TEMP_PREFIX}*")
 
 
 
@@ -61,6 +64,12 @@ def image_path(item_id: str, fmt: str) -> str:
 def clean_path(item_id: str, fmt: str) -> str:
     """Where the image as generated goes when a brand overlay is drawn on the one at `image_path`."""
     return f"{IMAGES}/{item_id[:2]}/{item_id}.clean.{FORMATS[fmt].extension}"
+
+
+def preview_path(item_id: str) -> str:
+    """Where a candidate's preview goes: outside `images/`, so nothing that lists, verifies or
+    cleans images ever takes it for one; always WebP, whatever the output format."""
+    return f"{PREVIEWS}/{item_id[:2]}/{item_id}.webp"
 
 
 def source_path(parent: str, fmt: str, overlaid: bool) -> str:
