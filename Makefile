@@ -1,12 +1,13 @@
 # make demo: set up .venv (first time only) and run the demo job on the embedded tiny models.
 # make test: set up .venv (first time only) and run the whole test suite.
+# make docs-pictures: rerun the job behind the README's format strip and redraw docs/format-strip.png.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # torch/torchvision pinned as a pair: a torch without its matching torchvision breaks open_clip.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-fast lint bench bench-gpu-check gpu-wheels clean interop-missing
+.PHONY: setup demo test test-fast lint bench bench-gpu-check gpu-wheels clean interop-missing docs-pictures
 
 # The C2PA interoperability tests (tests/test_interop.py) validate images with an independent
 # implementation on Node.js: installed from the lockfile, no install scripts, nothing native.
@@ -33,6 +34,13 @@ demo: setup
 	$(PY) -m pipeline run jobs/demo.toml
 	$(PY) -m pipeline verify out/demo
 	$(PY) -m pipeline report out/demo
+
+# The README's format strip: a real run (docs/format-strip.toml: the demo job at 256x256 with four
+# channel formats, one staged row, in-process), then the strip drawn from its results. A rerun
+# resumes (nothing left to make) and redraws; `make clean` first to generate anew.
+docs-pictures: setup
+	$(PY) -m pipeline run docs/format-strip.toml --in-process --rows stage-mug-01
+	$(PY) -m docs.format_strip out/format-strip docs/format-strip.png --id stage-mug-01
 
 test: setup
 	$(PY) -m pytest -q
