@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline run|validate|plan|verify|report`.
+"""Command line: `python -m pipeline run|validate|plan|verify|identify|report`.
 
 The command line's surface: its arguments, and how an error ends a command (one message on
 stderr, no traceback, its exit code). What each command does is in commands.py.
@@ -52,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("output", help="output folder of a run")
     ver.add_argument("--trust-anchors", help="PEM file of trusted CAs (default: the run's demo CA or its "
                      "[signer].trust_anchors); a missing file is an error")
+    ide = sub.add_parser("identify", help="which output, row and item an image came from: by its manifest, or "
+                         "by its watermark where a platform stripped the metadata")
+    ide.add_argument("files", nargs="+", metavar="FILE", help="images to identify")
+    ide.add_argument("--output", action="append", required=True, metavar="DIR_OR_PREFIX",
+                     help="an output folder or prefix (s3://...) to look in; repeat for several")
+    ide.add_argument("--json", action="store_true", help="one JSON object a line, a file each")
+    ide.add_argument("--trust-anchors", help="PEM file of trusted CAs (default: each output's own)")
     rep = sub.add_parser("report", help="write DIR/report.html (contact sheet, charts, filters, decisions) and "
                          "print the funnel and reasons")
     rep.add_argument("output", help="output folder or prefix (s3://...) of a run")
@@ -59,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": commands.cmd_run, "validate": commands.cmd_validate, "plan": commands.cmd_plan,
-            "verify": commands.cmd_verify, "report": commands.cmd_report}
+            "verify": commands.cmd_verify, "identify": commands.cmd_identify, "report": commands.cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ libraries inside, so importing this module stays instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -208,6 +209,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"... and {len(problems) - 100} more", file=sys.stderr)
     print(f"verified {checked} image(s): {'OK' if not problems else f'{len(problems)} problem(s)'}")
     return EXIT_OK if not problems else EXIT_INVALID
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    """Each file's record, from its manifest or its watermark; exit 1 when any is not found."""
+    import json
+
+    from pipeline.review.identify import describe, identify
+    from pipeline.review.verify import MissingAnchors
+
+    missing = [f for f in args.files if not os.path.isfile(f)]
+    if missing:
+        print(f"identify: no such file: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        found = identify(args.files, args.output, args.trust_anchors)
+    except MissingAnchors as e:
+        print(f"identify: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    for r in found:
+        print(json.dumps(r.to_dict(), default=str) if args.json else describe(r))
+    return EXIT_OK if all(r.found for r in found) else EXIT_INVALID
 
 
 def cmd_report(args: argparse.Namespace) -> int:

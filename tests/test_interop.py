@@ -29,7 +29,7 @@ from tests.helpers import save_cutout, write_job
 
 INTEROP = Path(__file__).resolve().parent / "interop"
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
-KINDS = ("plain", "staged", "refined", "steered", "format", "overlaid")
+KINDS = ("plain", "staged", "refined", "steered", "format", "overlaid", "watermarked")
 SEED = 5721422897711132026  # a JavaScript number reads it as 5721422897711132000
 OWN = ["c2pa.actions.v2", "cawg.training-mining", "com.asset-pipeline.generation", "c2pa.hash.data"]
 FAST = "[generate]\nsteps = 2\nwidth = 32\nheight = 32\nbatch_size = 2\n"
@@ -113,8 +113,18 @@ def run(folder: Path, fmt: str) -> dict[str, dict]:
     assert {k: (r["status"], r["mode"]) for k, r in written.items()} == {
         "plain": ("written", "t2i"), "staged": ("written", "inpaint"), "refined": ("written", "img2img"),
         "steered": ("written", "t2i"), "format": ("written", "outpaint"), "overlaid": ("written", "t2i")}
-    return {k: {**r, "file": second.output_dir / r["path"], "ca": second.output_dir / DEMO_SIGNER / "ca.pem"}
-            for k, r in written.items()}
+    found = {k: {**r, "file": second.output_dir / r["path"], "ca": second.output_dir / DEMO_SIGNER / "ca.pem"}
+             for k, r in written.items()}
+    # A watermark bound by a soft binding: a job of its own, at a size the watermark needs
+    marked = write_job(folder / "watermarked", {"id": ["watermarked"], "prompt": ["a vase"]}, styles=None,
+                       extra=f'[output]\nformat = "{fmt}"\n[generate]\nsteps = 2\nwidth = 256\nheight = 256\n'
+                             "[watermark]\nenabled = true\n", num_candidates=1, keep=1)
+    third = run_job(load_job(marked), backend="in-process")
+    (row,) = pq.read_table(third.output_dir / RESULTS).to_pylist()
+    assert (row["status"], row["watermark"]) == ("written", "dwtDctSvd")
+    found["watermarked"] = {**row, "file": third.output_dir / row["path"],
+                            "ca": third.output_dir / DEMO_SIGNER / "ca.pem"}
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +138,12 @@ def checked(node, tmp_path_factory):
         images = written[fmt]
         flipped = root / f"flipped.{fmt}"
         flipped.write_bytes(flip_a_pixel_byte(images["plain"]["file"].read_bytes(), mime))
-        files = [images[k]["file"] for k in KINDS] + [flipped]
-        for kind, result in zip([*KINDS, "flipped"], validate(node, files, images["plain"]["ca"]), strict=True):
-            results[fmt, kind] = result
+        kinds = [*KINDS, "flipped"]
+        for ca in {images[k]["ca"] for k in KINDS}:  # each output trusts its own demo CA
+            mine = [k for k in kinds if (images["plain"] if k == "flipped" else images[k])["ca"] == ca]
+            files = [flipped if k == "flipped" else images[k]["file"] for k in mine]
+            for kind, result in zip(mine, validate(node, files, ca), strict=True):
+                results[fmt, kind] = result
     other = make_demo_credentials(root / "other-ca").ca_cert  # the same names, another key
     files = [written[fmt][k]["file"] for fmt in FORMATS for k in KINDS]
     for (fmt, kind), result in zip([(f, k) for f in FORMATS for k in KINDS], validate(node, files, other),
@@ -157,12 +170,18 @@ def test_the_pipelines_own_assertions_are_created_and_the_seed_is_exact(checked,
     written, results, _ = checked
     result, row = results[fmt, kind], written[fmt][kind]
     overlay = ["com.asset-pipeline.overlay"] if kind == "overlaid" else []  # the exact headline, a created assertion
-    assert result["created_assertions"] == OWN[:3] + overlay + OWN[3:]
+    binding = ["c2pa.soft-binding"] if kind == "watermarked" else []  # the watermark's algorithm and payload
+    assert result["created_assertions"] == OWN[:3] + overlay + binding + OWN[3:]
     generation = result["generation"]
     assert generation["seed_str"] == str(row["seed"]) and generation["item_id"] == row["item_id"]
     assert generation["mode"] == row["mode"]
+    if kind == "watermarked":
+        assert result["soft_binding"] == {"alg": "com.asset-pipeline.imwatermark.dwtDctSvd.64",
+                                          "value": row["item_id"][:16]}, result
+        assert result["actions"][-1] == "c2pa.watermarked.bound"
     if kind == "plain":
         assert generation["seed_str"] == "5721422897711132026"
+    if kind in ("plain", "watermarked"):
         assert result["gathered_assertions"] == [] and result["ingredients"] == []
     elif kind == "steered":  # what steered the model: its style's images, inputs to the generation
         assert result["ingredients"] == [{"relationship": "inputTo", "title": "look.png"},

@@ -25,7 +25,7 @@ from pipeline.plan.children import with_decisions, with_refinements
 from pipeline.plan.identity import hex_ids, keys, literal, with_item_ids
 from pipeline.plan.models import fingerprints as model_fingerprints
 from pipeline.plan.models import model_columns, planned_models
-from pipeline.plan.rows import denoising_problems, resolved_rows, with_seeds
+from pipeline.plan.rows import denoising_problems, resolved_rows, watermark_problems, with_seeds
 from pipeline.review.decisions import Decisions
 from pipeline.spec import schema, vocabulary
 from pipeline.spec.config import JobConfig
@@ -52,7 +52,8 @@ def check_plan(inputs: Inputs, cfg: JobConfig, chunk_rows: int | None = None) ->
     used = set(inputs.manifest["style"].unique().to_list()) if "style" in inputs.manifest.columns else {None}
     for part in _chunks(inputs, chunk_rows):
         rows = resolved_rows(part, cfg)
-        for found, n in (denoising_problems(rows, part), mode_problems(rows, part.styles, cfg, part.manifest_uri),
+        for found, n in (denoising_problems(rows, part), watermark_problems(rows, part, cfg),
+                         mode_problems(rows, part.styles, cfg, part.manifest_uri),
                          steering_problems(rows, part.styles, cfg, part.manifest_uri, used)):
             problems += found[:MAX_REPORTED - len(problems)]
             total += n
@@ -170,7 +171,8 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fps: dict, decisions: Decis
                                                             .cast(pl.Float64)).alias("structure_scale"),
         lit(cfg.output.format).alias("format"), lit(None, dtype=pl.String).alias("parent"),
         lit(None, dtype=pl.String).alias("variant"), lit(None, dtype=pl.String).alias("placement"),
-        *overlay_columns())
+        *overlay_columns(),
+        lit(cfg.watermark.method if cfg.watermark.enabled else None, dtype=pl.String).alias("watermark"))
     # The fingerprints of this chunk's files only: a mapping of the whole catalogue, hashed
     # again for every chunk, would cost the catalogue's size per chunk.
     used = pl.concat([df[col].drop_nulls() for col in ("init_image", "mask", "lora", "style_image", "structure_image",

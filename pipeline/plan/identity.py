@@ -199,7 +199,9 @@ CONDITIONING_KEY_COLUMNS = ("__style_image_fp", "style_image_scale", "__structur
 OVERLAY_KEY_COLUMNS = ("__logo_fp", "logo_position", "logo_size", "headline", "__font_fp", "headline_color",
                        "headline_position")
 # Each group of fields an item's key takes only where the item has any of them.
-OPTIONAL_KEY_GROUPS = (CONDITIONING_KEY_COLUMNS, OVERLAY_KEY_COLUMNS)
+# A watermark ([watermark]) changes the file: only items that carry one.
+WATERMARK_KEY_COLUMNS = ("watermark",)
+OPTIONAL_KEY_GROUPS = (CONDITIONING_KEY_COLUMNS, OVERLAY_KEY_COLUMNS, WATERMARK_KEY_COLUMNS)
 
 
 def with_item_ids(df: pl.DataFrame, fingerprints: dict[str, str], model_fps: dict) -> pl.DataFrame:

@@ -21,7 +21,7 @@ from pipeline.spec import vocabulary
 from pipeline.spec.config import JobConfig
 from pipeline.spec.fallbacks import fallback, with_styles
 from pipeline.spec.inputs import uri_column
-from pipeline.spec.limits import denoises
+from pipeline.spec.limits import WATERMARK_TOO_SMALL, denoises, watermarkable
 from pipeline.spec.manifest import Inputs
 
 
@@ -92,6 +92,19 @@ def with_seeds(df: pl.DataFrame, job_seed: int) -> pl.DataFrame:
         .when(style_seeded).then(pl.concat_str(literal("style"), e["__first_pinned"], e["candidate"]))
         .otherwise(pl.concat_str(literal("job"), literal(job_seed), e["id"], e["candidate"]))).to_series()
     return df.with_columns(df["__seed"].scatter(df["__seed"].is_null().arg_true(), seeds(key)))
+
+
+def watermark_problems(rows: pl.DataFrame, inputs: Inputs, cfg: JobConfig) -> tuple[list[Problem], int]:
+    """With a watermark, every image a row makes must carry it: a row generating fewer pixels than
+    the method needs is refused before the run, by row, column and value (not skipped later)."""
+    c = pl.col
+    if not cfg.watermark.enabled:
+        return [], 0
+    bad = rows.filter(~watermarkable(c("__width"), c("__height")))
+    first = bad.select("__row", "id", "__width", "__height").head(MAX_REPORTED).iter_rows()
+    return [Problem(inputs.manifest_uri, f"{w}×{h} is {WATERMARK_TOO_SMALL} (raise width and height: the "
+                    "row's, its style's or [generate]'s)", row=int(r), id=i, column="width")
+            for r, i, w, h in first], len(bad)
 
 
 def denoising_problems(rows: pl.DataFrame, inputs: Inputs) -> tuple[list[Problem], int]:

@@ -49,6 +49,21 @@ class Overlaid:
                                   ("logo", self.logo.title if self.logo else None)) if v is not None}
 
 
+@dataclass(frozen=True)
+class Watermarked:
+    """An invisible watermark embedded in the image (provenance/watermark.py): the soft binding's
+    algorithm and the payload it carries, as hex."""
+
+    alg: str
+    payload: str
+
+    def assertion(self) -> dict[str, Any]:
+        """The `c2pa.soft-binding` assertion's data: the algorithm and the payload, over the whole image."""
+        return {"alg": self.alg, "blocks": [{"scope": {}, "value": self.payload}], "pad": []}
+
+
+SOFT_BINDING_LABEL = "c2pa.soft-binding"
+WATERMARK_ACTION = "c2pa.watermarked.bound"  # C2PA 2.2: a watermark inserted to bind the manifest
 OVERLAY_LABEL = "com.asset-pipeline.overlay"
 LOGO_ID = "logo"  # the logo ingredient's label, which the overlay's edit action names
 
@@ -72,6 +87,7 @@ class Claim:
     parent_title: str | None = None
     inputs: tuple[Input, ...] = ()
     overlay: Overlaid | None = None
+    watermark: Watermarked | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -112,6 +128,9 @@ def build_manifest(claim: Claim) -> dict[str, Any]:
         logo = {"parameters": {"ingredientIds": [LOGO_ID]}} if claim.overlay.logo else {}
         actions.append({"action": "c2pa.edited", "softwareAgent": agent, "description": "brand overlay: "
                         + " and ".join(k for k in ("logo", "headline") if getattr(claim.overlay, k)), **logo})
+    if claim.watermark is not None:  # last: the watermark goes over the finished pixels
+        actions.append({"action": WATERMARK_ACTION, "softwareAgent": agent,
+                        "description": f"invisible watermark ({claim.watermark.alg}) bound by a soft binding"})
     not_allowed = {use: {"use": "notAllowed"} for use in TRAINING_MINING_USES}
     # "created": the signer itself makes these statements (C2PA 2.x created_assertions), so a
     # validator holds the signer accountable for them; without it c2pa-rs files everything but
@@ -124,6 +143,8 @@ def build_manifest(claim: Claim) -> dict[str, Any]:
             {"label": TRAINING_MINING_LABEL, "data": {"entries": not_allowed}, "created": True},
             {"label": GENERATION_LABEL, "data": claim.generation(), "created": True},
             *([{"label": OVERLAY_LABEL, "data": claim.overlay.assertion(), "created": True}] if claim.overlay else []),
+            *([{"label": SOFT_BINDING_LABEL, "data": claim.watermark.assertion(), "created": True}]
+              if claim.watermark else []),
         ],
     }
 

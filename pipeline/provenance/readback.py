@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.provenance.claim import GENERATION_LABEL
+from pipeline.provenance.claim import GENERATION_LABEL, SOFT_BINDING_LABEL
 from pipeline.provenance.keys import redact
 
 UNTRUSTED = "signingCredential.untrusted"
@@ -28,6 +28,7 @@ class Verification:
     # The signature's time from a trusted RFC 3161 timestamp ([signer].tsa_url): only a trusted
     # one keeps the signature valid after its certificate expires.
     timestamp: str | None = None
+    soft_binding: dict | None = None  # the c2pa.soft-binding assertion (an invisible watermark's alg and payload)
 
     @property
     def ok(self) -> bool:
@@ -61,12 +62,12 @@ def read_manifest(context: Any, data: bytes, mime: str) -> Verification:
     deltas = [d.get("validationDeltas", {}) for d in results.get("ingredientDeltas", [])]
     failures = [f["code"] for r in [results.get("activeManifest") or {}, *deltas]
                 for f in r.get("failure", [])]
-    generation = next((a.get("data") for a in manifest.get("assertions", [])
-                       if a.get("label") == GENERATION_LABEL), None)
+    assertions = {a.get("label"): a.get("data") for a in manifest.get("assertions", [])}
+    generation = assertions.get(GENERATION_LABEL)
     trusted = {s.get("code") for s in (results.get("activeManifest") or {}).get("success", [])}
     timestamp = (manifest.get("signature_info") or {}).get("time") if TIMESTAMP_TRUSTED in trusted else None
     return Verification(store.get("validation_state", "Invalid"), label, tuple(failures),
-                        generation, timestamp)
+                        generation, timestamp, assertions.get(SOFT_BINDING_LABEL))
 
 
 def verify_bytes(data: bytes, mime: str, trust_anchors_pem: bytes | None) -> Verification:

@@ -45,6 +45,24 @@ def read_anchors(out: Output, trust_anchors: str | None) -> bytes | None:
     return Path(configured).read_bytes()
 
 
+CHECKED = ["item_id", "status", "path", "sha256", "c2pa_label", "watermark"]
+
+
+def watermark_problems(data: bytes, item_id: str, method_name: str, binding: dict | None) -> list[str]:
+    """What is wrong with an image's watermark: its soft binding must name the method and the item's
+    payload, and the pixels must carry that payload (the one rule of `watermark.matches`)."""
+    from pipeline.provenance.watermark import METHODS, lost, payload_for
+
+    method = METHODS.get(method_name)
+    if method is None:
+        return [f"watermark method {method_name!r} is not one this version reads"]
+    payload = payload_for(item_id, method)
+    blocks = (binding or {}).get("blocks") or [{}]
+    if not binding or binding.get("alg") != method.alg or blocks[0].get("value") != payload:
+        return [f"the soft binding {binding} is not {method.alg} with payload {payload}"]
+    return [why] if (why := lost(data, method, payload)) else []
+
+
 def verify_output(output: Output | Path | str, trust_anchors: str | None = None) -> tuple[list[str], int]:
     """(problems, images checked). No problems means every promise of the table holds."""
     from pipeline.provenance.readback import verify_bytes
@@ -57,18 +75,20 @@ def verify_output(output: Output | Path | str, trust_anchors: str | None = None)
         anchors = read_anchors(out, trust_anchors)
     except MissingAnchors as e:
         return [str(e)], 0
-    table = read_results(out, ["item_id", "status", "path", "sha256", "c2pa_label", "clean_path", "clean_sha256"])
+    table = read_results(out, [*CHECKED, "clean_path", "clean_sha256"])
+    if "watermark" not in table.column_names:  # an output written before watermarks
+        table = table.append_column("watermark", pa.nulls(table.num_rows, pa.string()))
     if "clean_path" in table.column_names:  # the image as generated beside an overlaid one: checked the same way
         clean = table.filter(pc.is_valid(table["clean_path"]))
-        table = pa.concat_tables([table.select(["item_id", "status", "path", "sha256", "c2pa_label"]),
+        table = pa.concat_tables([table.select(CHECKED),
                                   pa.table({"item_id": clean["item_id"], "status": clean["status"],
                                             "path": clean["clean_path"], "sha256": clean["clean_sha256"],
-                                            "c2pa_label": pa.nulls(clean.num_rows, pa.string())})])
+                                            "c2pa_label": pa.nulls(clean.num_rows, pa.string()),
+                                            "watermark": clean["watermark"]})])
     problems: list[str] = []
     checked = 0
     listed = set()
-    for item, status, rel, digest, label in zip(*(table[c].to_pylist() for c in table.column_names),
-                                                strict=True):
+    for item, status, rel, digest, label, method in zip(*(table[c].to_pylist() for c in CHECKED), strict=True):
         if status == vocabulary.WRITTEN and not rel:
             problems.append(f"{item}: status written but no path")
         if not rel:
@@ -87,6 +107,8 @@ def verify_output(output: Output | Path | str, trust_anchors: str | None = None)
             problems.append(f"{rel}: C2PA {check.state} {', '.join(check.errors)}".rstrip())
         elif label and check.label != label:
             problems.append(f"{rel}: C2PA manifest {check.label} is not the recorded {label}")
+        if method and check.ok:
+            problems += [f"{rel}: {p}" for p in watermark_problems(data, item, method, check.soft_binding)]
     # A file of an earlier plan (a prompt since edited) stays listed by its committed shard.
     committed = ShardStore(out).committed()
     for rel in sorted(committed.files - listed - committed.listed):

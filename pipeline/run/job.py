@@ -144,6 +144,10 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             decided = recorded.then(changed)
             plan = write_plan(inputs, cfg, work / f"plan-{run_id}.parquet", decisions=decided)
             Signer.from_section(cfg.signer, out, warn=reporter.warning).self_test(cfg.output.format)
+            if cfg.watermark.enabled:
+                from pipeline.provenance.watermark import METHODS, self_test
+
+                self_test(METHODS[cfg.watermark.method])
             if fresh:
                 lock.check()
                 clear_results(out)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from pipeline.spec.limits import LIMITS
+from pipeline.spec.limits import LIMITS, watermarkable
 
 _ASPECT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
 _EXACT = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
@@ -96,3 +96,18 @@ def parse_all(names: list[str] | tuple[str, ...]) -> tuple[ChannelFormat, ...]:
     if found := problems(names):
         raise ValueError("; ".join(found))
     return tuple(parse(name) for name in names)
+
+
+def unwatermarkable(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The exact sizes among `names` with too few pixels for the watermark (an aspect only adds
+    margins to its source, which is checked as a row); names that do not parse are skipped
+    (`problems` reports them)."""
+    found = []
+    for name in names:
+        try:
+            f = parse(name)
+        except ValueError:
+            continue
+        if f.exact and not watermarkable(*f.size):
+            found.append(f.name)
+    return found

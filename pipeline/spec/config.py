@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.spec.limits import CHOICES
+
 
 @dataclass(frozen=True)
 class JobSection:
@@ -125,6 +127,15 @@ class OverlaySection:
 
 
 @dataclass(frozen=True)
+class WatermarkSection:
+    """An invisible watermark embedded before signing, bound to the manifest by a soft binding,
+    so `identify` finds an image's record from a copy a platform stripped (provenance/watermark.py)."""
+
+    enabled: bool = False
+    method: str = CHOICES["watermark_method"][0]
+
+
+@dataclass(frozen=True)
 class SignerSection:
     # demo: a throwaway CA + signer made in the output folder. files: real keys.
     mode: str = "demo"
@@ -192,6 +203,7 @@ class JobConfig:
     cluster: ClusterSection = field(default_factory=ClusterSection)
     formats: FormatsSection = field(default_factory=FormatsSection)
     overlay: OverlaySection = field(default_factory=OverlaySection)
+    watermark: WatermarkSection = field(default_factory=WatermarkSection)
     cost: CostSection | None = None  # None: no [cost] section, no estimate
     source: str = ""  # the job file this came from
 
@@ -214,5 +226,6 @@ SECTION_TYPES = {  # [section] name → its typed section
     "cluster": ClusterSection,
     "formats": FormatsSection,
     "overlay": OverlaySection,
+    "watermark": WatermarkSection,
     "cost": CostSection,
 }

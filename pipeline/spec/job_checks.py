@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pipeline.errors import show
 from pipeline.spec import channel_formats
 from pipeline.spec.config import CostSection, JobConfig, ModelsSection
-from pipeline.spec.limits import CHOICES, DEVICE, LIMITS, Limit
+from pipeline.spec.limits import CHOICES, DEVICE, LIMITS, WATERMARK_TOO_SMALL, Limit
 from pipeline.spec.suggest import nearest, suggest
 from pipeline.storage.paths import EMBEDDED_PREFIX
 
@@ -82,7 +82,8 @@ def value_problems(cfg: JobConfig) -> Iterator[str]:
                                 ("[signer].algorithm", cfg.signer.algorithm, CHOICES["algorithm"]),
                                 ("[models].dtype", cfg.models.dtype, CHOICES["dtype"]),
                                 ("[formats].placement", cfg.formats.placement, CHOICES["placement"]),
-                                ("[formats].from", cfg.formats.source, CHOICES["formats_from"])):
+                                ("[formats].from", cfg.formats.source, CHOICES["formats_from"]),
+                                ("[watermark].method", cfg.watermark.method, CHOICES["watermark_method"])):
         if value not in allowed:
             close = nearest(value.lower(), list(allowed))
             yield (f"{key} must be one of {', '.join(allowed)}, got {show(value)}"
@@ -90,6 +91,9 @@ def value_problems(cfg: JobConfig) -> Iterator[str]:
     yield from _embedded_problems(cfg.models)
     for problem in channel_formats.problems(cfg.formats.sizes):
         yield f"[formats].sizes: {problem}"
+    if cfg.watermark.enabled:
+        for name in channel_formats.unwatermarkable(cfg.formats.sizes):
+            yield f"[formats].sizes: {name} is {WATERMARK_TOO_SMALL}"
     if not DEVICE.fullmatch(cfg.models.device):
         yield f"[models].device must be auto, cpu, mps, cuda or cuda:N, got {show(cfg.models.device)}"
     if not 1 <= cfg.job.keep <= cfg.job.num_candidates:

@@ -92,6 +92,20 @@ def denoises(steps, strength):
     return steps * strength >= 1
 
 
+# invisible-watermark's smallest image (it refuses fewer pixels): with [watermark] on, every
+# image a job delivers must have at least this many, or the row is refused at validation.
+WATERMARK_MIN_PIXELS = 256 * 256
+
+
+def watermarkable(width, height):
+    """Whether an image of `width` × `height` can carry the watermark: on numbers or polars expressions."""
+    return width * height >= WATERMARK_MIN_PIXELS
+
+
+WATERMARK_TOO_SMALL = (f"too small for the watermark ([watermark] enabled): it needs "
+                       f"{WATERMARK_MIN_PIXELS} pixels (256×256) or more")
+
+
 class OutputFormat(NamedTuple):
     extension: str  # of the image file
     mime: str
@@ -115,6 +129,10 @@ CHOICES = {
     # where a style's logo or headline sits in an image's safe area (a headline takes a band
     # across it: the vertical part counts)
     "position": ("top-left", "top", "top-right", "left", "center", "right", "bottom-left", "bottom", "bottom-right"),
+    # [watermark].method: invisible-watermark's transforms (provenance/watermark.py); the first is the
+    # default. Chosen by bench/watermark.py's figures: its plain dwtDct loses a 64-bit payload even
+    # unattacked and is not offered; a method whose weights can be had here (TrustMark) is one more name.
+    "watermark_method": ("dwtDctSvd",),
     # the signing algorithms c2pa-python signs with (c2pa.C2paSigningAlg), as [signer].algorithm names them
     "algorithm": ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"),
 }

@@ -107,6 +107,9 @@ PLAN_FIELDS = [
     pa.field("headline_font", pa.string()),  # resolved URI
     pa.field("headline_color", pa.string()),
     pa.field("headline_position", pa.string()),
+    # the soft binding's algorithm of the invisible watermark embedded before signing (null: none);
+    # its payload is the item id's first bits (provenance/watermark.py)
+    pa.field("watermark", pa.string()),
     # A reviewer's decision on this candidate in force (applied with `run --decisions`), its note
     # and when it was made: part of the plan, so a new decision re-judges the row.
     pa.field("decision", pa.string()),  # approve | reject | refine, or null

@@ -17,7 +17,7 @@ from pipeline.spec.columns import typed, unread_columns, with_missing
 from pipeline.spec.config import JobConfig
 from pipeline.spec.inputs import InputFile, check_inputs, inspect_file, inspect_font, inspect_image
 from pipeline.spec.job_checks import embedded_problem
-from pipeline.spec.limits import CHOICES, LIMITS
+from pipeline.spec.limits import CHOICES, LIMITS, WATERMARK_TOO_SMALL
 from pipeline.spec.parquet import read_parquet
 from pipeline.storage import paths
 
@@ -66,9 +66,14 @@ def _with_models(styles: pl.DataFrame, cfg: JobConfig) -> tuple[pl.DataFrame, li
 
 
 def _adapter_checks(cfg: JobConfig) -> list[Check]:
-    """A style image needs an IP-Adapter and a structure image a ControlNet: the job names them."""
+    """A style image needs an IP-Adapter and a structure image a ControlNet: the job names them;
+    with a watermark, a style's exact-size formats must be large enough to carry it."""
     c, m = pl.col, cfg.models
-    return [Check(c(column).is_not_null() & pl.lit(adapter is None), column,
+    small = lambda v: channel_formats.unwatermarkable(list(v))  # noqa: E731
+    too_small = c("formats").map_elements(lambda v: bool(small(v)), pl.Boolean, skip_nulls=True).fill_null(False)
+    watermarked = [Check(pl.lit(cfg.watermark.enabled) & too_small, "formats",
+                         lambda v: f"{', '.join(small(v))} is {WATERMARK_TOO_SMALL}")]
+    return watermarked + [Check(c(column).is_not_null() & pl.lit(adapter is None), column,
                   lambda v, key=key, name=name: f"{show(v)} needs [models].{key} (the {name}; "
                   f"embedded:tiny-{key.replace('_', '-')} for the embedded models)")
             for column, key, adapter, name in (

@@ -19,6 +19,7 @@ from pipeline.judge.files import keeps_file, written_for_review
 from pipeline.judge.outcome import fail
 from pipeline.judge.select import fill_places
 from pipeline.plan.work import PRIOR
+from pipeline.provenance.watermark import lost as watermark_lost
 from pipeline.spec import vocabulary
 from pipeline.spec.channel_formats import delivered_size
 from pipeline.spec.config import JobConfig
@@ -143,6 +144,17 @@ class WriteStage:
         font = os.path.basename(r["headline_font"]) if r.get("headline_font") else None
         return Overlaid(logo=logo, headline=r.get("headline"), font=font)
 
+    @staticmethod
+    def _watermark(r: dict):
+        """(the method, the claim's Watermarked) of a candidate the job watermarks, else (None, None)."""
+        if not r.get("watermark"):
+            return None, None
+        from pipeline.provenance.claim import Watermarked
+        from pipeline.provenance.watermark import METHODS, payload_for
+
+        method = METHODS[r["watermark"]]
+        return method, Watermarked(method.alg, payload_for(r["item_id"], method))
+
     def _made_from(self, r: dict) -> tuple[bytes | None, str | None, str | None]:
         """The image a candidate was made from, for its C2PA `parentOf` ingredient (bytes, type,
         title): a child's source (a refinement's earlier image, a format's image; the clean one
@@ -186,7 +198,13 @@ class WriteStage:
                 fail(r, vocabulary.OVERLAY_ERROR, f"column 'headline' {show(r['headline'])}: {e}")
                 return False
 
+        method, mark = self._watermark(r)  # over the finished pixels, clean and overlaid alike
+
         def encoded(pixels_):
+            if mark is not None:
+                from pipeline.provenance.watermark import embed
+
+                pixels_ = embed(pixels_, method, mark.payload)
             return encode_image(pixels_, o.format, png_compress_level=o.png_compress_level,
                                 jpeg_quality=o.jpeg_quality, webp_quality=o.webp_quality)
 
@@ -197,7 +215,7 @@ class WriteStage:
             seed=int(r["seed"]), steps=int(r["steps"]), guidance_scale=float(r["guidance_scale"]),
             prompt_sha256=hashlib.sha256(r["prompt"].encode("utf-8")).hexdigest(), mode=r["mode"],
             item_id=r["item_id"], software_agent=SOFTWARE_AGENT, parent=parent, parent_mime=parent_mime,
-            parent_title=parent_title, inputs=self._inputs(r))
+            parent_title=parent_title, inputs=self._inputs(r), watermark=mark)
         data, mime = encoded(img if drawn_img is None else drawn_img)
         t1 = time.perf_counter()
         spent = {"ms_write": 0.0, "ms_verify": 0.0}
@@ -206,8 +224,9 @@ class WriteStage:
             clean_data, _ = encoded(img)
             clean, check = self._put(clean_rel, self.signer.sign(clean_data, mime, dataclasses.replace(
                 claim, title=os.path.basename(clean_rel))), mime, spent)
-            if not check.ok:
-                fail(r, vocabulary.VERIFY_ERROR, f"the clean image: C2PA {check.state}: {', '.join(check.errors)}")
+            if not check.ok or (lost := mark and watermark_lost(clean, method, mark.payload)):
+                fail(r, vocabulary.VERIFY_ERROR, "the clean image: " + (
+                    lost if check.ok else f"C2PA {check.state}: {', '.join(check.errors)}"))
                 return False
             r.update(clean_path=clean_rel, clean_sha256=sha256_hex(clean))
             claim = dataclasses.replace(claim, parent=clean, parent_mime=mime, parent_title=os.path.basename(clean_rel),
@@ -219,10 +238,12 @@ class WriteStage:
         on_disk, check = self._put(r["path"], signed, mime, spent)
         r.update(ms_encode=(t1 - t0) * 1000, ms_sign=(t2 - t1) * 1000, **spent, c2pa_label=check.label,
                  c2pa_state=check.state, bytes=len(on_disk), sha256=sha256_hex(on_disk))
-        if not check.ok:
+        lost = check.ok and mark is not None and watermark_lost(on_disk, method, mark.payload)
+        if not check.ok or lost:
             self.out.delete(r["path"])
-            fail(r, vocabulary.VERIFY_ERROR, f"C2PA {check.state}: {', '.join(check.errors)}")
-        return check.ok
+            fail(r, vocabulary.VERIFY_ERROR, lost or f"C2PA {check.state}: {', '.join(check.errors)}")
+            return False
+        return True
 
     def _put(self, rel: str, signed: bytes, mime: str, spent: dict[str, float]):
         """Put a signed image at `rel`, read it back and verify it: (the bytes there, the check);

@@ -21,6 +21,7 @@ import { SuperBox } from '@trustnxt/c2pa-ts/jumbf';
 import { ManifestStore, ValidationResult } from '@trustnxt/c2pa-ts/manifest';
 
 const GENERATION = 'com.asset-pipeline.generation';
+const SOFT_BINDING = 'c2pa.soft-binding';
 const TRUSTED = 'signingCredential.trusted';
 const UNTRUSTED = 'signingCredential.untrusted';
 
@@ -61,7 +62,7 @@ async function trust(cert, chainCertificates, anchors) {
 async function validate(file, anchors) {
     const out = { file, format: null, manifest: null, claim_version: null, failures: [],
                   successes: [], created_assertions: [], gathered_assertions: [], generation: null,
-                  ingredients: [], signer: null, trust: null };
+                  ingredients: [], soft_binding: null, actions: [], signer: null, trust: null };
     const [asset, mime] = openAsset(await fs.readFile(file));
     if (!asset) {
         out.failures.push('asset.unsupported');
@@ -89,6 +90,12 @@ async function validate(file, anchors) {
         for (const a of manifest?.assertions?.assertions ?? []) {
             const content = a.sourceBox?.contentBoxes?.[0]?.content;
             if (a.label === GENERATION) out.generation = content ?? null;
+            if (a.label === SOFT_BINDING) {  // an invisible watermark's algorithm and payload
+                out.soft_binding = { alg: content?.alg ?? null, value: content?.blocks?.[0]?.value ?? null };
+            }
+            if (a.label?.startsWith('c2pa.actions')) {
+                out.actions = (a.actions ?? content?.actions ?? []).map((x) => x.action);
+            }
             if (a.label?.startsWith('c2pa.ingredient')) {
                 out.ingredients.push({ relationship: content?.relationship ?? null,
                                        title: content?.['dc:title'] ?? null });
