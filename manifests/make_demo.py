@@ -1,4 +1,6 @@
-"""Writes the demo manifest, styles table and product photos (deterministic; committed outputs).
+"""Writes the demo manifest, styles table, product photos and brand logo (deterministic;
+committed outputs). The headline font, brand/DejaVuSans-Bold-Latin.ttf, is committed as it is
+(brand/FONT-LICENSE.txt says how it was made).
 
     python manifests/make_demo.py
 """
@@ -39,11 +41,21 @@ def product_bottle(path: Path, mask_path: Path, size: int = 192) -> None:
     mask.save(mask_path)
 
 
+def brand_logo(path: Path, size: int = 96) -> None:
+    """The brand's mark: a white roundel with an orange wedge on a transparent background (RGBA)."""
+    im = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    d = ImageDraw.Draw(im)
+    d.ellipse((4, 4, size - 4, size - 4), fill=(255, 255, 255, 235))
+    d.pieslice((18, 18, size - 18, size - 18), 200, 340, fill=(240, 120, 20, 255))
+    im.save(path)
+
+
 def main() -> None:
     products = HERE / "products"
     products.mkdir(exist_ok=True)
     product_mug(products / "mug.png")
     product_bottle(products / "bottle.jpg", products / "bottle_mask.png")
+    brand_logo(HERE / "brand" / "logo.png")
     manifest = pa.table({
         "id": ["hero-001", "hero-002", "hero-003", "lifestyle-ja-01", "stage-mug-01", "stage-bottle-01"],
         "prompt": [
@@ -60,6 +72,8 @@ def main() -> None:
         "mask": [None, None, None, None, None, "products/bottle_mask.png"],
         "sku": ["MUG-100", "SHOE-220", "BAG-310", "MUG-100", "MUG-100", "BOT-500"],
         "campaign": ["spring", "spring", "autumn", "jp-launch", "spring", "summer"],
+        # drawn by styles with a headline_font (studio): a brand overlay after judgement
+        "headline": ["Spring sale: 20% off", "Run further", None, None, None, None],
     })
     pq.write_table(manifest, HERE / "demo.parquet")
     styles = pa.table({
@@ -72,9 +86,14 @@ def main() -> None:
         "guidance_scale": [5.0, 4.0, 6.0],
         "seeds": pa.array([[101, 202], None, None], pa.list_(pa.int64())),
         "strength": [None, None, 0.9],
+        # the studio style's brand overlay: its logo and the rows' headlines
+        "logo": ["brand/logo.png", None, None],
+        "logo_position": ["bottom-right", None, None],
+        "headline_font": ["brand/DejaVuSans-Bold-Latin.ttf", None, None],
+        "headline_color": ["#FFFFFF", None, None],
     })
     pq.write_table(styles, HERE / "styles.parquet")
-    print(f"wrote {HERE / 'demo.parquet'}, {HERE / 'styles.parquet'} and {products}")
+    print(f"wrote {HERE / 'demo.parquet'}, {HERE / 'styles.parquet'}, {products} and {HERE / 'brand' / 'logo.png'}")
 
 
 if __name__ == "__main__":
