@@ -29,7 +29,7 @@ from tests.helpers import save_cutout, write_job
 
 INTEROP = Path(__file__).resolve().parent / "interop"
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
-KINDS = ("plain", "staged", "refined", "steered", "format", "overlaid", "watermarked")
+KINDS = ("plain", "staged", "refined", "steered", "format", "overlaid", "clean", "watermarked")
 SEED = 5721422897711132026  # a JavaScript number reads it as 5721422897711132000
 OWN = ["c2pa.actions.v2", "cawg.training-mining", "com.asset-pipeline.generation", "c2pa.hash.data"]
 FAST = "[generate]\nsteps = 2\nwidth = 32\nheight = 32\nbatch_size = 2\n"
@@ -115,6 +115,11 @@ def run(folder: Path, fmt: str) -> dict[str, dict]:
         "steered": ("written", "t2i"), "format": ("written", "outpaint"), "overlaid": ("written", "t2i")}
     found = {k: {**r, "file": second.output_dir / r["path"], "ca": second.output_dir / DEMO_SIGNER / "ca.pem"}
              for k, r in written.items()}
+    # the image as generated, kept beside the overlaid one: an output of its own (its label as c2pa-rs reads it)
+    clean = second.output_dir / rows["overlaid"]["clean_path"]
+    label = verify_bytes(clean.read_bytes(), FORMATS[fmt], found["plain"]["ca"].read_bytes()).label
+    found["clean"] = {**rows["overlaid"], "path": rows["overlaid"]["clean_path"], "c2pa_label": label, "file": clean,
+                      "ca": found["plain"]["ca"]}
     # A watermark bound by a soft binding: a job of its own, at a size the watermark needs
     marked = write_job(folder / "watermarked", {"id": ["watermarked"], "prompt": ["a vase"]}, styles=None,
                        extra=f'[output]\nformat = "{fmt}"\n[generate]\nsteps = 2\nwidth = 256\nheight = 256\n'
@@ -181,7 +186,7 @@ def test_the_pipelines_own_assertions_are_created_and_the_seed_is_exact(checked,
         assert result["actions"][-1] == "c2pa.watermarked.bound"
     if kind == "plain":
         assert generation["seed_str"] == "5721422897711132026"
-    if kind in ("plain", "watermarked"):
+    if kind in ("plain", "clean", "watermarked"):
         assert result["gathered_assertions"] == [] and result["ingredients"] == []
     elif kind == "steered":  # what steered the model: its style's images, inputs to the generation
         assert result["ingredients"] == [{"relationship": "inputTo", "title": "look.png"},

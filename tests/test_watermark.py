@@ -242,3 +242,18 @@ def test_identify_names_every_output_holding_the_payload_as_a_collision(marked, 
     assert main(["identify", str(copy), "--output", str(report.output_dir), "--output", str(twin)]) == 0
     text = capsys.readouterr().out
     assert "metadata stripped" in text and "payload collision: 2 images match equally" in text
+
+
+def test_identify_looks_in_an_output_on_object_storage(marked, s3, tmp_path, capsys):
+    _, report, rows = marked
+    fs = s3.fs()
+    prefix = f"{s3.bucket}/campaigns/spring"
+    for path in report.output_dir.rglob("*"):  # the output as a run on the bucket leaves it
+        if path.is_file():
+            fs.pipe(f"{prefix}/{path.relative_to(report.output_dir).as_posix()}", path.read_bytes())
+    r = next(r for r in rows if r["status"] == "written")
+    copy = _stripped(report.output_dir / r["path"], tmp_path)
+    assert _identify(copy, "--output", f"s3://{prefix}") == 0
+    found = json.loads(capsys.readouterr().out)
+    (m,) = found["matches"]
+    assert (m["output"], m["record"]["item_id"], m["original_state"]) == (f"s3://{prefix}", r["item_id"], "Trusted")
