@@ -91,12 +91,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import polars as pl
     import pyarrow.parquet as pq
 
+    from pipeline.plan import formats
     from pipeline.plan.build import plan_chunks
     from pipeline.review.cost import estimate, format_estimate, shapes
     from pipeline.spec.manifest import load_inputs
 
     cfg = _load(args)
-    candidates, modes, counted, writer = 0, Counter(), [], None
+    candidates, modes, counted, writer, children = 0, Counter(), [], None, 0
     inputs = load_inputs(cfg)
     _warn(inputs.warnings)
     decided = _recorded_decisions(cfg.job.output)
@@ -111,6 +112,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 candidates += chunk.num_rows
                 modes.update(chunk["mode"].to_pylist())
                 counted.append(shapes(chunk))
+                if formats.wanted(cfg, inputs.styles) and (made := formats.expected(chunk, cfg, inputs.styles)).height:
+                    counted.append(made)  # planned once judged: counted as they will be
+                    children += made["len"].sum()
     except OSError as e:  # planning reads nothing (the inputs were read above): this is --out's
         if not args.out:
             raise
@@ -119,6 +123,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"wrote {candidates} candidates to {args.out}")
     else:
         print(f"{candidates} candidates; modes: " + ", ".join(f"{k} {v}" for k, v in modes.items()))
+    if children:
+        print(f"then {'up to ' if cfg.formats.source == 'approved' else ''}{children} channel format(s) of the "
+              "kept images (outpaint), planned once they are judged")
     if cfg.cost is not None:
         print(format_estimate(estimate(pl.concat(counted), cfg), cfg))
     return EXIT_OK

@@ -57,6 +57,31 @@ def test_plan_prints_the_estimate_per_style_and_mode(tmp_path):
     assert float(cost) == pytest.approx(total * PRICE / 3600, abs=1e-4)
 
 
+def test_plan_counts_the_channel_formats_the_kept_images_will_get(tmp_path):
+    """Formats are planned once their sources are judged; the estimate counts them beforehand:
+    each row's kept images times its style's formats, on the canvas each format outpaints."""
+    throughput = "".join(f"""
+[[cost.throughput]]
+model = "embedded:tiny-sd"
+width = {w}
+height = {h}
+steps = 1
+seconds_per_image = {s}
+""" for w, h, s in ((64, 112, 0.5), (112, 64, 0.25)))
+    styles = {"style": ["studio", "brand"], "steps": [2, 4], "formats": [["9:16"], None]}
+    job = write_job(tmp_path, ROWS, styles=styles, num_candidates=3, keep=2,
+                    extra=COST + throughput + '[formats]\nsizes = ["16:9"]\nstrength = 0.5\n')
+    r = cli("plan", str(job))
+    assert r.returncode == 0, r.stderr
+    assert "then 6 channel format(s) of the kept images (outpaint), planned once they are judged" in r.stdout
+    lines = _lines(r.stdout)
+    # studio: 2 kept × 9:16 on a 64×112 canvas, 2 steps × 0.5 strength = 1 step at 0.5 s
+    assert lines[("studio", "outpaint")][:2] == ["2", "1.0"]
+    # brand: the job's 16:9 (112×64), 4 × 0.5 = 2 steps at 0.25 s; no style: the job's too (steps 2 → 1)
+    assert lines[("brand", "outpaint")][:2] == ["2", "1.0"] and lines[("-", "outpaint")][:2] == ["2", "0.5"]
+    assert lines[("total", "")][0] == "15"
+
+
 def test_plan_streams_chunks_to_the_same_plan_and_estimate(tmp_path, monkeypatch, capsys):
     """`plan` plans, writes and counts a chunk of manifest rows at a time (a long manifest is never
     planned whole): the file and the estimate are the whole plan's."""

@@ -46,6 +46,32 @@ def style_formats(cfg: JobConfig, styles: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([own, none]).explode("formats").drop_nulls("formats").rename({"formats": "variant"})
 
 
+def expected(plan: pa.Table, cfg: JobConfig, styles: pl.DataFrame) -> pl.DataFrame:
+    """The formats a chunk of the manifest plan will ask for once it is judged, for an estimate
+    before anything runs: each row's kept images (`keep`) times its style's formats, shaped as
+    `review.cost.shapes` counts them (mode outpaint, the canvas, the denoising steps the format's
+    strength leaves). With `[formats].from = "approved"` it is the most there can be."""
+    c = pl.col
+    base = pl.from_arrow(plan.select(["id", "style", "model", "width", "height", "steps", "keep", "parent"]))
+    rows = base.filter(c("parent").is_null()).unique("id", maintain_order=True)
+    wanted_ = rows.join(style_formats(cfg, styles), on="style", how="inner", nulls_equal=True, maintain_order="left")
+    if not wanted_.height:
+        return pl.DataFrame()
+    canvases = {(w, h, v): canvas_for(w, h, channel_formats.parse(v), cfg.formats.placement)
+                for w, h, v in wanted_.select("width", "height", "variant").unique().iter_rows()}
+    shaped = wanted_.with_columns(
+        pl.lit(vocabulary.OUTPAINT).alias("mode"),
+        pl.struct("width", "height", "variant").map_elements(
+            lambda s: canvases[(s["width"], s["height"], s["variant"])].width, pl.Int64).alias("__w"),
+        pl.struct("width", "height", "variant").map_elements(
+            lambda s: canvases[(s["width"], s["height"], s["variant"])].height, pl.Int64).alias("__h"),
+        (c("steps") * cfg.formats.strength).floor().cast(pl.Int64).clip(lower_bound=1).alias("__steps"))
+    return (shaped.select(c("style").fill_null("-"), "mode", "model", c("__w").alias("width"), c("__h").alias("height"),
+                          c("__steps").alias("steps"), c("keep").alias("len"))
+            .group_by(["style", "mode", "model", "width", "height", "steps"], maintain_order=True)
+            .agg(c("len").sum().cast(pl.UInt32)))
+
+
 StatusOf = Callable[[pa.Table], pa.ChunkedArray]  # plan rows → their committed status (null: none)
 
 
