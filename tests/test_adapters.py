@@ -14,8 +14,9 @@ from safetensors import safe_open
 
 from pipeline.errors import ModelLoadError
 from pipeline.models import embedded
-from pipeline.models.adapters import embed_style_image, load_controlnet, load_ip_adapter, style_embeds
+from pipeline.models.controlnet import load_controlnet
 from pipeline.models.diffusion import load_diffusion
+from pipeline.models.ip_adapter import embed_style_image, load_ip_adapter, style_embeds
 from pipeline.stages.structure import canny_edges
 
 # ---- the edge map ---------------------------------------------------------------------------

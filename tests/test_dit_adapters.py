@@ -14,8 +14,9 @@ from safetensors import safe_open
 
 from pipeline.errors import ModelLoadError
 from pipeline.models import embedded
-from pipeline.models.adapters import embed_style_image, load_controlnet, load_ip_adapter, style_embeds
+from pipeline.models.controlnet import load_controlnet
 from pipeline.models.families import BOTH, STEERING, STRUCTURE_IMAGE, STYLE_IMAGE
+from pipeline.models.ip_adapter import embed_style_image, load_ip_adapter, style_embeds
 from tests.test_adapters import MASK, OTHER_STYLE, PRODUCT, SIZE, _differ, _gen, _load, _structure
 
 MODES = ("t2i", "img2img", "inpaint")

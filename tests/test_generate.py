@@ -340,7 +340,7 @@ def test_a_compiled_model_swaps_style_loras_in_place_without_recompiling(tmp_pat
     pixels are those of the LoRAs loaded the ordinary way."""
     from torch._dynamo.utils import counters
 
-    from pipeline.models.adapters import enable_lora_hotswap
+    from pipeline.models.lora import enable_lora_hotswap
     from tests.helpers import make_lora
 
     a, b = str(make_lora(tmp_path / "a", seed=1)), str(make_lora(tmp_path / "b", seed=2))

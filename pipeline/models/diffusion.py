@@ -3,7 +3,7 @@ image-to-image and inpainting pipelines, and the throughput options applied to i
 
 The only place a diffusion model's `from_pretrained` is called (safetensors only, local files
 only, never remote code). Per-style models belong here too; the IP-Adapter and ControlNet
-that condition generation over these weights load in `adapters.py`.
+that condition generation over these weights load in `ip_adapter.py` and `controlnet.py`.
 """
 
 from __future__ import annotations
@@ -95,3 +95,8 @@ def optimize(pipes: DiffusionPipelines, *, channels_last: bool = False, compile:
         vae.enable_slicing()
     if vae_tiling and vae is not None:
         vae.enable_tiling()
+
+
+def denoiser(pipe):
+    """The pipeline's denoising network: its UNet, or its transformer (FLUX, SD3)."""
+    return getattr(pipe, "unet", None) or pipe.transformer

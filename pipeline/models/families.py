@@ -41,7 +41,7 @@ CLASS_FAMILIES = {
 MODES = {SD: (T2I, IMG2IMG, INPAINT), SDXL: (T2I, IMG2IMG, INPAINT), FLUX: (T2I, IMG2IMG, INPAINT),
          SD3: (T2I, IMG2IMG, INPAINT)}
 # What steers a family besides its prompt, in which modes, as diffusers 0.42's pipelines wire it:
-# a style image (an IP-Adapter, models/adapters.py), a structure image (a ControlNet), or both
+# a style image (an IP-Adapter, models/ip_adapter.py), a structure image (a ControlNet), or both
 # in one call. FLUX's ControlNet image-to-image and inpainting pipelines take no IP-Adapter, and
 # a FLUX transformer with one loaded needs its embeds in every call: there a structure image
 # works in those modes only on a model that carries no IP-Adapter. SD3 has a ControlNet

@@ -10,6 +10,7 @@ these helpers, so each rule is written once.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 from pipeline.errors import ModelLoadError
 from pipeline.models import embedded
@@ -106,3 +107,14 @@ def hub_offline():
         yield
     finally:
         constants.HF_HUB_OFFLINE = before
+
+
+def adapter_folder(spec: str) -> Path:
+    """The local folder of an adapter spec (IP-Adapter, ControlNet): embedded, a path, or a hub
+    id's cached snapshot (never downloaded)."""
+    path, _ = locate(spec)
+    if Path(path).is_dir():
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path, local_files_only=True))

@@ -1,7 +1,7 @@
 """The embedded adapters: `tiny-ip-adapter` (IP-Adapters in h94/IP-Adapter's, XLabs' FLUX and
 InstantX's SD3.5 layouts) and `tiny-controlnet` (ControlNets made from each base's denoiser, as
 ControlNet training starts). They serve every embedded base: an adapter is tied to its base's
-attention widths, so each folder holds one adapter per base, and `adapters.py` picks the one
+attention widths, so each folder holds one adapter per base, and `ip_adapter.py` and `controlnet.py` pick the one
 that fits the loaded pipeline. Untrained, but the real classes, keys and file layout (see
 embedded.py).
 

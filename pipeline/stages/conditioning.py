@@ -24,13 +24,14 @@ def _control_argument(pipe) -> str:
 
 class Conditioning:
     def __init__(self, pipes, ip_adapter: str | None = None, controlnet: str | None = None):
-        from pipeline.models import adapters
+        from pipeline.models.controlnet import load_controlnet
+        from pipeline.models.ip_adapter import load_ip_adapter
 
         self.base, self.controlled, self.ip = pipes, None, ip_adapter is not None
         if ip_adapter:  # before the ControlNet: its pipelines take the image encoder from t2i
-            adapters.load_ip_adapter(pipes, ip_adapter)
+            load_ip_adapter(pipes, ip_adapter)
         if controlnet:
-            self.controlled = adapters.load_controlnet(pipes, controlnet)
+            self.controlled = load_controlnet(pipes, controlnet)
         self.family = pipes.family.name if pipes.family else None
         self._embeds: dict[str | None, Any] = {}
         self._edges: dict[tuple[str, int, int], Any] = {}
@@ -45,7 +46,7 @@ class Conditioning:
 
     def arguments(self, pipe, cands: list[dict], mode: str) -> dict[str, Any]:
         """The call's conditioning arguments (a call shares its style image and weights: group_key)."""
-        from pipeline.models.adapters import style_embeds
+        from pipeline.models.ip_adapter import style_embeds
 
         first, kwargs = cands[0], {}
         if self.ip:
@@ -67,7 +68,7 @@ class Conditioning:
         if uri not in self._embeds:
             from PIL import Image
 
-            from pipeline.models.adapters import embed_style_image
+            from pipeline.models.ip_adapter import embed_style_image
             from pipeline.storage.uris import load_image
 
             fill = {None: (127, 127, 127), BLANK: (0, 0, 0)}

@@ -70,7 +70,7 @@ class Generator:
         structure image (`stages/conditioning.py` prepares both). `loras`: the styles' LoRAs,
         loaded now (up to PRELOADED_LORAS; others on first use), so switching style mid-run only
         switches adapters (about 16 ms on the tiny model) instead of reading weights (about 140 ms).
-        `hotswap` (a compiled model, `models.adapters.enable_lora_hotswap` called): one adapter
+        `hotswap` (a compiled model, `models.lora.enable_lora_hotswap` called): one adapter
         slot whose weights are swapped in place, and "no LoRA" is that slot at scale 0 (the
         same pixels as without it), so a style switch never recompiles."""
         from pipeline.stages.conditioning import Conditioning

@@ -1,6 +1,6 @@
 """A generator made ready on its actor: a model's pipelines, the adapters its styles use, their
 LoRAs, and then the throughput options, in that order (compiling is the last change to the
-modules, so a compiled model's LoRAs can be hot-swapped: `models.adapters.enable_lora_hotswap`)."""
+modules, so a compiled model's LoRAs can be hot-swapped: `models.lora.enable_lora_hotswap`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def load_generator(cfg: JobConfig, ref: ModelRef, use: ModelUse, device: str, dt
                                          device=device, dtype=dtype)
         hotswap = m.compile and bool(use.loras)
         if hotswap:  # before the first LoRA and compiling: style switches swap weights, never recompile
-            from pipeline.models.adapters import enable_lora_hotswap
+            from pipeline.models.lora import enable_lora_hotswap
 
             enable_lora_hotswap(pipes, use.loras)
         generator = Generator(pipes, batch_size=cfg.generate.batch_size, true_cfg_scale=cfg.generate.true_cfg_scale,

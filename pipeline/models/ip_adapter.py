@@ -1,12 +1,9 @@
-"""Adapters over a loaded diffusion model: an IP-Adapter (a style image) and a ControlNet (a
-structure image). Both are trained for one base's cross-attention, so a folder may hold one per
-base (as h94/IP-Adapter does, and the embedded ones); the loader picks the one that fits.
+"""An IP-Adapter over a loaded diffusion model: a style image steering generation. It is trained
+for one base's cross-attention, so a folder may hold one per base (as h94/IP-Adapter does, and
+the embedded one); the loader picks the one that fits the loaded denoiser (UNet, FLUX or SD3
+transformer) and loads it through diffusers' own `load_ip_adapter`, local files only.
 
-An adapter spec is `embedded:<name>`, a local folder, or a hub id already in the local Hugging
-Face cache. Loading goes through diffusers' own calls (`load_ip_adapter`,
-`ControlNetModel.from_pretrained`) with local files only.
-
-Batching with an IP-Adapter (diffusers 0.42): a call takes ONE style image for all its prompts.
+Batching (diffusers 0.42): a call takes ONE style image for all its prompts.
 `ip_adapter_image_embeds` are tiled over the batch, so per-sample embeds (one row per prompt)
 do not fail: each prompt silently attends to every row, i.e. to all its batch mates' style
 images. Group candidates by style image (and scale, which is per call too).
@@ -18,24 +15,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pipeline.models.diffusion import DiffusionPipelines
+from pipeline.models.diffusion import DiffusionPipelines, denoiser
 from pipeline.models.families import FLUX, SD3
-from pipeline.models.loading import loading, locate
+from pipeline.models.loading import adapter_folder, loading
 
 IMAGE_ENCODER = "image_encoder"  # the folder name diffusers and h94 use for the image encoder
-
-
-def _folder(spec: str) -> Path:
-    """The local folder of an adapter spec: embedded, a path, or a hub id's cached snapshot."""
-    path, _ = locate(spec)
-    if Path(path).is_dir():
-        return Path(path)
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(path, local_files_only=True))
-
-
-# ---- IP-Adapter ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +29,6 @@ class IPAdapter:
     spec: str
     weight_name: str  # relative to the spec's folder
     image_encoder: str  # relative to the spec's folder
-
-
-def denoiser(pipe):
-    """The pipeline's denoising network: its UNet, or its transformer (FLUX, SD3)."""
-    return getattr(pipe, "unet", None) or pipe.transformer
 
 
 def _ip_layout(net) -> list[tuple[str, tuple[int, int]]]:
@@ -126,7 +105,7 @@ def load_ip_adapter(pipes: DiffusionPipelines, spec: str, *, weight_name: str | 
     """
     t2i = pipes.t2i
     with loading("IP-Adapter", spec):
-        folder = _folder(spec)
+        folder = adapter_folder(spec)
         weight = _ip_weight(folder, denoiser(t2i), weight_name)
         encoder = _image_encoder(folder, weight)
         subfolder = "" if (parent := Path(weight).parent.as_posix()) == "." else parent
@@ -175,137 +154,3 @@ def style_embeds(pipe, embeds, guidance_scale: float, family: str | None, blank=
         return {"ip_adapter_image_embeds": embeds if guidance_scale > 1 else embeds[1:]}
     guided = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
     return {"ip_adapter_image_embeds": [embeds if guided else embeds[1:]]}
-
-
-# ---- LoRA under torch.compile -------------------------------------------------------------
-
-
-def lora_rank(path: str) -> int:
-    """The largest rank of a LoRA file's layers (its down / A matrices' rows), from its header."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        ranks = [f.get_slice(k).get_shape()[0] for k in f.keys() if "lora_A" in k or "lora_down" in k  # noqa: SIM118
-                 or "lora.down" in k]
-    if not ranks:
-        raise ValueError(f"{path}: no LoRA down/A matrices in it")
-    return max(ranks)
-
-
-def enable_lora_hotswap(pipes: DiffusionPipelines, loras: tuple[str, ...]) -> None:
-    """Before a compiled model's first LoRA: one adapter slot, padded to the largest rank of the
-    styles' LoRAs, whose weights are replaced in place (`load_lora_weights(..., hotswap=True)`),
-    so switching style never recompiles (a set of loaded adapters switched by `set_adapters`
-    recompiles per combination). Measured on CPU: a swap reuses the compiled graph and gives
-    the pixels of a fresh load; a first scale change compiles once more, then never again."""
-    from pipeline.storage.uris import local_copy
-
-    with loading("LoRA", loras[0]):
-        rank = max(lora_rank(local_copy(path)) for path in loras)
-    pipes.t2i.enable_lora_hotswap(target_rank=rank)
-
-
-# ---- ControlNet ---------------------------------------------------------------------------
-
-
-# The ControlNet class that steers each denoiser (config `_class_name`s).
-CONTROLNET_CLASSES = {"UNet2DConditionModel": "ControlNetModel", "FluxTransformer2DModel": "FluxControlNetModel",
-                      "SD3Transformer2DModel": "SD3ControlNetModel"}
-# What a ControlNet shares with its base, by class: the UNet one mirrors the base's encoder;
-# a transformer one adds its block outputs to the base's hidden states (same widths).
-_SHARED = {"ControlNetModel": ("cross_attention_dim", "addition_embed_type", "in_channels", "block_out_channels"),
-           "FluxControlNetModel": ("in_channels", "joint_attention_dim", "pooled_projection_dim",
-                                   "attention_head_dim", "num_attention_heads"),
-           "SD3ControlNetModel": ("in_channels", "patch_size", "joint_attention_dim", "caption_projection_dim",
-                                  "pooled_projection_dim", "attention_head_dim", "num_attention_heads")}
-
-
-def _fits_controlnet(config: dict, net) -> bool:
-    """A ControlNet of the class for this denoiser, with the widths it shares with it."""
-    cls = CONTROLNET_CLASSES.get(type(net).__name__)
-    return config.get("_class_name") == cls and all(
-        _plain(config.get(k)) == _plain(net.config.get(k)) for k in _SHARED[cls])
-
-
-def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def _controlnet_folder(folder: Path, net) -> Path:
-    """`folder` itself when it holds one ControlNet, else its one subfolder that fits the denoiser."""
-    import json
-
-    def config(f: Path) -> dict | None:
-        c = json.loads((f / "config.json").read_text()) if (f / "config.json").is_file() else None
-        return c if c and c.get("_class_name") in _SHARED else None
-
-    if (root := config(folder)) is not None:
-        if not _fits_controlnet(root, net):
-            raise ValueError(f"the ControlNet in {folder} ({root['_class_name']}) is for another base model "
-                             f"than this {type(net).__name__}")
-        return folder
-    fits = sorted(f for f in folder.iterdir() if f.is_dir() and (c := config(f)) and _fits_controlnet(c, net))
-    if len(fits) != 1:
-        found = "none" if not fits else ", ".join(f.name for f in fits)
-        raise ValueError(f"{folder} should hold one ControlNet for this model, found {found}")
-    return fits[0]
-
-
-# Families whose ControlNet pipelines (diffusers 0.42) encode the control image with
-# `latent_dist.sample()` from the global RNG, not the call's generators: pixels that differ from
-# run to run, and a candidate's noise that depends on its batch mates.
-SAMPLES_CONTROL_UNSEEDED = (SD3,)
-
-
-def _posterior_mean(vae):
-    """The same VAE (a shallow copy: its modules and weights are shared, nothing is copied) whose
-    `encode` gives the posterior's mean where a sample is asked for: the control image's latents
-    then depend on the image alone. (The real VAEs' posteriors are narrow: the mean is what a
-    sample is, up to noise.)"""
-    import copy
-
-    view = copy.copy(vae)
-
-    def encode(x, return_dict: bool = True):
-        out = type(vae).encode(vae, x, return_dict=return_dict)
-        dist = out.latent_dist if return_dict else out[0]
-        dist.sample = lambda generator=None: dist.mode()
-        return out
-
-    view.encode = encode
-    return view
-
-
-def load_controlnet(pipes: DiffusionPipelines, spec: str) -> DiffusionPipelines:
-    """ControlNet pipelines over the model's own modules (`from_pipe` copies no tensors) and one
-    ControlNet, fitted to the model, for each mode the family steers by a structure image
-    (`families.STEERING`; None for the others). Their `image` / `control_image` is the
-    structure image (an edge map: `stages/structure.py`); `controlnet_conditioning_scale` says
-    how strongly it steers."""
-    import diffusers
-    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
-
-    from pipeline.models.families import STRUCTURE_IMAGE, steering_modes
-    from pipeline.spec.vocabulary import IMG2IMG, INPAINT
-
-    t2i, base = pipes.t2i, denoiser(pipes.t2i)
-    with loading("ControlNet", spec):
-        folder = _controlnet_folder(_folder(spec), base)
-        cls = getattr(diffusers, CONTROLNET_CLASSES[type(base).__name__])
-        net = cls.from_pretrained(folder, dtype=base.dtype, use_safetensors=True, local_files_only=True)
-    net.to(t2i.device)
-    modes = steering_modes(pipes.family.name, (STRUCTURE_IMAGE,)) if pipes.family else ()
-
-    own = {"vae": _posterior_mean(t2i.vae)} if pipes.family and pipes.family.name in SAMPLES_CONTROL_UNSEEDED else {}
-
-    def derived(auto, mode=None):
-        if mode is not None and mode not in modes:
-            return None
-        pipe = auto.from_pipe(t2i, controlnet=net, **own)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    with loading("ControlNet", spec):
-        return dataclasses.replace(pipes, t2i=derived(AutoPipelineForText2Image),
-                                   img2img=derived(AutoPipelineForImage2Image, IMG2IMG),
-                                   inpaint=derived(AutoPipelineForInpainting, INPAINT))
