@@ -238,6 +238,16 @@ def formatted(tmp_path_factory):
     return folder, *_run_formats(folder)
 
 
+def test_a_styles_brand_figures_count_its_sources_not_their_formats(formatted):
+    """A format is its source extended: counted as an image of the style, it would count the source again."""
+    _, report, rows = formatted
+    sources = [r for r in rows if r["status"] == "written" and r["variant"] is None]
+    assert any(r["status"] == "written" and r["variant"] for r in rows)
+    figures = report.summary["brand_consistency"]
+    assert {s: f["images"] for s, f in figures.items()} == {
+        (r["style"] or "(no style)"): sum(1 for x in sources if x["style"] == r["style"]) for r in sources}
+
+
 def test_every_written_image_gets_its_styles_formats_as_judged_children(formatted):
     _, report, rows = formatted
     assert report.exit_code == 0, report.summary

@@ -161,7 +161,8 @@ class ShardStore:
         name = layout.part_name(self._next, uuid.uuid4().hex[:8])
         embedding = schema.EMBEDDING_FIELD.name
         if embedding in table.column_names:
-            measured = table.filter(pc.is_valid(table[embedding])).select(["item_id", "style", embedding])
+            kept = ["item_id", "style", *(["variant"] if "variant" in table.column_names else []), embedding]
+            measured = table.filter(pc.is_valid(table[embedding])).select(kept)
             if measured.num_rows:
                 self.out.put(f"{layout.EMBEDDINGS}/{name}", tables.to_bytes(measured))
             table = table.drop_columns([embedding])

@@ -76,8 +76,7 @@ class Summary:
         for column in SIMILARITIES:
             if column not in results.column_names:  # results of older releases lack it
                 continue
-            written = pc.equal(results["status"], vocabulary.WRITTEN)
-            kept = results.filter(pc.and_(written, pc.is_valid(results[column])))
+            kept = results.filter(pc.and_(brand_images(results), pc.is_valid(results[column])))
             grouped = kept.group_by("style").aggregate([(column, "sum"), (column, "count")])
             for style, total, n in zip(*(grouped[c].to_pylist() for c in ("style", f"{column}_sum", f"{column}_count")),
                                        strict=True):
@@ -129,6 +128,13 @@ def summarize(results: pa.Table) -> dict:
 SIMILARITIES = ("reference_similarity", "style_image_similarity")
 
 
+def brand_images(table: pa.Table) -> pa.ChunkedArray:
+    """Which rows are a style's images for its brand figures: written, and not a channel format
+    (a format is its source extended: counting it would count the source again)."""
+    written = pc.fill_null(pc.equal(table["status"].cast(pa.string()), vocabulary.WRITTEN), False)
+    return pc.and_(written, pc.is_null(table["variant"])) if "variant" in table.column_names else written
+
+
 def brand_consistency(committed: Committed, output: Output | Path | str, similarity: dict | None = None) -> dict:
     """Per style, how alike its written images are: the mean pairwise cosine of their CLIP image
     embeddings, from the `_embeddings` sidecars. For unit vectors the mean over pairs is
@@ -140,9 +146,9 @@ def brand_consistency(committed: Committed, output: Output | Path | str, similar
     column = schema.EMBEDDING_FIELD.name
     sums: dict[str, tuple[np.ndarray, int]] = {}
     # an item measured twice (a killed run's sidecar, then the rerun's) counts once: its latest
-    for table in latest_rows(out, paths, ["item_id", "style", column]):
-        status = committed.outcomes["status"].take(committed.index.lookup(table["item_id"])).cast(pa.string())
-        table = table.filter(pc.fill_null(pc.equal(status, vocabulary.WRITTEN), False))
+    for table in latest_rows(out, paths, ["item_id", "style", "variant", column]):
+        status = committed.outcomes["status"].take(committed.index.lookup(table["item_id"]))
+        table = table.filter(brand_images(table.append_column("status", status)))
         if not table.num_rows:
             continue
         vectors = np.stack(table[column].to_numpy(zero_copy_only=False)).astype(np.float64)
