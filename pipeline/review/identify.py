@@ -68,14 +68,18 @@ class OutputIndex:
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
         self.table = table
+        # item ids by their first 64 bits, sorted: a manifest's item found by binary search
+        prefixes = _prefixes(table["item_id"])
+        self._order = np.argsort(prefixes, kind="stable")
+        self._sorted = prefixes[self._order]
         self.payloads: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # method → (payloads, row numbers)
         self.sizes: dict[str, set[tuple[int, int]]] = {}  # method → the sizes its images were delivered at
         methods = table["watermark"].to_pylist()
         for name in {m for m in methods if m in wm.METHODS}:
             method = wm.METHODS[name]
             rows = np.flatnonzero(pc.equal(table["watermark"], name).to_numpy(zero_copy_only=False))
-            ids = table["item_id"].take(pa.array(rows)).to_pylist()
-            self.payloads[name] = (np.array([int(wm.payload_for(i, method), 16) for i in ids], np.uint64), rows)
+            assert method.bits == 64, "payloads are the item ids' first 64 bits"
+            self.payloads[name] = (prefixes[rows], rows)
             shapes = table.select(["width", "height", "variant"]).take(pa.array(rows)).to_pylist()
             self.sizes[name] = {delivered_size(s["width"], s["height"], s["variant"]) for s in shapes}
 
@@ -83,7 +87,14 @@ class OutputIndex:
         return {k: v for k, v in self.table.select(RECORD).slice(row, 1).to_pylist()[0].items()}
 
     def by_item(self, item_id: str) -> list[int]:
-        return np.flatnonzero(pc.equal(self.table["item_id"], item_id).to_numpy(zero_copy_only=False)).tolist()
+        """The rows of an item id (its files: one, or an overlaid image and its clean one's row)."""
+        try:
+            key = np.uint64(int(item_id[:16], 16))
+        except ValueError:  # not an item id of ours
+            return []
+        lo, hi = np.searchsorted(self._sorted, key, "left"), np.searchsorted(self._sorted, key, "right")
+        rows = sorted(self._order[lo:hi].tolist())
+        return [r for r in rows if self.table["item_id"][r].as_py() == item_id]
 
     def nearest(self, method: wm.Method, payload: str) -> tuple[int, list[int]]:
         """(the fewest bits off, the rows of distinct items that close) for a payload read back."""
@@ -100,6 +111,12 @@ class OutputIndex:
                 seen.add(item)
                 distinct.append(r)
         return best, distinct
+
+
+def _prefixes(item_ids: pa.ChunkedArray) -> np.ndarray:
+    """The first 64 bits of each item id (hex), as unsigned integers, parsed in one pass."""
+    heads = pc.utf8_slice_codeunits(item_ids, 0, 16).to_pylist()
+    return np.frombuffer(bytes.fromhex("".join(heads)), ">u8").astype(np.uint64)
 
 
 def _pixels(data: bytes) -> tuple[np.ndarray | None, str | None]:
