@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     _job_args(run)
     run.add_argument("--output", help="output folder (overrides [job].output)")
     run.add_argument("--address", help="Ray cluster address (overrides [cluster].address); 'auto' to join")
+    run.add_argument("--trust-anchors", metavar="FILE",
+                     help="PEM file of CAs the signer's self-test and read-back trust "
+                     "(overrides [signer].trust_anchors)")
     run.add_argument("--fresh", action="store_true", help="discard earlier results in the output folder")
     run.add_argument("--rows", help="comma-separated manifest ids: regenerate only these rows")
     run.add_argument("--decisions", metavar="FILE",

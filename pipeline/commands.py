@@ -28,6 +28,8 @@ def _load(args: argparse.Namespace):
         overrides[("job", "output")] = args.output
     if getattr(args, "address", None):
         overrides[("cluster", "address")] = args.address
+    if getattr(args, "trust_anchors", None) and args.command == "run":
+        overrides[("signer", "trust_anchors")] = args.trust_anchors
     return load_job(args.job, overrides)
 
 
