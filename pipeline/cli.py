@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--trust-anchors", help="PEM file of trusted CAs (default: the run's demo CA or its "
                      "[signer].trust_anchors); a missing file is an error")
     ver.add_argument("--workers", type=_positive, metavar="N",
-                     help="images read and checked at once, on threads (default: from the number of cores)")
+                     help="images read and checked at once, on threads (default: one a core; on object "
+                     "storage cores + 4, at most 32)")
     ver.add_argument("--sample", type=_positive, metavar="N",
                      help="check N images drawn at random from those listed, not all (files nothing lists "
                      "are still found)")

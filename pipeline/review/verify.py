@@ -55,11 +55,13 @@ DEFAULT_SEED = 0  # `--sample`'s seed unless one is given: the same sample every
 PROGRESS_MIN = 2_000  # images from which progress lines are worth printing
 
 
-def default_workers() -> int:
-    """Threads that read and check images at once: Python's own default for I/O-bound pools
-    (cores + 4, at most 32). Reads from object storage wait on the network; on a local disk the
-    checks are CPU work that releases the GIL only in parts (bench/verify.py measures it)."""
-    return min(32, (os.cpu_count() or 1) + 4)
+def default_workers(out: Output) -> int:
+    """Threads that read and check images at once. On object storage Python's own default for
+    I/O-bound pools (cores + 4, at most 32): reads wait on the network. On a local disk one a
+    core: the checks are CPU work (the watermark's read most) that releases the GIL only in
+    parts, and more threads than cores were slower (bench/RESULTS.md, "verify")."""
+    cores = os.cpu_count() or 1
+    return cores if out.local else min(32, cores + 4)
 
 
 def verify_output(output: Output | Path | str, trust_anchors: str | None = None, *, workers: int | None = None,
@@ -67,7 +69,7 @@ def verify_output(output: Output | Path | str, trust_anchors: str | None = None,
                   progress_every: float | None = None, progress_min: int = PROGRESS_MIN) -> tuple[list[str], int]:
     """(problems, images checked). No problems means every promise of the table holds.
 
-    `workers` threads check images at once (default: `default_workers()`); problems come sorted
+    `workers` threads check images at once (default: `default_workers`); problems come sorted
     by path whatever finishes first. `sample`: check that many listed images, drawn with `seed`, not all. `say` hears
     what a command line prints on stderr: the sample drawn, and a progress line every
     `progress_every` seconds (default $ASSET_PIPELINE_LOG_INTERVAL) when `progress_min` images
@@ -92,7 +94,7 @@ def verify_output(output: Output | Path | str, trust_anchors: str | None = None,
     progress = Progress(total, say if total >= progress_min else None, progress_every)
     found: list[tuple[str, int, str]] = []  # (path or item, entry, problem)
     checked = 0
-    for done in checked_in_pool(todo, lambda e: check(out, e, anchors), workers or default_workers()):
+    for done in checked_in_pool(todo, lambda e: check(out, e, anchors), workers or default_workers(out)):
         checked += done.read
         found += [(done.entry.rel or done.entry.item, done.entry.index, p) for p in done.problems]
         progress.step(done.entry.rel is not None, len(found))
