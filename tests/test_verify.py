@@ -202,3 +202,23 @@ def test_cli_verify_with_one_worker_and_a_sample(doctored):
     r = cli("verify", str(out), "--sample", "3", "--seed", "5", "--workers", "2")
     assert "sampled 3 of 12 images with seed 5" in r.stderr and "images/zz/stray.png" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_sample_is_the_n_smallest_keys_of_one_seeded_stream_across_chunks():
+    """The reservoir keeps, over many chunks, exactly the files whose keys (one draw a file, in
+    listing order) are the n smallest; rows without a file all stay."""
+    import numpy as np
+
+    from pipeline.review.verify import draw
+    from pipeline.review.verify_check import Entry
+
+    listing = [Entry(i, f"item{i}", "written", f"images/{i:05d}.png" if i % 7 else None, None, None, None)
+               for i in range(10_000)]
+    files = [e for e in listing if e.rel]
+    drawn, seen = draw(iter(listing), 100, seed=3)
+    keys = np.random.default_rng(3).random(len(files))
+    expected = {files[i].rel for i in np.argsort(keys)[:100]}
+    assert seen == len(files) and {e.rel for e in drawn if e.rel} == expected
+    assert [e.index for e in drawn] == sorted(e.index for e in drawn)
+    assert sum(1 for e in drawn if not e.rel) == len(listing) - len(files)
+    assert draw(iter(listing), 100, seed=3) == (drawn, seen) and draw(iter(listing), 100, seed=4)[0] != drawn
