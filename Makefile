@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # torch/torchvision pinned as a pair: a torch without its matching torchvision breaks open_clip.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-fast lint bench bench-watermark bench-gpu-check gpu-wheels clean interop-missing docs-pictures
+.PHONY: setup demo test test-fast lint bench bench-watermark bench-verify bench-gpu-check gpu-wheels clean interop-missing docs-pictures
 
 # The C2PA interoperability tests (tests/test_interop.py) validate images with an independent
 # implementation on Node.js: installed from the lockfile, no install scripts, nothing native.
@@ -57,6 +57,10 @@ bench: setup
 # The watermark's robustness and PSNR cost on natural photos (bench/RESULTS.md, "Watermark").
 bench-watermark: setup
 	$(PY) -m bench.watermark --size 512
+
+# What verify costs per image, at 1, 2 and 4 threads (bench/RESULTS.md, "verify").
+bench-verify: setup
+	$(PY) -m bench.verify --images 400 --size 512
 
 # bench/gpu.sh's steps end to end on this CPU with tiny models (before the one GPU call: bench/RESULTS.md).
 bench-gpu-check: setup

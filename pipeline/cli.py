@@ -24,6 +24,12 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--styles", help="styles table URI (overrides [job].styles)")
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pipeline", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -51,10 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="write the plan (one row per candidate) without generating")
     _job_args(plan)
     plan.add_argument("--out", help="write the plan as Parquet here (default: print a summary)")
-    ver = sub.add_parser("verify", help="re-read every written image: C2PA manifest and sha256")
+    ver = sub.add_parser("verify", help="re-read every written image (or a sample): C2PA manifest, sha256 "
+                         "and watermark; progress on stderr for large outputs")
     ver.add_argument("output", help="output folder of a run")
     ver.add_argument("--trust-anchors", help="PEM file of trusted CAs (default: the run's demo CA or its "
                      "[signer].trust_anchors); a missing file is an error")
+    ver.add_argument("--workers", type=_positive, metavar="N",
+                     help="images read and checked at once, on threads (default: one a core; on object "
+                     "storage cores + 4, at most 32)")
+    ver.add_argument("--sample", type=_positive, metavar="N",
+                     help="check N images drawn at random from those listed, not all (files nothing lists "
+                     "are still found)")
+    ver.add_argument("--seed", type=int, default=None, metavar="S",
+                     help="the sample's seed (default: a fixed one; printed): the same seed draws the same images")
     ide = sub.add_parser("identify", help="which output, row and item an image came from: by its manifest, or "
                          "by its watermark where a platform stripped the metadata")
     ide.add_argument("files", nargs="+", metavar="FILE", help="images to identify")

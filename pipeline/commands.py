@@ -209,9 +209,13 @@ def describe(report: RunReport) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.review.verify import verify_output
+    from pipeline.review.verify import DEFAULT_SEED, verify_output
 
-    problems, checked = verify_output(args.output, args.trust_anchors)
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    problems, checked = verify_output(args.output, args.trust_anchors, workers=args.workers, sample=args.sample,
+                                      seed=DEFAULT_SEED if args.seed is None else args.seed, say=say)
     for p in problems[:100]:
         print(p, file=sys.stderr)
     if len(problems) > 100:

@@ -101,3 +101,54 @@ def make_transformer_lora(path: Path, model: str, seed: int = 0, scale: float = 
     getattr(diffusers, index["_class_name"]).save_lora_weights(
         path, transformer_lora_layers=get_peft_model_state_dict(transformer), safe_serialization=True)
     return path / "pytorch_lora_weights.safetensors"
+
+
+def signed_output(folder: Path, n: int, size: int = 64, fmt: str = "png", watermark: bool = False,
+                  rejected: int = 0) -> Path:
+    """A finished output without a run: `n` small images written and signed the pipeline's way
+    (`encode_image`, the output's demo signer, `Output.put`), a results table listing them (and
+    `rejected` rows with no file), no shards. For `verify`'s tests and bench/verify.py."""
+    import hashlib
+
+    import numpy as np
+
+    from pipeline.provenance import watermark as wm
+    from pipeline.provenance.claim import Claim, Watermarked
+    from pipeline.provenance.signer import Signer
+    from pipeline.spec.config import SignerSection
+    from pipeline.storage.layout import RESULTS, image_path
+    from pipeline.storage.store import Output
+    from pipeline.storage.tables import to_bytes
+    from pipeline.storage.write import encode_image, sha256_hex
+
+    out = Output(str(folder))
+    signer = Signer.from_section(SignerSection(mode="demo"), out, quiet=True)
+    method = next(iter(wm.METHODS.values())) if watermark else None
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n + rejected):
+        item = hashlib.blake2b(f"item {i}".encode(), digest_size=32).hexdigest()
+        row = {"id": f"row{i}", "item_id": item, "status": "rejected", "path": None, "sha256": None,
+               "c2pa_label": None, "watermark": None}
+        rows.append(row)
+        if i >= n:
+            continue
+        # colour blocks with a little grain: about 2 bytes a pixel in PNG, as a generated image
+        blocks = rng.integers(0, 256, (size // 8, size // 8, 3)).repeat(8, 0).repeat(8, 1)
+        pixels = np.clip(blocks + rng.normal(0, 3, blocks.shape), 0, 255).astype(np.uint8)
+        payload = wm.payload_for(item, method) if method else None
+        if method:
+            pixels = wm.embed(pixels, method, payload)
+        data, mime = encode_image(pixels, fmt)
+        claim = Claim(title=f"{item}.{fmt}", model="synthetic", model_revision=None, seed=i, steps=0,
+                      guidance_scale=0.0, prompt_sha256="0" * 64, mode="t2i", item_id=item,
+                      software_agent="asset-pipeline tests",
+                      watermark=Watermarked(method.alg, payload) if method else None)
+        signed = signer.sign(data, mime, claim)
+        rel = image_path(item, fmt)
+        out.put(rel, signed)
+        row.update(status="written", path=rel, sha256=sha256_hex(signed), c2pa_label=signer.verify(signed, mime).label,
+                   watermark=method.name if method else None)
+    out.put(RESULTS, to_bytes(pa.Table.from_pylist(rows, schema=pa.schema(
+        [(c, pa.string()) for c in ("id", "item_id", "status", "path", "sha256", "c2pa_label", "watermark")]))))
+    return folder

@@ -1,20 +1,26 @@
 """`pipeline verify DIR`: every written image re-read, its sha256 and C2PA manifest checked
-against the results table; files that neither the table nor a committed shard lists, and
-listed files that are gone, are problems too.
+against the results table (`verify_check`); files that neither the table nor a committed shard
+lists, and listed files that are gone, are problems too.
+
+At scale: the results table is streamed in batches, a bounded pool of threads reads and checks
+images (reads from object storage wait on the network), `--sample N` checks a reproducible
+random sample (a seeded reservoir over the stream: the table is never held), and a progress
+line goes to stderr every few seconds on large outputs.
 """
 
 from __future__ import annotations
 
-import mimetypes
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
+from pipeline.review.verify_check import COLUMNS, FILES, Checked, Entry, check, entries
+from pipeline.run.progress import interval_from_env
 from pipeline.run.shards import ShardStore
-from pipeline.spec import vocabulary
 from pipeline.storage.layout import DEMO_CA, RESULTS
-from pipeline.storage.records import latest_run, read_results
+from pipeline.storage.records import count_valid, iter_parquet, latest_run
 from pipeline.storage.store import Output, as_output
 
 
@@ -45,29 +51,30 @@ def read_anchors(out: Output, trust_anchors: str | None) -> bytes | None:
     return Path(configured).read_bytes()
 
 
-CHECKED = ["item_id", "status", "path", "sha256", "c2pa_label", "watermark"]
+DEFAULT_SEED = 0  # `--sample`'s seed unless one is given: the same sample every time
+PROGRESS_MIN = 2_000  # images from which progress lines are worth printing
 
 
-def watermark_problems(data: bytes, item_id: str, method_name: str, binding: dict | None) -> list[str]:
-    """What is wrong with an image's watermark: its soft binding must name the method and the item's
-    payload, and the pixels must carry that payload (the one rule of `watermark.matches`)."""
-    from pipeline.provenance.watermark import METHODS, lost, payload_for
-
-    method = METHODS.get(method_name)
-    if method is None:
-        return [f"watermark method {method_name!r} is not one this version reads"]
-    payload = payload_for(item_id, method)
-    blocks = (binding or {}).get("blocks") or [{}]
-    if not binding or binding.get("alg") != method.alg or blocks[0].get("value") != payload:
-        return [f"the soft binding {binding} is not {method.alg} with payload {payload}"]
-    return [why] if (why := lost(data, method, payload)) else []
+def default_workers(out: Output) -> int:
+    """Threads that read and check images at once. On object storage Python's own default for
+    I/O-bound pools (cores + 4, at most 32): reads wait on the network. On a local disk one a
+    core: the checks are CPU work (the watermark's read most) that releases the GIL only in
+    parts, and more threads than cores were slower (bench/RESULTS.md, "verify")."""
+    cores = os.cpu_count() or 1
+    return cores if out.local else min(32, cores + 4)
 
 
-def verify_output(output: Output | Path | str, trust_anchors: str | None = None) -> tuple[list[str], int]:
-    """(problems, images checked). No problems means every promise of the table holds."""
-    from pipeline.provenance.readback import verify_bytes
-    from pipeline.storage.write import sha256_hex
+def verify_output(output: Output | Path | str, trust_anchors: str | None = None, *, workers: int | None = None,
+                  sample: int | None = None, seed: int = DEFAULT_SEED, say: Callable[[str], None] | None = None,
+                  progress_every: float | None = None, progress_min: int = PROGRESS_MIN) -> tuple[list[str], int]:
+    """(problems, images checked). No problems means every promise of the table holds.
 
+    `workers` threads check images at once (default: `default_workers`); problems come sorted
+    by path whatever finishes first. `sample`: check that many listed images, drawn with `seed`, not all. `say` hears
+    what a command line prints on stderr: the sample drawn, and a progress line every
+    `progress_every` seconds (default $ASSET_PIPELINE_LOG_INTERVAL) when `progress_min` images
+    or more are checked. The results table is streamed: memory holds a batch of its rows and
+    an image per worker, never the table or every image."""
     out = as_output(output)
     if not out.exists(RESULTS):
         return [f"{out.where(RESULTS)}: no results table"], 0
@@ -75,42 +82,121 @@ def verify_output(output: Output | Path | str, trust_anchors: str | None = None)
         anchors = read_anchors(out, trust_anchors)
     except MissingAnchors as e:
         return [str(e)], 0
-    table = read_results(out, [*CHECKED, "clean_path", "clean_sha256"])
-    if "watermark" not in table.column_names:  # an output written before watermarks
-        table = table.append_column("watermark", pa.nulls(table.num_rows, pa.string()))
-    if "clean_path" in table.column_names:  # the image as generated beside an overlaid one: checked the same way
-        clean = table.filter(pc.is_valid(table["clean_path"]))
-        table = pa.concat_tables([table.select(CHECKED),
-                                  pa.table({"item_id": clean["item_id"], "status": clean["status"],
-                                            "path": clean["clean_path"], "sha256": clean["clean_sha256"],
-                                            "c2pa_label": pa.nulls(clean.num_rows, pa.string()),
-                                            "watermark": clean["watermark"]})])
-    problems: list[str] = []
+    listed: set[str] = set()
+    todo = _listed(out, listed)
+    if sample is not None:
+        drawn, seen = draw(todo, sample, seed)
+        todo, total = iter(drawn), len([e for e in drawn if e.rel])
+        if say:
+            say(f"sampled {total} of {seen} images with seed {seed}")
+    else:
+        total = count_valid(out, RESULTS, FILES)
+    progress = Progress(total, say if total >= progress_min else None, progress_every)
+    found: list[tuple[str, int, str]] = []  # (path or item, entry, problem)
     checked = 0
-    listed = set()
-    for item, status, rel, digest, label, method in zip(*(table[c].to_pylist() for c in CHECKED), strict=True):
-        if status == vocabulary.WRITTEN and not rel:
-            problems.append(f"{item}: status written but no path")
-        if not rel:
-            continue
-        listed.add(rel)
-        try:
-            data = out.get(rel)
-        except (OSError, ValueError) as e:
-            problems.append(f"{rel}: cannot read ({e})")
-            continue
-        checked += 1
-        if sha256_hex(data) != digest:
-            problems.append(f"{rel}: sha256 differs from the results table")
-        check = verify_bytes(data, mimetypes.guess_type(rel)[0] or "image/png", anchors)
-        if not check.ok:
-            problems.append(f"{rel}: C2PA {check.state} {', '.join(check.errors)}".rstrip())
-        elif label and check.label != label:
-            problems.append(f"{rel}: C2PA manifest {check.label} is not the recorded {label}")
-        if method and check.ok:
-            problems += [f"{rel}: {p}" for p in watermark_problems(data, item, method, check.soft_binding)]
+    for done in checked_in_pool(todo, lambda e: check(out, e, anchors), workers or default_workers(out)):
+        checked += done.read
+        found += [(done.entry.rel or done.entry.item, done.entry.index, p) for p in done.problems]
+        progress.step(done.entry.rel is not None, len(found))
+    progress.close(len(found))
     # A file of an earlier plan (a prompt since edited) stays listed by its committed shard.
     committed = ShardStore(out).committed()
     for rel in sorted(committed.files - listed - committed.listed):
-        problems.append(f"{rel}: file not listed in the results table nor in any committed shard")
-    return problems, checked
+        found.append((rel, -1, f"{rel}: file not listed in the results table nor in any committed shard"))
+    return [p for *_, p in sorted(found, key=lambda f: f[:2])], checked
+
+
+def _listed(out: Output, listed: set[str]) -> Iterator[Entry]:
+    """Every entry of the results table in order, a batch of rows at a time; each file's path
+    goes into `listed` as it passes (the check for files nothing lists needs them all)."""
+    start = 0
+    for batch in iter_parquet(out, RESULTS, COLUMNS):
+        found = entries(batch, start)
+        start += batch.num_rows * 2
+        listed.update(e.rel for e in found if e.rel)
+        yield from found
+
+
+def draw(listing: Iterable[Entry], n: int, seed: int) -> tuple[list[Entry], int]:
+    """(`n` files drawn at random from `listing`, in listing order; how many files it lists).
+    Each file gets a key from one stream seeded by `seed` and the `n` smallest keys stay: the
+    same sample for the same table and seed, holding `n` entries, never the table. Entries
+    without a file (problems of the table alone) all stay."""
+    import numpy as np
+
+    if n < 1:
+        raise ValueError(f"a sample is at least one image, got {n}")
+    rng = np.random.default_rng(seed)
+    kept: list[Entry] = []
+    keys = np.empty(0)
+    always: list[Entry] = []
+    seen = 0
+    for chunk in _chunks(listing, 4096):
+        files = [e for e in chunk if e.rel]
+        always += [e for e in chunk if not e.rel]
+        seen += len(files)
+        drawn = rng.random(len(files))
+        if len(kept) == n:  # only a key below the largest kept one can take a place
+            below = np.flatnonzero(drawn < keys.max())
+            files, drawn = [files[i] for i in below], drawn[below]
+        kept, keys = kept + files, np.concatenate([keys, drawn])
+        if len(kept) > n:
+            best = np.argpartition(keys, n - 1)[:n]
+            kept, keys = [kept[i] for i in best], keys[best]
+    return sorted(kept + always, key=lambda e: e.index), seen
+
+
+def _chunks(items: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
+    chunk: list[Entry] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def checked_in_pool(todo: Iterable[Entry], check_one: Callable[[Entry], Checked], workers: int) -> Iterator[Checked]:
+    """`check_one` of every entry, as each finishes, on `workers` threads; at most two entries a
+    worker are in flight, so memory holds that many images whatever the table's size."""
+    if workers <= 1:
+        yield from map(check_one, todo)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="verify") as pool:
+        pending: set = set()
+        for entry in todo:
+            if len(pending) >= 2 * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+            pending.add(pool.submit(check_one, entry))
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from (f.result() for f in done)
+
+
+class Progress:
+    """"verified 12000/80000 images, 3 problems, 850 img/s" every `every` seconds, and once at
+    the end, to `say`; nothing when `say` is None."""
+
+    def __init__(self, total: int, say: Callable[[str], None] | None, every: float | None = None):
+        self.total, self.say = total, say
+        self.every = every if every is not None else (interval_from_env() if say else 0.0)
+        self.done = 0
+        self.started = self.last = time.monotonic()
+        self.said = -1
+
+    def step(self, image: bool, problems: int) -> None:
+        self.done += image
+        if self.say and time.monotonic() - self.last >= self.every:
+            self._line(problems)
+
+    def close(self, problems: int) -> None:
+        if self.say and self.said != self.done:
+            self._line(problems)
+
+    def _line(self, problems: int) -> None:
+        self.last = now = time.monotonic()
+        rate = self.done / (now - self.started) if now > self.started else 0.0
+        self.say(f"verified {self.done}/{self.total} images, {problems} problems, {rate:.0f} img/s")
+        self.said = self.done

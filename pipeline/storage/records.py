@@ -3,15 +3,17 @@ cost, decisions, the CLI), and writing its JSON.
 
 - Parquet (results, shards, sidecars): only the columns asked for, from a local file by path
   (Arrow's own threaded reader) and from object storage by ranges (the footer, then the chunks
-  of those columns: never the whole object).
+  of those columns: never the whole object); whole, or streamed in batches (`iter_parquet`).
 - Run records (`_runs/<run_id>.json`): every one, or the latest by start time. A record that
   cannot be read (torn by hand, not JSON) is skipped, never fatal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,34 @@ def read_parquet(output: Output | Path | str, rel: str, columns: list[str] | Non
         return tables.read(out.where(rel), columns, dictionary)
     with out.open(rel) as f:
         return tables.read(f, columns, dictionary)
+
+
+@contextlib.contextmanager
+def _source(out: Output, rel: str):
+    """What `tables` reads `rel` from: a local path, or the object opened for ranged reads."""
+    if out.local:
+        yield out.where(rel)
+    else:
+        with out.open(rel) as f:
+            yield f
+
+
+def iter_parquet(output: Output | Path | str, rel: str, columns: list[str],
+                 rows: int = tables.BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """The Parquet file `rel` of an output, `rows` at a time: the `columns` it has."""
+    with _source(as_output(output), rel) as source:
+        yield from tables.batches(source, columns, rows)
+
+
+def count_valid(output: Output | Path | str, rel: str, columns: list[str]) -> int:
+    """How many values (not nulls) the `columns` of `rel` hold: from its footer, or, where its
+    writer kept no statistics, by streaming those columns."""
+    with _source(as_output(output), rel) as source:
+        counted = tables.valid_count(source, columns)
+    if counted is None:
+        counted = sum(len(b) - b.column(i).null_count for b in iter_parquet(output, rel, columns)
+                      for i in range(b.num_columns))
+    return counted
 
 
 def read_results(output: Output | Path | str, columns: list[str] | None = None) -> pa.Table:

@@ -7,6 +7,10 @@ all its work exits 134. Measured here: 8 to 10 of 40 processes reading shards fr
 a Python file with threads aborted; 0 of 40 reading the same by path, or single-threaded. So
 a local file is read by path (Arrow's own file, threaded) and anything else single-threaded.
 
+`batches` streams a table too large to hold (a results table of millions of rows): record
+batches of the columns asked for, one at a time; `valid_count` counts a column's values from the
+footer's statistics alone.
+
 `read_input` reads a table the user hands us (a manifest, a styles table) as every input is
 read (`pipeline.storage.uris`): bounded, regular files or objects only, listed once.
 """
@@ -14,6 +18,7 @@ read (`pipeline.storage.uris`): bounded, regular files or objects only, listed o
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,6 +50,35 @@ def read(source: str | Path | bytes | BinaryIO, columns: list[str] | None = None
         with pq.ParquetFile(source, metadata=f.metadata,
                             read_dictionary=[c for c in dictionary if c in wanted]) as g:
             return g.read(columns=wanted, use_threads=native)
+
+
+BATCH_ROWS = 65_536  # rows a streamed batch holds at most
+
+
+def batches(source: str | Path | BinaryIO, columns: list[str], rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """The `columns` the table has, `rows` at a time, from a local path or an open file."""
+    native = isinstance(source, str | Path)
+    with pq.ParquetFile(str(source) if native else source) as f:
+        names = f.schema_arrow.names
+        yield from f.iter_batches(rows, columns=[c for c in columns if c in names], use_threads=native)
+
+
+def valid_count(source: str | Path | BinaryIO, columns: list[str]) -> int | None:
+    """How many values (not nulls) the `columns` the table has hold in all, from the footer's
+    statistics; None when a row group has none (a writer that left them out)."""
+    native = isinstance(source, str | Path)
+    with pq.ParquetFile(str(source) if native else source) as f:
+        meta = f.metadata
+        leaves = [meta.schema.column(i).path for i in range(meta.num_columns)]  # nested columns have several
+        total = 0
+        for c in (c for c in columns if c in leaves):
+            index = leaves.index(c)
+            for g in range(meta.num_row_groups):
+                stats = meta.row_group(g).column(index).statistics
+                if stats is None or not stats.has_null_count:
+                    return None
+                total += meta.row_group(g).num_rows - stats.null_count
+        return total
 
 
 def read_input(where: str) -> pa.Table:
