@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.errors import EXIT_OK
-from pipeline.review.report import PAGE_ROWS, render
+from pipeline.review.report import PAGE_ROWS, render, write_report
 from pipeline.run.job import run_job
 from pipeline.spec import schema
 from pipeline.spec.load import load_job
@@ -276,8 +276,17 @@ def test_report_on_object_storage(finished, s3, capsys):
     printed = _report(f"s3://{prefix}", capsys)
     assert printed["written"] == json.loads((out / "summary.json").read_text())["written"]
     page = fs.cat_file(f"{prefix}/{REPORT}").decode()
-    assert 'data-summary="written"' in page and "images/" in page
-    assert fs.find(f"{prefix}/report_assets")  # the staged row's outline, next to the report
+    assert 'data-summary="written"' in page
+    assets = fs.find(f"{prefix}/report_assets")
+    assert any("/outline-" in a for a in assets)  # the staged row's outline, next to the report
+    (rows,) = [a for a in assets if a.endswith("/rows-000000.js")]  # the rows, in the page's generation
+    assert rows[len(prefix) + 1:] in page and "images/" in fs.cat_file(rows).decode()
+
+    _report(f"s3://{prefix}", capsys)  # again: the new generation replaces the old one, whole
+    page, assets = fs.cat_file(f"{prefix}/{REPORT}").decode(), fs.find(f"{prefix}/report_assets")
+    (rows,) = [a for a in assets if a.endswith("/rows-000000.js")]
+    assert rows[len(prefix) + 1:] in page
+    assert len({a.rsplit("/", 1)[0] for a in assets if "/g-" in a}) == 1
 
 
 def synthetic_results(rows: int, candidates: int = 3) -> pa.Table:
@@ -305,8 +314,7 @@ def synthetic_results(rows: int, candidates: int = 3) -> pa.Table:
 def test_ten_thousand_rows_open_one_page_at_a_time(tmp_path):
     results = synthetic_results(10_000)
     started = time.monotonic()
-    summary = {"planned": results.num_rows, "written": 10_000, "rejected": 20_000, "error": 0, "pending": 0}
-    (tmp_path / REPORT).write_text(render(results, summary))
+    write_report(tmp_path, results)
     (tmp_path / "images" / "00").mkdir(parents=True)
     for k in range(3):
         Image.new("RGB", (32, 32), (80 * k, 90, 200)).save(tmp_path / "images" / "00" / f"{k}.png")

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from pipeline.plan.identity import digest, encode
 from pipeline.spec import vocabulary
-from pipeline.storage.layout import ASSETS
+from pipeline.storage.layout import ASSETS, is_outline, outline_path
 from pipeline.storage.store import Output
 
 
@@ -49,7 +49,7 @@ def make_outlines(results: pa.Table, out: Output) -> tuple[dict[str, str], list[
             continue
         key = (r["init_image"], r["mask"], r["width"], r["height"])
         if key not in seen:
-            rel = f"{ASSETS}/outline-{digest(encode(*key), 10).hex()}.png"
+            rel = outline_path(digest(encode(*key), 10).hex())
             try:
                 out.put(rel, outline_png(*key))
             except Exception as e:  # an input moved or unreadable: the report still opens
@@ -59,6 +59,6 @@ def make_outlines(results: pa.Table, out: Output) -> tuple[dict[str, str], list[
             seen[key] = rel
         if seen[key]:
             outlines[r["id"]] = seen[key]
-    for stale in out.files(ASSETS) - set(outlines.values()):  # outlines of an earlier report
+    for stale in {r for r in out.files(ASSETS) if is_outline(r)} - set(outlines.values()):  # an earlier report's
         out.delete(stale)
     return outlines, problems
