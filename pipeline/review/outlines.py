@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.plan.identity import digest, encode
 from pipeline.spec import vocabulary
@@ -44,8 +45,10 @@ def make_outlines(results: pa.Table, out: Output) -> tuple[dict[str, str], list[
         return {}, []
     seen: dict[tuple, str] = {}
     outlines, problems = {}, []
-    for r in results.select(wanted).to_pylist():
-        if r["id"] in outlines or r["mode"] != vocabulary.INPAINT or not r["init_image"] or not r["mask"]:
+    staged = results.select(wanted).filter(pc.and_(pc.equal(results["mode"], vocabulary.INPAINT), pc.and_(
+        pc.is_valid(results["init_image"]), pc.is_valid(results["mask"]))))  # before any row becomes Python
+    for r in staged.to_pylist():
+        if r["id"] in outlines or not r["init_image"] or not r["mask"]:
             continue
         key = (r["init_image"], r["mask"], r["width"], r["height"])
         if key not in seen:

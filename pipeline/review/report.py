@@ -35,11 +35,11 @@ import pyarrow as pa
 
 from pipeline.review.charts import brand_svg, funnel_svg, reasons_list, style_svg
 from pipeline.review.outlines import make_outlines
-from pipeline.review.report_data import build, iter_groups, json_for_script, passthrough_of
+from pipeline.review.report_data import build, iter_groups, json_for_script, passthrough_of, report_columns
 from pipeline.review.report_data import regenerate_command as regenerate_command
 from pipeline.spec import vocabulary
 from pipeline.storage.layout import ASSETS, REPORT, SUMMARY, generation_of, report_generation
-from pipeline.storage.records import read_results, run_records
+from pipeline.storage.records import iter_results, read_results, results_names, run_records
 from pipeline.storage.store import Output, as_output
 
 PAGE_ROWS = 24  # row groups per page of the contact sheet
@@ -89,11 +89,17 @@ def write_report(output: Output | Path | str, results: pa.Table | None = None) -
     """Write `report.html` (its row files first, and its outlines) into the output, then remove
     the row files of earlier reports; returns where, and any problems. The figures are the
     results' funnel, with what `summary.json` adds (brand consistency)."""
-    from pipeline.run.summary import summarize
+    from pipeline.run.summary import Summary, summarize
 
     out = as_output(output)
-    results = results if results is not None else read_results(out)
-    summary = summarize(results)
+    if results is None:  # the funnel counted a batch at a time, then only the columns the page shows
+        counted = Summary()
+        for batch in iter_results(out):
+            counted.add(batch)
+        pa.default_memory_pool().release_unused()  # the batches' memory back before the table is read
+        summary, results = counted.result(), read_results(out, report_columns(results_names(out)))
+    else:
+        summary = summarize(results)
     if out.exists(SUMMARY):
         with contextlib.suppress(ValueError):  # an unreadable summary.json: the results' own funnel
             summary = {**summary, **{k: v for k, v in json.loads(out.get(SUMMARY)).items() if k not in summary}}

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import shlex
 from array import array
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +33,7 @@ from pipeline.storage.layout import report_index, report_rows, report_search
 CHUNK_ROWS = 240  # row groups per rows-<n>.js: ten pages of the contact sheet
 SEARCH_ROWS = 25_000  # row groups per search-<n>.js
 BATCH = 50_000  # candidates turned into Python objects at a time
+WRITERS = 4  # files written at once (each local write waits on its fsyncs, each remote one on a PUT)
 PREFETCH_SEARCH = 4 << 20  # bytes of search text the page loads as it opens (more: at the first search)
 
 # Per-candidate columns the page shows (short keys keep the row files small).
@@ -69,6 +71,13 @@ def passthrough_of(results: pa.Table) -> list[str]:
     return [c for c in results.column_names if c not in schema.RESERVED_NAMES]
 
 
+def report_columns(names: list[str]) -> list[str]:
+    """The columns of a results table (`names`) that the report reads: what the page shows, the
+    passthrough columns, and what the outlines are drawn from."""
+    wanted = {*CANDIDATE_KEYS, *ROW_KEYS, "reason", "init_image", "mask", "width", "height"}
+    return [c for c in names if c in wanted or c not in schema.RESERVED_NAMES]
+
+
 def display_order(results: pa.Table) -> pa.Array:
     """The candidates in the contact sheet's order: by style (no style last), manifest row, id,
     candidate; a row's candidates side by side (a stable sort: equal keys keep their order)."""
@@ -78,6 +87,12 @@ def display_order(results: pa.Table) -> pa.Array:
                      "row": pc.fill_null(results["row"], 0), "id": results["id"],
                      "k": pc.fill_null(results["candidate"], 0)})
     return pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in keys.column_names])
+
+
+def _values(part: pa.Table, cols: dict[str, str]) -> list[tuple[str, list]]:
+    """(key, the column's values) for each column of `cols` in `part`; a column of nulls left out."""
+    return [(short, part[col].to_pylist()) for col, short in cols.items()
+            if col in part.column_names and part[col].null_count < part.num_rows]
 
 
 def iter_groups(results: pa.Table, runs: dict[str, dict], outlines: dict[str, str] | None = None,
@@ -99,15 +114,19 @@ def iter_groups(results: pa.Table, runs: dict[str, dict], outlines: dict[str, st
 
     g = None
     for start in range(0, len(order), batch):
-        for r in table.take(order.slice(start, batch)).to_pylist():
-            if g is None or r["id"] != g["id"]:
+        part = table.take(order.slice(start, batch))
+        ids, row_values, cand_values = part["id"].to_pylist(), _values(part, {k: k for k in ROW_KEYS}), \
+            _values(part, CANDIDATE_KEYS)
+        pass_values = [(name, part[name].to_pylist()) for name in passthrough]
+        for i, row_id in enumerate(ids):
+            if g is None or row_id != g["id"]:
                 if g is not None:
                     yield finish(g)
-                g = {k: r[k] for k in ROW_KEYS if r.get(k) is not None}
+                g = {k: v[i] for k, v in row_values if v[i] is not None}
                 g["style"] = g.get("style") or NO_STYLE
-                g["pass"] = {c: _plain(r[c]) for c in passthrough}
+                g["pass"] = {name: _plain(v[i]) for name, v in pass_values}
                 g["c"] = []
-            c = {short: r[col] for col, short in CANDIDATE_KEYS.items() if r.get(col) is not None}  # nulls left out
+            c = {short: v[i] for short, v in cand_values if v[i] is not None}  # nulls left out
             if "seed" in c:
                 c["seed"] = str(c["seed"])  # 63 bits: past what a JS number holds exactly
             if "parent" not in c or "fmt" in c:  # a refinement's own words and strength; the others share the row's
@@ -120,10 +139,12 @@ def iter_groups(results: pa.Table, runs: dict[str, dict], outlines: dict[str, st
 
 class ReportData:
     """One pass over the groups: the row, index and search files go to `put` as they fill, and
-    what the page shows up front is counted on the way (per style, per status, per reason)."""
+    what the page shows up front is counted on the way (per style, per status, per reason).
+    `WRITERS` files are written at once, a few more wait in memory: no more."""
 
     def __init__(self, generation: str, put: Callable[[str, bytes], None] | None):
-        self.generation, self.put = generation, put or (lambda rel, data: None)
+        self.generation, self._put = generation, put or (lambda rel, data: None)
+        self.writers, self.writing = ThreadPoolExecutor(WRITERS, thread_name_prefix="report"), deque()
         self.groups = self.candidates = 0
         self.by_style: dict[str, Counter] = defaultdict(Counter)  # style → status → candidates
         self.clip: dict[str, list] = defaultdict(lambda: [0.0, 0])  # style → [sum, count] of written CLIP
@@ -173,8 +194,18 @@ class ReportData:
     def _script(self, rel: str, kind: str, number: int | None, payload) -> int:
         head = f"__report.{kind}(" + ("" if number is None else f"{number},")
         data = (head + json_for_script(payload) + ");\n").encode("utf-8")
-        self.put(rel, data)
+        self.writing.append(self.writers.submit(self._put, rel, data))
+        while len(self.writing) > 2 * WRITERS:
+            self.writing.popleft().result()  # a failed write raises here
         return len(data)
+
+    def wait(self) -> None:
+        """Every file written (or the first error raised); the writers stopped."""
+        try:
+            while self.writing:
+                self.writing.popleft().result()
+        finally:
+            self.writers.shutdown(cancel_futures=True)
 
     def close(self) -> dict:
         """Write what is left and the index; returns what the page needs to find them."""
@@ -184,6 +215,7 @@ class ReportData:
             "styles": list(self.styles), "pairs": [list(p) for p in self.pairs],
             "style": self.row_style.tolist(), "size": self.row_size.tolist(), "code": self.codes.tolist()})
         self.row_style = self.row_size = self.codes = array("l")
+        self.wait()
         g = self.generation
         return {"groups": self.groups, "candidates": self.candidates, "chunk_rows": CHUNK_ROWS,
                 "search_rows": SEARCH_ROWS, "prefetch_search": self.search_bytes <= PREFETCH_SEARCH,
@@ -198,6 +230,9 @@ def build(results: pa.Table, runs: dict[str, dict], outlines: dict[str, str] | N
     """Stream `results` into the files of `generation` (through `put`); returns the page's data
     island (counts, facets, where the files are) and the counts the charts draw."""
     data = ReportData(generation, put)
-    for g in iter_groups(results, runs, outlines):
-        data.add(g)
-    return data.close(), data
+    try:
+        for g in iter_groups(results, runs, outlines):
+            data.add(g)
+        return data.close(), data
+    finally:
+        data.wait()

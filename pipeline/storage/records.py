@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.storage import layout, tables
 from pipeline.storage.store import Output, as_output
@@ -35,6 +37,21 @@ def read_parquet(output: Output | Path | str, rel: str, columns: list[str] | Non
 def read_results(output: Output | Path | str, columns: list[str] | None = None) -> pa.Table:
     """`results.parquet`: the `columns` it has (all when None)."""
     return read_parquet(output, layout.RESULTS, columns)
+
+
+def results_names(output: Output | Path | str) -> list[str]:
+    """The column names of `results.parquet` (its footer only)."""
+    out = as_output(output)
+    with out.open(layout.RESULTS) as f, pq.ParquetFile(f) as parquet:
+        return parquet.schema_arrow.names
+
+
+def iter_results(output: Output | Path | str, rows: int = 100_000) -> Iterator[pa.Table]:
+    """`results.parquet`, every column, `rows` rows at a time: a reader of any size holds one batch."""
+    out = as_output(output)
+    with out.open(layout.RESULTS) as f, pq.ParquetFile(f) as parquet:
+        for batch in parquet.iter_batches(batch_size=rows):
+            yield pa.Table.from_batches([batch])
 
 
 def write_json(obj: dict, output: Output | Path | str, rel: str) -> None:
