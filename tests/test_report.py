@@ -420,6 +420,25 @@ def test_hundred_thousand_rows_open_in_about_a_second(tmp_path):
     assert opened < 3
 
 
+def test_a_shrinking_report_leaves_no_stale_rows(tmp_path):
+    """A report's row files live in one generation folder that report.html names; writing a
+    smaller report replaces it whole (written first, the page last, the old folder removed after)."""
+    import re
+
+    def generations() -> list[Path]:
+        return sorted(p for p in (tmp_path / "report_assets").iterdir() if p.is_dir())
+
+    write_report(tmp_path, synthetic_results(1000))
+    (old,) = generations()
+    assert len(list(old.glob("rows-*.js"))) == -(-1000 // 240)
+    write_report(tmp_path, synthetic_results(10))
+    (new,) = generations()
+    assert new != old and [p.name for p in new.iterdir()] != [] and len(list(new.glob("rows-*.js"))) == 1
+    named = set(re.findall(r'"(report_assets/[^"]+)"', (tmp_path / REPORT).read_text()))
+    assert named == {p.relative_to(tmp_path).as_posix() for p in new.iterdir()}
+    assert "row-00009" in (new / "rows-000000.js").read_text()
+
+
 def test_page_data_cannot_break_out_and_brand_consistency_is_shown():
     results = synthetic_results(3)
     evil = "</script><script>alert(1)</script><!--DATA-->"
