@@ -39,7 +39,7 @@ from pipeline.review.report_data import build, iter_groups, json_for_script, pas
 from pipeline.review.report_data import regenerate_command as regenerate_command
 from pipeline.spec import vocabulary
 from pipeline.storage.layout import ASSETS, REPORT, SUMMARY, generation_of, report_generation
-from pipeline.storage.records import iter_results, read_results, results_names, run_records
+from pipeline.storage.records import read_results, results_names, run_records
 from pipeline.storage.store import Output, as_output
 
 PAGE_ROWS = 24  # row groups per page of the contact sheet
@@ -85,21 +85,18 @@ def render(results: pa.Table, summary: dict, runs: dict[str, dict] | None = None
     return template
 
 
-def write_report(output: Output | Path | str, results: pa.Table | None = None) -> tuple[str, list[str]]:
+def write_report(output: Output | Path | str, results: pa.Table | None = None,
+                 funnel: dict | None = None) -> tuple[str, list[str]]:
     """Write `report.html` (its row files first, and its outlines) into the output, then remove
     the row files of earlier reports; returns where, and any problems. The figures are the
-    results' funnel, with what `summary.json` adds (brand consistency)."""
-    from pipeline.run.summary import Summary, summarize
+    results' funnel (`funnel` where the caller counted it), with what `summary.json` adds (brand
+    consistency). Without `results`, only the columns the page shows are read."""
+    from pipeline.run.summary import summarize, summarize_results
 
     out = as_output(output)
-    if results is None:  # the funnel counted a batch at a time, then only the columns the page shows
-        counted = Summary()
-        for batch in iter_results(out):
-            counted.add(batch)
-        pa.default_memory_pool().release_unused()  # the batches' memory back before the table is read
-        summary, results = counted.result(), read_results(out, report_columns(results_names(out)))
-    else:
-        summary = summarize(results)
+    summary = funnel or (summarize(results) if results is not None else summarize_results(out))
+    if results is None:
+        results = read_results(out, report_columns(results_names(out)))
     if out.exists(SUMMARY):
         with contextlib.suppress(ValueError):  # an unreadable summary.json: the results' own funnel
             summary = {**summary, **{k: v for k, v in json.loads(out.get(SUMMARY)).items() if k not in summary}}
