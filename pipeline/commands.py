@@ -248,9 +248,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.run.summary import summarize
+    from pipeline.run.summary import summarize_results
     from pipeline.storage.layout import RESULTS
-    from pipeline.storage.records import read_results
     from pipeline.storage.store import Output
 
     out = Output(args.output)
@@ -259,10 +258,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     from pipeline.review.report import write_report
 
-    results = read_results(out)
-    summary = summarize(results)
+    summary = summarize_results(out)  # a batch at a time: the report reads only the columns it shows
     print(json.dumps(summary, indent=2))
-    where, problems = write_report(out, results)
+    where, problems = write_report(out, funnel=summary)
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     print(f"wrote {where}", file=sys.stderr)

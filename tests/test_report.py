@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.errors import EXIT_OK
-from pipeline.review.report import PAGE_ROWS, render
+from pipeline.review.report import PAGE_ROWS, render, write_report
 from pipeline.run.job import run_job
 from pipeline.spec import schema
 from pipeline.spec.load import load_job
@@ -276,8 +276,17 @@ def test_report_on_object_storage(finished, s3, capsys):
     printed = _report(f"s3://{prefix}", capsys)
     assert printed["written"] == json.loads((out / "summary.json").read_text())["written"]
     page = fs.cat_file(f"{prefix}/{REPORT}").decode()
-    assert 'data-summary="written"' in page and "images/" in page
-    assert fs.find(f"{prefix}/report_assets")  # the staged row's outline, next to the report
+    assert 'data-summary="written"' in page
+    assets = fs.find(f"{prefix}/report_assets")
+    assert any("/outline-" in a for a in assets)  # the staged row's outline, next to the report
+    (rows,) = [a for a in assets if a.endswith("/rows-000000.js")]  # the rows, in the page's generation
+    assert rows[len(prefix) + 1:] in page and "images/" in fs.cat_file(rows).decode()
+
+    _report(f"s3://{prefix}", capsys)  # again: the new generation replaces the old one, whole
+    page, assets = fs.cat_file(f"{prefix}/{REPORT}").decode(), fs.find(f"{prefix}/report_assets")
+    (rows,) = [a for a in assets if a.endswith("/rows-000000.js")]
+    assert rows[len(prefix) + 1:] in page
+    assert len({a.rsplit("/", 1)[0] for a in assets if "/g-" in a}) == 1
 
 
 def synthetic_results(rows: int, candidates: int = 3) -> pa.Table:
@@ -305,8 +314,7 @@ def synthetic_results(rows: int, candidates: int = 3) -> pa.Table:
 def test_ten_thousand_rows_open_one_page_at_a_time(tmp_path):
     results = synthetic_results(10_000)
     started = time.monotonic()
-    summary = {"planned": results.num_rows, "written": 10_000, "rejected": 20_000, "error": 0, "pending": 0}
-    (tmp_path / REPORT).write_text(render(results, summary))
+    write_report(tmp_path, results)
     (tmp_path / "images" / "00").mkdir(parents=True)
     for k in range(3):
         Image.new("RGB", (32, 32), (80 * k, 90, 200)).save(tmp_path / "images" / "00" / f"{k}.png")
@@ -330,6 +338,105 @@ def test_ten_thousand_rows_open_one_page_at_a_time(tmp_path):
         assert not seen["errors"]
     print(f"10k rows: render {rendered:.2f}s, open {opened:.2f}s")
     assert rendered < 10 and opened < 10
+
+
+def test_hundred_thousand_rows_open_in_about_a_second(tmp_path):
+    """100,000 rows (300,000 candidates): the first page shows in about a second, a far page
+    loads its own chunk, filters count over every row, and decisions work on a lazily loaded row."""
+    import pyarrow.compute as pc
+
+    rows = 100_000
+    results = synthetic_results(rows)
+    started = time.monotonic()
+    write_report(tmp_path, results)
+    written = time.monotonic() - started
+    (tmp_path / "images" / "00").mkdir(parents=True)
+    for k in range(3):
+        Image.new("RGB", (32, 32), (80 * k, 90, 200)).save(tmp_path / "images" / "00" / f"{k}.png")
+    studio_rejected = pc.and_(pc.equal(results["style"], "studio"), pc.equal(results["status"], "rejected"))
+    with browser() as b:
+        page = b.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        seen = {"errors": [], "requests": []}
+        page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
+        page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+        page.on("request", lambda r: seen["requests"].append(r.url))
+        started = time.monotonic()
+        page.goto((tmp_path / REPORT).as_uri(), wait_until="commit")
+        page.locator("#sheet .row").first.wait_for()
+        opened = time.monotonic() - started  # the first page of the contact sheet on screen
+        assert page.locator("#sheet .row").count() == PAGE_ROWS
+        assert page.locator("#shown").get_attribute("data-candidates") == str(3 * rows)
+        assert sum("/rows-" in u for u in seen["requests"]) == 1  # one chunk of rows, not all of them
+
+        # A far page: the last one, its own chunk loaded on demand.
+        last = -(-rows // PAGE_ROWS)
+        page.fill("#goto", str(last))
+        page.press("#goto", "Enter")
+        page.locator('.row[data-id="row-99998"]').wait_for()
+        assert f"page {last} of {last}" == page.locator("#page").text_content()
+        assert page.locator("#sheet .row").count() == rows - (last - 1) * PAGE_ROWS
+        assert any(u.endswith(f"/rows-{(rows - 1) // 240:06d}.js") for u in seen["requests"])
+        assert sum("/rows-" in u for u in seen["requests"]) == 2
+
+        # Decisions on rows of that lazily loaded chunk, exported.
+        cards = page.locator('.row[data-id="row-99998"] .card')
+        ids = cards.evaluate_all("cs => cs.map(c => c.dataset.item)")
+        cards.nth(0).locator("button.d-approve").click()
+        cards.nth(1).locator("button.d-reject").click()
+        cards.nth(2).locator("button.d-refine").click()
+        cards.nth(2).locator("input.d-prompt").fill("warmer")
+        with page.expect_download() as dl:
+            page.click("#export-json")
+        exported = json.loads(Path(dl.value.path()).read_text())
+        assert [(d["item_id"], d["decision"], d["prompt"]) for d in exported] == \
+            [(ids[0], "approve", ""), (ids[1], "reject", ""), (ids[2], "refine", "warmer")]
+
+        # Filters count over every row, not only the loaded ones.
+        page.select_option("#f-style", "studio")
+        page.select_option("#f-status", "rejected")
+        expected = pc.sum(studio_rejected).as_py()
+        page.wait_for_function(f"() => document.querySelector('#shown').dataset.candidates === '{expected}'")
+        assert page.locator("#shown").get_attribute("data-rows") == str(len(set(
+            results.filter(studio_rejected)["id"].to_pylist())))
+        assert page.locator("#sheet .card").evaluate_all("cs => cs.every(c => c.dataset.status === 'rejected')")
+        page.click("#next")
+        page.locator("#sheet .row").first.wait_for()
+        assert "page 2 of" in page.locator("#page").text_content()
+        page.select_option("#f-style", "")
+        page.select_option("#f-status", "")
+
+        # A search: its text is loaded at the first search (too large to load as the page opens).
+        started = time.monotonic()
+        page.fill("#f-search", "SKU-row-09999")
+        page.wait_for_function("() => document.querySelector('#shown').dataset.rows === '1'")
+        searched = time.monotonic() - started
+        assert page.locator("#sheet .row").get_attribute("data-id") == "row-09999"
+        page.fill("#f-search", "")
+        page.wait_for_function(f"() => document.querySelector('#shown').dataset.rows === '{rows}'")
+        assert page.locator("#decided").text_content() == "3 decided"
+        assert not seen["errors"], seen["errors"]
+        assert all(u.startswith(tmp_path.as_uri() + "/") or u.startswith("blob:") for u in seen["requests"])
+    print(f"100k rows: write {written:.2f}s, open {opened:.2f}s, first search {searched:.2f}s")
+    assert opened < 3
+
+
+def test_a_shrinking_report_leaves_no_stale_rows(tmp_path):
+    """A report's row files live in one generation folder that report.html names; writing a
+    smaller report replaces it whole (written first, the page last, the old folder removed after)."""
+    import re
+
+    def generations() -> list[Path]:
+        return sorted(p for p in (tmp_path / "report_assets").iterdir() if p.is_dir())
+
+    write_report(tmp_path, synthetic_results(1000))
+    (old,) = generations()
+    assert len(list(old.glob("rows-*.js"))) == -(-1000 // 240)
+    write_report(tmp_path, synthetic_results(10))
+    (new,) = generations()
+    assert new != old and [p.name for p in new.iterdir()] != [] and len(list(new.glob("rows-*.js"))) == 1
+    named = set(re.findall(r'"(report_assets/[^"]+)"', (tmp_path / REPORT).read_text()))
+    assert named == {p.relative_to(tmp_path).as_posix() for p in new.iterdir()}
+    assert "row-00009" in (new / "rows-000000.js").read_text()
 
 
 def test_page_data_cannot_break_out_and_brand_consistency_is_shown():

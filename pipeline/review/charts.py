@@ -7,7 +7,7 @@ Each element carries a `data-*` key the browser tests read the figures from.
 from __future__ import annotations
 
 import html
-from collections import Counter, defaultdict
+from collections import Counter
 
 from pipeline.run.summary import FUNNEL, NO_STYLE
 from pipeline.spec import vocabulary
@@ -49,15 +49,9 @@ def funnel_svg(summary: dict) -> str:
                  testid="funnel")
 
 
-def style_svg(groups: list[dict]) -> str:
-    """Per style: candidates by status as one stacked bar, and the mean CLIP score of the kept."""
-    counts: dict[str, Counter] = defaultdict(Counter)
-    clip: dict[str, list[float]] = defaultdict(list)
-    for g in groups:
-        for c in g["c"]:
-            counts[g["style"]][c.get("status", vocabulary.PENDING)] += 1
-            if c.get("status") == vocabulary.WRITTEN and c.get("clip") is not None:
-                clip[g["style"]].append(c["clip"])
+def style_svg(counts: dict[str, Counter], clip: dict[str, list]) -> str:
+    """Per style: candidates by status as one stacked bar, and the mean CLIP score of the kept
+    (`counts`: style → status → candidates; `clip`: style → [sum, count] of the kept's scores)."""
     styles = list(counts)
     most = max((sum(c.values()) for c in counts.values()), default=0)
     out = []
@@ -72,7 +66,8 @@ def style_svg(groups: list[dict]) -> str:
             out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{BAR_H}" fill="{COLOURS[status]}">'
                        f'<title>{html.escape(style)}: {n} {status}</title></rect>')
             x += w
-        mean = f" · clip {sum(clip[style]) / len(clip[style]):.2f}" if clip[style] else ""
+        total, n = clip.get(style) or (0.0, 0)
+        mean = f" · clip {total / n:.2f}" if n else ""
         out.append(f'<text x="{x + 6:.1f}" y="{y + 15}">{sum(counts[style].values())}{mean}</text>')
     y = GAP + len(styles) * (BAR_H + GAP) + 12
     x = LABEL_W

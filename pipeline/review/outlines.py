@@ -10,10 +10,11 @@ from __future__ import annotations
 import io
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.plan.identity import digest, encode
 from pipeline.spec import vocabulary
-from pipeline.storage.layout import ASSETS
+from pipeline.storage.layout import ASSETS, is_outline, outline_path
 from pipeline.storage.store import Output
 
 
@@ -44,12 +45,14 @@ def make_outlines(results: pa.Table, out: Output) -> tuple[dict[str, str], list[
         return {}, []
     seen: dict[tuple, str] = {}
     outlines, problems = {}, []
-    for r in results.select(wanted).to_pylist():
-        if r["id"] in outlines or r["mode"] != vocabulary.INPAINT or not r["init_image"] or not r["mask"]:
+    staged = results.select(wanted).filter(pc.and_(pc.equal(results["mode"], vocabulary.INPAINT), pc.and_(
+        pc.is_valid(results["init_image"]), pc.is_valid(results["mask"]))))  # before any row becomes Python
+    for r in staged.to_pylist():
+        if r["id"] in outlines or not r["init_image"] or not r["mask"]:
             continue
         key = (r["init_image"], r["mask"], r["width"], r["height"])
         if key not in seen:
-            rel = f"{ASSETS}/outline-{digest(encode(*key), 10).hex()}.png"
+            rel = outline_path(digest(encode(*key), 10).hex())
             try:
                 out.put(rel, outline_png(*key))
             except Exception as e:  # an input moved or unreadable: the report still opens
@@ -59,6 +62,6 @@ def make_outlines(results: pa.Table, out: Output) -> tuple[dict[str, str], list[
             seen[key] = rel
         if seen[key]:
             outlines[r["id"]] = seen[key]
-    for stale in out.files(ASSETS) - set(outlines.values()):  # outlines of an earlier report
+    for stale in {r for r in out.files(ASSETS) if is_outline(r)} - set(outlines.values()):  # an earlier report's
         out.delete(stale)
     return outlines, problems

@@ -123,6 +123,17 @@ def summarize(results: pa.Table) -> dict:
     return Summary().add(results).result()
 
 
+def summarize_results(output: Output | Path | str) -> dict:
+    """The funnel of an output's `results.parquet`, read a batch at a time (any size, one batch's memory)."""
+    from pipeline.storage.records import iter_results
+
+    counted = Summary()
+    for batch in iter_results(output):
+        counted.add(batch)
+    pa.default_memory_pool().release_unused()  # the batches' memory back, for what the caller reads next
+    return counted.result()
+
+
 # Per-image similarities to a style's images that the brand figures average: its reference image
 # (the image-to-image start) and its style image (the IP-Adapter's), CLIP cosines.
 SIMILARITIES = ("reference_similarity", "style_image_similarity")

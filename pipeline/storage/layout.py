@@ -11,7 +11,11 @@ in an output takes its names from here and spells none itself:
     _decisions/part-*.parquet     a reviewer's decisions, as applied
     _runs/<run_id>.json           one record per run: its config, versions and models
     _work/                        a local run's driver files (plan, pending work), removed at its end
-    results.parquet, summary.json, report.html, report_assets/
+    results.parquet, summary.json, report.html
+    report_assets/outline-<key>.png           a staged product's outline, shown over its images
+    report_assets/<generation>/rows-<n>.js    one report's rows, a chunk at a time, loaded on demand
+                              /index.js       the filters' codes of every row (styles, statuses, reasons)
+                              /search-<n>.js  the text a search matches, a part at a time
     _demo_signer/                 the throwaway CA and signer of demo mode
     .lock                         the lock of the one run that holds the output (flocked locally)
     .tmp-*                        what a local write in progress (or a killed one) leaves
@@ -45,6 +49,7 @@ LOCK = ".lock"
 DEMO_FILES = ("ca.pem", "chain.pem", "signer.key")  # the CA, the signer's chain, its key
 DEMO_CA = f"{DEMO_SIGNER}/{DEMO_FILES[0]}"
 
+OUTLINE_PREFIX, GENERATION_PREFIX = "outline-", "g-"  # the two kinds of thing in ASSETS
 TEMP_PREFIX = ".tmp-"  # a local write's temp file (or folder) beside its target
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"  # shards, sidecars and decision parts
 
@@ -96,6 +101,45 @@ def is_part(rel: str) -> bool:
     """Whether `rel` is a committed part (not a temp file, not another file in the folder)."""
     name = posixpath.basename(rel)
     return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+
+
+def outline_path(key: str) -> str:
+    """Where the outline of a staged product goes (`key`: a digest of its inputs and size)."""
+    return f"{ASSETS}/{OUTLINE_PREFIX}{key}.png"
+
+
+def is_outline(rel: str) -> bool:
+    """Whether `rel`, a file under `ASSETS`, is an outline (not one of a report's generations)."""
+    return posixpath.dirname(rel) == ASSETS and posixpath.basename(rel).startswith(OUTLINE_PREFIX)
+
+
+def report_generation(token: str) -> str:
+    """The folder of one written report's row files: report.html names exactly one, so a new
+    report's files never mix with those a reader of the old one is still loading."""
+    return f"{ASSETS}/{GENERATION_PREFIX}{token}"
+
+
+def generation_of(rel: str) -> str | None:
+    """The generation folder that `rel`, a file under `ASSETS`, belongs to (None: an outline)."""
+    parts = rel.split("/")
+    if len(parts) > 2 and parts[0] == ASSETS and parts[1].startswith(GENERATION_PREFIX):
+        return f"{ASSETS}/{parts[1]}"
+    return None
+
+
+def report_rows(generation: str, number: int) -> str:
+    """The `number`th chunk of a report's rows (a script that hands them to the page)."""
+    return f"{generation}/rows-{number:06d}.js"
+
+
+def report_index(generation: str) -> str:
+    """A report's filter codes: every row's style and every candidate's status and reason."""
+    return f"{generation}/index.js"
+
+
+def report_search(generation: str, number: int) -> str:
+    """The `number`th part of the text a report's search matches."""
+    return f"{generation}/search-{number:04d}.js"
 
 
 def run_record(run_id: str) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.storage import layout, tables
 from pipeline.storage.store import Output, as_output
@@ -65,6 +66,21 @@ def count_valid(output: Output | Path | str, rel: str, columns: list[str]) -> in
 def read_results(output: Output | Path | str, columns: list[str] | None = None) -> pa.Table:
     """`results.parquet`: the `columns` it has (all when None)."""
     return read_parquet(output, layout.RESULTS, columns)
+
+
+def results_names(output: Output | Path | str) -> list[str]:
+    """The column names of `results.parquet` (its footer only)."""
+    out = as_output(output)
+    with out.open(layout.RESULTS) as f, pq.ParquetFile(f) as parquet:
+        return parquet.schema_arrow.names
+
+
+def iter_results(output: Output | Path | str, rows: int = 100_000) -> Iterator[pa.Table]:
+    """`results.parquet`, every column, `rows` rows at a time: a reader of any size holds one batch."""
+    out = as_output(output)
+    with out.open(layout.RESULTS) as f, pq.ParquetFile(f) as parquet:
+        for batch in parquet.iter_batches(batch_size=rows):
+            yield pa.Table.from_batches([batch])
 
 
 def write_json(obj: dict, output: Output | Path | str, rel: str) -> None:
