@@ -5,7 +5,6 @@ page, strip a format's metadata by re-encoding it, and get its record back from 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -28,7 +27,7 @@ def _overlay_of(path: Path) -> dict | None:
 
 @pytest.mark.slow
 def test_the_demo_job_from_formats_to_identify(tmp_path, capsys):
-    from tests.test_report import _open, browser
+    from tests.test_report import _open, browser, export_decisions
 
     out = tmp_path / "demo"
     # 1. run the shipped job, as a new user does (here without Ray: `make demo` runs it on Ray)
@@ -64,10 +63,7 @@ def test_the_demo_job_from_formats_to_identify(tmp_path, capsys):
                 "() => e.naturalWidth > 0, () => false); }))")
             assert loaded == [True] * 3
         page.locator(f'.card[data-item="{chosen["item_id"]}"] button.d-approve').click()
-        with page.expect_download() as dl:
-            page.click("#export-json")
-        decisions = tmp_path / "decisions.json"
-        shutil.copy(dl.value.path(), decisions)
+        decisions = export_decisions(page, tmp_path / "decisions.json")
         assert not seen["errors"]
     assert main(["run", str(ROOT / "jobs" / "demo.toml"), "--in-process", "--output", str(out),
                  "--decisions", str(decisions)]) == EXIT_OK

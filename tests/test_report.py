@@ -103,6 +103,14 @@ def _open(b, path: Path, folder: Path):
     return page, seen
 
 
+def export_decisions(page, to: Path, button: str = "#export-json") -> Path:
+    """Click an export button of the page and keep the file it downloads at `to`."""
+    with page.expect_download() as dl:
+        page.click(button)
+    shutil.copy(dl.value.path(), to)
+    return to
+
+
 def _visible_cards(page) -> int:
     return page.locator("#sheet .card").count()
 
@@ -230,10 +238,7 @@ def test_decisions_round_trip_in_the_browser(tmp_path, capsys):
         page.locator(f'.card[data-item="{kept["a"]["item_id"]}"] button.d-reject').click()
         page.locator(f'.card[data-item="{kept["a"]["item_id"]}"] input.d-note').fill("off brand")
         page.locator(f'.card[data-item="{kept["b"]["item_id"]}"] button.d-approve').click()
-        with page.expect_download() as dl:
-            page.click("#export-json")
-        decisions = tmp_path / "decisions.json"
-        shutil.copy(dl.value.path(), decisions)
+        decisions = export_decisions(page, tmp_path / "decisions.json")
         assert not seen["errors"]
     approved_bytes = (out / kept["b"]["path"]).read_bytes()
 
