@@ -257,3 +257,14 @@ def test_identify_looks_in_an_output_on_object_storage(marked, s3, tmp_path, cap
     found = json.loads(capsys.readouterr().out)
     (m,) = found["matches"]
     assert (m["output"], m["record"]["item_id"], m["original_state"]) == (f"s3://{prefix}", r["item_id"], "Trusted")
+
+
+def test_identify_takes_many_files_in_one_call_each_with_its_own_record(marked, tmp_path, capsys):
+    _, report, rows = marked
+    written = [r for r in rows if r["status"] == "written"]
+    copies = [_stripped(report.output_dir / r["path"], tmp_path, f"{r['id']}.jpg") for r in written]
+    intact = report.output_dir / written[0]["path"]
+    assert _identify(*copies, intact, "--output", report.output_dir) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(x["how"], x["matches"][0]["record"]["item_id"]) for x in lines] == [
+        *(("watermark", r["item_id"]) for r in written), ("manifest", written[0]["item_id"])]
