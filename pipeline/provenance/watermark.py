@@ -129,8 +129,3 @@ def self_test(method: Method) -> None:
         raise ConfigError(f"[watermark] method {method.name!r} cannot run here: {type(e).__name__}: {e}") from None
     if not matches(read, payload, method):
         raise ConfigError(f"[watermark] method {method.name!r} self-test: wrote {payload}, read {read}")
-
-
-def method_of_alg(alg: str) -> Method | None:
-    """The method a soft binding's `alg` names, or None where it is not one of ours."""
-    return next((m for m in METHODS.values() if m.alg == alg), None)

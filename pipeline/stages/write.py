@@ -155,6 +155,14 @@ class WriteStage:
         method = METHODS[r["watermark"]]
         return method, Watermarked(method.alg, payload_for(r["item_id"], method))
 
+    @staticmethod
+    def _failed_check(data: bytes, check, method, mark) -> str | None:
+        """Why a file read back is not what was signed: its C2PA state, else a watermark that
+        does not read as its soft binding says; None when it verifies."""
+        if not check.ok:
+            return f"C2PA {check.state}: {', '.join(check.errors)}"
+        return watermark_lost(data, method, mark.payload) if mark is not None else None
+
     def _made_from(self, r: dict) -> tuple[bytes | None, str | None, str | None]:
         """The image a candidate was made from, for its C2PA `parentOf` ingredient (bytes, type,
         title): a child's source (a refinement's earlier image, a format's image; the clean one
@@ -224,9 +232,8 @@ class WriteStage:
             clean_data, _ = encoded(img)
             clean, check = self._put(clean_rel, self.signer.sign(clean_data, mime, dataclasses.replace(
                 claim, title=os.path.basename(clean_rel))), mime, spent)
-            if not check.ok or (lost := mark and watermark_lost(clean, method, mark.payload)):
-                fail(r, vocabulary.VERIFY_ERROR, "the clean image: " + (
-                    lost if check.ok else f"C2PA {check.state}: {', '.join(check.errors)}"))
+            if why := self._failed_check(clean, check, method, mark):
+                fail(r, vocabulary.VERIFY_ERROR, f"the clean image: {why}")
                 return False
             r.update(clean_path=clean_rel, clean_sha256=sha256_hex(clean))
             claim = dataclasses.replace(claim, parent=clean, parent_mime=mime, parent_title=os.path.basename(clean_rel),
@@ -238,10 +245,9 @@ class WriteStage:
         on_disk, check = self._put(r["path"], signed, mime, spent)
         r.update(ms_encode=(t1 - t0) * 1000, ms_sign=(t2 - t1) * 1000, **spent, c2pa_label=check.label,
                  c2pa_state=check.state, bytes=len(on_disk), sha256=sha256_hex(on_disk))
-        lost = check.ok and mark is not None and watermark_lost(on_disk, method, mark.payload)
-        if not check.ok or lost:
+        if why := self._failed_check(on_disk, check, method, mark):
             self.out.delete(r["path"])
-            fail(r, vocabulary.VERIFY_ERROR, lost or f"C2PA {check.state}: {', '.join(check.errors)}")
+            fail(r, vocabulary.VERIFY_ERROR, why)
             return False
         return True
 
