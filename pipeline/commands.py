@@ -174,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = run_job(cfg, fresh=args.fresh, backend="in-process" if args.in_process else "ray", rows=rows,
                      reporter=reporter, decisions=args.decisions)
     reporter.end(describe(report), **report.summary, exit_code=report.exit_code, results=report.results,
-                 removed_strays=len(report.removed_strays))
+                 removed_strays=report.strays_removed)
     if reporter.mode != "json":  # in json mode the summary is the run_end event
         print(describe(report))
     return report.exit_code
@@ -199,8 +199,8 @@ def describe(report: RunReport) -> str:
                      + (f", CPU {cpu:.3f} s/written image" if cpu is not None else ""))
     if s["reasons"]:
         lines.append("  reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())))
-    if report.removed_strays:
-        lines.append(f"  removed {len(report.removed_strays)} file(s) no results row lists any more (images that lost "
+    if report.strays_removed:
+        lines.append(f"  removed {report.strays_removed} file(s) no results row lists any more (images that lost "
                      "their place or a reviewer rejected, or a killed run's leftovers)")
     if report.stopped:
         lines.append(f"  STOPPED: {report.stopped}")

@@ -42,9 +42,9 @@ def check(out: Path, candidates: int) -> list[str]:
         problems.append(f"{table.num_rows} rows for {candidates} candidates")
     if any(s not in ("written", "rejected") for s in table["status"].to_pylist()):
         problems.append("unfinished or error rows")
-    committed = pq.read_table(out / "_shards")["item_id"].to_pylist()
-    if len(committed) != len(set(committed)):
-        problems.append("a candidate committed twice")
+    state = json.loads((out / "_state" / "current.json").read_text())
+    if state["committed"] != candidates:
+        problems.append(f"{state['committed']} outcomes committed for {candidates} candidates")
     v = subprocess.run([sys.executable, "-m", "pipeline", "verify", str(out)], cwd=ROOT, capture_output=True,
                        text=True)
     if v.returncode:

@@ -152,3 +152,32 @@ def signed_output(folder: Path, n: int, size: int = 64, fmt: str = "png", waterm
     out.put(RESULTS, to_bytes(pa.Table.from_pylist(rows, schema=pa.schema(
         [(c, pa.string()) for c in ("id", "item_id", "status", "path", "sha256", "c2pa_label", "watermark")]))))
     return folder
+
+
+def as_older_release(out: Path, drop: tuple[str, ...] = ()) -> list[Path]:
+    """Turn an output folder into one an older release left: no consolidated state, its
+    committed outcomes in one shard (lacking the columns `drop`). Returns the shard files."""
+    import shutil
+
+    state = out / "_state"
+    if (state / "current.json").exists():
+        current = json.loads((state / "current.json").read_text())
+        parts = [pq.read_table(out / rel) for rel in current["parts"].values()]
+        table = pa.concat_tables(parts).drop_columns(list(drop))
+        (out / "_shards").mkdir(exist_ok=True)
+        pq.write_table(table, out / "_shards" / "part-000000-0older0.parquet")
+        embeddings = [pq.read_table(out / rel) for rel in current["embeddings"].values()]
+        if embeddings:
+            (out / "_embeddings").mkdir(exist_ok=True)
+            pq.write_table(pa.concat_tables(embeddings), out / "_embeddings" / "part-000000-0older0.parquet")
+    shutil.rmtree(state, ignore_errors=True)
+    for shard in (out / "_shards").glob("part-*.parquet"):
+        pq.write_table(pq.read_table(shard).drop_columns([c for c in drop if c in pq.read_schema(shard).names]), shard)
+    return sorted((out / "_shards").glob("part-*.parquet"))
+
+
+def committed_part(out: Path, kind: str = "parts") -> pa.Table:
+    """The consolidated state of an output: every latest outcome (`parts`), or every image
+    embedding (`embeddings`), as one table (for tests: small outputs)."""
+    current = json.loads((out / "_state" / "current.json").read_text())
+    return pa.concat_tables([pq.read_table(out / rel) for rel in sorted(current[kind].values())])

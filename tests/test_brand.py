@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline.run.job import run_job
 from pipeline.spec.load import load_job
-from tests.helpers import write_job
+from tests.helpers import committed_part, write_job
 
 ROWS = {"id": ["s1", "s2", "s3", "b1", "b2", "n1"], "prompt": ["a mug", "a shoe", "a lamp", "a cup", "a hat", "a pen"],
         "style": ["studio", "studio", "studio", "brand", "brand", None]}
@@ -30,7 +30,7 @@ def test_each_styles_written_images_are_compared_by_their_kept_embeddings(tmp_pa
     report = run_job(cfg, backend="in-process")
     out = report.output_dir
     written = [r for r in pq.read_table(out / "results.parquet").to_pylist() if r["status"] == "written"]
-    sidecar = pq.read_table(out / "_embeddings").to_pylist()
+    sidecar = committed_part(out, "embeddings").to_pylist()  # the sidecars, consolidated
     assert len(sidecar) == 12 and {len(r["clip_embedding"]) for r in sidecar} == {len(sidecar[0]["clip_embedding"])}
     # The figure, recomputed the slow way: embed the written files again, average every pair.
     scorer = ClipScorer(load_clip(cfg.models.clip, cfg.models.clip_pretrained, device="cpu"))

@@ -111,7 +111,7 @@ def test_a_style_lora_on_s3_is_fetched_to_a_local_cache_and_applied(tmp_path, s3
 
 
 def test_output_on_s3_writes_verifies_and_resumes_with_nothing_on_local_disk(tmp_path, s3, monkeypatch):
-    from pipeline.storage.layout import RESULTS, SHARDS, SUMMARY
+    from pipeline.storage.layout import RESULTS, SHARDS, STATE_CURRENT, SUMMARY
     from pipeline.storage.store import Output
 
     monkeypatch.chdir(tmp_path)
@@ -123,7 +123,8 @@ def test_output_on_s3_writes_verifies_and_resumes_with_nothing_on_local_disk(tmp
     assert report.exit_code == EXIT_OK and report.summary["written"] == 2
     out = Output(f"s3://{s3.bucket}/runs/nightly")
     files = out.files()
-    assert {RESULTS, SUMMARY} <= files and any(f.startswith(SHARDS + "/") for f in files)
+    # the shards consolidated into the state's range files, the current generation named last
+    assert {RESULTS, SUMMARY, STATE_CURRENT} <= files and not any(f.startswith(SHARDS + "/") for f in files)
     table = tables.read(out.get(RESULTS)).to_pylist()
     assert all(out.exists(r["path"]) for r in table if r["status"] == "written")
     assert all(r["preview_path"].startswith("_previews/") and out.exists(r["preview_path"]) for r in table)

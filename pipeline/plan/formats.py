@@ -15,7 +15,7 @@ format again with a fresh seed, planned beside the rejected one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -72,16 +72,14 @@ def expected(plan: pa.Table, cfg: JobConfig, styles: pl.DataFrame) -> pl.DataFra
             .agg(c("len").sum().cast(pl.UInt32)))
 
 
-StatusOf = Callable[[pa.Table], pa.ChunkedArray]  # plan rows → their committed status (null: none)
-
-
-def plan_formats(plan: PlanFile, status_of: StatusOf, cfg: JobConfig, styles: pl.DataFrame, in_force: pa.Table,
+def plan_formats(plan: PlanFile, statuses: Iterable[pa.Array], cfg: JobConfig, styles: pl.DataFrame, in_force: pa.Table,
                  path: Path) -> PlanFile:
     """The format children of `plan`'s images that are written (or approved, by `[formats].from`),
-    as a plan file beside it (`path`)."""
+    as a plan file beside it (`path`). `statuses`: each plan chunk's committed status (null:
+    none), chunk by chunk in plan order."""
     writer, rows = None, 0
     try:
-        for chunk in _chunks(plan, status_of, cfg, style_formats(cfg, styles), in_force):
+        for chunk in _chunks(plan, statuses, cfg, style_formats(cfg, styles), in_force):
             writer = writer or pq.ParquetWriter(path, chunk.schema)
             writer.write_table(chunk, row_group_size=max(chunk.num_rows, 1))
             rows += chunk.num_rows
@@ -93,10 +91,9 @@ def plan_formats(plan: PlanFile, status_of: StatusOf, cfg: JobConfig, styles: pl
     return PlanFile(path, rows)
 
 
-def _chunks(plan: PlanFile, status_of: StatusOf, cfg: JobConfig, formats: pl.DataFrame,
+def _chunks(plan: PlanFile, statuses: Iterable[pa.Array], cfg: JobConfig, formats: pl.DataFrame,
             in_force: pa.Table) -> Iterator[pa.Table]:
-    for chunk in plan.chunks():
-        status = status_of(chunk)
+    for chunk, status in zip(plan.chunks(), statuses, strict=True):
         sources = pl.from_arrow(chunk).with_columns(pl.Series("__status", status.to_pylist(), pl.String))
         sources = sources.filter(pl.col("__status") == vocabulary.WRITTEN)
         if cfg.formats.source == "approved":

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from pipeline.review.verify_check import COLUMNS, FILES, Checked, Entry, check, entries
 from pipeline.run.progress import interval_from_env
-from pipeline.run.shards import ShardStore
 from pipeline.storage.layout import DEMO_CA, RESULTS
 from pipeline.storage.records import count_valid, iter_parquet, latest_run
 from pipeline.storage.store import Output, as_output
@@ -82,8 +81,7 @@ def verify_output(output: Output | Path | str, trust_anchors: str | None = None,
         anchors = read_anchors(out, trust_anchors)
     except MissingAnchors as e:
         return [str(e)], 0
-    listed: set[str] = set()
-    todo = _listed(out, listed)
+    todo = _listed(out)
     if sample is not None:
         drawn, seen = draw(todo, sample, seed)
         todo, total = iter(drawn), len([e for e in drawn if e.rel])
@@ -99,21 +97,51 @@ def verify_output(output: Output | Path | str, trust_anchors: str | None = None,
         found += [(done.entry.rel or done.entry.item, done.entry.index, p) for p in done.problems]
         progress.step(done.entry.rel is not None, len(found))
     progress.close(len(found))
-    # A file of an earlier plan (a prompt since edited) stays listed by its committed shard.
-    committed = ShardStore(out).committed()
-    for rel in sorted(committed.files - listed - committed.listed):
+    # A file of an earlier plan (a prompt since edited) stays listed by its committed outcome;
+    # every file the results table lists is one a latest committed outcome lists.
+    for rel in unlisted_files(out):
         found.append((rel, -1, f"{rel}: file not listed in the results table nor in any committed shard"))
     return [p for *_, p in sorted(found, key=lambda f: f[:2])], checked
 
 
-def _listed(out: Output, listed: set[str]) -> Iterator[Entry]:
-    """Every entry of the results table in order, a batch of rows at a time; each file's path
-    goes into `listed` as it passes (the check for files nothing lists needs them all)."""
+def unlisted_files(out: Output) -> Iterator[str]:
+    """Image files neither the results table nor a latest committed outcome lists, a range of
+    item ids at a time (the table's files spilled by range first: an image's range is its item id's)."""
+    import tempfile
+
+    import pyarrow as pa
+
+    from pipeline.run import keyspace
+    from pipeline.run.spill import Spill
+    from pipeline.run.state import State
+
+    with tempfile.TemporaryDirectory(prefix="asset-pipeline-verify-") as folder:
+        state = State(out, Path(folder))
+        files = pa.schema([pa.field(c, pa.string()) for c in ("item_id", *FILES)])
+        table = Spill(Path(folder) / "results-files.arrow", files)
+        try:
+            for batch in iter_parquet(out, RESULTS, files.names):
+                batch = pa.Table.from_batches([batch])
+                for column in (c for c in files.names if c not in batch.column_names):  # older tables
+                    batch = batch.append_column(column, pa.nulls(batch.num_rows, pa.string()))
+                numbers = keyspace.range_numbers(batch["item_id"], state.digits)
+                for r in set(numbers.tolist()):
+                    table.add(r, batch.filter(pa.array(numbers == r)).select(files.names))
+            for number, found in enumerate(state.ranges()):
+                listed = table.read(number)
+                in_table = {p for c in FILES for p in listed[c].to_pylist() if p}
+                yield from (rel for rel in found.strays() if rel not in in_table)
+        finally:
+            table.close()
+            state.close()
+
+
+def _listed(out: Output) -> Iterator[Entry]:
+    """Every entry of the results table in order, a batch of rows at a time."""
     start = 0
     for batch in iter_parquet(out, RESULTS, COLUMNS):
         found = entries(batch, start)
         start += batch.num_rows * 2
-        listed.update(e.rel for e in found if e.rel)
         yield from found
 
 

@@ -1,8 +1,8 @@
-"""Compaction: one results table from the plan and the committed shards, and the clean-up after.
+"""Compaction: one results table from the plan and the committed outcomes, and the clean-up after.
 
-The results table joins the current plan with the latest committed outcome of each of its item
-ids, a plan chunk at a time, and replaces the old table whole. Then every image file (and
-preview) no latest outcome lists goes, and every temp file killed local writes left.
+The results table is the current plan with the latest committed outcome of each of its item
+ids (run/joined.py), a plan chunk at a time, and replaces the old table whole. Then every image
+file (and preview) no latest outcome lists goes, and every temp file killed local writes left.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.run.shards import Committed
+from pipeline.run.state import Range
 from pipeline.run.summary import Summary
 from pipeline.spec import schema
 from pipeline.storage import layout
@@ -31,13 +31,11 @@ def gpu_seconds(outcome: pa.Table) -> pa.Array:
     return pc.if_else(ran, pc.divide(total, 1000.0), pa.scalar(None, pa.float64()))
 
 
-def compact(plan: pa.Table, committed: Committed, gpu_hour_usd: float | None = None) -> pa.Table:
-    """The results table of plan rows (a chunk of the plan, or all of it): each with its latest
-    committed outcome, plan order, and its GPU time and cost (at `gpu_hour_usd`, else null)."""
+def compact(plan: pa.Table, outcome: pa.Table, gpu_hour_usd: float | None = None) -> pa.Table:
+    """The results table of plan rows (a chunk of the plan) with `outcome`, their latest
+    committed outcomes row for row: plan order, and each row's GPU time and cost (at
+    `gpu_hour_usd`, else null). Passthrough columns of any type ride along untouched."""
     outcome_names = [f.name for f in schema.OUTCOME_FIELDS]
-    # Look up each plan row's outcome by item id: a take, not a join, so any passthrough type
-    # (lists, structs, dictionaries) rides along untouched and plan order is kept.
-    outcome = committed.outcome_of(plan)
     table = plan
     for name in ("path", "truncated", "truncated_by"):  # the written path (null when none) replaces the planned one
         table = table.set_column(table.schema.get_field_index(name), name, outcome[name])
@@ -56,16 +54,17 @@ def compact(plan: pa.Table, committed: Committed, gpu_hour_usd: float | None = N
                                                                             if c not in schema.RESERVED_NAMES)]))
 
 
-def write_results(plan_chunks: Iterable[pa.Table], committed: Committed, output: Output | Path | str,
+def write_results(joined: Iterable[tuple[pa.Table, pa.Table]], output: Output | Path | str,
                   gpu_hour_usd: float | None = None, before_commit: Callable[[], None] | None = None) -> dict:
-    """Compact the plan, chunk by chunk, into `results.parquet` (replaced whole, never seen half
-    written); returns the summary of what it wrote (with the GPU-hour price it used).
+    """Compact the plan, chunk by chunk with its outcomes (`joined`), into `results.parquet`
+    (replaced whole, never seen half written); returns the summary of what it wrote (with the
+    GPU-hour price it used).
     `before_commit` (the lock's check) runs just before the table replaces the old one."""
     summary, writer = Summary(), None
     with as_output(output).staged(layout.RESULTS, before_commit) as path:
         try:
-            for chunk in plan_chunks:
-                table = compact(chunk, committed, gpu_hour_usd)
+            for chunk, outcome in joined:
+                table = compact(chunk, outcome, gpu_hour_usd)
                 writer = writer or pq.ParquetWriter(path, table.schema)
                 writer.write_table(table)
                 summary.add(table)
@@ -77,23 +76,47 @@ def write_results(plan_chunks: Iterable[pa.Table], committed: Committed, output:
     return {**summary.result(), "gpu_hour_usd": gpu_hour_usd}
 
 
-def remove_strays(committed: Committed, output: Output | Path | str,
-                  before_delete: Callable[[], None] | None = None) -> list[str]:
-    """Delete image files no latest committed outcome lists (a killed run's unlisted writes, an
-    image a re-judging replaced) and the temp files killed writes leave. A listed file is never
-    deleted. `before_delete` (the lock's check) runs before each file goes: a stray of this
-    run's view may be a file that a run which took the output over has listed since.
+class Strays:
+    """Image files no latest committed outcome lists (a killed run's unlisted writes, an image
+    a re-judging replaced), and previews none lists (a killed run's, a candidate's that
+    moderation now blocks), gathered range by range as a join visits them (`__call__`) into a
+    file on the driver's disk: however many there are, none is held."""
 
-    Previews (`_previews/`) no latest outcome lists go too (a killed run's, a candidate's that
-    moderation now blocks), but they are not images: never in the list this returns."""
-    out = as_output(output)
-    removed = sorted(committed.files - committed.listed)
-    for rel in [*removed, *sorted(out.files(layout.PREVIEWS) - committed.previews)]:
-        if before_delete:
-            before_delete()
-        out.delete(rel)
-    remove_temp(out)
-    return removed
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 — open across visits, closed in `remove`
+        self.images = 0
+
+    def __call__(self, found: Range) -> None:
+        for rel in found.strays():
+            self._file.write(f"I{rel}\n")
+            self.images += 1
+        for rel in found.stray_previews():
+            self._file.write(f"P{rel}\n")
+
+    def remove(self, output: Output | Path | str, before_delete: Callable[[], None] | None = None,
+               keep: int = 1000) -> list[str]:
+        """Delete them, and the temp files killed writes left. A listed file is never deleted.
+        `before_delete` (the lock's check) runs before each batch goes: a stray of this run's
+        view may be a file that a run which took the output over has listed since. Returns the
+        first `keep` images removed (previews are not images: never among them)."""
+        out = as_output(output)
+        self._file.close()
+        removed: list[str] = []
+        with open(self.path, encoding="utf-8") as f:
+            batch: list[str] = []
+            for line in f:
+                rel = line[1:].rstrip("\n")
+                if line[0] == "I" and len(removed) < keep:
+                    removed.append(rel)
+                batch.append(rel)
+                if len(batch) == 1000:
+                    out.delete_many(batch, before_delete)
+                    batch = []
+            out.delete_many(batch, before_delete)
+        self.path.unlink(missing_ok=True)
+        remove_temp(out)
+        return sorted(removed)
 
 
 def remove_temp(output: Output | Path | str) -> None:

@@ -11,7 +11,6 @@ committing in run/stream.py; how a run is described is the command line's (comma
 from __future__ import annotations
 
 import contextlib
-import itertools
 import shutil
 import time
 import uuid
@@ -29,11 +28,14 @@ from pipeline.plan.build import PlanFile, write_plan
 from pipeline.plan.work import rows_per_group, write_work
 from pipeline.review import decisions as review
 from pipeline.run import record, resume
-from pipeline.run.compact import remove_strays, remove_temp, write_results
+from pipeline.run.compact import Strays, remove_temp, write_results
+from pipeline.run.consolidate import Consolidation, clean
+from pipeline.run.joined import Joined, visit_all
 from pipeline.run.progress import Reporter
-from pipeline.run.shards import ShardStore, row_ids
+from pipeline.run.shards import ShardStore
+from pipeline.run.state import State
 from pipeline.run.stream import stream_and_commit
-from pipeline.run.summary import brand_consistency
+from pipeline.run.summary import BrandFigures
 from pipeline.spec import vocabulary
 from pipeline.spec.config import JobConfig
 from pipeline.spec.manifest import Inputs, load_inputs
@@ -51,7 +53,8 @@ class RunReport:
     summary: dict
     exit_code: int
     stopped: str | None = None  # why the run stopped early
-    removed_strays: list[str] = field(default_factory=list)
+    removed_strays: list[str] = field(default_factory=list)  # the first thousand
+    strays_removed: int = 0
     results: str = ""  # where results.parquet is
 
 
@@ -74,7 +77,7 @@ def prepare_output(out: Output) -> None:
 
 def clear_results(out: Output) -> None:
     """--fresh: forget earlier results, images and previews (the demo signer and run records stay)."""
-    for prefix in (layout.SHARDS, layout.EMBEDDINGS, layout.DECISIONS, layout.IMAGES, layout.PREVIEWS):
+    for prefix in (layout.SHARDS, layout.EMBEDDINGS, layout.STATE, layout.DECISIONS, layout.IMAGES, layout.PREVIEWS):
         out.delete_prefix(prefix)
     for name in (layout.RESULTS, layout.SUMMARY):
         out.delete(name)
@@ -151,8 +154,10 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             if fresh:
                 lock.check()
                 clear_results(out)
-            elif rows and (others := row_ids(out) - set(rows)):
-                raise JobError(f"{out}: holds results of other rows ({len(others)}, e.g. {sorted(others)[0]!r}); "
+            remove_temp(out)
+            state = State(out, work, expected=plan.num_rows)  # the committed outcomes, a range at a time
+            if not fresh and rows and (other := state.other_row(set(rows))):
+                raise JobError(f"{out}: holds results of other rows (e.g. {other!r}); "
                                "--rows would hide them, so give it a separate --output")
             if decisions:  # recorded before any work: a run that stops still leaves them for the next
                 lock.check()
@@ -162,11 +167,10 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             # 4. resume: the run recorded, a killed run's temp files gone; skip what earlier attempts
             # committed (and whose files are still there)
             started = time.monotonic()
-            remove_temp(out)
             record.write(cfg, run_id, out, plan.num_rows, inputs.styles)
             store = ShardStore(out)
-            committed = store.committed()
-            todo = resume.to_do(plan, committed)
+            joined = Joined(state, [plan], work)
+            todo = resume.to_do(joined)
             reporter.log(f"run {run_id}: {plan.num_rows} candidates planned from {len(inputs.manifest)} rows, "
                          f"{plan.num_rows - todo.candidates} already done, {todo.candidates} to go, "
                          f"{todo.rows} row(s) to judge → {out}",
@@ -179,37 +183,50 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             stopped, this_run = None, None
             if todo.rows:
                 pending = work / f"pending-{run_id}.arrow"
-                index = write_work(resume.work(plan, committed), pending,
+                index = write_work(resume.work(joined), pending,
                                    rows_per_group(todo.rows, todo.candidates, cfg.generate.batch_size))
+                joined.close()
                 stopped, this_run = stream_and_commit(cfg, backend, pending, index, store=store, run_id=run_id,
                                                       to_go=todo.candidates, planned=plan.num_rows,
                                                       reporter=reporter, fence=lock.check)
                 pending.unlink(missing_ok=True)
+            joined.close()
 
             # 5b. channel formats: children of what is written now (or approved), planned from the
             # committed outcomes, then streamed and committed the same way (planned even when the
             # run stopped: the results list the formats made before, so their files stay)
             plans = [plan]
             if formats.wanted(cfg, inputs.styles):
-                committed = store.committed()
-                plans.append(formats.plan_formats(plan, lambda chunk: committed.outcome_of(chunk)["status"], cfg,
+                state.refresh()
+                joined = Joined(state, [plan], work)
+                plans.append(formats.plan_formats(plan, (o["status"] for _, o in joined.chunks(["item_id"])), cfg,
                                                   inputs.styles, decided.in_force, work / f"formats-{run_id}.parquet"))
-                stopped, this_run = _run_formats(plans[-1], committed, cfg, backend, store, run_id, work, reporter,
+                joined.close()
+                stopped, this_run = _run_formats(plans[-1], state, cfg, backend, store, run_id, work, reporter,
                                                  lock.check, stopped, this_run)
             if decided.history.num_rows:
                 _warn_unplanned(decided, plans, inputs, out, reporter)
 
-            # 6. compact: the results table from every committed shard; files no row lists removed
+            # 6. compact: the results table from the committed outcomes, a range at a time on the
+            # way: strays found, brand figures summed, and the ranges that changed consolidated
             faults.kill_if("driver.kill_before_compact")
-            committed = store.committed()
-            summary = write_results(itertools.chain(*(p.chunks() for p in plans)), committed, out,
-                                    before_commit=lock.check,
+            state.refresh()
+            strays, brand = Strays(work / f"strays-{run_id}.txt"), BrandFigures()
+            consolidation = Consolidation(state, out)
+            joined = Joined(state, plans, work, visit=visit_all(strays, brand, consolidation))
+            summary = write_results(joined.chunks(), out, before_commit=lock.check,
                                     gpu_hour_usd=cfg.cost.gpu_hour_usd if cfg.cost else None)
-            removed = remove_strays(committed, out, before_delete=lock.check)
+            joined.close()
+            # 6b. consolidate: the new generation in force (last), then what it covers deleted
+            if consolidation.needed:
+                consolidation.commit(before_commit=lock.check)
+            removed = strays.remove(out, before_delete=lock.check)
+            clean(out, before_delete=lock.check)
+            state.close()
 
             # 7. summarise: summary.json, and the report whose exit code says whether all is done
             similarity = summary.pop("similarity")
-            summary["brand_consistency"] = brand_consistency(committed, out, similarity)
+            summary["brand_consistency"] = brand.result(similarity)
             _add_run(summary, run_id, cfg, stopped, time.monotonic() - started, this_run)
             if summary["truncated_prompts"]:
                 reporter.warning(f"{summary['truncated_prompts']} candidate prompt(s) exceeded the text encoder's "
@@ -219,7 +236,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             write_json(summary, out, layout.SUMMARY)
             return RunReport(run_id, Path(out.root) if out.local else out.uri, summary,
                              EXIT_INCOMPLETE if stopped or summary["pending"] else EXIT_OK, stopped, removed,
-                             out.where(layout.RESULTS))
+                             strays.images, out.where(layout.RESULTS))
     except LockLost as e:
         if e.holder is None and (latest := record.latest_other(out, run_id)):
             raise LockLost(f"{e}; the latest other run recorded in the output is {latest}") from None
@@ -228,17 +245,22 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
         lock.close()
 
 
-def _run_formats(plan: PlanFile, committed, cfg: JobConfig, backend: str, store: ShardStore, run_id: str, work: Path,
-                 reporter: Reporter, fence, stopped: str | None, this_run: Counter | None):
+def _run_formats(plan: PlanFile, state: State, cfg: JobConfig, backend: str, store: ShardStore, run_id: str,
+                 work: Path, reporter: Reporter, fence, stopped: str | None, this_run: Counter | None):
     """Stream and commit the channel formats left to make (none when the run already stopped)."""
-    todo = resume.to_do(plan, committed)
-    if stopped or not todo.rows:
+    if stopped:
+        return stopped, this_run
+    joined = Joined(state, [plan], work)
+    todo = resume.to_do(joined)
+    if not todo.rows:
+        joined.close()
         return stopped, this_run
     reporter.log(f"formats: {plan.num_rows} planned, {todo.candidates} to go", event="formats_start",
                  planned=plan.num_rows, to_go=todo.candidates, rows_to_judge=todo.rows)
     pending = work / f"pending-formats-{run_id}.arrow"
-    index = write_work(resume.work(plan, committed), pending,
+    index = write_work(resume.work(joined), pending,
                        rows_per_group(todo.rows, todo.candidates, cfg.generate.batch_size))
+    joined.close()
     stopped, made = stream_and_commit(cfg, backend, pending, index, store=store, run_id=run_id, to_go=todo.candidates,
                                       planned=plan.num_rows, reporter=reporter, fence=fence)
     pending.unlink(missing_ok=True)

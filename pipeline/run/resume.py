@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.plan.build import PlanFile
 from pipeline.plan.work import candidates
-from pipeline.run.shards import Committed
-from pipeline.spec import schema
+from pipeline.run.joined import Joined
+from pipeline.spec import schema, vocabulary
 
 
 @dataclass(frozen=True)
@@ -27,40 +26,49 @@ class ToDo:
     rows: int
 
 
-def to_do(plan: PlanFile, committed: Committed) -> ToDo:
+def to_do(joined: Joined) -> ToDo:
     """How many candidates have no finished outcome, and how many manifest rows need work."""
     candidates_to_go = rows_to_go = 0
-    for chunk in plan.chunks(["item_id", "id", "judge_key"]):
-        done, rows = _split(chunk, committed)
+    for chunk, outcome in joined.chunks(["item_id", "id", "judge_key"]):
+        done, rows = _split(chunk, outcome)
         candidates_to_go += len(done) - pc.sum(pc.cast(done, pa.int64())).as_py() if len(done) else 0
         rows_to_go += len(rows)
     return ToDo(candidates_to_go, rows_to_go)
 
 
-def work(plan: PlanFile, committed: Committed) -> Iterator[pa.Table]:
+def work(joined: Joined) -> Iterator[pa.Table]:
     """The rows of each plan chunk that need work: their pending candidates with the earlier
     judged ones, so each row is judged across attempts (and under today's rules)."""
-    for chunk in plan.chunks():
-        done, rows = _split(chunk, committed)
+    for chunk, outcome in joined.chunks():
+        done, rows = _split(chunk, outcome)
         if len(rows):
-            yield candidates(chunk.filter(pc.invert(done)), _priors(chunk, committed, done, rows))
+            yield candidates(chunk.filter(pc.invert(done)), _priors(chunk, outcome, done, rows))
 
 
-def _split(chunk: pa.Table, committed: Committed) -> tuple[pa.Array, pa.Array]:
+def judged(plan: pa.Table, outcome: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """Which plan rows have a finished outcome (errors are not done: a rerun retries them),
+    and which of those were judged under other rules than the plan's (`judge_key`)."""
+    done = pc.fill_null(pc.not_equal(outcome["status"], vocabulary.ERROR), False)
+    other_rules = pc.fill_null(pc.not_equal(outcome["judged_with"], plan["judge_key"]), True)
+    return done, pc.and_(done, other_rules)
+
+
+def _split(chunk: pa.Table, outcome: pa.Table) -> tuple[pa.Array, pa.Array]:
     """Of a plan chunk: which candidates are done, and the ids of the rows that need work (a
     candidate not done, or one judged under other rules: the row is judged again)."""
-    done, other_rules = committed.judged(chunk)
+    done, other_rules = judged(chunk, outcome)
     return done, pc.unique(chunk["id"].filter(pc.or_(pc.invert(done), other_rules)))
 
 
-def _priors(chunk: pa.Table, committed: Committed, done: pa.Array, pending_rows: pa.Array) -> pa.Table | None:
+def _priors(chunk: pa.Table, outcome: pa.Table, done: pa.Array, pending_rows: pa.Array) -> pa.Table | None:
     """Candidates of a plan chunk judged in earlier runs, of the rows that have pending ones:
     plan columns and their committed outcome, so the row is judged across attempts."""
-    judged = chunk.filter(pc.and_(done, pc.is_in(chunk["id"], pending_rows)))
-    if not judged.num_rows:
+    keep = pc.and_(done, pc.is_in(chunk["id"], pending_rows))
+    judged_rows = chunk.filter(keep)
+    if not judged_rows.num_rows:
         return None
-    outcome = committed.outcome_of(judged)
-    table = judged.select([f.name for f in schema.PLAN_FIELDS])
+    outcome = outcome.filter(keep)
+    table = judged_rows.select([f.name for f in schema.PLAN_FIELDS])
     for name in ("path", "truncated", "scheduler"):
         table = table.set_column(table.schema.get_field_index(name), name, outcome[name])
     for f in schema.OUTCOME_FIELDS:

@@ -15,10 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.judge.outcome import reason_codes
-from pipeline.run.shards import Committed, latest_rows
+from pipeline.run.state import Range
 from pipeline.spec import schema, vocabulary
-from pipeline.storage import layout
-from pipeline.storage.store import Output, as_output
+from pipeline.storage.store import Output
 
 NO_STYLE = "(no style)"  # figures of rows without a style
 FUNNEL = ("generated", "passed_moderation", "passed_filters", "selected", "signed", "written")
@@ -146,32 +145,41 @@ def brand_images(table: pa.Table) -> pa.ChunkedArray:
     return pc.and_(written, pc.is_null(table["variant"])) if "variant" in table.column_names else written
 
 
-def brand_consistency(committed: Committed, output: Output | Path | str, similarity: dict | None = None) -> dict:
-    """Per style, how alike its written images are: the mean pairwise cosine of their CLIP image
-    embeddings, from the `_embeddings` sidecars. For unit vectors the mean over pairs is
-    (|Σe|² − n) / (n(n−1)), so it streams: a sum and a count per style, no pairwise matrix.
-    `similarity`: per column of SIMILARITIES, the mean similarity of each style's written images
-    to its reference / style image (`Summary`), added where the style has one."""
-    out = as_output(output)
-    paths = sorted(p for p in out.files(layout.EMBEDDINGS) if layout.is_part(p))
-    column = schema.EMBEDDING_FIELD.name
-    sums: dict[str, tuple[np.ndarray, int]] = {}
-    # an item measured twice (a killed run's sidecar, then the rerun's) counts once: its latest
-    for table in latest_rows(out, paths, ["item_id", "style", "variant", column]):
-        status = committed.outcomes["status"].take(committed.index.lookup(table["item_id"]))
+class BrandFigures:
+    """Per style, how alike its written images are: the mean pairwise cosine of their CLIP
+    image embeddings, gathered range by range as a join visits them (`__call__`). For unit
+    vectors the mean over pairs is (|Σe|² − n) / (n(n−1)), so it streams: a sum and a count per
+    style, no pairwise matrix. An item measured twice (a killed run's sidecar, then the
+    rerun's) counts once: its latest."""
+
+    def __init__(self):
+        self.sums: dict[str, tuple[np.ndarray, int]] = {}
+
+    def __call__(self, found: Range) -> None:
+        table = found.embeddings()
+        if not table.num_rows:
+            return
+        outcomes = found.outcomes
+        status = outcomes["status"].take(pc.index_in(table["item_id"], value_set=outcomes["item_id"]))
         table = table.filter(brand_images(table.append_column("status", status)))
         if not table.num_rows:
-            continue
+            return
+        column = schema.EMBEDDING_FIELD.name
         vectors = np.stack(table[column].to_numpy(zero_copy_only=False)).astype(np.float64)
         styles = np.array([s if s is not None else NO_STYLE for s in table["style"].to_pylist()], object)
         for style in set(styles):
-            total, n = sums.get(style, (0.0, 0))
+            total, n = self.sums.get(style, (0.0, 0))
             chosen = vectors[styles == style]
-            sums[style] = (total + chosen.sum(axis=0), n + len(chosen))
-    figures = {style: {"images": n, "mean_pairwise_cosine": (round(float((total @ total - n) / (n * (n - 1))), 4)
-                                                             if n > 1 else None)}
-               for style, (total, n) in sorted(sums.items())}
-    for column, by_style in (similarity or {}).items():
-        for style, mean in by_style.items():
-            figures.setdefault(style, {"images": 0, "mean_pairwise_cosine": None})[column] = mean
-    return figures
+            self.sums[style] = (total + chosen.sum(axis=0), n + len(chosen))
+
+    def result(self, similarity: dict | None = None) -> dict:
+        """The figures per style; `similarity`: per column of SIMILARITIES, the mean similarity
+        of each style's written images to its reference / style image (`Summary`), added where
+        the style has one."""
+        figures = {style: {"images": n, "mean_pairwise_cosine": (round(float((total @ total - n) / (n * (n - 1))), 4)
+                                                                 if n > 1 else None)}
+                   for style, (total, n) in sorted(self.sums.items())}
+        for column, by_style in (similarity or {}).items():
+            for style, mean in by_style.items():
+                figures.setdefault(style, {"images": 0, "mean_pairwise_cosine": None})[column] = mean
+        return figures

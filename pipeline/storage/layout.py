@@ -8,6 +8,10 @@ in an output takes its names from here and spells none itself:
                                   never an asset, never `path`, disposable (`preview_path`)
     _shards/part-*.parquet        committed outcomes: the commit points
     _embeddings/part-*.parquet    the image embeddings of those outcomes (a shard's sidecar)
+    _state/current.json           the consolidated state in force: its generation, the ranges of
+                                  item ids it cuts the outcomes into, the last shard it covers
+    _state/<generation>/outcomes-<prefix>.parquet    a range's latest outcomes, by item id
+                       /embeddings-<prefix>.parquet  their image embeddings
     _decisions/part-*.parquet     a reviewer's decisions, as applied
     _runs/<run_id>.json           one record per run: its config, versions and models
     _work/                        a local run's driver files (plan, pending work), removed at its end
@@ -37,6 +41,8 @@ IMAGES = "images"
 PREVIEWS = "_previews"
 SHARDS = "_shards"
 EMBEDDINGS = "_embeddings"
+STATE = "_state"
+STATE_CURRENT = f"{STATE}/current.json"
 DECISIONS = "_decisions"
 RUNS = "_runs"
 WORK = "_work"
@@ -57,6 +63,7 @@ PART_PREFIX, PART_SUFFIX = "part-", ".parquet"  # shards, sidecars and decision 
 # signer's folder), the shard, sidecar and run-record folders, and each image and preview folder. (A PUT to
 # object storage is whole or absent: it leaves no temp objects.)
 TEMP_GLOBS = (f"{TEMP_PREFIX}*", f"{SHARDS}/{TEMP_PREFIX}*", f"{EMBEDDINGS}/{TEMP_PREFIX}*",
+              f"{STATE}/{TEMP_PREFIX}*", f"{STATE}/*/{TEMP_PREFIX}*",
               f"{RUNS}/{TEMP_PREFIX}*", f"{IMAGES}/*/{TEMP_PREFIX}*", f"{PREVIEWS}/*/{TEMP_PREFIX}*")
 
 
@@ -95,6 +102,27 @@ def part_name(number: int, token: str) -> str:
     """The name of the `number`th part of a folder: names sort in commit order, `token` keeps
     two writers' parts apart."""
     return f"{PART_PREFIX}{number:06d}-{token}{PART_SUFFIX}"
+
+
+def part_number(rel: str) -> int:
+    """The commit number of a part (`part_name`): parts are ordered by it, never by name (a
+    millionth part's name sorts before the 999,999th's)."""
+    return int(posixpath.basename(rel)[len(PART_PREFIX):].split("-", 1)[0])
+
+
+def state_generation(token: str) -> str:
+    """The folder of one consolidated state; `STATE_CURRENT` names the one in force."""
+    return f"{STATE}/{GENERATION_PREFIX}{token}"
+
+
+def state_outcomes(generation: str, prefix: str) -> str:
+    """A consolidated range's latest outcomes (`prefix`: the range's leading item-id digits)."""
+    return f"{generation}/outcomes-{prefix or 'all'}.parquet"
+
+
+def state_embeddings(generation: str, prefix: str) -> str:
+    """A consolidated range's image embeddings."""
+    return f"{generation}/embeddings-{prefix or 'all'}.parquet"
 
 
 def is_part(rel: str) -> bool:

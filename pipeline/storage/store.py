@@ -157,6 +157,52 @@ class Output:
             rels = (p[len(self.root) + 1:] for p in self.fs.find(base))
         return {r for r in rels if not posixpath.basename(r).startswith(TEMP_PREFIX)}
 
+    def files_starting(self, folder: str, start: str) -> set[str]:
+        """Relative paths of the files under `folder` whose path below it begins with `start`
+        ("a" takes the subfolders a0..af whole, "a3/a3f" the names in a3 that begin a3f): one
+        listing by key prefix on object storage, the matching subfolders locally."""
+        if not self.local:
+            base = self._remote(folder)
+            self.fs.invalidate_cache(base)
+            rels = (p[len(self.root) + 1:] for p in self.fs.find(base, prefix=start))
+            return {r for r in rels if not posixpath.basename(r).startswith(TEMP_PREFIX)}
+        head, _, name = start.rpartition("/")
+        base = self._local(f"{folder}/{head}" if head else folder)
+        if not base.is_dir():
+            return set()
+        found: set[str] = set()
+        for entry in os.scandir(base):
+            if entry.name.startswith(name) and not entry.name.startswith(TEMP_PREFIX):
+                rel = Path(entry.path).relative_to(self.root).as_posix()
+                found |= self.files(rel) if entry.is_dir(follow_symlinks=False) else {rel}
+        return found
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every file under `prefix` with its size in bytes (one listing)."""
+        if self.local:
+            base = self._local(prefix)
+            found = ((p, p.stat().st_size) for p in base.rglob("*") if p.is_file()) if base.is_dir() else ()
+            sized = {p.relative_to(self.root).as_posix(): size for p, size in found}
+        else:
+            base = self._remote(prefix)
+            self.fs.invalidate_cache(base)
+            sized = {p[len(self.root) + 1:]: info["size"] for p, info in self.fs.find(base, detail=True).items()}
+        return {r: s for r, s in sized.items() if not posixpath.basename(r).startswith(TEMP_PREFIX)}
+
+    def delete_many(self, rels: list[str], before: Callable[[], None] | None = None) -> None:
+        """Remove many files (on object storage a thousand to a request); `before` (the lock's
+        check) runs before each batch goes."""
+        for start in range(0, len(rels), 1000):
+            if before:
+                before()
+            batch = rels[start:start + 1000]
+            if self.local:
+                for rel in batch:
+                    self._local(rel).unlink(missing_ok=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm([self._remote(r) for r in batch])
+
     def delete(self, rel: str) -> None:
         """Remove one file; a file already gone is fine."""
         if self.local:

@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def to_bytes(table: pa.Table) -> bytes:
+def to_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    pq.write_table(table, buffer, row_group_size=row_group_size)
     return buffer.getvalue()
 
 

@@ -1,0 +1,99 @@
+"""Plans joined with the committed state, read back in plan order a chunk at a time.
+
+The plan is in manifest order; the state is cut by ranges of item ids. So the join goes the
+way of an external hash join, in three passes, each holding one chunk or one range:
+  1. every plan chunk's item ids go to a spill under their range, with where they sit
+     (chunk number, offset);
+  2. each range: its latest outcomes (files checked) looked up for the plan's ids of that
+     range, the found outcome (or nulls) written back under (range, chunk);
+  3. `chunks()`: each plan chunk with its outcomes, gathered from every range and put back
+     in plan order.
+Resume, the formats' sources and compaction all read their outcomes this way; a phase that
+needs to see every range on the way (strays, brand figures, consolidation) passes `visit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.plan.build import PlanFile
+from pipeline.run import keyspace
+from pipeline.run.spill import Spill
+from pipeline.run.state import OUTCOME_SCHEMA, Range, State
+
+OFFSET = "__offset"  # a plan row's place in its chunk
+KEY_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("__chunk", pa.int32()),
+                        pa.field(OFFSET, pa.int32())])
+JOINED_SCHEMA = pa.schema([*OUTCOME_SCHEMA, pa.field(OFFSET, pa.int32())])
+
+
+class Joined:
+    """`plans` (read one after another, like one plan) joined with `state`'s outcomes."""
+
+    def __init__(self, state: State, plans: list[PlanFile], folder: Path,
+                 visit: Callable[[Range], None] | None = None):
+        self.plans, self.ranges = plans, len(state.prefixes())
+        # 1. the plan's item ids by range, with where each sits
+        keys = Spill(folder / "join-keys.arrow", KEY_SCHEMA)
+        try:
+            for number, chunk in enumerate(c for p in plans for c in p.chunks(["item_id"])):
+                ids = chunk["item_id"]
+                ranges = keyspace.range_numbers(ids, state.digits)
+                where = pa.table({"item_id": ids, "__chunk": pa.array(np.full(len(ids), number, np.int32)),
+                                  OFFSET: pa.array(np.arange(len(ids), dtype=np.int32))})
+                for r in np.unique(ranges):
+                    keys.add(int(r), where.filter(pa.array(ranges == r)))
+            # 2. each range's outcomes for the plan's ids in it, by (range, chunk)
+            self.outcomes = Spill(folder / "join.arrow", JOINED_SCHEMA)
+            wanted = set(keys.keys_with_rows())
+            for number, prefix in enumerate(state.prefixes()):
+                if not visit and number not in wanted:
+                    continue
+                found = state.range(number, prefix)
+                if visit:
+                    visit(found)
+                self._join(number, keys.read(number), found.outcomes)
+        finally:
+            keys.close()
+
+    def _join(self, number: int, keys: pa.Table, outcomes: pa.Table) -> None:
+        if not keys.num_rows:
+            return
+        matched = outcomes.take(pc.index_in(keys["item_id"], value_set=outcomes["item_id"]))
+        matched = matched.append_column(OFFSET, keys[OFFSET])
+        chunk = keys["__chunk"].to_numpy()
+        for c in np.unique(chunk):
+            self.outcomes.add((number, int(c)), matched.filter(pa.array(chunk == c)))
+
+    def chunks(self, columns: list[str] | None = None) -> Iterator[tuple[pa.Table, pa.Table]]:
+        """Each plan chunk (its `columns`, all when None) with its rows' latest committed
+        outcomes (OUTCOME_SCHEMA, null where there is none), row for row."""
+        number = 0
+        for plan in self.plans:
+            for chunk in plan.chunks(columns):
+                yield chunk, self.outcomes_of(number, chunk.num_rows)
+                number += 1
+
+    def outcomes_of(self, number: int, rows: int) -> pa.Table:
+        parts = [self.outcomes.read((r, number)) for r in range(self.ranges)]
+        table = pa.concat_tables(parts)
+        table = table.take(pc.sort_indices(table[OFFSET]))
+        if table.num_rows != rows or (rows and table[OFFSET][rows - 1].as_py() != rows - 1):
+            raise AssertionError(f"plan chunk {number}: {table.num_rows} outcomes joined for {rows} rows")
+        return table.drop_columns([OFFSET])
+
+    def close(self) -> None:
+        self.outcomes.close()
+
+
+def visit_all(*visitors: Callable[[Range], None]) -> Callable[[Range], None]:
+    """One visit that hands each range to every visitor in turn."""
+    def visit(found: Range) -> None:
+        for v in visitors:
+            v(found)
+    return visit

@@ -1,0 +1,66 @@
+"""A spill file on the driver's disk: tables written under keys, read back by key, so a phase
+holds one key's rows at a time (a range of item ids, a range's part of a plan chunk).
+
+One Arrow IPC file per spill, its batches compressed, appended in any key order; the index of
+which batches hold a key stays in memory (a few numbers per batch). Read through a plain
+file, not a memory map: a mapped file's pages would count against the driver as they are read.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable
+from pathlib import Path
+
+import pyarrow as pa
+
+OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+
+
+class Spill:
+    """Tables of one schema under keys, on disk. Write everything, then read."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path, self.schema = path, schema
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_file(self._sink, schema, options=OPTIONS)
+        self._batches: dict[Hashable, list[int]] = defaultdict(list)
+        self._written = 0
+        self.rows = 0
+        self._reader = self._source = None
+
+    def add(self, key: Hashable, table: pa.Table) -> None:
+        """Append `table`'s rows under `key` (nothing when it has none)."""
+        if not table.num_rows:
+            return
+        for batch in table.cast(self.schema).combine_chunks().to_batches():
+            self._writer.write_batch(batch)
+            self._batches[key].append(self._written)
+            self._written += 1
+        self.rows += table.num_rows
+
+    def keys_with_rows(self) -> list[Hashable]:
+        return list(self._batches)
+
+    def read(self, key: Hashable) -> pa.Table:
+        """Every row written under `key`, in the order written (none: an empty table)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            self._writer = None
+        numbers = self._batches.get(key, ())
+        if not numbers:
+            return self.schema.empty_table()
+        if self._reader is None:
+            self._source = pa.OSFile(str(self.path), "rb")
+            self._reader = pa.ipc.open_file(self._source)
+        return pa.Table.from_batches([self._reader.get_batch(i) for i in numbers], self.schema)
+
+    def close(self) -> None:
+        """Close and remove the file."""
+        for f in (self._writer, self._sink, self._source):
+            if f is not None:
+                f.close()
+        self._writer = self._reader = self._source = None
+        self.path.unlink(missing_ok=True)

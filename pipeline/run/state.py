@@ -1,0 +1,288 @@
+"""The committed state of an output, read a range of item ids at a time, in bounded memory.
+
+What an output has committed is its consolidated generation (`_state/current.json` and the
+range files it names: the latest outcome of every item id as of a compaction) and the shards
+committed since (numbered after the generation's last). `State` copies the shards once to a
+spill on the driver's disk, cut by range; `State.ranges()` then yields each range's latest
+outcomes with the files of that range listed beside them. No phase holds more than a range.
+
+The one rule for what a rerun trusts (DESIGN.md "Storage and exactly-once"), applied per range:
+- the *latest* committed outcome of an item id is its outcome (generation, then shards in
+  commit order, then row order within a shard);
+- a file that a latest outcome lists is never deleted (`Range.listed`);
+- an outcome whose file is gone (its image, or the clean one beside an overlaid image) is no
+  outcome: the item is pending again (`Range.outcomes` leaves it out). A preview is no such
+  file; only previews no latest outcome lists are strays.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.judge.outcome import with_reason_codes
+from pipeline.run import keyspace
+from pipeline.run.spill import Spill
+from pipeline.spec import schema
+from pipeline.storage import layout
+from pipeline.storage.records import read_parquet
+from pipeline.storage.store import Output, as_output
+
+# The columns of a committed outcome that the results table takes (the rest comes from the plan).
+OUTCOME_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("id", pa.string()),
+                            pa.field("path", pa.string()), pa.field("truncated", pa.bool_()),
+                            pa.field("truncated_by", pa.string()),
+                            pa.field("scheduler", pa.string()), *schema.OUTCOME_FIELDS])
+# An image embedding as a shard's sidecar holds it (brand figures).
+EMBEDDING_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("style", pa.string()),
+                              pa.field("variant", pa.string()), schema.EMBEDDING_FIELD])
+FILE_COLUMNS = ("path", "clean_path")  # the files an outcome stands on
+SPILL_ROWS = 65_536  # rows a spill buffers across ranges before writing them out
+BYTES_PER_OUTCOME = 64  # fewer than a shard's Parquet spends on one: estimates err high
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A consolidated state: `parts[prefix]` the latest outcomes of a range (sorted by item id),
+    `embeddings[prefix]` their image embeddings; it covers every shard numbered up to `through`.
+    `committed` counts every outcome ever committed (a regenerated candidate counts again),
+    `outcomes` the latest ones it holds."""
+
+    name: str = ""
+    digits: int = 0
+    through: int = -1
+    outcomes: int = 0
+    committed: int = 0
+    parts: dict[str, str] = field(default_factory=dict)
+    embeddings: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def current(cls, out: Output) -> Generation:
+        """The generation `_state/current.json` names (none yet: an empty one)."""
+        if not out.exists(layout.STATE_CURRENT):
+            return cls()
+        fields = json.loads(out.get(layout.STATE_CURRENT))
+        return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.__dict__, indent=1, sort_keys=True) + "\n").encode()
+
+
+def normalised(table: pa.Table) -> pa.Table:
+    """A shard's outcomes as OUTCOME_SCHEMA: columns a shard of an older release lacks as
+    nulls, reason codes where it had only reasons, repeated strings decoded."""
+    for f in OUTCOME_SCHEMA:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return with_reason_codes(table.select(OUTCOME_SCHEMA.names)).select(OUTCOME_SCHEMA.names).cast(OUTCOME_SCHEMA)
+
+
+def latest(table: pa.Table) -> pa.Table:
+    """Each item id's last row (rows in commit order), in item-id order."""
+    if not table.num_rows:
+        return table
+    order = pa.table({"item_id": table["item_id"], "n": pa.array(np.arange(table.num_rows), pa.int64())})
+    last = order.group_by("item_id").aggregate([("n", "max")])["n_max"]
+    kept = table.take(last)
+    return kept.take(pc.sort_indices(kept["item_id"]))
+
+
+@dataclass
+class Range:
+    """One range of item ids: its latest outcomes, and the files of the range."""
+
+    prefix: str
+    latest: pa.Table  # every item id's latest outcome (OUTCOME_SCHEMA), whether its files are there or not
+    files: set[str]  # the image files present in the range
+    previews: set[str]  # the previews present in the range
+    _embeddings: object = None
+
+    @cached_property
+    def listed(self) -> set[str]:
+        """Every image a latest outcome lists, present or not: never deleted."""
+        return {p for c in FILE_COLUMNS for p in pc.unique(self.latest[c]).to_pylist() if p}
+
+    @cached_property
+    def outcomes(self) -> pa.Table:
+        """The latest outcomes whose files are all there (the others are pending again)."""
+        present = pa.array(sorted(self.files), pa.string())
+        intact = pc.and_(*(pc.or_(pc.is_null(self.latest[c]), pc.is_in(self.latest[c], present))
+                           for c in FILE_COLUMNS))
+        return self.latest if pc.all(intact).as_py() is not False else self.latest.filter(intact)
+
+    def strays(self) -> list[str]:
+        """Image files no latest outcome lists (a killed run's unlisted writes, a replaced image)."""
+        return sorted(self.files - self.listed)
+
+    def stray_previews(self) -> list[str]:
+        listed = {p for p in pc.unique(self.latest["preview_path"]).to_pylist() if p}
+        return sorted(self.previews - listed)
+
+    def embeddings(self) -> pa.Table:
+        """The latest image embedding of each item id of the range (EMBEDDING_SCHEMA)."""
+        return self._embeddings()
+
+
+class State:
+    """The committed outcomes of an output, cut into ranges of item ids (see the module's
+    docstring). `folder` is the driver's temp folder for its spills; `expected` how many
+    outcomes the caller expects (a plan's size), so the ranges are cut small enough from the start."""
+
+    def __init__(self, output: Output | Path | str, folder: Path, expected: int = 0):
+        self.out = as_output(output)
+        self.folder = folder
+        self.generation = Generation.current(self.out)
+        self.seen = self.generation.through  # shards numbered up to here are in the state
+        self.segments: list[tuple[Spill, Spill]] = []  # (outcomes, embeddings) by range number
+        delta = self._delta()
+        estimate = self.generation.outcomes + sum(delta.values()) // BYTES_PER_OUTCOME
+        self.digits = keyspace.digits_for(max(estimate, expected))
+        self.refresh(delta)
+
+    def _delta(self) -> dict[str, int]:
+        """The committed shards not yet in the state, with their sizes."""
+        return {rel: size for rel, size in self.out.sizes(layout.SHARDS).items()
+                if layout.is_part(rel) and layout.part_number(rel) > self.seen}
+
+    def refresh(self, delta: dict[str, int] | None = None) -> int:
+        """Take in the shards committed since the last look (this run's, say); how many."""
+        shards = sorted(delta if delta is not None else self._delta(), key=layout.part_number)
+        if not shards:
+            return 0
+        n = len(self.segments)
+        outcomes = _Splitter(Spill(self.folder / f"state-{n}.arrow", OUTCOME_SCHEMA), self.digits)
+        embeddings = _Splitter(Spill(self.folder / f"state-{n}-embeddings.arrow", EMBEDDING_SCHEMA), self.digits)
+        sidecars = {posixpath.basename(r) for r in self.out.files(layout.EMBEDDINGS) if layout.is_part(r)}
+        for rel in shards:
+            outcomes.add(normalised(read_parquet(self.out, rel, OUTCOME_SCHEMA.names)))
+            name = posixpath.basename(rel)
+            if name in sidecars:
+                embeddings.add(_embedding_rows(read_parquet(self.out, f"{layout.EMBEDDINGS}/{name}")))
+        self.segments.append((outcomes.done(), embeddings.done()))
+        self.seen = max(self.seen, layout.part_number(shards[-1]))
+        return len(shards)
+
+    @property
+    def committed(self) -> int:
+        """Outcomes ever committed: the generation's count and every shard taken in since."""
+        return self.generation.committed + sum(outcomes.rows for outcomes, _ in self.segments)
+
+    def prefixes(self) -> list[str]:
+        return keyspace.prefixes(self.digits)
+
+    def ranges(self) -> Iterator[Range]:
+        """Every range in item-id order, with its latest outcomes and files."""
+        for number, prefix in enumerate(self.prefixes()):
+            yield self.range(number, prefix)
+
+    def range(self, number: int, prefix: str) -> Range:
+        rows = [self._generation_rows(self.generation.parts, prefix, OUTCOME_SCHEMA)]
+        rows += [outcomes.read(number) for outcomes, _ in self.segments]
+        merged = latest(pa.concat_tables(rows))
+
+        def embeddings() -> pa.Table:
+            found = [self._generation_rows(self.generation.embeddings, prefix, EMBEDDING_SCHEMA)]
+            found += [e.read(number) for _, e in self.segments]
+            return latest(pa.concat_tables(found))
+
+        return Range(prefix, merged, _listing(self.out, layout.IMAGES, prefix),
+                     _listing(self.out, layout.PREVIEWS, prefix), embeddings)
+
+    def other_row(self, rows: set[str]) -> str | None:
+        """A manifest id, not among `rows`, that the output holds outcomes of (its committed
+        outcomes, or its results table), or None: one range or batch held at a time."""
+        from pipeline.storage.records import iter_parquet
+
+        wanted = pa.array(sorted(rows), pa.string())
+        ids = (self.range(n, p).latest["id"] for n, p in enumerate(self.prefixes()))
+        if self.out.exists(layout.RESULTS):
+            ids = itertools.chain(ids, (b.column(0) for b in iter_parquet(self.out, layout.RESULTS, ["id"])))
+        for column in ids:
+            other = pc.drop_null(pc.filter(column, pc.invert(pc.is_in(column, wanted))))
+            if len(other):
+                return other[0].as_py()
+        return None
+
+    def _generation_rows(self, parts: dict[str, str], prefix: str, target: pa.Schema) -> pa.Table:
+        """The rows of the generation's range files that fall in `prefix`."""
+        found = []
+        for part_prefix, rel in sorted(parts.items()):
+            if keyspace.overlaps(part_prefix, prefix):
+                found.append(_read_range(self.out, rel, prefix, target))
+        return pa.concat_tables(found) if found else target.empty_table()
+
+    def close(self) -> None:
+        for outcomes, embeddings in self.segments:
+            outcomes.close()
+            embeddings.close()
+        self.segments = []
+
+
+class _Splitter:
+    """Rows into a spill under their range number, buffered across ranges (SPILL_ROWS)."""
+
+    def __init__(self, spill: Spill, digits: int):
+        self.spill, self.digits = spill, digits
+        self.buffered: dict[int, list[pa.Table]] = {}
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        numbers = keyspace.range_numbers(table["item_id"], self.digits)
+        for number in np.unique(numbers):
+            self.buffered.setdefault(int(number), []).append(table.filter(pa.array(numbers == number)))
+        self.rows += table.num_rows
+        if self.rows >= SPILL_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        for number, tables in sorted(self.buffered.items()):
+            self.spill.add(number, pa.concat_tables(tables))
+        self.buffered, self.rows = {}, 0
+
+    def done(self) -> Spill:
+        self.flush()
+        return self.spill
+
+
+def _embedding_rows(table: pa.Table) -> pa.Table:
+    """A sidecar's rows as EMBEDDING_SCHEMA (sidecars before channel formats have no `variant`)."""
+    if "variant" not in table.column_names:
+        table = table.append_column("variant", pa.nulls(table.num_rows, pa.string()))
+    return table.select(EMBEDDING_SCHEMA.names).cast(EMBEDDING_SCHEMA)
+
+
+def _read_range(out: Output, rel: str, prefix: str, target: pa.Schema) -> pa.Table:
+    """The rows of a range file (sorted by item id) in `prefix`: only the row groups whose item
+    ids can fall there are read."""
+    with out.open(rel) as f, pq.ParquetFile(f) as parquet:
+        column = parquet.schema_arrow.get_field_index("item_id")
+        groups = []
+        for g in range(parquet.metadata.num_row_groups):
+            stats = parquet.metadata.row_group(g).column(column).statistics
+            if stats is None or not stats.has_min_max or _may_hold(stats.min, stats.max, prefix):
+                groups.append(g)
+        table = parquet.read_row_groups(groups, use_threads=False) if groups else target.empty_table()
+    table = table.cast(target)
+    return table.filter(keyspace.within(table["item_id"], prefix)) if prefix else table
+
+
+def _may_hold(low: str, high: str, prefix: str) -> bool:
+    """Whether ids between `low` and `high` can start with `prefix`."""
+    return low[:len(prefix)] <= prefix <= high[:len(prefix)]
+
+
+def _listing(out: Output, folder: str, prefix: str) -> set[str]:
+    """The files under `folder` (images or previews, by their first two digits) in a range."""
+    return out.files_starting(folder, keyspace.listing_start(prefix))
