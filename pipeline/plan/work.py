@@ -109,7 +109,7 @@ class UnitModels:
 
     def runs(self) -> Iterator[tuple[int, range]]:
         """(model, its units) of each run, in unit order."""
-        stops = [*self._starts[1:], self._units]
+        stops = [*self._starts[1:], self._units][:len(self._starts)]
         return ((m, range(a, b)) for m, a, b in zip(self._models, self._starts, stops, strict=True))
 
     def __iter__(self) -> Iterator[int]:
