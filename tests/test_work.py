@@ -1,8 +1,9 @@
 """Work records: one per manifest row with its candidates nested, so no batching splits a row."""
 
 import pyarrow as pa
+import pytest
 
-from pipeline.plan.work import PRIOR, WorkFile, candidates, nest, rows_per_group, unnest, write_work
+from pipeline.plan.work import PRIOR, UnitModels, WorkFile, candidates, nest, rows_per_group, unnest, write_work
 from pipeline.spec import schema
 
 
@@ -63,3 +64,15 @@ def test_the_work_file_is_written_a_chunk_at_a_time_and_units_hold_whole_rows(tm
     assert groups == len(units) == 2 + 2 + 1  # 3 rows → 2 units, 3 rows → 2, 1 row → 1
     assert [c for u in units for c in u["item_id"].to_pylist()] == flat["item_id"].to_pylist()
     assert all(len(set(u["row"].to_pylist())) <= 2 for u in units)
+
+
+def test_each_units_model_is_kept_as_runs_not_per_unit():
+    units = UnitModels()
+    for model, count in [(0, 3), (0, 2), (1, 0), (1, 1), (0, 2)]:  # chunk after chunk, as write_work adds them
+        units.append(model, count)
+    assert len(units) == 8 and list(units) == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert [(m, (r.start, r.stop)) for m, r in units.runs()] == [(0, (0, 5)), (1, (5, 6)), (0, (6, 8))]
+    assert (units[4], units[5], units[7]) == (0, 1, 0)
+    assert list(UnitModels.of([1, 1, 0])) == [1, 1, 0] and not list(UnitModels().runs())
+    with pytest.raises(IndexError):
+        units[8]

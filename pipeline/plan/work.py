@@ -13,6 +13,8 @@ starts, and a unit is read straight from a memory map. (A Parquet work file's fo
 
 from __future__ import annotations
 
+from array import array
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,14 +68,62 @@ def unnest(batch: pa.Table) -> pa.Table:
     return pa.Table.from_struct_array(flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat)
 
 
+class UnitModels:
+    """Which model each unit of work needs, kept as runs of consecutive units of one model.
+
+    write_work cuts each chunk of the plan into units a model at a time, so a run is a chunk's
+    units of one model (and runs of the same model in a row merge): a few runs per chunk however
+    many units there are. The driver holds this for the whole run: two numbers a run, nothing
+    per unit. (A list of each unit's model, and the router's queues of unit numbers built from
+    it, took 48 bytes a unit: 48 MB of driver at a million units; bench/RESULTS.md, issue 20.)"""
+
+    def __init__(self) -> None:
+        self._starts = array("q")  # first unit of each run; a run ends where the next starts
+        self._models = array("q")  # the model of each run (an index into WorkIndex.models)
+        self._units = 0
+
+    @classmethod
+    def of(cls, models: Iterable[int]) -> UnitModels:
+        """From each unit's model in turn (tests, small lists)."""
+        runs = cls()
+        for model in models:
+            runs.append(model, 1)
+        return runs
+
+    def append(self, model: int, units: int) -> None:
+        """The next `units` units need `model`."""
+        if units <= 0:
+            return
+        if not self._models or self._models[-1] != model:
+            self._starts.append(self._units)
+            self._models.append(model)
+        self._units += units
+
+    def __len__(self) -> int:
+        return self._units
+
+    def __getitem__(self, unit: int) -> int:
+        if not 0 <= unit < self._units:
+            raise IndexError(unit)
+        return self._models[bisect_right(self._starts, unit) - 1]
+
+    def runs(self) -> Iterator[tuple[int, range]]:
+        """(model, its units) of each run, in unit order."""
+        stops = [*self._starts[1:], self._units][:len(self._starts)]
+        return ((m, range(a, b)) for m, a, b in zip(self._models, self._starts, stops, strict=True))
+
+    def __iter__(self) -> Iterator[int]:
+        return (model for model, units in self.runs() for _ in units)
+
+
 @dataclass
 class WorkIndex:
-    """What the runner needs to route units: each unit's model (an index into `models`), and
-    each model's share of the work (`weight`: Σ steps × width × height of its new candidates,
-    GPU-seconds' proxy within a family, by which generate pools are sized)."""
+    """What the runner needs to route units: each unit's model (`unit_model`, runs of indices
+    into `models`), and each model's share of the work (`weight`: Σ steps × width × height of
+    its new candidates, GPU-seconds' proxy within a family, by which generate pools are sized)."""
 
     models: list[ModelRef] = field(default_factory=list)
-    unit_model: list[int] = field(default_factory=list)
+    unit_model: UnitModels = field(default_factory=UnitModels)
     weight: list[float] = field(default_factory=list)
     uses: list[ModelUse] = field(default_factory=list)  # per model: what its units need
 
@@ -86,7 +136,7 @@ class WorkIndex:
             self.weight.append(0.0)
             self.uses.append(ModelUse())
         i = self.models.index(ref)
-        self.unit_model += [i] * units
+        self.unit_model.append(i, units)
         self.weight[i] += weight
         self.uses[i] = self.uses[i] | use
 

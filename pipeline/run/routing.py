@@ -15,8 +15,10 @@ asks, this answers.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pipeline.plan.work import UnitModels
 from pipeline.spec.config import JobConfig
 
 
@@ -78,20 +80,26 @@ def assign(actors: int, weights: list[float]) -> list[list[int]]:
 
 class Router:
     """The units still to hand out, by model, and each actor's next one: a unit of the model it
-    took last while there are any, else of its next model that has units left."""
+    took last while there are any, else of its next model that has units left.
 
-    def __init__(self, unit_model: list[int], held: list[list[int]]):
+    A model's units left are its runs (plan/work.py: UnitModels) as ranges, the first one cut
+    short as each unit goes out: a few ranges a plan chunk, never a queue of unit numbers, so
+    the driver's memory stays flat however many units a run has."""
+
+    def __init__(self, unit_model: UnitModels | Sequence[int], held: list[list[int]]):
+        self.units = unit_model if isinstance(unit_model, UnitModels) else UnitModels.of(unit_model)
         self.held = held
-        self.todo: dict[int, deque[int]] = {}
-        for unit, model in enumerate(unit_model):
-            self.todo.setdefault(model, deque()).append(unit)
+        self.todo: dict[int, deque[range]] = {}  # per model: its runs left, none empty, in unit order
+        for model, units in self.units.runs():
+            self.todo.setdefault(model, deque()).append(units)
+        self._left = len(self.units)
         self.current: list[int | None] = [None] * len(held)
         unheld = set(self.todo) - {m for models in held for m in models}
         if unheld:
             raise ValueError(f"no actor holds model(s) {sorted(unheld)}")
 
     def left(self) -> int:
-        return sum(map(len, self.todo.values()))
+        return self._left
 
     def next_for(self, actor: int) -> int | None:
         """The unit `actor` takes next, or None when none of its models has units left."""
@@ -100,9 +108,15 @@ class Router:
             start = order.index(self.current[actor])
             order = order[start:] + order[:start]
         for model in order:
-            if self.todo.get(model):
+            if runs := self.todo.get(model):
                 self.current[actor] = model
-                return self.todo[model].popleft()
+                unit, rest = runs[0].start, runs[0][1:]
+                if rest:
+                    runs[0] = rest
+                else:
+                    runs.popleft()
+                self._left -= 1
+                return unit
         return None
 
     def has_for(self, actor: int) -> bool:
@@ -112,3 +126,7 @@ class Router:
     def holders(self, model: int) -> list[int]:
         """The actors that hold `model`."""
         return [a for a, models in enumerate(self.held) if model in models]
+
+    def holders_of(self, unit: int) -> list[int]:
+        """The actors that hold the model `unit` needs."""
+        return self.holders(self.units[unit])

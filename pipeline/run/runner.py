@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 import pyarrow as pa
 
 from pipeline.errors import JobError
+from pipeline.plan.work import UnitModels
 from pipeline.run.routing import Pools, Router
 from pipeline.run.units import Chain, StageFailed, Stages, one_line
 
@@ -82,12 +83,18 @@ class _StageActor(Chain):
         return ray.get_runtime_context().get_actor_id()
 
 
-def execute(work_path: str, unit_model: list[int], held: list[list[int]], stages: Stages, pools: Pools,
+def execute(work_path: str, unit_model: UnitModels, held: list[list[int]], stages: Stages, pools: Pools,
             fence: Callable[[], None] = lambda: None) -> Iterator[pa.Table]:
     """Stream outcome tables back to the driver, one per unit of work, as they finish.
 
-    Each unit needs one model (`unit_model`, an index); generate actor `a` holds the models
-    `held[a]` (run/routing.py) and gets only units of those, a model at a time.
+    Each unit needs one model (`unit_model`, runs of indices); generate actor `a` holds the
+    models `held[a]` (run/routing.py) and gets only units of those, a model at a time.
+
+    What the driver holds is flat in the number of units: the units left are ranges (the
+    router's), and everything kept per unit is kept only while it is in flight (at most
+    `QUEUE_PER_ACTOR` per actor, writers included: the object references in `generating` and
+    `finishing`) or, for a suspect, until it runs alone (no new unit goes out while any waits,
+    so there are never more suspects than units were in flight).
 
     `fence` (the output lock's check) runs before each hand-out of work: a driver that lost its
     output (paused past its lease, then taken over) raises there. (The write stage checks that the lock
@@ -175,7 +182,7 @@ def execute(work_path: str, unit_model: list[int], held: list[list[int]], stages
                 submit(group, g, alone=False)
 
     def idle_holder(group: int) -> int:
-        return min(router.holders(unit_model[group]), key=lambda a: gen_queue[a])
+        return min(router.holders_of(group), key=lambda a: gen_queue[a])
 
     try:
         try:  # every actor constructed (models loaded, signer read), or the first failure
