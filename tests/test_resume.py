@@ -121,12 +121,13 @@ def test_passthrough_table_unchanged_by_resume(tmp_path):
 
 
 def test_rows_into_a_folder_holding_only_other_rows_results_is_refused(tmp_path):
-    # No shards (removed by hand), but results.parquet and images of other rows: still refused.
+    # No committed outcomes (removed by hand), but results.parquet and images of other rows: still refused.
     import shutil
 
     job = job_with(tmp_path, ROWS)
     out = run_job(load_job(job), backend="in-process").output_dir
     shutil.rmtree(out / "_shards")
+    shutil.rmtree(out / "_state")
     before = images(out)
     with pytest.raises(JobError, match="holds results of other rows"):
         run_job(load_job(job), backend="in-process", rows=("a",))

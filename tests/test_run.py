@@ -16,7 +16,7 @@ from pipeline.run.job import run_job
 from pipeline.run.summary import summarize
 from pipeline.spec import schema, vocabulary
 from pipeline.spec.load import load_job
-from pipeline.storage.layout import SHARDS, STATE
+from pipeline.storage.layout import SHARDS, STATE, STATE_CURRENT
 from tests.helpers import as_older_release, save_cutout, write_job
 
 ROWS = {
@@ -142,10 +142,11 @@ def test_verify_passes_then_catches_tampering_and_strays(finished):
 
 def test_rerun_resumes_without_regenerating(finished):
     cfg, first, table = finished
-    shards = sorted((Path(cfg.job.output) / SHARDS).iterdir())
+    state = (Path(cfg.job.output) / STATE_CURRENT).read_bytes()
     again = run_job(cfg, backend="in-process")
-    assert again.exit_code == EXIT_OK
-    assert sorted((Path(cfg.job.output) / SHARDS).iterdir()) == shards  # nothing new committed
+    assert again.exit_code == EXIT_OK and again.summary["this_run"] == {}
+    assert not list((Path(cfg.job.output) / SHARDS).iterdir())  # nothing new committed
+    assert (Path(cfg.job.output) / STATE_CURRENT).read_bytes() == state  # nor consolidated again
     table2 = pq.read_table(again.output_dir / "results.parquet")
     assert table2["sha256"].to_pylist() == table["sha256"].to_pylist()
     assert table2["run_id"].to_pylist() == table["run_id"].to_pylist()

@@ -116,3 +116,24 @@ def test_a_kill_while_consolidating_loses_nothing_and_counts_nothing_twice(tmp_p
     left = {p.relative_to(out).as_posix() for p in (out / STATE).rglob("*") if p.is_file()}
     assert left == {STATE_CURRENT, *state["parts"].values(), *state["embeddings"].values()}
     assert verify_output(out) == ([], 4)
+
+
+def test_on_s3_ranges_are_listed_by_key_prefix_and_consolidated(tmp_path, s3, monkeypatch):
+    from pipeline.storage.store import Output
+    from tests.test_storage import s3_job
+
+    monkeypatch.setattr(keyspace, "RANGE_OUTCOMES", 1)  # sixteen ranges: each listed by its own key prefix
+    rows = {"id": ["a", "b", "c"], "prompt": ["a mug", "a shoe", "a lamp"]}
+    cfg = load_job(s3_job(tmp_path, s3, rows, extra="[output]\nshard_rows = 1\n"))
+    cfg = cfg.replace("job", output=f"s3://{s3.bucket}/runs/nightly")
+    first = run_job(cfg, backend="in-process")
+    assert first.exit_code == EXIT_OK
+    out = Output(f"s3://{s3.bucket}/runs/nightly")
+    state = json.loads(out.get(STATE_CURRENT))
+    assert state["digits"] == 1 and state["committed"] == 3 and not out.files(SHARDS)
+    assert verify_output(out.where()) == ([], 3)
+    gone = pq.read_table(out.open(RESULTS), columns=["path"])["path"].to_pylist()[0]
+    out.delete(gone)  # a file of one range gone: only its candidate runs again
+    again = run_job(cfg, backend="in-process")
+    assert again.exit_code == EXIT_OK and again.summary["this_run"] == {"written": 1}
+    assert out.exists(gone) and json.loads(out.get(STATE_CURRENT))["committed"] == 4

@@ -278,7 +278,7 @@ def pause_run_past_its_lease_while_another_takes_over(tmp_path, s3, *args: str) 
     import sys
     import time
 
-    from pipeline.storage.layout import RESULTS, SHARDS, SUMMARY
+    from pipeline.storage.layout import RESULTS, SHARDS, STATE_CURRENT, SUMMARY
     from pipeline.storage.records import read_results
     from pipeline.storage.store import Output
     from tests.helpers import write_job
@@ -299,7 +299,7 @@ def pause_run_past_its_lease_while_another_takes_over(tmp_path, s3, *args: str) 
             second = start_run(job, out.uri, *args)
             stdout, stderr = second.communicate(timeout=600)
             assert second.returncode == 0, stderr[-3000:]
-            after_second = {name: out.version(name) for name in (RESULTS, SUMMARY)}
+            after_second = {name: out.version(name) for name in (RESULTS, SUMMARY, STATE_CURRENT)}
             shards = out.files(SHARDS)
         finally:
             os.kill(first.pid, signal.SIGCONT)
@@ -310,9 +310,10 @@ def pause_run_past_its_lease_while_another_takes_over(tmp_path, s3, *args: str) 
     taker = json.loads(out.get(SUMMARY))["run_id"]
     assert first.returncode == 2, first_err[-3000:]
     assert f"run {taker} of job 't' on " in first_err and f"pid {second.pid}" in first_err, first_err[-3000:]
-    # The first run committed nothing after the takeover: no shard, no results, no summary.
+    # The first run committed nothing after the takeover: no shard, no results, no summary, no
+    # consolidated state.
     assert out.files(SHARDS) == shards
-    assert {name: out.version(name) for name in (RESULTS, SUMMARY)} == after_second
+    assert {name: out.version(name) for name in (RESULTS, SUMMARY, STATE_CURRENT)} == after_second
     table = read_results(out)
     assert table.num_rows == 10 and len(set(table["item_id"].to_pylist())) == 10
     assert set(table["status"].to_pylist()) == {"written", "rejected"}
