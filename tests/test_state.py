@@ -77,6 +77,23 @@ def test_outcomes_cut_into_many_ranges_give_the_same_results_and_reuse_untouched
     assert verify_output(many) == ([], 4)
 
 
+def test_a_generation_cut_coarser_than_the_run_needs_is_read_by_range_and_recut_when_it_changes(tmp_path,
+                                                                                                   monkeypatch):
+    out = run_job(load_job(job_with(tmp_path, ROWS)), backend="in-process").output_dir
+    assert current(out)["digits"] == 0 and len(current(out)["parts"]) == 1
+    before = results(out)
+    monkeypatch.setattr(keyspace, "RANGE_OUTCOMES", 1)  # the output "grew": sixteen ranges now
+    again = run_job(load_job(job_with(tmp_path, ROWS)), backend="in-process")
+    assert again.summary["this_run"] == {} and results(out) == before  # one file read a range at a time
+    assert current(out)["digits"] == 0  # nothing new committed: nothing rewritten
+    grown = run_job(load_job(job_with(tmp_path, MORE)), backend="in-process")
+    assert grown.summary["this_run"] == {"written": 1, "rejected": 1}
+    state = current(out)
+    assert state["digits"] == 1 and state["outcomes"] == 8 and set(state["parts"]) == {
+        r["item_id"][0] for r in results(out)}
+    assert verify_output(out) == ([], 4)
+
+
 def test_a_folder_from_before_consolidation_resumes_and_is_consolidated(tmp_path):
     out = run_job(load_job(job_with(tmp_path, ROWS)), backend="in-process").output_dir
     before = results(out)

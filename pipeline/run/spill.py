@@ -9,9 +9,10 @@ file, not a memory map: a mapped file's pages would count against the driver as 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -64,3 +65,17 @@ class Spill:
                 f.close()
         self._writer = self._reader = self._source = None
         self.path.unlink(missing_ok=True)
+
+
+def split(table: pa.Table, keys: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
+    """`table`'s rows grouped by their integer `keys`, each group in its rows' order: one stable
+    sort and a slice per key (a filter per key would scan the table once for every key)."""
+    if not table.num_rows:
+        return
+    order = np.argsort(keys, kind="stable")
+    ordered, grouped = keys[order], table.take(pa.array(order))
+    present = np.unique(ordered)
+    starts = np.searchsorted(ordered, present, side="left")
+    ends = np.searchsorted(ordered, present, side="right")
+    for key, a, b in zip(present.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        yield key, grouped.slice(a, b - a)

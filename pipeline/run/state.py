@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline.judge.outcome import with_reason_codes
 from pipeline.run import keyspace
-from pipeline.run.spill import Spill
+from pipeline.run.spill import Spill, split
 from pipeline.spec import schema
 from pipeline.storage import layout
 from pipeline.storage.records import read_parquet
@@ -239,9 +239,8 @@ class _Splitter:
     def add(self, table: pa.Table) -> None:
         if not table.num_rows:
             return
-        numbers = keyspace.range_numbers(table["item_id"], self.digits)
-        for number in np.unique(numbers):
-            self.buffered.setdefault(int(number), []).append(table.filter(pa.array(numbers == number)))
+        for number, part in split(table, keyspace.range_numbers(table["item_id"], self.digits)):
+            self.buffered.setdefault(number, []).append(part)
         self.rows += table.num_rows
         if self.rows >= SPILL_ROWS:
             self.flush()

@@ -167,14 +167,21 @@ class Output:
             rels = (p[len(self.root) + 1:] for p in self.fs.find(base, prefix=start))
             return {r for r in rels if not posixpath.basename(r).startswith(TEMP_PREFIX)}
         head, _, name = start.rpartition("/")
-        base = self._local(f"{folder}/{head}" if head else folder)
-        if not base.is_dir():
+        top = f"{folder}/{head}" if head else folder
+        if not self._local(top).is_dir():
             return set()
         found: set[str] = set()
-        for entry in os.scandir(base):
-            if entry.name.startswith(name) and not entry.name.startswith(TEMP_PREFIX):
-                rel = Path(entry.path).relative_to(self.root).as_posix()
-                found |= self.files(rel) if entry.is_dir(follow_symlinks=False) else {rel}
+        stack = [(top, name)]
+        while stack:  # os.scandir, not Path.rglob: a range of a large output holds ~10^5 files
+            rel, wanted = stack.pop()
+            with os.scandir(self._local(rel)) as entries:
+                for entry in entries:
+                    if not entry.name.startswith(wanted) or entry.name.startswith(TEMP_PREFIX):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((f"{rel}/{entry.name}", ""))
+                    else:
+                        found.add(f"{rel}/{entry.name}")
         return found
 
     def sizes(self, prefix: str) -> dict[str, int]:
