@@ -146,6 +146,10 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             # signer's self-test, the last check, and what --fresh, --rows and --decisions change
             decided = recorded.then(changed)
             plan = write_plan(inputs, cfg, work / f"plan-{run_id}.parquet", decisions=decided)
+            # Past the plan no phase needs the manifest: its size, its styles and the rows of
+            # it that decisions name are kept, and it is let go (it grows with the run).
+            manifest_rows, styles, decided_rows = len(inputs.manifest), inputs.styles, _decided_rows(decided, inputs)
+            del inputs
             Signer.from_section(cfg.signer, out, warn=reporter.warning).self_test(cfg.output.format)
             if cfg.watermark.enabled:
                 from pipeline.provenance.watermark import METHODS, self_test
@@ -167,15 +171,15 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             # 4. resume: the run recorded, a killed run's temp files gone; skip what earlier attempts
             # committed (and whose files are still there)
             started = time.monotonic()
-            record.write(cfg, run_id, out, plan.num_rows, inputs.styles)
+            record.write(cfg, run_id, out, plan.num_rows, styles)
             store = ShardStore(out)
             joined = Joined(state, [plan], work)
             todo = resume.to_do(joined)
-            reporter.log(f"run {run_id}: {plan.num_rows} candidates planned from {len(inputs.manifest)} rows, "
+            reporter.log(f"run {run_id}: {plan.num_rows} candidates planned from {manifest_rows} rows, "
                          f"{plan.num_rows - todo.candidates} already done, {todo.candidates} to go, "
                          f"{todo.rows} row(s) to judge → {out}",
                          event="run_start", run_id=run_id, job=cfg.job.name, output=out.uri, planned=plan.num_rows,
-                         rows=len(inputs.manifest), already_done=plan.num_rows - todo.candidates,
+                         rows=manifest_rows, already_done=plan.num_rows - todo.candidates,
                          to_go=todo.candidates, rows_to_judge=todo.rows)
 
             # 5. stream and commit: the rows that need work to the driver's disk, handed out a
@@ -196,16 +200,16 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             # committed outcomes, then streamed and committed the same way (planned even when the
             # run stopped: the results list the formats made before, so their files stay)
             plans = [plan]
-            if formats.wanted(cfg, inputs.styles):
+            if formats.wanted(cfg, styles):
                 state.refresh()
                 joined = Joined(state, [plan], work)
                 plans.append(formats.plan_formats(plan, (o["status"] for _, o in joined.chunks(["item_id"])), cfg,
-                                                  inputs.styles, decided.in_force, work / f"formats-{run_id}.parquet"))
+                                                  styles, decided.in_force, work / f"formats-{run_id}.parquet"))
                 joined.close()
                 stopped, this_run = _run_formats(plans[-1], state, cfg, backend, store, run_id, work, reporter,
                                                  lock.check, stopped, this_run)
             if decided.history.num_rows:
-                _warn_unplanned(decided, plans, inputs, out, reporter)
+                _warn_unplanned(decided, plans, decided_rows, out, reporter)
 
             # 6. compact: the results table from the committed outcomes, a range at a time on the
             # way: strays found, brand figures summed, and the ranges that changed consolidated
@@ -285,11 +289,19 @@ def _add_run(summary: dict, run_id: str, cfg: JobConfig, stopped: str | None, el
         summary["written_per_s"] = round(this_run[vocabulary.WRITTEN] / summary["elapsed_s"], 4)
 
 
-def _warn_unplanned(decided: review.Decisions, plans: list[PlanFile], inputs: Inputs, out: Output,
+def _decided_rows(decided: review.Decisions, inputs: Inputs) -> set[str]:
+    """The manifest ids that recorded decisions name (a few: the decisions', not the manifest's)."""
+    import pyarrow.compute as pc
+
+    ids = decided.in_force["id"]
+    return set(pc.filter(ids, pc.is_in(ids, inputs.manifest["id"].to_arrow().cast(ids.type))).to_pylist())
+
+
+def _warn_unplanned(decided: review.Decisions, plans: list[PlanFile], decided_rows: set[str], out: Output,
                     reporter: Reporter) -> None:
     """Say so when recorded decisions no longer apply: their candidates are not planned now."""
     gone = review.unplanned(decided, (c["item_id"] for p in plans for c in p.chunks(["item_id"])),
-                            set(inputs.manifest["id"].to_list()))
+                            decided_rows)
     if gone.num_rows:
         first = gone.slice(0, 1).to_pylist()[0]
         reporter.warning(f"{gone.num_rows} reviewer decision(s) recorded in {out} are about candidates this plan no "
