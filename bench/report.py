@@ -4,9 +4,10 @@ synthetic results table (`tests.test_report.synthetic_results`: 3 candidates a r
     .venv/bin/python -m bench.report                      # 1M candidates (333,334 rows)
     .venv/bin/python -m bench.report --candidates 100000
 
-The table is made and written to results.parquet first; `report` then runs in its own process
-(as `python -m pipeline report` would), so the peak RSS is the report's own. Prints a table, then
-one JSON object as the last line (also written to a file).
+The table is made and written to results.parquet first, in row groups as compaction writes them
+(a plan chunk of 50,000 manifest rows a row group); `report` then runs in its own process (as
+`python -m pipeline report` would), so the peak RSS is the report's own. Prints a table, then one
+JSON object as the last line (also written to a file).
 """
 
 from __future__ import annotations
@@ -23,6 +24,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, emit, machine, peak_rss_mb, rss_mb, table  # noqa: E402
 
+ROW_GROUP = 150_000  # candidates a row group: a plan chunk of 50,000 rows, 3 candidates each
+
+
+def write_results(folder: str | Path, candidates: int, row_group: int = ROW_GROUP) -> int:
+    """results.parquet of a synthetic table of at least `candidates` (3 a row) in `folder`, in
+    row groups of `row_group` candidates; returns how many it holds."""
+    import pyarrow.parquet as pq
+
+    from tests.test_report import synthetic_results
+
+    results = synthetic_results(-(-candidates // 3))
+    pq.write_table(results, Path(folder) / "results.parquet", row_group_size=row_group)
+    return results.num_rows
+
+
+def run_report(folder: str | Path) -> dict:
+    """Write the report of `folder` in a process of its own: its seconds and memory."""
+    child = subprocess.run([sys.executable, "-m", "bench.report", "--write-only", str(folder)], cwd=ROOT,
+                           capture_output=True, text=True, check=True)
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
 
 def write_only(folder: str) -> None:
     """The child: write the report of `folder`, print seconds and memory as JSON."""
@@ -38,24 +60,16 @@ def write_only(folder: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--candidates", type=int, default=1_000_000)
+    ap.add_argument("--row-group", type=int, default=ROW_GROUP, help="candidates a row group of results.parquet")
     ap.add_argument("--json", default=None)
     ap.add_argument("--write-only", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.write_only:
         return write_only(args.write_only)
 
-    import pyarrow.parquet as pq
-
-    from tests.test_report import synthetic_results
-
     with tempfile.TemporaryDirectory(prefix="bench-report-") as folder:
-        results = synthetic_results(-(-args.candidates // 3))
-        pq.write_table(results, Path(folder) / "results.parquet")
-        n = results.num_rows
-        del results
-        child = subprocess.run([sys.executable, "-m", "bench.report", "--write-only", folder], cwd=ROOT,
-                               capture_output=True, text=True, check=True)
-        measured = json.loads(child.stdout.strip().splitlines()[-1])
+        n = write_results(folder, args.candidates, args.row_group)
+        measured = run_report(folder)
         files = [p.stat().st_size for p in Path(folder, "report_assets").rglob("rows-*.js")]
         assets = sum(p.stat().st_size for p in Path(folder, "report_assets").rglob("*.js"))
         html = Path(folder, "report.html").stat().st_size

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -37,31 +38,47 @@ def outline_png(init_image: str, mask: str, width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def make_outlines(results: pa.Table, out: Output) -> tuple[dict[str, str], list[str]]:
-    """One outline per staged row (inpainting from a product with a mask or alpha), written to
-    `report_assets/`; returns {row id: relative path} and the rows whose inputs could not be read."""
-    wanted = ["id", "mode", "init_image", "mask", "width", "height"]
-    if not set(wanted) <= set(results.column_names):
-        return {}, []
-    seen: dict[tuple, str] = {}
-    outlines, problems = {}, []
-    staged = results.select(wanted).filter(pc.and_(pc.equal(results["mode"], vocabulary.INPAINT), pc.and_(
-        pc.is_valid(results["init_image"]), pc.is_valid(results["mask"]))))  # before any row becomes Python
-    for r in staged.to_pylist():
-        if r["id"] in outlines or not r["init_image"] or not r["mask"]:
-            continue
+class Outlines:
+    """One outline per staged product (inpainting from a product with a mask or alpha), drawn as
+    the results stream past a batch at a time (`add`) and written to `report_assets/`; `close`
+    removes an earlier report's that none of these rows names. Memory: one entry per distinct
+    product and size, never per candidate. `problems`: the rows whose inputs could not be read."""
+
+    COLUMN = "__outline"  # the column `add` gives each candidate: its outline's path (null: none)
+    INPUTS = ("id", "mode", "init_image", "mask", "width", "height")
+
+    def __init__(self, out: Output):
+        self.out = out
+        self.drawn: dict[tuple, str] = {}  # (product, mask, width, height) → path ("": could not be drawn)
+        self.problems: list[str] = []
+
+    def add(self, batch: pa.Table) -> pa.Table:
+        """`batch` with the column `COLUMN`; a staged product's outline drawn the first time it is seen."""
+        if not set(self.INPUTS) <= set(batch.column_names):
+            return batch.append_column(self.COLUMN, pa.nulls(batch.num_rows, pa.string()))
+        staged = pc.and_(pc.equal(batch["mode"], vocabulary.INPAINT),
+                         pc.and_(pc.is_valid(batch["init_image"]), pc.is_valid(batch["mask"])))
+        paths: list[str | None] = [None] * batch.num_rows
+        rows = batch.select(list(self.INPUTS)).filter(staged).to_pylist()  # before any other row becomes Python
+        for at, r in zip(np.flatnonzero(pc.fill_null(staged, False).to_numpy(zero_copy_only=False)), rows,
+                         strict=True):
+            if r["init_image"] and r["mask"]:
+                paths[at] = self._draw(r) or None
+        return batch.append_column(self.COLUMN, pa.array(paths, pa.string()))
+
+    def _draw(self, r: dict) -> str:
         key = (r["init_image"], r["mask"], r["width"], r["height"])
-        if key not in seen:
+        if key not in self.drawn:
             rel = outline_path(digest(encode(*key), 10).hex())
             try:
-                out.put(rel, outline_png(*key))
+                self.out.put(rel, outline_png(*key))
             except Exception as e:  # an input moved or unreadable: the report still opens
-                problems.append(f"row {r['id']!r}: no mask outline ({type(e).__name__}: {e})")
-                seen[key] = ""
-                continue
-            seen[key] = rel
-        if seen[key]:
-            outlines[r["id"]] = seen[key]
-    for stale in {r for r in out.files(ASSETS) if is_outline(r)} - set(outlines.values()):  # an earlier report's
-        out.delete(stale)
-    return outlines, problems
+                self.problems.append(f"row {r['id']!r}: no mask outline ({type(e).__name__}: {e})")
+                rel = ""
+            self.drawn[key] = rel
+        return self.drawn[key]
+
+    def close(self) -> None:
+        """Remove the outlines of earlier reports that no row of this one names."""
+        for stale in {r for r in self.out.files(ASSETS) if is_outline(r)} - set(self.drawn.values()):
+            self.out.delete(stale)

@@ -10,29 +10,34 @@ that the page loads on demand, each calling a global function (JSONP: `<script s
                     counts are exact over all rows, without loading them
     search-<n>.js   what a search matches (id, passthrough values, item ids), `SEARCH_ROWS` rows a part
 
-Memory: the results stay Arrow columns; only `BATCH` candidates at a time become Python objects.
+Memory: flat in the number of candidates. The results are read a batch at a time and put in
+display order a part at a time (`report_order`), only `BATCH` candidates at a time become Python
+objects, and the index's codes wait in temp files (`report_index`).
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from array import array
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.judge.outcome import with_reason_codes
+from pipeline.review.outlines import Outlines
+from pipeline.review.report_index import Index
+from pipeline.review.report_order import SEQ, Results, in_display_order
 from pipeline.run.summary import NO_STYLE
 from pipeline.spec import schema, vocabulary
 from pipeline.storage.layout import report_index, report_rows, report_search
+from pipeline.storage.store import Output
 
 CHUNK_ROWS = 240  # row groups per rows-<n>.js: ten pages of the contact sheet
 SEARCH_ROWS = 25_000  # row groups per search-<n>.js
-BATCH = 50_000  # candidates turned into Python objects at a time
+BATCH = 20_000  # candidates turned into Python objects at a time (a part of the order, or less)
 WRITERS = 4  # files written at once (each local write waits on its fsyncs, each remote one on a PUT)
 PREFETCH_SEARCH = 4 << 20  # bytes of search text the page loads as it opens (more: at the first search)
 
@@ -67,26 +72,9 @@ def regenerate_command(job: str | None, row_id: str) -> str:
     return f"python -m pipeline run {shlex.quote(job or 'JOB.toml')} --rows {shlex.quote(row_id)} --output OTHER_DIR"
 
 
-def passthrough_of(results: pa.Table) -> list[str]:
-    return [c for c in results.column_names if c not in schema.RESERVED_NAMES]
-
-
-def report_columns(names: list[str]) -> list[str]:
-    """The columns of a results table (`names`) that the report reads: what the page shows, the
-    passthrough columns, and what the outlines are drawn from."""
-    wanted = {*CANDIDATE_KEYS, *ROW_KEYS, "reason", "init_image", "mask", "width", "height"}
-    return [c for c in names if c in wanted or c not in schema.RESERVED_NAMES]
-
-
-def display_order(results: pa.Table) -> pa.Array:
-    """The candidates in the contact sheet's order: by style (no style last), manifest row, id,
-    candidate; a row's candidates side by side (a stable sort: equal keys keep their order)."""
-    style = pc.fill_null(results["style"], "")
-    bare = pc.or_(pc.equal(style, ""), pc.equal(style, NO_STYLE))
-    keys = pa.table({"bare": pc.cast(bare, pa.int8()), "style": pc.if_else(bare, "", style),
-                     "row": pc.fill_null(results["row"], 0), "id": results["id"],
-                     "k": pc.fill_null(results["candidate"], 0)})
-    return pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in keys.column_names])
+def passthrough_of(names: list[str]) -> list[str]:
+    """The passthrough columns among a results table's column `names`."""
+    return [c for c in names if c not in schema.RESERVED_NAMES]
 
 
 def _values(part: pa.Table, cols: dict[str, str]) -> list[tuple[str, list]]:
@@ -95,37 +83,43 @@ def _values(part: pa.Table, cols: dict[str, str]) -> list[tuple[str, list]]:
             if col in part.column_names and part[col].null_count < part.num_rows]
 
 
-def iter_groups(results: pa.Table, runs: dict[str, dict], outlines: dict[str, str] | None = None,
+def iter_groups(results: Results, runs: dict[str, dict], folder: Path, outlines: Outlines | None = None,
                 batch: int = BATCH) -> Iterator[dict]:
     """The contact sheet's data in display order: one group per manifest row, its candidates side
-    by side. `runs`: run id → {"job", thresholds} (for the command that regenerates a row)."""
-    outlines = outlines or {}
-    passthrough = passthrough_of(results)
-    results = with_reason_codes(results)  # results written before the column: by their code
-    table = results.select([c for c in {*CANDIDATE_KEYS, *ROW_KEYS, *passthrough} if c in results.column_names])
-    order = display_order(table)
+    by side. `runs`: run id → {"job", thresholds} (for the command that regenerates a row);
+    `outlines` draws the staged rows' outlines on the way; `folder`: for temp files."""
+    passthrough = passthrough_of(results.names)
+    columns = [c for c in results.names if c in {*CANDIDATE_KEYS, *ROW_KEYS, *passthrough}]  # the outlines' too
 
-    def finish(g: dict) -> dict:
+    def prepare(part: pa.RecordBatch) -> pa.Table:
+        table = with_reason_codes(pa.table(part))  # results written before the column: by their code
+        return outlines.add(table) if outlines is not None else table
+
+    def finish(g: dict, outline: str | None) -> dict:
         run = next((c["run"] for c in reversed(g["c"]) if c.get("run")), None)
         g["cmd"] = regenerate_command((runs.get(run) or {}).get("job"), g["id"])
-        if g["id"] in outlines:
-            g["outline"] = outlines[g["id"]]
+        if outline:
+            g["outline"] = outline
         return g
 
-    g = None
-    for start in range(0, len(order), batch):
-        part = table.take(order.slice(start, batch))
+    g, outline = None, (None, None)  # the group's outline: its staged candidate first in the table's order
+    ordered = in_display_order(results, columns, folder, prepare)
+    for part in (p.slice(start, batch) for p in ordered for start in range(0, p.num_rows, batch)):
         ids, row_values, cand_values = part["id"].to_pylist(), _values(part, {k: k for k in ROW_KEYS}), \
             _values(part, CANDIDATE_KEYS)
         pass_values = [(name, part[name].to_pylist()) for name in passthrough]
+        drawn = part[Outlines.COLUMN].to_pylist() if outlines is not None else [None] * len(ids)
+        seqs = part[SEQ].to_pylist()
         for i, row_id in enumerate(ids):
             if g is None or row_id != g["id"]:
                 if g is not None:
-                    yield finish(g)
-                g = {k: v[i] for k, v in row_values if v[i] is not None}
+                    yield finish(g, outline[1])
+                g, outline = {k: v[i] for k, v in row_values if v[i] is not None}, (None, None)
                 g["style"] = g.get("style") or NO_STYLE
                 g["pass"] = {name: _plain(v[i]) for name, v in pass_values}
                 g["c"] = []
+            if drawn[i] and (outline[0] is None or seqs[i] < outline[0]):
+                outline = (seqs[i], drawn[i])
             c = {short: v[i] for short, v in cand_values if v[i] is not None}  # nulls left out
             if "seed" in c:
                 c["seed"] = str(c["seed"])  # 63 bits: past what a JS number holds exactly
@@ -134,33 +128,31 @@ def iter_groups(results: pa.Table, runs: dict[str, dict], outlines: dict[str, st
                 c.pop("strength", None)
             g["c"].append(c)
     if g is not None:
-        yield finish(g)
+        yield finish(g, outline[1])
 
 
 class ReportData:
-    """One pass over the groups: the row, index and search files go to `put` as they fill, and
-    what the page shows up front is counted on the way (per style, per status, per reason).
-    `WRITERS` files are written at once, a few more wait in memory: no more."""
+    """One pass over the groups: the row, index and search files go to `output` as they fill (to
+    nowhere without one), and what the page shows up front is counted on the way (per style,
+    per status, per reason). `WRITERS` files are written at once, a few more wait in memory: no
+    more."""
 
-    def __init__(self, generation: str, put: Callable[[str, bytes], None] | None):
-        self.generation, self._put = generation, put or (lambda rel, data: None)
+    def __init__(self, generation: str, output: Output | None, folder: Path):
+        self.generation, self.output = generation, output
+        self._put = output.put if output else (lambda rel, data: None)
         self.writers, self.writing = ThreadPoolExecutor(WRITERS, thread_name_prefix="report"), deque()
         self.groups = self.candidates = 0
         self.by_style: dict[str, Counter] = defaultdict(Counter)  # style → status → candidates
         self.clip: dict[str, list] = defaultdict(lambda: [0.0, 0])  # style → [sum, count] of written CLIP
         self.status: Counter = Counter()
         self.reason: Counter = Counter()
-        self.styles: dict[str, int] = {}  # index codes, in order of first sight
-        self.pairs: dict[tuple[str, str], int] = {}
-        self.row_style, self.row_size, self.codes = array("l"), array("l"), array("l")
+        self.index = Index(folder)
         self.rows: list[dict] = []
         self.hay: list[list] = []
         self.chunks = self.search_parts = self.search_bytes = 0
 
     def add(self, g: dict) -> None:
-        style = g["style"]
-        self.row_style.append(self.styles.setdefault(style, len(self.styles)))
-        self.row_size.append(len(g["c"]))
+        style, pairs = g["style"], []
         for c in g["c"]:
             status, code = c.get("status", vocabulary.PENDING), c.get("code", "")
             self.by_style[style][status] += 1
@@ -170,7 +162,8 @@ class ReportData:
             if status == vocabulary.WRITTEN and c.get("clip") is not None:
                 self.clip[style][0] += c["clip"]
                 self.clip[style][1] += 1
-            self.codes.append(self.pairs.setdefault((status, code), len(self.pairs)))
+            pairs.append((status, code))
+        self.index.add(style, pairs)
         self.groups += 1
         self.candidates += len(g["c"])
         self.rows.append(g)
@@ -191,9 +184,8 @@ class ReportData:
                                               self.search_parts, self.hay)
             self.search_parts, self.hay = self.search_parts + 1, []
 
-    def _script(self, rel: str, kind: str, number: int | None, payload) -> int:
-        head = f"__report.{kind}(" + ("" if number is None else f"{number},")
-        data = (head + json_for_script(payload) + ");\n").encode("utf-8")
+    def _script(self, rel: str, kind: str, number: int, payload) -> int:
+        data = (f"__report.{kind}({number}," + json_for_script(payload) + ");\n").encode("utf-8")
         self.writing.append(self.writers.submit(self._put, rel, data))
         while len(self.writing) > 2 * WRITERS:
             self.writing.popleft().result()  # a failed write raises here
@@ -211,11 +203,11 @@ class ReportData:
         """Write what is left and the index; returns what the page needs to find them."""
         self._flush_rows()
         self._flush_search()
-        self._script(report_index(self.generation), "index", None, {
-            "styles": list(self.styles), "pairs": [list(p) for p in self.pairs],
-            "style": self.row_style.tolist(), "size": self.row_size.tolist(), "code": self.codes.tolist()})
-        self.row_style = self.row_size = self.codes = array("l")
         self.wait()
+        self.index.close()
+        if self.output:
+            head = json_for_script({"styles": list(self.index.styles), "pairs": [list(p) for p in self.index.pairs]})
+            self.index.write(self.output, report_index(self.generation), head[:-1])
         g = self.generation
         return {"groups": self.groups, "candidates": self.candidates, "chunk_rows": CHUNK_ROWS,
                 "search_rows": SEARCH_ROWS, "prefetch_search": self.search_bytes <= PREFETCH_SEARCH,
@@ -225,14 +217,16 @@ class ReportData:
                            "status": dict(self.status), "reason": dict(self.reason)}}
 
 
-def build(results: pa.Table, runs: dict[str, dict], outlines: dict[str, str] | None, generation: str,
-          put: Callable[[str, bytes], None] | None) -> tuple[dict, ReportData]:
-    """Stream `results` into the files of `generation` (through `put`); returns the page's data
-    island (counts, facets, where the files are) and the counts the charts draw."""
-    data = ReportData(generation, put)
+def build(results: Results, runs: dict[str, dict], outlines: Outlines | None, generation: str,
+          output: Output | None, folder: Path) -> tuple[dict, ReportData]:
+    """Stream `results` into the files of `generation` (in `output`); returns the page's data
+    island (counts, facets, where the files are) and the counts the charts draw. `folder`: for
+    temp files."""
+    data = ReportData(generation, output, folder)
     try:
-        for g in iter_groups(results, runs, outlines):
+        for g in iter_groups(results, runs, folder, outlines):
             data.add(g)
         return data.close(), data
     finally:
         data.wait()
+        data.index.close()

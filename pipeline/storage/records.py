@@ -45,9 +45,10 @@ def _source(out: Output, rel: str):
             yield f
 
 
-def iter_parquet(output: Output | Path | str, rel: str, columns: list[str],
+def iter_parquet(output: Output | Path | str, rel: str, columns: list[str] | None,
                  rows: int = tables.BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """The Parquet file `rel` of an output, `rows` at a time: the `columns` it has."""
+    """The Parquet file `rel` of an output, at most `rows` at a time: the `columns` it has (all
+    when None)."""
     with _source(as_output(output), rel) as source:
         yield from tables.batches(source, columns, rows)
 
@@ -76,11 +77,9 @@ def results_names(output: Output | Path | str) -> list[str]:
 
 
 def iter_results(output: Output | Path | str, rows: int = 100_000) -> Iterator[pa.Table]:
-    """`results.parquet`, every column, `rows` rows at a time: a reader of any size holds one batch."""
-    out = as_output(output)
-    with out.open(layout.RESULTS) as f, pq.ParquetFile(f) as parquet:
-        for batch in parquet.iter_batches(batch_size=rows):
-            yield pa.Table.from_batches([batch])
+    """`results.parquet`, every column, at most `rows` rows at a time: a reader of any size holds one batch."""
+    for batch in iter_parquet(output, layout.RESULTS, None, rows):
+        yield pa.Table.from_batches([batch])
 
 
 def write_json(obj: dict, output: Output | Path | str, rel: str) -> None:

@@ -55,12 +55,25 @@ def read(source: str | Path | bytes | BinaryIO, columns: list[str] | None = None
 BATCH_ROWS = 65_536  # rows a streamed batch holds at most
 
 
-def batches(source: str | Path | BinaryIO, columns: list[str], rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """The `columns` the table has, `rows` at a time, from a local path or an open file."""
+def batches(source: str | Path | BinaryIO, columns: list[str] | None,
+            rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """The `columns` the table has (all when None), at most `rows` at a time, from a local path
+    or an open file.
+
+    Memory is flat in the file's length, for two reasons measured on results tables of 100k to
+    1.5M rows. A row group at a time (a batch never spans two): the reader pre-buffers the column
+    chunks it is asked for and keeps them until it is next asked, so one call over every row group
+    held each chunk read so far (27 MB more Arrow memory at 1.5M rows than at 100k). And after
+    each row group the memory pool hands back the pages it freed: mimalloc, Arrow's default pool,
+    otherwise keeps them, and a reader's resident size crept up with every batch read (+50 MB
+    over 1.5M rows, with 15 MB of Arrow memory in use at any time)."""
     native = isinstance(source, str | Path)
     with pq.ParquetFile(str(source) if native else source) as f:
         names = f.schema_arrow.names
-        yield from f.iter_batches(rows, columns=[c for c in columns if c in names], use_threads=native)
+        wanted = [c for c in columns if c in names] if columns is not None else names
+        for group in range(f.num_row_groups):
+            yield from f.iter_batches(rows, row_groups=[group], columns=wanted, use_threads=native)
+            pa.default_memory_pool().release_unused()
 
 
 def valid_count(source: str | Path | BinaryIO, columns: list[str]) -> int | None:
