@@ -186,9 +186,8 @@ class State:
             yield self.range(number, prefix)
 
     def range(self, number: int, prefix: str) -> Range:
-        rows = [self._generation_rows(self.generation.parts, prefix, OUTCOME_SCHEMA)]
-        rows += [outcomes.read(number) for outcomes, _ in self.segments]
-        merged = latest(pa.concat_tables(rows))
+        """One range: its latest outcomes, embeddings (read when asked) and files."""
+        merged = self.latest_of(number, prefix)
 
         def embeddings() -> pa.Table:
             found = [self._generation_rows(self.generation.embeddings, prefix, EMBEDDING_SCHEMA)]
@@ -198,13 +197,19 @@ class State:
         return Range(prefix, merged, _listing(self.out, layout.IMAGES, prefix),
                      _listing(self.out, layout.PREVIEWS, prefix), embeddings)
 
+    def latest_of(self, number: int, prefix: str) -> pa.Table:
+        """The latest outcome of every item id of one range, whether its files are there or not."""
+        rows = [self._generation_rows(self.generation.parts, prefix, OUTCOME_SCHEMA)]
+        rows += [outcomes.read(number) for outcomes, _ in self.segments]
+        return latest(pa.concat_tables(rows))
+
     def other_row(self, rows: set[str]) -> str | None:
         """A manifest id, not among `rows`, that the output holds outcomes of (its committed
         outcomes, or its results table), or None: one range or batch held at a time."""
         from pipeline.storage.records import iter_parquet
 
         wanted = pa.array(sorted(rows), pa.string())
-        ids = (self.range(n, p).latest["id"] for n, p in enumerate(self.prefixes()))
+        ids = (self.latest_of(n, p)["id"] for n, p in enumerate(self.prefixes()))
         if self.out.exists(layout.RESULTS):
             ids = itertools.chain(ids, (b.column(0) for b in iter_parquet(self.out, layout.RESULTS, ["id"])))
         for column in ids:
