@@ -124,9 +124,9 @@ def unlisted_files(out: Output) -> Iterator[str]:
                 batch = pa.Table.from_batches([batch])
                 for column in (c for c in files.names if c not in batch.column_names):  # older tables
                     batch = batch.append_column(column, pa.nulls(batch.num_rows, pa.string()))
-                numbers = keyspace.range_numbers(batch["item_id"], state.digits)
-                for r in set(numbers.tolist()):
-                    table.add(r, batch.filter(pa.array(numbers == r)).select(files.names))
+                batch = batch.select(files.names)
+                for r, rows in keyspace.by_range(batch, keyspace.range_numbers(batch["item_id"], state.digits)):
+                    table.add(r, rows)
             for number, found in enumerate(state.ranges()):
                 listed = table.read(number)
                 in_table = {p for c in FILES for p in listed[c].to_pylist() if p}

@@ -46,8 +46,8 @@ class Joined:
                 ranges = keyspace.range_numbers(ids, state.digits)
                 where = pa.table({"item_id": ids, "__chunk": pa.array(np.full(len(ids), number, np.int32)),
                                   OFFSET: pa.array(np.arange(len(ids), dtype=np.int32))})
-                for r in np.unique(ranges):
-                    keys.add(int(r), where.filter(pa.array(ranges == r)))
+                for r, rows in keyspace.by_range(where, ranges):
+                    keys.add(r, rows)
             # 2. each range's outcomes for the plan's ids in it, by (range, chunk)
             self.outcomes = Spill(folder / "join.arrow", JOINED_SCHEMA)
             wanted = set(keys.keys_with_rows())
@@ -66,9 +66,8 @@ class Joined:
             return
         matched = outcomes.take(pc.index_in(keys["item_id"], value_set=outcomes["item_id"]))
         matched = matched.append_column(OFFSET, keys[OFFSET])
-        chunk = keys["__chunk"].to_numpy()
-        for c in np.unique(chunk):
-            self.outcomes.add((number, int(c)), matched.filter(pa.array(chunk == c)))
+        for c, rows in keyspace.by_range(matched, keys["__chunk"].to_numpy()):  # in chunk order already
+            self.outcomes.add((number, c), rows)
 
     def chunks(self, columns: list[str] | None = None) -> Iterator[tuple[pa.Table, pa.Table]]:
         """Each plan chunk (its `columns`, all when None) with its rows' latest committed

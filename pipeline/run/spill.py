@@ -34,7 +34,9 @@ class Spill:
         """Append `table`'s rows under `key` (nothing when it has none)."""
         if not table.num_rows:
             return
-        for batch in table.cast(self.schema).combine_chunks().to_batches():
+        if table.schema != self.schema:  # a cast column by column costs more than writing a small table
+            table = table.cast(self.schema)
+        for batch in table.combine_chunks().to_batches():
             self._writer.write_batch(batch)
             self._batches[key].append(self._written)
             self._written += 1
