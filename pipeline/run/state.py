@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -170,14 +170,15 @@ class State:
         if not shards:
             return 0
         n = len(self.segments)
-        outcomes = _Splitter(Spill(self.folder / f"state-{n}.arrow", OUTCOME_SCHEMA), self.digits)
-        embeddings = _Splitter(Spill(self.folder / f"state-{n}-embeddings.arrow", EMBEDDING_SCHEMA), self.digits)
+        outcomes = _Splitter(Spill(self.folder / f"state-{n}.arrow", OUTCOME_SCHEMA), self.digits, normalised)
+        embeddings = _Splitter(Spill(self.folder / f"state-{n}-embeddings.arrow", EMBEDDING_SCHEMA), self.digits,
+                               _embedding_rows)
         sidecars = {posixpath.basename(r) for r in self.out.files(layout.EMBEDDINGS) if layout.is_part(r)}
         for rel in shards:
-            outcomes.add(normalised(read_parquet(self.out, rel, OUTCOME_SCHEMA.names)))
+            outcomes.add(read_parquet(self.out, rel, OUTCOME_SCHEMA.names))
             name = posixpath.basename(rel)
             if name in sidecars:
-                embeddings.add(_embedding_rows(read_parquet(self.out, f"{layout.EMBEDDINGS}/{name}")))
+                embeddings.add(read_parquet(self.out, f"{layout.EMBEDDINGS}/{name}"))
         self.segments.append((outcomes.done(), embeddings.done()))
         self.seen = max(self.seen, layout.part_number(shards[-1]))
         return len(shards)
@@ -238,10 +239,12 @@ class State:
 
 class _Splitter:
     """Rows into a spill under their range number, buffered across ranges (SPILL_ROWS rows or
-    SPILL_BYTES, whichever comes first: an embedding is 3 kB) and split when written out."""
+    SPILL_BYTES, whichever comes first: an embedding is 3 kB) and split when written out.
+    `prepare` (`normalised`) runs on each buffer, not on each shard: a shard is 256 rows, and
+    its column-by-column fix-ups cost as much as reading it."""
 
-    def __init__(self, spill: Spill, digits: int):
-        self.spill, self.digits = spill, digits
+    def __init__(self, spill: Spill, digits: int, prepare: Callable[[pa.Table], pa.Table]):
+        self.spill, self.digits, self.prepare = spill, digits, prepare
         self.buffered: list[pa.Table] = []
         self.rows = self.bytes = 0
 
@@ -256,7 +259,10 @@ class _Splitter:
 
     def flush(self) -> None:
         if self.buffered:
-            table = pa.concat_tables(self.buffered)
+            try:  # shards of older releases lack columns: null there, as `prepare` would make them
+                table = self.prepare(pa.concat_tables(self.buffered, promote_options="default"))
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column typed otherwise: one at a time
+                table = pa.concat_tables([self.prepare(t) for t in self.buffered])
             self.buffered, self.rows, self.bytes = [], 0, 0
             for number, rows in keyspace.by_range(table, keyspace.range_numbers(table["item_id"], self.digits)):
                 self.spill.add(number, rows)
