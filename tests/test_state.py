@@ -154,3 +154,30 @@ def test_on_s3_ranges_are_listed_by_key_prefix_and_consolidated(tmp_path, s3, mo
     again = run_job(cfg, backend="in-process")
     assert again.exit_code == EXIT_OK and again.summary["this_run"] == {"written": 1}
     assert out.exists(gone) and json.loads(out.get(STATE_CURRENT))["committed"] == 4
+
+
+def test_a_consolidation_with_nothing_new_leaves_the_generation_in_force(tmp_path):
+    """A compaction that took in no shard visits every range without writing one: committing it
+    anyway must not put a generation of no ranges in force (every outcome would be lost)."""
+    from bench.scale import synthesize, write_inputs
+    from pipeline.plan.build import write_plan
+    from pipeline.run.compact import write_results
+    from pipeline.run.consolidate import Consolidation
+    from pipeline.run.joined import Joined
+    from pipeline.run.state import State
+    from pipeline.spec.manifest import load_inputs
+    from pipeline.storage.store import Output
+
+    cfg = load_job(write_inputs(tmp_path, 200, 2))
+    plan = write_plan(load_inputs(cfg), cfg, tmp_path / "work" / "plan.parquet")
+    synthesize(Path(cfg.job.output), plan, cfg.output.shard_rows)
+    out = Output(cfg.job.output)
+    for _ in range(2):  # the first compaction consolidates; the second has nothing new
+        state = State(out, tmp_path / "work", expected=plan.num_rows)
+        consolidation = Consolidation(state, out)
+        joined = Joined(state, [plan], tmp_path / "work", visit=consolidation)
+        assert write_results(joined.chunks(), out)["pending"] == 0
+        joined.close()
+        consolidation.commit()
+        state.close()
+    assert current(Path(out.root))["outcomes"] == 400

@@ -69,7 +69,11 @@ class Consolidation:
             self.out.put(self.embeddings[prefix], tables.to_bytes(embeddings, ROW_GROUP))
 
     def commit(self, before_commit: Callable[[], None] | None = None) -> Generation:
-        """Put the new generation in force (current.json, written whole, last)."""
+        """Put the new generation in force (current.json, written whole, last); when nothing
+        changed, the one in force stays (the visits wrote nothing: a generation of no ranges
+        would drop every outcome)."""
+        if not self.needed:
+            return self.state.generation
         generation = Generation(name=self.folder, digits=self.state.digits, through=self.state.seen,
                                 outcomes=self.outcomes, committed=self.state.committed, parts=self.parts,
                                 embeddings=self.embeddings)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +48,7 @@ EMBEDDING_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("style"
                               pa.field("variant", pa.string()), schema.EMBEDDING_FIELD])
 FILE_COLUMNS = ("path", "clean_path")  # the files an outcome stands on
 SPILL_ROWS = 65_536  # rows a spill buffers across ranges before writing them out
+SPILL_BYTES = 64 << 20  # or bytes
 BYTES_PER_OUTCOME = 64  # fewer than a shard's Parquet spends on one: estimates err high
 
 
@@ -95,6 +96,15 @@ def latest(table: pa.Table) -> pa.Table:
     last = order.group_by("item_id").aggregate([("n", "max")])["n_max"]
     kept = table.take(last)
     return kept.take(pc.sort_indices(kept["item_id"]))
+
+
+def _merged(consolidated: pa.Table, since: list[pa.Table]) -> pa.Table:
+    """A range's latest rows: its consolidated rows (already the latest, in item-id order: the
+    range files hold nothing else) when no shard since has touched the range, else `latest`
+    of them all (a group-by and two takes a range: a tenth of a compaction at 2M candidates)."""
+    if not any(t.num_rows for t in since):
+        return consolidated
+    return latest(pa.concat_tables([consolidated, *since]))
 
 
 @dataclass
@@ -160,14 +170,15 @@ class State:
         if not shards:
             return 0
         n = len(self.segments)
-        outcomes = _Splitter(Spill(self.folder / f"state-{n}.arrow", OUTCOME_SCHEMA), self.digits)
-        embeddings = _Splitter(Spill(self.folder / f"state-{n}-embeddings.arrow", EMBEDDING_SCHEMA), self.digits)
+        outcomes = _Splitter(Spill(self.folder / f"state-{n}.arrow", OUTCOME_SCHEMA), self.digits, normalised)
+        embeddings = _Splitter(Spill(self.folder / f"state-{n}-embeddings.arrow", EMBEDDING_SCHEMA), self.digits,
+                               _embedding_rows)
         sidecars = {posixpath.basename(r) for r in self.out.files(layout.EMBEDDINGS) if layout.is_part(r)}
         for rel in shards:
-            outcomes.add(normalised(read_parquet(self.out, rel, OUTCOME_SCHEMA.names)))
+            outcomes.add(read_parquet(self.out, rel, OUTCOME_SCHEMA.names))
             name = posixpath.basename(rel)
             if name in sidecars:
-                embeddings.add(_embedding_rows(read_parquet(self.out, f"{layout.EMBEDDINGS}/{name}")))
+                embeddings.add(read_parquet(self.out, f"{layout.EMBEDDINGS}/{name}"))
         self.segments.append((outcomes.done(), embeddings.done()))
         self.seen = max(self.seen, layout.part_number(shards[-1]))
         return len(shards)
@@ -190,18 +201,16 @@ class State:
         merged = self.latest_of(number, prefix)
 
         def embeddings() -> pa.Table:
-            found = [self._generation_rows(self.generation.embeddings, prefix, EMBEDDING_SCHEMA)]
-            found += [e.read(number) for _, e in self.segments]
-            return latest(pa.concat_tables(found))
+            return _merged(self._generation_rows(self.generation.embeddings, prefix, EMBEDDING_SCHEMA),
+                           [e.read(number) for _, e in self.segments])
 
         return Range(prefix, merged, _listing(self.out, layout.IMAGES, prefix),
                      _listing(self.out, layout.PREVIEWS, prefix), embeddings)
 
     def latest_of(self, number: int, prefix: str) -> pa.Table:
         """The latest outcome of every item id of one range, whether its files are there or not."""
-        rows = [self._generation_rows(self.generation.parts, prefix, OUTCOME_SCHEMA)]
-        rows += [outcomes.read(number) for outcomes, _ in self.segments]
-        return latest(pa.concat_tables(rows))
+        return _merged(self._generation_rows(self.generation.parts, prefix, OUTCOME_SCHEMA),
+                       [outcomes.read(number) for outcomes, _ in self.segments])
 
     def other_row(self, rows: set[str]) -> str | None:
         """A manifest id, not among `rows`, that the output holds outcomes of (its committed
@@ -234,26 +243,34 @@ class State:
 
 
 class _Splitter:
-    """Rows into a spill under their range number, buffered across ranges (SPILL_ROWS)."""
+    """Rows into a spill under their range number, buffered across ranges (SPILL_ROWS rows or
+    SPILL_BYTES, whichever comes first: an embedding is 3 kB) and split when written out.
+    `prepare` (`normalised`) runs on each buffer, not on each shard: a shard is 256 rows, and
+    its column-by-column fix-ups cost as much as reading it."""
 
-    def __init__(self, spill: Spill, digits: int):
-        self.spill, self.digits = spill, digits
-        self.buffered: dict[int, list[pa.Table]] = {}
-        self.rows = 0
+    def __init__(self, spill: Spill, digits: int, prepare: Callable[[pa.Table], pa.Table]):
+        self.spill, self.digits, self.prepare = spill, digits, prepare
+        self.buffered: list[pa.Table] = []
+        self.rows = self.bytes = 0
 
     def add(self, table: pa.Table) -> None:
         if not table.num_rows:
             return
-        for number, part in split(table, keyspace.range_numbers(table["item_id"], self.digits)):
-            self.buffered.setdefault(number, []).append(part)
+        self.buffered.append(table)
         self.rows += table.num_rows
-        if self.rows >= SPILL_ROWS:
+        self.bytes += table.nbytes
+        if self.rows >= SPILL_ROWS or self.bytes >= SPILL_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        for number, tables in sorted(self.buffered.items()):
-            self.spill.add(number, pa.concat_tables(tables))
-        self.buffered, self.rows = {}, 0
+        if self.buffered:
+            try:  # shards of older releases lack columns: null there, as `prepare` would make them
+                table = self.prepare(pa.concat_tables(self.buffered, promote_options="default"))
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column typed otherwise: one at a time
+                table = pa.concat_tables([self.prepare(t) for t in self.buffered])
+            self.buffered, self.rows, self.bytes = [], 0, 0
+            for number, rows in split(table, keyspace.range_numbers(table["item_id"], self.digits)):
+                self.spill.add(number, rows)
 
     def done(self) -> Spill:
         self.flush()
