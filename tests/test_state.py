@@ -57,6 +57,24 @@ def test_a_run_leaves_its_outcomes_in_a_few_range_files_and_resumes_from_them(tm
     assert verify_output(out) == ([], 3)
 
 
+def test_a_run_never_reads_back_the_shards_it_committed(tmp_path, monkeypatch):
+    from pipeline.run import state as state_module
+
+    read = []
+    original = state_module.read_parquet
+    monkeypatch.setattr(state_module, "read_parquet", lambda out, rel, *a, **k: read.append(rel) or original(
+        out, rel, *a, **k))
+    report = run_job(load_job(job_with(tmp_path, ROWS)), backend="in-process")
+    assert report.exit_code == EXIT_OK and current(report.output_dir)["committed"] == 6
+    assert read == []  # each shard was taken in from memory as it committed
+    # a shard it did not commit (a killed run's) is read: here, the same outcomes again
+    (report.output_dir / SHARDS / "part-000099-0killed0.parquet").write_bytes(
+        (tmp_path / "out" / "results.parquet").read_bytes())
+    again = run_job(load_job(job_with(tmp_path, ROWS)), backend="in-process")
+    assert again.summary["this_run"] == {} and read == [f"{SHARDS}/part-000099-0killed0.parquet"]
+    assert current(report.output_dir)["committed"] == 12 and not parts(report.output_dir, SHARDS)
+
+
 def test_outcomes_cut_into_many_ranges_give_the_same_results_and_reuse_untouched_ranges(tmp_path, monkeypatch):
     one = run_job(load_job(job_with(tmp_path / "one", ROWS)), backend="in-process").output_dir
     monkeypatch.setattr(keyspace, "RANGE_OUTCOMES", 1)  # sixteen ranges for a handful of outcomes

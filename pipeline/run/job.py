@@ -172,7 +172,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             # committed (and whose files are still there)
             started = time.monotonic()
             record.write(cfg, run_id, out, plan.num_rows, styles)
-            store = ShardStore(out)
+            store = ShardStore(out, on_commit=state.took)  # the state takes each shard in as it commits
             joined = Joined(state, [plan], work)
             todo = resume.to_do(joined)
             reporter.log(f"run {run_id}: {plan.num_rows} candidates planned from {manifest_rows} rows, "

@@ -9,6 +9,7 @@ file per range of item ids, and what a rerun trusts is read through `run/state.p
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,10 +24,13 @@ from pipeline.storage.store import Output, as_output
 class ShardStore:
     """The shards (`_shards/`) of an output folder or prefix."""
 
-    def __init__(self, output: Output | Path | str):
+    def __init__(self, output: Output | Path | str,
+                 on_commit: Callable[[int, pa.Table, pa.Table | None], None] | None = None):
         from pipeline.run.state import Generation
 
         self.out = as_output(output)
+        # told of each shard as it commits: its number, outcomes and embeddings (the state)
+        self.on_commit = on_commit
         # numbers go on after every part there and every one a consolidation covered (gone now)
         self._next = max([Generation.current(self.out).through, *map(layout.part_number, self.paths())]) + 1
         self.written = 0  # shards this store committed (one run: its manifest rows', then its formats')
@@ -45,7 +49,7 @@ class ShardStore:
         sidecar of the same name under `_embeddings/`: a sidecar whose shard never committed
         (a killed run) only repeats an embedding the rerun makes again."""
         name = layout.part_name(self._next, uuid.uuid4().hex[:8])
-        embedding = schema.EMBEDDING_FIELD.name
+        embedding, measured = schema.EMBEDDING_FIELD.name, None
         if embedding in table.column_names:
             kept = ["item_id", "style", *(["variant"] if "variant" in table.column_names else []), embedding]
             measured = table.filter(pc.is_valid(table[embedding])).select(kept)
@@ -54,6 +58,8 @@ class ShardStore:
             table = table.drop_columns([embedding])
         rel = f"{layout.SHARDS}/{name}"
         self.out.put(rel, tables.to_bytes(table), kill_point=kill_point)
+        if self.on_commit:
+            self.on_commit(self._next, table, measured if measured is not None and measured.num_rows else None)
         self._next += 1
         self.written += 1
         return rel

@@ -21,6 +21,7 @@ import itertools
 import json
 import posixpath
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -49,6 +50,8 @@ EMBEDDING_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("style"
 FILE_COLUMNS = ("path", "clean_path")  # the files an outcome stands on
 SPILL_ROWS = 65_536  # rows a spill buffers across ranges before writing them out
 SPILL_BYTES = 64 << 20  # or bytes
+READERS, REMOTE_READERS = 2, 16  # shards read at once: local files, objects (a request or two each)
+READ_WINDOW = 64  # shards read ahead at most, in commit order
 BYTES_PER_OUTCOME = 64  # fewer than a shard's Parquet spends on one: estimates err high
 
 
@@ -154,6 +157,7 @@ class State:
         self.generation = Generation.current(self.out)
         self.seen = self.generation.through  # shards numbered up to here are in the state
         self.segments: list[tuple[Spill, Spill]] = []  # (outcomes, embeddings) by range number
+        self._live: tuple[_Splitter, _Splitter] | None = None  # this run's commits, as they happen
         delta = self._delta()
         estimate = self.generation.outcomes + sum(delta.values()) // BYTES_PER_OUTCOME
         self.digits = keyspace.digits_for(max(estimate, expected))
@@ -164,21 +168,50 @@ class State:
         return {rel: size for rel, size in self.out.sizes(layout.SHARDS).items()
                 if layout.is_part(rel) and layout.part_number(rel) > self.seen}
 
+    def _segment(self) -> tuple[_Splitter, _Splitter]:
+        n = len(self.segments) + (self._live is not None)
+        return (_Splitter(Spill(self.folder / f"state-{n}.arrow", OUTCOME_SCHEMA), self.digits, normalised),
+                _Splitter(Spill(self.folder / f"state-{n}-embeddings.arrow", EMBEDDING_SCHEMA), self.digits,
+                          _embedding_rows))
+
+    def took(self, number: int, outcomes: pa.Table, embeddings: pa.Table | None) -> None:
+        """A shard this run just committed (`ShardStore`'s `on_commit`), taken in from memory:
+        a run never reads back the shards it wrote. Only the next shard in number order is
+        taken; any other is left for `refresh` to read."""
+        if number != self.seen + 1:
+            return
+        if self._live is None:
+            self._live = self._segment()
+        self._live[0].add(outcomes.select([c for c in OUTCOME_SCHEMA.names if c in outcomes.column_names]))
+        if embeddings is not None:
+            self._live[1].add(embeddings)
+        self.seen = number
+
     def refresh(self, delta: dict[str, int] | None = None) -> int:
-        """Take in the shards committed since the last look (this run's, say); how many."""
+        """Take in the shards committed since the last look: those `took` got as they were
+        committed, then any other (a killed run's, an older release's), read a few at a time in
+        parallel (on object storage each is a request or two). How many were read."""
+        if self._live is not None:
+            self.segments.append((self._live[0].done(), self._live[1].done()))
+            self._live = None
         shards = sorted(delta if delta is not None else self._delta(), key=layout.part_number)
         if not shards:
             return 0
-        n = len(self.segments)
-        outcomes = _Splitter(Spill(self.folder / f"state-{n}.arrow", OUTCOME_SCHEMA), self.digits, normalised)
-        embeddings = _Splitter(Spill(self.folder / f"state-{n}-embeddings.arrow", EMBEDDING_SCHEMA), self.digits,
-                               _embedding_rows)
+        outcomes, embeddings = self._segment()
         sidecars = {posixpath.basename(r) for r in self.out.files(layout.EMBEDDINGS) if layout.is_part(r)}
-        for rel in shards:
-            outcomes.add(read_parquet(self.out, rel, OUTCOME_SCHEMA.names))
+
+        def read(rel: str) -> tuple[pa.Table, pa.Table | None]:
             name = posixpath.basename(rel)
-            if name in sidecars:
-                embeddings.add(read_parquet(self.out, f"{layout.EMBEDDINGS}/{name}"))
+            sidecar = f"{layout.EMBEDDINGS}/{name}"
+            return (read_parquet(self.out, rel, OUTCOME_SCHEMA.names),
+                    read_parquet(self.out, sidecar) if name in sidecars else None)
+
+        with ThreadPoolExecutor(READERS if self.out.local else REMOTE_READERS) as pool:
+            for start in range(0, len(shards), READ_WINDOW):
+                for table, sidecar in pool.map(read, shards[start:start + READ_WINDOW]):
+                    outcomes.add(table)
+                    if sidecar is not None:
+                        embeddings.add(sidecar)
         self.segments.append((outcomes.done(), embeddings.done()))
         self.seen = max(self.seen, layout.part_number(shards[-1]))
         return len(shards)
@@ -236,6 +269,9 @@ class State:
         return pa.concat_tables(found) if found else target.empty_table()
 
     def close(self) -> None:
+        if self._live is not None:
+            self.segments.append((self._live[0].spill, self._live[1].spill))
+            self._live = None
         for outcomes, embeddings in self.segments:
             outcomes.close()
             embeddings.close()
