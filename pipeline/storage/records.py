@@ -78,7 +78,7 @@ def results_names(output: Output | Path | str) -> list[str]:
 def iter_results(output: Output | Path | str, rows: int = 100_000) -> Iterator[pa.Table]:
     """`results.parquet`, every column, `rows` rows at a time: a reader of any size holds one batch."""
     out = as_output(output)
-    with out.open(layout.RESULTS) as f, pq.ParquetFile(f) as parquet:
+    with out.open(layout.RESULTS) as f, pq.ParquetFile(f, **tables.STREAMED) as parquet:
         for batch in parquet.iter_batches(batch_size=rows):
             yield pa.Table.from_batches([batch])
 
