@@ -90,8 +90,10 @@ def kib(key):
 
 def work_file():  # phases 4 and 5 of a rerun of a half-done output: the rest to the work file
     state = State(out, work, expected=plan.num_rows)
-    joined = Joined(state, [plan], work)
+    joined = Joined(state, [plan], work, columns=resume.COUNTED)
     todo = resume.to_do(joined)
+    joined.close()
+    joined = Joined(state, [plan], work)
     write_work(resume.work(joined), work / "pending.arrow", rows_per_group(todo.rows, todo.candidates, 8, 100))
     joined.close()
     state.close()
@@ -100,7 +102,7 @@ def work_file():  # phases 4 and 5 of a rerun of a half-done output: the rest to
 
 def formats_sources():  # phase 5b: the channel formats planned from the committed statuses
     state = State(out, work, expected=plan.num_rows)
-    joined = Joined(state, [plan], work)
+    joined = Joined(state, [plan], work, columns=["status"])
     made = formats.plan_formats(plan, (o["status"] for _, o in joined.chunks(["item_id"])), cfg, styles,
                                 decisions.Decisions.none().in_force, work / "formats.parquet")
     joined.close()
@@ -125,7 +127,7 @@ def compaction():  # phases 6 and 6b, as run_job does them
 
 def resumed():  # phase 4 of a rerun of the finished (consolidated) output
     state = State(out, work, expected=plan.num_rows)
-    joined = Joined(state, [plan], work)
+    joined = Joined(state, [plan], work, columns=resume.COUNTED)
     todo = resume.to_do(joined)
     joined.close()
     state.close()

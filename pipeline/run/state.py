@@ -79,6 +79,14 @@ class Generation:
         return (json.dumps(self.__dict__, indent=1, sort_keys=True) + "\n").encode()
 
 
+def outcome_schema(columns: list[str] | None = None) -> pa.Schema:
+    """OUTCOME_SCHEMA, or its item id, files and `columns` (in its order)."""
+    if columns is None:
+        return OUTCOME_SCHEMA
+    wanted = {"item_id", *FILE_COLUMNS, *columns}
+    return pa.schema([f for f in OUTCOME_SCHEMA if f.name in wanted])
+
+
 def normalised(table: pa.Table) -> pa.Table:
     """A shard's outcomes as OUTCOME_SCHEMA: columns a shard of an older release lacks as
     nulls, reason codes where it had only reasons, repeated strings decoded."""
@@ -196,9 +204,12 @@ class State:
         for number, prefix in enumerate(self.prefixes()):
             yield self.range(number, prefix)
 
-    def range(self, number: int, prefix: str) -> Range:
-        merged = _merged(self._generation_rows(self.generation.parts, prefix, OUTCOME_SCHEMA),
-                         [outcomes.read(number) for outcomes, _ in self.segments])
+    def range(self, number: int, prefix: str, columns: list[str] | None = None) -> Range:
+        """Range `number` (its `prefix`); `columns`: only these outcome columns beside the item id
+        and the files (resume's count reads two of 56: the range files are read column by column)."""
+        schema = outcome_schema(columns)
+        merged = _merged(self._generation_rows(self.generation.parts, prefix, schema),
+                         [outcomes.read(number).select(schema.names) for outcomes, _ in self.segments])
 
         def embeddings() -> pa.Table:
             return _merged(self._generation_rows(self.generation.embeddings, prefix, EMBEDDING_SCHEMA),
@@ -213,7 +224,7 @@ class State:
         from pipeline.storage.records import iter_parquet
 
         wanted = pa.array(sorted(rows), pa.string())
-        ids = (self.range(n, p).latest["id"] for n, p in enumerate(self.prefixes()))
+        ids = (self.range(n, p, ["id"]).latest["id"] for n, p in enumerate(self.prefixes()))
         if self.out.exists(layout.RESULTS):
             ids = itertools.chain(ids, (b.column(0) for b in iter_parquet(self.out, layout.RESULTS, ["id"])))
         for column in ids:
@@ -289,7 +300,8 @@ def _read_range(out: Output, rel: str, prefix: str, target: pa.Schema) -> pa.Tab
             stats = parquet.metadata.row_group(g).column(column).statistics
             if stats is None or not stats.has_min_max or _may_hold(stats.min, stats.max, prefix):
                 groups.append(g)
-        table = parquet.read_row_groups(groups, use_threads=False) if groups else target.empty_table()
+        table = (parquet.read_row_groups(groups, columns=target.names, use_threads=False) if groups
+                 else target.empty_table())
     table = table.cast(target)
     return table.filter(keyspace.within(table["item_id"], prefix)) if prefix else table
 
