@@ -213,8 +213,10 @@ def phase_first_resume(job: str) -> dict:
     cfg, out, work, plan = _bench_paths(job)
     Path(out.root).mkdir(parents=True, exist_ok=True)
     state = State(out, work, expected=plan.num_rows)
-    joined = Joined(state, [plan], work)
+    joined = Joined(state, [plan], work, columns=resume.COUNTED)
     todo = resume.to_do(joined)
+    joined.close()
+    joined = Joined(state, [plan], work)
     index = write_work(resume.work(joined), work / "pending.arrow",
                        rows_per_group(todo.rows, todo.candidates, cfg.generate.batch_size))
     joined.close()
@@ -277,7 +279,7 @@ def phase_resume(job: str) -> dict:
 
     _, out, work, plan = _bench_paths(job)
     state = State(out, work, expected=plan.num_rows)
-    joined = Joined(state, [plan], work)
+    joined = Joined(state, [plan], work, columns=resume.COUNTED)
     todo = resume.to_do(joined)
     joined.close()
     state.close()

@@ -173,8 +173,9 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             started = time.monotonic()
             record.write(cfg, run_id, out, plan.num_rows, styles)
             store = ShardStore(out, on_commit=state.took)  # the state takes each shard in as it commits
-            joined = Joined(state, [plan], work)
+            joined = Joined(state, [plan], work, columns=resume.COUNTED)  # counted from two columns
             todo = resume.to_do(joined)
+            joined.close()
             reporter.log(f"run {run_id}: {plan.num_rows} candidates planned from {manifest_rows} rows, "
                          f"{plan.num_rows - todo.candidates} already done, {todo.candidates} to go, "
                          f"{todo.rows} row(s) to judge → {out}",
@@ -185,8 +186,9 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             # 5. stream and commit: the rows that need work to the driver's disk, handed out a
             # unit at a time; outcomes committed in whole-row shards as they arrive
             stopped, this_run = None, None
-            if todo.rows:
+            if todo.rows:  # the work carries the judged candidates' whole outcomes: every column
                 pending = work / f"pending-{run_id}.arrow"
+                joined = Joined(state, [plan], work)
                 index = write_work(resume.work(joined), pending,
                                    rows_per_group(todo.rows, todo.candidates, cfg.generate.batch_size))
                 joined.close()
@@ -194,7 +196,6 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
                                                       to_go=todo.candidates, planned=plan.num_rows,
                                                       reporter=reporter, fence=lock.check)
                 pending.unlink(missing_ok=True)
-            joined.close()
 
             # 5b. channel formats: children of what is written now (or approved), planned from the
             # committed outcomes, then streamed and committed the same way (planned even when the
@@ -202,7 +203,7 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             plans = [plan]
             if formats.wanted(cfg, styles):
                 state.refresh()
-                joined = Joined(state, [plan], work)
+                joined = Joined(state, [plan], work, columns=["status"])
                 plans.append(formats.plan_formats(plan, (o["status"] for _, o in joined.chunks(["item_id"])), cfg,
                                                   styles, decided.in_force, work / f"formats-{run_id}.parquet"))
                 joined.close()
@@ -254,14 +255,15 @@ def _run_formats(plan: PlanFile, state: State, cfg: JobConfig, backend: str, sto
     """Stream and commit the channel formats left to make (none when the run already stopped)."""
     if stopped:
         return stopped, this_run
-    joined = Joined(state, [plan], work)
+    joined = Joined(state, [plan], work, columns=resume.COUNTED)
     todo = resume.to_do(joined)
+    joined.close()
     if not todo.rows:
-        joined.close()
         return stopped, this_run
     reporter.log(f"formats: {plan.num_rows} planned, {todo.candidates} to go", event="formats_start",
                  planned=plan.num_rows, to_go=todo.candidates, rows_to_judge=todo.rows)
     pending = work / f"pending-formats-{run_id}.arrow"
+    joined = Joined(state, [plan], work)
     index = write_work(resume.work(joined), pending,
                        rows_per_group(todo.rows, todo.candidates, cfg.generate.batch_size))
     joined.close()

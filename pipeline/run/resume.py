@@ -17,6 +17,9 @@ from pipeline.plan.work import candidates
 from pipeline.run.joined import Joined
 from pipeline.spec import schema, vocabulary
 
+# The outcome columns `to_do` reads: a join of these alone counts what is left (Joined's columns).
+COUNTED = ["status", "judged_with"]
+
 
 @dataclass(frozen=True)
 class ToDo:
@@ -27,7 +30,8 @@ class ToDo:
 
 
 def to_do(joined: Joined) -> ToDo:
-    """How many candidates have no finished outcome, and how many manifest rows need work."""
+    """How many candidates have no finished outcome, and how many manifest rows need work (a
+    join of COUNTED columns is enough)."""
     candidates_to_go = rows_to_go = 0
     for chunk, outcome in joined.chunks(["item_id", "id", "judge_key"]):
         done, rows = _split(chunk, outcome)

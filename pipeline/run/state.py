@@ -82,6 +82,14 @@ class Generation:
         return (json.dumps(self.__dict__, indent=1, sort_keys=True) + "\n").encode()
 
 
+def outcome_schema(columns: list[str] | None = None) -> pa.Schema:
+    """OUTCOME_SCHEMA, or its item id, files and `columns` (in its order)."""
+    if columns is None:
+        return OUTCOME_SCHEMA
+    wanted = {"item_id", *FILE_COLUMNS, *columns}
+    return pa.schema([f for f in OUTCOME_SCHEMA if f.name in wanted])
+
+
 def normalised(table: pa.Table) -> pa.Table:
     """A shard's outcomes as OUTCOME_SCHEMA: columns a shard of an older release lacks as
     nulls, reason codes where it had only reasons, repeated strings decoded."""
@@ -229,9 +237,11 @@ class State:
         for number, prefix in enumerate(self.prefixes()):
             yield self.range(number, prefix)
 
-    def range(self, number: int, prefix: str) -> Range:
-        """One range: its latest outcomes, embeddings (read when asked) and files."""
-        merged = self.latest_of(number, prefix)
+    def range(self, number: int, prefix: str, columns: list[str] | None = None) -> Range:
+        """Range `number` (its `prefix`): its latest outcomes, embeddings (read when asked) and
+        files; `columns`: only these outcome columns beside the item id and the files (resume's
+        count reads two of 56: the range files are read column by column)."""
+        merged = self.latest_of(number, prefix, columns)
 
         def embeddings() -> pa.Table:
             return _merged(self._generation_rows(self.generation.embeddings, prefix, EMBEDDING_SCHEMA),
@@ -240,10 +250,12 @@ class State:
         return Range(prefix, merged, _listing(self.out, layout.IMAGES, prefix),
                      _listing(self.out, layout.PREVIEWS, prefix), embeddings)
 
-    def latest_of(self, number: int, prefix: str) -> pa.Table:
-        """The latest outcome of every item id of one range, whether its files are there or not."""
-        return _merged(self._generation_rows(self.generation.parts, prefix, OUTCOME_SCHEMA),
-                       [outcomes.read(number) for outcomes, _ in self.segments])
+    def latest_of(self, number: int, prefix: str, columns: list[str] | None = None) -> pa.Table:
+        """The latest outcome of every item id of one range, whether its files are there or not
+        (`columns`: see `range`)."""
+        schema = outcome_schema(columns)
+        return _merged(self._generation_rows(self.generation.parts, prefix, schema),
+                       [outcomes.read(number).select(schema.names) for outcomes, _ in self.segments])
 
     def other_row(self, rows: set[str]) -> str | None:
         """A manifest id, not among `rows`, that the output holds outcomes of (its committed
@@ -251,7 +263,7 @@ class State:
         from pipeline.storage.records import iter_parquet
 
         wanted = pa.array(sorted(rows), pa.string())
-        ids = (self.latest_of(n, p)["id"] for n, p in enumerate(self.prefixes()))
+        ids = (self.latest_of(n, p, ["id"])["id"] for n, p in enumerate(self.prefixes()))
         if self.out.exists(layout.RESULTS):
             ids = itertools.chain(ids, (b.column(0) for b in iter_parquet(self.out, layout.RESULTS, ["id"])))
         for column in ids:
@@ -330,7 +342,8 @@ def _read_range(out: Output, rel: str, prefix: str, target: pa.Schema) -> pa.Tab
             stats = parquet.metadata.row_group(g).column(column).statistics
             if stats is None or not stats.has_min_max or _may_hold(stats.min, stats.max, prefix):
                 groups.append(g)
-        table = parquet.read_row_groups(groups, use_threads=False) if groups else target.empty_table()
+        table = (parquet.read_row_groups(groups, columns=target.names, use_threads=False) if groups
+                 else target.empty_table())
     table = table.cast(target)
     return table.filter(keyspace.within(table["item_id"], prefix)) if prefix else table
 
