@@ -5,6 +5,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,10 +149,14 @@ def test_a_job_submitted_through_the_jobs_api_to_two_nodes_writes_to_s3(tmp_path
         job = write_job(tmp_path / "job", ROWS, num_candidates=1, keep=1, extra="[cluster]\nwrite_actors = 2\n")
         out = f"s3://{s3.bucket}/nightly"
         before = set(tmp_path.rglob("*"))
-        submit = subprocess.run(
-            [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--",
-             sys.executable, "-m", "pipeline", "run", str(job), "--output", out],
-            cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+        for _ in range(12):  # a loaded head's job agent may start after its dashboard: Ray says to try again
+            submit = subprocess.run(
+                [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--",
+                 sys.executable, "-m", "pipeline", "run", str(job), "--output", out],
+                cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+            if "No available agent to submit job" not in submit.stderr:
+                break
+            time.sleep(5)
         assert submit.returncode == 0, (submit.stdout + submit.stderr)[-3000:]
         assert "1 generate actor(s), 2 writer(s)" in submit.stdout + submit.stderr
         assert cli("verify", out).returncode == 0
