@@ -75,32 +75,6 @@ def test_reads_stop_at_the_limit(tmp_path, monkeypatch):
         uris.read_bytes(str(tmp_path / "missing"))
 
 
-def test_a_parquet_footer_is_read_once(tmp_path):
-    """On object storage each footer read is a request: a table with dictionary columns (the
-    results' status, reason…) reads its footer once, not once per reader."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipeline.storage import tables
-
-    data = tables.to_bytes(pa.table({"status": ["written", "error"] * 50, "n": list(range(100))}))
-    tail = []
-
-    class Counted(io.BytesIO):
-        def read(self, n=-1):
-            start = self.tell()
-            out = super().read(n)
-            if start + len(out) >= len(data) - 8 and out:  # the footer's length and magic
-                tail.append((start, len(out)))
-            return out
-
-    table = tables.read(Counted(data), dictionary=("status",))
-    assert pa.types.is_dictionary(table.schema.field("status").type) and table.num_rows == 100
-    assert len(tail) == 1, tail
-    assert pq.read_table(io.BytesIO(data)).equals(table.cast(pq.read_table(io.BytesIO(data)).schema))
-
 
 # ── one rule for every place: inputs, job keys and the output resolve and confine alike ──────
 

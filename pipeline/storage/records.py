@@ -24,15 +24,13 @@ from pipeline.storage import layout, tables
 from pipeline.storage.store import Output, as_output
 
 
-def read_parquet(output: Output | Path | str, rel: str, columns: list[str] | None = None,
-                 dictionary: tuple[str, ...] = ()) -> pa.Table:
-    """The Parquet file `rel` of an output: the `columns` it has (all when None), the
-    `dictionary` ones kept dictionary-encoded."""
+def read_parquet(output: Output | Path | str, rel: str, columns: list[str] | None = None) -> pa.Table:
+    """The Parquet file `rel` of an output: the `columns` it has (all when None)."""
     out = as_output(output)
     if out.local:
-        return tables.read(out.where(rel), columns, dictionary)
+        return tables.read(out.where(rel), columns)
     with out.open(rel) as f:
-        return tables.read(f, columns, dictionary)
+        return tables.read(f, columns)
 
 
 @contextlib.contextmanager

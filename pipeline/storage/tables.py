@@ -32,24 +32,16 @@ def to_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def read(source: str | Path | bytes | BinaryIO, columns: list[str] | None = None,
-         dictionary: tuple[str, ...] = ()) -> pa.Table:
+def read(source: str | Path | bytes | BinaryIO, columns: list[str] | None = None) -> pa.Table:
     """A Parquet table from a local path, its bytes, or an open file (ranged reads on object
-    storage): the `columns` it has (all when None), the `dictionary` ones kept dictionary-encoded."""
+    storage): the `columns` it has (all when None)."""
     native = isinstance(source, str | Path)
     if isinstance(source, bytes):
         source = pa.BufferReader(source)
-    source = str(source) if native else source
-    with pq.ParquetFile(source) as f:
+    with pq.ParquetFile(str(source) if native else source) as f:
         names = f.schema_arrow.names
         wanted = [c for c in columns if c in names] if columns is not None else names
-        if not dictionary:
-            return f.read(columns=wanted, use_threads=native)
-        # The footer read once: a second reader for the dictionary columns reuses its metadata
-        # (on object storage each footer read is a ranged request or two).
-        with pq.ParquetFile(source, metadata=f.metadata,
-                            read_dictionary=[c for c in dictionary if c in wanted]) as g:
-            return g.read(columns=wanted, use_threads=native)
+        return f.read(columns=wanted, use_threads=native)
 
 
 BATCH_ROWS = 65_536  # rows a streamed batch holds at most
