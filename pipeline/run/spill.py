@@ -1,9 +1,10 @@
 """A spill file on the driver's disk: tables written under keys, read back by key, so a phase
 holds one key's rows at a time (a range of item ids, a range's part of a plan chunk).
 
-One Arrow IPC file per spill, its batches compressed, appended in any key order; the index of
-which batches hold a key stays in memory (a few numbers per batch). Read through a plain
-file, not a memory map: a mapped file's pages would count against the driver as they are read.
+One Arrow IPC file per spill, its batches compressed (or not: `compressed`), appended in any
+key order; the index of which batches hold a key stays in memory (a few numbers per batch). Read
+through a plain file, not a memory map: a mapped file's pages would count against the driver as
+they are read.
 """
 
 from __future__ import annotations
@@ -16,16 +17,20 @@ import numpy as np
 import pyarrow as pa
 
 OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+# Uncompressed: a batch's buffers written as they are. LZ4 costs about 0.5 ms a batch of 56
+# columns to write and 0.35 ms to read whatever its rows (0.19 and 0.04 ms without), and takes
+# about 40% off the file.
+PLAIN = pa.ipc.IpcWriteOptions(compression=None)
 
 
 class Spill:
     """Tables of one schema under keys, on disk. Write everything, then read."""
 
-    def __init__(self, path: Path, schema: pa.Schema):
+    def __init__(self, path: Path, schema: pa.Schema, compressed: bool = True):
         self.path, self.schema = path, schema
         path.parent.mkdir(parents=True, exist_ok=True)
         self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_file(self._sink, schema, options=OPTIONS)
+        self._writer = pa.ipc.new_file(self._sink, schema, options=OPTIONS if compressed else PLAIN)
         self._batches: dict[Hashable, list[int]] = defaultdict(list)
         self._written = 0
         self.rows = 0
