@@ -46,7 +46,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         candidates += chunk.num_rows
         long_prompts += _long_prompts(chunk)
     _warn_long_prompts(long_prompts)
-    print(f"OK: {len(inputs.manifest)} rows, {candidates} candidates, "
+    print(f"OK: {inputs.rows} rows, {candidates} candidates, "
           f"{len(inputs.styles)} styles; passthrough columns: {', '.join(inputs.passthrough) or 'none'}")
     if formats.wanted(cfg, inputs.styles):
         by_style = formats.style_formats(cfg, inputs.styles).group_by("style", maintain_order=True).agg("variant")

@@ -1,15 +1,25 @@
 """The catalogue of bad inputs: each names file, row, id and column; all problems at once."""
 
+from pathlib import Path
+
 import numpy as np
+import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from pipeline.errors import ManifestError
+from pipeline.plan.build import build_plan, plan_chunks
 from pipeline.spec.manifest import load_inputs
 from tests.helpers import job, write_job
 
 GOOD = {"id": ["a", "b"], "prompt": ["a red mug", "a blue bottle"], "style": ["studio", "brand"]}
+
+
+def rows_of(manifest):
+    """The validated manifest's typed rows, every chunk."""
+    return pl.concat([chunk.manifest for chunk in manifest.chunks(1000)])
 
 
 def problems_of(tmp_path, rows, **kw):
@@ -23,7 +33,7 @@ def test_good_manifest_passes_and_keeps_passthrough_columns(tmp_path):
     rows = {**GOOD, "sku": ["S1", "S2"], "campaign": ["x", "y"], "price": [1.5, 2.0]}
     inputs = load_inputs(job(tmp_path, rows))
     assert inputs.passthrough == ("sku", "campaign", "price")
-    assert len(inputs.manifest) == 2
+    assert inputs.rows == 2 and len(rows_of(inputs)) == 2
 
 
 @pytest.mark.parametrize("rows, row, column, needle", [
@@ -73,7 +83,7 @@ def test_float_seed_column_with_nulls_is_accepted(tmp_path):
     """pandas writes nullable integers as float with NaN: integral floats are fine."""
     rows = {"id": ["a", "b"], "prompt": ["x", "y"], "seed": pa.array([3.0, None], pa.float64())}
     inputs = load_inputs(job(tmp_path, rows))
-    assert inputs.manifest["seed"].to_list() == [3, None]
+    assert rows_of(inputs)["seed"].to_list() == [3, None]
 
 
 def test_all_problems_reported_at_once_and_capped(tmp_path):
@@ -146,7 +156,7 @@ def test_pandas_style_parquet_is_accepted(tmp_path):
     })
     inputs = load_inputs(job(tmp_path, rows))
     assert inputs.passthrough == ("region",)
-    assert inputs.manifest["id"].to_list() == ["a", "b"] and inputs.manifest["seed"].to_list() == [1, None]
+    assert rows_of(inputs)["id"].to_list() == ["a", "b"] and rows_of(inputs)["seed"].to_list() == [1, None]
 
 
 def test_style_reference_images_are_checked_and_confined(tmp_path):
@@ -574,3 +584,49 @@ def test_a_column_name_that_is_not_utf8_is_named(tmp_path):
     (tmp_path / "manifest.parquet").write_bytes(buffer.getvalue().replace(b"zzqq", b"\xff\xfe\xff\xfe"))
     code, err = validate(tmp_path / "job.toml")
     assert code == 1 and "Traceback" not in err and "not a readable Parquet file" in err and "UnicodeDecodeError" in err
+
+
+def _catalogue(tmp_path, parts: list[pa.Table]) -> Path:
+    """A job whose manifest is a folder of parts, each written in row groups of two rows."""
+    path = write_job(tmp_path, parts[0])
+    (tmp_path / "manifest.parquet").unlink()
+    (tmp_path / "manifest").mkdir()
+    for k, part in enumerate(parts):
+        pq.write_table(part, tmp_path / "manifest" / f"part-{k}.parquet", row_group_size=2)
+    path.write_text(path.read_text().replace('manifest = "manifest.parquet"', 'manifest = "manifest"'))
+    return path
+
+
+def test_a_catalogue_read_a_few_rows_at_a_time_names_each_problem_by_its_row_in_the_whole(tmp_path, monkeypatch):
+    """The manifest is validated and planned a chunk at a time (never whole), its ids spilled
+    by hash to buckets: a duplicate id two parts apart, bad values in later chunks and a part
+    without a column come out as if the catalogue were read at once: each problem at its row in
+    the whole manifest (parts in name order), all counted."""
+    import pipeline.spec.duplicates
+    import pipeline.spec.manifest
+    from pipeline.spec.load import load_job
+
+    monkeypatch.setattr(pipeline.spec.manifest, "READ_ROWS", 3)
+    monkeypatch.setattr(pipeline.spec.duplicates, "BUCKET_ROWS", 2)  # 6 buckets for 11 rows
+    first = pa.table({"id": [f"a{k}" for k in range(7)], "prompt": ["p"] * 7, "sku": [f"S{k}" for k in range(7)],
+                      "seed": pa.array([1, 2, 3, 4, 5, 6, 7], pa.int64())})
+    second = pa.table({"id": ["b0", "b1", "a2", "b3"], "prompt": ["p", "", "p", "p"],
+                       "seed": pa.array([None, -1, None, 9], pa.int64())})
+    with pytest.raises(ManifestError) as e:
+        load_inputs(load_job(_catalogue(tmp_path / "bad", [first, second])))
+    found = sorted((p.row, p.id, p.column, p.message.split(" (")[0].split(",")[0]) for p in e.value.problems)
+    assert e.value.total == 3 and found == [(8, "b1", "prompt", "empty prompt"),
+                                            (8, "b1", "seed", "seed must be 0..2^63-1"),
+                                            (9, "a2", "id", "duplicate id 'a2'")]
+
+    second = second.set_column(1, "prompt", pa.array(["p"] * 4)).set_column(
+        2, "seed", pa.array([None, 8, None, 9], pa.int64())).set_column(0, "id", pa.array(["b0", "b1", "b2", "b3"]))
+    cfg = load_job(_catalogue(tmp_path / "good", [first, second]))
+    manifest = load_inputs(cfg)
+    assert manifest.rows == 11 and manifest.passthrough == ("sku",)
+    chunked = build_plan(manifest, cfg)
+    monkeypatch.setattr(pipeline.spec.manifest, "READ_ROWS", 100)
+    whole = pa.concat_tables(list(plan_chunks(load_inputs(cfg), cfg, chunk_rows=100)))
+    assert chunked.equals(whole) and chunked["row"].to_pylist() == list(range(11))
+    assert chunked["sku"].to_pylist() == [f"S{k}" for k in range(7)] + [None] * 4
+    assert chunked["id"].to_pylist() == [f"a{k}" for k in range(7)] + ["b0", "b1", "b2", "b3"]

@@ -10,16 +10,15 @@ file. Pure data (polars + hashlib), no torch, vectorised: a million-row manifest
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import MAX_REPORTED, ManifestError
 from pipeline.judge.rules import rules_key
 from pipeline.plan.children import with_decisions, with_refinements
 from pipeline.plan.identity import hex_ids, keys, literal, with_item_ids
@@ -28,10 +27,11 @@ from pipeline.plan.models import model_columns, planned_models
 from pipeline.plan.rows import denoising_problems, resolved_rows, watermark_problems, with_seeds
 from pipeline.review.decisions import Decisions
 from pipeline.spec import schema, vocabulary
+from pipeline.spec.checks import Problems
 from pipeline.spec.config import JobConfig
 from pipeline.spec.fallbacks import fallback
 from pipeline.spec.families import mode_problems, steering_problems
-from pipeline.spec.manifest import Inputs
+from pipeline.spec.manifest import Inputs, Manifest
 from pipeline.storage.layout import image_path_expr
 
 # Manifest rows planned at a time: the plan of a chunk (about 1.1 kB per candidate) is the
@@ -39,42 +39,32 @@ from pipeline.storage.layout import image_path_expr
 CHUNK_ROWS = 50_000
 
 
-def _chunks(inputs: Inputs, chunk_rows: int | None) -> Iterator[Inputs]:
-    """The inputs in slices of whole manifest rows (zero-copy; `__row` keeps the row numbers)."""
-    chunk_rows = chunk_rows or CHUNK_ROWS
-    for start in range(0, max(len(inputs.manifest), 1), chunk_rows):
-        yield dataclasses.replace(inputs, manifest=inputs.manifest.slice(start, chunk_rows))
-
-
-def check_plan(inputs: Inputs, cfg: JobConfig, chunk_rows: int | None = None) -> None:
+def check_plan(manifest: Manifest, cfg: JobConfig, chunk_rows: int | None = None) -> None:
     """Every row can be planned and generated, or ManifestError naming all that cannot (capped)."""
-    problems, total = [], 0
-    used = set(inputs.manifest["style"].unique().to_list()) if "style" in inputs.manifest.columns else {None}
-    for part in _chunks(inputs, chunk_rows):
+    found = Problems()
+    for part in manifest.chunks(chunk_rows or CHUNK_ROWS):
         rows = resolved_rows(part, cfg)
-        for found, n in (denoising_problems(rows, part), watermark_problems(rows, part, cfg),
+        for problems in (denoising_problems(rows, part), watermark_problems(rows, part, cfg),
                          mode_problems(rows, part.styles, cfg, part.manifest_uri),
-                         steering_problems(rows, part.styles, cfg, part.manifest_uri, used)):
-            problems += found[:MAX_REPORTED - len(problems)]
-            total += n
-    if total:
-        raise ManifestError(problems, total)
+                         steering_problems(rows, part.styles, cfg, part.manifest_uri, set(manifest.used_styles))):
+            found.add(*problems)
+    found.raise_any()
 
 
-def plan_chunks(inputs: Inputs, cfg: JobConfig, chunk_rows: int | None = None,
+def plan_chunks(manifest: Manifest, cfg: JobConfig, chunk_rows: int | None = None,
                 decisions: Decisions | None = None) -> Iterator[pa.Table]:
     """The plan, one table per chunk of whole manifest rows, in manifest order (candidates in
     order within each row), under a reviewer's `decisions` (none by default)."""
-    check_plan(inputs, cfg, chunk_rows)
-    model_fps = model_fingerprints(planned_models(inputs.styles, cfg))
-    for part in _chunks(inputs, chunk_rows):
+    check_plan(manifest, cfg, chunk_rows)
+    model_fps = model_fingerprints(planned_models(manifest.styles, cfg))
+    for part in manifest.chunks(chunk_rows or CHUNK_ROWS):
         yield _plan_rows(part, cfg, model_fps, decisions or Decisions.none())
 
 
-def build_plan(inputs: Inputs, cfg: JobConfig, decisions: Decisions | None = None) -> pa.Table:
+def build_plan(manifest: Manifest, cfg: JobConfig, decisions: Decisions | None = None) -> pa.Table:
     """The whole plan in memory: one row per candidate, in manifest order, with passthrough
     columns at the end (for small manifests and tests; a run streams `write_plan`'s file)."""
-    return pa.concat_tables(list(plan_chunks(inputs, cfg, decisions=decisions)))
+    return pa.concat_tables(list(plan_chunks(manifest, cfg, decisions=decisions)))
 
 
 @dataclass(frozen=True)
@@ -91,13 +81,13 @@ class PlanFile:
                 yield f.read_row_group(i, columns=columns)
 
 
-def write_plan(inputs: Inputs, cfg: JobConfig, path: Path, chunk_rows: int | None = None,
+def write_plan(manifest: Manifest, cfg: JobConfig, path: Path, chunk_rows: int | None = None,
                decisions: Decisions | None = None) -> PlanFile:
     """Plan chunk by chunk into a Parquet file; ManifestError (before writing) when a row cannot run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     writer, rows = None, 0
     try:
-        for chunk in plan_chunks(inputs, cfg, chunk_rows, decisions):
+        for chunk in plan_chunks(manifest, cfg, chunk_rows, decisions):
             writer = writer or pq.ParquetWriter(path, chunk.schema)
             writer.write_table(chunk, row_group_size=max(chunk.num_rows, 1))  # a chunk is one row group
             rows += chunk.num_rows
@@ -185,7 +175,7 @@ def _plan_rows(inputs: Inputs, cfg: JobConfig, model_fps: dict, decisions: Decis
     plan = df.select([f.name for f in schema.PLAN_FIELDS]).to_arrow().cast(schema.PLAN_SCHEMA)
     if inputs.passthrough:
         # Each candidate's manifest row's passthrough values, exact Arrow types kept.
-        pt = inputs.raw.take(plan["row"])
+        pt = inputs.raw.take(pc.subtract(plan["row"], inputs.first))
         for name in inputs.passthrough:
             plan = plan.append_column(pt.schema.field(name), pt.column(name))
     return plan

@@ -49,7 +49,7 @@ def resolved_rows(inputs: Inputs, cfg: JobConfig) -> pl.DataFrame:
         c(uri_column("headline_font")).alias("__headline_font"),
     )
     # A product photo with transparency and no mask: stage it with its alpha as the mask.
-    with_alpha = [uri for uri, f in inputs.files.items() if f.has_alpha]
+    with_alpha = [uri for uri in df["__product"].drop_nulls().unique().to_list() if inputs.files[uri].has_alpha]
     return df.with_columns(
         c("__product").fill_null(c("__reference")).alias("init_image"),
         pl.when(c("__mask").is_not_null()).then(c("__mask"))

@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.run.spill import Spill, split
 from pipeline.run.summary import NO_STYLE
 from pipeline.storage import layout, records, tables
+from pipeline.storage.spill import Spill, split
 from pipeline.storage.store import Output
 
 PART = 20_000  # candidates a part of the display order holds (uneven rows aside)

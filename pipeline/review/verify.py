@@ -112,8 +112,8 @@ def unlisted_files(out: Output) -> Iterator[str]:
     import pyarrow as pa
 
     from pipeline.run import keyspace
-    from pipeline.run.spill import Spill, split
     from pipeline.run.state import State
+    from pipeline.storage.spill import Spill, split
 
     with tempfile.TemporaryDirectory(prefix="asset-pipeline-verify-") as folder:
         state = State(out, Path(folder))

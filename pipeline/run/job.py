@@ -38,7 +38,7 @@ from pipeline.run.stream import stream_and_commit
 from pipeline.run.summary import BrandFigures
 from pipeline.spec import vocabulary
 from pipeline.spec.config import JobConfig
-from pipeline.spec.manifest import Inputs, load_inputs
+from pipeline.spec.manifest import load_inputs
 from pipeline.storage import layout
 from pipeline.storage.lock import acquire
 from pipeline.storage.records import write_json
@@ -133,8 +133,8 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
         raise JobError(str(e)) from None
     try:
         # 2. validate: everything that can reject the job, before any model loads and before --fresh
-        inputs = load_inputs(cfg).only(rows)
-        for warning in inputs.warnings:
+        manifest = load_inputs(cfg).only(rows)
+        for warning in manifest.warnings:
             reporter.warning(warning)
         if fresh and decisions:
             raise JobError("--fresh discards the results the decisions were made on: apply --decisions without it")
@@ -145,11 +145,10 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             # 3. plan: to the driver's disk a chunk at a time (never whole in memory); then the
             # signer's self-test, the last check, and what --fresh, --rows and --decisions change
             decided = recorded.then(changed)
-            plan = write_plan(inputs, cfg, work / f"plan-{run_id}.parquet", decisions=decided)
-            # Past the plan no phase needs the manifest: its size, its styles and the rows of
-            # it that decisions name are kept, and it is let go (it grows with the run).
-            manifest_rows, styles, decided_rows = len(inputs.manifest), inputs.styles, _decided_rows(decided, inputs)
-            del inputs
+            plan = write_plan(manifest, cfg, work / f"plan-{run_id}.parquet", decisions=decided)
+            # the manifest ids recorded decisions name, and what later phases need of the manifest
+            decided_rows = manifest.ids_among(set(decided.in_force["id"].to_pylist()))
+            manifest_rows, styles = manifest.rows, manifest.styles
             Signer.from_section(cfg.signer, out, warn=reporter.warning).self_test(cfg.output.format)
             if cfg.watermark.enabled:
                 from pipeline.provenance.watermark import METHODS, self_test
@@ -289,14 +288,6 @@ def _add_run(summary: dict, run_id: str, cfg: JobConfig, stopped: str | None, el
     if this_run is not None and summary["elapsed_s"]:
         summary["candidates_per_s"] = round(sum(this_run.values()) / summary["elapsed_s"], 4)
         summary["written_per_s"] = round(this_run[vocabulary.WRITTEN] / summary["elapsed_s"], 4)
-
-
-def _decided_rows(decided: review.Decisions, inputs: Inputs) -> set[str]:
-    """The manifest ids that recorded decisions name (a few: the decisions', not the manifest's)."""
-    import pyarrow.compute as pc
-
-    ids = decided.in_force["id"]
-    return set(pc.filter(ids, pc.is_in(ids, inputs.manifest["id"].to_arrow().cast(ids.type))).to_pylist())
 
 
 def _warn_unplanned(decided: review.Decisions, plans: list[PlanFile], decided_rows: set[str], out: Output,

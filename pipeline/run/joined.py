@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 
 from pipeline.plan.build import PlanFile
 from pipeline.run import keyspace
-from pipeline.run.spill import Spill, split
 from pipeline.run.state import Range, State, outcome_schema
+from pipeline.storage.spill import Spill, split
 
 OFFSET = "__offset"  # a plan row's place in its chunk
 KEY_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("__chunk", pa.int32()),

@@ -33,10 +33,10 @@ import pyarrow.parquet as pq
 
 from pipeline.judge.outcome import with_reason_codes
 from pipeline.run import keyspace
-from pipeline.run.spill import Spill, split
 from pipeline.spec import schema
 from pipeline.storage import layout
 from pipeline.storage.records import read_parquet
+from pipeline.storage.spill import Spill, split
 from pipeline.storage.store import Output, as_output
 
 # The columns of a committed outcome that the results table takes (the rest comes from the plan).

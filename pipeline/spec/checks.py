@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.errors import MAX_REPORTED, Problem, show
+from pipeline.errors import MAX_REPORTED, ManifestError, Problem, show
 from pipeline.spec.limits import LIMITS
 
 
@@ -63,3 +63,21 @@ def limit_checks(*pairs: tuple[str, str]) -> list[Check]:
     falls back to the style or the job."""
     return [Check(pl.col(column).is_not_null() & ~LIMITS[limit].holds(pl.col(column)), column,
                   f"{column} must be {LIMITS[limit]}") for column, limit in pairs]
+
+
+class Problems:
+    """Problems found a part at a time (a chunk of a long manifest): the first `MAX_REPORTED` by
+    row kept, every one counted, so a catalogue with a million bad rows costs a list of fifty."""
+
+    def __init__(self) -> None:
+        self.kept: list[Problem] = []
+        self.total = 0
+
+    def add(self, found: list[Problem], count: int) -> None:
+        self.kept = sorted([*self.kept, *found], key=lambda p: p.row if p.row is not None else -1)[:MAX_REPORTED]
+        self.total += count
+
+    def raise_any(self) -> None:
+        """ManifestError naming the problems, when there are any."""
+        if self.total:
+            raise ManifestError(self.kept, self.total)

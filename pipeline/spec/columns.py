@@ -18,33 +18,51 @@ from pipeline.spec.suggest import nearest, suggest
 
 
 def typed(table: pa.Table, spec: dict[str, pa.DataType], uri: str, required: dict, id_col: str,
-           also: list[Problem] | None = None) -> pl.DataFrame:
+          also: list[Problem] | None = None) -> pl.DataFrame:
     """The columns of `spec` that `table` has, checked in Arrow (names, UTF-8, types) before
     polars sees them and cast to their schema types, with `__row`; ManifestError naming every
     problem. Other columns never reach polars: passthrough columns stay Arrow, as read."""
-    problems = _names(table, uri)
-    if problems:  # a name used twice cannot be addressed, so nothing more can be checked
-        raise ManifestError(problems)
-    problems = list(also or ())
-    problems += [Problem(uri, "required column is missing", column=c) for c in required if c not in table.column_names]
-    problems += _invalid_text(table, uri, id_col)
-    kept: dict[str, pa.ChunkedArray] = {}
-    for name, arrow_type in spec.items():
-        if name in table.column_names:
-            column = _as_expected(table.column(name), arrow_type)
-            if column is None:
-                problems.append(Problem(uri, f"wrong type {table.column(name).type}, expected {arrow_type}",
-                                        column=name))
-            else:
-                kept[name] = column
+    problems = column_problems(table.schema, spec, uri, required, also)
     if problems:
         raise ManifestError(problems)
-    # Arrays only: the table's metadata (pandas', or bytes that are not UTF-8) never reaches polars.
-    df = pl.from_arrow(pa.Table.from_arrays(list(kept.values()), names=list(kept))).with_row_index("__row")
-    found, total = collect(df, _cast_checks(df, spec), uri, id_col)
+    df, found, total = typed_rows(table, spec, uri, id_col)
     if total:
         raise ManifestError(found, total)
-    return df.with_columns(pl.col(n).cast(_pl_type(t), strict=False) for n, t in spec.items() if n in df.columns)
+    return df
+
+
+def column_problems(schema: pa.Schema, spec: dict[str, pa.DataType], uri: str, required: dict,
+                    also: list[Problem] | None = None) -> list[Problem]:
+    """What is wrong with a table's columns whatever its rows (`also`, then required columns
+    missing, types that cannot hold the schema's values); ManifestError at once for names that
+    cannot be addressed (empty, or used twice), as nothing more can be checked."""
+    problems = _names(schema.names, uri)
+    if problems:
+        raise ManifestError(problems)
+    problems = list(also or ())
+    problems += [Problem(uri, "required column is missing", column=c) for c in required if c not in schema.names]
+    empty = schema.empty_table()
+    problems += [Problem(uri, f"wrong type {schema.field(name).type}, expected {arrow_type}", column=name)
+                 for name, arrow_type in spec.items()
+                 if name in schema.names and _as_expected(empty.column(name), arrow_type) is None]
+    return problems
+
+
+def typed_rows(table: pa.Table, spec: dict[str, pa.DataType], uri: str, id_col: str,
+               offset: int = 0) -> tuple[pl.DataFrame | None, list[Problem], int]:
+    """These rows (the `offset`th of their table first) typed, once `column_problems` found none:
+    (frame, [], 0), or (None, the first problems, their count) for values the schema's types
+    cannot hold (text that is not UTF-8, a fraction where a whole number goes)."""
+    problems = _invalid_text(table, uri, id_col, offset)
+    if problems:
+        return None, problems, len(problems)
+    kept = {name: _as_expected(table.column(name), t) for name, t in spec.items() if name in table.column_names}
+    # Arrays only: the table's metadata (pandas', or bytes that are not UTF-8) never reaches polars.
+    df = pl.from_arrow(pa.Table.from_arrays(list(kept.values()), names=list(kept))).with_row_index("__row", offset)
+    found, total = collect(df, _cast_checks(df, spec), uri, id_col)
+    if total:
+        return None, found, total
+    return df.with_columns(pl.col(n).cast(_pl_type(t), strict=False) for n, t in spec.items() if n in df.columns), [], 0
 
 
 def unread_columns(table: pa.Table | None, known: dict[str, pa.DataType], uri: str, all_of_them: bool) -> list[str]:
@@ -72,9 +90,8 @@ def with_missing(df: pl.DataFrame, spec: dict[str, pa.DataType]) -> pl.DataFrame
     return df.with_columns(missing) if missing else df
 
 
-def _names(table: pa.Table, uri: str) -> list[Problem]:
+def _names(names: list[str], uri: str) -> list[Problem]:
     """Column names every later step can address: each non-empty and used once."""
-    names = table.column_names
     problems = [Problem(uri, "a column has an empty name; name it")] if "" in names else []
     problems += [Problem(uri, f"duplicate column {n!r} (a name may be used once)")
                  for n in dict.fromkeys(names) if names.count(n) > 1 and n]
@@ -84,7 +101,7 @@ def _names(table: pa.Table, uri: str) -> list[Problem]:
 _TEXT = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
 
 
-def _invalid_text(table: pa.Table, uri: str, id_col: str) -> list[Problem]:
+def _invalid_text(table: pa.Table, uri: str, id_col: str, offset: int = 0) -> list[Problem]:
     """Columns whose data Arrow does not find valid (text that is not UTF-8, above all), by row
     and value where the column is text: polars would panic on them, and results would carry them."""
     problems: list[Problem] = []
@@ -99,7 +116,7 @@ def _invalid_text(table: pa.Table, uri: str, id_col: str) -> list[Problem]:
         binary = column.cast(pa.large_binary())  # a cast of the bytes, never decoded
         for row, value in enumerate(binary.to_pylist()):  # only a column that failed is walked
             if value is not None and not _utf8(value):
-                problems.append(Problem(uri, f"text that is not valid UTF-8, got {show(value)}", row=row,
+                problems.append(Problem(uri, f"text that is not valid UTF-8, got {show(value)}", row=offset + row,
                                         id=ids[row].as_py() if ids is not None else None, column=name))
                 if len(problems) >= MAX_REPORTED:
                     return problems

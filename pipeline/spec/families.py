@@ -46,11 +46,16 @@ def style_models(styles: pl.DataFrame, cfg: JobConfig) -> dict[str | None, tuple
     return {None: job, **own}
 
 
-def family_warnings(manifest: pl.DataFrame, styles: pl.DataFrame, cfg: JobConfig) -> list[str]:
-    """Settings a style's model family ignores, a line per style and setting."""
-    found = []
-    negatives = set(manifest.filter(pl.col("negative_prompt").fill_null("") != "")["style"].to_list()) \
+def negative_styles(manifest: pl.DataFrame) -> set[str | None]:
+    """The styles of manifest rows (a chunk of them) that give a negative prompt of their own."""
+    return set(manifest.filter(pl.col("negative_prompt").fill_null("") != "")["style"].to_list()) \
         if "negative_prompt" in manifest.columns else set()
+
+
+def family_warnings(negatives: set[str | None], styles: pl.DataFrame, cfg: JobConfig) -> list[str]:
+    """Settings a style's model family ignores, a line per style and setting (`negatives`: the
+    styles of rows with a negative prompt of their own, `negative_styles`)."""
+    found = []
     settings = {r["style"]: r for r in styles.iter_rows(named=True)}
     for style, (model, revision) in style_models(styles, cfg).items():
         family = family_of(model, revision)

@@ -74,11 +74,9 @@ def inspect_font(uri: str) -> InputFile:
     return InputFile(uris.content_digest(data))
 
 
-def check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, inspect, file: str,
-                  id_col: str, files: dict[str, InputFile]) -> tuple[pl.DataFrame, list[Problem], int]:
-    """Resolve `column`'s values into `uri_column(column)`, then check each distinct file once
-    (allowed scheme and roots, present, readable) and record it in `files`. Returns the frame,
-    the first problems (one per row using a bad file) and their count."""
+def with_uris(df: pl.DataFrame, column: str, base: str) -> tuple[pl.DataFrame, dict[str, str]]:
+    """`column`'s values resolved (`pipeline.storage.paths.resolve`, relative to `base`) into
+    `uri_column(column)`, and why for each value that names no place (its URI null)."""
     why: dict[str, str] = {}
     resolved: dict[str, str] = {}
     for value in df[column].drop_nulls().unique().to_list():
@@ -86,6 +84,19 @@ def check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, inspe
             resolved[value] = paths.resolve(value, base)
         except ValueError as e:
             why[value] = str(e)
+    df = df.with_columns(pl.col(column).replace_strict(resolved, default=None, return_dtype=pl.String)
+                         .alias(uri_column(column)))
+    return df, why
+
+
+def check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, inspect, file: str,
+                 id_col: str, files: dict[str, InputFile]) -> tuple[pl.DataFrame, list[Problem], int]:
+    """Resolve `column`'s values into `uri_column(column)`, then check each distinct file once
+    (allowed scheme and roots, present, readable) and record it in `files`. Returns the frame,
+    the first problems (one per row using a bad file) and their count."""
+    df, why = with_uris(df, column, base)
+    values = df.select(column, uri_column(column)).drop_nulls().unique().iter_rows()
+    resolved = dict(values)
     refused: dict[str, str] = {}  # resolved URI → why (two values may name one file)
     kind = {inspect_image: "image", inspect_font: "font"}.get(inspect, "file")
     for uri in {u for u in resolved.values() if u not in files or kind not in files[u].checked_as}:
@@ -100,8 +111,6 @@ def check_inputs(df: pl.DataFrame, column: str, base: str, cfg: JobConfig, inspe
         except Exception as e:  # noqa: BLE001 — credentials, network, a missing fsspec backend: name it
             refused[uri] = refusal(e, uri, "file", kind)
     why.update((value, refused[uri]) for value, uri in resolved.items() if uri in refused)
-    df = df.with_columns(pl.col(column).replace_strict(resolved, default=None, return_dtype=pl.String)
-                         .alias(uri_column(column)))
     bad = df.filter(pl.col(column).is_in(list(why))).select("__row", id_col, column)
     found = [Problem(file, why[v], row=int(r), id=i, column=column)
              for r, i, v in bad.head(MAX_REPORTED).iter_rows()]

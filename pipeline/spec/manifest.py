@@ -1,69 +1,121 @@
 """Read and validate the job's manifest and styles table; every problem names file, row, id,
 column and value, all at once (capped), never one per run.
 
-Checks are vectorised (polars), so a million-row manifest validates in seconds. The parts:
-reading Parquet (`parquet`), the columns' types (`columns`), the styles table (`styles`), input
-files (`inputs`), the rules' machinery (`checks`) and the row → style → job fallback (`fallbacks`).
+The manifest is read a chunk at a time, twice: once to validate it (nothing kept but the
+problems, the input files' fingerprints, the styles used and a spill of ids on the driver's
+disk for duplicates), then again by the plan (`Manifest.chunks`). So a catalogue of ten million
+rows is never held whole. Checks are vectorised (polars) over a chunk. The parts: reading
+Parquet (`parquet`), the columns' types (`columns`), the styles table (`styles`), input files
+(`inputs`), duplicate ids (`duplicates`), the rules' machinery (`checks`) and the row → style →
+job fallback (`fallbacks`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
 
-from pipeline.errors import MAX_REPORTED, ManifestError, Problem, show
+from pipeline.errors import ManifestError, Problem, show
 from pipeline.spec import schema
-from pipeline.spec.checks import Check, collect, limit_checks, row_problems
-from pipeline.spec.columns import typed, unread_columns, with_missing
+from pipeline.spec.checks import Check, Problems, collect, limit_checks, row_problems
+from pipeline.spec.columns import column_problems, typed_rows, unread_columns, with_missing
 from pipeline.spec.config import JobConfig
+from pipeline.spec.duplicates import DuplicateIds
 from pipeline.spec.fallbacks import fallback, with_styles
-from pipeline.spec.inputs import InputFile, check_inputs, inspect_image
-from pipeline.spec.parquet import read_parquet
+from pipeline.spec.families import family_warnings, negative_styles
+from pipeline.spec.inputs import InputFile, check_inputs, inspect_image, with_uris
+from pipeline.spec.parquet import UserTable, open_parquet
 from pipeline.spec.styles import load_styles
 from pipeline.spec.suggest import suggest
 from pipeline.storage import paths
 
 MAX_ID_CHARS = 200
 _BAD_ID = re.compile(r"[/\\\x00-\x1f]|^\.{1,2}$|\.\.")
+READ_ROWS = 100_000  # manifest rows validated at a time
+FILE_COLUMNS = ("product_image", "mask")  # input files a row names, relative to the manifest's folder or prefix
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """A validated manifest and styles table, ready to plan."""
+    """A chunk of validated manifest rows, ready to plan."""
 
-    manifest: pl.DataFrame  # typed columns + `__row`
+    manifest: pl.DataFrame  # typed columns + `__row`, the row's number in the whole manifest
     styles: pl.DataFrame
     manifest_uri: str
     passthrough: tuple[str, ...]
-    raw: pa.Table  # the manifest as read: passthrough columns keep their exact Arrow types
+    raw: pa.Table  # the chunk's passthrough columns as read (exact Arrow types); its first row is row `first`
     files: dict[str, InputFile]  # every input file, by resolved URI (`uri_column`), checked once
-    warnings: tuple[str, ...] = ()  # what runs anyway but looks wrong (a column name close to a known one)
+    first: int = 0
 
-    def only(self, rows: tuple[str, ...]) -> Inputs:
-        """These inputs limited to the manifest ids `rows` (all when empty); an unknown id is an
-        error, not an empty run."""
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest and styles table: what planning needs, the rows read again a chunk at
+    a time (`chunks`), never held whole."""
+
+    table: UserTable
+    styles: pl.DataFrame
+    passthrough: tuple[str, ...]
+    files: dict[str, InputFile]  # every input file, by resolved URI (`uri_column`), checked once
+    rows: int  # manifest rows to plan (all, or those `only` keeps)
+    used_styles: frozenset[str | None]  # the styles rows name (None: rows without one)
+    headline_column: str
+    warnings: tuple[str, ...] = ()  # what runs anyway but looks wrong (a column name close to a known one)
+    selected: frozenset[str] | None = None  # `only`'s ids
+
+    @property
+    def uri(self) -> str:
+        return self.table.uri
+
+    def chunks(self, chunk_rows: int) -> Iterator[Inputs]:
+        """The rows (those `only` keeps) typed and their input files resolved, `chunk_rows` manifest
+        rows at a time, in manifest order."""
+        for chunk, first in _numbered(self.table.chunks(chunk_rows)):
+            df, _, problems = _typed(chunk, first, self.headline_column, self.uri)
+            assert not problems, "validated before"
+            if self.selected is not None:
+                df = df.filter(pl.col("id").is_in(list(self.selected)))
+                if not len(df):
+                    continue
+            for column in FILE_COLUMNS:
+                df, _ = with_uris(df, column, paths.parent(self.uri))
+            raw = chunk.select(list(self.passthrough))  # metadata (pandas', bytes not UTF-8) is not the user's data
+            raw = pa.Table.from_arrays(raw.columns, schema=pa.schema([f.remove_metadata() for f in raw.schema]))
+            yield Inputs(df, self.styles, self.uri, self.passthrough, raw, self.files, first)
+
+    def only(self, rows: tuple[str, ...]) -> Manifest:
+        """This manifest limited to the ids `rows` (all when empty); an unknown id is an error,
+        not an empty run."""
         if not rows:
             return self
-        unknown = sorted(set(rows) - set(self.manifest["id"].to_list()))
-        if unknown:
-            raise ManifestError([Problem(self.manifest_uri, f"--rows: no such id(s): {', '.join(unknown)}")])
-        return dataclasses.replace(self, manifest=self.manifest.filter(pl.col("id").is_in(list(rows))))
+        found = self.ids_among(set(rows))
+        if unknown := sorted(set(rows) - found):
+            raise ManifestError([Problem(self.uri, f"--rows: no such id(s): {', '.join(unknown)}")])
+        return dataclasses.replace(self, rows=len(found), selected=frozenset(found))
+
+    def ids_among(self, ids: set[str]) -> set[str]:
+        """Which of `ids` (a few: --rows, a reviewer's decisions) the manifest has, read from its id column alone."""
+        found: set[str] = set()
+        if not ids:
+            return found
+        wanted = sorted(i for i in ids if i is not None)
+        for chunk in self.table.chunks(READ_ROWS, ["id"]):
+            column = pl.from_arrow(chunk.column("id")).cast(pl.String)
+            found |= set(column.filter(column.is_in(wanted)).to_list())
+        return found
 
 
-def load_inputs(cfg: JobConfig) -> Inputs:
+def load_inputs(cfg: JobConfig) -> Manifest:
     """Read and validate the job's manifest and styles; raises ManifestError. Columns that are
-    read by no one and look misspelt are in `Inputs.warnings`."""
+    read by no one and look misspelt are in `Manifest.warnings`."""
     styles, files, warnings = load_styles(cfg)
-    table = read_parquet(cfg.job.manifest, "manifest")
-    inputs = validate_manifest(table, styles, cfg, cfg.job.manifest)
-    from pipeline.spec.families import family_warnings
-
-    warnings += family_warnings(inputs.manifest, styles, cfg)
-    return dataclasses.replace(inputs, files={**files, **inputs.files}, warnings=(*warnings, *inputs.warnings))
+    manifest = validate_manifest(open_parquet(cfg.job.manifest, "manifest"), styles, cfg)
+    return dataclasses.replace(manifest, files={**files, **manifest.files}, warnings=(*warnings, *manifest.warnings))
 
 
 def _with_headline(table: pa.Table, column: str) -> pa.Table:
@@ -76,37 +128,59 @@ def _with_headline(table: pa.Table, column: str) -> pa.Table:
     return table.append_column("headline", table.column(column))
 
 
-def validate_manifest(table: pa.Table, styles: pl.DataFrame, cfg: JobConfig, uri: str) -> Inputs:
-    """Type and check every row; raise ManifestError listing all problems (capped)."""
-    source, table = table, _with_headline(table, cfg.overlay.headline_column)
-    passthrough = tuple(c for c in source.column_names if c not in schema.CONSUMED_MANIFEST_COLUMNS)
+def _numbered(chunks: Iterator[pa.Table]) -> Iterator[tuple[pa.Table, int]]:
+    """Each chunk with the number of its first row in the manifest."""
+    first = 0
+    for chunk in chunks:
+        yield chunk, first
+        first += chunk.num_rows
+
+
+def _typed(chunk: pa.Table, first: int, headline_column: str, uri: str) -> tuple[pl.DataFrame | None, list, int]:
+    """A chunk's rows typed (every optional column there, null where absent), or its problems."""
+    df, found, total = typed_rows(_with_headline(chunk, headline_column), schema.MANIFEST_COLUMNS, uri, "id", first)
+    return (with_missing(df, schema.MANIFEST_OPTIONAL) if df is not None else None), found, total
+
+
+def validate_manifest(table: UserTable, styles: pl.DataFrame, cfg: JobConfig) -> Manifest:
+    """Type and check every row, a chunk at a time; raise ManifestError listing all problems
+    (capped): first the columns (whatever the rows), then values the types cannot hold, then
+    the rows' own problems (with duplicate ids and unreadable input files)."""
+    uri, column = table.uri, cfg.overlay.headline_column
+    passthrough = tuple(c for c in table.schema.names if c not in schema.CONSUMED_MANIFEST_COLUMNS)
     reserved = [Problem(uri, "name is reserved by the results table; rename the column", column=name)
                 for name in passthrough if name in schema.RESERVED_NAMES or name.startswith("__")]
-    df = typed(table, schema.MANIFEST_COLUMNS, uri, schema.MANIFEST_REQUIRED, "id", reserved)
-    if len(df) == 0:
+    shape = _with_headline(table.schema.empty_table(), column)
+    if problems := column_problems(shape.schema, schema.MANIFEST_COLUMNS, uri, schema.MANIFEST_REQUIRED, reserved):
+        raise ManifestError(problems)
+    if table.rows == 0:
         raise ManifestError([Problem(uri, "the manifest has no rows")])
-    df = with_missing(df, schema.MANIFEST_OPTIONAL)
-    found, total = collect(df, _manifest_checks(cfg, styles["style"].drop_nulls().to_list()), uri)
-    first, n = row_problems(with_styles(df, styles, ("headline_font",)), _headline_check(cfg), uri)
-    found += first
-    total += n
-    first, n = row_problems(with_styles(df, styles, ("num_candidates", "keep")), _keep_check(cfg), uri)
-    found += first
-    total += n
+    checks = [*_manifest_checks(cfg, styles["style"].drop_nulls().to_list())]
+    typing, found = Problems(), Problems()
     files: dict[str, InputFile] = {}
-    for column in ("product_image", "mask"):  # relative to the manifest's own folder or prefix
-        df, first, n = check_inputs(df, column, paths.parent(uri), cfg, inspect_image, uri, "id", files)
-        found += first[:max(0, MAX_REPORTED - len(found))]
-        total += n
-    if total:
-        found.sort(key=lambda p: (p.row if p.row is not None else -1))
-        raise ManifestError(found, total)
-    # The passthrough columns as read, their types exact; metadata (pandas', or bytes that are
-    # not UTF-8) is not the user's data and is not carried into the results.
-    raw = source.select(list(passthrough))
-    raw = pa.Table.from_arrays(raw.columns, schema=pa.schema([f.remove_metadata() for f in raw.schema]))
-    warnings = unread_columns(table, schema.MANIFEST_COLUMNS, uri, all_of_them=False)
-    return Inputs(df, styles, uri, passthrough, raw, files, tuple(warnings))
+    used: set[str | None] = set()
+    negatives: set[str | None] = set()
+    with DuplicateIds(uri, table.rows) as duplicates:
+        for chunk, first in _numbered(table.chunks(READ_ROWS)):
+            df, first_problems, n = _typed(chunk, first, column, uri)
+            if n:
+                typing.add(first_problems, n)
+                continue
+            duplicates.add(df)
+            found.add(*collect(df, checks, uri))
+            found.add(*row_problems(with_styles(df, styles, ("headline_font",)), _headline_check(cfg), uri))
+            found.add(*row_problems(with_styles(df, styles, ("num_candidates", "keep")), _keep_check(cfg), uri))
+            for name in FILE_COLUMNS:
+                df, first_problems, n = check_inputs(df, name, paths.parent(uri), cfg, inspect_image, uri, "id", files)
+                found.add(first_problems, n)
+            used |= set(df["style"].unique().to_list())
+            negatives |= negative_styles(df)
+        typing.raise_any()
+        found.add(*duplicates.problems())
+    found.raise_any()
+    warnings = [*unread_columns(shape, schema.MANIFEST_COLUMNS, uri, all_of_them=False),
+                *family_warnings(negatives, styles, cfg)]
+    return Manifest(table, styles, passthrough, files, table.rows, frozenset(used), column, tuple(warnings))
 
 
 def _headline_check(cfg: JobConfig) -> Check:
@@ -129,8 +203,6 @@ def _manifest_checks(cfg: JobConfig, known_styles: list[str]) -> list[Check]:
     most = cfg.job.max_prompt_chars
     return [
         Check(c("id").is_null() | (c("id").str.strip_chars() == ""), "id", "empty id"),
-        Check(~c("id").is_first_distinct() & c("id").is_not_null(), "id",
-              lambda v: f"duplicate id {show(v)} (an earlier row has it)"),
         Check(c("id").str.contains(_BAD_ID.pattern) | (c("id").str.len_chars() > MAX_ID_CHARS), "id",
               f"ids may not contain path separators, '..' or control characters, nor exceed {MAX_ID_CHARS} chars"),
         Check(c("prompt").is_null() | (c("prompt").str.strip_chars() == ""), "prompt", "empty prompt"),

@@ -11,14 +11,18 @@ a local file is read by path (Arrow's own file, threaded) and anything else sing
 batches of the columns asked for, one at a time; `valid_count` counts a column's values from the
 footer's statistics alone.
 
-`read_input` reads a table the user hands us (a manifest, a styles table) as every input is
-read (`pipeline.storage.uris`): bounded, regular files or objects only, listed once.
+`InputTable` reads a table the user hands us (a manifest, a styles table) as every input is
+read (`pipeline.storage.uris`): bounded, regular files or objects only, listed once; a chunk at
+a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -90,18 +94,73 @@ def valid_count(source: str | Path | BinaryIO, columns: list[str]) -> int | None
         return total
 
 
-def read_input(where: str) -> pa.Table:
-    """A whole Parquet input from a resolved URI: a file, or a folder or prefix of `.parquet`
-    parts (`uris.parts`), concatenated. A local part is read by path (see above); a remote one
-    through fsspec, like every other input: one client, one configuration (pyarrow's own S3
-    client does not read every standard AWS variable)."""
+@dataclass(frozen=True)
+class InputTable:
+    """A Parquet table the user hands us (a manifest, a styles table), opened: its parts (a file,
+    or the `.parquet` files under a folder or prefix: `uris.parts`, listed once, checked and
+    bounded as every input is) and their footers read, their schemas unified (a part that lacks a
+    column has it null). Read a chunk at a time, so a catalogue of millions of rows is never held
+    whole; a local part by path, a remote one through fsspec like every other input (one client,
+    one configuration: pyarrow's own S3 client does not read every standard AWS variable)."""
+
+    parts: tuple[tuple[str, dict], ...]
+    schema: pa.Schema
+    rows: int
+
+    @classmethod
+    def open(cls, where: str) -> InputTable:
+        from pipeline.storage import uris
+
+        parts, schemas, rows = tuple(uris.parts(where, ".parquet", uris.TABLE)), [], 0
+        for uri, listing in parts:
+            with _opened(uri, listing) as source, pq.ParquetFile(source) as f:
+                schemas.append(f.schema_arrow)
+                rows += f.metadata.num_rows
+        # one part's schema as it is: a name used twice is the caller's to name, not unification's
+        schema = schemas[0] if len(schemas) == 1 else pa.unify_schemas(schemas, promote_options="default")
+        return cls(parts, schema, rows)
+
+    def without(self, names: set[str]) -> InputTable:
+        """The table without these columns."""
+        return dataclasses.replace(self, schema=pa.schema([f for f in self.schema if f.name not in names]))
+
+    def chunks(self, rows: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """The table's rows in order, `rows` at a time (the last fewer), each with every column of
+        the schema (or of `columns`) in its order and type; at most a row group and a chunk held."""
+        target = pa.schema([self.schema.field(n) for n in columns]) if columns is not None else self.schema
+        held: list[pa.Table] = []
+        count = 0
+        for uri, listing in self.parts:
+            with _opened(uri, listing) as source:
+                named = len(set(target.names)) == len(target.names)  # else column_problems names the name used twice
+                for batch in batches(source, target.names if named else None, rows):
+                    part = pa.Table.from_batches([batch])
+                    held.append(part if part.schema.equals(target) else _conformed(part, target))
+                    count += batch.num_rows
+                    while count >= rows:
+                        whole = pa.concat_tables(held)
+                        yield whole.slice(0, rows)
+                        held, count = [whole.slice(rows)], count - rows
+        if count:
+            yield pa.concat_tables(held)
+
+
+def _opened(uri: str, listing: dict):
+    """A part to read: a local one by path (Arrow's own file, threaded), a remote one open."""
     from pipeline.storage import paths, uris
 
-    read_parts = []
-    for uri, listing in uris.parts(where, ".parquet", uris.TABLE):
-        if paths.split(uri)[0] == paths.LOCAL:
-            read_parts.append(read(uri))
-        else:
-            with uris.open_input(uri, uris.TABLE, listing) as f:
-                read_parts.append(read(f))
-    return pa.concat_tables(read_parts, promote_options="default") if len(read_parts) > 1 else read_parts[0]
+    if paths.split(uri)[0] == paths.LOCAL:
+        return contextlib.nullcontext(uri)
+    return uris.open_input(uri, uris.TABLE, listing)
+
+
+def _conformed(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """A part's rows in the unified schema: its columns in order and type, a missing one null."""
+    def column(field: pa.Field) -> pa.ChunkedArray | pa.Array:
+        if field.name not in table.column_names:
+            return pa.nulls(table.num_rows, field.type)
+        found = table.column(field.name)
+        return found if found.type == field.type else found.cast(field.type)
+
+    columns = [column(f) for f in target]
+    return pa.Table.from_arrays(columns, schema=target)
