@@ -8,15 +8,14 @@ same bucket, and a bucket at a time, in row order, names each row whose id an ea
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
+import secrets
 
 import polars as pl
 import pyarrow as pa
 
 from pipeline.errors import MAX_REPORTED, Problem, show
 from pipeline.spec.checks import Problems
+from pipeline.storage.scratch import Scratch
 from pipeline.storage.spill import Spill, split
 
 BUCKET_ROWS = 1_000_000  # ids a bucket holds, about: 40-ish bytes each while it is checked
@@ -29,8 +28,9 @@ class DuplicateIds:
     def __init__(self, uri: str, rows: int):
         self.uri = uri
         self.buckets = max(1, -(-rows // BUCKET_ROWS))
-        self._folder = Path(tempfile.mkdtemp(prefix="asset-pipeline-ids-"))
-        self._spill = Spill(self._folder / "ids.arrow", _SCHEMA, compressed=False)
+        # a temp folder marked live (a killed validation's is removed by the next run: `scratch`)
+        self._scratch = Scratch(f"ids-{secrets.token_hex(6)}")
+        self._spill = Spill(self._scratch.path / "ids.arrow", _SCHEMA, compressed=False)
 
     def add(self, df: pl.DataFrame) -> None:
         """A chunk's rows (`__row`, `id`); null ids are an empty id's problem, not a duplicate."""
@@ -51,7 +51,7 @@ class DuplicateIds:
 
     def close(self) -> None:
         self._spill.close()
-        shutil.rmtree(self._folder, ignore_errors=True)
+        self._scratch.close()
 
     def __enter__(self) -> DuplicateIds:
         return self
