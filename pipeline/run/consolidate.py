@@ -21,7 +21,8 @@ import uuid
 from collections.abc import Callable
 
 from pipeline import faults
-from pipeline.run.state import Generation, Range, State
+from pipeline.run.generation import Generation
+from pipeline.run.state import Range, State
 from pipeline.storage import layout, tables
 from pipeline.storage.store import Output
 

@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 
 from pipeline.plan.build import PlanFile
 from pipeline.run import keyspace
-from pipeline.run.state import Range, State, outcome_schema
+from pipeline.run.outcomes import outcome_schema
+from pipeline.run.state import Range, State
 from pipeline.storage.spill import Spill, split
 
 OFFSET = "__offset"  # a plan row's place in its chunk

@@ -26,7 +26,7 @@ class ShardStore:
 
     def __init__(self, output: Output | Path | str,
                  on_commit: Callable[[int, pa.Table, pa.Table | None], None] | None = None):
-        from pipeline.run.state import Generation
+        from pipeline.run.generation import Generation
 
         self.out = as_output(output)
         # told of each shard as it commits: its number, outcomes and embeddings (the state)

@@ -8,7 +8,7 @@ outcomes with the files of that range listed beside them. No phase holds more th
 
 The one rule for what a rerun trusts (DESIGN.md "Storage and exactly-once"), applied per range:
 - the *latest* committed outcome of an item id is its outcome (generation, then shards in
-  commit order, then row order within a shard);
+  commit order, then row order within a shard: `outcomes.latest`);
 - a file that a latest outcome lists is never deleted (`Range.listed`);
 - an outcome whose file is gone (its image, or the clean one beside an overlaid image) is no
   outcome: the item is pending again (`Range.outcomes` leaves it out). A preview is no such
@@ -18,104 +18,37 @@ The one rule for what a rerun trusts (DESIGN.md "Storage and exactly-once"), app
 from __future__ import annotations
 
 import itertools
-import json
 import posixpath
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.judge.outcome import with_reason_codes
 from pipeline.run import keyspace
-from pipeline.spec import schema
+from pipeline.run.generation import Generation
+from pipeline.run.outcomes import (
+    EMBEDDING_SCHEMA,
+    FILE_COLUMNS,
+    OUTCOME_SCHEMA,
+    merge_latest,
+    normalised,
+    outcome_schema,
+)
 from pipeline.storage import layout
 from pipeline.storage.records import read_parquet
 from pipeline.storage.spill import Spill, split
 from pipeline.storage.store import Output, as_output
 
-# The columns of a committed outcome that the results table takes (the rest comes from the plan).
-OUTCOME_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("id", pa.string()),
-                            pa.field("path", pa.string()), pa.field("truncated", pa.bool_()),
-                            pa.field("truncated_by", pa.string()),
-                            pa.field("scheduler", pa.string()), *schema.OUTCOME_FIELDS])
-# An image embedding as a shard's sidecar holds it (brand figures).
-EMBEDDING_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("style", pa.string()),
-                              pa.field("variant", pa.string()), schema.EMBEDDING_FIELD])
-FILE_COLUMNS = ("path", "clean_path")  # the files an outcome stands on
 SPILL_ROWS = 65_536  # rows a spill buffers across ranges before writing them out
 SPILL_BYTES = 64 << 20  # or bytes
 READERS, REMOTE_READERS = 2, 16  # shards read at once: local files, objects (a request or two each)
 READ_WINDOW = 64  # shards read ahead at most, in commit order
 BYTES_PER_OUTCOME = 64  # fewer than a shard's Parquet spends on one: estimates err high
-
-
-@dataclass(frozen=True)
-class Generation:
-    """A consolidated state: `parts[prefix]` the latest outcomes of a range (sorted by item id),
-    `embeddings[prefix]` their image embeddings; it covers every shard numbered up to `through`.
-    `committed` counts every outcome ever committed (a regenerated candidate counts again),
-    `outcomes` the latest ones it holds."""
-
-    name: str = ""
-    digits: int = 0
-    through: int = -1
-    outcomes: int = 0
-    committed: int = 0
-    parts: dict[str, str] = field(default_factory=dict)
-    embeddings: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def current(cls, out: Output) -> Generation:
-        """The generation `_state/current.json` names (none yet: an empty one)."""
-        if not out.exists(layout.STATE_CURRENT):
-            return cls()
-        fields = json.loads(out.get(layout.STATE_CURRENT))
-        return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
-
-    def to_json(self) -> bytes:
-        return (json.dumps(self.__dict__, indent=1, sort_keys=True) + "\n").encode()
-
-
-def outcome_schema(columns: list[str] | None = None) -> pa.Schema:
-    """OUTCOME_SCHEMA, or its item id, files and `columns` (in its order)."""
-    if columns is None:
-        return OUTCOME_SCHEMA
-    wanted = {"item_id", *FILE_COLUMNS, *columns}
-    return pa.schema([f for f in OUTCOME_SCHEMA if f.name in wanted])
-
-
-def normalised(table: pa.Table) -> pa.Table:
-    """A shard's outcomes as OUTCOME_SCHEMA: columns a shard of an older release lacks as
-    nulls, reason codes where it had only reasons, repeated strings decoded."""
-    for f in OUTCOME_SCHEMA:
-        if f.name not in table.column_names:
-            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
-    return with_reason_codes(table.select(OUTCOME_SCHEMA.names)).select(OUTCOME_SCHEMA.names).cast(OUTCOME_SCHEMA)
-
-
-def latest(table: pa.Table) -> pa.Table:
-    """Each item id's last row (rows in commit order), in item-id order."""
-    if not table.num_rows:
-        return table
-    order = pa.table({"item_id": table["item_id"], "n": pa.array(np.arange(table.num_rows), pa.int64())})
-    last = order.group_by("item_id").aggregate([("n", "max")])["n_max"]
-    kept = table.take(last)
-    return kept.take(pc.sort_indices(kept["item_id"]))
-
-
-def _merged(consolidated: pa.Table, since: list[pa.Table]) -> pa.Table:
-    """A range's latest rows: its consolidated rows (already the latest, in item-id order: the
-    range files hold nothing else) when no shard since has touched the range, else `latest`
-    of them all (a group-by and two takes a range: a tenth of a compaction at 2M candidates)."""
-    if not any(t.num_rows for t in since):
-        return consolidated
-    return latest(pa.concat_tables([consolidated, *since]))
 
 
 @dataclass
@@ -244,7 +177,7 @@ class State:
         merged = self.latest_of(number, prefix, columns)
 
         def embeddings() -> pa.Table:
-            return _merged(self._generation_rows(self.generation.embeddings, prefix, EMBEDDING_SCHEMA),
+            return merge_latest(self._generation_rows(self.generation.embeddings, prefix, EMBEDDING_SCHEMA),
                            [e.read(number) for _, e in self.segments])
 
         return Range(prefix, merged, _listing(self.out, layout.IMAGES, prefix),
@@ -254,7 +187,7 @@ class State:
         """The latest outcome of every item id of one range, whether its files are there or not
         (`columns`: see `range`)."""
         schema = outcome_schema(columns)
-        return _merged(self._generation_rows(self.generation.parts, prefix, schema),
+        return merge_latest(self._generation_rows(self.generation.parts, prefix, schema),
                        [outcomes.read(number).select(schema.names) for outcomes, _ in self.segments])
 
     def other_row(self, rows: set[str]) -> str | None:
