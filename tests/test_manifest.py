@@ -630,3 +630,14 @@ def test_a_catalogue_read_a_few_rows_at_a_time_names_each_problem_by_its_row_in_
     assert chunked.equals(whole) and chunked["row"].to_pylist() == list(range(11))
     assert chunked["sku"].to_pylist() == [f"S{k}" for k in range(7)] + [None] * 4
     assert chunked["id"].to_pylist() == [f"a{k}" for k in range(7)] + ["b0", "b1", "b2", "b3"]
+
+
+def test_a_manifest_replaced_between_validation_and_planning_stops_the_plan_by_name(tmp_path):
+    """The manifest is read twice (validated, then planned): a file replaced in between (its size
+    or modification time) stops the plan with that said; rows that were not validated are never
+    planned."""
+    cfg = job(tmp_path, GOOD)
+    manifest = load_inputs(cfg)
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["x", "y"]}), tmp_path / "manifest.parquet")
+    with pytest.raises(ManifestError, match="manifest.parquet changed while the run read it; run again"):
+        build_plan(manifest, cfg)

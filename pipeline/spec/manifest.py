@@ -77,7 +77,9 @@ class Manifest:
         rows at a time, in manifest order."""
         for chunk, first in _numbered(self.table.chunks(chunk_rows)):
             df, _, problems = _typed(chunk, first, self.headline_column, self.uri)
-            assert not problems, "validated before"
+            if problems:  # rows that passed validation do not fail now: the file was replaced meanwhile
+                raise ManifestError([Problem(self.uri, "the manifest changed while the run read it (rows that "
+                                                       "passed its checks fail them now); run again")])
             if self.selected is not None:
                 df = df.filter(pl.col("id").is_in(list(self.selected)))
                 if not len(df):
@@ -155,7 +157,7 @@ def validate_manifest(table: UserTable, styles: pl.DataFrame, cfg: JobConfig) ->
         raise ManifestError(problems)
     if table.rows == 0:
         raise ManifestError([Problem(uri, "the manifest has no rows")])
-    checks = [*_manifest_checks(cfg, styles["style"].drop_nulls().to_list())]
+    checks = _manifest_checks(cfg, styles["style"].drop_nulls().to_list())
     typing, found = Problems(), Problems()
     files: dict[str, InputFile] = {}
     used: set[str | None] = set()

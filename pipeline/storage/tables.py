@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.errors import Refused
 
 
 def to_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
@@ -106,19 +109,21 @@ class InputTable:
     parts: tuple[tuple[str, dict], ...]
     schema: pa.Schema
     rows: int
+    stamps: tuple[tuple | None, ...]  # each part's version when opened (`_stamp`)
 
     @classmethod
     def open(cls, where: str) -> InputTable:
         from pipeline.storage import uris
 
         parts, schemas, rows = tuple(uris.parts(where, ".parquet", uris.TABLE)), [], 0
+        stamps = tuple(_stamp(uri) for uri, _ in parts)
         for uri, listing in parts:
             with _opened(uri, listing) as source, pq.ParquetFile(source) as f:
                 schemas.append(f.schema_arrow)
                 rows += f.metadata.num_rows
         # one part's schema as it is: a name used twice is the caller's to name, not unification's
         schema = schemas[0] if len(schemas) == 1 else pa.unify_schemas(schemas, promote_options="default")
-        return cls(parts, schema, rows)
+        return cls(parts, schema, rows, stamps)
 
     def without(self, names: set[str]) -> InputTable:
         """The table without these columns."""
@@ -130,7 +135,9 @@ class InputTable:
         target = pa.schema([self.schema.field(n) for n in columns]) if columns is not None else self.schema
         held: list[pa.Table] = []
         count = 0
-        for uri, listing in self.parts:
+        for (uri, listing), stamp in zip(self.parts, self.stamps, strict=True):
+            if _stamp(uri) != stamp:  # read again (validated, then planned): the same table, or no rows
+                raise Refused(f"{uri} changed while the run read it; run again")
             with _opened(uri, listing) as source:
                 named = len(set(target.names)) == len(target.names)  # else column_problems names the name used twice
                 for batch in batches(source, target.names if named else None, rows):
@@ -143,6 +150,19 @@ class InputTable:
                         held, count = [whole.slice(rows)], count - rows
         if count:
             yield pa.concat_tables(held)
+
+
+def _stamp(uri: str) -> tuple | None:
+    """What tells one version of a local part from another: its size and modification time.
+    (An object is read as listed when the table was opened: by ranged reads of that size; a
+    store that keeps versions would pin one here.)"""
+    from pipeline.storage import paths
+
+    scheme, path = paths.split(uri)
+    if scheme != paths.LOCAL:
+        return None
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def _opened(uri: str, listing: dict):
