@@ -199,3 +199,25 @@ def test_a_consolidation_with_nothing_new_leaves_the_generation_in_force(tmp_pat
         consolidation.commit()
         state.close()
     assert current(Path(out.root))["outcomes"] == 400
+
+
+def test_a_spill_keeps_a_number_a_batch_to_find_its_keys(tmp_path):
+    """A join writes one batch a range and plan chunk: at 100M candidates about four million
+    (4,096 ranges × 1,000 chunks). The spill's index of them must cost a few bytes a batch (a
+    dict of lists of batch numbers under (range, chunk) keys took 250: a gigabyte there)."""
+    import tracemalloc
+
+    import pyarrow as pa
+
+    from pipeline.storage.spill import Spill
+
+    spill = Spill(tmp_path / "pieces.arrow", pa.schema([("n", pa.int64())]), compressed=False)
+    one = pa.table({"n": [7]})
+    tracemalloc.start()
+    for key in range(40_000):
+        spill.add(key << 32 | key % 100, one)
+    assert spill.read(5 << 32 | 5)["n"].to_pylist() == [7] and spill.read(5 << 32 | 6).num_rows == 0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    spill.close()
+    assert peak < 40_000 * 30, f"{peak / 40_000:.0f} bytes a batch"

@@ -77,7 +77,7 @@ class Joined:
         matched = outcomes.take(pc.index_in(keys["item_id"], value_set=outcomes["item_id"]))
         matched = matched.append_column(OFFSET, keys[OFFSET])
         for c, part in split(matched, keys["__chunk"].to_numpy()):
-            self.outcomes.add((number, c), part)
+            self.outcomes.add(_piece(number, c), part)
 
     def chunks(self, columns: list[str] | None = None) -> Iterator[tuple[pa.Table, pa.Table]]:
         """Each plan chunk (its `columns`, all when None) with its rows' latest committed
@@ -89,7 +89,7 @@ class Joined:
                 number += 1
 
     def outcomes_of(self, number: int, rows: int) -> pa.Table:
-        parts = [self.outcomes.read((r, number)) for r in range(self.ranges)]
+        parts = [self.outcomes.read(_piece(r, number)) for r in range(self.ranges)]
         table = pa.concat_tables(parts)
         table = table.take(pc.sort_indices(table[OFFSET]))
         if table.num_rows != rows or (rows and table[OFFSET][rows - 1].as_py() != rows - 1):
@@ -106,3 +106,8 @@ def visit_all(*visitors: Callable[[Range], None]) -> Callable[[Range], None]:
         for v in visitors:
             v(found)
     return visit
+
+
+def _piece(number: int, chunk: int) -> int:
+    """The spill key of range `number`'s outcomes for plan chunk `chunk`."""
+    return number << 32 | chunk
