@@ -146,9 +146,8 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             # signer's self-test, the last check, and what --fresh, --rows and --decisions change
             decided = recorded.then(changed)
             plan = write_plan(manifest, cfg, work / f"plan-{run_id}.parquet", decisions=decided)
-            # the manifest ids recorded decisions name, and what later phases need of the manifest
+            # the manifest ids recorded decisions name
             decided_rows = manifest.ids_among(set(decided.in_force["id"].to_pylist()))
-            manifest_rows, styles = manifest.rows, manifest.styles
             Signer.from_section(cfg.signer, out, warn=reporter.warning).self_test(cfg.output.format)
             if cfg.watermark.enabled:
                 from pipeline.provenance.watermark import METHODS, self_test
@@ -170,16 +169,16 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             # 4. resume: the run recorded, a killed run's temp files gone; skip what earlier attempts
             # committed (and whose files are still there)
             started = time.monotonic()
-            record.write(cfg, run_id, out, plan.num_rows, styles)
+            record.write(cfg, run_id, out, plan.num_rows, manifest.styles)
             store = ShardStore(out, on_commit=state.took)  # the state takes each shard in as it commits
             joined = Joined(state, [plan], work, columns=resume.COUNTED)  # counted from two columns
             todo = resume.to_do(joined)
             joined.close()
-            reporter.log(f"run {run_id}: {plan.num_rows} candidates planned from {manifest_rows} rows, "
+            reporter.log(f"run {run_id}: {plan.num_rows} candidates planned from {manifest.rows} rows, "
                          f"{plan.num_rows - todo.candidates} already done, {todo.candidates} to go, "
                          f"{todo.rows} row(s) to judge → {out}",
                          event="run_start", run_id=run_id, job=cfg.job.name, output=out.uri, planned=plan.num_rows,
-                         rows=manifest_rows, already_done=plan.num_rows - todo.candidates,
+                         rows=manifest.rows, already_done=plan.num_rows - todo.candidates,
                          to_go=todo.candidates, rows_to_judge=todo.rows)
 
             # 5. stream and commit: the rows that need work to the driver's disk, handed out a
@@ -200,11 +199,12 @@ def run_job(cfg: JobConfig, *, fresh: bool = False, backend: str = "ray",
             # committed outcomes, then streamed and committed the same way (planned even when the
             # run stopped: the results list the formats made before, so their files stay)
             plans = [plan]
-            if formats.wanted(cfg, styles):
+            if formats.wanted(cfg, manifest.styles):
                 state.refresh()
                 joined = Joined(state, [plan], work, columns=["status"])
-                plans.append(formats.plan_formats(plan, (o["status"] for _, o in joined.chunks(["item_id"])), cfg,
-                                                  styles, decided.in_force, work / f"formats-{run_id}.parquet"))
+                statuses = (o["status"] for _, o in joined.chunks(["item_id"]))
+                plans.append(formats.plan_formats(plan, statuses, cfg, manifest.styles, decided.in_force,
+                                                  work / f"formats-{run_id}.parquet"))
                 joined.close()
                 stopped, this_run = _run_formats(plans[-1], state, cfg, backend, store, run_id, work, reporter,
                                                  lock.check, stopped, this_run)
