@@ -5,6 +5,11 @@ Unset in production, where every check is one dict lookup. Points:
   driver.kill_mid_shard=N     SIGKILL the driver with shard N written to a temp file, not renamed
   driver.kill_after_shard=N   SIGKILL the driver right after committing its N-th shard
   driver.kill_before_compact  SIGKILL the driver with all shards committed, before results.parquet
+  consolidate.kill_before_manifest  SIGKILL the driver with a generation's range files written, before
+                              its current.json (the generation in force is still the old one)
+  consolidate.kill_after_manifest   SIGKILL it right after current.json names the new generation
+  consolidate.kill_mid_clean  SIGKILL it between deleting the shards the new generation covers and the
+                              range files of older generations
   driver.interrupt_after_units=N  the driver is interrupted (KeyboardInterrupt) after receiving N units
   candidate.error=SEED[|SEED]  generation raises for the candidates with these seeds
   prompt.error=SEED           the prompt check raises for a unit holding this seed (a stage exception)
